@@ -1,0 +1,1 @@
+"""The adapter core: events, rules, scheduling, dispatch and wiring."""

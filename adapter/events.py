@@ -1,0 +1,178 @@
+"""The adapter's own events: what happened at the hospital, in one normal form.
+
+``hl7/`` and ``fhir/`` translate wire data into these; everything downstream
+(trigger rules, consent, scheduling) reads only these. Nothing here knows about
+ER7 segments or FHIR JSON. All datetimes are timezone-aware (UTC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+Source = Literal["hl7", "fhir", "api", "reply"]
+TelecomSystem = Literal["phone", "sms", "email", "telegram", "whatsapp", "other"]
+
+
+@dataclass(frozen=True)
+class Identifier:
+    """An external patient identifier: ``system`` is the assigning authority
+    (HL7 CX-4) or the FHIR ``Identifier.system``; ``kind`` is the identifier type
+    (``MR`` hospital record number, ``NNITA``/``TAX`` fiscal code, ...)."""
+
+    system: str
+    value: str
+    kind: str = ""
+
+
+@dataclass(frozen=True)
+class ContactPoint:
+    """A way to reach the patient. ``rank`` 1 is the most preferred (FHIR
+    ContactPoint.rank); ``use`` is ``mobile``, ``home``, ``work``..."""
+
+    system: TelecomSystem
+    value: str
+    use: str = ""
+    rank: int | None = None
+
+
+@dataclass(frozen=True)
+class PatientDetails:
+    """What a hospital told us about a patient. ``key`` is the identifier the
+    sending facility's configuration names as the patient key."""
+
+    key: Identifier
+    identifiers: tuple[Identifier, ...] = ()
+    given_name: str = ""
+    family_name: str = ""
+    telecom: tuple[ContactPoint, ...] = ()
+    language: str = ""  # BCP-47 primary tag, "it" or "en"; "" = clinic default
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an event came from: the inbound message that carried it."""
+
+    source: Source
+    sender: str  # HL7 MSH-3^MSH-4, FHIR server base or client name
+    message_ref: str = ""  # control id or Type/id/_history/vid
+
+
+@dataclass(frozen=True)
+class Appointment:
+    """An appointment as the hospital describes it. ``ref`` is stable across
+    updates from the same source (FHIR ``Appointment/{id}`` or HL7 placer/filler
+    id qualified by the sender)."""
+
+    ref: str
+    start: datetime
+    end: datetime | None = None
+    location: str = ""
+    service: str = ""  # a non-clinical label, e.g. "Visita ambulatoriale"
+
+
+@dataclass(frozen=True)
+class Event:
+    origin: Origin
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class AppointmentBooked(Event):
+    patient: PatientDetails
+    appointment: Appointment
+
+
+@dataclass(frozen=True)
+class AppointmentRescheduled(Event):
+    patient: PatientDetails
+    appointment: Appointment
+    previous_start: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AppointmentCancelled(Event):
+    patient: PatientDetails
+    appointment: Appointment
+    reason: str = ""  # "cancelled", "entered-in-error", "deleted"
+
+
+@dataclass(frozen=True)
+class AppointmentNoShow(Event):
+    patient: PatientDetails
+    appointment: Appointment
+
+
+@dataclass(frozen=True)
+class AppointmentFulfilled(Event):
+    patient: PatientDetails
+    appointment: Appointment
+
+
+@dataclass(frozen=True)
+class PatientUpdated(Event):
+    patient: PatientDetails
+
+
+@dataclass(frozen=True)
+class PatientsMerged(Event):
+    """HL7 ADT^A40 / FHIR Patient.link replaced-by: ``retired`` is folded into
+    ``surviving``, which takes over appointments, consent and pending notices."""
+
+    surviving: PatientDetails
+    retired: Identifier
+
+
+@dataclass(frozen=True)
+class ReportReady(Event):
+    """A final (or corrected/amended, ``amended=True``) report is available.
+    ``codes`` are the exam codes, used only to apply exclusion rules (HIV,
+    genetic tests); they never reach a message."""
+
+    patient: PatientDetails
+    report_ref: str
+    amended: bool = False
+    codes: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class ReportWithdrawn(Event):
+    patient: PatientDetails
+    report_ref: str
+
+
+ConsentDecisionType = Literal["permit", "deny"]
+
+
+@dataclass(frozen=True)
+class ConsentProvision:
+    """One consent statement: ``purpose`` and ``channel`` of ``"*"`` mean any."""
+
+    decision: ConsentDecisionType
+    purpose: str = "*"
+    channel: str = "*"
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ConsentChanged(Event):
+    patient: PatientDetails
+    consent_ref: str
+    active: bool
+    provisions: tuple[ConsentProvision, ...] = ()
+
+
+AnyEvent = (
+    AppointmentBooked
+    | AppointmentRescheduled
+    | AppointmentCancelled
+    | AppointmentNoShow
+    | AppointmentFulfilled
+    | PatientUpdated
+    | PatientsMerged
+    | ReportReady
+    | ReportWithdrawn
+    | ConsentChanged
+)

@@ -1,0 +1,1 @@
+"""Consent, encryption of personal data, the audit log and data-subject rights."""

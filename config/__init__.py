@@ -1,0 +1,1 @@
+"""Configuration data: trigger rules, templates, per-facility mappings."""

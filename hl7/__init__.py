@@ -1,0 +1,1 @@
+"""HL7 v2: MLLP transport, parsing, acknowledgements and mapping to adapter events."""

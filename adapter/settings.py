@@ -1,0 +1,106 @@
+"""The one settings object: environment variables prefixed ``ADAPTER_`` and an
+optional ``config/adapter.yaml``. See INTERFACES.md for the names."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = ROOT / "config"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ADAPTER_", yaml_file=CONFIG_DIR / "adapter.yaml", extra="ignore"
+    )
+
+    environment: str = "local"  # "local", "test" or "production"
+    database_url: str = f"sqlite:///{ROOT / 'var' / 'adapter.db'}"
+    broker_url: str = ""  # empty: in-process worker; amqp:// or redis://: Celery
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = 2575
+    mllp_max_message_bytes: int = 10 * 1024 * 1024
+    mllp_idle_timeout_s: float = 300.0
+    mllp_tls_cert: str = ""
+    mllp_tls_key: str = ""
+    mllp_tls_client_ca: str = ""  # set to require client certificates (mutual TLS)
+    max_body_bytes: int = 5 * 1024 * 1024
+
+    config_dir: Path = CONFIG_DIR
+    var_dir: Path = ROOT / "var"
+    timezone: str = "Europe/Rome"
+    default_language: str = "it"
+    clinic_name: str = "Poliambulatorio San Luca"
+    clinic_phone: str = "+39 02 1234 5678"
+    public_base_url: str = "http://127.0.0.1:8080"
+
+    channels: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["sandbox"])
+    worker_poll_interval_s: float = 0.2
+    claim_batch_size: int = 50
+    claim_lease_s: float = 120.0
+
+    master_key: SecretStr | None = None  # base64 32 bytes; else master_key_file
+    master_key_file: Path | None = None
+    audit_signing_key_file: Path | None = None
+
+    twilio_api_base: str = "https://api.twilio.com"
+    twilio_account_sid: str = ""
+    twilio_auth_token: SecretStr = SecretStr("")
+    twilio_from: str = ""
+    whatsapp_api_base: str = "https://graph.facebook.com/v21.0"
+    whatsapp_token: SecretStr = SecretStr("")
+    whatsapp_app_secret: SecretStr = SecretStr("")
+    whatsapp_phone_number_id: str = ""
+    whatsapp_verify_token: SecretStr = SecretStr("")
+    telegram_api_base: str = "https://api.telegram.org"
+    telegram_bot_token: SecretStr = SecretStr("")
+    telegram_secret_token: SecretStr = SecretStr("")
+    telegram_bot_name: str = ""
+    smtp_host: str = "localhost"
+    smtp_port: int = 587
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_starttls: bool = True
+    smtp_from: str = "noreply@example.org"
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _split_channels(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,188 @@
+"""The core tables: patients, contacts, appointments, inbound messages,
+notifications, the sandbox outbox and API tokens (see DESIGN.md "What is stored").
+
+Personal fields are stored only as ciphertext (``*_enc``, sealed by
+``compliance.crypto.Vault``) and looked up by blind index (``*_index``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from adapter.db import Base
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC without a zone (SQLite has none), always returns aware UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Patient(Base):
+    __tablename__ = "patient"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    given_name_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    family_name_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    language: Mapped[str] = mapped_column(String(8), default="")
+    merged_into: Mapped[str | None] = mapped_column(String(36), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PatientIdentifier(Base):
+    """A blind index of one external identifier (MRN, fiscal code, FHIR id)."""
+
+    __tablename__ = "patient_identifier"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patient.id", ondelete="CASCADE"), index=True)
+    identifier_index: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), default="")
+
+
+class Contact(Base):
+    __tablename__ = "contact"
+    __table_args__ = (UniqueConstraint("patient_id", "channel", "address_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patient.id", ondelete="CASCADE"), index=True)
+    channel: Mapped[str] = mapped_column(String(16))  # sms, whatsapp, telegram, email
+    address_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    address_index: Mapped[str] = mapped_column(String(64), index=True)
+    rank: Mapped[int] = mapped_column(Integer, default=100)
+    use: Mapped[str] = mapped_column(String(16), default="")
+    active: Mapped[bool] = mapped_column(default=True)  # false once the hospital drops it
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    suspended_reason: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Appointment(Base):
+    __tablename__ = "appointment"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ref: Mapped[str] = mapped_column(String(200), unique=True)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patient.id", ondelete="CASCADE"), index=True)
+    start: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(24))
+    source: Mapped[str] = mapped_column(String(16))
+    sender: Mapped[str] = mapped_column(String(200), default="")
+    location: Mapped[str] = mapped_column(String(200), default="")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class InboundMessage(Base):
+    """Every message as received. The unique constraint, not the code, makes a
+    retransmission (same sender and control id) be processed once."""
+
+    __tablename__ = "inbound_message"
+    __table_args__ = (
+        UniqueConstraint("source", "sender", "control_id", name="uq_inbound_message_identity"),
+        Index("ix_inbound_message_status_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))  # hl7, fhir, subscription
+    sender: Mapped[str] = mapped_column(String(200))
+    control_id: Mapped[str] = mapped_column(String(200))
+    message_type: Mapped[str] = mapped_column(String(40), default="")
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16))  # stored, processed, error, ignored
+    error: Mapped[str | None] = mapped_column(Text)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    raw_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # purged after retention
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Notification(Base):
+    """One message to one patient. Status moves one way: scheduled → claimed →
+    sent → delivered → read; failed, suppressed and cancelled are ends."""
+
+    __tablename__ = "notification"
+    __table_args__ = (
+        Index("ix_notification_due", "status", "scheduled_for"),
+        Index("ix_notification_subject", "subject_ref", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patient.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    rule_id: Mapped[str] = mapped_column(String(80))
+    subject_ref: Mapped[str] = mapped_column(String(200), default="")
+    scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16))
+    urgent: Mapped[bool] = mapped_column(default=False)
+    channel: Mapped[str | None] = mapped_column(String(16))
+    tried_channels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    template_id: Mapped[str | None] = mapped_column(String(120))
+    template_version: Mapped[str | None] = mapped_column(String(16))
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(String(200))  # why suppressed/cancelled/failed
+    provider_message_id: Mapped[str | None] = mapped_column(String(120), index=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    segments: Mapped[int | None] = mapped_column(Integer)
+    cost: Mapped[float | None] = mapped_column()
+    body_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # purged after retention
+    decision: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the why-record
+
+
+class OutboxMessage(Base):
+    """What the sandbox channel has "sent"."""
+
+    __tablename__ = "outbox_message"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    to_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    body_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+NOTIFICATION_STATUSES = (
+    "scheduled", "claimed", "sent", "delivered", "read", "failed", "suppressed", "cancelled",
+)
+PENDING = ("scheduled", "claimed")

@@ -1,0 +1,192 @@
+"""Trigger rules as data (``config/rules.yaml``) and the pure planning that turns
+an event into the notifications to schedule and the pending ones to withdraw."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from adapter import events as ev
+from adapter.errors import ConfigError
+
+Trigger = Literal[
+    "appointment.booked",
+    "appointment.rescheduled",
+    "appointment.cancelled",
+    "appointment.noshow",
+    "appointment.fulfilled",
+    "report.ready",
+]
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"24h"`` → 24 hours. Units: s, m, h, d."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 24h, 30m, 1d)")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+class ReminderRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    id: str
+    when: Trigger
+    kind: str
+    immediately: bool = False
+    before_start: timedelta | None = None
+    after_start: timedelta | None = None
+    at_local_time: time | None = None
+    urgent: bool = False
+
+    @field_validator("before_start", "after_start", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> ReminderRule:
+        given = [self.immediately, self.before_start is not None, self.after_start is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of immediately, before_start, after_start")
+        if self.at_local_time and self.after_start is None:
+            raise ValueError("at_local_time only goes with after_start")
+        return self
+
+    @property
+    def timed(self) -> bool:
+        """Timed rules follow the appointment's start (moved on reschedule)."""
+        return not self.immediately
+
+
+class RuleSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[ReminderRule]
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> RuleSet:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.id in seen:
+                raise ValueError(f"rule id {rule.id!r} is used twice")
+            seen.add(rule.id)
+        return self
+
+    def for_trigger(self, trigger: str) -> list[ReminderRule]:
+        return [rule for rule in self.rules if rule.when == trigger]
+
+
+def load_rules(path: Path) -> RuleSet:
+    """Load and validate the rules file; a bad file raises ConfigError naming it
+    and the field."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read rules: {exc}") from exc
+    try:
+        return RuleSet.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: invalid rules: {problems}") from exc
+
+
+@dataclass(frozen=True)
+class PlannedNotification:
+    rule_id: str
+    kind: str
+    scheduled_for: datetime
+    subject_ref: str
+    urgent: bool
+    too_late: bool  # its moment has passed: recorded as suppressed, never sent
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an event means for notifications: new ones, and which pending ones
+    of the subject to withdraw (``withdraw_timed``: only those that follow the
+    start; ``withdraw_all``: everything pending for the subject)."""
+
+    notifications: tuple[PlannedNotification, ...] = ()
+    withdraw_timed: bool = False
+    withdraw_all: bool = False
+    reason: str = ""
+
+
+TRIGGERS: dict[type, str] = {
+    ev.AppointmentBooked: "appointment.booked",
+    ev.AppointmentRescheduled: "appointment.rescheduled",
+    ev.AppointmentCancelled: "appointment.cancelled",
+    ev.AppointmentNoShow: "appointment.noshow",
+    ev.AppointmentFulfilled: "appointment.fulfilled",
+    ev.ReportReady: "report.ready",
+}
+
+
+def rule_moment(rule: ReminderRule, *, start: datetime | None, now: datetime, tz: ZoneInfo) -> datetime:
+    """When a rule fires for an appointment starting at ``start``."""
+    if rule.immediately or start is None:
+        return now
+    if rule.before_start is not None:
+        return start - rule.before_start
+    assert rule.after_start is not None
+    moment = start + rule.after_start
+    if rule.at_local_time is not None:
+        local = moment.astimezone(tz)
+        moment = datetime.combine(local.date(), rule.at_local_time, tzinfo=tz).astimezone(start.tzinfo)
+    return moment
+
+
+def _planned(
+    rule: ReminderRule, start: datetime | None, subject: str, now: datetime, tz: ZoneInfo
+) -> PlannedNotification:
+    moment = rule_moment(rule, start=start, now=now, tz=tz)
+    return PlannedNotification(
+        rule_id=rule.id,
+        kind=rule.kind,
+        scheduled_for=moment,
+        subject_ref=subject,
+        urgent=rule.urgent,
+        too_late=rule.timed and moment < now,
+    )
+
+
+def plan_notifications(event: ev.Event, rules: RuleSet, *, now: datetime, tz: ZoneInfo) -> Plan:
+    """Pure: the notifications ``event`` calls for under ``rules`` at ``now``."""
+    trigger = TRIGGERS.get(type(event))
+    if trigger is None:
+        return Plan()
+    start: datetime | None = None
+    subject = ""
+    if isinstance(event, ev.ReportReady):
+        subject = event.report_ref
+    elif hasattr(event, "appointment"):
+        start = event.appointment.start  # type: ignore[attr-defined]
+        subject = event.appointment.ref  # type: ignore[attr-defined]
+
+    planned = [_planned(rule, start, subject, now, tz) for rule in rules.for_trigger(trigger)]
+    if isinstance(event, ev.AppointmentRescheduled):
+        # The reschedule notice is immediate; the timed notices follow the new start.
+        moved = [
+            _planned(rule, start, subject, now, tz)
+            for rule in rules.for_trigger("appointment.booked")
+            if rule.timed
+        ]
+        return Plan(tuple(planned + moved), withdraw_timed=True, reason="appointment rescheduled")
+    if isinstance(event, ev.AppointmentCancelled):
+        return Plan(tuple(planned), withdraw_all=True, reason=f"appointment {event.reason or 'cancelled'}")
+    if isinstance(event, ev.AppointmentNoShow):
+        return Plan(tuple(planned), withdraw_all=True, reason="patient did not show")
+    return Plan(tuple(planned))

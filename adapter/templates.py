@@ -1,0 +1,101 @@
+"""Message templates: Jinja2 in a sandbox, one file per kind and language under
+``config/templates/<lang>/<kind>.txt.j2``; dates written as people write them
+(Babel), in the clinic's time zone."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from babel.dates import format_date, format_datetime, format_time
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from adapter.errors import ConfigError
+
+LANGUAGES = ("it", "en")
+# "martedì 1 dicembre alle 09:30" / "Tuesday 1 December at 09:30"
+WHEN_PATTERN = {"it": "EEEE d MMMM 'alle' HH:mm", "en": "EEEE d MMMM 'at' HH:mm"}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    body: str
+    template_id: str  # "<lang>/<kind>"
+    template_version: str  # first 12 hex of the source's sha256
+
+
+def when_text(moment: datetime, language: str, tz: ZoneInfo) -> str:
+    local = moment.astimezone(tz)
+    return format_datetime(local, WHEN_PATTERN.get(language, WHEN_PATTERN["en"]), locale=language)
+
+
+class TemplateBook:
+    """All templates, loaded and compiled once at start-up."""
+
+    def __init__(self, root: Path, *, default_language: str, tz: ZoneInfo) -> None:
+        self.root = root
+        self.default_language = default_language
+        self.tz = tz
+        self._env = ImmutableSandboxedEnvironment(
+            undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
+        )
+        self.sources: dict[str, str] = {}
+        self._compiled: dict[str, Any] = {}
+        for path in sorted(root.glob("*/*.txt.j2")):
+            template_id = f"{path.parent.name}/{path.name.removesuffix('.txt.j2')}"
+            source = path.read_text(encoding="utf-8")
+            try:
+                self._compiled[template_id] = self._env.from_string(source)
+            except TemplateError as exc:
+                raise ConfigError(f"{path}: template does not compile: {exc}") from exc
+            self.sources[template_id] = source
+        if default_language not in {tid.split("/")[0] for tid in self.sources}:
+            raise ConfigError(f"{root}: no templates for the default language {default_language!r}")
+
+    def kinds(self, language: str) -> set[str]:
+        return {tid.split("/")[1] for tid in self.sources if tid.startswith(f"{language}/")}
+
+    def require_kinds(self, kinds: set[str]) -> None:
+        """Start-up check: every kind the rules can produce has a template in
+        the default language."""
+        missing = kinds - self.kinds(self.default_language)
+        if missing:
+            raise ConfigError(
+                f"{self.root}/{self.default_language}: missing templates for {sorted(missing)}"
+            )
+
+    def pick_language(self, language: str) -> str:
+        primary = (language or "").split("-")[0].lower()
+        return primary if primary in LANGUAGES and self.kinds(primary) else self.default_language
+
+    def render(self, kind: str, language: str, context: dict[str, Any]) -> Rendered:
+        lang = self.pick_language(language)
+        template_id = f"{lang}/{kind}"
+        if template_id not in self._compiled:
+            template_id = f"{self.default_language}/{kind}"
+            lang = self.default_language
+        template = self._compiled.get(template_id)
+        if template is None:
+            raise ConfigError(f"no template for kind {kind!r}")
+        body = " ".join(template.render(**localise(context, lang, self.tz)).split())
+        version = hashlib.sha256(self.sources[template_id].encode()).hexdigest()[:12]
+        return Rendered(body=body, template_id=template_id, template_version=version)
+
+
+def localise(context: dict[str, Any], language: str, tz: ZoneInfo) -> dict[str, Any]:
+    """Add the human forms of the appointment time to the context."""
+    out = dict(context)
+    appointment = dict(out.get("appointment") or {})
+    start = appointment.get("start")
+    if isinstance(start, datetime):
+        local = start.astimezone(tz)
+        appointment["when"] = when_text(start, language, tz)
+        appointment["date"] = format_date(local, "EEEE d MMMM", locale=language)
+        appointment["time"] = format_time(local, "HH:mm", locale=language)
+    out["appointment"] = appointment
+    return out

@@ -1,0 +1,145 @@
+"""Per sending facility settings, as data in ``config/facilities.yaml``.
+
+Hospitals differ in where they put things; these differences are configuration,
+not code. Entries are keyed by MSH-4 (HD-1, the namespace id); ``default``
+applies to any other sender, and every named entry inherits from ``default``
+the keys it does not set.
+
+>>> cfg = FacilityConfig.model_validate({"facilities": {"default": {}}})
+>>> cfg.for_facility("ANY").start_time
+['SCH-11', 'AIS-4']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hl7.errors import FacilityConfigError
+
+StartTimeField = Literal["SCH-11", "AIS-4", "TQ1-7"]
+
+
+class PatientKeyRule(BaseModel):
+    """Picks one PID-3 repetition (CX): by identifier type code (CX-5, HL7
+    table 0203: ``MR``, ``NN``, ``NNITA``...) and/or by assigning authority
+    (CX-4, namespace id or universal id: ``NNITA``, ``MEF``, ``2.16.840.1...``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    identifier_type: str | None = None
+    assigning_authority: str | None = None
+
+    @model_validator(mode="after")
+    def _one_criterion(self) -> PatientKeyRule:
+        if not (self.identifier_type or self.assigning_authority):
+            raise ValueError("set identifier_type, assigning_authority or both")
+        return self
+
+
+class WritebackEndpoint(BaseModel):
+    """The hospital's MLLP listener for messages we send back."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+
+
+class FacilityRule(BaseModel):
+    """How to read one sender's messages."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    patient_key: list[PatientKeyRule] = Field(
+        default_factory=lambda: [PatientKeyRule(identifier_type="MR")], min_length=1
+    )
+    """PID-3 repetitions to use as the patient key, tried in order."""
+    start_time: list[StartTimeField] = Field(default_factory=lambda: ["SCH-11", "AIS-4"], min_length=1)
+    """Where the appointment start is, tried in order (SCH-11.4 TQ start, AIS-4, TQ1-7)."""
+    appointment_id: Literal["filler", "placer"] = "filler"
+    """Which id names an appointment: SCH-2 filler (falls back to SCH-1) or SCH-1 placer
+    (falls back to SCH-2)."""
+    timezone: str = "Europe/Rome"
+    """For timestamps sent without a UTC offset."""
+    ack_timing: Literal["stored", "processed"] = "stored"
+    """Original mode: AA once stored (mapping errors go to the error store) or after mapping."""
+    cancellation_writeback: Literal["SRM^S04", "SIU^S15", "none"] = "none"
+    """What we send back when a patient cancels by reply."""
+    writeback: WritebackEndpoint | None = None
+    phone_region: str = "IT"
+    """Region for phone numbers written without a country code."""
+    validate_with_hl7apy: bool = False
+    """Validate structure with hl7apy before mapping: about 100 messages/s (hl7/PARSING.md)."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class FacilityConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    facilities: dict[str, FacilityRule]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_default(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("facilities"), dict):
+            return data
+        entries = data["facilities"]
+        if "default" not in entries:
+            raise ValueError("facilities.default is required")
+        base = entries["default"] or {}
+        merged = {
+            name: (
+                {**base, **(entry or {})}
+                if name != "default" and isinstance(entry, dict) and isinstance(base, dict)
+                else entry if entry is not None else {}
+            )
+            for name, entry in entries.items()
+        }
+        return {**data, "facilities": merged}
+
+    def for_facility(self, facility: str) -> FacilityRule:
+        """The rule for an MSH-4 namespace id, or ``default``."""
+        return self.facilities.get(facility) or self.facilities["default"]
+
+
+def load_facilities(path: str | Path) -> FacilityConfig:
+    """Read and validate a facilities file. Raises ``FacilityConfigError``
+    naming the file and the field at fault."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FacilityConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise FacilityConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return FacilityConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise FacilityConfigError(f"{path}: {problems}") from None
+
+
+def default_facilities() -> FacilityConfig:
+    """Only the ``default`` entry, with every setting at its default."""
+    return FacilityConfig.model_validate({"facilities": {"default": {}}})

@@ -1,0 +1,202 @@
+"""A light parsed message: segments, fields, repetitions, components,
+subcomponents, with escape sequences decoded on access (HL7 v2.5 §2.5, §2.7).
+
+Splitting is lazy and plain ``str.split``: a 6-segment SIU parses in about
+10 µs, against about 7 ms for hl7apy's ``parse_message`` (``hl7/PARSING.md``).
+The mapper reads values by position, so no message structure or version
+definition is needed; unknown segments (Z-segments included) are kept and
+simply not read.
+
+>>> m = parse("MSH|^~\\\\&|CUP|OSP|||||SIU^S12|1|P|2.5\\rPID|||123^^^OSP^MR~RSSMRA80A01H501U^^^NNITA^NN||D\\\\E\\\\'Al\\\\XF2\\\\^Nicol\\\\XC3B2\\\\")
+>>> pid = m.segment("PID")
+>>> [r.component(1) for r in pid.repetitions(3)]
+['123', 'RSSMRA80A01H501U']
+>>> pid.value(5, 1), pid.value(5, 2)
+("D\\\\'Alò", 'Nicolò')
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hl7.errors import HeaderError
+from hl7.header import Separators, read_separators
+
+_SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
+
+
+def unescape(text: str, sep: Separators, charset_codec: str = "utf-8") -> str:
+    """Decode HL7 escape sequences (HL7 v2.5 §2.7): ``\\F\\ \\S\\ \\T\\ \\R\\
+    \\E\\`` (and v2.7 ``\\P\\``) to the separators, ``\\Xhh...\\`` to the
+    characters those bytes are in the message's character set, ``\\.br\\`` to a
+    line break; highlighting and character-set switches are dropped; anything
+    unknown is kept as written."""
+    esc = sep.escape
+    if esc not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c != esc:
+            out.append(c)
+            i += 1
+            continue
+        end = text.find(esc, i + 1)
+        if end < 0:
+            out.append(text[i:])
+            break
+        seq = text[i + 1 : end]
+        out.append(_escape_value(seq, sep, charset_codec, text[i : end + 1]))
+        i = end + 1
+    return "".join(out)
+
+
+def _escape_value(seq: str, sep: Separators, codec: str, written: str) -> str:
+    simple = {
+        "F": sep.field,
+        "S": sep.component,
+        "T": sep.subcomponent,
+        "R": sep.repetition,
+        "E": sep.escape,
+        "P": sep.truncation,
+        ".br": "\n",
+        "H": "",
+        "N": "",
+    }
+    if seq in simple:
+        return simple[seq]
+    if seq[:1] == "X" and len(seq) > 1 and len(seq) % 2 == 1:
+        try:
+            data = bytes.fromhex(seq[1:])
+        except ValueError:
+            return written
+        try:
+            return data.decode(codec)
+        except UnicodeDecodeError:
+            return data.decode("latin-1")
+    if seq[:1] in ("C", "M", "Z"):
+        return ""  # character set switches and local escapes: not representable, dropped
+    return written
+
+
+def escape(text: str, sep: Separators) -> str:
+    """The inverse of ``unescape`` for separators and line breaks, for values we
+    write into messages (ACK ERR text, outbound write-back)."""
+    e = sep.escape
+    out = text.replace(e, f"{e}E{e}")
+    for ch, code in (
+        (sep.field, "F"),
+        (sep.component, "S"),
+        (sep.subcomponent, "T"),
+        (sep.repetition, "R"),
+    ):
+        out = out.replace(ch, f"{e}{code}{e}")
+    if sep.truncation:
+        out = out.replace(sep.truncation, f"{e}P{e}")
+    return out.replace("\r\n", "\n").replace("\r", "\n").replace("\n", f"{e}.br{e}")
+
+
+@dataclass(frozen=True)
+class Repetition:
+    """One repetition of a field: components and their subcomponents, raw."""
+
+    raw: str
+    sep: Separators
+    codec: str = "utf-8"
+
+    def component(self, n: int, subcomponent: int = 1) -> str:
+        """Component ``n`` (1-based), subcomponent ``subcomponent``, unescaped."""
+        comps = self.raw.split(self.sep.component)
+        if n > len(comps):
+            return ""
+        subs = comps[n - 1].split(self.sep.subcomponent)
+        if subcomponent > len(subs):
+            return ""
+        return unescape(subs[subcomponent - 1], self.sep, self.codec)
+
+    def components(self) -> list[str]:
+        """Every component, unescaped, subcomponents left joined with ``&``."""
+        return [unescape(c, self.sep, self.codec) for c in self.raw.split(self.sep.component)]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment. ``fields[0]`` is the segment name; for MSH, ``fields[1]`` is
+    MSH-1 (the field separator) so that ``field(n)`` is always field ``n``."""
+
+    fields: tuple[str, ...]
+    sep: Separators
+    codec: str = "utf-8"
+
+    @property
+    def name(self) -> str:
+        return self.fields[0]
+
+    def field(self, n: int) -> str:
+        """Field ``n`` as written (escaped, repetitions joined)."""
+        return self.fields[n] if n < len(self.fields) else ""
+
+    def repetitions(self, n: int) -> list[Repetition]:
+        """Field ``n``'s repetitions; an empty field gives an empty list. MSH-2
+        is returned whole, never split."""
+        raw = self.field(n)
+        if not raw:
+            return []
+        if self.name == "MSH" and n in (1, 2):
+            return [Repetition(raw, self.sep, self.codec)]
+        return [Repetition(r, self.sep, self.codec) for r in raw.split(self.sep.repetition)]
+
+    def value(self, n: int, component: int = 1, subcomponent: int = 1, repetition: int = 1) -> str:
+        """One unescaped value: field ``n``, repetition, component, subcomponent
+        (all 1-based, HL7 position notation ``SEG-n.c.s``)."""
+        if self.name == "MSH" and n in (1, 2):
+            return self.field(n)
+        reps = self.repetitions(n)
+        if repetition > len(reps):
+            return ""
+        return reps[repetition - 1].component(component, subcomponent)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A parsed message: its separators and segments in order."""
+
+    sep: Separators
+    segments: tuple[Segment, ...]
+
+    @property
+    def msh(self) -> Segment:
+        return self.segments[0]
+
+    def segment(self, name: str) -> Segment | None:
+        """The first segment called ``name``, or ``None``."""
+        for s in self.segments:
+            if s.name == name:
+                return s
+        return None
+
+    def all(self, name: str) -> list[Segment]:
+        return [s for s in self.segments if s.name == name]
+
+
+def parse(text: str, codec: str = "utf-8") -> Message:
+    """Split decoded message text into segments and fields. Segment ends may be
+    CR, LF or CRLF; blank lines are skipped. ``codec`` is the message's
+    character set, used for ``\\Xhh\\`` escapes. Raises ``HeaderError`` when the
+    text does not start with MSH."""
+    text = text.lstrip("\ufeff\r\n\t ")
+    sep = read_separators(text[:16].encode("latin-1", "replace"))
+    segments: list[Segment] = []
+    for line in _SEGMENT_SPLIT.split(text):
+        if not line.strip():
+            continue
+        parts = line.split(sep.field)
+        if parts[0] == "MSH":
+            parts.insert(1, sep.field)
+        segments.append(Segment(tuple(parts), sep, codec))
+    if not segments or segments[0].name != "MSH":
+        raise HeaderError("message does not start with an MSH segment")
+    return Message(sep, tuple(segments))

@@ -1,0 +1,332 @@
+"""MLLP transport: framing and an asyncio server (HL7 v2.5 Appendix C,
+"Minimal Lower Layer Protocol" release 2).
+
+A frame is ``START_BLOCK`` + message + ``END_BLOCK`` + ``CARRIAGE_RETURN``.
+
+>>> frame(b"MSH|...")
+b'\\x0bMSH|...\\x1c\\r'
+>>> FrameDecoder().feed(b"noise\\x0bA\\x1c\\r\\x0bB\\x1c")
+[b'A', b'B']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hl7.ack import AckCode, AckError, build_ack, build_reject_for_unreadable
+from hl7.errors import HL7Error
+from hl7.header import read_header
+
+log = logging.getLogger(__name__)
+
+START_BLOCK = b"\x0b"
+END_BLOCK = b"\x1c"
+CARRIAGE_RETURN = b"\r"
+
+DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+OVERSIZE_HEAD_BYTES = 4096  # kept from an oversize frame so its MSH can still be read
+
+Handler = Callable[[bytes], Awaitable[bytes]]
+
+
+def frame(payload: bytes) -> bytes:
+    """Wrap one message in an MLLP block."""
+    return START_BLOCK + payload + END_BLOCK + CARRIAGE_RETURN
+
+
+@dataclass(frozen=True)
+class OversizeFrame:
+    """A frame longer than the decoder's limit: its first bytes (``head``, for
+    reading MSH) and its full ``size``. The rest was discarded as it arrived."""
+
+    head: bytes
+    size: int
+
+
+class FrameDecoder:
+    """Incremental MLLP decoder: ``feed`` the bytes of each read and get back
+    every frame completed by them, in order.
+
+    - Bytes outside a frame (before a start block, the CR after an end block,
+      line noise) are discarded.
+    - A start block inside a frame abandons the partial frame and starts anew
+      (a sender that gave up mid-message and began again).
+    - An end block alone ends a frame; the trailing CR is optional.
+    - A frame over ``max_message_bytes`` is reported as ``OversizeFrame`` when it
+      ends, so the stream stays in step and the sender gets its AR; memory held
+      stays bounded whatever the sender does.
+    """
+
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.max_message_bytes = max_message_bytes
+        self._in_frame = False
+        self._buffer = bytearray()
+        self._size = 0
+        self._oversize = False
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an unfinished frame received so far."""
+        return self._size if self._in_frame else 0
+
+    def feed(self, data: bytes) -> list[bytes | OversizeFrame]:
+        out: list[bytes | OversizeFrame] = []
+        pos, n = 0, len(data)
+        while pos < n:
+            if not self._in_frame:
+                start = data.find(START_BLOCK, pos)
+                if start < 0:
+                    break
+                self._begin()
+                pos = start + 1
+                continue
+            end = data.find(END_BLOCK, pos)
+            stop = end if end >= 0 else n
+            restart = data.find(START_BLOCK, pos, stop)
+            if restart >= 0:
+                self._begin()
+                pos = restart + 1
+                continue
+            self._append(data[pos:stop])
+            if end < 0:
+                break
+            out.append(self._finish())
+            pos = end + 1
+        return out
+
+    def _begin(self) -> None:
+        self._in_frame = True
+        self._buffer = bytearray()
+        self._size = 0
+        self._oversize = False
+
+    def _append(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._oversize:
+            return
+        if self._size > self.max_message_bytes:
+            self._oversize = True
+            room = OVERSIZE_HEAD_BYTES - len(self._buffer)
+            if room > 0:
+                self._buffer += chunk[:room]
+            del self._buffer[OVERSIZE_HEAD_BYTES:]
+            return
+        self._buffer += chunk
+
+    def _finish(self) -> bytes | OversizeFrame:
+        self._in_frame = False
+        result: bytes | OversizeFrame
+        if self._oversize:
+            result = OversizeFrame(bytes(self._buffer), self._size)
+        else:
+            result = bytes(self._buffer)
+        self._buffer = bytearray()
+        return result
+
+
+def server_ssl_context(
+    cert: str | Path, key: str | Path, client_ca: str | Path | None = None
+) -> ssl.SSLContext:
+    """A TLS ≥ 1.2 server context; with ``client_ca``, mutual TLS: clients must
+    present a certificate signed by that CA."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    if client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(str(client_ca))
+    return ctx
+
+
+def client_ssl_context(
+    ca: str | Path | None = None,
+    cert: str | Path | None = None,
+    key: str | Path | None = None,
+) -> ssl.SSLContext:
+    """A TLS ≥ 1.2 client context trusting ``ca`` (or the system store) and,
+    for mutual TLS, presenting ``cert``/``key``."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key) if key else None)
+    return ctx
+
+
+def answer_for_failure(raw: bytes, exc: BaseException) -> bytes:
+    """The ACK for a message whose handling raised: AR for errors that reject
+    (``HL7Error.rejects``), AE otherwise, with an ERR saying why; an AR built
+    from what can be read when the header itself is unreadable."""
+    error = AckError.from_exception(exc)
+    try:
+        header = read_header(raw)
+    except HL7Error as header_exc:
+        return build_reject_for_unreadable(raw, header_exc.reason, code=header_exc.code)
+    rejects = isinstance(exc, HL7Error) and exc.rejects
+    code = AckCode.AR if rejects else AckCode.AE
+    if header.enhanced_mode:
+        code = AckCode.CR if rejects else AckCode.CE
+    return build_ack(header, code, error=error)
+
+
+class MLLPServer:
+    """An asyncio MLLP listener.
+
+    ``handler`` receives one message (bytes, unframed) and returns the ACK bytes
+    (unframed) — or ``b""`` to send nothing, for enhanced mode with MSH-15
+    ``NE``. Per connection, each message is answered before the next is handed
+    to the handler, so order is kept; connections are served concurrently.
+
+    Whatever arrives, every complete frame is answered: an oversize frame with
+    AR, an unreadable one with AR, and a handler that raises with AE or AR
+    (``answer_for_failure``). Idle connections are closed after
+    ``idle_timeout`` seconds. ``stop(grace)`` stops accepting, lets connections
+    answer the messages already received, closes them, and after ``grace``
+    seconds closes whatever is left.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 2575,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        idle_timeout: float = 300.0,
+        ssl_context: ssl.SSLContext | None = None,
+        read_size: int = 64 * 1024,
+    ) -> None:
+        self.handler = handler
+        self.host = host
+        self._port = port
+        self.max_message_bytes = max_message_bytes
+        self.idle_timeout = idle_timeout
+        self.ssl_context = ssl_context
+        self.read_size = read_size
+        self._server: asyncio.Server | None = None
+        self._connections: dict[asyncio.Task[None], _ConnectionState] = {}
+        self._stopping = False
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when constructed with ``port=0``)."""
+        if self._server is not None and self._server.sockets:
+            return int(self._server.sockets[0].getsockname()[1])
+        return self._port
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._server = await asyncio.start_server(
+            self._accept,
+            self.host,
+            self._port,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=10.0 if self.ssl_context else None,
+            limit=self.read_size,
+        )
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Graceful shutdown: stop accepting, finish in-flight messages, close."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for task, state in list(self._connections.items()):
+            if not state.busy:
+                task.cancel()
+        tasks = list(self._connections)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> MLLPServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        state = _ConnectionState()
+        self._connections[task] = state
+        try:
+            if self._stopping:
+                return
+            await self._serve(reader, writer, state)
+        except (asyncio.CancelledError, ConnectionError, ssl.SSLError, OSError):
+            pass
+        except Exception:  # never let one connection take the listener down
+            log.exception("MLLP connection failed")
+        finally:
+            self._connections.pop(task, None)
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            except (Exception, asyncio.CancelledError):
+                pass
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: _ConnectionState
+    ) -> None:
+        decoder = FrameDecoder(self.max_message_bytes)
+        while not self._stopping:
+            try:
+                data = await asyncio.wait_for(reader.read(self.read_size), self.idle_timeout)
+            except asyncio.TimeoutError:
+                return
+            if not data:
+                return
+            frames = decoder.feed(data)
+            if not frames:
+                continue
+            state.busy = True
+            try:
+                for item in frames:
+                    answer = await self._answer(item)
+                    if answer:
+                        writer.write(frame(answer))
+                        await writer.drain()
+            finally:
+                state.busy = False
+
+    async def _answer(self, item: bytes | OversizeFrame) -> bytes:
+        if isinstance(item, OversizeFrame):
+            reason = f"message of {item.size} bytes exceeds the limit of {self.max_message_bytes}"
+            return build_reject_for_unreadable(item.head, reason, code="207")
+        try:
+            answer = await self.handler(item)
+            if not isinstance(answer, (bytes, bytearray)):
+                raise TypeError(f"MLLP handler returned {type(answer).__name__}, not bytes")
+            return bytes(answer)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, HL7Error):
+                log.exception("MLLP handler failed")
+            return answer_for_failure(item, exc)
+
+
+@dataclass
+class _ConnectionState:
+    busy: bool = False

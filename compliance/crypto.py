@@ -1,0 +1,420 @@
+"""Envelope encryption of personal data (GDPR art. 32) with AES-256-GCM.
+
+Each subject (``"patient:<internal id>"`` or ``"system"``) has its own 256-bit data key,
+created on first use and stored only wrapped by a master key (``data_key`` table).
+Destroying a subject's data key (crypto-shredding, art. 17) makes every blob sealed for it
+unreadable for good, wherever copies of the blob went (backups, exports of rows).
+
+Blob layout (all integers big-endian)::
+
+    version (1 byte, 0x01) | data key id (8 bytes) | nonce (12 bytes) | ciphertext + tag (16)
+
+The version and key id are authenticated with the caller's ``aad``, so a blob cannot be
+re-labelled to another key or context. Wrapped data keys carry the master key id::
+
+    version (1 byte, 0x01) | len(key id) (1 byte) | key id (utf-8) | nonce (12) | wrapped key + tag
+
+Unwrapped keys are cached in memory for ``cache_ttl_s`` seconds; a key destroyed by another
+process stays usable in this one for at most that long. Keys created inside a transaction
+join the shared cache only when that transaction commits.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import event, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from compliance.errors import ConfigError, CryptoError, KeyDestroyed, TamperedCiphertext, UnknownKey
+from compliance.models import DataKey
+from compliance.pseudonyms import normalise
+
+BLOB_VERSION = 1
+_HEADER = struct.Struct(">BQ")
+NONCE_BYTES = 12
+KEY_BYTES = 32
+SYSTEM_SUBJECT = "system"
+INDEX_KEY_SUBJECT = "system:blind-index"
+
+
+@runtime_checkable
+class MasterKeyProvider(Protocol):
+    """Wraps and unwraps data keys. A KMS provider implements the same two calls."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    def wrap(self, data_key: bytes, *, context: bytes) -> bytes: ...
+
+    def unwrap(self, wrapped: bytes, *, context: bytes) -> bytes: ...
+
+
+class LocalMasterKey:
+    """A 256-bit master key held in this process (from the environment or a file)."""
+
+    def __init__(self, secret: bytes, key_id: str | None = None) -> None:
+        if len(secret) != KEY_BYTES:
+            raise ConfigError(f"master key must be {KEY_BYTES} bytes, got {len(secret)}")
+        self._aead = AESGCM(secret)
+        self._secret = secret
+        self._key_id = key_id or hashlib.sha256(b"adapter master key id\x00" + secret).hexdigest()[:16]
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    @classmethod
+    def from_base64(cls, value: str, *, key_id: str | None = None) -> LocalMasterKey:
+        """From ``ADAPTER_MASTER_KEY``: standard base64 of 32 random bytes."""
+        try:
+            secret = base64.b64decode(value.strip(), validate=True)
+        except ValueError as exc:
+            raise ConfigError("ADAPTER_MASTER_KEY: not valid base64") from exc
+        return cls(secret, key_id)
+
+    @classmethod
+    def from_file(cls, path: Path, *, key_id: str | None = None) -> LocalMasterKey:
+        """From ``ADAPTER_MASTER_KEY_FILE``; the file is created (mode 0600) on first use."""
+        return cls.from_base64(_read_or_create_secret(path, lambda: secrets.token_bytes(KEY_BYTES)), key_id=key_id)
+
+    @staticmethod
+    def generate() -> str:
+        """A new master key, base64, for ``ADAPTER_MASTER_KEY``."""
+        return base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()
+
+    def derive(self, label: str) -> bytes:
+        """A 256-bit key for ``label`` (HKDF-SHA256, RFC 5869), independent of the wrap key."""
+        return HKDF(hashes.SHA256(), KEY_BYTES, salt=None, info=label.encode()).derive(self._secret)
+
+    def wrap(self, data_key: bytes, *, context: bytes) -> bytes:
+        kid = self._key_id.encode()
+        nonce = os.urandom(NONCE_BYTES)
+        header = bytes([BLOB_VERSION, len(kid)]) + kid
+        return header + nonce + self._aead.encrypt(nonce, data_key, header + context)
+
+    def unwrap(self, wrapped: bytes, *, context: bytes) -> bytes:
+        kid_len = wrapped[1]
+        header = wrapped[: 2 + kid_len]
+        if wrapped[0] != BLOB_VERSION or header[2:].decode() != self._key_id:
+            raise UnknownKey(f"wrapped by master key {wrapped_key_id(wrapped)!r}, not {self._key_id!r}")
+        nonce = wrapped[2 + kid_len : 2 + kid_len + NONCE_BYTES]
+        try:
+            return self._aead.decrypt(nonce, wrapped[2 + kid_len + NONCE_BYTES :], header + context)
+        except InvalidTag as exc:
+            raise TamperedCiphertext("a wrapped data key failed authentication") from exc
+
+
+def wrapped_key_id(wrapped: bytes) -> str:
+    """The master key id a wrapped data key names."""
+    return wrapped[2 : 2 + wrapped[1]].decode(errors="replace")
+
+
+def _read_or_create_secret(path: Path, make: Callable[[], bytes]) -> str:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(base64.b64encode(make()).decode() + "\n")
+    return path.read_text().strip()
+
+
+def master_key_from_settings(master_key: str | None, master_key_file: Path | None) -> LocalMasterKey:
+    """The master key named by settings (``master_key`` wins over ``master_key_file``)."""
+    if master_key:
+        return LocalMasterKey.from_base64(master_key)
+    if master_key_file:
+        return LocalMasterKey.from_file(master_key_file)
+    raise ConfigError("settings: set ADAPTER_MASTER_KEY or ADAPTER_MASTER_KEY_FILE")
+
+
+@dataclass
+class _CachedKey:
+    key_id: int
+    aead: AESGCM
+    loaded: float
+
+
+@dataclass(frozen=True)
+class RotationReport:
+    rewrapped: int
+    already_current: int
+    destroyed_skipped: int
+
+
+class Vault:
+    """Seals personal data per subject; looks values up by blind index.
+
+    ``master`` wraps new keys; ``previous`` master keys are still accepted for unwrapping,
+    which is what lets :meth:`rotate` run while the adapter serves (see there).
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        master: MasterKeyProvider,
+        index_key: bytes,
+        *,
+        previous: Sequence[MasterKeyProvider] = (),
+        cache_ttl_s: float = 60.0,
+        normalisers: Mapping[str, Callable[[str], str]] | None = None,
+    ) -> None:
+        if len(index_key) < KEY_BYTES:
+            raise ConfigError("blind index key must be at least 32 bytes")
+        self.sessions = sessions
+        self.master = master
+        self._masters = {m.key_id: m for m in (*previous, master)}
+        self._index_key = index_key
+        self._index_keys: dict[str, bytes] = {}
+        self._ttl = cache_ttl_s
+        self._normalisers = dict(normalisers or {})
+        self._by_subject: dict[str, _CachedKey] = {}
+        self._by_id: dict[int, _CachedKey] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls, sessions: sessionmaker[Session], master: MasterKeyProvider, **kwargs: object
+    ) -> Vault:
+        """A vault whose blind-index key is itself a data key (subject ``system:blind-index``)
+        wrapped by the master: created once, unchanged by rotation, so indexes stay valid."""
+        bootstrap = cls(sessions, master, b"\x00" * KEY_BYTES, **kwargs)  # type: ignore[arg-type]
+        with sessions() as session, session.begin():
+            index_key = bootstrap._raw_key_for(session, INDEX_KEY_SUBJECT)
+        return cls(sessions, master, index_key, **kwargs)  # type: ignore[arg-type]
+
+    # -- sealing -------------------------------------------------------------------------
+
+    def encrypt(self, session: Session, subject: str, plaintext: bytes, *, aad: bytes = b"") -> bytes:
+        cached = self._key_for_subject(session, subject)
+        header = _HEADER.pack(BLOB_VERSION, cached.key_id)
+        nonce = os.urandom(NONCE_BYTES)
+        return header + nonce + cached.aead.encrypt(nonce, plaintext, header + aad)
+
+    def decrypt(self, session: Session, blob: bytes, *, aad: bytes = b"") -> bytes:
+        if len(blob) < _HEADER.size + NONCE_BYTES + 16 or blob[0] != BLOB_VERSION:
+            raise CryptoError("not a vault blob (bad length or version)")
+        _, key_id = _HEADER.unpack_from(blob)
+        cached = self._key_by_id(session, key_id)
+        nonce = blob[_HEADER.size : _HEADER.size + NONCE_BYTES]
+        try:
+            return cached.aead.decrypt(nonce, blob[_HEADER.size + NONCE_BYTES :], blob[: _HEADER.size] + aad)
+        except InvalidTag as exc:
+            raise TamperedCiphertext("blob failed authentication (altered, or wrong aad)") from exc
+
+    def encrypt_str(self, session: Session, subject: str, text: str, *, aad: bytes = b"") -> bytes:
+        return self.encrypt(session, subject, text.encode(), aad=aad)
+
+    def decrypt_str(self, session: Session, blob: bytes, *, aad: bytes = b"") -> str:
+        return self.decrypt(session, blob, aad=aad).decode()
+
+    # -- blind indexes -------------------------------------------------------------------
+
+    def blind_index(self, kind: str, value: str) -> str:
+        """HMAC-SHA256 of the normalised value, keyed per ``kind`` (so the same string as a
+        phone and as an identifier gives unrelated indexes); hex. Normalisation: see
+        :mod:`compliance.pseudonyms`, or the ``normalisers`` given to the vault."""
+        norm = self._normalisers.get(kind)
+        text = norm(value) if norm else normalise(kind, value)
+        key = self._index_keys.get(kind)
+        if key is None:
+            key = HKDF(hashes.SHA256(), KEY_BYTES, salt=None, info=b"blind index:" + kind.encode()).derive(
+                self._index_key
+            )
+            self._index_keys[kind] = key
+        return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+    # -- key lifecycle -------------------------------------------------------------------
+
+    def destroy(self, session: Session, subject: str, *, at: datetime | None = None) -> bool:
+        """Crypto-shred ``subject``: its wrapped key is erased; blobs sealed for it raise
+        :class:`KeyDestroyed` from now on and no new key is ever made for it. Returns whether
+        a live key existed. On SQLite, ``secure_delete`` is turned on for this connection so
+        the old page is zeroed; PostgreSQL frees the old row version at the next VACUUM, and
+        backups keep it until they expire — plan retention of backups accordingly."""
+        if subject.startswith(SYSTEM_SUBJECT):
+            raise CryptoError(f"refusing to destroy the system key {subject!r}")
+        if session.get_bind().dialect.name == "sqlite":
+            session.connection().exec_driver_sql("PRAGMA secure_delete=ON")
+        row = session.scalars(select(DataKey).where(DataKey.subject == subject)).one_or_none()
+        now = at or datetime.now(UTC)
+        with self._lock:
+            cached = self._by_subject.pop(subject, None)
+            if cached:
+                self._by_id.pop(cached.key_id, None)
+        if row is None:
+            session.add(DataKey(id=_new_key_id(), subject=subject, master_key_id=None, wrapped=None,
+                                created_at=now, destroyed_at=now))
+            return False
+        alive = row.wrapped is not None
+        self._by_id.pop(row.id, None)
+        row.wrapped, row.master_key_id = None, None
+        row.destroyed_at = row.destroyed_at or now
+        session.flush()
+        return alive
+
+    def rotate(self, session: Session, new_master: MasterKeyProvider, *, batch: int = 500) -> RotationReport:
+        """Rewrap every live data key under ``new_master``; data blobs are untouched.
+
+        Without downtime: (1) give every process the new key as ``master`` and the old one in
+        ``previous`` (or the old as master and the new in ``previous``) — both unwrap;
+        (2) run ``rotate``; rows are rewrapped in place, each readable before and after;
+        (3) drop the old key once no row names it (``count_wrapped_by``). This vault
+        switches to wrapping with ``new_master`` immediately."""
+        self._masters[new_master.key_id] = new_master
+        self.master = new_master
+        report = {"rewrapped": 0, "already_current": 0, "destroyed_skipped": 0}
+        now = datetime.now(UTC)
+        last_id = -1
+        while True:
+            rows = session.scalars(
+                select(DataKey).where(DataKey.id > last_id).order_by(DataKey.id).limit(batch)
+            ).all()
+            if not rows:
+                break
+            for row in rows:
+                last_id = row.id
+                if row.wrapped is None:
+                    report["destroyed_skipped"] += 1
+                elif row.master_key_id == new_master.key_id:
+                    report["already_current"] += 1
+                else:
+                    raw = self._unwrap(row)
+                    row.wrapped = new_master.wrap(raw, context=_wrap_context(row.subject, row.id))
+                    row.master_key_id, row.rotated_at = new_master.key_id, now
+                    report["rewrapped"] += 1
+            session.flush()
+        return RotationReport(**report)
+
+    def count_wrapped_by(self, session: Session, master_key_id: str) -> int:
+        return len(session.scalars(select(DataKey.id).where(DataKey.master_key_id == master_key_id)).all())
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _fresh(self, cached: _CachedKey | None) -> _CachedKey | None:
+        if cached is not None and time.monotonic() - cached.loaded < self._ttl:
+            return cached
+        return None
+
+    def _key_for_subject(self, session: Session, subject: str) -> _CachedKey:
+        cached = self._fresh(self._by_subject.get(subject)) or _pending(session).get(subject)
+        if cached is not None:
+            return cached
+        row = session.scalars(select(DataKey).where(DataKey.subject == subject)).one_or_none()
+        if row is None:
+            return self._create(session, subject)
+        return self._remember(row)
+
+    def _key_by_id(self, session: Session, key_id: int) -> _CachedKey:
+        cached = self._fresh(self._by_id.get(key_id))
+        if cached is None:
+            cached = next((c for c in _pending(session).values() if c.key_id == key_id), None)
+        if cached is not None:
+            return cached
+        row = session.get(DataKey, key_id)
+        if row is None:
+            raise UnknownKey(f"no data key {key_id}")
+        return self._remember(row)
+
+    def _raw_key_for(self, session: Session, subject: str) -> bytes:
+        row = session.scalars(select(DataKey).where(DataKey.subject == subject)).one_or_none()
+        if row is None:
+            self._create(session, subject)
+            row = session.scalars(select(DataKey).where(DataKey.subject == subject)).one()
+        return self._unwrap(row)
+
+    def _unwrap(self, row: DataKey) -> bytes:
+        if row.wrapped is None:
+            raise KeyDestroyed(f"the data key of {row.subject!r} was destroyed")
+        master = self._masters.get(wrapped_key_id(row.wrapped))
+        if master is None:
+            raise UnknownKey(f"data key {row.id} is wrapped by unknown master {wrapped_key_id(row.wrapped)!r}")
+        return master.unwrap(row.wrapped, context=_wrap_context(row.subject, row.id))
+
+    def _remember(self, row: DataKey) -> _CachedKey:
+        cached = _CachedKey(row.id, AESGCM(self._unwrap(row)), time.monotonic())
+        with self._lock:
+            self._by_subject[row.subject] = cached
+            self._by_id[row.id] = cached
+        return cached
+
+    def _create(self, session: Session, subject: str) -> _CachedKey:
+        raw, key_id = AESGCM.generate_key(bit_length=256), _new_key_id()
+        row = DataKey(id=key_id, subject=subject, master_key_id=self.master.key_id,
+                      wrapped=self.master.wrap(raw, context=_wrap_context(subject, key_id)),
+                      created_at=datetime.now(UTC))
+        try:
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:  # another transaction created it first
+            existing = session.scalars(select(DataKey).where(DataKey.subject == subject)).one()
+            return self._remember(existing)
+        cached = _CachedKey(key_id, AESGCM(raw), time.monotonic())
+        self._stage(session, subject, cached)
+        return cached
+
+    def _stage(self, session: Session, subject: str, cached: _CachedKey) -> None:
+        pending = _pending(session)
+        if not pending:
+            def publish(sess: Session) -> None:
+                with self._lock:
+                    for subj, c in sess.info.pop(_PENDING, {}).items():
+                        self._by_subject[subj], self._by_id[c.key_id] = c, c
+
+            def discard(sess: Session, *_: object) -> None:
+                sess.info.pop(_PENDING, None)
+
+            event.listen(session, "after_commit", publish, once=True)
+            event.listen(session, "after_rollback", discard, once=True)
+        pending[subject] = cached
+
+
+_PENDING = "compliance.pending_keys"
+
+
+def _pending(session: Session) -> dict[str, _CachedKey]:
+    return session.info.setdefault(_PENDING, {})
+
+
+def _new_key_id() -> int:
+    return secrets.randbits(62) + 1
+
+
+def _wrap_context(subject: str, key_id: int) -> bytes:
+    return f"data key {key_id} for {subject}".encode()
+
+
+class VaultCodec:
+    """Seals and opens blobs for callers that hold no session: each call is its own short
+    transaction. Same blob format as :class:`Vault`."""
+
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+
+    def encrypt(self, plaintext: bytes, *, subject: str = SYSTEM_SUBJECT, aad: bytes = b"") -> bytes:
+        with self.vault.sessions() as session, session.begin():
+            return self.vault.encrypt(session, subject, plaintext, aad=aad)
+
+    def decrypt(self, blob: bytes, *, aad: bytes = b"") -> bytes:
+        with self.vault.sessions() as session, session.begin():
+            return self.vault.decrypt(session, blob, aad=aad)

@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     telegram_bot_token: SecretStr = SecretStr("")
     telegram_secret_token: SecretStr = SecretStr("")
     telegram_bot_name: str = ""
+    sandbox_webhook_secret: SecretStr = SecretStr("")
     smtp_host: str = "localhost"
     smtp_port: int = 587
     smtp_username: str = ""

@@ -1,0 +1,5 @@
+"""``python -m adapter <command>``."""
+
+from adapter.cli import main
+
+main()

@@ -1,0 +1,100 @@
+"""The one wiring place: engines, vault, audit, rules, templates, pipeline, intake,
+channels and dispatcher are built here from the settings. The web app, the CLI,
+the in-process worker and the Celery worker all call :func:`build`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapter.clock import Clock, SystemClock
+from adapter.compliance_gate import ComplianceGate
+from adapter.db import make_engine, make_sessionmaker
+from adapter.dispatch import Clinic, Dispatcher
+from adapter.errors import ConfigError
+from adapter.intake import HL7Intake
+from adapter.pipeline import Pipeline
+from adapter.rules import RuleSet, load_rules
+from adapter.settings import Settings
+from adapter.templates import TemplateBook
+from channels.base import Channel
+from compliance.audit import AuditLog
+from compliance.crypto import Vault, master_key_from_settings
+from hl7.facilities import FacilityConfig, load_facilities
+
+
+@dataclass
+class Container:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    clock: Clock
+    vault: Vault
+    audit: AuditLog
+    gate: ComplianceGate
+    rules: RuleSet
+    templates: TemplateBook
+    pipeline: Pipeline
+    facilities: FacilityConfig
+    intake: HL7Intake
+    channels: dict[str, Channel]
+    dispatcher: Dispatcher
+    extras: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.settings.timezone)
+
+
+def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str, Channel] | None = None) -> Container:
+    """Build everything from ``settings``; configuration errors surface here, at
+    start-up, naming the file and field."""
+    clock = clock or SystemClock()
+    tz = ZoneInfo(settings.timezone)
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    vault = Vault.open(sessions, master_key(settings))
+    audit = AuditLog.open(sessions, settings.audit_signing_key_file or settings.var_dir / "audit-signing.key")
+    rules = load_rules(settings.config_dir / "rules.yaml")
+    templates = TemplateBook(settings.config_dir / "templates", default_language=settings.default_language, tz=tz)
+    templates.require_kinds({rule.kind for rule in rules.rules})
+    gate = ComplianceGate.from_config(vault=vault, audit=audit, config_dir=settings.config_dir, templates=templates)
+    pipeline = Pipeline(rules=rules, gate=gate, tz=tz)
+    facilities = load_facilities(settings.config_dir / "facilities.yaml")
+    intake = HL7Intake(sessions=sessions, vault=vault, pipeline=pipeline, facilities=facilities, clock=clock)
+    if channels is None:
+        from adapter.providers import build_channels
+
+        channels = build_channels(settings, sessions=sessions, vault=vault, clock=clock)
+    dispatcher = Dispatcher(
+        sessions=sessions,
+        gate=gate,
+        templates=templates,
+        channels=channels,
+        preference=settings.channels,
+        clock=clock,
+        clinic=Clinic(settings.clinic_name, settings.clinic_phone),
+        batch_size=settings.claim_batch_size,
+        lease=timedelta(seconds=settings.claim_lease_s),
+    )
+    return Container(
+        settings=settings, engine=engine, sessions=sessions, clock=clock, vault=vault, audit=audit,
+        gate=gate, rules=rules, templates=templates, pipeline=pipeline, facilities=facilities,
+        intake=intake, channels=channels, dispatcher=dispatcher,
+    )
+
+
+def master_key(settings: Settings):
+    """The master key from ADAPTER_MASTER_KEY, else ADAPTER_MASTER_KEY_FILE, else a
+    file under var/ created on first start (local and test only)."""
+    secret = settings.master_key.get_secret_value() if settings.master_key else None
+    path = settings.master_key_file
+    if not secret and path is None:
+        if settings.environment == "production":
+            raise ConfigError("production needs ADAPTER_MASTER_KEY or ADAPTER_MASTER_KEY_FILE")
+        path = settings.var_dir / "master.key"
+    return master_key_from_settings(secret, path)

@@ -1,0 +1,222 @@
+"""The command line (INTERFACES.md): ``python -m adapter <command>``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from adapter.settings import Settings, get_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="The adapter: hospital events to patients' phones.")
+hl7_app = typer.Typer(no_args_is_help=True, help="HL7 v2: send, error store, replay.")
+tokens_app = typer.Typer(no_args_is_help=True, help="API tokens.")
+app.add_typer(hl7_app, name="hl7")
+app.add_typer(tokens_app, name="tokens")
+console = Console()
+err = Console(stderr=True)
+
+
+def _container(settings: Settings | None = None):
+    from adapter.bootstrap import build
+    from adapter.errors import ConfigError
+
+    settings = settings or get_settings()
+    try:
+        return build(settings)
+    except ConfigError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _migrate(settings: Settings) -> None:
+    from adapter.migrate import upgrade
+
+    upgrade(settings.database_url)
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    settings = get_settings()
+    _migrate(settings)
+    console.print("database is up to date")
+
+
+def admin_token_file(settings: Settings) -> Path:
+    return settings.var_dir / "admin-token"
+
+
+@app.command()
+def serve(
+    http_port: Annotated[Optional[int], typer.Option(help="HTTP port (default ADAPTER_HTTP_PORT)")] = None,
+    mllp_port: Annotated[Optional[int], typer.Option(help="MLLP port (default ADAPTER_MLLP_PORT)")] = None,
+    workers: Annotated[str, typer.Option(help="embedded: send from this process; celery: leave it to workers")] = "embedded",
+) -> None:
+    """Serve HTTP and MLLP, with the in-process worker and the configured channels."""
+    from adapter.auth import create_token, has_tokens
+    from adapter.db import transaction
+    from adapter.runtime import serve as run
+
+    settings = get_settings()
+    _migrate(settings)
+    container = _container(settings)
+    with transaction(container.sessions) as session:
+        if not has_tokens(session):
+            token = create_token(session, role="admin", name="local-admin", now=container.clock.now())
+            path = admin_token_file(settings)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(token + "\n")
+            path.chmod(0o600)
+            console.print(f"first start: admin token (shown once, also in {path}):\n  {token}")
+    asyncio.run(
+        run(
+            container,
+            http_port=http_port or settings.http_port,
+            mllp_port=mllp_port or settings.mllp_port,
+            embedded_worker=workers == "embedded",
+        )
+    )
+
+
+@tokens_app.command("create")
+def tokens_create(
+    role: Annotated[str, typer.Option(help="ehr, officer or admin")],
+    name: Annotated[str, typer.Option(help="who or what holds it")] = "",
+) -> None:
+    """Print a new API token (stored hashed; shown only now)."""
+    from adapter.auth import ROLES, create_token
+    from adapter.db import make_engine, make_sessionmaker, transaction
+    from adapter.models import ApiToken  # noqa: F401
+
+    if role not in ROLES:
+        err.print(f"[red]unknown role {role!r}[/red]: choose one of {', '.join(ROLES)}")
+        raise typer.Exit(2)
+    settings = get_settings()
+    _migrate(settings)
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    from adapter.clock import SystemClock
+
+    with transaction(sessions) as session:
+        token = create_token(session, role=role, name=name or role, now=SystemClock().now())  # type: ignore[arg-type]
+    print(token)
+
+
+@app.command()
+def outbox(limit: Annotated[int, typer.Option(help="how many, newest first")] = 50) -> None:
+    """What the sandbox channel has "sent"."""
+    from adapter.db import transaction
+    from adapter.models import OutboxMessage
+
+    container = _container()
+    table = Table("id", "at (UTC)", "to", "message")
+    with transaction(container.sessions) as session:
+        rows = session.scalars(select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit))
+        for row in rows:
+            table.add_row(
+                str(row.id),
+                row.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                container.vault.decrypt(session, row.to_enc).decode(),
+                container.vault.decrypt(session, row.body_enc).decode(),
+            )
+    console.print(table)
+
+
+@hl7_app.command("errors")
+def hl7_errors(limit: int = 100) -> None:
+    """Messages that could not be processed, with the reason."""
+    from adapter.db import transaction
+    from adapter.models import InboundMessage
+
+    container = _container()
+    table = Table("id", "received (UTC)", "sender", "control id", "type", "status", "reason")
+    with transaction(container.sessions) as session:
+        rows = session.scalars(
+            select(InboundMessage)
+            .where(InboundMessage.status.in_(("error", "rejected")))
+            .order_by(InboundMessage.id)
+            .limit(limit)
+        )
+        count = 0
+        for row in rows:
+            count += 1
+            table.add_row(str(row.id), row.received_at.strftime("%Y-%m-%d %H:%M:%S"), row.sender,
+                          row.control_id, row.message_type, row.status, row.error or "")
+    console.print(table if count else "the error store is empty")
+
+
+@hl7_app.command("replay")
+def hl7_replay(ids: list[int]) -> None:
+    """Process error-store messages again, after a configuration fix."""
+    container = _container()
+    results = container.intake.replay(ids)
+    failed = 0
+    for message_id, status in results.items():
+        console.print(f"{message_id}: {status}")
+        failed += status != "processed"
+    raise typer.Exit(1 if failed else 0)
+
+
+@hl7_app.command("send")
+def hl7_send(
+    paths: Annotated[list[Path], typer.Argument(help="files or directories of ER7 messages")],
+    host: str = "127.0.0.1",
+    port: Annotated[Optional[int], typer.Option(help="default ADAPTER_MLLP_PORT")] = None,
+    connections: Annotated[int, typer.Option(min=1, max=64)] = 1,
+    rate: Annotated[Optional[float], typer.Option(help="messages per second, all connections")] = None,
+    tls: bool = False,
+    timeout: float = 30.0,
+) -> None:
+    """Send messages over MLLP with a progress bar; exit 1 unless every ACK is AA."""
+    from adapter.hl7_send import send_files
+
+    code = send_files(paths, host=host, port=port or get_settings().mllp_port, connections=connections,
+                      rate=rate, tls=tls, timeout=timeout, console=console)
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    url: Annotated[str, typer.Option(help="the running adapter's HTTP base")] = "",
+    mllp: Annotated[str, typer.Option(help="the running adapter's MLLP host:port")] = "",
+    token: Annotated[str, typer.Option(envvar="ADAPTER_TOKEN", help="an admin token")] = "",
+) -> None:
+    """Feed the bundled sample feeds through a running adapter and show, per
+    patient, what they receive and when."""
+    from adapter.demo import run_demo
+
+    settings = get_settings()
+    token = token or (admin_token_file(settings).read_text().strip() if admin_token_file(settings).exists() else "")
+    if not token:
+        err.print("[red]no token[/red]: pass --token or set ADAPTER_TOKEN (make run prints one)")
+        raise typer.Exit(2)
+    raise typer.Exit(
+        run_demo(
+            base_url=url or f"http://127.0.0.1:{settings.http_port}",
+            mllp=mllp or f"127.0.0.1:{settings.mllp_port}",
+            token=token,
+            tz=settings.timezone,
+            console=console,
+        )
+    )
+
+
+@app.command()
+def openapi() -> None:
+    """Print the OpenAPI document (what ``openapi/openapi.json`` must equal)."""
+    from adapter.openapi_doc import openapi_document
+
+    print(json.dumps(openapi_document(), indent=2, sort_keys=True))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,143 @@
+"""The core's one door into ``compliance/``: consent decisions at schedule and at
+send time, audit entries for every decision, and the report-notice rules.
+
+Pipeline and dispatcher call this; they never touch keys, the audit table or the
+consent registry directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from adapter import events as ev
+from adapter.models import Notification
+from adapter.templates import TemplateBook
+from compliance import consent as registry
+from compliance.audit import AuditLog
+from compliance.crypto import Vault
+from compliance.purposes import PurposeBook, load_purposes
+from compliance.report_rules import ReportRules, lint_templates, report_notice_allowed
+
+SYSTEM_ACTOR = "adapter"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A consent decision as the core records it in the why-record."""
+
+    allowed: bool
+    reason: str
+    purpose: str
+    lawful_basis: str
+    channel: str
+    consent_record: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ComplianceGate:
+    def __init__(self, *, vault: Vault, audit: AuditLog, purposes: PurposeBook, report_rules: ReportRules) -> None:
+        self.vault = vault
+        self.audit = audit
+        self.purposes = purposes
+        self.report_rules = report_rules
+
+    @classmethod
+    def from_config(cls, *, vault: Vault, audit: AuditLog, config_dir: Path, templates: TemplateBook) -> ComplianceGate:
+        purposes = load_purposes(config_dir / "purposes.yaml")
+        problems = lint_templates(templates.sources, purposes.kinds_by_purpose())
+        if problems:
+            from adapter.errors import ConfigError
+
+            raise ConfigError("; ".join(str(problem) for problem in problems))
+        return cls(vault=vault, audit=audit, purposes=purposes, report_rules=purposes.report_rules)
+
+    # -- consent -------------------------------------------------------------------
+
+    def _decide(self, session: Session, patient_id: str, kind: str, channel: str, now: datetime) -> Decision:
+        purpose = self.purposes.for_kind(kind)
+        records = registry.records_for(session, patient_id)
+        verdict = registry.evaluate(
+            records, purpose=purpose.name, channel=channel, at=now, explicit_required=purpose.explicit_consent
+        )
+        return Decision(verdict.allowed, verdict.reason, purpose.name, purpose.lawful_basis, channel, verdict.record_id)
+
+    def decide_at_schedule(self, session: Session, patient_id: str, kind: str, *, now: datetime) -> Decision:
+        """At scheduling the channel is not chosen yet: the purpose must be allowed
+        on at least one channel (``"*"``)."""
+        return self._decide(session, patient_id, kind, "*", now)
+
+    def decide_at_send(self, session: Session, patient_id: str, kind: str, channel: str, *, now: datetime) -> Decision:
+        return self._decide(session, patient_id, kind, channel, now)
+
+    def consent_changed(self, session: Session, patient_id: str, event: ev.ConsentChanged, *, now: datetime) -> None:
+        registry.apply_consent_event(session, patient_id, event, now=now)
+        self._audit(session, "consent_changed", patient_id, f"consent {event.consent_ref}", now,
+                    {"active": event.active, "provisions": len(event.provisions), "source": event.origin.source})
+        self.recheck_pending(session, patient_id, now=now)
+
+    def recheck_pending(self, session: Session, patient_id: str, *, now: datetime) -> None:
+        """A withdrawal cancels what is pending for purposes it now denies."""
+        pending = session.scalars(
+            select(Notification).where(Notification.patient_id == patient_id, Notification.status == "scheduled")
+        )
+        for row in pending:
+            decision = self.decide_at_schedule(session, patient_id, row.kind, now=now)
+            if not decision.allowed:
+                row.status, row.reason, row.status_at = "cancelled", f"consent withdrawn: {decision.reason}"[:200], now
+                row.decision = {**row.decision, "withdrawn": decision.as_dict()}
+                self._audit(session, "suppressed", patient_id, row.reason, now, {"notification": row.id})
+
+    def report_notice_allowed(self, session: Session, patient_id: str, event: ev.ReportReady, *, now: datetime) -> tuple[bool, str]:
+        online = self._decide(session, patient_id, "report_ready", "*", now)
+        verdict = report_notice_allowed(event.codes, online.allowed, self.report_rules)
+        return verdict.allowed, verdict.reason
+
+    def patients_merged(self, session: Session, keeper_id: str, event: ev.PatientsMerged, *, now: datetime) -> None:
+        self._audit(session, "received", keeper_id, "patients merged", now, {"origin": event.origin.source})
+
+    # -- audit of each decision ---------------------------------------------------------
+
+    def received(self, session: Session, patient_id: str, event: ev.Event, *, now: datetime) -> None:
+        self._audit(session, "received", patient_id, type(event).__name__, now,
+                    {"source": event.origin.source, "sender": event.origin.sender, "ref": event.origin.message_ref})
+
+    def scheduled(self, session: Session, row: Notification, *, now: datetime) -> None:
+        action = "scheduled" if row.status == "scheduled" else "suppressed"
+        self._audit(session, action, row.patient_id, row.reason or row.rule_id, now,
+                    {"notification": row.id, "kind": row.kind, "rule": row.rule_id,
+                     "scheduled_for": row.scheduled_for.isoformat()})
+
+    def withdrawn(self, session: Session, notification_id: int, reason: str, *, now: datetime) -> None:
+        row = session.get(Notification, notification_id)
+        if row is not None:
+            self._audit(session, "cancelled", row.patient_id, reason, now, {"notification": notification_id})
+
+    def sent(self, session: Session, row: Notification, *, now: datetime) -> None:
+        self._audit(session, "sent", row.patient_id, f"sent by {row.channel}", now,
+                    {"notification": row.id, "channel": row.channel, "template": row.template_id,
+                     "template_version": row.template_version})
+
+    def attempt_failed(self, session: Session, row: Notification, error: str, *, now: datetime) -> None:
+        self._audit(session, "send_failed", row.patient_id, error, now, {"notification": row.id, "channel": row.channel})
+
+    def ended(self, session: Session, row: Notification, *, now: datetime) -> None:
+        self._audit(session, row.status, row.patient_id, row.reason or "", now, {"notification": row.id})
+
+    def status_changed(self, session: Session, row: Notification, *, now: datetime) -> None:
+        self._audit(session, row.status, row.patient_id, f"provider reported {row.status}", now, {"notification": row.id})
+
+    def auth_failed(self, session: Session, path: str, *, now: datetime) -> None:
+        self._audit(session, "auth_failed", "-", "invalid bearer token", now, {"path": path[:200]}, outcome="failure")
+
+    def _audit(self, session: Session, action: str, subject: str, reason: str, now: datetime,
+               details: dict[str, Any], *, actor: str = SYSTEM_ACTOR, outcome: str = "success") -> None:
+        self.audit.append(session, action=action, actor=actor, subject=subject, reason=reason,
+                          details=details, at=now, outcome=outcome)

@@ -1,0 +1,210 @@
+"""Sending claimed notifications: the one place that decides retries and failover,
+the same way for every provider (STYLE.md "A channel, as we want it to look").
+
+For each claimed notification: check consent again for each channel, pick the
+patient's preferred reachable channel, render the template, make one attempt,
+then record the outcome: ``sent``; a retryable error backs off with jitter; a
+final error fails over to the next channel, or ends as ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapter.clock import Clock
+from adapter.compliance_gate import ComplianceGate
+from adapter.db import transaction
+from adapter.models import Appointment, Notification, Patient
+from adapter.patients import first_name, reachable
+from adapter.scheduler import claim_due, release
+from adapter.templates import TemplateBook
+from channels.base import Channel, OutboundMessage, Outcome, SendResult
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS_PER_CHANNEL = 5
+
+
+@dataclass(frozen=True)
+class Clinic:
+    name: str
+    phone: str
+
+
+@dataclass(frozen=True)
+class SendJob:
+    notification_id: int
+    channel: str
+    message: OutboundMessage
+    template_id: str
+    template_version: str
+    body: str
+
+
+def backoff(attempt: int, *, retry_after: float | None = None, base: float = 30.0, cap: float = 3600.0) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: exponential with full jitter,
+    never less than the provider's own Retry-After."""
+    delay = random.uniform(0, min(cap, base * (2 ** max(attempt - 1, 0))))
+    return max(delay, retry_after or 0.0, 1.0)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        gate: ComplianceGate,
+        templates: TemplateBook,
+        channels: dict[str, Channel],
+        preference: list[str],
+        clock: Clock,
+        clinic: Clinic,
+        batch_size: int = 50,
+        lease: timedelta = timedelta(minutes=2),
+        concurrency: int = 32,
+    ) -> None:
+        self.sessions = sessions
+        self.gate = gate
+        self.templates = templates
+        self.channels = channels
+        self.preference = [name for name in preference if name in channels]
+        self.clock = clock
+        self.clinic = clinic
+        self.batch_size = batch_size
+        self.lease = lease
+        self._limit = asyncio.Semaphore(concurrency)
+
+    async def run_once(self) -> int:
+        """Claim one batch of due notifications and send them; return how many."""
+        now = self.clock.now()
+        ids = await asyncio.to_thread(self._claim, now)
+        if ids:
+            await asyncio.gather(*(self._deliver(notification_id) for notification_id in ids))
+        return len(ids)
+
+    def _claim(self, now: datetime) -> list[int]:
+        with transaction(self.sessions) as session:
+            return claim_due(session, now=now, limit=self.batch_size, lease=self.lease)
+
+    async def _deliver(self, notification_id: int) -> None:
+        async with self._limit:
+            try:
+                job = await asyncio.to_thread(self._prepare, notification_id)
+                if job is None:
+                    return
+                result = await self.channels[job.channel].send(job.message)
+            except Exception as exc:  # a bug or an outage must not lose the notification
+                log.exception("dispatch of notification %s failed", notification_id)
+                result = SendResult.retry("internal", type(exc).__name__)
+                job = None
+            await asyncio.to_thread(self._record, notification_id, job, result)
+
+    def _prepare(self, notification_id: int) -> SendJob | None:
+        """Pick channel and contact, render; or end the notification with its reason."""
+        now = self.clock.now()
+        with transaction(self.sessions) as session:
+            row = session.get(Notification, notification_id)
+            if row is None or row.status != "claimed":
+                return None
+            patient = session.get(Patient, row.patient_id)
+            if patient is None:
+                self._end(session, row, "failed", "patient no longer exists", now)
+                return None
+            candidates = [c for c in self.preference if c not in row.tried_channels]
+            denied: list[str] = []
+            for contact in reachable(session, self.gate.vault, patient.id, candidates):
+                decision = self.gate.decide_at_send(session, patient.id, row.kind, contact.channel, now=now)
+                if not decision.allowed:
+                    denied.append(decision.reason)
+                    row.decision = {**row.decision, "at_send": {"channel": contact.channel, "consent": decision.as_dict()}}
+                    continue
+                rendered = self.templates.render(row.kind, patient.language, self._context(session, patient, row))
+                row.channel = contact.channel
+                row.decision = {
+                    **row.decision,
+                    "at_send": {
+                        "channel": contact.channel,
+                        "consent": decision.as_dict(),
+                        "template": rendered.template_id,
+                        "template_version": rendered.template_version,
+                    },
+                }
+                message = OutboundMessage(
+                    to=contact.address,
+                    body=rendered.body,
+                    idempotency_key=row.idempotency_key,
+                    language=rendered.template_id.split("/")[0],
+                    urgent=row.urgent,
+                )
+                return SendJob(row.id, contact.channel, message, rendered.template_id, rendered.template_version, rendered.body)
+            if denied:
+                self._end(session, row, "suppressed", denied[0], now)
+            elif row.tried_channels:
+                self._end(session, row, "failed", f"every channel failed ({', '.join(row.tried_channels)})", now)
+            else:
+                self._end(session, row, "suppressed", "no usable contact for any live channel", now)
+            return None
+
+    def _context(self, session: Session, patient: Patient, row: Notification) -> dict:
+        appointment = session.scalar(select(Appointment).where(Appointment.ref == row.subject_ref))
+        return {
+            "patient": {"first_name": first_name(session, self.gate.vault, patient)},
+            "clinic": {"name": self.clinic.name, "phone": self.clinic.phone},
+            "appointment": {"start": appointment.start, "location": appointment.location} if appointment else {},
+        }
+
+    def _record(self, notification_id: int, job: SendJob | None, result: SendResult) -> None:
+        now = self.clock.now()
+        with transaction(self.sessions) as session:
+            row = session.get(Notification, notification_id)
+            if row is None or row.status != "claimed":
+                return
+            row.attempts += 1
+            if result.outcome is Outcome.ACCEPTED and job is not None:
+                row.status, row.status_at, row.sent_at = "sent", now, now
+                row.provider_message_id = result.provider_message_id
+                row.template_id, row.template_version = job.template_id, job.template_version
+                row.segments = result.segments
+                row.cost = float(result.cost) if result.cost is not None else None
+                row.body_enc = self.gate.vault.encrypt_str(session, f"patient:{row.patient_id}", job.body)
+                row.claimed_until = None
+                self.gate.sent(session, row, now=now)
+                return
+            error = f"{result.error_code or ''} {result.error_text or ''}".strip()[:200]
+            channel_attempts = row.attempts
+            if result.outcome is Outcome.RETRYABLE and channel_attempts < MAX_ATTEMPTS_PER_CHANNEL * (len(row.tried_channels) + 1):
+                at = now + timedelta(seconds=backoff(row.attempts, retry_after=result.retry_after_s))
+                release(session, row.id, at=at, now=now, error=error)
+                return
+            if job is not None:
+                row.tried_channels = [*row.tried_channels, job.channel]
+            row.last_error = error
+            # Fail over: the next channel is tried at once by the next claim.
+            release(session, row.id, at=now, now=now, error=error)
+            self.gate.attempt_failed(session, row, error, now=now)
+
+    def _end(self, session: Session, row: Notification, status: str, reason: str, now: datetime) -> None:
+        row.status, row.reason, row.status_at, row.claimed_until = status, reason[:200], now, None
+        self.gate.ended(session, row, now=now)
+
+
+async def run_forever(dispatcher: Dispatcher, *, interval: float, stop: asyncio.Event) -> None:
+    """The in-process worker: poll for due notifications until ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            sent = await dispatcher.run_once()
+        except Exception:
+            log.exception("dispatcher round failed; retrying")
+            sent = 0
+        if sent == 0:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except TimeoutError:
+                pass

@@ -1,0 +1,243 @@
+"""HL7 v2 intake: make a message safe, acknowledge it honestly, process it after.
+
+The ACK path does the least that makes the message safe (DESIGN.md "How an ACK
+stays honest and fast"): read MSH with a plain split, seal and store the raw
+bytes, commit, answer. Commits from many connections are grouped: one writer
+drains everything that arrived in the same moment into one transaction, so the
+cost of a durable write is shared. Mapping to events happens afterwards, from
+the stored message, so a crash between ACK and mapping loses nothing: rows left
+``stored`` are picked up at the next start.
+
+A sending facility may ask for the ACK after processing instead
+(``ack: processed`` in config/facilities.yaml): AE/AR then reflect the mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapter.clock import Clock
+from adapter.db import transaction
+from adapter.models import InboundMessage
+from adapter.pipeline import Pipeline
+from compliance.crypto import Vault
+from hl7.ack import AckCode, AckError, build_ack, build_reject_for_unreadable
+from hl7.errors import HL7Error, MappingError, UnsupportedMessage
+from hl7.facilities import FacilityConfig
+from hl7.header import MessageHeader, decode, read_header
+from hl7.mapping import map_message
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "system"
+
+
+@dataclass(frozen=True)
+class Stored:
+    message_id: int
+    duplicate: bool
+    status: str
+    error: str | None
+
+
+@dataclass
+class _Pending:
+    header: MessageHeader
+    raw: bytes
+    future: asyncio.Future[Stored]
+
+
+class GroupCommitWriter:
+    """Stores raw messages, many per transaction, one at a time per caller."""
+
+    def __init__(self, sessions: sessionmaker[Session], vault: Vault, clock: Clock, *, max_batch: int = 256) -> None:
+        self.sessions = sessions
+        self.vault = vault
+        self.clock = clock
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def store(self, header: MessageHeader, raw: bytes) -> Stored:
+        self.start()
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(header, raw, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                results = await asyncio.to_thread(self.write, [(p.header, p.raw) for p in batch])
+            except Exception as exc:  # nothing is acknowledged when the write fails
+                log.exception("storing a batch of %d inbound messages failed", len(batch))
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                continue
+            for pending, result in zip(batch, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+
+    def write(self, items: list[tuple[MessageHeader, bytes]]) -> list[Stored]:
+        """Store ``items`` in one transaction; a retransmission is recognised by
+        the unique (source, sender, control id) and only counted."""
+        now = self.clock.now()
+        out: list[Stored] = []
+        with transaction(self.sessions) as session:
+            for header, raw in items:
+                existing = session.scalar(
+                    select(InboundMessage).where(
+                        InboundMessage.source == "hl7",
+                        InboundMessage.sender == header.sender[:200],
+                        InboundMessage.control_id == header.control_id[:200],
+                    )
+                )
+                if existing is not None:
+                    existing.duplicates += 1
+                    out.append(Stored(existing.id, True, existing.status, existing.error))
+                    continue
+                row = InboundMessage(
+                    source="hl7",
+                    sender=header.sender[:200],
+                    control_id=header.control_id[:200],
+                    message_type=f"{header.message_code}^{header.trigger_event}"[:40],
+                    received_at=now,
+                    status="stored",
+                    raw_enc=self.vault.encrypt(session, SYSTEM, raw),
+                )
+                session.add(row)
+                session.flush()
+                out.append(Stored(row.id, False, "stored", None))
+        return out
+
+
+class HL7Intake:
+    """The handler behind MLLP and ``POST /hl7/v2``: raw bytes in, ACK bytes out."""
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        vault: Vault,
+        pipeline: Pipeline,
+        facilities: FacilityConfig,
+        clock: Clock,
+        on_stored: Callable[[], None] | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.vault = vault
+        self.pipeline = pipeline
+        self.facilities = facilities
+        self.clock = clock
+        self.writer = GroupCommitWriter(sessions, vault, clock)
+        self.on_stored = on_stored or (lambda: None)
+        self.processed_event = asyncio.Event()
+
+    async def handle(self, raw: bytes) -> bytes:
+        try:
+            header = read_header(raw)
+        except HL7Error as exc:
+            return build_reject_for_unreadable(raw, exc.reason, code=exc.code)
+        if not header.control_id:
+            return build_ack(header, AckCode.AR, error=AckError("101", "MSH-10 (message control id) is empty"))
+        accept, error_code = (AckCode.CA, AckCode.CE) if header.enhanced_mode else (AckCode.AA, AckCode.AE)
+        try:
+            stored = await self.writer.store(header, raw)
+        except Exception:
+            # Not stored, so not accepted: the sender keeps it and retries.
+            return build_ack(header, error_code, error=AckError("207", "message could not be stored; resend it"))
+        facility = self.facilities.for_facility(header.facility)
+        if header.enhanced_mode or facility.ack_timing == "stored":
+            if not stored.duplicate:
+                self.on_stored()
+            return build_ack(header, accept)
+        # ACK after processing: AE/AR carry the mapping's verdict.
+        if not stored.duplicate:
+            await asyncio.to_thread(self.process, stored.message_id)
+        with transaction(self.sessions) as session:
+            row = session.get(InboundMessage, stored.message_id)
+            status, error = (row.status, row.error) if row else ("error", "lost")
+        if status == "error":
+            return build_ack(header, AckCode.AE, error=AckError("207", error or "could not be processed"))
+        if status == "rejected":
+            return build_ack(header, AckCode.AR, error=AckError("200", error or "unsupported message"))
+        return build_ack(header, AckCode.AA)
+
+    # -- processing, after the ACK -------------------------------------------------
+
+    def pending_ids(self, limit: int = 500) -> list[int]:
+        with transaction(self.sessions) as session:
+            return list(
+                session.scalars(
+                    select(InboundMessage.id)
+                    .where(InboundMessage.source == "hl7", InboundMessage.status == "stored")
+                    .order_by(InboundMessage.id)
+                    .limit(limit)
+                )
+            )
+
+    def process(self, message_id: int) -> str:
+        """Map one stored message and apply its events, in one transaction with
+        marking it processed. Returns the final status."""
+        now = self.clock.now()
+        with transaction(self.sessions) as session:
+            row = session.get(InboundMessage, message_id)
+            if row is None or row.status not in ("stored", "error", "rejected"):
+                return row.status if row else "missing"
+            if row.raw_enc is None:
+                return row.status
+            raw = self.vault.decrypt(session, row.raw_enc)
+            try:
+                header = read_header(raw)
+                text = decode(raw, header)
+                events = map_message(text, self.facilities, received_at=row.received_at)
+                with session.begin_nested():
+                    self.pipeline.handle(session, events, now=now)
+            except UnsupportedMessage as exc:
+                row.status, row.error = "rejected", exc.reason[:500]
+            except (MappingError, HL7Error) as exc:
+                row.status, row.error = "error", exc.reason[:500]
+            except Exception as exc:  # noqa: BLE001 - stored in the error store, never lost
+                log.exception("processing inbound message %s failed", message_id)
+                row.status, row.error = "error", f"internal error: {type(exc).__name__}"
+            else:
+                row.status, row.error = "processed", None
+            row.processed_at = now
+            return row.status
+
+    def process_pending(self) -> int:
+        """Process everything stored and not yet processed, oldest first."""
+        done = 0
+        while ids := self.pending_ids():
+            for message_id in ids:
+                self.process(message_id)
+                done += 1
+        return done
+
+    def replay(self, message_ids: list[int]) -> dict[int, str]:
+        """Process error-store messages again (after a config fix)."""
+        return {message_id: self.process(message_id) for message_id in message_ids}

@@ -1,0 +1,92 @@
+"""Running the adapter in one process: HTTP (uvicorn), MLLP, the inbound
+processor and the in-process dispatcher, sharing one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import uvicorn
+
+from adapter.bootstrap import Container
+from adapter.dispatch import run_forever
+from adapter.web import create_app
+from hl7.mllp import MLLPServer, server_ssl_context
+
+log = logging.getLogger(__name__)
+
+
+async def process_inbound_forever(container: Container, wake: asyncio.Event, stop: asyncio.Event) -> None:
+    """Map stored messages to events, oldest first; woken by each stored message,
+    and once a second anyway (catches what a crash left ``stored``)."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(container.intake.process_pending)
+        except Exception:
+            log.exception("inbound processing round failed; retrying")
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=1.0)
+        except TimeoutError:
+            pass
+        wake.clear()
+
+
+async def serve(
+    container: Container,
+    *,
+    http_port: int,
+    mllp_port: int,
+    embedded_worker: bool = True,
+    shutdown: asyncio.Event | None = None,
+    on_ready: Callable[[int, int], None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM or until ``shutdown`` is set; ``on_ready`` gets
+    the bound HTTP and MLLP ports (port 0 picks free ones)."""
+    settings = container.settings
+    stop = asyncio.Event()
+    wake = asyncio.Event()
+    container.intake.on_stored = wake.set
+    tasks = [asyncio.create_task(process_inbound_forever(container, wake, stop))]
+    if embedded_worker:
+        tasks.append(
+            asyncio.create_task(run_forever(container.dispatcher, interval=settings.worker_poll_interval_s, stop=stop))
+        )
+    ssl_context = None
+    if settings.mllp_tls_cert:
+        ssl_context = server_ssl_context(settings.mllp_tls_cert, settings.mllp_tls_key, settings.mllp_tls_client_ca or None)
+    mllp = MLLPServer(
+        container.intake.handle,
+        host=settings.mllp_host,
+        port=mllp_port,
+        max_message_bytes=settings.mllp_max_message_bytes,
+        idle_timeout=settings.mllp_idle_timeout_s,
+        ssl_context=ssl_context,
+    )
+    await mllp.start()
+    app = create_app(container)
+    config = uvicorn.Config(
+        app, host=settings.http_host, port=http_port, log_level="warning", access_log=False, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+
+    async def announce() -> None:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        print(f"adapter: HTTP on http://{settings.http_host}:{bound}  MLLP on {settings.mllp_host}:{mllp.port}", flush=True)
+        if on_ready:
+            on_ready(bound, mllp.port)
+        if shutdown is not None:
+            await shutdown.wait()
+            server.should_exit = True
+
+    tasks.append(asyncio.create_task(announce()))
+    try:
+        await server.serve()
+    finally:
+        await mllp.stop(grace=5.0)
+        await container.intake.writer.stop()
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(container.intake.process_pending)

@@ -1,0 +1,200 @@
+"""The HTTP surface (INTERFACES.md): FHIR facade, HL7 over HTTP, operator and
+officer APIs, provider webhooks, health and metrics. Routes stay short: parse,
+call the core, map errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from adapter.auth import Principal, Role, authenticate
+from adapter.bootstrap import Container
+from adapter.db import transaction
+from adapter.models import InboundMessage, Notification
+
+HL7_MEDIA_TYPE = "application/hl7-v2"
+
+
+def require(container: Container, *roles: Role) -> Callable[..., Principal]:
+    """A dependency admitting a bearer token of one of ``roles`` (admin always)."""
+
+    def dependency(request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+        with transaction(container.sessions) as session:
+            principal = authenticate(session, token.strip())
+            if principal is None:
+                container.gate.auth_failed(session, request.url.path, now=container.clock.now())
+        if principal is None:
+            raise HTTPException(401, "the token is not valid", headers={"WWW-Authenticate": "Bearer"})
+        if not principal.may(*roles):
+            raise HTTPException(403, f"this needs the role {' or '.join(roles)}")
+        request.state.principal = principal
+        return principal
+
+    return dependency
+
+
+def notification_view(row: Notification) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "patient": row.patient_id,
+        "kind": row.kind,
+        "rule": row.rule_id,
+        "subject": row.subject_ref,
+        "status": row.status,
+        "scheduled_for": row.scheduled_for.isoformat(),
+        "channel": row.channel,
+        "reason": row.reason,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "sent_at": row.sent_at.isoformat() if row.sent_at else None,
+        "status_at": row.status_at.isoformat(),
+        "segments": row.segments,
+    }
+
+
+def message_view(row: InboundMessage) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "source": row.source,
+        "sender": row.sender,
+        "control_id": row.control_id,
+        "type": row.message_type,
+        "received_at": row.received_at.isoformat(),
+        "status": "duplicate" if row.duplicates and row.status == "processed" else row.status,
+        "duplicates": row.duplicates,
+        "error": row.error,
+    }
+
+
+def api_router(container: Container) -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["operators and officers"])
+    officer = Depends(require(container, "officer"))
+
+    def session_dep() -> Any:
+        with transaction(container.sessions) as session:
+            yield session
+
+    Db = Annotated[Session, Depends(session_dep)]
+
+    @router.get("/notifications", dependencies=[officer])
+    def list_notifications(
+        db: Db,
+        patient: str | None = None,
+        status: str | None = None,
+        kind: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        """Every notification with its status, time, channel and, when suppressed, why."""
+        query = select(Notification)
+        if patient:
+            query = query.where(Notification.patient_id == patient)
+        if status:
+            query = query.where(Notification.status == status)
+        if kind:
+            query = query.where(Notification.kind == kind)
+        total = db.scalar(select(func.count()).select_from(query.subquery()))
+        rows = db.scalars(query.order_by(Notification.scheduled_for, Notification.id).limit(limit).offset(offset))
+        return {"total": total, "items": [notification_view(row) for row in rows]}
+
+    @router.get("/notifications/{notification_id}/why", dependencies=[officer])
+    def why(notification_id: int, db: Db) -> dict[str, Any]:
+        """The decision record: event, rule, consent, lawful basis, template, channel."""
+        row = db.get(Notification, notification_id)
+        if row is None:
+            raise HTTPException(404, "no such notification")
+        return {**notification_view(row), "decision": row.decision}
+
+    @router.get("/messages", dependencies=[officer])
+    def list_messages(
+        db: Db,
+        source: str | None = None,
+        status: str | None = None,
+        control_id: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        """The inbound message store: every message received and what became of it."""
+        query = select(InboundMessage)
+        if source:
+            query = query.where(InboundMessage.source == source)
+        if status == "duplicate":
+            query = query.where(InboundMessage.duplicates > 0)
+        elif status:
+            query = query.where(InboundMessage.status == status)
+        if control_id:
+            query = query.where(InboundMessage.control_id == control_id)
+        total = db.scalar(select(func.count()).select_from(query.subquery()))
+        rows = db.scalars(query.order_by(InboundMessage.id.desc()).limit(limit).offset(offset))
+        return {"total": total, "items": [message_view(row) for row in rows]}
+
+    return router
+
+
+def health_router(container: Container) -> APIRouter:
+    router = APIRouter(prefix="/health", tags=["health"])
+
+    @router.get("/live")
+    def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/ready")
+    def ready() -> JSONResponse:
+        checks: dict[str, Any] = {}
+        try:
+            with container.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        for name, probe in container.extras.get("readiness", {}).items():  # type: ignore[union-attr]
+            checks[name] = probe()
+        healthy = all(value == "ok" for value in checks.values())
+        return JSONResponse({"status": "ok" if healthy else "degraded", "checks": checks}, 200 if healthy else 503)
+
+    return router
+
+
+def hl7_router(container: Container) -> APIRouter:
+    router = APIRouter(tags=["hl7"])
+
+    @router.post(
+        "/hl7/v2",
+        dependencies=[Depends(require(container, "ehr"))],
+        response_class=PlainTextResponse,
+        openapi_extra={"requestBody": {"content": {"application/hl7-v2": {"schema": {"type": "string"}}}, "required": True}},
+    )
+    async def post_hl7(request: Request) -> Response:
+        """An ER7 message in the body; the answer is its ACK (AA/AE/AR, MSA-2 = MSH-10)."""
+        body = await request.body()
+        if len(body) > container.settings.mllp_max_message_bytes:
+            raise HTTPException(413, "message larger than the configured maximum")
+        ack = await container.intake.handle(body)
+        return Response(ack.replace(b"\r", b"\r"), media_type=HL7_MEDIA_TYPE)
+
+    return router
+
+
+def create_app(container: Container) -> FastAPI:
+    app = FastAPI(
+        title="Adapter",
+        version="0.1.0",
+        description="Bridge between hospital systems (HL7 v2, FHIR R4) and patients' phones.",
+    )
+    app.state.container = container
+    app.include_router(health_router(container))
+    app.include_router(hl7_router(container))
+    app.include_router(api_router(container))
+    for extend in container.extras.get("routers", []):  # type: ignore[union-attr]
+        extend(app, container)
+    return app

@@ -1,0 +1,85 @@
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from adapter import events as ev
+from adapter.errors import ConfigError
+from adapter.rules import load_rules, parse_duration, plan_notifications
+
+ROME = ZoneInfo("Europe/Rome")
+RULES = load_rules(Path("config/rules.yaml"))
+NOW = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+PATIENT = ev.PatientDetails(key=ev.Identifier("urn:mrn", "123"))
+ORIGIN = ev.Origin("fhir", "test")
+
+
+def booked(start: datetime) -> ev.AppointmentBooked:
+    return ev.AppointmentBooked(ORIGIN, NOW, PATIENT, ev.Appointment("Appointment/a1", start))
+
+
+def test_booking_three_days_ahead_plans_confirmation_two_reminders_and_follow_up():
+    start = NOW + timedelta(days=3)
+    plan = plan_notifications(booked(start), RULES, now=NOW, tz=ROME)
+    by_rule = {p.rule_id: p for p in plan.notifications}
+    assert by_rule["booking-confirmation"].scheduled_for == NOW
+    assert by_rule["reminder-24h"].scheduled_for == start - timedelta(hours=24)
+    assert by_rule["reminder-2h"].scheduled_for == start - timedelta(hours=2)
+    follow_up = by_rule["follow-up"].scheduled_for.astimezone(ROME)
+    assert (follow_up.date(), follow_up.hour) == ((start + timedelta(days=1)).astimezone(ROME).date(), 10)
+    assert not any(p.too_late for p in plan.notifications)
+
+
+def test_reminder_whose_time_has_passed_is_marked_too_late():
+    plan = plan_notifications(booked(NOW + timedelta(hours=5)), RULES, now=NOW, tz=ROME)
+    by_rule = {p.rule_id: p for p in plan.notifications}
+    assert by_rule["reminder-24h"].too_late
+    assert not by_rule["reminder-2h"].too_late
+
+
+def test_reschedule_sends_a_notice_and_moves_the_timed_notices():
+    new_start = NOW + timedelta(days=5)
+    event = ev.AppointmentRescheduled(ORIGIN, NOW, PATIENT, ev.Appointment("Appointment/a1", new_start))
+    plan = plan_notifications(event, RULES, now=NOW, tz=ROME)
+    assert plan.withdraw_timed and not plan.withdraw_all
+    rules = sorted(p.rule_id for p in plan.notifications)
+    assert rules == ["follow-up", "reminder-24h", "reminder-2h", "reschedule-notice"]
+    assert {p.scheduled_for for p in plan.notifications if p.rule_id == "reminder-2h"} == {new_start - timedelta(hours=2)}
+
+
+def test_cancellation_withdraws_everything_pending_and_sends_a_notice():
+    event = ev.AppointmentCancelled(ORIGIN, NOW, PATIENT, ev.Appointment("Appointment/a1", NOW + timedelta(days=1)))
+    plan = plan_notifications(event, RULES, now=NOW, tz=ROME)
+    assert plan.withdraw_all
+    assert [p.kind for p in plan.notifications] == ["cancellation_notice"]
+
+
+def test_offsets_are_configurable(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - {id: r48, when: appointment.booked, kind: reminder, before_start: 48h}\n")
+    plan = plan_notifications(booked(NOW + timedelta(days=3)), load_rules(path), now=NOW, tz=ROME)
+    assert [p.scheduled_for for p in plan.notifications] == [NOW + timedelta(days=1)]
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ("rules:\n  - {id: x, when: appointment.booked, kind: reminder}\n", "exactly one of"),
+        ("rules:\n  - {id: x, when: appointment.exploded, kind: reminder, immediately: true}\n", "rules.0.when"),
+        ("rules:\n  - {id: x, when: appointment.booked, kind: reminder, before_start: soon}\n", "not a duration"),
+        ("rules: [\n", "cannot read rules"),
+    ],
+)
+def test_a_bad_rules_file_is_refused_naming_the_file_and_field(tmp_path, body, expected):
+    path = tmp_path / "rules.yaml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as caught:
+        load_rules(path)
+    assert str(path) in str(caught.value) and expected in str(caught.value)
+
+
+def test_durations_read_as_people_write_them():
+    assert parse_duration("24h") == timedelta(hours=24)
+    assert parse_duration("30m") == timedelta(minutes=30)
+    assert parse_duration("1d") == timedelta(days=1)

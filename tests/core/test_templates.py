@@ -1,0 +1,48 @@
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from jinja2.exceptions import SecurityError
+
+from adapter.errors import ConfigError
+from adapter.templates import TemplateBook
+
+ROME = ZoneInfo("Europe/Rome")
+BOOK = TemplateBook(Path("config/templates"), default_language="it", tz=ROME)
+CONTEXT = {
+    "patient": {"first_name": "Nicolò"},
+    "clinic": {"name": "Poliambulatorio San Luca", "phone": "+39 02 1234 5678"},
+    "appointment": {"start": datetime(2026, 12, 1, 8, 30, tzinfo=UTC)},
+}
+
+
+def test_italian_reminder_writes_the_date_as_people_do_in_the_clinic_time_zone():
+    rendered = BOOK.render("reminder", "it", CONTEXT)
+    assert "martedì 1 dicembre alle 09:30" in rendered.body
+    assert "Nicolò" in rendered.body and "Risponda 1 per confermare, 2 per annullare" in rendered.body
+    assert rendered.template_id == "it/reminder" and len(rendered.template_version) == 12
+
+
+def test_english_reminder_for_an_english_speaking_patient():
+    rendered = BOOK.render("reminder", "en-GB", CONTEXT)
+    assert "Tuesday 1 December at 09:30" in rendered.body and "Reply 1 to confirm" in rendered.body
+
+
+def test_unknown_language_falls_back_to_the_clinic_default():
+    assert BOOK.render("reminder", "de", CONTEXT).template_id == "it/reminder"
+
+
+def test_every_rule_kind_has_a_template_in_both_languages():
+    assert BOOK.kinds("it") == BOOK.kinds("en")
+    BOOK.require_kinds({"reminder", "booking_confirmation", "follow_up"})
+    with pytest.raises(ConfigError):
+        BOOK.require_kinds({"recall_campaign_that_does_not_exist"})
+
+
+def test_templates_run_in_a_sandbox(tmp_path):
+    (tmp_path / "it").mkdir()
+    (tmp_path / "it" / "evil.txt.j2").write_text("{{ patient.__class__.__mro__ }}")
+    book = TemplateBook(tmp_path, default_language="it", tz=ROME)
+    with pytest.raises(SecurityError):
+        book.render("evil", "it", {"patient": CONTEXT["patient"]})

@@ -1,0 +1,88 @@
+"""Running a real adapter inside the test process: HTTP and MLLP on free
+127.0.0.1 ports, a real SQLite or PostgreSQL database, the sandbox channel."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from adapter.bootstrap import Container, build
+from adapter.clock import Clock
+from adapter.db import transaction
+from adapter.auth import create_token
+from adapter.migrate import upgrade
+from adapter.runtime import serve
+from adapter.settings import Settings
+
+
+def test_settings(tmp_path: Path, database_url: str | None = None, **overrides: object) -> Settings:
+    return Settings(
+        environment="test",
+        database_url=database_url or f"sqlite:///{tmp_path / 'adapter.db'}",
+        var_dir=tmp_path,
+        master_key_file=tmp_path / "master.key",
+        audit_signing_key_file=tmp_path / "audit.key",
+        worker_poll_interval_s=0.05,
+        **overrides,
+    )
+
+
+def migrated_container(settings: Settings, clock: Clock | None = None) -> Container:
+    upgrade(settings.database_url)
+    return build(settings, clock=clock)
+
+
+@dataclass
+class RunningAdapter:
+    container: Container
+    base_url: str
+    mllp_port: int
+    tokens: dict[str, str]
+
+    def client(self, role: str = "admin") -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.tokens[role]}"}, timeout=30)
+
+
+@contextmanager
+def running_adapter(settings: Settings, clock: Clock | None = None) -> Iterator[RunningAdapter]:
+    container = migrated_container(settings, clock)
+    tokens = {}
+    with transaction(container.sessions) as session:
+        for role in ("ehr", "officer", "admin"):
+            tokens[role] = create_token(session, role=role, name=f"test-{role}", now=container.clock.now())
+    loop = asyncio.new_event_loop()
+    shutdown = asyncio.Event()
+    ports: list[int] = []
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    def on_ready(http_port: int, mllp_port: int) -> None:
+        ports.extend([http_port, mllp_port])
+        ready.set()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(
+                serve(container, http_port=0, mllp_port=0, shutdown=shutdown, on_ready=on_ready)
+            )
+        except BaseException as exc:  # surfaced to the test below
+            failure.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=run, name="adapter", daemon=True)
+    thread.start()
+    if not ready.wait(30) or failure:
+        raise RuntimeError(f"adapter did not start: {failure}")
+    try:
+        yield RunningAdapter(container, f"http://127.0.0.1:{ports[0]}", ports[1], tokens)
+    finally:
+        loop.call_soon_threadsafe(shutdown.set)
+        thread.join(30)
+        container.engine.dispose()

@@ -1,0 +1,188 @@
+"""Transaction and batch Bundles (FHIR R4 §3.1.0.11 / §3.1.0.12).
+
+A transaction is all-or-nothing: it runs in the caller's one database
+transaction, so any failing entry (validation, precondition, the core refusing
+the events) rolls back every entry. ``urn:uuid:`` fullUrls of created entries
+are resolved to the ids the server assigns, in every ``reference`` of the Bundle.
+A batch answers each entry on its own, each in its own savepoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from sqlalchemy.orm import Session
+
+from fhir.errors import FhirError, Issue, invalid
+from fhir.outcome import operation_outcome
+from fhir.service import FhirService, StoredVersion, WriteResult, instant, new_id
+from fhir.validate import SUPPORTED_TYPES, parse_data
+
+# FHIR R4 §3.1.0.11.2: DELETE, POST, PUT/PATCH, GET; Patients first among writes so
+# that an Appointment in the same Bundle resolves its patient.
+_METHOD_ORDER = {"POST": 1, "PUT": 2, "GET": 3}
+_STATUS_TEXT = {200: "200 OK", 201: "201 Created"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    index: int
+    method: str
+    url: str
+    full_url: str
+    resource: dict[str, Any] | None
+    if_none_exist: str | None
+    if_match: str | None
+
+    @property
+    def path(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+def parse_bundle(data: dict[str, Any]) -> tuple[str, list[Entry]]:
+    kind = data.get("type")
+    if kind not in ("transaction", "batch"):
+        raise invalid(f"POST / takes a transaction or batch Bundle, not {kind!r}", "Bundle.type",
+                      code="not-supported" if kind else "required")
+    entries = []
+    for i, raw in enumerate(data.get("entry") or []):
+        request = raw.get("request") or {}
+        method = str(request.get("method", "")).upper()
+        if method not in _METHOD_ORDER:
+            raise invalid(f"Entry method {method or 'missing'!r} is not supported "
+                          f"(POST, PUT, GET)", f"Bundle.entry[{i}].request.method",
+                          code="not-supported")
+        if method != "GET" and not isinstance(raw.get("resource"), dict):
+            raise invalid("A POST or PUT entry needs a resource", f"Bundle.entry[{i}].resource",
+                          code="required")
+        entries.append(Entry(i, method, str(request.get("url", "")), str(raw.get("fullUrl", "")),
+                             raw.get("resource"), request.get("ifNoneExist"),
+                             request.get("ifMatch")))
+    return kind, entries
+
+
+def run_transaction(service: FhirService, session: Session, entries: list[Entry],
+                    link: Callable[[StoredVersion], str], sender: str | None) -> dict[str, Any]:
+    ids = _assign_ids(entries)
+    resources = {e.index: _resolve(e.resource, ids) for e in entries if e.resource}
+    answers: dict[int, dict[str, Any]] = {}
+    for entry in sorted(entries, key=_order):
+        try:
+            answers[entry.index] = _apply(service, session, entry, resources.get(entry.index),
+                                          ids, link, sender)
+        except FhirError as exc:
+            raise exc.within_entry(entry.path, _type_of(entry)) from None
+    return {"resourceType": "Bundle", "type": "transaction-response",
+            "entry": [answers[e.index] for e in entries]}
+
+
+def run_batch(service: FhirService, session: Session, entries: list[Entry],
+              link: Callable[[StoredVersion], str], sender: str | None) -> dict[str, Any]:
+    answers: dict[int, dict[str, Any]] = {}
+    for entry in sorted(entries, key=_order):
+        try:
+            with session.begin_nested():
+                answers[entry.index] = _apply(service, session, entry, entry.resource, {},
+                                              link, sender)
+        except FhirError as exc:
+            error = exc.within_entry(entry.path, _type_of(entry))
+            answers[entry.index] = {"response": {
+                "status": str(error.status), "outcome": operation_outcome(error.issues)}}
+    return {"resourceType": "Bundle", "type": "batch-response",
+            "entry": [answers[e.index] for e in entries]}
+
+
+def _order(entry: Entry) -> tuple[int, int, int]:
+    return (_METHOD_ORDER[entry.method], 0 if _type_of(entry) == "Patient" else 1, entry.index)
+
+
+def _type_of(entry: Entry) -> str:
+    if entry.resource and isinstance(entry.resource.get("resourceType"), str):
+        return entry.resource["resourceType"]
+    return urlsplit(entry.url).path.strip("/").split("/")[0]
+
+
+def _assign_ids(entries: list[Entry]) -> dict[str, str]:
+    """fullUrl (``urn:uuid:...``) → ``Type/id`` for entries that create or update."""
+    ids: dict[str, str] = {}
+    for entry in entries:
+        if not entry.resource or not entry.full_url:
+            continue
+        kind = _type_of(entry)
+        if entry.method == "POST":
+            ids[entry.full_url] = f"{kind}/{new_id()}"
+        elif entry.method == "PUT":
+            target = urlsplit(entry.url).path.strip("/").split("/")
+            if len(target) == 2:
+                ids[entry.full_url] = f"{target[0]}/{target[1]}"
+    return ids
+
+
+def _resolve(value: Any, ids: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: (ids.get(v, v) if k == "reference" and isinstance(v, str) else _resolve(v, ids))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, ids) for v in value]
+    return value
+
+
+def _apply(service: FhirService, session: Session, entry: Entry,
+           resource: dict[str, Any] | None, ids: dict[str, str],
+           link: Callable[[StoredVersion], str], sender: str | None) -> dict[str, Any]:
+    parts = urlsplit(entry.url)
+    path = [unquote(p) for p in parts.path.strip("/").split("/") if p]
+    if not path or path[0] not in SUPPORTED_TYPES:
+        raise FhirError(400, Issue("not-supported", f"Entry url {entry.url!r} is not a "
+                                   f"supported resource type", f"{entry.path}.request.url"))
+    kind = path[0]
+    if entry.method == "GET":
+        if len(path) == 2:
+            return _answer(service.read(session, kind, path[1]), 200, link)
+        if len(path) == 4 and path[2] == "_history":
+            return _answer(service.vread(session, kind, path[1], path[3]), 200, link)
+        raise FhirError(400, Issue("not-supported", "GET entries support read and vread",
+                                   f"{entry.path}.request.url"))
+    assert resource is not None
+    if resource.get("resourceType") != kind:
+        raise invalid(f"The entry's resource is a {resource.get('resourceType')}, its url a "
+                      f"{kind}", f"{entry.path}.request.url")
+    parsed = parse_data(resource)
+    if entry.method == "POST":
+        if len(path) != 1:
+            raise invalid("A POST entry's url is the resource type", f"{entry.path}.request.url")
+        if entry.full_url in ids and not entry.if_none_exist:
+            parsed = {**parsed, "id": ids[entry.full_url].split("/", 1)[1]}
+            result = service.write(session, parsed, sender=sender)
+        else:
+            result = service.create(session, parsed, sender=sender,
+                                    if_none_exist=entry.if_none_exist)
+    elif len(path) == 2:
+        if parsed.get("id") not in (None, path[1]):
+            raise invalid(f"The resource id {parsed.get('id')!r} differs from the url's "
+                          f"{path[1]!r}", f"{kind}.id")
+        result = service.write(session, {**parsed, "id": path[1]}, sender=sender,
+                               if_match=entry.if_match)
+    elif parts.query:
+        result = service.conditional_update(session, parsed, parts.query, sender=sender)
+    else:
+        raise invalid("A PUT entry's url is Type/id or Type?identifier=...",
+                      f"{entry.path}.request.url")
+    return _answer(result.stored, result.status, link, result)
+
+
+def _answer(stored: StoredVersion, status: int, link: Callable[[StoredVersion], str],
+            result: WriteResult | None = None) -> dict[str, Any]:
+    return {
+        "fullUrl": link(stored).split("/_history/")[0],
+        "resource": stored.resource,
+        "response": {
+            "status": _STATUS_TEXT.get(status, str(status)),
+            "location": link(stored),
+            "etag": stored.etag,
+            "lastModified": instant(stored.last_updated),
+        },
+    }

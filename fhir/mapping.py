@@ -1,0 +1,311 @@
+"""From FHIR resources to the adapter's events, by status transition (pure).
+
+Events come from what *changed* between the previous stored version and the new
+one, never from the write itself: re-sending an unchanged booked Appointment
+announces nothing.
+
+Appointment (R4 AppointmentStatus)
+    booked, first seen or from another status → AppointmentBooked;
+    booked → booked with another ``start`` → AppointmentRescheduled;
+    → cancelled / entered-in-error from a live status → AppointmentCancelled(reason=status);
+    → noshow → AppointmentNoShow; → fulfilled → AppointmentFulfilled.
+DiagnosticReport (R4 DiagnosticReportStatus)
+    → final → ReportReady; → amended / corrected after a final one →
+    ReportReady(amended=True) (first seen already amended → ReportReady);
+    → entered-in-error from a status that was announced or pending → ReportWithdrawn;
+    preliminary, registered, partial, appended, cancelled → nothing.
+Patient
+    telecom or language differs from the previous version (or first seen with
+    either) → PatientUpdated.
+Consent
+    first seen, or status or flattened provisions changed → ConsentChanged
+    (``active`` = status is ``active``); see :func:`flatten_consent`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from adapter.events import (
+    AnyEvent,
+    Appointment,
+    AppointmentBooked,
+    AppointmentCancelled,
+    AppointmentFulfilled,
+    AppointmentNoShow,
+    AppointmentRescheduled,
+    ConsentChanged,
+    ConsentProvision,
+    ContactPoint,
+    Identifier,
+    Origin,
+    PatientDetails,
+    PatientUpdated,
+    ReportReady,
+    ReportWithdrawn,
+)
+from fhir.validate import resource_patient_id
+
+LOCAL_PATIENT_SYSTEM = "fhir:Patient"
+CHANNEL_EXTENSION = "https://adapter.example.org/fhir/StructureDefinition/consent-channel"
+CHANNEL_CODESYSTEM = "https://adapter.example.org/fhir/CodeSystem/channel"
+_TELECOM = {"phone": "phone", "sms": "sms", "email": "email"}
+_CANCELLED = frozenset({"cancelled", "entered-in-error"})
+_REPORT_ANNOUNCED = frozenset({"final", "amended", "corrected", "appended"})
+
+
+def events_for(
+    resource_type: str,
+    new: dict[str, Any],
+    previous: dict[str, Any] | None,
+    *,
+    origin: Origin,
+    now: datetime,
+    patient: PatientDetails | None,
+) -> list[AnyEvent]:
+    """The events a new version of a resource announces, given the version it
+    replaces (``None`` when first seen). ``patient`` is the resolved patient the
+    resource is about; without it the key falls back to ``fhir:Patient|<id>``."""
+    if patient is None:
+        patient_id = resource_patient_id(new) or ""
+        patient = (
+            patient_details(new, patient_id) if resource_type == "Patient"
+            else PatientDetails(key=Identifier(LOCAL_PATIENT_SYSTEM, patient_id))
+        )
+    if resource_type == "Appointment":
+        return _appointment_events(new, previous, origin, now, patient)
+    if resource_type == "DiagnosticReport":
+        return _report_events(new, previous, origin, now, patient)
+    if resource_type == "Patient":
+        return _patient_events(new, previous, origin, now, patient)
+    if resource_type == "Consent":
+        return _consent_events(new, previous, origin, now, patient)
+    return []
+
+
+def patient_details(
+    patient: dict[str, Any], patient_id: str, key_systems: tuple[str, ...] = ()
+) -> PatientDetails:
+    """PatientDetails of a FHIR Patient. The key is the first identifier whose
+    system is in ``key_systems`` (in that order), else ``fhir:Patient|<id>``."""
+    identifiers = tuple(
+        Identifier(
+            system=i.get("system", ""),
+            value=i.get("value", ""),
+            kind=_first_code(i.get("type")),
+        )
+        for i in patient.get("identifier") or []
+        if i.get("value")
+    )
+    key = Identifier(LOCAL_PATIENT_SYSTEM, patient_id)
+    for system in key_systems:
+        match = next((i for i in identifiers if i.system == system), None)
+        if match:
+            key = match
+            break
+    name = _official_name(patient.get("name") or [])
+    return PatientDetails(
+        key=key,
+        identifiers=identifiers,
+        given_name=" ".join(name.get("given") or []),
+        family_name=name.get("family", ""),
+        telecom=_telecom(patient.get("telecom") or []),
+        language=_language(patient.get("communication") or []),
+    )
+
+
+def _official_name(names: list[dict[str, Any]]) -> dict[str, Any]:
+    for use in ("official", "usual"):
+        for name in names:
+            if name.get("use") == use:
+                return name
+    return names[0] if names else {}
+
+
+def _telecom(items: list[dict[str, Any]]) -> tuple[ContactPoint, ...]:
+    points = []
+    for item in items:
+        if not item.get("value") or item.get("use") == "old":
+            continue
+        if item.get("period", {}).get("end"):
+            continue
+        points.append(ContactPoint(
+            system=_TELECOM.get(item.get("system", ""), "other"),  # type: ignore[arg-type]
+            value=item["value"],
+            use=item.get("use", ""),
+            rank=item.get("rank"),
+        ))
+    return tuple(sorted(points, key=lambda p: p.rank if p.rank is not None else 1 << 30))
+
+
+def _language(communication: list[dict[str, Any]]) -> str:
+    ordered = sorted(communication, key=lambda c: not c.get("preferred", False))
+    for item in ordered:
+        code = _first_code(item.get("language"))
+        if code:
+            return code.split("-")[0].lower()
+    return ""
+
+
+def _first_code(concept: Any) -> str:
+    if not isinstance(concept, dict):
+        return ""
+    for coding in concept.get("coding") or []:
+        if coding.get("code"):
+            return str(coding["code"])
+    return ""
+
+
+def parse_instant(value: str | None) -> datetime | None:
+    """A FHIR instant/dateTime as an aware UTC datetime (dates count from 00:00 UTC)."""
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _appointment(data: dict[str, Any], fallback_start: datetime | None) -> Appointment | None:
+    start = parse_instant(data.get("start")) or fallback_start
+    if start is None:
+        return None
+    location = ""
+    for part in data.get("participant") or []:
+        ref = (part.get("actor") or {}).get("reference", "")
+        if "Location/" in ref:
+            location = part["actor"].get("display", "")
+    service = ""
+    for concept in data.get("serviceType") or []:
+        service = concept.get("text") or next(
+            (c.get("display", "") for c in concept.get("coding") or []), "")
+        if service:
+            break
+    return Appointment(
+        ref=f"Appointment/{data.get('id', '')}",
+        start=start,
+        end=parse_instant(data.get("end")),
+        location=location,
+        service=service,
+    )
+
+
+def _appointment_events(new, previous, origin, now, patient) -> list[AnyEvent]:
+    status, before = new.get("status"), (previous or {}).get("status")
+    prev_start = parse_instant((previous or {}).get("start"))
+    appointment = _appointment(new, prev_start)
+    if appointment is None or status == before and status != "booked":
+        return []
+    common = dict(origin=origin, occurred_at=now, patient=patient, appointment=appointment)
+    if status == "booked":
+        if before != "booked":
+            return [AppointmentBooked(**common)]
+        if prev_start != appointment.start:
+            return [AppointmentRescheduled(**common, previous_start=prev_start)]
+        return []
+    if status in _CANCELLED:
+        if previous is None or before in _CANCELLED:
+            return []
+        return [AppointmentCancelled(**common, reason=status)]
+    if status == "noshow":
+        return [AppointmentNoShow(**common)]
+    if status == "fulfilled":
+        return [AppointmentFulfilled(**common)]
+    return []
+
+
+def _report_events(new, previous, origin, now, patient) -> list[AnyEvent]:
+    status, before = new.get("status"), (previous or {}).get("status")
+    if status == before:
+        return []
+    ref = f"DiagnosticReport/{new.get('id', '')}"
+    codes = tuple(
+        f"{c.get('system', '')}|{c['code']}"
+        for c in (new.get("code") or {}).get("coding") or [] if c.get("code")
+    )
+    common = dict(origin=origin, occurred_at=now, patient=patient, report_ref=ref)
+    if status == "final":
+        return [] if before in _REPORT_ANNOUNCED else [ReportReady(**common, codes=codes)]
+    if status in ("amended", "corrected"):
+        return [ReportReady(**common, codes=codes, amended=before in _REPORT_ANNOUNCED)]
+    if status == "entered-in-error" and previous is not None:
+        return [ReportWithdrawn(**common)]
+    return []
+
+
+def _patient_events(new, previous, origin, now, patient) -> list[AnyEvent]:
+    telecom, language = _telecom(new.get("telecom") or []), _language(new.get("communication") or [])
+    if previous is None:
+        changed = bool(telecom or language)
+    else:
+        changed = (telecom, language) != (
+            _telecom(previous.get("telecom") or []),
+            _language(previous.get("communication") or []),
+        )
+    return [PatientUpdated(origin=origin, occurred_at=now, patient=patient)] if changed else []
+
+
+def _consent_events(new, previous, origin, now, patient) -> list[AnyEvent]:
+    active, provisions = new.get("status") == "active", flatten_consent(new)
+    if previous is not None and (previous.get("status") == "active", flatten_consent(previous)) == (
+        active, provisions
+    ):
+        return []
+    return [ConsentChanged(
+        origin=origin, occurred_at=now, patient=patient,
+        consent_ref=f"Consent/{new.get('id', '')}", active=active, provisions=provisions,
+    )]
+
+
+def flatten_consent(consent: dict[str, Any]) -> tuple[ConsentProvision, ...]:
+    """Flatten Consent.provision (R4) into ConsentProvisions, base rule first,
+    each nested provision after its parent; a consumer applies the most specific
+    (last) one that matches purpose × channel × time.
+
+    - decision: ``provision.type``; a nested provision without one inherits it.
+    - purpose: each ``provision.purpose`` code (e.g. v3 ActReason ``HOPERAT``, or
+      the adapter's own purposes); none = inherited, at the top ``"*"``.
+    - channel: the extension ``CHANNEL_EXTENSION`` on the provision (valueCode,
+      valueString or valueCoding.code: ``sms``, ``email``, ``whatsapp``, ``telegram``),
+      else ``provision.actor.role`` codings from ``CHANNEL_CODESYSTEM``; none =
+      inherited, at the top ``"*"``.
+    - period: ``provision.period``, intersected with the parent's.
+    A Consent without a provision is one permit (active) for ``*`` × ``*``.
+    """
+    root = consent.get("provision")
+    if not root:
+        return (ConsentProvision(decision="permit"),) if consent.get("status") == "active" else ()
+    out: list[ConsentProvision] = []
+    _flatten(root, "permit", ("*",), ("*",), None, None, out)
+    return tuple(out)
+
+
+def _flatten(provision, decision, purposes, channels, start, end, out) -> None:
+    decision = provision.get("type") or decision
+    purposes = tuple(c["code"] for c in provision.get("purpose") or [] if c.get("code")) or purposes
+    channels = _channels(provision) or channels
+    period = provision.get("period") or {}
+    p_start, p_end = parse_instant(period.get("start")), parse_instant(period.get("end"))
+    start = max(filter(None, (start, p_start)), default=None)
+    end = min(filter(None, (end, p_end)), default=None)
+    for purpose in purposes:
+        for channel in channels:
+            out.append(ConsentProvision(decision, purpose, channel, start, end))
+    for nested in provision.get("provision") or []:
+        _flatten(nested, decision, purposes, channels, start, end, out)
+
+
+def _channels(provision: dict[str, Any]) -> tuple[str, ...]:
+    found = []
+    for ext in provision.get("extension") or []:
+        if ext.get("url") == CHANNEL_EXTENSION:
+            value = ext.get("valueCode") or ext.get("valueString") or (
+                ext.get("valueCoding") or {}).get("code")
+            if value:
+                found.append(value)
+    for actor in provision.get("actor") or []:
+        for coding in (actor.get("role") or {}).get("coding") or []:
+            if coding.get("system") == CHANNEL_CODESYSTEM and coding.get("code"):
+                found.append(coding["code"])
+    return tuple(found)

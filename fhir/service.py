@@ -1,0 +1,224 @@
+"""The FHIR front door's unit of work: store a version, derive its events from
+the previous one, hand them to the core — all in the caller's transaction.
+
+REST pushes, Bundle entries, subscription notifications and polling all go
+through :meth:`FhirService.write`, so every path orders versions and
+deduplicates the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from adapter.events import AnyEvent, Origin, PatientDetails, ReportReady
+from fhir import store
+from fhir.errors import FhirError, Issue, invalid, not_found, precondition_failed
+from fhir.mapping import events_for, parse_instant, patient_details
+from fhir.settings import FhirSettings
+from fhir.store import RecordCodec, StoredVersion
+from fhir.validate import resource_patient_id
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Session, list[AnyEvent]], None]
+Outcome = Literal["created", "updated", "duplicate", "stale"]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """``duplicate``: that source version was already stored; ``stale``: older
+    than the current version, which stays current. Both publish nothing."""
+
+    stored: StoredVersion
+    outcome: Outcome
+    events: list[AnyEvent] = field(default_factory=list)
+
+    @property
+    def status(self) -> int:
+        return 201 if self.outcome == "created" else 200
+
+
+def instant(moment: datetime) -> str:
+    """>>> instant(datetime(2025, 1, 2, 3, 4, 5, 6000, tzinfo=UTC))
+    '2025-01-02T03:04:05.006Z'
+    """
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def parse_etag(value: str) -> int:
+    """``W/"3"`` or ``"3"`` → 3 (FHIR R4 §3.1.0.5.3)."""
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise invalid(f"If-Match {value!r} is not a version ETag such as W/\"3\"", code="value")
+    return int(text)
+
+
+def _is_older(version: str | None, updated: datetime | None, than: StoredVersion) -> bool:
+    if version and than.source_version and version.isdigit() and than.source_version.isdigit():
+        return int(version) < int(than.source_version)
+    if updated and than.source_last_updated:
+        return updated < than.source_last_updated
+    return False
+
+
+@dataclass
+class FhirService:
+    publish: Publish
+    codec: RecordCodec
+    clock: Callable[[], datetime]
+    settings: FhirSettings = field(default_factory=FhirSettings)
+
+    # -- reads ---------------------------------------------------------------
+    def read(self, session: Session, resource_type: str, resource_id: str) -> StoredVersion:
+        found = store.current(session, self.codec, resource_type, resource_id)
+        if found is None:
+            raise not_found(f"{resource_type}/{resource_id} is not known")
+        return found
+
+    def vread(self, session: Session, resource_type: str, resource_id: str, vid: str
+              ) -> StoredVersion:
+        found = vid.isdigit() and store.version(session, self.codec, resource_type,
+                                                resource_id, int(vid))
+        if not found:
+            raise not_found(f"{resource_type}/{resource_id}/_history/{vid} is not known")
+        return found
+
+    def search_identifier(self, session: Session, resource_type: str, query: str) -> list[str]:
+        """Ids matching an ``identifier`` search value: ``system|value``, ``|value``
+        (no system) or ``value`` (any system)."""
+        if not query:
+            raise invalid("The identifier search value is empty", code="value")
+        system, sep, value = query.partition("|")
+        if not sep:
+            system, value = None, query  # type: ignore[assignment]
+        return store.find_by_identifier(session, self.settings.identifier_index_key,
+                                        resource_type, system, value)
+
+    # -- writes --------------------------------------------------------------
+    def create(self, session: Session, resource: dict[str, Any], *, sender: str | None = None,
+               if_none_exist: str | None = None) -> WriteResult:
+        """FHIR create: the server assigns the id. With ``if_none_exist``
+        (``identifier=system|value``) an existing match is returned, unwritten."""
+        kind = resource["resourceType"]
+        if if_none_exist:
+            matches = self._conditional(session, kind, if_none_exist, "If-None-Exist")
+            if len(matches) > 1:
+                raise precondition_failed(
+                    f"If-None-Exist matches {len(matches)} {kind} resources")
+            if matches:
+                return WriteResult(self.read(session, kind, matches[0]), "duplicate")
+        resource = {**resource, "id": new_id()}
+        return self.write(session, resource, sender=sender)
+
+    def conditional_update(self, session: Session, resource: dict[str, Any], query: str, *,
+                           sender: str | None = None) -> WriteResult:
+        """``PUT /Type?identifier=...`` (FHIR R4 §3.1.0.4.3): no match creates,
+        one match updates it, several are a 412."""
+        kind = resource["resourceType"]
+        matches = self._conditional(session, kind, query, "the search")
+        if len(matches) > 1:
+            raise precondition_failed(f"The conditional update matches {len(matches)} {kind}")
+        body_id = resource.get("id")
+        if matches and body_id and body_id != matches[0]:
+            raise invalid(f"The body's id {body_id!r} differs from the match {matches[0]!r}",
+                          f"{kind}.id")
+        target = matches[0] if matches else (body_id or new_id())
+        return self.write(session, {**resource, "id": target}, sender=sender)
+
+    def _conditional(self, session: Session, kind: str, query: str, what: str) -> list[str]:
+        params = dict(p.partition("=")[::2] for p in query.lstrip("?").split("&") if p)
+        if set(params) != {"identifier"}:
+            raise FhirError(400, Issue(
+                "not-supported", f"{what} supports only the 'identifier' parameter; "
+                f"got {', '.join(sorted(params)) or 'nothing'}"))
+        from urllib.parse import unquote
+
+        return self.search_identifier(session, kind, unquote(params["identifier"]))
+
+    def write(self, session: Session, resource: dict[str, Any], *, sender: str | None = None,
+              if_match: str | None = None) -> WriteResult:
+        """Store a new version of ``resource`` (its ``id`` set), derive its events
+        from the current version and publish them, in ``session``'s transaction.
+
+        ``meta.versionId`` / ``meta.lastUpdated`` given by the sender are the
+        *source* version: the same one twice is a duplicate, an older one than
+        the current is stale; neither is stored or published."""
+        kind, rid = resource["resourceType"], resource["id"]
+        sender = sender or self.settings.sender
+        existing = store.current(session, self.codec, kind, rid)
+        if if_match is not None:
+            wanted = parse_etag(if_match)
+            if existing is None or existing.version_id != wanted:
+                raise precondition_failed(
+                    f"If-Match {if_match} does not match the current version "
+                    f"({existing.etag if existing else 'none'}) of {kind}/{rid}")
+        meta = resource.get("meta") or {}
+        source_version = meta.get("versionId")
+        source_updated = parse_instant(meta.get("lastUpdated"))
+        if existing and source_version and store.has_source_version(
+                session, kind, rid, source_version):
+            return WriteResult(existing, "duplicate")
+        if existing and _is_older(source_version, source_updated, existing):
+            return WriteResult(existing, "stale")
+
+        now = self.clock()
+        number = existing.version_id + 1 if existing else 1
+        stored_resource = {
+            **resource,
+            "meta": {**meta, "versionId": str(number), "lastUpdated": instant(now)},
+        }
+        patient_id = resource_patient_id(resource)
+        origin = Origin("fhir", sender, f"{kind}/{rid}/_history/{number}")
+        events = events_for(kind, stored_resource, existing.resource if existing else None,
+                            origin=origin, now=now, patient=self._patient(session, resource))
+        if not self.settings.announce_amended_reports:
+            events = [e for e in events if not (isinstance(e, ReportReady) and e.amended)]
+        try:
+            with session.begin_nested():
+                stored = store.append(
+                    session, self.codec, resource=stored_resource, version_id=number,
+                    last_updated=now, patient_id=patient_id, source_version=source_version,
+                    source_last_updated=source_updated, sender=sender)
+        except IntegrityError:
+            if source_version and store.has_source_version(session, kind, rid, source_version):
+                return WriteResult(self.read(session, kind, rid), "duplicate")
+            raise FhirError(409, Issue(
+                "conflict", f"{kind}/{rid} was changed concurrently; retry")) from None
+        store.index_identifiers(session, self.settings.identifier_index_key, stored_resource)
+        self._publish(session, events)
+        return WriteResult(stored, "created" if existing is None else "updated", events)
+
+    def _patient(self, session: Session, resource: dict[str, Any]) -> PatientDetails | None:
+        keys = self.settings.patient_key_systems
+        if resource["resourceType"] == "Patient":
+            return patient_details(resource, resource["id"], keys)
+        patient_id = resource_patient_id(resource)
+        found = patient_id and store.current(session, self.codec, "Patient", patient_id)
+        return patient_details(found.resource, patient_id, keys) if found else None
+
+    def _publish(self, session: Session, events: list[AnyEvent]) -> None:
+        if not events:
+            return
+        try:
+            self.publish(session, events)
+        except FhirError:
+            raise
+        except ValueError as exc:
+            raise FhirError(422, Issue("processing", f"The adapter refused the change: {exc}")
+                            ) from exc
+        except Exception as exc:
+            log.exception("publishing FHIR events failed")
+            raise FhirError(500, Issue("exception", "The change could not be processed; "
+                                       "nothing was stored")) from exc

@@ -1,0 +1,161 @@
+"""Storage of resource versions. Resource JSON holds personal data, so it is
+stored only through the :class:`RecordCodec`; identifiers only as a blind index."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from fhir.models import FhirIdentifier, FhirResource
+
+
+class RecordCodec(Protocol):
+    """Encryption of stored records, owned by ``compliance/``. ``subject`` is
+    ``"patient:<logical id>"`` for patient-linked resources, else ``"system"``
+    (so erasing a patient's key makes their resources unreadable)."""
+
+    def encrypt(self, plaintext: bytes, *, subject: str) -> bytes: ...
+
+    def decrypt(self, blob: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    resource_type: str
+    resource_id: str
+    version_id: int
+    last_updated: datetime
+    resource: dict[str, Any]
+    source_version: str | None = None
+    source_last_updated: datetime | None = None
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+    @property
+    def ref(self) -> str:
+        return f"{self.resource_type}/{self.resource_id}"
+
+
+def subject_for(patient_id: str | None) -> str:
+    return f"patient:{patient_id}" if patient_id else "system"
+
+
+def _load(row: FhirResource, codec: RecordCodec) -> StoredVersion:
+    return StoredVersion(
+        resource_type=row.resource_type,
+        resource_id=row.resource_id,
+        version_id=row.version_id,
+        last_updated=row.last_updated,
+        resource=json.loads(codec.decrypt(row.content)),
+        source_version=row.source_version,
+        source_last_updated=row.source_last_updated,
+    )
+
+
+def current(session: Session, codec: RecordCodec, resource_type: str, resource_id: str
+            ) -> StoredVersion | None:
+    row = session.scalars(
+        select(FhirResource)
+        .where(FhirResource.resource_type == resource_type,
+               FhirResource.resource_id == resource_id)
+        .order_by(FhirResource.version_id.desc())
+        .limit(1)
+    ).first()
+    return _load(row, codec) if row else None
+
+
+def version(session: Session, codec: RecordCodec, resource_type: str, resource_id: str,
+            version_id: int) -> StoredVersion | None:
+    row = session.scalars(
+        select(FhirResource).where(
+            FhirResource.resource_type == resource_type,
+            FhirResource.resource_id == resource_id,
+            FhirResource.version_id == version_id,
+        )
+    ).first()
+    return _load(row, codec) if row else None
+
+
+def has_source_version(session: Session, resource_type: str, resource_id: str,
+                       source_version: str) -> bool:
+    return session.scalar(
+        select(FhirResource.pk).where(
+            FhirResource.resource_type == resource_type,
+            FhirResource.resource_id == resource_id,
+            FhirResource.source_version == source_version,
+        ).limit(1)
+    ) is not None
+
+
+def append(
+    session: Session,
+    codec: RecordCodec,
+    *,
+    resource: dict[str, Any],
+    version_id: int,
+    last_updated: datetime,
+    patient_id: str | None,
+    source_version: str | None,
+    source_last_updated: datetime | None,
+    sender: str,
+) -> StoredVersion:
+    """Insert one version (the caller decides the number); flushes, so the
+    unique constraints fire here."""
+    row = FhirResource(
+        resource_type=resource["resourceType"],
+        resource_id=resource["id"],
+        version_id=version_id,
+        last_updated=last_updated,
+        status=resource.get("status"),
+        patient_id=patient_id,
+        source_version=source_version,
+        source_last_updated=source_last_updated,
+        sender=sender,
+        content=codec.encrypt(json.dumps(resource, separators=(",", ":")).encode(),
+                              subject=subject_for(patient_id)),
+    )
+    session.add(row)
+    session.flush()
+    return StoredVersion(row.resource_type, row.resource_id, version_id, last_updated,
+                         resource, source_version, source_last_updated)
+
+
+ANY_SYSTEM = "*"
+
+
+def identifier_token(key: bytes, system: str, value: str) -> str:
+    """Blind index of ``system|value`` (HMAC-SHA256): equal identifiers match,
+    the table reveals none."""
+    return hmac.new(key, f"{system}|{value}".encode(), hashlib.sha256).hexdigest()
+
+
+def index_identifiers(session: Session, key: bytes, resource: dict[str, Any]) -> None:
+    kind, rid = resource["resourceType"], resource["id"]
+    session.execute(delete(FhirIdentifier).where(
+        FhirIdentifier.resource_type == kind, FhirIdentifier.resource_id == rid))
+    identifiers = resource.get("identifier") or []
+    if isinstance(identifiers, dict):  # Consent.identifier is a list in R4; be lenient
+        identifiers = [identifiers]
+    tokens = set()
+    for i in identifiers:
+        if i.get("value"):
+            tokens.add(identifier_token(key, i.get("system", ""), i["value"]))
+            tokens.add(identifier_token(key, ANY_SYSTEM, i["value"]))
+    session.add_all(FhirIdentifier(resource_type=kind, token=t, resource_id=rid) for t in tokens)
+
+
+def find_by_identifier(session: Session, key: bytes, resource_type: str, system: str | None,
+                       value: str) -> list[str]:
+    """Ids of resources of a type with ``system|value`` (``system`` None: any system)."""
+    token = identifier_token(key, ANY_SYSTEM if system is None else system, value)
+    return list(session.scalars(select(FhirIdentifier.resource_id).where(
+        FhirIdentifier.resource_type == resource_type, FhirIdentifier.token == token)))

@@ -1,0 +1,216 @@
+"""Validation of incoming resources: structure with the fhir.resources R4B models
+(its default models are R5), then the required bindings it does not check (it
+accepts any string as a code) and the adapter's own rules.
+
+>>> parse_resource(b'{"resourceType": "Patient", "gender": "female"}')["gender"]
+'female'
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from fhir.resources.R4B.appointment import Appointment
+from fhir.resources.R4B.consent import Consent
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.patient import Patient
+from pydantic import ValidationError
+
+from fhir.errors import FhirError, Issue, invalid
+
+MODELS = {
+    "Patient": Patient,
+    "Appointment": Appointment,
+    "DiagnosticReport": DiagnosticReport,
+    "Consent": Consent,
+}
+SUPPORTED_TYPES = tuple(MODELS)
+
+# Required bindings, FHIR R4 (4.0.1) value sets.
+APPOINTMENT_STATUS = frozenset(
+    "proposed pending booked arrived fulfilled cancelled noshow entered-in-error "
+    "checked-in waitlist".split()
+)
+PARTICIPANT_STATUS = frozenset("accepted declined tentative needs-action".split())
+REPORT_STATUS = frozenset(
+    "registered partial preliminary final amended corrected appended cancelled "
+    "entered-in-error".split()
+)
+CONSENT_STATUS = frozenset("draft proposed active rejected inactive entered-in-error".split())
+PROVISION_TYPE = frozenset({"permit", "deny"})
+TELECOM_SYSTEM = frozenset("phone fax email pager url sms other".split())
+TELECOM_USE = frozenset("home work temp old mobile".split())
+GENDER = frozenset("male female other unknown".split())
+# The adapter reminds about these; without a start there is nothing to remind of.
+NEEDS_START = frozenset({"booked", "arrived", "checked-in"})
+
+PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+def parse_resource(raw: bytes | str, *, expected_type: str | None = None) -> dict[str, Any]:
+    """Parse and validate one resource; return it as JSON data.
+
+    Raises :class:`FhirError` (400 structural or binding errors, 422 adapter
+    rules) whose issues point at the offending element."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid(f"The body is not valid JSON: {exc}", code="structure") from None
+    if not isinstance(data, dict):
+        raise invalid("The body must be a JSON object (a FHIR resource)", code="structure")
+    resource_type = data.get("resourceType")
+    if expected_type and resource_type != expected_type:
+        raise invalid(
+            f"resourceType is {resource_type!r} but this endpoint takes {expected_type}",
+            f"{expected_type}.resourceType" if resource_type else "resourceType",
+        )
+    if resource_type not in MODELS:
+        raise FhirError(
+            400 if not isinstance(resource_type, str) else 422,
+            Issue("not-supported", f"Resource type {resource_type!r} is not supported here; "
+                  f"supported: {', '.join(SUPPORTED_TYPES)}", "resourceType"),
+        )
+    raw_text = raw if isinstance(raw, str) else raw.decode("utf-8")
+    try:
+        MODELS[resource_type].model_validate_json(raw_text)
+    except ValidationError as exc:
+        raise FhirError(400, list(_structure_issues(resource_type, exc))) from None
+    check_rules(data)
+    return data
+
+
+def parse_data(data: dict[str, Any]) -> dict[str, Any]:
+    """:func:`parse_resource` for JSON data already decoded (Bundle entries)."""
+    return parse_resource(json.dumps(data))
+
+
+def _structure_issues(resource_type: str, exc: ValidationError) -> Iterator[Issue]:
+    for error in exc.errors():
+        path = element_path(resource_type, error["loc"])
+        if error["type"] == "extra_forbidden":
+            name = error["loc"][-1] if error["loc"] else "?"
+            yield Issue("structure", f"Unknown element '{name}' is not part of FHIR R4 "
+                        f"{resource_type} (at {path})", path)
+        elif error["type"] == "missing":
+            yield Issue("required", f"Element {path} is required", path)
+        else:
+            yield Issue("value", f"{path}: {error['msg']}", path)
+
+
+def element_path(root: str, loc: tuple[Any, ...]) -> str:
+    """>>> element_path("Appointment", ("participant", 0, "actor"))
+    'Appointment.participant[0].actor'
+    """
+    out = root
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in ("resource_type", "__root__"):
+            out += f".{part}"
+    return out
+
+
+def check_rules(data: dict[str, Any]) -> None:
+    issues = list(_binding_issues(data))
+    if issues:
+        raise FhirError(400, issues)
+    issues = list(_adapter_rule_issues(data))
+    if issues:
+        raise FhirError(422, issues)
+
+
+def _code(value: Any, allowed: frozenset[str], path: str, name: str) -> Iterator[Issue]:
+    if value is not None and value not in allowed:
+        yield Issue("code-invalid", f"{value!r} is not a valid {name}; expected one of: "
+                    f"{', '.join(sorted(allowed))}", path)
+
+
+def _binding_issues(data: dict[str, Any]) -> Iterator[Issue]:
+    kind = data["resourceType"]
+    if "id" in data and not ID_PATTERN.match(str(data["id"])):
+        yield Issue("value", f"{data['id']!r} is not a valid FHIR id", f"{kind}.id")
+    if kind == "Patient":
+        yield from _code(data.get("gender"), GENDER, "Patient.gender", "AdministrativeGender")
+        for i, contact in enumerate(data.get("telecom") or []):
+            yield from _code(contact.get("system"), TELECOM_SYSTEM,
+                             f"Patient.telecom[{i}].system", "ContactPointSystem")
+            yield from _code(contact.get("use"), TELECOM_USE,
+                             f"Patient.telecom[{i}].use", "ContactPointUse")
+    elif kind == "Appointment":
+        yield from _code(data.get("status"), APPOINTMENT_STATUS, "Appointment.status",
+                         "AppointmentStatus")
+        for i, part in enumerate(data.get("participant") or []):
+            yield from _code(part.get("status"), PARTICIPANT_STATUS,
+                             f"Appointment.participant[{i}].status", "ParticipationStatus")
+    elif kind == "DiagnosticReport":
+        yield from _code(data.get("status"), REPORT_STATUS, "DiagnosticReport.status",
+                         "DiagnosticReportStatus")
+    elif kind == "Consent":
+        yield from _code(data.get("status"), CONSENT_STATUS, "Consent.status",
+                         "ConsentState")
+        if data.get("provision"):
+            yield from _provision_issues(data["provision"], "Consent.provision")
+
+
+def _provision_issues(provision: dict[str, Any], path: str) -> Iterator[Issue]:
+    yield from _code(provision.get("type"), PROVISION_TYPE, f"{path}.type", "ConsentProvisionType")
+    for i, nested in enumerate(provision.get("provision") or []):
+        yield from _provision_issues(nested, f"{path}.provision[{i}]")
+
+
+def _adapter_rule_issues(data: dict[str, Any]) -> Iterator[Issue]:
+    kind = data["resourceType"]
+    if kind == "Appointment":
+        if appointment_patient_id(data) is None:
+            yield Issue("business-rule", "An Appointment needs a participant whose actor is a "
+                        "Patient reference (Patient/{id}): reminders go to that patient",
+                        "Appointment.participant")
+        if data.get("status") in NEEDS_START and not data.get("start"):
+            yield Issue("business-rule", f"A {data.get('status')} Appointment needs a start: "
+                        "reminders are timed from it", "Appointment.start")
+    elif kind == "DiagnosticReport":
+        if patient_id_of(data.get("subject")) is None:
+            yield Issue("business-rule", "A DiagnosticReport needs a subject that is a Patient "
+                        "reference (Patient/{id})", "DiagnosticReport.subject")
+    elif kind == "Consent":
+        if patient_id_of(data.get("patient")) is None:
+            yield Issue("business-rule", "A Consent needs a patient that is a Patient reference "
+                        "(Patient/{id})", "Consent.patient")
+
+
+def patient_id_of(reference: Any) -> str | None:
+    """The logical id of a Patient reference (relative or absolute), else None.
+
+    >>> patient_id_of({"reference": "https://ehr.example/fhir/Patient/p1"})
+    'p1'
+    """
+    if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
+        return None
+    match = PATIENT_REFERENCE.search(reference["reference"])
+    return match.group(1) if match else None
+
+
+def appointment_patient_id(data: dict[str, Any]) -> str | None:
+    for part in data.get("participant") or []:
+        found = patient_id_of(part.get("actor"))
+        if found:
+            return found
+    return None
+
+
+def resource_patient_id(data: dict[str, Any]) -> str | None:
+    """The logical id of the Patient a resource is about (the Patient's own id)."""
+    kind = data.get("resourceType")
+    if kind == "Patient":
+        return data.get("id")
+    if kind == "Appointment":
+        return appointment_patient_id(data)
+    if kind == "DiagnosticReport":
+        return patient_id_of(data.get("subject"))
+    if kind == "Consent":
+        return patient_id_of(data.get("patient"))
+    return None

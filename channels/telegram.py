@@ -35,6 +35,8 @@ from channels.errors import ChannelConfigError, LinkTokenError, SignatureError, 
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+# Ignored by Telegram; lets a fake Bot API count deliveries per idempotency key.
+IDEMPOTENCY_HEADER = "X-Idempotency-Key"
 LINK_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DEFAULT_LINK_TTL = timedelta(minutes=30)
 _START = re.compile(r"^/start(?:@\w+)?(?:\s+(?P<payload>\S+))?\s*$")
@@ -179,6 +181,7 @@ class TelegramChannel:
             self._url,
             interpret,
             json={"chat_id": message.to, "text": message.body},
+            headers={IDEMPOTENCY_HEADER: message.idempotency_key},
         )
 
     def verify(self, request: WebhookRequest) -> dict[str, Any]:

@@ -1,0 +1,360 @@
+"""The append-only, tamper-evident audit log (GDPR art. 5(2), 30, 32).
+
+Each entry is a leaf of an RFC 6962 Merkle tree: ``seq`` is its leaf index (from 0) and the
+leaf data is the entry's canonical JSON (keys sorted, no spaces, UTF-8), *including* ``seq``
+so that moving an entry changes its hash. Entries carry pseudonyms (``patient:<id>``, blind
+indexes), never names, numbers or addresses: after erasure the log still verifies, and
+nothing in it identifies the patient.
+
+Appending is O(log n) database work: it reads the right edge of the tree (at most log2 n
+stored subtree roots), writes the entry, the perfect subtrees it completes (amortised one)
+and ``root_after`` (the root of the tree ending with this entry). Appends are serialised:
+``BEGIN IMMEDIATE`` on SQLite, a transaction-scoped advisory lock on PostgreSQL, held until
+the caller commits — keep the transaction short after appending.
+
+Tree heads are signed with Ed25519 (:mod:`compliance.signing`); proofs are RFC 6962
+``PATH``/``PROOF``; :func:`compliance.audit_verify.verify` says what was changed and where.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import and_, or_, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from compliance import merkle
+from compliance.errors import AuditError, AuditIntegrityError, PersonalDataInAudit
+from compliance.models import AuditEntry, AuditNode, AuditTreeHead
+from compliance.pseudonyms import FISCAL_CODE, is_pseudonym
+from compliance.signing import AuditSigner
+
+AuditAction = Literal[
+    "received", "scheduled", "suppressed", "cancelled", "sent", "delivered", "failed",
+    "replied", "consent_changed", "exported", "erased", "objected", "retention_purged",
+    "audit_read", "audit_verified", "key_rotated", "auth_failed", "accessed",
+]
+ACTIONS: frozenset[str] = frozenset(AuditAction.__args__)  # type: ignore[attr-defined]
+Outcome = Literal["success", "minor_failure", "serious_failure", "major_failure"]
+OUTCOMES: frozenset[str] = frozenset(Outcome.__args__)  # type: ignore[attr-defined]
+
+_ADVISORY_LOCK = 0x61756469  # "audi"
+_EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[A-Za-z]{2,}")
+_PHONE = re.compile(r"(?<![\w.:-])\+?\d[\d ()./-]{6,}\d(?![\w:])")
+_DATE_LIKE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+_PERSONAL_KEYS = frozenset(
+    {"name", "given_name", "family_name", "first_name", "last_name", "phone", "email", "address",
+     "fiscal_code", "codice_fiscale", "body", "text", "birth_date", "mrn"}
+)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """An entry as read back: what happened, to whom (pseudonym), by whom, why, when."""
+
+    seq: int
+    at: datetime
+    action: str
+    outcome: str
+    actor: str
+    subject: str
+    reason: str
+    details: dict[str, Any]
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True)
+class TreeHead:
+    tree_size: int
+    root_hash: bytes
+    timestamp_ms: int
+    key_id: str
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    leaf_index: int
+    tree_size: int
+    leaf_hash: bytes
+    path: list[bytes]
+    root_hash: bytes
+
+    def verify(self) -> bool:
+        return merkle.verify_inclusion(self.leaf_hash, self.leaf_index, self.tree_size, self.path, self.root_hash)
+
+
+@dataclass(frozen=True)
+class ConsistencyProof:
+    old_size: int
+    new_size: int
+    old_root: bytes
+    new_root: bytes
+    path: list[bytes]
+
+    def verify(self) -> bool:
+        return merkle.verify_consistency(self.old_size, self.new_size, self.old_root, self.new_root, self.path)
+
+
+def canonical_details(details: Mapping[str, Any]) -> str:
+    return json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def entry_bytes(row: AuditEntry, *, seq: int | None = None) -> bytes:
+    """The leaf data of an entry: its canonical JSON (``seq`` may be overridden, to test
+    whether an entry was moved)."""
+    return json.dumps(
+        {
+            "seq": row.seq if seq is None else seq,
+            "at": row.at.astimezone(UTC).isoformat(timespec="microseconds"),
+            "action": row.action,
+            "outcome": row.outcome,
+            "actor": row.actor,
+            "subject": row.subject,
+            "reason": row.reason,
+            "details": json.loads(row.details),
+        },
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    ).encode()
+
+
+def check_no_personal_data(*, actor: str, subject: str, reason: str, details: Mapping[str, Any]) -> None:
+    """A guard, not a proof: refuses pseudonym-less subjects, personal-looking keys and values
+    that look like an e-mail address, a phone number or a fiscal code."""
+    if not is_pseudonym(subject):
+        raise PersonalDataInAudit(f"subject {subject[:3]!r}… is not a pseudonym (kind:id)")
+    for where, value in _strings(details, "details"):
+        _check_value(where, value)
+    _check_value("actor", actor)
+    _check_value("reason", reason)
+
+
+def _strings(value: Any, where: str) -> Iterable[tuple[str, str]]:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if str(key).lower() in _PERSONAL_KEYS:
+                raise PersonalDataInAudit(f"{where}.{key}: personal field names are not allowed")
+            yield from _strings(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _strings(item, f"{where}[{i}]")
+    elif isinstance(value, str):
+        yield where, value
+
+
+def _check_value(where: str, value: str) -> None:
+    if _EMAIL.search(value):
+        raise PersonalDataInAudit(f"{where}: looks like an e-mail address")
+    for match in _PHONE.finditer(value):
+        digits = re.sub(r"\D", "", match.group())
+        if len(digits) >= 8 and not _DATE_LIKE.match(match.group()):
+            raise PersonalDataInAudit(f"{where}: looks like a phone number")
+    if any(FISCAL_CODE.match(word) for word in re.findall(r"[A-Z0-9]{16}", value.upper())):
+        raise PersonalDataInAudit(f"{where}: looks like a fiscal code")
+
+
+class AuditLog:
+    """The audit log over the project's database; ``signer`` signs its tree heads."""
+
+    def __init__(self, sessions: sessionmaker[Session], signer: AuditSigner) -> None:
+        self.sessions = sessions
+        self.signer = signer
+        self._edge: merkle.Frontier | None = None
+        self._edge_root = merkle.EMPTY_ROOT
+        self._edge_lock = threading.Lock()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def append(
+        self,
+        session: Session,
+        *,
+        action: str,
+        actor: str,
+        subject_pseudonym: str,
+        reason: str = "",
+        details: Mapping[str, Any] | None = None,
+        at: datetime,
+        outcome: str = "success",
+    ) -> AuditRecord:
+        """Append one entry in the caller's transaction; it is part of the log when that
+        transaction commits."""
+        details = dict(details or {})
+        if action not in ACTIONS:
+            raise AuditError(f"unknown audit action {action!r}")
+        if outcome not in OUTCOMES:
+            raise AuditError(f"unknown outcome {outcome!r}")
+        if at.tzinfo is None:
+            raise AuditError("audit time must be timezone-aware")
+        check_no_personal_data(actor=actor, subject=subject_pseudonym, reason=reason, details=details)
+        self._serialise(session)
+        edge = self._right_edge(session)
+        row = AuditEntry(
+            seq=edge.size, at=at.astimezone(UTC), action=action, outcome=outcome, actor=actor,
+            subject=subject_pseudonym, reason=reason, details=canonical_details(details),
+        )
+        row.leaf_hash = merkle.leaf_hash(entry_bytes(row))
+        completed = edge.append(row.leaf_hash)
+        row.root_after = edge.root()
+        session.add(row)
+        session.add_all(AuditNode(level=lvl, idx=idx, hash=h) for lvl, idx, h in completed)
+        session.flush()
+        with self._edge_lock:
+            self._edge, self._edge_root = edge, row.root_after
+        return _record(row)
+
+    def sign_tree_head(self, session: Session, at: datetime) -> TreeHead:
+        """Sign the current tree. Before signing, the entries added since the last signed
+        head are re-hashed from their content and the tree is rebuilt from that head's
+        stored edge, so a head is never signed over tampered data (else
+        :class:`AuditIntegrityError`). Returns the last head if nothing was appended."""
+        self._serialise(session)
+        size = self.size(session)
+        last = session.scalars(select(AuditTreeHead).order_by(AuditTreeHead.tree_size.desc(),
+                                                              AuditTreeHead.id.desc()).limit(1)).first()
+        old_size = last.tree_size if last else 0
+        if last and old_size == size:
+            return _head(last)
+        if old_size > size:
+            raise AuditIntegrityError(f"the log has {size} entries but a head signed {old_size}")
+        edge = self._load_edge(session, old_size)
+        if last and edge.root() != last.root_hash:
+            raise AuditIntegrityError(f"the stored tree no longer matches the head signed at size {old_size}")
+        stored_root = edge.root()
+        for row in session.scalars(select(AuditEntry).where(AuditEntry.seq >= old_size).order_by(AuditEntry.seq)):
+            if row.seq != edge.size:
+                raise AuditIntegrityError(f"entry {edge.size} is missing")
+            leaf = merkle.leaf_hash(entry_bytes(row))
+            if leaf != row.leaf_hash:
+                raise AuditIntegrityError(f"entry {row.seq} does not match its hash")
+            edge.append(leaf)
+            stored_root = row.root_after
+        if edge.root() != stored_root:
+            raise AuditIntegrityError("the stored tree does not match the entries")
+        timestamp_ms = int(at.timestamp() * 1000)
+        head = AuditTreeHead(tree_size=size, root_hash=edge.root(), timestamp_ms=timestamp_ms,
+                             key_id=self.signer.key_id,
+                             signature=self.signer.sign(size, timestamp_ms, edge.root()))
+        session.add(head)
+        session.flush()
+        return _head(head)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def size(self, session: Session) -> int:
+        last = session.scalar(select(AuditEntry.seq).order_by(AuditEntry.seq.desc()).limit(1))
+        return 0 if last is None else last + 1
+
+    def entries(self, session: Session, *, since: datetime | None = None,
+                subject: str | None = None) -> Iterable[AuditRecord]:
+        query = select(AuditEntry).order_by(AuditEntry.seq)
+        if since is not None:
+            query = query.where(AuditEntry.at >= since)
+        if subject is not None:
+            query = query.where(AuditEntry.subject == subject)
+        for row in session.scalars(query.execution_options(yield_per=1000)):
+            yield _record(row)
+
+    def tree_heads(self, session: Session) -> list[TreeHead]:
+        return [_head(h) for h in session.scalars(select(AuditTreeHead).order_by(AuditTreeHead.tree_size))]
+
+    def root(self, session: Session, tree_size: int) -> bytes:
+        hasher = self._hasher(session, lambda mth: mth(0, tree_size) if tree_size else None)
+        return hasher(0, tree_size) if tree_size else merkle.EMPTY_ROOT
+
+    def inclusion_proof(self, seq: int, tree_size: int) -> InclusionProof:
+        """RFC 6962 ``PATH(seq, D[tree_size])`` with the leaf and root it proves."""
+        with self.sessions() as session, session.begin():
+            self._check_size(session, tree_size)
+            plan = lambda mth: (merkle.inclusion_proof(seq, tree_size, mth), mth(0, tree_size))  # noqa: E731
+            hasher = self._hasher(session, plan, leaves=[seq])
+            path, root = plan(hasher)
+            return InclusionProof(seq, tree_size, hasher.perfect(0, seq), path, root)
+
+    def consistency_proof(self, old_size: int, new_size: int) -> ConsistencyProof:
+        """RFC 6962 ``PROOF(old_size, D[new_size])`` with both roots."""
+        with self.sessions() as session, session.begin():
+            self._check_size(session, new_size)
+            plan = lambda mth: (  # noqa: E731
+                merkle.consistency_proof(old_size, new_size, mth),
+                mth(0, old_size) if old_size else merkle.EMPTY_ROOT,
+                mth(0, new_size) if new_size else merkle.EMPTY_ROOT,
+            )
+            path, old_root, new_root = plan(self._hasher(session, plan))
+            return ConsistencyProof(old_size, new_size, old_root, new_root, path)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_size(self, session: Session, tree_size: int) -> None:
+        if tree_size > self.size(session):
+            raise AuditError(f"the log has fewer than {tree_size} entries")
+
+    def _serialise(self, session: Session) -> None:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK})
+
+    def _right_edge(self, session: Session) -> merkle.Frontier:
+        last = session.execute(
+            select(AuditEntry.seq, AuditEntry.root_after).order_by(AuditEntry.seq.desc()).limit(1)
+        ).first()
+        size, root = (0, merkle.EMPTY_ROOT) if last is None else (last.seq + 1, last.root_after)
+        with self._edge_lock:
+            cached = self._edge
+            if cached is not None and cached.size == size and self._edge_root == root:
+                return merkle.Frontier(cached.size, cached.nodes)
+        return self._load_edge(session, size)
+
+    def _load_edge(self, session: Session, size: int) -> merkle.Frontier:
+        positions = merkle.Frontier.positions(size)
+        found = self._fetch(session, set(positions))
+        try:
+            return merkle.Frontier(size, [(lvl, found[(lvl, idx)]) for lvl, idx in positions])
+        except KeyError as exc:
+            raise AuditIntegrityError(f"stored tree node {exc.args[0]} is missing") from None
+
+    def _hasher(self, session: Session, plan: Any, leaves: Iterable[int] = ()) -> _StoredHasher:
+        needed = merkle.subtrees_needed(plan) | {(0, i) for i in leaves}
+        return _StoredHasher(self._fetch(session, needed))
+
+    def _fetch(self, session: Session, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        found: dict[tuple[int, int], bytes] = {}
+        leaf_ids = [idx for lvl, idx in wanted if lvl == 0]
+        inner = [(lvl, idx) for lvl, idx in wanted if lvl > 0]
+        if leaf_ids:
+            for seq, h in session.execute(select(AuditEntry.seq, AuditEntry.leaf_hash).where(AuditEntry.seq.in_(leaf_ids))):
+                found[(0, seq)] = h
+        for chunk in range(0, len(inner), 200):
+            part = inner[chunk : chunk + 200]
+            cond = or_(*(and_(AuditNode.level == lvl, AuditNode.idx == idx) for lvl, idx in part))
+            for lvl, idx, h in session.execute(select(AuditNode.level, AuditNode.idx, AuditNode.hash).where(cond)):
+                found[(lvl, idx)] = h
+        return found
+
+
+class _StoredHasher:
+    def __init__(self, nodes: dict[tuple[int, int], bytes]) -> None:
+        self.nodes = nodes
+
+    def perfect(self, level: int, index: int) -> bytes:
+        try:
+            return self.nodes[(level, index)]
+        except KeyError:
+            raise AuditIntegrityError(f"stored tree node {(level, index)} is missing") from None
+
+    def __call__(self, start: int, end: int) -> bytes:
+        return merkle.range_hash(start, end, self.perfect)
+
+
+def _record(row: AuditEntry) -> AuditRecord:
+    return AuditRecord(row.seq, row.at, row.action, row.outcome, row.actor, row.subject, row.reason,
+                       json.loads(row.details), row.leaf_hash)
+
+
+def _head(row: AuditTreeHead) -> TreeHead:
+    return TreeHead(row.tree_size, row.root_hash, row.timestamp_ms, row.key_id, row.signature)

@@ -1,0 +1,254 @@
+"""MLLP client: send messages, collect their ACKs (HL7 v2.5 Appendix C).
+
+Used by ``python -m adapter hl7 send`` and for write-back to a hospital's
+MLLP listener. Each connection sends one message and waits for its ACK before
+the next (what hospital senders do); a dropped connection is reopened and the
+unacknowledged message sent again.
+
+>>> split_messages("MSH|^~\\\\&|A\\nPID|1\\n\\nMSH|^~\\\\&|B\\n")
+['MSH|^~\\\\&|A\\rPID|1\\r', 'MSH|^~\\\\&|B\\r']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from hl7.ack import AckCode
+from hl7.errors import HL7Error, MLLPClientError
+from hl7.header import codec_for, read_header
+from hl7.message import parse
+from hl7.mllp import FrameDecoder, OversizeFrame, frame
+
+_BATCH_SEGMENTS = ("FHS", "BHS", "BTS", "FTS")
+_LINE_ENDS = re.compile(r"\r\n|\r|\n")
+
+
+def split_messages(text: str) -> list[str]:
+    """The messages in a file's text: one or several, separated by blank lines
+    or wrapped in FHS/BHS batches (HL7 v2.5 §2.10.3); each starts at an MSH.
+    Segment ends are normalised to CR, and every segment ends with one."""
+    messages: list[list[str]] = []
+    for line in _LINE_ENDS.split(text.lstrip("\ufeff")):
+        if not line.strip() or line[:3] in _BATCH_SEGMENTS:
+            continue
+        if line.startswith("MSH"):
+            messages.append([line])
+        elif messages:
+            messages[-1].append(line)
+    return ["\r".join(segments) + "\r" for segments in messages]
+
+
+def encode_message(message: str) -> bytes:
+    """A message's bytes in the character set its MSH-18 names (UTF-8 when
+    empty or unknown)."""
+    codec = "utf-8"
+    try:
+        header = parse(message).msh
+        codec = codec_for(header.value(18).split("~")[0]) or "utf-8"
+    except HL7Error:
+        pass
+    return message.encode(codec, "replace")
+
+
+@dataclass(frozen=True)
+class AckResult:
+    """What happened to one sent message. ``code`` is ``None`` when no ACK
+    came (``error`` says why); ``latency`` is seconds from send to ACK."""
+
+    index: int
+    control_id: str
+    code: AckCode | None
+    latency: float
+    ack: bytes = b""
+    error: str = ""
+    attempts: int = 1
+
+    @property
+    def accepted(self) -> bool:
+        return self.code is not None and self.code.is_accept
+
+
+def read_ack_code(ack: bytes) -> tuple[AckCode | None, str]:
+    """MSA-1 and MSA-2 of an ACK (``None`` when MSA-1 is not a known code)."""
+    try:
+        header = read_header(ack)
+        message = parse(ack.decode(header.codec, "replace"))
+    except HL7Error:
+        return None, ""
+    msa = message.segment("MSA")
+    if msa is None:
+        return None, ""
+    try:
+        return AckCode(msa.value(1).strip()), msa.value(2).strip()
+    except ValueError:
+        return None, msa.value(2).strip()
+
+
+class MLLPConnection:
+    """One MLLP connection: ``await send(payload)`` returns the ACK bytes."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 30.0,
+        max_message_bytes: int = 10 * 1024 * 1024,
+    ) -> None:
+        self.host, self.port = host, port
+        self.ssl_context = ssl_context
+        self.timeout = timeout
+        self._decoder = FrameDecoder(max_message_bytes)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: list[bytes | OversizeFrame] = []
+
+    async def open(self) -> None:
+        self._reader, self._writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                self.host,
+                self.port,
+                ssl=self.ssl_context,
+                server_hostname=self.host if self.ssl_context else None,
+            ),
+            self.timeout,
+        )
+        self._decoder = FrameDecoder(self._decoder.max_message_bytes)
+        self._pending = []
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+            except (Exception, asyncio.CancelledError):
+                pass
+        self._reader = self._writer = None
+
+    async def send(self, payload: bytes) -> bytes:
+        """Send one message and wait for one answer frame. Raises
+        ``ConnectionError`` or ``asyncio.TimeoutError``."""
+        if self._writer is None or self._reader is None:
+            await self.open()
+        assert self._writer is not None and self._reader is not None
+        self._writer.write(frame(payload))
+        await self._writer.drain()
+        while not self._pending:
+            data = await asyncio.wait_for(self._reader.read(65536), self.timeout)
+            if not data:
+                raise ConnectionError("connection closed before the ACK")
+            self._pending.extend(self._decoder.feed(data))
+        answer = self._pending.pop(0)
+        if isinstance(answer, OversizeFrame):
+            raise MLLPClientError(f"ACK of {answer.size} bytes exceeds the limit")
+        return answer
+
+    async def __aenter__(self) -> MLLPConnection:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class _Pacer:
+    """Spaces sends ``1/rate`` seconds apart across all connections."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self._next = time.monotonic()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        slot = max(self._next, now)
+        self._next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+async def send_messages(
+    messages: Sequence[str | bytes],
+    host: str,
+    port: int,
+    *,
+    connections: int = 1,
+    rate: float | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    tls: bool = False,
+    timeout: float = 30.0,
+    retries: int = 3,
+    retry_delay: float = 0.2,
+    on_ack: Callable[[AckResult], None] | None = None,
+) -> list[AckResult]:
+    """Send ``messages`` over ``connections`` MLLP connections, at most ``rate``
+    per second in total, and return one ``AckResult`` per message in input
+    order. A message whose connection drops or times out before its ACK is sent
+    again on a new connection, up to ``retries`` more times. ``tls=True``
+    without a context uses the system trust store. ``on_ack`` is called as each
+    result arrives (for a progress bar)."""
+    if tls and ssl_context is None:
+        ssl_context = ssl.create_default_context()
+    payloads = [m if isinstance(m, bytes) else encode_message(m) for m in messages]
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(payloads)):
+        queue.put_nowait(i)
+    results: list[AckResult | None] = [None] * len(payloads)
+    pacer = _Pacer(rate)
+
+    async def worker() -> None:
+        conn = MLLPConnection(host, port, ssl_context=ssl_context, timeout=timeout)
+        try:
+            while True:
+                try:
+                    index = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                result = await _deliver(conn, index, payloads[index], pacer, retries, retry_delay)
+                results[index] = result
+                if on_ack is not None:
+                    on_ack(result)
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(connections, len(payloads))))))
+    return [r for r in results if r is not None]
+
+
+async def _deliver(
+    conn: MLLPConnection,
+    index: int,
+    payload: bytes,
+    pacer: _Pacer,
+    retries: int,
+    retry_delay: float,
+) -> AckResult:
+    try:
+        control_id = read_header(payload).control_id
+    except HL7Error:
+        control_id = ""
+    error = ""
+    for attempt in range(1, retries + 2):
+        await pacer.wait()
+        started = time.monotonic()
+        try:
+            ack = await conn.send(payload)
+        except (OSError, asyncio.TimeoutError, MLLPClientError) as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            await conn.close()
+            if attempt <= retries:
+                await asyncio.sleep(retry_delay * attempt)
+            continue
+        code, _ = read_ack_code(ack)
+        return AckResult(
+            index, control_id, code, time.monotonic() - started, ack,
+            "" if code else "answer is not a readable ACK", attempt,
+        )
+    return AckResult(index, control_id, None, 0.0, b"", error, retries + 1)

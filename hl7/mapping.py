@@ -1,0 +1,407 @@
+"""HL7 v2 messages → adapter events. Pure: text in, events out, no I/O.
+
+What is mapped (HL7 v2.5 chapters 10, 7 and 3):
+
+==================  ===================================================
+SIU^S12             AppointmentBooked
+SIU^S13             AppointmentRescheduled
+SIU^S14             AppointmentRescheduled (a modification: the core compares the start
+                    with what it stored and tells the patient only when it moved); when
+                    SCH-25 says Cancelled/Deleted/Noshow/Complete, the matching event
+SIU^S15 / S17       AppointmentCancelled, reason "cancelled" / "deleted"
+SIU^S26             AppointmentNoShow
+ORU^R01             per OBR: OBR-25 F → ReportReady, C → ReportReady(amended=True),
+                    X → ReportWithdrawn, anything else (P, I, R...) → nothing. An empty
+                    OBR-25 takes the OBX-11 statuses (all F → F, any C → C).
+ADT^A04/A08/A28/A31 PatientUpdated
+ADT^A40             PatientsMerged per PID/MRG pair (MRG-1 is the retired identifier)
+==================  ===================================================
+
+Decisions:
+
+- Other triggers of SIU, ORU and ADT (S16, A01, A03, ...) and ACK messages map
+  to ``[]``: hospitals send whole feeds, and answering AR to events we simply do
+  not act on would raise alarms on their side. The caller acknowledges them AA.
+- Any other message type, and versions outside 2.3–2.8.x, raise
+  ``UnsupportedMessage`` (AR, table 0357 code 200 / 203).
+- A supported message that lacks what we need (no patient key, no start time,
+  unreadable timestamp) raises ``MappingError`` (AE) with a reason that holds
+  no personal data.
+- Timestamps without a UTC offset are local time of the sender's
+  ``timezone``; all event datetimes are aware UTC.
+- ``Appointment.ref`` is ``hl7:{MSH-3}^{MSH-4}:{id}`` with the id from SCH-2
+  (filler) or SCH-1 (placer) per facility, EI-1 only, so it is the same for
+  S12, S13, S15 of one appointment whatever namespace a message adds.
+- ``occurred_at``: ADT EVN-6 (else EVN-2), otherwise MSH-7, otherwise
+  ``received_at``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from adapter.events import (
+    AnyEvent,
+    Appointment,
+    AppointmentBooked,
+    AppointmentCancelled,
+    AppointmentFulfilled,
+    AppointmentNoShow,
+    AppointmentRescheduled,
+    ContactPoint,
+    Identifier,
+    Origin,
+    PatientDetails,
+    PatientsMerged,
+    PatientUpdated,
+    ReportReady,
+    ReportWithdrawn,
+)
+from hl7.datatypes import contact_from_xtn, identifier_from_cx, language_from_ce, parse_ts
+from hl7.errors import CharsetError, MappingError, UnsupportedMessage
+from hl7.facilities import FacilityConfig, FacilityRule
+from hl7.header import codec_for
+from hl7.message import Message, Repetition, Segment, parse
+from hl7.validation import validate_structure
+
+SUPPORTED_VERSION = re.compile(r"^2\.[3-8](\.\d+)?$")
+ADT_PATIENT_UPDATES = frozenset({"A04", "A08", "A28", "A31"})
+
+
+@dataclass(frozen=True)
+class _Context:
+    origin: Origin
+    sender: str
+    rule: FacilityRule
+    zone: ZoneInfo
+    occurred_at: datetime
+
+
+def map_message(text: str, facilities: FacilityConfig, *, received_at: datetime) -> list[AnyEvent]:
+    """The events one decoded message means (see the module docstring).
+
+    Raises ``HeaderError`` (no MSH), ``UnsupportedMessage`` (type or version
+    not handled) and ``MappingError`` (understood but not mappable)."""
+    message = parse(text, codec=_codec(text))
+    msh = message.msh
+    code, trigger = msh.value(9, 1).strip(), msh.value(9, 2).strip()
+    if code == "ACK":
+        return []
+    if code not in ("SIU", "ORU", "ADT"):
+        raise UnsupportedMessage(f"message type {code}^{trigger} is not supported", "200")
+    version = msh.value(12, 1).strip()
+    if not SUPPORTED_VERSION.match(version):
+        raise UnsupportedMessage(f"HL7 version {version!r} is not supported (2.3 to 2.8)", "203")
+    context = _context(message, facilities, received_at)
+    if context.rule.validate_with_hl7apy:
+        validate_structure(text)
+    if code == "SIU":
+        return _map_siu(message, trigger, context)
+    if code == "ORU":
+        return _map_oru(message, context) if trigger == "R01" else []
+    return _map_adt(message, trigger, context)
+
+
+def _codec(text: str) -> str:
+    first = re.split(r"\r|\n", text.lstrip("\ufeff\r\n\t "), maxsplit=1)[0]
+    fields = first.split(first[3:4] or "|")
+    charset = fields[17].split("~")[0] if len(fields) > 17 else ""
+    try:
+        return codec_for(charset) or "utf-8"
+    except CharsetError:
+        return "utf-8"
+
+
+def _namespace(segment: Segment, n: int) -> str:
+    return segment.value(n, 1) or segment.value(n, 2)
+
+
+def _context(message: Message, facilities: FacilityConfig, received_at: datetime) -> _Context:
+    msh = message.msh
+    facility = _namespace(msh, 4)
+    sender = f"{_namespace(msh, 3)}^{facility}"
+    rule = facilities.for_facility(facility)
+    zone = rule.zone
+    occurred = _optional_ts(msh.value(7), zone)
+    evn = message.segment("EVN")
+    if evn is not None:
+        occurred = _optional_ts(evn.value(6), zone) or _optional_ts(evn.value(2), zone) or occurred
+    origin = Origin(source="hl7", sender=sender, message_ref=msh.value(10).strip())
+    return _Context(origin, sender, rule, zone, occurred or received_at)
+
+
+def _optional_ts(value: str, zone: ZoneInfo) -> datetime | None:
+    try:
+        return parse_ts(value, zone)
+    except ValueError:
+        return None
+
+
+def _required_ts(value: str, zone: ZoneInfo, where: str) -> datetime | None:
+    try:
+        return parse_ts(value, zone)
+    except ValueError:
+        raise MappingError(f"{where} is not a valid HL7 timestamp", "102") from None
+
+
+# ---------------------------------------------------------------- patient
+
+
+def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
+    """PID (HL7 v2.5 §3.4.2) → PatientDetails, keyed per the facility rule."""
+    if pid is None:
+        raise MappingError("message has no PID segment", "100")
+    reps = [r for r in pid.repetitions(3) if r.component(1).strip()]
+    if not reps and pid.value(2):  # v2.3 senders: PID-2 external id
+        reps = pid.repetitions(2)
+    identifiers = tuple(identifier_from_cx(r) for r in reps)
+    key = _pick_identifier(reps, context.rule)
+    if key is None:
+        kinds = sorted({i.kind or "?" for i in identifiers})
+        raise MappingError(
+            f"no PID-3 identifier matches patient_key for this facility "
+            f"(identifier types present: {', '.join(kinds) or 'none'})",
+            "101",
+        )
+    name = _legal_name(pid)
+    telecom = _telecom(pid, context.rule.phone_region)
+    language = language_from_ce(pid.value(15, 1), pid.value(15, 2))
+    return PatientDetails(
+        key=key,
+        identifiers=identifiers,
+        given_name=name.component(2, 1) if name else "",
+        family_name=name.component(1, 1) if name else "",
+        telecom=telecom,
+        language=language,
+    )
+
+
+def _pick_identifier(reps: list[Repetition], rule: FacilityRule) -> Identifier | None:
+    for wanted in rule.patient_key:
+        for cx in reps:
+            kind = cx.component(5).strip().upper()
+            authorities = {cx.component(4, 1).strip().upper(), cx.component(4, 2).strip().upper()}
+            if wanted.identifier_type and kind != wanted.identifier_type.upper():
+                continue
+            if wanted.assigning_authority and wanted.assigning_authority.upper() not in authorities:
+                continue
+            return identifier_from_cx(cx)
+    return None
+
+
+def _legal_name(pid: Segment) -> Repetition | None:
+    names = pid.repetitions(5)
+    for name in names:
+        if name.component(7).upper() == "L":
+            return name
+    return names[0] if names else None
+
+
+def _telecom(pid: Segment, region: str) -> tuple[ContactPoint, ...]:
+    found: list[ContactPoint] = []
+    for field, business in ((13, False), (14, True)):
+        for xtn in pid.repetitions(field):
+            contact = contact_from_xtn(xtn, business=business, region=region)
+            if contact is not None and all(c.value != contact.value for c in found):
+                found.append(contact)
+    return tuple(
+        ContactPoint(c.system, c.value, c.use, rank) for rank, c in enumerate(found, start=1)
+    )
+
+
+# ---------------------------------------------------------------- SIU
+
+_SIU_STATUS_EVENTS = {"CANCELLED": "cancelled", "DELETED": "deleted"}
+
+
+def _map_siu(message: Message, trigger: str, context: _Context) -> list[AnyEvent]:
+    """SIU (HL7 v2.5 §10.6): one event per message, about its SCH."""
+    if trigger not in ("S12", "S13", "S14", "S15", "S17", "S26"):
+        return []
+    sch = message.segment("SCH")
+    if sch is None:
+        raise MappingError("SIU message has no SCH segment", "100")
+    patient = _patient(message.segment("PID"), context)
+    appointment = _appointment(message, sch, context)
+    base = {"origin": context.origin, "occurred_at": context.occurred_at, "patient": patient,
+            "appointment": appointment}
+    status = sch.value(25, 1).strip().upper()
+    if trigger == "S12":
+        return [AppointmentBooked(**base)]
+    if trigger == "S13":
+        return [AppointmentRescheduled(**base)]
+    if trigger == "S14":
+        if status in _SIU_STATUS_EVENTS:
+            return [AppointmentCancelled(**base, reason=_SIU_STATUS_EVENTS[status])]
+        if status == "NOSHOW":
+            return [AppointmentNoShow(**base)]
+        if status == "COMPLETE":
+            return [AppointmentFulfilled(**base)]
+        return [AppointmentRescheduled(**base)]
+    if trigger == "S26":
+        return [AppointmentNoShow(**base)]
+    return [AppointmentCancelled(**base, reason="cancelled" if trigger == "S15" else "deleted")]
+
+
+def _appointment(message: Message, sch: Segment, context: _Context) -> Appointment:
+    placer, filler = sch.value(1, 1).strip(), sch.value(2, 1).strip()
+    ident = (filler or placer) if context.rule.appointment_id == "filler" else (placer or filler)
+    if not ident:
+        raise MappingError("SCH-1 and SCH-2 (appointment ids) are both empty", "101")
+    start, end = _start_end(message, sch, context)
+    ais = message.segment("AIS")
+    service = ais.value(3, 2) if ais is not None else ""
+    return Appointment(
+        ref=f"hl7:{context.sender}:{ident}",
+        start=start,
+        end=end,
+        location=_location(message),
+        service=service,
+    )
+
+
+def _start_end(message: Message, sch: Segment, context: _Context) -> tuple[datetime, datetime | None]:
+    zone = context.zone
+    for where in context.rule.start_time:
+        if where == "SCH-11":
+            start = _required_ts(sch.value(11, 4, 1), zone, "SCH-11.4")
+            if start is not None:
+                end = _required_ts(sch.value(11, 5, 1), zone, "SCH-11.5")
+                return start, end or _plus_duration(start, sch.value(9), sch.value(10, 1))
+        elif where == "AIS-4":
+            ais = message.segment("AIS")
+            start = _required_ts(ais.value(4, 1), zone, "AIS-4") if ais is not None else None
+            if start is not None:
+                assert ais is not None
+                return start, _plus_duration(start, ais.value(7), ais.value(8, 1))
+        else:
+            tq1 = message.segment("TQ1")
+            start = _required_ts(tq1.value(7, 1), zone, "TQ1-7") if tq1 is not None else None
+            if start is not None:
+                assert tq1 is not None
+                return start, _required_ts(tq1.value(8, 1), zone, "TQ1-8")
+    tried = ", ".join(context.rule.start_time)
+    raise MappingError(f"no appointment start time in {tried}", "101")
+
+
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "hour": 3600, "d": 86400}
+
+
+def _plus_duration(start: datetime, amount: str, unit: str) -> datetime | None:
+    try:
+        value = float(amount)
+    except ValueError:
+        return None
+    seconds = _UNITS.get(unit.strip().lower() or "min")
+    if seconds is None or not 0 < value < 10_000:
+        return None
+    return start + timedelta(seconds=value * seconds)
+
+
+def _location(message: Message) -> str:
+    for segment, field in (("AIL", 3), ("PV1", 3)):
+        seg = message.segment(segment)
+        if seg is not None:
+            label = seg.value(field, 9) or seg.value(field, 1)
+            if label:
+                return label
+    return ""
+
+
+# ---------------------------------------------------------------- ORU
+
+
+def _map_oru(message: Message, context: _Context) -> list[AnyEvent]:
+    """ORU^R01 (HL7 v2.5 §7.3.1): one event per OBR, for its patient."""
+    events: list[AnyEvent] = []
+    pid: Segment | None = None
+    orders: list[tuple[Segment | None, Segment, list[Segment]]] = []
+    for segment in message.segments:
+        if segment.name == "PID":
+            pid = segment
+        elif segment.name == "OBR":
+            orders.append((pid, segment, []))
+        elif segment.name == "OBX" and orders:
+            orders[-1][2].append(segment)
+    if not orders:
+        raise MappingError("ORU message has no OBR segment", "100")
+    for order_pid, obr, observations in orders:
+        status = _result_status(obr, observations)
+        if status not in ("F", "C", "X"):
+            continue
+        ident = obr.value(3, 1).strip() or obr.value(2, 1).strip()
+        if not ident:
+            raise MappingError("OBR-3 and OBR-2 (order numbers) are both empty", "101")
+        patient = _patient(order_pid, context)
+        ref = f"hl7:{context.sender}:{ident}"
+        base = {"origin": context.origin, "occurred_at": context.occurred_at, "patient": patient}
+        if status == "X":
+            events.append(ReportWithdrawn(**base, report_ref=ref))
+        else:
+            events.append(
+                ReportReady(**base, report_ref=ref, amended=status == "C",
+                            codes=_codes(obr, observations))
+            )
+    return events
+
+
+def _result_status(obr: Segment, observations: list[Segment]) -> str:
+    status = obr.value(25).strip().upper()
+    if status:
+        return status
+    statuses = {obx.value(11).strip().upper() for obx in observations}
+    if "C" in statuses and statuses <= {"F", "C"}:
+        return "C"
+    if statuses == {"F"}:
+        return "F"
+    return ""
+
+
+def _codes(obr: Segment, observations: list[Segment]) -> tuple[str, ...]:
+    codes = [obr.value(4, 1), obr.value(4, 4)]
+    for obx in observations:
+        codes += [obx.value(3, 1), obx.value(3, 4)]
+    return tuple(dict.fromkeys(c.strip() for c in codes if c.strip()))
+
+
+# ---------------------------------------------------------------- ADT
+
+
+def _map_adt(message: Message, trigger: str, context: _Context) -> list[AnyEvent]:
+    """ADT (HL7 v2.5 §3.3): patient updates and merges."""
+    if trigger in ADT_PATIENT_UPDATES:
+        patient = _patient(message.segment("PID"), context)
+        return [PatientUpdated(origin=context.origin, occurred_at=context.occurred_at,
+                               patient=patient)]
+    if trigger == "A40":
+        return _map_merge(message, context)
+    return []
+
+
+def _map_merge(message: Message, context: _Context) -> list[AnyEvent]:
+    """ADT^A40 (HL7 v2.5 §3.3.40): each PID is the surviving patient, the MRG
+    after it names the retired identifier (MRG-1)."""
+    events: list[AnyEvent] = []
+    pid: Segment | None = None
+    for segment in message.segments:
+        if segment.name == "PID":
+            pid = segment
+        elif segment.name == "MRG":
+            if pid is None:
+                raise MappingError("MRG segment without a PID before it", "100")
+            surviving = _patient(pid, context)
+            prior = [r for r in segment.repetitions(1) if r.component(1).strip()]
+            retired = _pick_identifier(prior, context.rule) or (
+                identifier_from_cx(prior[0]) if prior else None
+            )
+            if retired is None:
+                raise MappingError("MRG-1 (prior patient identifier) is empty", "101")
+            events.append(PatientsMerged(origin=context.origin, occurred_at=context.occurred_at,
+                                         surviving=surviving, retired=retired))
+            pid = None
+    if not events:
+        raise MappingError("ADT^A40 message has no MRG segment", "100")
+    return events

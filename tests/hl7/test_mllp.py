@@ -1,0 +1,295 @@
+"""MLLP framing and the server, over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hl7.ack import AckCode, build_ack
+from hl7.client import MLLPConnection, read_ack_code
+from hl7.header import read_header
+from hl7.mllp import (
+    CARRIAGE_RETURN,
+    END_BLOCK,
+    START_BLOCK,
+    FrameDecoder,
+    MLLPServer,
+    OversizeFrame,
+    client_ssl_context,
+    frame,
+    server_ssl_context,
+)
+
+from .conftest import sample
+
+SIU = sample("siu_s12_utf8_cr.hl7")
+
+
+async def accept_all(raw: bytes) -> bytes:
+    return build_ack(read_header(raw), AckCode.AA)
+
+
+def message(control_id: str) -> bytes:
+    return (
+        f"MSH|^~\\&|CUP|OSP|ADAPTER|APP|20250101120000||SIU^S12^SIU_S12|{control_id}|P|2.5\r"
+        "PID|1||1^^^OSP^MR\r"
+    ).encode()
+
+
+# ------------------------------------------------------------------ framing
+
+payloads = st.lists(
+    st.binary(min_size=0, max_size=200).map(
+        lambda b: b.replace(START_BLOCK, b"").replace(END_BLOCK, b"")
+    ),
+    min_size=0,
+    max_size=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages=payloads, cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=20),
+       noise=st.binary(max_size=20).map(lambda b: b.replace(START_BLOCK, b"")))
+def test_any_split_of_the_byte_stream_gives_the_same_messages(messages, cuts, noise):
+    stream = noise + b"".join(frame(m) + noise for m in messages)
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    decoder = FrameDecoder()
+    got = []
+    previous = 0
+    for point in points + [len(stream)]:
+        got.extend(decoder.feed(stream[previous:point]))
+        previous = point
+    assert got == messages
+
+
+def test_several_messages_in_one_read_are_all_returned_in_order():
+    decoder = FrameDecoder()
+    assert decoder.feed(frame(b"A") + frame(b"B") + frame(b"C")) == [b"A", b"B", b"C"]
+
+
+def test_bytes_outside_a_frame_are_discarded_and_a_restart_abandons_the_partial_frame():
+    decoder = FrameDecoder()
+    assert decoder.feed(b"junk\r\n" + START_BLOCK + b"half" + START_BLOCK + b"whole" + END_BLOCK) == [
+        b"whole"
+    ]
+    assert decoder.feed(CARRIAGE_RETURN + b"tail") == []
+
+
+def test_a_frame_over_the_limit_is_reported_with_its_head_and_size_and_memory_stays_bounded():
+    decoder = FrameDecoder(max_message_bytes=10_000)
+    assert decoder.feed(START_BLOCK + SIU) == []
+    for _ in range(100):
+        assert decoder.feed(b"x" * 1000) == []
+    [oversize] = decoder.feed(END_BLOCK + CARRIAGE_RETURN + frame(b"next"))[:1]
+    assert isinstance(oversize, OversizeFrame)
+    assert oversize.size == len(SIU) + 100_000
+    assert oversize.head.startswith(b"MSH|") and len(oversize.head) <= 4096
+    assert decoder.feed(b"") == []
+
+
+# ------------------------------------------------------------------ server
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+async def started(handler=accept_all, **options) -> MLLPServer:
+    server = MLLPServer(handler, host="127.0.0.1", port=0, **options)
+    await server.start()
+    return server
+
+
+def test_server_acknowledges_each_message_with_msa2_equal_to_msh10():
+    async def scenario():
+        server = await started()
+        try:
+            async with MLLPConnection("127.0.0.1", server.port, timeout=5) as conn:
+                for i in range(3):
+                    ack = await conn.send(message(f"C{i}"))
+                    assert read_ack_code(ack) == (AckCode.AA, f"C{i}")
+        finally:
+            await server.stop()
+
+    run(scenario())
+
+
+def test_pipelined_messages_in_one_write_are_answered_in_order():
+    async def scenario():
+        server = await started()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"".join(frame(message(f"P{i}")) for i in range(20)))
+            await writer.drain()
+            decoder, acks = FrameDecoder(), []
+            while len(acks) < 20:
+                acks.extend(decoder.feed(await reader.read(65536)))
+            assert [read_ack_code(a)[1] for a in acks] == [f"P{i}" for i in range(20)]
+            writer.close()
+        finally:
+            await server.stop()
+
+    run(scenario())
+
+
+def test_oversize_message_is_answered_ar_and_the_connection_keeps_working():
+    async def scenario():
+        server = await started(max_message_bytes=2_000)
+        try:
+            async with MLLPConnection("127.0.0.1", server.port, timeout=5) as conn:
+                big = message("BIG") + b"NTE|1||" + b"x" * 5_000 + b"\r"
+                code, control_id = read_ack_code(await conn.send(big))
+                assert (code, control_id) == (AckCode.AR, "BIG")
+                assert read_ack_code(await conn.send(message("SMALL"))) == (AckCode.AA, "SMALL")
+        finally:
+            await server.stop()
+
+    run(scenario())
+
+
+def test_unreadable_message_is_answered_ar_with_err():
+    async def scenario():
+        server = await started()
+        try:
+            async with MLLPConnection("127.0.0.1", server.port, timeout=5) as conn:
+                ack = await conn.send(b"PID|1||no header here\r")
+                assert read_ack_code(ack)[0] == AckCode.AR
+                assert b"\rERR|" in ack
+        finally:
+            await server.stop()
+
+    run(scenario())
+
+
+def test_handler_exception_is_answered_ae_and_the_connection_stays_open():
+    async def failing(raw: bytes) -> bytes:
+        if b"|BOOM|" in raw:
+            raise RuntimeError("database unavailable")
+        return await accept_all(raw)
+
+    async def scenario():
+        server = await started(failing)
+        try:
+            async with MLLPConnection("127.0.0.1", server.port, timeout=5) as conn:
+                ack = await conn.send(message("BOOM"))
+                assert read_ack_code(ack) == (AckCode.AE, "BOOM")
+                assert b"207" in ack and b"database" not in ack
+                assert read_ack_code(await conn.send(message("OK")))[0] == AckCode.AA
+        finally:
+            await server.stop()
+
+    run(scenario())
+
+
+def test_idle_connection_is_closed_after_the_idle_timeout():
+    async def scenario():
+        server = await started(idle_timeout=0.3)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            assert await asyncio.wait_for(reader.read(), 3) == b""
+            writer.close()
+        finally:
+            await server.stop()
+
+    run(scenario())
+
+
+def test_many_concurrent_connections_each_keep_their_order():
+    seen: dict[str, list[int]] = {}
+
+    async def recording(raw: bytes) -> bytes:
+        header = read_header(raw)
+        conn, n = header.control_id.split("-")
+        seen.setdefault(conn, []).append(int(n))
+        await asyncio.sleep(0)
+        return build_ack(header, AckCode.AA)
+
+    async def client(port: int, name: str) -> list[str]:
+        async with MLLPConnection("127.0.0.1", port, timeout=10) as conn:
+            return [read_ack_code(await conn.send(message(f"{name}-{i}")))[1] for i in range(25)]
+
+    async def scenario():
+        server = await started(recording)
+        try:
+            answers = await asyncio.gather(*(client(server.port, f"c{k}") for k in range(40)))
+        finally:
+            await server.stop()
+        for k, got in enumerate(answers):
+            assert got == [f"c{k}-{i}" for i in range(25)]
+            assert seen[f"c{k}"] == list(range(25))
+
+    run(scenario())
+
+
+def test_graceful_stop_finishes_the_message_in_flight_then_refuses_new_connections():
+    release = asyncio.Event
+
+    async def scenario():
+        gate = release()
+        entered = release()
+
+        async def slow(raw: bytes) -> bytes:
+            entered.set()
+            await gate.wait()
+            return await accept_all(raw)
+
+        server = await started(slow)
+        port = server.port
+        conn = MLLPConnection("127.0.0.1", port, timeout=5)
+        await conn.open()
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        sending = asyncio.create_task(conn.send(message("INFLIGHT")))
+        await entered.wait()
+        stopping = asyncio.create_task(server.stop(grace=5))
+        await asyncio.sleep(0.1)
+        assert not stopping.done()
+        gate.set()
+        assert read_ack_code(await sending) == (AckCode.AA, "INFLIGHT")
+        await stopping
+        assert await asyncio.wait_for(idle_reader.read(), 2) == b""
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
+        await conn.close()
+        idle_writer.close()
+
+    run(scenario())
+
+
+def test_tls_connection_is_acknowledged(pki):
+    async def scenario():
+        server = await started(ssl_context=server_ssl_context(pki.server_cert, pki.server_key))
+        try:
+            ctx = client_ssl_context(pki.ca)
+            async with MLLPConnection("127.0.0.1", server.port, ssl_context=ctx, timeout=5) as conn:
+                assert read_ack_code(await conn.send(message("TLS")))[0] == AckCode.AA
+        finally:
+            await server.stop()
+
+    run(scenario())
+
+
+def test_mutual_tls_accepts_a_trusted_client_and_refuses_an_unknown_one(pki):
+    async def scenario():
+        ctx = server_ssl_context(pki.server_cert, pki.server_key, client_ca=pki.ca)
+        server = await started(ssl_context=ctx)
+        try:
+            trusted = client_ssl_context(pki.ca, pki.client_cert, pki.client_key)
+            async with MLLPConnection("127.0.0.1", server.port, ssl_context=trusted, timeout=5) as c:
+                assert read_ack_code(await c.send(message("MTLS")))[0] == AckCode.AA
+            for cert in ((pki.stranger_cert, pki.stranger_key), (None, None)):
+                stranger = client_ssl_context(pki.ca, *cert)
+                with pytest.raises((ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError)):
+                    async with MLLPConnection(
+                        "127.0.0.1", server.port, ssl_context=stranger, timeout=3
+                    ) as c:
+                        await c.send(message("NOPE"))
+            async with MLLPConnection("127.0.0.1", server.port, ssl_context=trusted, timeout=5) as c:
+                assert read_ack_code(await c.send(message("STILL")))[0] == AckCode.AA
+        finally:
+            await server.stop()
+
+    run(scenario())

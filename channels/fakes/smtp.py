@@ -74,8 +74,8 @@ class _Handler:
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
         fault = self.fake._next_fault()
-        if fault == "451":
-            return "451 4.3.0 Temporary failure, try again later"
+        if fault is not None:
+            return f"{fault} 4.3.0 Temporary failure, try again later"
         if address.lower() in self.fake.rejected:
             return "550 5.1.1 Mailbox unavailable"
         envelope.rcpt_tos.append(address)
@@ -98,7 +98,7 @@ class FakeSmtp:
     """An SMTP server on 127.0.0.1 that requires STARTTLS before MAIL.
 
     ``deliveries`` counts messages per Message-ID; ``rejected`` addresses get 550 (final);
-    ``fail_next("451")`` answers the next RCPT with 451 (retryable); ``slow_next()`` accepts
+    ``fail_next("451")`` answers the next RCPT with that 4xx code (retryable); ``slow_next()`` accepts
     the next message but answers only after ``slow_s`` (a client time-out).
     ``client_tls_context()`` trusts the generated certificate.
     """

@@ -23,6 +23,7 @@ from adapter.settings import Settings
 from adapter.templates import TemplateBook
 from channels.base import Channel
 from compliance.audit import AuditLog
+from compliance.signing import AuditSigner
 from compliance.crypto import Vault, master_key_from_settings
 from hl7.facilities import FacilityConfig, load_facilities
 
@@ -58,7 +59,7 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
     vault = Vault.open(sessions, master_key(settings))
-    audit = AuditLog.open(sessions, settings.audit_signing_key_file or settings.var_dir / "audit-signing.key")
+    audit = AuditLog(sessions, AuditSigner.from_file(settings.audit_signing_key_file or settings.var_dir / "audit-signing.key"))
     rules = load_rules(settings.config_dir / "rules.yaml")
     templates = TemplateBook(settings.config_dir / "templates", default_language=settings.default_language, tz=tz)
     templates.require_kinds({rule.kind for rule in rules.rules})

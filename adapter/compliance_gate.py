@@ -126,18 +126,22 @@ class ComplianceGate:
                      "template_version": row.template_version})
 
     def attempt_failed(self, session: Session, row: Notification, error: str, *, now: datetime) -> None:
-        self._audit(session, "send_failed", row.patient_id, error, now, {"notification": row.id, "channel": row.channel})
+        self._audit(session, "failed", row.patient_id, error, now, {"notification": row.id, "channel": row.channel},
+                    outcome="minor_failure")
 
     def ended(self, session: Session, row: Notification, *, now: datetime) -> None:
         self._audit(session, row.status, row.patient_id, row.reason or "", now, {"notification": row.id})
 
     def status_changed(self, session: Session, row: Notification, *, now: datetime) -> None:
-        self._audit(session, row.status, row.patient_id, f"provider reported {row.status}", now, {"notification": row.id})
+        action = "failed" if row.status == "failed" else "delivered"
+        self._audit(session, action, row.patient_id, f"provider reported {row.status}", now, {"notification": row.id})
 
     def auth_failed(self, session: Session, path: str, *, now: datetime) -> None:
-        self._audit(session, "auth_failed", "-", "invalid bearer token", now, {"path": path[:200]}, outcome="failure")
+        self._audit(session, "auth_failed", "", "invalid bearer token", now, {"path": path[:200]},
+                    outcome="minor_failure")
 
     def _audit(self, session: Session, action: str, subject: str, reason: str, now: datetime,
                details: dict[str, Any], *, actor: str = SYSTEM_ACTOR, outcome: str = "success") -> None:
-        self.audit.append(session, action=action, actor=actor, subject=subject, reason=reason,
+        pseudonym = f"patient:{subject}" if subject else ""
+        self.audit.append(session, action=action, actor=actor, subject_pseudonym=pseudonym, reason=reason,
                           details=details, at=now, outcome=outcome)

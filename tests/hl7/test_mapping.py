@@ -1,0 +1,280 @@
+"""HL7 v2 messages to adapter events, from the sample messages."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from adapter.events import (
+    AppointmentBooked,
+    AppointmentCancelled,
+    AppointmentFulfilled,
+    AppointmentNoShow,
+    AppointmentRescheduled,
+    ContactPoint,
+    Identifier,
+    PatientsMerged,
+    PatientUpdated,
+    ReportReady,
+    ReportWithdrawn,
+)
+from hl7.errors import MappingError, UnsupportedMessage
+from hl7.facilities import FacilityConfig
+from hl7.header import decode, read_header
+from hl7.mapping import map_message
+
+from .conftest import sample
+
+RECEIVED = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+UTC = timezone.utc
+FISCAL = Identifier("NNITA", "DLANCL80A01F205X", "NN")
+
+
+def events_of(name: str, facilities: FacilityConfig):
+    raw = sample(name)
+    return map_message(decode(raw, read_header(raw)), facilities, received_at=RECEIVED)
+
+
+def text_of(name: str) -> str:
+    raw = sample(name)
+    return decode(raw, read_header(raw))
+
+
+def test_siu_s12_is_an_appointment_booked_with_patient_times_and_place(facilities):
+    [event] = events_of("siu_s12_utf8_cr.hl7", facilities)
+    assert isinstance(event, AppointmentBooked)
+    assert event.origin.sender == "CUP^OSP_SLUCA" and event.origin.message_ref == "SIU0001"
+    assert event.origin.source == "hl7"
+    assert event.occurred_at == datetime(2025, 3, 1, 9, 15, tzinfo=UTC)
+    a = event.appointment
+    assert a.ref == "hl7:CUP^OSP_SLUCA:FL987654"
+    assert a.start == datetime(2025, 3, 10, 8, 30, tzinfo=UTC)
+    assert a.end == datetime(2025, 3, 10, 9, 0, tzinfo=UTC)
+    assert a.location == "Ambulatorio 2 - Piano terra" and a.service == "Visita cardiologica"
+    p = event.patient
+    assert p.key == FISCAL  # OSP_SLUCA keys patients by fiscal code
+    assert (p.given_name, p.family_name, p.language) == ("Nicolò", "D'Alò", "it")
+    assert p.telecom == (
+        ContactPoint("phone", "+393331234567", "mobile", 1),
+        ContactPoint("email", "nicolo.dalo@example.it", "home", 2),
+        ContactPoint("phone", "+39027654321", "work", 3),
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["siu_s12_utf8_cr.hl7", "siu_s12_latin1_lf.hl7", "siu_s12_nocharset_latin1_crlf.hl7"]
+)
+def test_every_encoding_and_segment_end_gives_the_same_booking(name, facilities):
+    [event] = events_of(name, facilities)
+    assert event.patient.family_name == "D'Alò" and event.patient.given_name == "Nicolò"
+    assert event.appointment.start == datetime(2025, 3, 10, 8, 30, tzinfo=UTC)
+
+
+def test_appointment_ref_is_stable_across_booking_reschedule_and_cancellation(facilities):
+    refs = {
+        events_of(n, facilities)[0].appointment.ref
+        for n in ("siu_s12_utf8_cr.hl7", "siu_s13_local_time.hl7", "siu_s15_cancel.hl7")
+    }
+    assert refs == {"hl7:CUP^OSP_SLUCA:FL987654"}
+
+
+def test_siu_s13_is_rescheduled_and_local_times_are_read_in_the_facility_zone(facilities):
+    [event] = events_of("siu_s13_local_time.hl7", facilities)
+    assert isinstance(event, AppointmentRescheduled)
+    assert event.appointment.start == datetime(2025, 3, 12, 10, 0, tzinfo=UTC)  # 11:00 CET
+    assert event.occurred_at == datetime(2025, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def test_local_time_in_summer_uses_the_summer_offset(facilities):
+    text = text_of("siu_s13_local_time.hl7").replace("20250312110000", "20250715110000")
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert event.appointment.start == datetime(2025, 7, 15, 9, 0, tzinfo=UTC)  # 11:00 CEST
+
+
+def test_siu_s14_is_a_modification_mapped_as_rescheduled(facilities):
+    [event] = events_of("siu_s14_modification.hl7", facilities)
+    assert isinstance(event, AppointmentRescheduled)
+
+
+@pytest.mark.parametrize(
+    "status, kind",
+    [("Cancelled", AppointmentCancelled), ("Noshow", AppointmentNoShow),
+     ("Complete", AppointmentFulfilled)],
+)
+def test_siu_s14_with_a_final_filler_status_maps_to_that_status(status, kind, facilities):
+    text = text_of("siu_s14_modification.hl7").replace("|Booked", f"|{status}")
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert isinstance(event, kind)
+
+
+@pytest.mark.parametrize(
+    "name, reason", [("siu_s15_cancel.hl7", "cancelled"), ("siu_s17_delete.hl7", "deleted")]
+)
+def test_siu_s15_and_s17_are_cancellations_with_their_reason(name, reason, facilities):
+    [event] = events_of(name, facilities)
+    assert isinstance(event, AppointmentCancelled) and event.reason == reason
+
+
+def test_siu_s26_is_a_no_show(facilities):
+    [event] = events_of("siu_s26_noshow.hl7", facilities)
+    assert isinstance(event, AppointmentNoShow)
+
+
+def test_start_time_comes_from_where_the_facility_says(facilities):
+    text = text_of("siu_s12_utf8_cr.hl7").replace("20250310093000+0100|0|min", "20250310150000+0100|0|min")
+    [slu] = map_message(text, facilities, received_at=RECEIVED)  # OSP_SLUCA: AIS-4 first
+    [other] = map_message(text.replace("OSP_SLUCA|", "OTHER|", 1), facilities, received_at=RECEIVED)
+    assert slu.appointment.start == datetime(2025, 3, 10, 14, 0, tzinfo=UTC)
+    assert other.appointment.start == datetime(2025, 3, 10, 8, 30, tzinfo=UTC)  # default: SCH-11
+
+
+def test_default_facility_keys_patients_by_mrn(facilities):
+    text = text_of("siu_s12_utf8_cr.hl7").replace("OSP_SLUCA|", "OTHER|", 1)
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert event.patient.key == Identifier("OSP_SLUCA", "0012345", "MR")
+    assert event.appointment.ref == "hl7:CUP^OTHER:FL987654"
+
+
+def test_missing_start_time_is_a_mapping_error(facilities):
+    text = text_of("siu_s12_latin1_lf.hl7")
+    text = text.replace("20250310093000+0100", "").replace("20250310100000+0100", "")
+    with pytest.raises(MappingError, match="start time") as caught:
+        map_message(text, facilities, received_at=RECEIVED)
+    assert caught.value.code == "101"
+
+
+def test_unreadable_timestamp_is_a_mapping_error_without_personal_data(facilities):
+    text = text_of("siu_s12_latin1_lf.hl7").replace("20250310093000+0100", "2025-03-10 09:30")
+    with pytest.raises(MappingError) as caught:
+        map_message(text, facilities, received_at=RECEIVED)
+    assert caught.value.code == "102" and "Nicol" not in str(caught.value)
+
+
+def test_no_identifier_matching_the_patient_key_is_a_mapping_error(facilities):
+    text = text_of("siu_s12_utf8_cr.hl7").replace("NNITA^NN", "XX^XX").replace("^MR~", "^PI~")
+    with pytest.raises(MappingError, match="patient_key") as caught:
+        map_message(text, facilities, received_at=RECEIVED)
+    assert "DLANCL" not in str(caught.value) and "0012345" not in str(caught.value)
+
+
+def test_oru_final_is_report_ready_with_codes(facilities):
+    [event] = events_of("oru_r01_final.hl7", facilities)
+    assert isinstance(event, ReportReady) and not event.amended
+    assert event.report_ref == "hl7:LIS^LAB_CENTRALE:LAB778899"
+    assert event.codes == ("24323-8", "PMC", "2345-7", "2160-0")
+    assert event.patient.key == Identifier("LAB", "L556677", "MR")
+
+
+def test_oru_corrected_is_an_amended_report_ready(facilities):
+    [event] = events_of("oru_r01_corrected.hl7", facilities)
+    assert isinstance(event, ReportReady) and event.amended
+
+
+def test_oru_preliminary_maps_to_nothing(facilities):
+    assert events_of("oru_r01_preliminary.hl7", facilities) == []
+
+
+def test_oru_cancelled_withdraws_the_report(facilities):
+    [event] = events_of("oru_r01_cancelled.hl7", facilities)
+    assert isinstance(event, ReportWithdrawn)
+    assert event.report_ref == "hl7:LIS^LAB_CENTRALE:LAB778899"
+
+
+def test_oru_without_obr25_follows_the_obx_statuses(facilities):
+    text = text_of("oru_r01_final.hl7").replace("||CH|F", "||CH|")
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert isinstance(event, ReportReady)
+    partial = text.replace("N|||F\r", "N|||P\r", 1)
+    assert map_message(partial, facilities, received_at=RECEIVED) == []
+
+
+def test_adt_a04_a08_a28_a31_are_patient_updates(facilities):
+    for name in ("adt_a04_register.hl7", "adt_a08_v23_latin1.hl7", "adt_a28_v28_escapes.hl7",
+                 "adt_a31_update.hl7"):
+        [event] = events_of(name, facilities)
+        assert isinstance(event, PatientUpdated), name
+
+
+def test_adt_a08_v23_latin1_reads_a_phone_in_xtn1_and_an_iso639_2_language(facilities):
+    [event] = events_of("adt_a08_v23_latin1.hl7", facilities)
+    p = event.patient
+    assert p.family_name == "D'Alò" and p.language == "it"
+    assert p.telecom[0] == ContactPoint("phone", "+393475551234", "mobile", 1)
+    assert p.telecom[1].system == "email" and p.telecom[1].value == "nicolo.dalo@example.it"
+    assert event.occurred_at == datetime(2025, 3, 1, 10, 0, tzinfo=UTC)  # EVN-2, local time
+
+
+def test_adt_a28_v28_decodes_escapes_and_ignores_z_segments(facilities):
+    [event] = events_of("adt_a28_v28_escapes.hl7", facilities)
+    assert event.patient.family_name == "Dell\\Orto & Figli"
+    assert event.patient.given_name == "Maria Grazia^Anna"
+    assert event.patient.language == "en"
+
+
+def test_adt_a31_carries_the_new_mobile_number(facilities):
+    [event] = events_of("adt_a31_update.hl7", facilities)
+    assert event.patient.telecom[0] == ContactPoint("phone", "+393397777777", "mobile", 1)
+
+
+def test_adt_a40_merges_the_mrg1_identifier_into_the_pid_patient(facilities):
+    [event] = events_of("adt_a40_merge.hl7", facilities)
+    assert isinstance(event, PatientsMerged)
+    assert event.retired == Identifier("OSP_SLUCA", "0054321", "MR")
+    assert event.surviving.key == Identifier("OSP_SLUCA", "0012345", "MR")
+
+
+def test_a40_without_mrg_is_a_mapping_error(facilities):
+    text = text_of("adt_a40_merge.hl7").replace("MRG|", "ZRG|")
+    with pytest.raises(MappingError):
+        map_message(text, facilities, received_at=RECEIVED)
+
+
+@pytest.mark.parametrize("msh9", ["ADT^A01", "ADT^A03", "SIU^S16", "ORU^R30", "ACK^S12^ACK"])
+def test_triggers_we_do_not_act_on_and_acks_map_to_nothing(msh9, facilities):
+    text = text_of("adt_a04_register.hl7").replace("ADT^A04^ADT_A01", msh9)
+    assert map_message(text, facilities, received_at=RECEIVED) == []
+
+
+def test_other_message_types_are_unsupported(facilities):
+    text = text_of("adt_a04_register.hl7").replace("ADT^A04^ADT_A01", "MDM^T02")
+    with pytest.raises(UnsupportedMessage) as caught:
+        map_message(text, facilities, received_at=RECEIVED)
+    assert caught.value.code == "200"
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.2", "3.0", ""])
+def test_versions_outside_2_3_to_2_8_are_unsupported(version, facilities):
+    text = text_of("adt_a04_register.hl7").replace("|P|2.5|", f"|P|{version}|")
+    with pytest.raises(UnsupportedMessage) as caught:
+        map_message(text, facilities, received_at=RECEIVED)
+    assert caught.value.code == "203"
+
+
+@pytest.mark.parametrize("version", ["2.3", "2.3.1", "2.4", "2.5.1", "2.6", "2.7", "2.7.1", "2.8"])
+def test_versions_2_3_to_2_8_are_mapped(version, facilities):
+    text = text_of("adt_a04_register.hl7").replace("|P|2.5|", f"|P|{version}|")
+    assert len(map_message(text, facilities, received_at=RECEIVED)) == 1
+
+
+def test_hl7apy_validation_when_a_facility_asks_for_it():
+    cfg = FacilityConfig.model_validate(
+        {"facilities": {"default": {"validate_with_hl7apy": True}}}
+    )
+    text = text_of("siu_s12_utf8_cr.hl7").replace("OSP_SLUCA|", "X|", 1)
+    assert len(map_message(text, cfg, received_at=RECEIVED)) == 1
+    broken = "\r".join(s for s in text.split("\r") if not s.startswith("SCH"))
+    with pytest.raises(MappingError, match="SCH"):
+        map_message(broken, cfg, received_at=RECEIVED)
+
+
+def test_mapping_is_well_over_a_thousand_messages_per_second(facilities):
+    raws = [sample(n) for n in ("siu_s12_utf8_cr.hl7", "oru_r01_final.hl7", "adt_a31_update.hl7")]
+    n = 600
+    started = time.perf_counter()
+    for i in range(n):
+        raw = raws[i % 3]
+        map_message(decode(raw, read_header(raw)), facilities, received_at=RECEIVED)
+    rate = n / (time.perf_counter() - started)
+    assert rate > 1_000, f"{rate:.0f} messages/s"

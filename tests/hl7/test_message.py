@@ -1,0 +1,59 @@
+"""The light parser: positions, repetitions and escape sequences."""
+
+from __future__ import annotations
+
+import pytest
+
+from hl7.errors import HeaderError
+from hl7.header import Separators
+from hl7.message import escape, parse, unescape
+
+SEP = Separators()
+
+
+def test_values_are_read_by_field_repetition_component_and_subcomponent():
+    m = parse("MSH|^~\\&|A|B\rPID|1||111^^^OSP&1.2.3&ISO^MR~222^^^NNITA^NN||Rossi^Mario\r")
+    pid = m.segment("PID")
+    assert pid.value(3, 1) == "111" and pid.value(3, 4, 2) == "1.2.3"
+    assert pid.value(3, 1, repetition=2) == "222" and pid.value(3, 5, repetition=2) == "NN"
+    assert [r.component(1) for r in pid.repetitions(3)] == ["111", "222"]
+    assert pid.value(5, 2) == "Mario" and pid.value(40) == "" and pid.value(3, 9) == ""
+
+
+def test_msh_fields_are_numbered_as_in_the_standard():
+    msh = parse("MSH|^~\\&|APP|FAC|||||SIU^S12|C1|P|2.5\r").msh
+    assert msh.value(1) == "|" and msh.value(2) == "^~\\&"
+    assert msh.value(3) == "APP" and msh.value(9, 2) == "S12" and msh.value(10) == "C1"
+
+
+@pytest.mark.parametrize(
+    "written, value",
+    [
+        ("a\\F\\b", "a|b"), ("a\\S\\b", "a^b"), ("a\\T\\b", "a&b"), ("a\\R\\b", "a~b"),
+        ("a\\E\\b", "a\\b"), ("riga\\.br\\due", "riga\ndue"), ("Nicol\\XC3B2\\", "Nicolò"),
+        ("Nicol\\XF2\\", "Nicolò"), ("\\H\\bold\\N\\", "bold"), ("broken\\", "broken\\"),
+        ("\\Q\\", "\\Q\\"), ("\\XZZ\\", "\\XZZ\\"),
+    ],
+)
+def test_escape_sequences_are_decoded(written, value):
+    assert unescape(written, SEP) == value
+
+
+def test_hex_escapes_use_the_message_character_set():
+    assert unescape("\\XF2\\", SEP, "latin-1") == "ò"
+
+
+def test_escape_is_the_inverse_of_unescape():
+    text = "a|b^c&d~e\\f\nD'Alò"
+    assert unescape(escape(text, SEP), SEP) == text
+
+
+def test_z_segments_are_kept_and_blank_lines_skipped():
+    m = parse("MSH|^~\\&|A\n\nPID|1\r\nZXY|1|local\n")
+    assert [s.name for s in m.segments] == ["MSH", "PID", "ZXY"]
+    assert m.segment("ZXY").value(2) == "local"
+
+
+def test_text_without_msh_raises_header_error():
+    with pytest.raises(HeaderError):
+        parse("PID|1\r")

@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import FastAPI
+from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
 from adapter.db import Base, make_engine, make_sessionmaker
@@ -157,10 +158,17 @@ def make_adapter(live_servers, tmp_path) -> Iterator[Callable[..., Adapter]]:
         fail: list[Exception] = []
 
         def publish(session: Session, new: list[Any]) -> None:
+            """Like the core's: the events count only if the transaction commits."""
             assert session.in_transaction()
             if fail:
                 raise fail[0]
-            events.extend(new)
+            pending = session.info.setdefault("published", [])
+            if not pending:
+                sa_event.listen(session, "after_commit",
+                                lambda s: events.extend(s.info.pop("published", [])), once=True)
+                sa_event.listen(session, "after_rollback",
+                                lambda s: s.info.pop("published", None), once=True)
+            pending.extend(new)
 
         clock, codec = Clock(), AesGcmCodec()
         settings = settings or FhirSettings()

@@ -1,0 +1,98 @@
+"""Transaction and batch Bundles at POST /."""
+
+from __future__ import annotations
+
+from tests.fhir.conftest import sample
+from tests.fhir.test_rest import booked, create_patient, issue
+
+
+def test_a_transaction_with_patient_and_appointment_by_urn_uuid_creates_both_and_publishes(
+        adapter):
+    response = adapter.post("/", sample("transaction-patient-appointment.json"))
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    assert bundle["type"] == "transaction-response"
+    patient_entry, appointment_entry = bundle["entry"]
+    assert patient_entry["response"]["status"] == "201 Created"
+    pid = patient_entry["resource"]["id"]
+    appointment = appointment_entry["resource"]
+    assert appointment["participant"][0]["actor"]["reference"] == f"Patient/{pid}"
+    assert adapter.http.get(appointment_entry["response"]["location"]).status_code == 200
+    assert adapter.kinds() == ["PatientUpdated", "AppointmentBooked"]
+    assert adapter.events[1].patient.telecom[0].value == "+393339876543"
+    assert adapter.events[1].patient.language == "en"
+
+
+def test_a_transaction_resolves_the_patient_even_when_the_appointment_comes_first(adapter):
+    bundle = sample("transaction-patient-appointment.json")
+    bundle["entry"].reverse()
+    response = adapter.post("/", bundle)
+    assert response.status_code == 200
+    assert response.json()["entry"][0]["resource"]["resourceType"] == "Appointment"
+    assert adapter.events[-1].patient.telecom[0].value == "+393339876543"
+
+
+def test_one_invalid_entry_rolls_back_the_whole_transaction(adapter):
+    bundle = sample("transaction-patient-appointment.json")
+    bundle["entry"][1]["resource"]["status"] = "bogus"
+    response = adapter.post("/", bundle)
+    assert response.status_code == 400
+    assert issue(response)["expression"] == ["Bundle.entry[1].resource.status"]
+    assert adapter.events == []
+    from sqlalchemy import func, select
+
+    from fhir.models import FhirResource
+    with adapter.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(FhirResource)) == 0
+
+
+def test_a_publish_failure_in_a_transaction_rolls_back_every_entry(adapter):
+    adapter.fail_publish.append(ValueError("refused"))
+    response = adapter.post("/", sample("transaction-patient-appointment.json"))
+    assert response.status_code == 422
+    adapter.fail_publish.clear()
+    assert adapter.events == []
+
+
+def test_a_transaction_can_update_by_put_and_read_by_get(adapter):
+    pid = create_patient(adapter)
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {**booked(pid), "id": "a9"},
+         "request": {"method": "PUT", "url": "Appointment/a9"}},
+        {"request": {"method": "GET", "url": f"Patient/{pid}"}},
+    ]}
+    response = adapter.post("/", bundle)
+    assert response.status_code == 200, response.text
+    entries = response.json()["entry"]
+    assert entries[0]["response"]["status"] == "201 Created"
+    assert entries[0]["response"]["etag"] == 'W/"1"'
+    assert entries[1]["resource"]["id"] == pid
+
+
+def test_a_batch_answers_each_entry_and_keeps_the_good_ones(adapter):
+    pid = create_patient(adapter)
+    bad = booked(pid, status="bogus")
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": booked(pid), "request": {"method": "POST", "url": "Appointment"}},
+        {"resource": bad, "request": {"method": "POST", "url": "Appointment"}},
+        {"request": {"method": "GET", "url": "Patient/missing"}},
+    ]}
+    response = adapter.post("/", bundle)
+    assert response.status_code == 200
+    entries = response.json()["entry"]
+    assert response.json()["type"] == "batch-response"
+    assert entries[0]["response"]["status"] == "201 Created"
+    assert entries[1]["response"]["status"] == "400"
+    outcome = entries[1]["response"]["outcome"]["issue"][0]
+    assert outcome["expression"] == ["Bundle.entry[1].resource.status"]
+    assert entries[2]["response"]["status"] == "404"
+    assert adapter.http.get(entries[0]["response"]["location"]).status_code == 200
+
+
+def test_a_bundle_of_another_type_or_with_delete_is_refused(adapter):
+    response = adapter.post("/", {"resourceType": "Bundle", "type": "collection"})
+    assert response.status_code == 400 and issue(response)["expression"] == ["Bundle.type"]
+    response = adapter.post("/", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": "Patient/1"}}]})
+    assert response.status_code == 400
+    assert issue(response)["expression"] == ["Bundle.entry[0].request.method"]

@@ -1,0 +1,92 @@
+"""The consent registry: statements appended to ``consent_record``, never updated, so the
+history of every permit, deny, withdrawal and objection stays (proof of consent, art. 7(1))."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from adapter.events import ConsentChanged
+from compliance.consent import ANY, ConsentDecision, evaluate
+from compliance.errors import ComplianceError
+from compliance.models import ConsentRecord
+from compliance.purposes import CompliancePolicy
+
+SOURCES = frozenset({"fhir", "hl7", "reply", "api", "operator"})
+DECISIONS = frozenset({"permit", "deny"})
+
+
+def record_consent(
+    session: Session,
+    *,
+    patient_id: str,
+    purpose: str,
+    channel: str,
+    decision: str,
+    source: str,
+    at: datetime,
+    source_ref: str = "",
+    start: datetime | None = None,
+    end: datetime | None = None,
+    recorded_by: str = "",
+    active: bool = True,
+) -> ConsentRecord:
+    if decision not in DECISIONS:
+        raise ComplianceError(f"consent decision must be permit or deny, not {decision!r}")
+    if source not in SOURCES:
+        raise ComplianceError(f"unknown consent source {source!r}")
+    if at.tzinfo is None or (start and start.tzinfo is None) or (end and end.tzinfo is None):
+        raise ComplianceError("consent times must be timezone-aware")
+    row = ConsentRecord(patient_id=patient_id, purpose=purpose, channel=channel, decision=decision,
+                        period_start=start, period_end=end, source=source, source_ref=source_ref,
+                        active=active, recorded_at=at, recorded_by=recorded_by)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def withdraw(
+    session: Session, *, patient_id: str, source: str, at: datetime, purpose: str = ANY,
+    channel: str = ANY, source_ref: str = "", recorded_by: str = "",
+) -> ConsentRecord:
+    """Withdrawal (art. 7(3)) or objection (art. 21): a ``deny`` that replaces what it covers.
+    A STOP reply on SMS is ``withdraw(purpose="*", channel="sms", source="reply")``."""
+    return record_consent(session, patient_id=patient_id, purpose=purpose, channel=channel,
+                          decision="deny", source=source, at=at, source_ref=source_ref,
+                          recorded_by=recorded_by)
+
+
+def records_for(session: Session, patient_id: str) -> list[ConsentRecord]:
+    """The patient's whole consent history, oldest first."""
+    query = (select(ConsentRecord).where(ConsentRecord.patient_id == patient_id)
+             .order_by(ConsentRecord.recorded_at, ConsentRecord.id))
+    return list(session.scalars(query))
+
+
+def apply_consent_event(
+    session: Session, patient_id: str, event: ConsentChanged, *, at: datetime | None = None
+) -> list[ConsentRecord]:
+    """Record a FHIR (or HL7) Consent as one set: it replaces the previous set from the same
+    Consent; an inactive Consent (or one with no provisions) leaves an empty set."""
+    at = at or event.occurred_at
+    source = "hl7" if event.origin.source == "hl7" else "fhir"
+    if not event.active or not event.provisions:
+        return [record_consent(session, patient_id=patient_id, purpose=ANY, channel=ANY, decision="deny",
+                               source=source, source_ref=event.consent_ref, at=at, active=False,
+                               recorded_by=event.origin.sender)]
+    return [
+        record_consent(session, patient_id=patient_id, purpose=p.purpose, channel=p.channel,
+                       decision=p.decision, source=source, source_ref=event.consent_ref, at=at,
+                       start=p.start, end=p.end, recorded_by=event.origin.sender)
+        for p in event.provisions
+    ]
+
+
+def decide(
+    session: Session, policy: CompliancePolicy, *, patient_id: str, kind: str, channel: str, at: datetime
+) -> ConsentDecision:
+    """Consent for one message kind on one channel, from the stored history."""
+    basis = policy.basis_for_kind(kind)
+    return evaluate(records_for(session, patient_id), purpose=basis.purpose, channel=channel, at=at, basis=basis)

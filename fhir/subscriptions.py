@@ -36,6 +36,8 @@ from fhir.validate import SUPPORTED_TYPES, parse_data
 
 log = logging.getLogger(__name__)
 SUBSCRIBED_TYPES = ("Appointment", "DiagnosticReport")
+# The source server's clock is not ours: search a little further back; versions dedupe.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,7 @@ class SubscriptionReceiver:
             return [(await self._resource(client, sub, note, e), sub.server) for e in note.events]
         except (UpstreamError, FhirError) as exc:
             log.info("$events unavailable on %s (%s); searching by _lastUpdated", sub.server, exc)
-        since = sub.last_event_at or sub.last_notification_at or sub.created_at
+        since = (sub.last_event_at or sub.last_notification_at or sub.created_at) - CLOCK_SKEW
         found = []
         types = (sub.resource_type,) if sub.resource_type else SUBSCRIBED_TYPES
         try:

@@ -1,0 +1,208 @@
+"""The subscription receiver against a fake source server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from sqlalchemy import select
+
+from fhir.client import BACKPORT
+from fhir.models import FhirSubscription
+from fhir.settings import FhirSettings
+from fhir.subscriptions import silent_subscriptions
+from fhir.upstream import subscribe
+from tests.fhir.fake_upstream import FakeUpstream
+from tests.fhir.test_rest import issue
+
+
+@pytest.fixture
+def upstream(upstream_server) -> FakeUpstream:
+    fake = FakeUpstream(url=upstream_server.url + "/fhir")
+    upstream_server.holder.app = fake.app()
+    return fake
+
+
+def appointment(aid: str, status: str = "booked", start: str = "2030-12-01T08:30:00Z"):
+    return {"resourceType": "Appointment", "id": aid, "status": status, "start": start,
+            "participant": [{"actor": {"reference": "Patient/p1"}, "status": "accepted"}]}
+
+
+def subscribed(adapter, upstream) -> str:
+    created = asyncio.run(subscribe(upstream.url, endpoint=adapter.base + "/$subscription-hook",
+                                    sessions=adapter.sessions, service=adapter.service))
+    return created[0].url.rsplit("/", 1)[-1]
+
+
+def book(upstream, aid: str, version: int = 1, **kwargs) -> int:
+    upstream.put(appointment(aid, **kwargs), version, f"2030-11-20T09:0{version}:00Z")
+    return upstream.record_event(f"Appointment/{aid}")
+
+
+def notify(adapter, bundle):
+    return adapter.post("/$subscription-hook", bundle)
+
+
+def state(adapter, sid: str) -> FhirSubscription:
+    with adapter.sessions() as session:
+        return session.scalars(select(FhirSubscription).where(
+            FhirSubscription.url.endswith("/" + sid))).one()
+
+
+def test_subscribe_creates_backport_subscriptions_for_appointments_and_reports(adapter, upstream):
+    subscribed(adapter, upstream)
+    created = list(upstream.subscriptions.values())
+    filters = [s["_criteria"]["extension"][0]["valueString"] for s in created]
+    assert filters == ["Appointment?", "DiagnosticReport?"]
+    channel = created[0]["channel"]
+    assert channel["type"] == "rest-hook" and channel["endpoint"].endswith("/$subscription-hook")
+    assert channel["_payload"]["extension"][0] == {
+        "url": BACKPORT + "backport-payload-content", "valueCode": "id-only"}
+    with adapter.sessions() as session:
+        assert len(session.scalars(select(FhirSubscription)).all()) == 2
+
+
+def test_a_handshake_activates_the_subscription_and_publishes_nothing(adapter, upstream):
+    sid = subscribed(adapter, upstream)
+    response = notify(adapter, upstream.notification(sid, "handshake", [], full=False))
+    assert response.status_code == 200, response.text
+    assert state(adapter, sid).status == "active" and adapter.events == []
+
+
+def test_a_full_resource_notification_stores_the_resource_and_publishes_booked(adapter, upstream):
+    sid = subscribed(adapter, upstream)
+    number = book(upstream, "a1")
+    response = notify(adapter, upstream.notification(sid, "event-notification", [number],
+                                                     full=True))
+    assert response.status_code == 200, response.text
+    assert adapter.kinds() == ["AppointmentBooked"]
+    assert adapter.events[0].origin.sender == upstream.url
+    assert not any(r.startswith("GET /fhir/Appointment") for r in upstream.requests)
+    assert state(adapter, sid).last_event_number == 1
+
+
+def test_an_id_only_notification_fetches_the_resource_from_the_source_server(adapter, upstream):
+    sid = subscribed(adapter, upstream)
+    number = book(upstream, "a1")
+    response = notify(adapter, upstream.notification(sid, "event-notification", [number],
+                                                     full=False))
+    assert response.status_code == 200, response.text
+    assert "GET /fhir/Appointment/a1?" in upstream.requests
+    assert adapter.kinds() == ["AppointmentBooked"]
+    assert adapter.get("/Appointment/a1").json()["status"] == "booked"
+
+
+def test_an_r4b_subscription_notification_bundle_is_understood(adapter, upstream):
+    sid = subscribed(adapter, upstream)
+    number = book(upstream, "a1")
+    bundle = {"resourceType": "Bundle", "type": "subscription-notification", "entry": [
+        {"resource": {"resourceType": "SubscriptionStatus", "status": "active",
+                      "type": "event-notification",
+                      "eventsSinceSubscriptionStart": str(number),
+                      "notificationEvent": [{"eventNumber": str(number),
+                                             "focus": {"reference": "Appointment/a1"}}],
+                      "subscription": {"reference": f"Subscription/{sid}"},
+                      "topic": "https://adapter.example.org/topic"}},
+        {"fullUrl": f"{upstream.url}/Appointment/a1",
+         "resource": upstream.resources["Appointment/a1"]}]}
+    response = notify(adapter, bundle)
+    assert response.status_code == 200, response.text
+    assert adapter.kinds() == ["AppointmentBooked"]
+
+
+def test_the_same_notification_twice_is_processed_once(adapter, upstream):
+    sid = subscribed(adapter, upstream)
+    bundle = upstream.notification(sid, "event-notification", [book(upstream, "a1")], full=True)
+    assert notify(adapter, bundle).status_code == 200
+    assert notify(adapter, bundle).status_code == 200
+    assert adapter.kinds() == ["AppointmentBooked"]
+    assert adapter.get("/Appointment/a1").headers["etag"] == 'W/"1"'
+
+
+def test_a_gap_in_the_event_counter_is_recovered_with_events(adapter, upstream):
+    sid = subscribed(adapter, upstream)
+    book(upstream, "a1")
+    book(upstream, "a2")
+    third = book(upstream, "a3")
+    response = notify(adapter, upstream.notification(sid, "event-notification", [third],
+                                                     full=True))
+    assert response.status_code == 200, response.text
+    assert any("$events" in r and "eventsSinceNumber=1" in r for r in upstream.requests)
+    assert sorted(e.appointment.ref for e in adapter.events) == [
+        "Appointment/a1", "Appointment/a2", "Appointment/a3"]
+    assert state(adapter, sid).events_recovered == 2
+
+
+def test_without_events_a_gap_is_recovered_by_a_last_updated_search(adapter, upstream):
+    upstream.events_supported = False
+    sid = subscribed(adapter, upstream)
+    book(upstream, "a1")
+    third = book(upstream, "a2", version=2)
+    response = notify(adapter, upstream.notification(sid, "event-notification", [third],
+                                                     full=True))
+    assert response.status_code == 200, response.text
+    assert any(r.startswith("GET /fhir/Appointment?") and "_lastUpdated=ge" in r
+               for r in upstream.requests)
+    assert sorted(e.appointment.ref for e in adapter.events) == [
+        "Appointment/a1", "Appointment/a2"]
+
+
+def test_a_heartbeat_whose_counter_moved_on_recovers_the_missed_events(adapter, upstream):
+    sid = subscribed(adapter, upstream)
+    book(upstream, "a1")
+    response = notify(adapter, upstream.notification(sid, "heartbeat", [], full=False))
+    assert response.status_code == 200, response.text
+    assert adapter.kinds() == ["AppointmentBooked"]
+    assert state(adapter, sid).last_event_number == 1
+
+
+def test_a_later_status_change_from_the_source_publishes_the_transition(adapter, upstream):
+    sid = subscribed(adapter, upstream)
+    notify(adapter, upstream.notification(sid, "event-notification", [book(upstream, "a1")],
+                                          full=True))
+    second = book(upstream, "a1", version=2, status="cancelled")
+    notify(adapter, upstream.notification(sid, "event-notification", [second], full=True))
+    assert adapter.kinds() == ["AppointmentBooked", "AppointmentCancelled"]
+
+
+def test_a_notification_for_an_unknown_subscription_is_refused(adapter, upstream):
+    upstream.subscriptions["sub-9"] = {}
+    response = notify(adapter, upstream.notification("sub-9", "handshake", [], full=False))
+    assert response.status_code == 404 and issue(response)["code"] == "not-found"
+
+
+def test_a_notification_from_a_trusted_server_registers_its_subscription(make_adapter, upstream):
+    adapter = make_adapter(FhirSettings(trusted_servers=(upstream.url,)))
+    response = notify(adapter, upstream.notification("sub-7", "handshake", [], full=False))
+    assert response.status_code == 200
+    assert state(adapter, "sub-7").server == upstream.url
+
+
+def test_a_bundle_that_is_not_a_notification_is_refused(adapter, upstream):
+    response = notify(adapter, {"resourceType": "Bundle", "type": "history", "entry": [
+        {"resource": {"resourceType": "Patient"}}]})
+    assert response.status_code == 400
+    assert issue(response)["expression"] == ["Bundle.entry[0].resource"]
+
+
+def test_a_subscription_that_goes_silent_is_reported_until_it_calls_again(adapter, upstream):
+    sid = subscribed(adapter, upstream)  # heartbeat every 300 s
+    with adapter.sessions() as session:
+        assert silent_subscriptions(session, adapter.clock()) == []
+    adapter.clock.advance(seconds=601)
+    with adapter.sessions() as session:
+        silent = silent_subscriptions(session, adapter.clock())
+    assert len(silent) == 2 and silent[0].expected_every.total_seconds() == 600
+    notify(adapter, upstream.notification(sid, "heartbeat", [], full=False))
+    with adapter.sessions() as session:
+        assert [s.url for s in silent_subscriptions(session, adapter.clock())] == [
+            f"{upstream.url}/Subscription/sub-2"]
+
+
+def test_sample_notification_bundle_is_kept_in_samples():
+    from tests.fhir.conftest import SAMPLES
+    bundle = json.loads((SAMPLES / "notification-backport-id-only.json").read_text())
+    from fhir.subscriptions import parse_notification
+    note = parse_notification(bundle)
+    assert note.kind == "event-notification" and note.events[0].number == 12

@@ -21,10 +21,12 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sqlalchemy import and_, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,6 +36,9 @@ from compliance.errors import AuditError, AuditIntegrityError, PersonalDataInAud
 from compliance.models import AuditEntry, AuditNode, AuditTreeHead
 from compliance.pseudonyms import FISCAL_CODE, is_pseudonym
 from compliance.signing import AuditSigner
+
+if TYPE_CHECKING:
+    from compliance.audit_verify import VerifyReport
 
 AuditAction = Literal[
     "received", "scheduled", "suppressed", "cancelled", "sent", "delivered", "failed",
@@ -162,9 +167,11 @@ def _check_value(where: str, value: str) -> None:
 class AuditLog:
     """The audit log over the project's database; ``signer`` signs its tree heads."""
 
-    def __init__(self, sessions: sessionmaker[Session], signer: AuditSigner) -> None:
+    def __init__(self, sessions: sessionmaker[Session], signer: AuditSigner,
+                 *, retired_keys: Sequence[Ed25519PublicKey] = ()) -> None:
         self.sessions = sessions
         self.signer = signer
+        self.trusted_keys = [signer.public_key, *retired_keys]  # heads signed by older keys
         self._edge: merkle.Frontier | None = None
         self._edge_root = merkle.EMPTY_ROOT
         self._edge_lock = threading.Lock()
@@ -246,6 +253,18 @@ class AuditLog:
         return _head(head)
 
     # -- reading -------------------------------------------------------------------------
+
+    def verify(self, session: Session) -> VerifyReport:
+        """Check every entry, stored node and signed head; see :mod:`compliance.audit_verify`."""
+        from compliance.audit_verify import verify
+
+        return verify(session, self.trusted_keys)
+
+    def export(self, session: Session, since: datetime | None, fmt: str = "jsonl") -> Iterator[str]:
+        """JSONL or FHIR AuditEvent lines; see :mod:`compliance.audit_export`."""
+        from compliance.audit_export import export
+
+        return export(self, session, since, fmt)  # type: ignore[arg-type]
 
     def size(self, session: Session) -> int:
         last = session.scalar(select(AuditEntry.seq).order_by(AuditEntry.seq.desc()).limit(1))

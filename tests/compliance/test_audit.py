@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapter.db import transaction
 from compliance import merkle
 from compliance.audit import AuditLog, InclusionProof
-from compliance.audit_verify import verify
 from compliance.errors import AuditError, AuditIntegrityError, PersonalDataInAudit
 from compliance.models import AuditEntry, AuditNode, AuditTreeHead
 from compliance.signing import AuditSigner, load_public_key
@@ -43,7 +42,7 @@ def fill(log: AuditLog, sessions, n: int, *, sign_every: int = 0) -> None:
 
 def check(log: AuditLog, sessions):
     with transaction(sessions) as session:
-        return verify(session, [log.signer.public_key])
+        return log.verify(session)
 
 
 def tamper(sessions, statement) -> None:

@@ -124,20 +124,26 @@ def _strip_leading(raw: bytes) -> bytes:
     return raw.lstrip(b"\r\n\t ")
 
 
+def _is_separator(char: bytes) -> bool:
+    """Separators are printable ASCII punctuation (HL7 v2.5 §2.5.4), so an
+    ACK that echoes them is readable in any character set."""
+    return len(char) == 1 and 0x21 <= char[0] <= 0x7E and not char.isalnum()
+
+
 def read_separators(raw: bytes) -> Separators:
     """MSH-1 and MSH-2 from the start of a message. Raises ``HeaderError``."""
     raw = _strip_leading(raw)
     if not raw.startswith(b"MSH") or len(raw) < 8:
         raise HeaderError("message does not start with an MSH segment")
     field = raw[3:4]
-    if field.isalnum() or field in b"\r\n \t\\":
+    if not _is_separator(field) or field == b"\\":
         raise HeaderError(f"invalid field separator in MSH-1: {field!r}", code="102")
     end = raw.find(field, 4)
     encoding = raw[4:end] if end >= 0 else b""
     chars = encoding.decode("latin-1")
     if not 4 <= len(chars) <= 5 or len(set(chars + field.decode("latin-1"))) != len(chars) + 1:
         raise HeaderError(f"invalid encoding characters in MSH-2: {chars!r}", code="102")
-    if any(c.isalnum() or c in "\r\n" for c in chars):
+    if not all(_is_separator(c.encode("latin-1")) for c in chars):
         raise HeaderError(f"invalid encoding characters in MSH-2: {chars!r}", code="102")
     return Separators(field.decode("latin-1"), chars[0], chars[1], chars[2], chars[3], chars[4:5])
 

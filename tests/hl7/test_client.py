@@ -1,0 +1,125 @@
+"""The MLLP client: splitting files, sending, retrying on a dropped connection."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hl7.ack import AckCode, build_ack
+from hl7.client import AckResult, send_messages, split_messages
+from hl7.header import read_header
+from hl7.mllp import FrameDecoder, MLLPServer, frame
+
+from .conftest import sample
+
+
+def test_blank_line_separated_messages_are_split_and_lf_becomes_cr():
+    messages = split_messages(sample("two_messages_blank_line.hl7").decode())
+    assert len(messages) == 2
+    assert all(m.startswith("MSH|") and "\n" not in m and m.endswith("\r") for m in messages)
+    assert "SIU^S15" in messages[1]
+
+
+def test_fhs_bhs_batches_are_unwrapped():
+    messages = split_messages(sample("batch_fhs_bhs.hl7").decode())
+    assert [m.split("|")[8] for m in messages] == ["ORU^R01^ORU_R01", "ADT^A04^ADT_A01"]
+    assert not any(line[:3] in ("FHS", "BHS", "BTS", "FTS") for m in messages for line in m.split("\r"))
+
+
+def test_a_single_message_file_gives_one_message_with_crlf_normalised():
+    [message] = split_messages(sample("siu_s12_nocharset_latin1_crlf.hl7").decode("latin-1"))
+    assert "\r\n" not in message and message.count("\r") == 5
+
+
+async def _accept(raw: bytes) -> bytes:
+    return build_ack(read_header(raw), AckCode.AA)
+
+
+def _messages(n: int) -> list[str]:
+    return [
+        f"MSH|^~\\&|CUP|OSP|A|B|2025||ADT^A08^ADT_A01|M{i}|P|2.5||||||8859/1\rPID|1||{i}||D'Alò^Nicolò\r"
+        for i in range(n)
+    ]
+
+
+def test_send_messages_returns_one_ack_result_per_message_in_order_over_several_connections():
+    seen: list[bytes] = []
+
+    async def handler(raw: bytes) -> bytes:
+        seen.append(raw)
+        return await _accept(raw)
+
+    async def scenario():
+        server = MLLPServer(handler, host="127.0.0.1", port=0)
+        await server.start()
+        progress: list[AckResult] = []
+        try:
+            results = await send_messages(_messages(30), "127.0.0.1", server.port, connections=4,
+                                          timeout=5, on_ack=progress.append)
+        finally:
+            await server.stop()
+        return results, progress
+
+    results, progress = asyncio.run(scenario())
+    assert [r.control_id for r in results] == [f"M{i}" for i in range(30)]
+    assert all(r.code is AckCode.AA and r.accepted and r.latency >= 0 for r in results)
+    assert len(progress) == 30
+    assert all("D'Alò".encode("latin-1") in raw for raw in seen)  # sent in the MSH-18 charset
+
+
+def test_rate_limits_the_sending_pace():
+    async def scenario():
+        server = MLLPServer(_accept, host="127.0.0.1", port=0)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await send_messages(_messages(6), "127.0.0.1", server.port, rate=20, connections=2)
+        finally:
+            await server.stop()
+        return loop.time() - started
+
+    assert asyncio.run(scenario()) >= 0.2
+
+
+def test_a_dropped_connection_is_reopened_and_the_unacknowledged_message_resent():
+    received: list[str] = []
+
+    async def flaky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder()
+        while data := await reader.read(65536):
+            for raw in decoder.feed(data):
+                cid = read_header(raw).control_id
+                received.append(cid)
+                if cid == "M2" and received.count("M2") == 1:
+                    writer.close()  # crash before acknowledging
+                    return
+                writer.write(frame(build_ack(read_header(raw), AckCode.AA)))
+                await writer.drain()
+        writer.close()
+
+    async def scenario():
+        server = await asyncio.start_server(flaky, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await send_messages(_messages(5), "127.0.0.1", port, timeout=5, retry_delay=0.01)
+        finally:
+            server.close()
+
+    results = asyncio.run(scenario())
+    assert all(r.code is AckCode.AA for r in results)
+    assert results[2].attempts == 2
+    assert received == ["M0", "M1", "M2", "M2", "M3", "M4"]
+
+
+def test_an_unreachable_listener_gives_results_with_errors_not_an_exception():
+    async def scenario():
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()
+        return await send_messages(_messages(2), "127.0.0.1", port, retries=1, retry_delay=0.01,
+                                   timeout=1)
+
+    results = asyncio.run(scenario())
+    assert [r.code for r in results] == [None, None]
+    assert all(r.error and r.attempts == 2 for r in results)

@@ -13,7 +13,9 @@ FHIR_JSON = "application/fhir+json"
 
 
 def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
-    """>>> operation_outcome([Issue("invalid", "bad", "Patient.gender")])["issue"][0]["expression"]
+    """Render issues as an OperationOutcome resource.
+
+    >>> operation_outcome([Issue("invalid", "bad", "Patient.gender")])["issue"][0]["expression"]
     ['Patient.gender']
     """
     rendered = []

@@ -47,7 +47,9 @@ class WriteResult:
 
 
 def instant(moment: datetime) -> str:
-    """>>> instant(datetime(2025, 1, 2, 3, 4, 5, 6000, tzinfo=UTC))
+    """A FHIR instant in UTC with milliseconds.
+
+    >>> instant(datetime(2025, 1, 2, 3, 4, 5, 6000, tzinfo=UTC))
     '2025-01-02T03:04:05.006Z'
     """
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -102,7 +102,9 @@ def _structure_issues(resource_type: str, exc: ValidationError) -> Iterator[Issu
 
 
 def element_path(root: str, loc: tuple[Any, ...]) -> str:
-    """>>> element_path("Appointment", ("participant", 0, "actor"))
+    """A pydantic error location as a FHIRPath.
+
+    >>> element_path("Appointment", ("participant", 0, "actor"))
     'Appointment.participant[0].actor'
     """
     out = root

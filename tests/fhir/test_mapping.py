@@ -1,0 +1,107 @@
+"""mapping.events_for and validate, with plain values (no I/O)."""
+
+from __future__ import annotations
+
+import doctest
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from adapter.db import Base, make_engine, make_sessionmaker, transaction
+from adapter.events import Origin
+from fhir import capability, mapping, outcome, service, subscriptions, validate
+from fhir.errors import FhirError
+from fhir.models import TABLES
+from fhir.store import append
+from tests.fhir.conftest import AesGcmCodec
+
+NOW = datetime(2030, 11, 20, tzinfo=UTC)
+ORIGIN = Origin("fhir", "test")
+
+
+def appt(status, start="2030-12-01T09:00:00Z"):
+    return {"resourceType": "Appointment", "id": "a", "status": status, "start": start,
+            "participant": [{"actor": {"reference": "Patient/p"}, "status": "accepted"}]}
+
+
+def kinds(new, previous=None, kind="Appointment"):
+    return [type(e).__name__ for e in mapping.events_for(
+        kind, new, previous, origin=ORIGIN, now=NOW, patient=None)]
+
+
+@pytest.mark.parametrize("before, after, expected", [
+    (None, "booked", ["AppointmentBooked"]),
+    ("proposed", "booked", ["AppointmentBooked"]),
+    (None, "proposed", []),
+    ("booked", "cancelled", ["AppointmentCancelled"]),
+    (None, "cancelled", []),
+    ("cancelled", "entered-in-error", []),
+    ("booked", "noshow", ["AppointmentNoShow"]),
+    ("arrived", "fulfilled", ["AppointmentFulfilled"]),
+    ("fulfilled", "fulfilled", []),
+    ("booked", "arrived", []),
+])
+def test_appointment_events_follow_status_transitions(before, after, expected):
+    assert kinds(appt(after), appt(before) if before else None) == expected
+
+
+def test_without_a_stored_patient_the_key_falls_back_to_the_fhir_logical_id():
+    event = mapping.events_for("Appointment", appt("booked"), None, origin=ORIGIN, now=NOW,
+                               patient=None)[0]
+    assert (event.patient.key.system, event.patient.key.value) == ("fhir:Patient", "p")
+
+
+@pytest.mark.parametrize("before, after, expected", [
+    (None, "preliminary", []),
+    ("preliminary", "final", ["ReportReady"]),
+    ("final", "final", []),
+    ("final", "appended", []),
+    ("final", "entered-in-error", ["ReportWithdrawn"]),
+    (None, "entered-in-error", []),
+])
+def test_report_events_follow_status_transitions(before, after, expected):
+    report = lambda s: {"resourceType": "DiagnosticReport", "id": "r", "status": s,  # noqa: E731
+                        "subject": {"reference": "Patient/p"}}
+    assert kinds(report(after), report(before) if before else None,
+                 "DiagnosticReport") == expected
+
+
+def test_nested_consent_provisions_inherit_and_intersect_periods():
+    consent = {"status": "active", "provision": {
+        "type": "permit", "period": {"end": "2031-01-01T00:00:00Z"},
+        "provision": [{"type": "deny", "period": {"start": "2030-06-01T00:00:00Z",
+                                                  "end": "2032-01-01T00:00:00Z"},
+                       "actor": [{"role": {"coding": [
+                           {"system": mapping.CHANNEL_CODESYSTEM, "code": "whatsapp"}]},
+                                  "reference": {"reference": "Patient/p"}}]}]}}
+    base, nested = mapping.flatten_consent(consent)
+    assert (base.decision, base.channel) == ("permit", "*")
+    assert (nested.decision, nested.purpose, nested.channel) == ("deny", "*", "whatsapp")
+    assert nested.start == datetime(2030, 6, 1, tzinfo=UTC)
+    assert nested.end == datetime(2031, 1, 1, tzinfo=UTC)
+
+
+def test_an_unknown_telecom_system_is_a_binding_error():
+    with pytest.raises(FhirError) as caught:
+        validate.parse_resource(b'{"resourceType":"Patient","telecom":[{"system":"pigeon",'
+                                b'"value":"x"}]}')
+    assert caught.value.issues[0].expression == "Patient.telecom[0].system"
+
+
+def test_the_database_refuses_the_same_source_version_twice(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'u.db'}")
+    Base.metadata.create_all(engine, tables=TABLES)
+    codec, sessions = AesGcmCodec(), make_sessionmaker(engine)
+    row = dict(resource={"resourceType": "Patient", "id": "p"}, last_updated=NOW,
+               patient_id="p", source_version="3", source_last_updated=None, sender="x")
+    with transaction(sessions) as session:
+        append(session, codec, version_id=1, **row)
+    with pytest.raises(IntegrityError), transaction(sessions) as session:
+        append(session, codec, version_id=2, **row)
+
+
+@pytest.mark.parametrize("module", [capability, mapping, outcome, service, subscriptions,
+                                    validate])
+def test_the_docstring_examples_hold(module):
+    assert doctest.testmod(module).failed == 0

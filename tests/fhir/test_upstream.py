@@ -1,0 +1,89 @@
+"""Polling a source server and authenticating to it (bearer, SMART Backend Services)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from fhir.client import BearerToken, FhirClient, SmartBackendAuth
+from fhir.errors import UpstreamError
+from fhir.upstream import poll_once
+from tests.fhir.fake_upstream import FakeUpstream
+from tests.fhir.test_subscriptions import appointment, upstream  # noqa: F401 - fixture
+
+
+def seed(upstream, count: int) -> None:
+    for i in range(count):
+        upstream.put(appointment(f"a{i}"), 1, f"2030-11-20T09:{i:02d}:00Z")
+
+
+def poll(adapter, upstream, **kwargs):
+    return asyncio.run(poll_once(upstream.url, sessions=adapter.sessions,
+                                 service=adapter.service, page_size=2, **kwargs))
+
+
+def test_polling_pages_through_a_last_updated_search_and_stores_each_resource(adapter, upstream):
+    seed(upstream, 5)
+    result = poll(adapter, upstream, resource_types=("Appointment",))
+    assert result.stored == 5 and not result.rejected
+    assert sum("_page=" in r for r in upstream.requests) == 2
+    assert adapter.kinds() == ["AppointmentBooked"] * 5
+
+
+def test_the_next_poll_starts_at_the_cursor_and_processes_only_what_changed(adapter, upstream):
+    seed(upstream, 3)
+    poll(adapter, upstream, resource_types=("Appointment",))
+    upstream.put(appointment("a1", status="cancelled"), 2, "2030-11-20T10:00:00Z")
+    upstream.requests.clear()
+    result = poll(adapter, upstream, resource_types=("Appointment",))
+    assert "_lastUpdated=ge2030-11-20T09%3A02%3A00Z" in upstream.requests[0]
+    assert result.stored == 1 and result.unchanged == 1  # a2 again: the cursor is inclusive
+    assert adapter.kinds()[-1] == "AppointmentCancelled"
+
+
+def test_an_invalid_resource_from_the_source_is_reported_and_skipped(adapter, upstream):
+    seed(upstream, 1)
+    upstream.put({**appointment("bad"), "status": "bogus"}, 1, "2030-11-20T09:30:00Z")
+    result = poll(adapter, upstream, resource_types=("Appointment",))
+    assert result.stored == 1 and result.rejected[0].startswith("Appointment/bad")
+
+
+def test_a_bearer_token_is_sent_to_the_source_server(adapter, upstream):
+    upstream.public_key = object()  # any token check on
+    seed(upstream, 1)
+    with pytest.raises(UpstreamError):
+        poll(adapter, upstream, resource_types=("Appointment",))
+    result = poll(adapter, upstream, resource_types=("Appointment",),
+                  auth=BearerToken("token-1"))
+    assert result.stored == 1
+
+
+@pytest.mark.parametrize("algorithm", ["RS384", "ES384"])
+def test_smart_backend_services_gets_a_token_with_a_signed_assertion_and_reuses_it(
+        algorithm, adapter, upstream):
+    key = (rsa.generate_private_key(public_exponent=65537, key_size=2048)
+           if algorithm == "RS384" else ec.generate_private_key(ec.SECP384R1()))
+    upstream.public_key = key.public_key()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    token_url = upstream.url.removesuffix("/fhir") + "/token"
+    auth = SmartBackendAuth(token_url=token_url, client_id="adapter", private_key_pem=pem,
+                            algorithm=algorithm, key_id="k1")
+    seed(upstream, 3)
+    result = poll(adapter, upstream, resource_types=("Appointment",), auth=auth)
+    assert result.stored == 3 and upstream.tokens_issued == 1
+
+
+def test_the_client_refuses_to_follow_a_reference_to_another_server(upstream):
+    async def go():
+        async with FhirClient(upstream.url) as client:
+            await client.read("https://elsewhere.example.org/fhir/Patient/1")
+    with pytest.raises(UpstreamError):
+        asyncio.run(go())
+
+
+def test_fake_upstream_is_a_plain_fixture_type():
+    assert FakeUpstream(url="x").events == []

@@ -22,7 +22,7 @@ from fhir import bundles
 from fhir.capability import SYSTEM_INTERACTIONS, TYPE_INTERACTIONS, capability_statement
 from fhir.errors import FhirError, Issue, invalid
 from fhir.outcome import fhir_response, outcome_response
-from fhir.service import FhirService, Publish, StoredVersion, WriteResult, instant
+from fhir.service import FhirService, Publish, StoredVersion, WriteResult
 from fhir.settings import FhirSettings
 from fhir.store import RecordCodec
 from fhir.subscriptions import SubscriptionReceiver
@@ -229,4 +229,4 @@ def _json_object(body: bytes) -> dict:
     return data
 
 
-__all__ = ["build_router", "instant"]
+__all__ = ["build_router"]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -145,8 +146,6 @@ class FhirService:
             raise FhirError(400, Issue(
                 "not-supported", f"{what} supports only the 'identifier' parameter; "
                 f"got {', '.join(sorted(params)) or 'nothing'}"))
-        from urllib.parse import unquote
-
         return self.search_identifier(session, kind, unquote(params["identifier"]))
 
     def write(self, session: Session, resource: dict[str, Any], *, sender: str | None = None,

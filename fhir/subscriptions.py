@@ -14,6 +14,7 @@ subscriptions that never fire and drop notifications after a minute of retries.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -186,8 +187,6 @@ class SubscriptionReceiver:
         Raises FhirError for an unknown subscription, a malformed Bundle or a
         resource that cannot be fetched or stored (the server retries on 4xx/5xx
         per its policy; the counters make a retry safe)."""
-        import json
-
         try:
             bundle = json.loads(body)
         except ValueError as exc:

@@ -16,13 +16,14 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from adapter import events as ev
+from adapter.errors import ConfigError
 from adapter.models import Notification
 from adapter.templates import TemplateBook
-from compliance import consent as registry
+from compliance import consent_store as registry
 from compliance.audit import AuditLog
 from compliance.crypto import Vault
-from compliance.purposes import PurposeBook, load_purposes
-from compliance.report_rules import ReportRules, lint_templates, report_notice_allowed
+from compliance.purposes import CompliancePolicy, load_policy
+from compliance.report_rules import lint_templates, report_notice_allowed
 
 SYSTEM_ACTOR = "adapter"
 
@@ -43,31 +44,27 @@ class Decision:
 
 
 class ComplianceGate:
-    def __init__(self, *, vault: Vault, audit: AuditLog, purposes: PurposeBook, report_rules: ReportRules) -> None:
+    def __init__(self, *, vault: Vault, audit: AuditLog, policy: CompliancePolicy) -> None:
         self.vault = vault
         self.audit = audit
-        self.purposes = purposes
-        self.report_rules = report_rules
+        self.policy = policy
 
     @classmethod
     def from_config(cls, *, vault: Vault, audit: AuditLog, config_dir: Path, templates: TemplateBook) -> ComplianceGate:
-        purposes = load_purposes(config_dir / "purposes.yaml")
-        problems = lint_templates(templates.sources, purposes.kinds_by_purpose())
+        policy = load_policy(config_dir / "purposes.yaml")
+        policy.check_kinds(templates.kinds(templates.default_language))
+        kinds = {template_id: template_id.split("/", 1)[1] for template_id in templates.sources}
+        problems = lint_templates(templates.sources, kinds, policy.template_lint)
         if problems:
-            from adapter.errors import ConfigError
-
             raise ConfigError("; ".join(str(problem) for problem in problems))
-        return cls(vault=vault, audit=audit, purposes=purposes, report_rules=purposes.report_rules)
+        return cls(vault=vault, audit=audit, policy=policy)
 
     # -- consent -------------------------------------------------------------------
 
     def _decide(self, session: Session, patient_id: str, kind: str, channel: str, now: datetime) -> Decision:
-        purpose = self.purposes.for_kind(kind)
-        records = registry.records_for(session, patient_id)
-        verdict = registry.evaluate(
-            records, purpose=purpose.name, channel=channel, at=now, explicit_required=purpose.explicit_consent
-        )
-        return Decision(verdict.allowed, verdict.reason, purpose.name, purpose.lawful_basis, channel, verdict.record_id)
+        basis = self.policy.basis_for_kind(kind)
+        verdict = registry.decide(session, self.policy, patient_id=patient_id, kind=kind, channel=channel, at=now)
+        return Decision(verdict.allowed, verdict.reason, basis.purpose, basis.describe(), channel, verdict.record_id)
 
     def decide_at_schedule(self, session: Session, patient_id: str, kind: str, *, now: datetime) -> Decision:
         """At scheduling the channel is not chosen yet: the purpose must be allowed
@@ -78,7 +75,7 @@ class ComplianceGate:
         return self._decide(session, patient_id, kind, channel, now)
 
     def consent_changed(self, session: Session, patient_id: str, event: ev.ConsentChanged, *, now: datetime) -> None:
-        registry.apply_consent_event(session, patient_id, event, now=now)
+        registry.apply_consent_event(session, patient_id, event, at=now)
         self._audit(session, "consent_changed", patient_id, f"consent {event.consent_ref}", now,
                     {"active": event.active, "provisions": len(event.provisions), "source": event.origin.source})
         self.recheck_pending(session, patient_id, now=now)
@@ -96,8 +93,8 @@ class ComplianceGate:
                 self._audit(session, "suppressed", patient_id, row.reason, now, {"notification": row.id})
 
     def report_notice_allowed(self, session: Session, patient_id: str, event: ev.ReportReady, *, now: datetime) -> tuple[bool, str]:
-        online = self._decide(session, patient_id, "report_ready", "*", now)
-        verdict = report_notice_allowed(event.codes, online.allowed, self.report_rules)
+        online = registry.decide(session, self.policy, patient_id=patient_id, kind="report_ready", channel="*", at=now)
+        verdict = report_notice_allowed(event.codes, online, self.policy.report_rules)
         return verdict.allowed, verdict.reason
 
     def patients_merged(self, session: Session, keeper_id: str, event: ev.PatientsMerged, *, now: datetime) -> None:

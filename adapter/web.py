@@ -4,7 +4,7 @@ call the core, map errors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -43,6 +43,15 @@ def require(container: Container, *roles: Role) -> Callable[..., Principal]:
     return dependency
 
 
+def session_dep(request: Request) -> Iterator[Session]:
+    """One unit of work per request."""
+    with transaction(request.app.state.container.sessions) as session:
+        yield session
+
+
+Db = Annotated[Session, Depends(session_dep)]
+
+
 def notification_view(row: Notification) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -79,12 +88,6 @@ def message_view(row: InboundMessage) -> dict[str, Any]:
 def api_router(container: Container) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["operators and officers"])
     officer = Depends(require(container, "officer"))
-
-    def session_dep() -> Any:
-        with transaction(container.sessions) as session:
-            yield session
-
-    Db = Annotated[Session, Depends(session_dep)]
 
     @router.get("/notifications", dependencies=[officer])
     def list_notifications(
@@ -195,6 +198,52 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(health_router(container))
     app.include_router(hl7_router(container))
     app.include_router(api_router(container))
-    for extend in container.extras.get("routers", []):  # type: ignore[union-attr]
-        extend(app, container)
+    app.include_router(
+        fhir_router(container), prefix="/fhir/R4", tags=["fhir"], dependencies=[Depends(require(container, "ehr"))]
+    )
     return app
+
+
+def fhir_router(container: Container) -> APIRouter:
+    """The FHIR facade; what it stores goes through the vault, what it means goes
+    through the pipeline in the same transaction."""
+    from fhir.routes import build_router
+    from fhir.settings import FhirSettings
+
+    settings = container.settings
+    fhir_settings = FhirSettings(
+        max_body_bytes=settings.max_body_bytes,
+        identifier_index_key=bytes.fromhex(container.vault.blind_index("fhir-identifier-key", "fhir")),
+    )
+
+    def publish(session: Session, events: list) -> None:
+        container.pipeline.handle(session, events, now=container.clock.now())
+
+    return build_router(
+        sessions=container.sessions,
+        publish=publish,
+        codec=SessionVaultCodec(container),
+        clock=container.clock.now,
+        settings=fhir_settings,
+    )
+
+
+class SessionVaultCodec:
+    """The vault as the FHIR store's record codec: sealing inside the caller's
+    session (``session=``) so a first key for a new patient is created in the same
+    transaction (SQLite allows one writer), or in a short one of its own."""
+
+    def __init__(self, container: Container) -> None:
+        self.container = container
+
+    def encrypt(self, plaintext: bytes, *, subject: str, session: Session | None = None) -> bytes:
+        if session is not None:
+            return self.container.vault.encrypt(session, subject, plaintext)
+        with transaction(self.container.sessions) as own:
+            return self.container.vault.encrypt(own, subject, plaintext)
+
+    def decrypt(self, blob: bytes, *, session: Session | None = None) -> bytes:
+        if session is not None:
+            return self.container.vault.decrypt(session, blob)
+        with transaction(self.container.sessions) as own:
+            return self.container.vault.decrypt(own, blob)

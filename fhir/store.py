@@ -19,11 +19,12 @@ from fhir.models import FhirIdentifier, FhirResource
 class RecordCodec(Protocol):
     """Encryption of stored records, owned by ``compliance/``. ``subject`` is
     ``"patient:<logical id>"`` for patient-linked resources, else ``"system"``
-    (so erasing a patient's key makes their resources unreadable)."""
+    (so erasing a patient's key makes their resources unreadable). ``session`` is the
+    caller's: a first key for a new subject is created in the same transaction."""
 
-    def encrypt(self, plaintext: bytes, *, subject: str) -> bytes: ...
+    def encrypt(self, plaintext: bytes, *, subject: str, session: Session) -> bytes: ...
 
-    def decrypt(self, blob: bytes) -> bytes: ...
+    def decrypt(self, blob: bytes, *, session: Session) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,13 @@ def subject_for(patient_id: str | None) -> str:
     return f"patient:{patient_id}" if patient_id else "system"
 
 
-def _load(row: FhirResource, codec: RecordCodec) -> StoredVersion:
+def _load(row: FhirResource, codec: RecordCodec, session: Session) -> StoredVersion:
     return StoredVersion(
         resource_type=row.resource_type,
         resource_id=row.resource_id,
         version_id=row.version_id,
         last_updated=row.last_updated,
-        resource=json.loads(codec.decrypt(row.content)),
+        resource=json.loads(codec.decrypt(row.content, session=session)),
         source_version=row.source_version,
         source_last_updated=row.source_last_updated,
     )
@@ -70,7 +71,7 @@ def current(session: Session, codec: RecordCodec, resource_type: str, resource_i
         .order_by(FhirResource.version_id.desc())
         .limit(1)
     ).first()
-    return _load(row, codec) if row else None
+    return _load(row, codec, session) if row else None
 
 
 def version(session: Session, codec: RecordCodec, resource_type: str, resource_id: str,
@@ -82,7 +83,7 @@ def version(session: Session, codec: RecordCodec, resource_type: str, resource_i
             FhirResource.version_id == version_id,
         )
     ).first()
-    return _load(row, codec) if row else None
+    return _load(row, codec, session) if row else None
 
 
 def has_source_version(session: Session, resource_type: str, resource_id: str,
@@ -121,7 +122,7 @@ def append(
         source_last_updated=source_last_updated,
         sender=sender,
         content=codec.encrypt(json.dumps(resource, separators=(",", ":")).encode(),
-                              subject=subject_for(patient_id)),
+                              subject=subject_for(patient_id), session=session),
     )
     session.add(row)
     session.flush()

@@ -21,7 +21,7 @@ from adapter.runtime import serve
 from adapter.settings import Settings
 
 
-def test_settings(tmp_path: Path, database_url: str | None = None, **overrides: object) -> Settings:
+def settings_for(tmp_path: Path, database_url: str | None = None, **overrides: object) -> Settings:
     return Settings(
         environment="test",
         database_url=database_url or f"sqlite:///{tmp_path / 'adapter.db'}",

@@ -46,14 +46,14 @@ class AesGcmCodec:
         self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
         self.subjects: list[str] = []
 
-    def encrypt(self, plaintext: bytes, *, subject: str) -> bytes:
+    def encrypt(self, plaintext: bytes, *, subject: str, session: object = None) -> bytes:
         self.subjects.append(subject)
         nonce = os.urandom(12)
         label = subject.encode()
         return len(label).to_bytes(2, "big") + label + nonce + self._aead.encrypt(
             nonce, plaintext, label)
 
-    def decrypt(self, blob: bytes) -> bytes:
+    def decrypt(self, blob: bytes, *, session: object = None) -> bytes:
         size = int.from_bytes(blob[:2], "big")
         label, rest = blob[2:2 + size], blob[2 + size:]
         return self._aead.decrypt(rest[:12], rest[12:], label)

@@ -1,0 +1,166 @@
+"""Issue 3's walking skeleton, through the public surfaces: FHIR over real HTTP,
+HL7 over a real MLLP socket, real databases, the sandbox channel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from adapter.db import transaction
+from adapter.models import OutboxMessage
+from hl7.client import read_ack_code, send_messages
+from tests.harness import running_adapter, settings_for
+
+FHIR = {"Content-Type": "application/fhir+json"}
+
+
+def patient(pid: str, phone: str = "+393331234567", language: str = "it") -> dict:
+    return {
+        "resourceType": "Patient",
+        "id": pid,
+        "name": [{"given": ["Nicolò"], "family": "D'Alò"}],
+        "telecom": [{"system": "phone", "use": "mobile", "value": phone}],
+        "communication": [{"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": language}]}}],
+    }
+
+
+def appointment(aid: str, pid: str, start: datetime, status: str = "booked") -> dict:
+    return {
+        "resourceType": "Appointment",
+        "id": aid,
+        "status": status,
+        "start": start.isoformat(),
+        "end": (start + timedelta(minutes=30)).isoformat(),
+        "participant": [{"actor": {"reference": f"Patient/{pid}"}, "status": "accepted"}],
+    }
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def notifications(client, **params) -> list[dict]:
+    response = client.get("/api/notifications", params={"limit": 1000, **params})
+    response.raise_for_status()
+    return response.json()["items"]
+
+
+def outbox_count(adapter) -> int:
+    with transaction(adapter.container.sessions) as session:
+        return session.scalar(select(func.count()).select_from(OutboxMessage))
+
+
+def test_fhir_booking_confirms_at_once_and_schedules_reminders_that_follow_the_appointment(tmp_path, database_url):
+    with running_adapter(settings_for(tmp_path, database_url)) as adapter:
+        ehr, officer = adapter.client("ehr"), adapter.client("officer")
+        start = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+        assert ehr.put("/fhir/R4/Patient/p1", json=patient("p1"), headers=FHIR).status_code in (200, 201)
+        created = ehr.put("/fhir/R4/Appointment/a1", json=appointment("a1", "p1", start), headers=FHIR)
+        assert created.status_code in (200, 201), created.text
+
+        began = time.monotonic()
+        wait_for(lambda: outbox_count(adapter) >= 1, timeout=5)
+        assert time.monotonic() - began < 1.5
+        items = notifications(officer)
+        reminders = sorted(datetime.fromisoformat(i["scheduled_for"]) for i in items if i["kind"] == "reminder")
+        assert reminders == [start - timedelta(hours=24), start - timedelta(hours=2)]
+        assert [i["status"] for i in items if i["kind"] == "booking_confirmation"] == ["sent"]
+
+        moved = start + timedelta(days=1)
+        assert ehr.put("/fhir/R4/Appointment/a1", json=appointment("a1", "p1", moved), headers=FHIR).status_code == 200
+        items = notifications(officer)
+        pending = sorted(datetime.fromisoformat(i["scheduled_for"]) for i in items if i["kind"] == "reminder" and i["status"] == "scheduled")
+        assert pending == [moved - timedelta(hours=24), moved - timedelta(hours=2)]
+        wait_for(lambda: any(i["kind"] == "reschedule_notice" and i["status"] == "sent" for i in notifications(officer)))
+
+        assert ehr.put("/fhir/R4/Appointment/a1", json=appointment("a1", "p1", moved, "cancelled"), headers=FHIR).status_code == 200
+        items = notifications(officer)
+        assert not [i for i in items if i["kind"] == "reminder" and i["status"] == "scheduled"]
+        assert all(i["reason"] for i in items if i["status"] == "cancelled")
+        wait_for(lambda: any(i["kind"] == "cancellation_notice" and i["status"] == "sent" for i in notifications(officer)))
+
+
+def siu(trigger: str, control_id: str, start: datetime, status: str = "Booked") -> bytes:
+    ts = start.strftime("%Y%m%d%H%M%S+0000")
+    return ("\r".join([
+        f"MSH|^~\\&|CUP|OSP_TEST|ADAPTER|NOTIFY|20260101000000||SIU^{trigger}^SIU_S12|{control_id}|P|2.5||||||UNICODE UTF-8",
+        f"SCH|PL1^CUP|FL1^OSP_TEST|||||VIS^Visita||30|min|^^^{ts}|||||||||||||{status}",
+        "PID|1||0012345^^^OSP_TEST^MR||D'Alò^Nicolò||19800101|M|||||^PRN^CP^^39^333^1234567||it",
+        f"AIS|1||CARD01^Visita^L|{ts}|0|min|30|min",
+    ]) + "\r").encode()
+
+
+def test_siu_booking_reschedule_and_cancel_over_mllp_are_acknowledged_and_applied(tmp_path, database_url):
+    with running_adapter(settings_for(tmp_path, database_url)) as adapter:
+        officer = adapter.client("officer")
+        start = (datetime.now(UTC) + timedelta(days=3)).replace(second=0, microsecond=0)
+        messages = [siu("S12", "C1", start), siu("S13", "C2", start + timedelta(days=1)), siu("S15", "C3", start + timedelta(days=1), "Cancelled")]
+        results = asyncio.run(send_messages(messages, "127.0.0.1", adapter.mllp_port))
+        assert [(r.code.value, read_ack_code(r.ack)[1]) for r in results] == [("AA", "C1"), ("AA", "C2"), ("AA", "C3")]
+        items = wait_for(lambda: [i for i in notifications(officer) if i["kind"] == "cancellation_notice"] and notifications(officer))
+        kinds = {i["kind"] for i in items}
+        assert {"booking_confirmation", "reminder", "reschedule_notice", "cancellation_notice"} <= kinds
+        assert not [i for i in items if i["kind"] == "reminder" and i["status"] == "scheduled"]
+
+
+def test_retransmitted_control_id_is_acknowledged_and_processed_once(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        start = datetime.now(UTC) + timedelta(days=3)
+        message = siu("S12", "DUP1", start)
+        first, second = asyncio.run(send_messages([message, message], "127.0.0.1", adapter.mllp_port))
+        assert first.code.value == second.code.value == "AA"
+        officer = adapter.client("officer")
+        wait_for(lambda: notifications(officer))
+        assert len([i for i in notifications(officer) if i["kind"] == "booking_confirmation"]) == 1
+        stored = officer.get("/api/messages", params={"control_id": "DUP1"}).json()["items"]
+        assert len(stored) == 1 and stored[0]["duplicates"] == 1
+
+
+def test_bytes_that_are_not_hl7_get_ar_with_err_and_the_listener_keeps_serving(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        bad, good = asyncio.run(
+            send_messages([b"hello, this is not HL7", siu("S12", "OK1", datetime.now(UTC) + timedelta(days=2))], "127.0.0.1", adapter.mllp_port)
+        )
+        assert bad.code.value == "AR" and b"\rERR|" in bad.ack
+        assert good.code.value == "AA"
+        response = adapter.client("ehr").post("/hl7/v2", content=b"PID|1||x", headers={"Content-Type": "application/hl7-v2"})
+        assert response.status_code == 200 and "MSA|AR" in response.text and "ERR|" in response.text
+
+
+def test_malformed_fhir_json_gets_a_400_operation_outcome(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        response = adapter.client("ehr").post("/fhir/R4/Appointment", content=b"{not json", headers=FHIR)
+        assert response.status_code == 400
+        assert response.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize("role, expected", [(None, 401), ("bogus", 401), ("officer", 403), ("ehr", 201)])
+def test_fhir_writes_need_an_ehr_token(tmp_path, role, expected):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        headers = dict(FHIR)
+        if role:
+            headers["Authorization"] = f"Bearer {adapter.tokens.get(role, 'adp_wrong')}"
+        import httpx
+
+        response = httpx.post(f"{adapter.base_url}/fhir/R4/Patient", json=patient("x"), headers=headers)
+        assert response.status_code == expected
+
+
+def test_health_needs_no_token_and_reports_the_database(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        import httpx
+
+        assert httpx.get(f"{adapter.base_url}/health/live").json() == {"status": "ok"}
+        ready = httpx.get(f"{adapter.base_url}/health/ready").json()
+        assert ready["checks"]["database"] == "ok"
+        assert httpx.get(f"{adapter.base_url}/api/notifications").status_code == 401

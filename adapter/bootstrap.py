@@ -4,7 +4,7 @@ the in-process worker and the Celery worker all call :func:`build`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -44,7 +44,6 @@ class Container:
     intake: HL7Intake
     channels: dict[str, Channel]
     dispatcher: Dispatcher
-    extras: dict[str, object] = field(default_factory=dict)
 
     @property
     def tz(self) -> ZoneInfo:

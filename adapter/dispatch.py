@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapter.clock import Clock
 from adapter.compliance_gate import ComplianceGate
 from adapter.db import transaction
+from adapter.metrics import DISPATCH_OUTCOMES
 from adapter.models import Appointment, Notification, Patient
 from adapter.patients import first_name, reachable
 from adapter.scheduler import claim_due, release
@@ -104,6 +105,8 @@ class Dispatcher:
                 log.exception("dispatch of notification %s failed", notification_id)
                 result = SendResult.retry("internal", type(exc).__name__)
                 job = None
+            if job is not None:
+                DISPATCH_OUTCOMES.labels(job.channel, result.outcome.value).inc()
             await asyncio.to_thread(self._record, notification_id, job, result)
 
     def _prepare(self, notification_id: int) -> SendJob | None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.clock import Clock
 from adapter.db import transaction
+from adapter.metrics import ACK_LATENCY, MESSAGES_RECEIVED
 from adapter.models import InboundMessage
 from adapter.pipeline import Pipeline
 from compliance.crypto import Vault
@@ -38,6 +41,13 @@ from hl7.mapping import map_message
 log = logging.getLogger(__name__)
 
 SYSTEM = "system"
+_MSA = re.compile(rb"MSA.(\w\w)")
+
+
+def ack_code(ack: bytes) -> str:
+    """MSA-1 of an ACK we built, for metrics."""
+    match = _MSA.search(ack)
+    return match.group(1).decode() if match else "none"
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,13 @@ class HL7Intake:
         self.processed_event = asyncio.Event()
 
     async def handle(self, raw: bytes) -> bytes:
+        began = time.perf_counter()
+        ack = await self._handle(raw)
+        ACK_LATENCY.labels("hl7").observe(time.perf_counter() - began)
+        MESSAGES_RECEIVED.labels("hl7", ack_code(ack)).inc()
+        return ack
+
+    async def _handle(self, raw: bytes) -> bytes:
         try:
             header = read_header(raw)
         except HL7Error as exc:

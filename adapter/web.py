@@ -10,13 +10,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from adapter.auth import Principal, Role, authenticate
 from adapter.bootstrap import Container
 from adapter.db import transaction
+from adapter.metrics import REGISTRY, StoreCollector
 from adapter.models import InboundMessage, Notification
+from fhir.subscriptions import silent_subscriptions
 
 HL7_MEDIA_TYPE = "application/hl7-v2"
 
@@ -160,10 +163,26 @@ def health_router(container: Container) -> APIRouter:
             checks["database"] = "ok"
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             checks["database"] = f"unavailable: {type(exc).__name__}"
-        for name, probe in container.extras.get("readiness", {}).items():  # type: ignore[union-attr]
-            checks[name] = probe()
+        if checks["database"] == "ok":
+            with transaction(container.sessions) as session:
+                silent = silent_subscriptions(session, container.clock.now())
+            # Servers accept subscriptions that never fire: silence is an alert.
+            checks["fhir_subscriptions"] = "ok" if not silent else f"{len(silent)} silent"
         healthy = all(value == "ok" for value in checks.values())
         return JSONResponse({"status": "ok" if healthy else "degraded", "checks": checks}, 200 if healthy else 503)
+
+    return router
+
+
+def metrics_router(container: Container) -> APIRouter:
+    router = APIRouter(tags=["health"])
+    store = CollectorRegistry()
+    store.register(StoreCollector(container.sessions, container.clock.now))
+
+    @router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require(container, "officer"))])
+    def metrics() -> Response:
+        """Prometheus metrics (no personal data in any label)."""
+        return Response(generate_latest(REGISTRY) + generate_latest(store), media_type=CONTENT_TYPE_LATEST)
 
     return router
 
@@ -183,7 +202,7 @@ def hl7_router(container: Container) -> APIRouter:
         if len(body) > container.settings.mllp_max_message_bytes:
             raise HTTPException(413, "message larger than the configured maximum")
         ack = await container.intake.handle(body)
-        return Response(ack.replace(b"\r", b"\r"), media_type=HL7_MEDIA_TYPE)
+        return Response(ack, media_type=HL7_MEDIA_TYPE)
 
     return router
 
@@ -196,6 +215,7 @@ def create_app(container: Container) -> FastAPI:
     )
     app.state.container = container
     app.include_router(health_router(container))
+    app.include_router(metrics_router(container))
     app.include_router(hl7_router(container))
     app.include_router(api_router(container))
     app.include_router(

@@ -164,3 +164,44 @@ def test_health_needs_no_token_and_reports_the_database(tmp_path):
         ready = httpx.get(f"{adapter.base_url}/health/ready").json()
         assert ready["checks"]["database"] == "ok"
         assert httpx.get(f"{adapter.base_url}/api/notifications").status_code == 401
+
+
+def test_metrics_count_messages_and_acks_without_personal_data(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        asyncio.run(send_messages([siu("S12", "M1", datetime.now(UTC) + timedelta(days=2))], "127.0.0.1", adapter.mllp_port))
+        officer = adapter.client("officer")
+        wait_for(lambda: notifications(officer))
+        text = officer.get("/metrics").text
+        assert 'adapter_messages_received_total{outcome="AA",source="hl7"} 1.0' in text
+        assert "adapter_ack_latency_seconds_count" in text and "adapter_notifications_due" in text
+        assert "Nicol" not in text and "333" not in text.replace("adapter_", "")
+        import httpx
+
+        assert httpx.get(f"{adapter.base_url}/metrics").status_code == 401
+
+
+def test_error_store_keeps_unmappable_messages_and_replay_processes_them_after_a_config_fix(tmp_path):
+    import shutil
+
+    from hl7.facilities import load_facilities
+
+    config = tmp_path / "config"
+    shutil.copytree("config", config)
+    facilities = config / "facilities.yaml"
+    strict = "facilities:\n  default:\n    start_time: [SCH-11]\n"
+    facilities.write_text(strict)
+    with running_adapter(settings_for(tmp_path, config_dir=config)) as adapter:
+        start = datetime.now(UTC) + timedelta(days=2)
+        ts = start.strftime("%Y%m%d%H%M%S+0000").encode()
+        only_ais4 = siu("S12", "E1", start).replace(b"|^^^" + ts + b"|", b"||")
+        (result,) = asyncio.run(send_messages([only_ais4], "127.0.0.1", adapter.mllp_port))
+        assert result.code.value == "AA"  # acknowledged once stored; mapping errors go to the error store
+        officer = adapter.client("officer")
+        errors = wait_for(lambda: officer.get("/api/messages", params={"status": "error"}).json()["items"])
+        assert errors[0]["control_id"] == "E1" and errors[0]["error"]
+        assert not notifications(officer)
+
+        facilities.write_text("facilities:\n  default:\n    start_time: [SCH-11, AIS-4]\n")
+        adapter.container.intake.facilities = load_facilities(facilities)
+        assert adapter.container.intake.replay([errors[0]["id"]]) == {errors[0]["id"]: "processed"}
+        assert any(i["kind"] == "booking_confirmation" for i in notifications(officer))

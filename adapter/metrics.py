@@ -1,0 +1,63 @@
+"""Prometheus metrics. Labels carry sources, outcomes and channels, never
+personal data. Database-derived gauges are read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapter.db import transaction
+from adapter.models import InboundMessage, Notification
+
+REGISTRY = CollectorRegistry()
+_FIVE_MINUTES = timedelta(minutes=5)
+
+MESSAGES_RECEIVED = Counter(
+    "adapter_messages_received_total", "Inbound messages by source and ACK outcome", ["source", "outcome"],
+    registry=REGISTRY,
+)
+ACK_LATENCY = Histogram(
+    "adapter_ack_latency_seconds", "Time from a message read to its ACK", ["source"], registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+DISPATCH_OUTCOMES = Counter(
+    "adapter_dispatch_total", "Send attempts by channel and outcome", ["channel", "outcome"], registry=REGISTRY,
+)
+
+
+class StoreCollector(Collector):
+    """Queue depth (inbound messages not yet processed), due and overdue
+    notifications, notifications by status."""
+
+    def __init__(self, sessions: sessionmaker[Session], now: Callable[[], datetime]) -> None:
+        self.sessions = sessions
+        self.now = now
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self.now()
+        with transaction(self.sessions) as session:
+            stored = session.scalar(select(func.count()).where(InboundMessage.status == "stored")) or 0
+            due = session.scalar(
+                select(func.count()).where(Notification.status == "scheduled", Notification.scheduled_for <= now)
+            ) or 0
+            overdue = session.scalar(
+                select(func.count()).where(
+                    Notification.status.in_(("scheduled", "claimed")),
+                    Notification.scheduled_for <= now.replace(microsecond=0) - _FIVE_MINUTES,
+                )
+            ) or 0
+            by_status = session.execute(select(Notification.status, func.count()).group_by(Notification.status)).all()
+        yield GaugeMetricFamily("adapter_inbound_queue_depth", "Stored inbound messages not yet processed", value=stored)
+        yield GaugeMetricFamily("adapter_notifications_due", "Scheduled notifications whose time has come", value=due)
+        yield GaugeMetricFamily("adapter_notifications_overdue", "Notifications due for more than five minutes", value=overdue)
+        family = GaugeMetricFamily("adapter_notifications", "Notifications by status", labels=["status"])
+        for status, count in by_status:
+            family.add_metric([status], count)
+        yield family
+

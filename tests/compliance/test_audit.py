@@ -262,3 +262,33 @@ def test_appends_from_two_logs_on_one_database_keep_one_tree(sessions, signer):
                                        at=T0)
     report = check(a, sessions)
     assert report.ok and report.entries == 9
+
+
+def test_an_append_rolled_back_with_its_savepoint_leaves_no_gap(log, sessions):
+    with transaction(sessions) as session:
+        log.append(session, action="sent", actor="system:w", subject_pseudonym="patient:p", at=T0)
+        with pytest.raises(RuntimeError), session.begin_nested():
+            log.append(session, action="sent", actor="system:w", subject_pseudonym="patient:p", at=T0)
+            raise RuntimeError("undo")
+        log.append(session, action="sent", actor="system:w", subject_pseudonym="patient:p", at=T0)
+    with pytest.raises(RuntimeError), transaction(sessions) as session:
+        log.append(session, action="sent", actor="system:w", subject_pseudonym="patient:p", at=T0)
+        raise RuntimeError("undo")
+    with transaction(sessions) as session:
+        assert log.append(session, action="sent", actor="system:w", subject_pseudonym="patient:p", at=T0).seq == 2
+    report = check(log, sessions)
+    assert report.ok and report.entries == 3
+
+
+def test_erasing_a_patient_leaves_an_audit_log_that_still_verifies(log, sessions, vault):
+    with transaction(sessions) as session:
+        vault.encrypt_str(session, "patient:p9", "Mariangela Rossetti")
+        log.append(session, action="sent", actor="system:w", subject_pseudonym="patient:p9", at=T0)
+        log.sign_tree_head(session, T0)
+    with transaction(sessions) as session:
+        vault.destroy(session, "patient:p9")
+        log.append(session, action="erased", actor="user:admin", subject_pseudonym="patient:p9",
+                   reason="art. 17 request", at=T0 + timedelta(days=1))
+        log.sign_tree_head(session, T0 + timedelta(days=1))
+    report = check(log, sessions)
+    assert report.ok and report.signed_size == 2

@@ -83,9 +83,10 @@ def run_demo(*, base_url: str, mllp: str, token: str, tz: str, console: Console)
 
     console.rule("3. a booking, then a cancellation")
     pid_c, aid_c = f"demo-c-{run}", f"demo-appt-c-{run}"
-    put(f"/fhir/R4/Patient/{pid_c}", patient(pid_c, "John", "Smith", "+447700900123", "en")).raise_for_status()
+    put(f"/fhir/R4/Patient/{pid_c}", patient(pid_c, "John", "Smith", "+447911123456", "en")).raise_for_status()
     start_c = (now + timedelta(days=5)).replace(hour=11, minute=0)
     put(f"/fhir/R4/Appointment/{aid_c}", appointment(aid_c, pid_c, start_c)).raise_for_status()
+    time.sleep(1.0)  # the confirmation goes out before the hospital cancels
     console.print(f"cancelled: {put(f'/fhir/R4/Appointment/{aid_c}', appointment(aid_c, pid_c, start_c, 'cancelled')).status_code}")
 
     time.sleep(1.5)  # the worker sends what is due at once

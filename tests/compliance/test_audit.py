@@ -292,3 +292,18 @@ def test_erasing_a_patient_leaves_an_audit_log_that_still_verifies(log, sessions
         log.sign_tree_head(session, T0 + timedelta(days=1))
     report = check(log, sessions)
     assert report.ok and report.signed_size == 2
+
+
+def test_concurrent_appenders_never_collide_and_the_tree_stays_whole(sessions, signer):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def worker(n: int) -> None:
+        log = AuditLog(sessions, signer)  # one log object per "process"
+        for i in range(25):
+            with transaction(sessions) as session:
+                log.append(session, action="sent", actor=f"system:w{n}", subject_pseudonym="patient:p", at=T0)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(worker, range(4)))
+    report = check(AuditLog(sessions, signer), sessions)
+    assert report.ok and report.entries == 100

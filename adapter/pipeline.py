@@ -24,6 +24,12 @@ from adapter.rules import Plan, PlannedNotification, RuleSet, plan_notifications
 from adapter.compliance_gate import ComplianceGate
 
 
+@dataclass(frozen=True)
+class _Previous:
+    status: str
+    start: datetime
+
+
 @dataclass
 class Pipeline:
     rules: RuleSet
@@ -33,7 +39,14 @@ class Pipeline:
     def handle(self, session: Session, events: Sequence[ev.Event], *, now: datetime) -> list[int]:
         """Apply ``events`` in order; return the ids of notifications created."""
         created: list[int] = []
+        announced: set[tuple[str, str]] = set()
         for event in events:
+            if isinstance(event, ev.ReportReady):
+                # One message can carry a panel (several OBRs): one notice per message.
+                key = (event.patient.key.value, f"{event.origin.sender}|{event.origin.message_ref}")
+                if event.origin.message_ref and key in announced:
+                    continue
+                announced.add(key)
             created.extend(self._handle_one(session, event, now=now))
         return created
 
@@ -62,7 +75,12 @@ class Pipeline:
         appointment = getattr(event, "appointment", None)
         if appointment is None:
             return []
-        self._store_appointment(session, patient, event, appointment, now=now)
+        previous = self._store_appointment(session, patient, event, appointment, now=now)
+        if isinstance(event, ev.AppointmentRescheduled) and previous is not None and previous.status == "booked" and previous.start == appointment.start:
+            return []  # a modification that did not move the start (SIU^S14): nothing to tell
+        if isinstance(event, ev.AppointmentRescheduled) and (previous is None or previous.status != "booked"):
+            # First news of this appointment, or it comes back from a cancellation: a booking.
+            event = ev.AppointmentBooked(event.origin, event.occurred_at, event.patient, appointment)
         plan = self._plan(event, now)
         if plan.withdraw_all or plan.withdraw_timed:
             self._withdraw(session, appointment.ref, timed_only=plan.withdraw_timed, reason=plan.reason, now=now)
@@ -73,7 +91,8 @@ class Pipeline:
 
     def _store_appointment(
         self, session: Session, patient: Patient, event: ev.Event, appointment: ev.Appointment, *, now: datetime
-    ) -> None:
+    ) -> _Previous | None:
+        """Store what the hospital says now; return what we knew before."""
         status = {
             ev.AppointmentBooked: "booked",
             ev.AppointmentRescheduled: "booked",
@@ -82,6 +101,7 @@ class Pipeline:
             ev.AppointmentFulfilled: "fulfilled",
         }[type(event)]
         row = session.scalar(select(Appointment).where(Appointment.ref == appointment.ref))
+        previous = None if row is None else _Previous(row.status, row.start)
         if row is None:
             row = Appointment(ref=appointment.ref, source=event.origin.source, sender=event.origin.sender)
             session.add(row)
@@ -91,6 +111,7 @@ class Pipeline:
         row.location = appointment.location[:200]
         row.updated_at = now
         session.flush()
+        return previous
 
     def _withdraw(self, session: Session, subject_ref: str, *, timed_only: bool, reason: str, now: datetime) -> None:
         """Cancel what is still waiting for ``subject_ref``. Immediate notices

@@ -97,8 +97,13 @@ class ComplianceGate:
         verdict = report_notice_allowed(event.codes, online, self.policy.report_rules)
         return verdict.allowed, verdict.reason
 
-    def patients_merged(self, session: Session, keeper_id: str, event: ev.PatientsMerged, *, now: datetime) -> None:
-        self._audit(session, "received", keeper_id, "patients merged", now, {"origin": event.origin.source})
+    def patients_merged(
+        self, session: Session, keeper_id: str, retired_id: str | None, event: ev.PatientsMerged, *, now: datetime
+    ) -> None:
+        moved = registry.reassign(session, from_patient=retired_id, to_patient=keeper_id) if retired_id else 0
+        self._audit(session, "received", keeper_id, "patients merged", now,
+                    {"origin": event.origin.source, "retired": f"patient:{retired_id}" if retired_id else "",
+                     "consent_records_moved": moved})
 
     # -- audit of each decision ---------------------------------------------------------
 

@@ -171,16 +171,17 @@ def first_name(session: Session, vault: Vault, patient: Patient) -> str:
 
 def merge_patients(
     session: Session, vault: Vault, surviving: ev.PatientDetails, retired: ev.Identifier, *, now: datetime
-) -> Patient:
+) -> tuple[Patient, str | None]:
     """HL7 A40: the retired record's identifiers, contacts, appointments and pending
-    notifications move to the survivor; the retired row points at it."""
+    notifications move to the survivor; the retired row points at it. Returns the
+    survivor and the retired patient's id (None when we never knew them)."""
     keeper = upsert_patient(session, vault, surviving, now=now)
     old = find_patient(session, vault, retired)
     if old is None or old.id == keeper.id:
         if old is None:  # remember the retired identifier so later messages find the survivor
             index = identifier_index(vault, retired)
             session.add(PatientIdentifier(patient_id=keeper.id, identifier_index=index, kind=retired.kind))
-        return keeper
+        return keeper, None
     for table in (PatientIdentifier, Appointment, Notification):
         session.execute(update(table).where(table.patient_id == old.id).values(patient_id=keeper.id))
     known = {c.address_index for c in session.scalars(select(Contact).where(Contact.patient_id == keeper.id))}
@@ -195,4 +196,4 @@ def merge_patients(
     old.merged_into = keeper.id
     old.updated_at = now
     session.flush()
-    return keeper
+    return keeper, old.id

@@ -53,8 +53,8 @@ class Pipeline:
     def _handle_one(self, session: Session, event: ev.Event, *, now: datetime) -> list[int]:
         vault = self.gate.vault
         if isinstance(event, ev.PatientsMerged):
-            keeper = merge_patients(session, vault, event.surviving, event.retired, now=now)
-            self.gate.patients_merged(session, keeper.id, event, now=now)
+            keeper, retired_id = merge_patients(session, vault, event.surviving, event.retired, now=now)
+            self.gate.patients_merged(session, keeper.id, retired_id, event, now=now)
             return []
         details: ev.PatientDetails | None = getattr(event, "patient", None)
         if details is None:

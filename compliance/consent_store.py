@@ -90,3 +90,13 @@ def decide(
     """Consent for one message kind on one channel, from the stored history."""
     basis = policy.basis_for_kind(kind)
     return evaluate(records_for(session, patient_id), purpose=basis.purpose, channel=channel, at=at, basis=basis)
+
+
+def reassign(session: Session, *, from_patient: str, to_patient: str) -> int:
+    """A merge (HL7 A40): the surviving patient takes over the retired one's consent
+    history. Rows keep their times and sources; only the owner changes."""
+    rows = list(session.scalars(select(ConsentRecord).where(ConsentRecord.patient_id == from_patient)))
+    for row in rows:
+        row.patient_id = to_patient
+    session.flush()
+    return len(rows)

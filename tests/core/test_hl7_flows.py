@@ -1,0 +1,124 @@
+"""HL7 v2 flows through the whole adapter: ADT updates reach pending notices,
+merges move everything, ACK after processing, and no input kills the listener."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from adapter.clock import FrozenClock
+from adapter.db import transaction
+from adapter.models import Notification, OutboxMessage, Patient
+from compliance.consent_store import record_consent, records_for
+from hl7.client import send_messages
+from tests.core.test_end_to_end import notifications, siu, wait_for
+from tests.harness import running_adapter, settings_for
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def adt(trigger: str, control_id: str, mrn: str, phone: str = "", extra: str = "") -> bytes:
+    telecom = f"^PRN^CP^^39^{phone[:3]}^{phone[3:]}" if phone else ""
+    return ("\r".join(s for s in [
+        f"MSH|^~\\&|PAS|OSP_TEST|ADAPTER|NOTIFY|20260101000000||ADT^{trigger}^ADT_A01|{control_id}|P|2.5||||||UNICODE UTF-8",
+        f"EVN|{trigger}|20260101000000",
+        f"PID|1||{mrn}^^^OSP_TEST^MR||D'Alò^Nicolò||19800101|M|||||{telecom}||it",
+        extra,
+    ] if s) + "\r").encode()
+
+
+def siu_for(mrn: str, control_id: str, start: datetime) -> bytes:
+    return siu("S12", control_id, start).replace(b"0012345^^^OSP_TEST^MR", f"{mrn}^^^OSP_TEST^MR".encode()).replace(
+        b"FL1^OSP_TEST", f"FL-{control_id}^OSP_TEST".encode()
+    )
+
+
+def outbox_addresses(adapter) -> list[str]:
+    with transaction(adapter.container.sessions) as session:
+        vault = adapter.container.vault
+        return [vault.decrypt_str(session, row.to_enc) for row in session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))]
+
+
+def test_a_new_phone_number_from_adt_a08_is_used_by_pending_reminders(tmp_path):
+    clock = FrozenClock(NOW)
+    with running_adapter(settings_for(tmp_path), clock=clock) as adapter:
+        start = NOW + timedelta(days=3)
+        send = lambda *m: asyncio.run(send_messages(list(m), "127.0.0.1", adapter.mllp_port))  # noqa: E731
+        assert [r.code.value for r in send(siu_for("777", "B1", start))] == ["AA"]
+        wait_for(lambda: outbox_addresses(adapter) == ["+393331234567"])
+        assert [r.code.value for r in send(adt("A08", "U1", "777", "3475551234"))] == ["AA"]
+        officer = adapter.client("officer")
+        wait_for(lambda: officer.get("/api/messages", params={"control_id": "U1"}).json()["items"][0]["status"] == "processed")
+        clock.set(start - timedelta(hours=24))
+        wait_for(lambda: len(outbox_addresses(adapter)) == 2)
+        assert outbox_addresses(adapter)[1] == "+393475551234"
+
+
+def test_adt_a40_merge_moves_appointments_pending_notices_and_consent_to_the_survivor(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        start = NOW + timedelta(days=3)
+        asyncio.run(send_messages([adt("A04", "R1", "111", "3331112222"), siu_for("999", "M1", start)], "127.0.0.1", adapter.mllp_port))
+        officer = adapter.client("officer")
+        wait_for(lambda: len(notifications(officer)) >= 4)
+        sessions = adapter.container.sessions
+        with transaction(sessions) as session:
+            retired = session.scalar(select(Notification.patient_id).where(Notification.subject_ref.like("%FL-M1")))
+            record_consent(session, patient_id=retired, purpose="*", channel="sms", decision="deny", source="api", at=NOW)
+        merge = adt("A40", "MG1", "111", extra="MRG|999^^^OSP_TEST^MR")
+        assert asyncio.run(send_messages([merge], "127.0.0.1", adapter.mllp_port))[0].code.value == "AA"
+        wait_for(lambda: officer.get("/api/messages", params={"control_id": "MG1"}).json()["items"][0]["status"] == "processed")
+        with transaction(sessions) as session:
+            survivor = session.scalar(select(Patient).where(Patient.id != retired, Patient.merged_into.is_(None)))
+            owners = set(session.scalars(select(Notification.patient_id).where(Notification.subject_ref.like("%FL-M1"))))
+            assert owners == {survivor.id}
+            assert session.get(Patient, retired).merged_into == survivor.id
+            assert [r.decision for r in records_for(session, survivor.id)] == ["deny"]
+
+
+def test_a_facility_that_asks_for_ack_after_processing_gets_ae_with_the_reason(tmp_path):
+    config = tmp_path / "config"
+    shutil.copytree("config", config)
+    (config / "facilities.yaml").write_text(
+        "facilities:\n  default:\n    ack_timing: processed\n    start_time: [SCH-11]\n"
+    )
+    with running_adapter(settings_for(tmp_path, config_dir=config)) as adapter:
+        start = NOW + timedelta(days=2)
+        ts = start.strftime("%Y%m%d%H%M%S+0000").encode()
+        good = siu("S12", "P1", start)
+        no_start = siu("S12", "P2", start).replace(b"|^^^" + ts + b"|", b"||")
+        first, second = asyncio.run(send_messages([good, no_start], "127.0.0.1", adapter.mllp_port))
+        assert first.code.value == "AA"
+        assert second.code.value == "AE" and b"\rERR|" in second.ack and b"SCH-11" in second.ack
+        again = asyncio.run(send_messages([no_start], "127.0.0.1", adapter.mllp_port))[0]
+        assert again.code.value == "AE"  # a retransmission gets the same verdict, processed once
+
+
+def test_random_and_mutated_input_always_gets_an_ack_or_a_clean_close_and_the_listener_survives(tmp_path):
+    rng = random.Random(20261126)
+    base = siu("S12", "F0", NOW + timedelta(days=2))
+    inputs: list[bytes] = []
+    for i in range(150):
+        if i % 3 == 0:
+            inputs.append(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))))
+        else:
+            mutated = bytearray(base.replace(b"F0", f"F{i}".encode()))
+            for _ in range(rng.randrange(1, 12)):
+                position = rng.randrange(len(mutated))
+                choice = rng.random()
+                if choice < 0.4:
+                    mutated[position] = rng.randrange(256)
+                elif choice < 0.7:
+                    del mutated[position]
+                else:
+                    mutated.insert(position, rng.choice(b"|^~\\&\r\n\x0b\x1c"))
+            inputs.append(bytes(mutated))
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        payloads = [p.replace(b"\x0b", b" ").replace(b"\x1c", b" ") for p in inputs]  # framing bytes are the transport's
+        results = asyncio.run(send_messages(payloads, "127.0.0.1", adapter.mllp_port, connections=4, timeout=10, retries=0))
+        assert all(r.code is not None for r in results), [r.error for r in results if r.code is None][:3]
+        (after,) = asyncio.run(send_messages([siu("S12", "ALIVE", NOW + timedelta(days=2))], "127.0.0.1", adapter.mllp_port))
+        assert after.code.value == "AA"

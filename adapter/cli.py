@@ -22,6 +22,15 @@ hl7_app = typer.Typer(no_args_is_help=True, help="HL7 v2: send, error store, rep
 tokens_app = typer.Typer(no_args_is_help=True, help="API tokens.")
 app.add_typer(hl7_app, name="hl7")
 app.add_typer(tokens_app, name="tokens")
+
+
+def _register_subcommands() -> None:
+    from adapter.cli_fhir import fhir_app
+
+    app.add_typer(fhir_app, name="fhir")
+
+
+_register_subcommands()
 console = Console()
 err = Console(stderr=True)
 
@@ -60,14 +69,23 @@ def admin_token_file(settings: Settings) -> Path:
 def serve(
     http_port: Annotated[Optional[int], typer.Option(help="HTTP port (default ADAPTER_HTTP_PORT)")] = None,
     mllp_port: Annotated[Optional[int], typer.Option(help="MLLP port (default ADAPTER_MLLP_PORT)")] = None,
-    workers: Annotated[str, typer.Option(help="embedded: send from this process; celery: leave it to workers")] = "embedded",
+    workers: Annotated[
+        Optional[str],
+        typer.Option(help="embedded: send from this process; celery: leave it to workers (default when ADAPTER_BROKER_URL is set)"),
+    ] = None,
 ) -> None:
     """Serve HTTP and MLLP, with the in-process worker and the configured channels."""
     from adapter.auth import create_token, has_tokens
     from adapter.db import transaction
+    from adapter.logging_setup import configure
     from adapter.runtime import serve as run
 
     settings = get_settings()
+    workers = workers or ("celery" if settings.broker_url else "embedded")
+    if workers not in ("embedded", "celery"):
+        err.print(f"[red]--workers {workers}[/red]: choose embedded or celery")
+        raise typer.Exit(2)
+    configure(settings.log_level, json_logs=settings.log_json)
     _migrate(settings)
     container = _container(settings)
     with transaction(container.sessions) as session:
@@ -86,6 +104,51 @@ def serve(
             embedded_worker=workers == "embedded",
         )
     )
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[Optional[int], typer.Option(help="pool processes (default ADAPTER_WORKER_CONCURRENCY)")] = None,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork or solo")] = "prefork",
+) -> None:
+    """A Celery worker (production mode, ADAPTER_BROKER_URL set): sends due
+    notifications and processes stored inbound messages. Run as many as needed."""
+    settings = get_settings()
+    if not settings.broker_url:
+        err.print(
+            "[red]ADAPTER_BROKER_URL is not set[/red]: a worker needs a broker "
+            "(amqp://user:pass@host:5672// or redis://host:6379/0). Without one, "
+            "`python -m adapter serve` sends from its own process."
+        )
+        raise typer.Exit(2)
+    if pool not in ("prefork", "solo"):
+        err.print(f"[red]--pool {pool}[/red]: choose prefork or solo")
+        raise typer.Exit(2)
+    from celery import signals
+
+    from adapter.celery_app import ClaimLoop, make_celery
+    from adapter.errors import ConfigError
+    from adapter.logging_setup import configure
+
+    configure(settings.log_level, json_logs=settings.log_json)
+    try:
+        celery = make_celery(settings)
+    except ConfigError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    claim_loop = ClaimLoop(celery, _container(settings))
+    signals.setup_logging.connect(lambda **_: None, weak=False)  # keep our JSON logs
+    signals.worker_ready.connect(lambda **_: claim_loop.start(), weak=False)
+    signals.worker_shutdown.connect(lambda **_: claim_loop.stop(), weak=False)
+    celery.worker_main([
+        "worker",
+        f"--concurrency={concurrency or settings.worker_concurrency}",
+        f"--pool={pool}",
+        f"--queues={settings.celery_queue}",
+        f"--hostname=adapter-{os.getpid()}@%h",
+        f"--loglevel={settings.log_level}",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ])
 
 
 @tokens_app.command("create")

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from adapter.auth import Principal, Role, authenticate
 from adapter.bootstrap import Container
 from adapter.db import transaction
+from adapter.fhir_wiring import fhir_router
 from adapter.metrics import REGISTRY, StoreCollector
 from adapter.models import InboundMessage, Notification
 from fhir.subscriptions import silent_subscriptions
@@ -222,48 +223,3 @@ def create_app(container: Container) -> FastAPI:
         fhir_router(container), prefix="/fhir/R4", tags=["fhir"], dependencies=[Depends(require(container, "ehr"))]
     )
     return app
-
-
-def fhir_router(container: Container) -> APIRouter:
-    """The FHIR facade; what it stores goes through the vault, what it means goes
-    through the pipeline in the same transaction."""
-    from fhir.routes import build_router
-    from fhir.settings import FhirSettings
-
-    settings = container.settings
-    fhir_settings = FhirSettings(
-        max_body_bytes=settings.max_body_bytes,
-        identifier_index_key=bytes.fromhex(container.vault.blind_index("fhir-identifier-key", "fhir")),
-    )
-
-    def publish(session: Session, events: list) -> None:
-        container.pipeline.handle(session, events, now=container.clock.now())
-
-    return build_router(
-        sessions=container.sessions,
-        publish=publish,
-        codec=SessionVaultCodec(container),
-        clock=container.clock.now,
-        settings=fhir_settings,
-    )
-
-
-class SessionVaultCodec:
-    """The vault as the FHIR store's record codec: sealing inside the caller's
-    session (``session=``) so a first key for a new patient is created in the same
-    transaction (SQLite allows one writer), or in a short one of its own."""
-
-    def __init__(self, container: Container) -> None:
-        self.container = container
-
-    def encrypt(self, plaintext: bytes, *, subject: str, session: Session | None = None) -> bytes:
-        if session is not None:
-            return self.container.vault.encrypt(session, subject, plaintext)
-        with transaction(self.container.sessions) as own:
-            return self.container.vault.encrypt(own, subject, plaintext)
-
-    def decrypt(self, blob: bytes, *, session: Session | None = None) -> bytes:
-        if session is not None:
-            return self.container.vault.decrypt(session, blob)
-        with transaction(self.container.sessions) as own:
-            return self.container.vault.decrypt(own, blob)

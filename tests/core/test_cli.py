@@ -1,0 +1,105 @@
+"""The CLI as operators use it: ``python -m adapter ...`` in a subprocess, against
+a real database and real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from adapter.db import transaction
+from channels.fakes import start_fake
+from fhir.models import FhirSubscription
+from tests.core.test_end_to_end import appointment, patient, siu
+from tests.fhir.fake_upstream import FakeUpstream
+from tests.harness import running_adapter, settings_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "ADAPTER_ENVIRONMENT": "test",
+        "ADAPTER_DATABASE_URL": f"sqlite:///{tmp_path / 'adapter.db'}",
+        "ADAPTER_VAR_DIR": str(tmp_path),
+        "ADAPTER_MASTER_KEY_FILE": str(tmp_path / "master.key"),
+        "ADAPTER_AUDIT_SIGNING_KEY_FILE": str(tmp_path / "audit.key"),
+        "COLUMNS": "200",
+    }
+    return subprocess.run([sys.executable, "-m", "adapter", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_tokens_create_prints_a_token_that_is_stored_only_hashed(tmp_path):
+    result = cli(tmp_path, "tokens", "create", "--role", "officer", "--name", "dpo")
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip().splitlines()[-1]
+    assert token.startswith("adp_") and len(token) > 30
+    assert token.encode() not in (tmp_path / "adapter.db").read_bytes()
+    bad = cli(tmp_path, "tokens", "create", "--role", "superuser")
+    assert bad.returncode == 2 and "unknown role" in bad.stderr
+
+
+def test_hl7_send_summarises_ack_codes_and_fails_unless_every_message_is_accepted(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        good = tmp_path / "good.hl7"
+        start = datetime.now(UTC) + timedelta(days=2)
+        good.write_bytes(siu("S12", "S1", start) + b"\n\n" + siu("S13", "S2", start + timedelta(hours=1)))
+        result = cli(tmp_path, "hl7", "send", str(good), "--port", str(adapter.mllp_port), "--connections", "2")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "AA 2" in result.stdout
+        bad = tmp_path / "dir"
+        bad.mkdir()
+        (bad / "a.hl7").write_bytes(siu("S12", "S3", start))
+        (bad / "b.hl7").write_bytes(b"MSH|^~\\&|X|Y|Z|W|20260101||SIU^S12|\r")  # empty MSH-10
+        result = cli(tmp_path, "hl7", "send", str(bad), "--port", str(adapter.mllp_port))
+        assert result.returncode == 1
+        assert "AA 1" in result.stdout and "AR 1" in result.stdout
+
+
+def test_outbox_shows_what_the_sandbox_sent(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr = adapter.client("ehr")
+        ehr.put("/fhir/R4/Patient/p9", json=patient("p9"), headers={"Content-Type": "application/fhir+json"}).raise_for_status()
+        start = datetime.now(UTC) + timedelta(days=3)
+        ehr.put("/fhir/R4/Appointment/a9", json=appointment("a9", "p9", start), headers={"Content-Type": "application/fhir+json"}).raise_for_status()
+        from tests.core.test_end_to_end import outbox_count, wait_for
+
+        wait_for(lambda: outbox_count(adapter) == 1)
+    result = cli(tmp_path, "outbox")
+    assert result.returncode == 0, result.stderr
+    assert "+393331234567" in result.stdout and "Gentile Nicolò" in result.stdout
+
+
+def test_fhir_subscribe_creates_subscriptions_and_poll_pulls_changes(tmp_path):
+    assert cli(tmp_path, "migrate").returncode == 0
+    fake = FakeUpstream(url="")
+    base, stop = start_fake(fake.app())
+    fake.url = f"{base}/fhir"
+    try:
+        result = cli(tmp_path, "fhir", "subscribe", "--server", fake.url, "--endpoint", "http://127.0.0.1:9/hook")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert len(fake.subscriptions) == 2
+        from adapter.db import make_engine, make_sessionmaker
+
+        engine = make_engine(f"sqlite:///{tmp_path / 'adapter.db'}")
+        with transaction(make_sessionmaker(engine)) as session:
+            kinds = sorted(row.resource_type for row in session.scalars(select(FhirSubscription)))
+        engine.dispose()
+        assert kinds == ["Appointment", "DiagnosticReport"]
+
+        now = datetime.now(UTC)
+        fake.put(patient("up1"), 1, now.isoformat())
+        fake.put(appointment("upa1", "up1", now + timedelta(days=3)), 1, now.isoformat())
+        polled = cli(tmp_path, "fhir", "poll", "--server", fake.url)
+        assert polled.returncode == 0, polled.stdout + polled.stderr
+        assert "stored 1" in polled.stdout
+        again = cli(tmp_path, "fhir", "poll", "--server", fake.url)
+        assert "stored 0" in again.stdout
+    finally:
+        stop()

@@ -1,0 +1,259 @@
+"""MLLP: messages per second and ACK latency through the real adapter (durable
+storage, SQLite WAL) against two baselines measured in the same run:
+
+- bare asyncio: an ACK-only server that parses nothing and stores nothing (the limit);
+- hl7apy's own ``MLLPServer`` (a ``socketserver``) whose handler parses with
+  ``hl7apy.parser.parse_message`` and answers AA; it closes the connection after
+  each message, so the client reconnects per message for it.
+
+Every server runs in its own process; the load generator (this process) is a
+lean asyncio client: each connection sends a 6-segment SIU^S12 with Italian
+names and a unique MSH-10 and waits for its ACK before the next. The p99 at
+half the maximum rate is measured with ``hl7.client.send_messages(rate=...)``.
+The end-to-end figure sends a fixed number of messages and waits until
+``/api/messages`` shows every one ``processed`` (mapped to events, notifications
+scheduled, confirmations sent to the sandbox).
+
+Run: ``.venv/bin/python -m bench.mllp`` (``BENCH_SECONDS=1`` for a quick look).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import httpx
+
+from bench.common import (
+    HOST,
+    SECONDS,
+    adapter_process,
+    free_port,
+    header,
+    percentile,
+    python_server,
+    unique_tag,
+    verdict,
+)
+
+TARGET_OF_BARE = 0.40
+TARGET_OF_HL7APY = 10.0
+TARGET_P99_S = 0.020
+TARGET_E2E = 1000.0
+E2E_MESSAGES = int(os.environ.get("BENCH_E2E_MESSAGES", "3000"))
+
+GIVEN = ["Nicolò", "Niccolò", "Lucia", "Gioele", "Mattia", "Beatrice", "Ilaria", "Andrea", "Chiara", "Noè"]
+FAMILY = ["D'Alò", "Bertè", "Cantù", "Rossi", "Esposito", "Ferrari", "Mazzà", "Lòpez", "Zanè", "Galli"]
+
+BARE_SERVER = r"""
+import asyncio, os
+ACK_HEAD = b"\x0bMSH|^~\\&|BARE|BENCH|CUP|OSPEDALE_BENCH|20300101000000||ACK^S12^ACK|1|P|2.5\rMSA|AA|"
+async def handle(reader, writer):
+    try:
+        while True:
+            data = await reader.readuntil(b"\x1c\r")
+            control_id = data.split(b"\r", 1)[0].split(b"|")[9]
+            writer.write(ACK_HEAD + control_id + b"\r\x1c\r")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(os.environ["BENCH_PORT"]))
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+HL7APY_SERVER = r"""
+import os
+from hl7apy.mllp import AbstractHandler, MLLPServer
+from hl7apy.parser import parse_message
+class Handler(AbstractHandler):
+    def reply(self):
+        message = parse_message(self.incoming_message, find_groups=False)
+        return ("\x0bMSH|^~\\&|HL7APY|BENCH|CUP|OSPEDALE_BENCH|20300101000000||ACK^S12^ACK|1|P|2.5\rMSA|AA|"
+                + message.msh.msh_10.value + "\r\x1c\r")
+MLLPServer.allow_reuse_address = True
+server = MLLPServer("127.0.0.1", int(os.environ["BENCH_PORT"]), {t: (Handler,) for t in ("SIU^S12^SIU_S12", "SIU^S12")})
+server.serve_forever()
+"""
+
+
+def siu_s12(tag: str, i: int, start: datetime) -> str:
+    """A 6-segment SIU^S12 (MSH, SCH, PID, PV1, RGS, AIS): unique MSH-10,
+    appointment and patient per ``i``; Italian names; UTF-8."""
+    when = (start + timedelta(minutes=i % 5000)).strftime("%Y%m%d%H%M%S+0000")
+    end = (start + timedelta(minutes=i % 5000 + 30)).strftime("%Y%m%d%H%M%S+0000")
+    given, family = GIVEN[i % len(GIVEN)], FAMILY[(i // len(GIVEN)) % len(FAMILY)]
+    return "\r".join([
+        f"MSH|^~\\&|CUP|OSPEDALE_BENCH|ADAPTER|NOTIFY|20300101000000+0000||SIU^S12^SIU_S12|B{tag}{i:08d}|P|2.5||||||UNICODE UTF-8",
+        f"SCH|PL{tag}{i}^CUP|FL{tag}{i}^OSPEDALE_BENCH|||||VIS^Visita||30|min|^^^{when}^{end}||||||||||||||Booked",
+        f"PID|1||M{tag}{i}^^^OSPEDALE_BENCH^MR||{family}^{given}^^^^^L||19800101|M|||Via Perù 3^^Milano^MI^20121^IT||^PRN^CP^^39^333^{1000000 + i % 9000000}|^WPN^PH^^39^02^7654321|it",
+        "PV1|1|O|AMB2^^^OSPEDALE_BENCH",
+        "RGS|1|A",
+        f"AIS|1||CARD01^Visita cardiologica^L|{when}|0|min|30|min",
+    ]) + "\r"
+
+
+class Messages:
+    """An endless supply of framed, distinct SIU^S12 messages."""
+
+    def __init__(self) -> None:
+        self.tag = unique_tag()
+        self.start = datetime.now(timezone.utc).replace(second=0, microsecond=0) + timedelta(days=3)
+        self._counter = itertools.count()
+
+    def text(self) -> str:
+        return siu_s12(self.tag, next(self._counter), self.start)
+
+    def framed(self) -> bytes:
+        return b"\x0b" + self.text().encode("utf-8") + b"\x1c\r"
+
+
+@dataclass
+class Load:
+    sent: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds else 0.0
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies, q)
+
+
+async def closed_loop(port: int, connections: int, seconds: float, messages: Messages, reconnect: bool) -> Load:
+    """Each connection sends a message and waits for its ACK, for ``seconds``."""
+    load = Load()
+
+    async def one() -> None:
+        reader = writer = None
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            payload = messages.framed()
+            started = time.perf_counter()
+            if writer is None or reconnect:
+                reader, writer = await asyncio.open_connection(HOST, port)
+            writer.write(payload)
+            await writer.drain()
+            ack = await reader.readuntil(b"\x1c\r")
+            load.latencies.append(time.perf_counter() - started)
+            load.sent += 1
+            if b"MSA|AA|" not in ack and b"MSA|CA|" not in ack:
+                load.rejected += 1
+            if reconnect:
+                writer.close()
+                writer = None
+        if writer is not None:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(connections)))
+    load.seconds = time.perf_counter() - started
+    return load
+
+
+def measure(port: int, connections: int, messages: Messages, reconnect: bool = False, seconds: float = SECONDS) -> Load:
+    asyncio.run(closed_loop(port, 1, 0.3, messages, reconnect))  # warm up
+    return asyncio.run(closed_loop(port, connections, seconds, messages, reconnect))
+
+
+def paced_latency(port: int, rate: float, messages: Messages, connections: int = 8) -> Load:
+    from hl7.client import send_messages
+
+    count = max(50, int(rate * SECONDS))
+    batch = [messages.text() for _ in range(count)]
+    started = time.perf_counter()
+    results = asyncio.run(send_messages(batch, HOST, port, connections=connections, rate=rate, retries=0))
+    load = Load(sent=len(results), seconds=time.perf_counter() - started)
+    load.latencies = [r.latency for r in results if r.code is not None]
+    load.rejected = sum(1 for r in results if not r.accepted)
+    return load
+
+
+def end_to_end(messages: Messages, count: int = E2E_MESSAGES, connections: int = 8) -> tuple[float, float, dict[str, int]]:
+    """Fresh adapter: send ``count`` messages, wait until each is processed.
+    Returns (messages/s end to end, messages/s ACKed, final status counts)."""
+    with adapter_process() as adapter:
+        framed = [messages.framed() for _ in range(count)]
+        queue = iter(framed)
+
+        async def sender() -> None:
+            reader, writer = await asyncio.open_connection(HOST, adapter.mllp_port)
+            for payload in queue:
+                writer.write(payload)
+                await writer.drain()
+                await reader.readuntil(b"\x1c\r")
+            writer.close()
+
+        async def run() -> float:
+            await asyncio.gather(*(sender() for _ in range(connections)))
+            return time.perf_counter()
+
+        with httpx.Client(base_url=adapter.base_url, headers=adapter.headers, timeout=30) as http:
+            started = time.perf_counter()
+            acked_at = asyncio.run(run())
+            counts: dict[str, int] = {}
+            deadline = time.monotonic() + max(60.0, count / 50)
+            while time.monotonic() < deadline:
+                counts = {s: http.get("/api/messages", params={"status": s, "limit": 1}).json()["total"]
+                          for s in ("stored", "processed", "error", "rejected")}
+                if counts["stored"] == 0 and sum(counts.values()) >= count:
+                    break
+                time.sleep(0.05)
+            finished = time.perf_counter()
+        return count / (finished - started), count / (acked_at - started), counts
+
+
+def main() -> None:
+    header("MLLP: adapter (durable, SQLite WAL) vs bare asyncio ACK-only and hl7apy MLLPServer")
+    print("how each was run: every server in its own process on 127.0.0.1; the client is this process\n"
+          "  bare     : asyncio.start_server, readuntil + split MSH-10, canned ACK (no parsing, no storage)\n"
+          "  hl7apy   : hl7apy.mllp.MLLPServer + parse_message in the handler; client reconnects per message\n"
+          "  adapter  : python -m adapter serve, SQLite WAL in a temp dir, ack_timing stored (group commit)", flush=True)
+    messages = Messages()
+    rows: dict[str, dict[int, Load]] = {}
+
+    port = free_port()
+    with python_server(BARE_SERVER, port):
+        rows["bare asyncio (limit)"] = {c: measure(port, c, messages) for c in (1, 8)}
+    port = free_port()
+    with python_server(HL7APY_SERVER, port):
+        rows["hl7apy MLLPServer"] = {c: measure(port, c, messages, reconnect=True) for c in (1, 8)}
+    with adapter_process() as adapter:
+        rows["adapter"] = {c: measure(adapter.mllp_port, c, messages) for c in (1, 8)}
+        half = rows["adapter"][8].rate / 2
+        paced = paced_latency(adapter.mllp_port, half, messages)
+
+    print(f"\n{'server':24}{'conns':>6}{'msg/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'not AA':>8}")
+    for name, by_conn in rows.items():
+        for c, load in by_conn.items():
+            print(f"{name:24}{c:>6}{load.rate:>10.0f}{load.p(50) * 1e3:>9.2f}{load.p(99) * 1e3:>9.2f}{load.rejected:>8}")
+
+    bare, hl7apy, ours = rows["bare asyncio (limit)"], rows["hl7apy MLLPServer"], rows["adapter"]
+    print()
+    for c in (1, 8):
+        print(f"ratio adapter/bare   at {c} conn: {ours[c].rate / bare[c].rate:6.3f}"
+              + (f"   target >= {TARGET_OF_BARE:.2f}: {verdict(ours[c].rate / bare[c].rate, TARGET_OF_BARE)}" if c == 8 else ""))
+        print(f"ratio adapter/hl7apy at {c} conn: {ours[c].rate / hl7apy[c].rate:6.1f}"
+              + (f"   target >= {TARGET_OF_HL7APY:.0f}: {verdict(ours[c].rate / hl7apy[c].rate, TARGET_OF_HL7APY)}" if c == 8 else ""))
+    print(f"adapter at half its max rate ({half:.0f} msg/s offered, 8 conn, send_messages(rate=...)): "
+          f"{paced.rate:.0f} msg/s, p50 {paced.p(50) * 1e3:.2f} ms, p99 {paced.p(99) * 1e3:.2f} ms"
+          f"   target p99 <= {TARGET_P99_S * 1e3:.0f} ms: {verdict(paced.p(99), TARGET_P99_S, higher_is_better=False)}"
+          f"   (not AA: {paced.rejected})")
+
+    e2e, acked, counts = end_to_end(messages)
+    print(f"end to end ({E2E_MESSAGES} messages, 8 conn, fresh adapter, until /api/messages shows none 'stored'): "
+          f"{e2e:.0f} msg/s mapped to events (ACKed at {acked:.0f} msg/s)   target >= {TARGET_E2E:.0f}: "
+          f"{verdict(e2e, TARGET_E2E)}   statuses {counts}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -219,6 +219,11 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(metrics_router(container))
     app.include_router(hl7_router(container))
     app.include_router(api_router(container))
+    from adapter.reply_api import replies_api_router
+    from adapter.webhooks import webhooks_router
+
+    app.include_router(replies_api_router(container))
+    app.include_router(webhooks_router(container))
     app.include_router(
         fhir_router(container), prefix="/fhir/R4", tags=["fhir"], dependencies=[Depends(require(container, "ehr"))]
     )

@@ -1,0 +1,307 @@
+"""Write-back: a patient's confirmation or cancellation, sent back to the hospital durably.
+
+Outbox pattern: :func:`queue_writebacks` adds ``writeback`` rows in the transaction that
+records the reply; :class:`WritebackSender` (run by the in-process worker) delivers them
+with retries and backoff until they succeed or :data:`MAX_ATTEMPTS` is reached.
+
+Targets, per source of the appointment:
+- HL7 v2 over an outbound MLLP connection, when the facility (``config/facilities.yaml``)
+  sets ``writeback`` and a ``cancellation_writeback`` message type: SIU^S15 (HL7 v2.5
+  §10.4.3, notification of cancellation) or SRM^S04 (§10.3.4, request cancellation); a
+  confirmation goes as SIU^S14 / SRM^S03 with the status "Confirmed". AA (or CA) is
+  success. We hold patient identifiers only as blind indexes, so PID carries no
+  identifier: the appointment id (SCH-1/SCH-2, ARQ-1/ARQ-2) names what changed.
+- FHIR R4, when ``config/writeback.yaml`` names a ``fhir_base`` for the source: an
+  ``AppointmentResponse`` (accepted / declined, created once per write-back through
+  ``If-None-Exist``) and, for a cancellation, the ``Appointment`` updated to ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from adapter.db import transaction
+from adapter.errors import ConfigError
+from adapter.models import Appointment
+from adapter.reply_models import PatientReply, Writeback
+from hl7.ack import new_control_id
+from hl7.client import MLLPConnection, encode_message, read_ack_code
+from hl7.facilities import FacilityRule
+from hl7.header import Separators
+from hl7.message import escape
+from hl7.mllp import client_ssl_context
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 12
+LEASE = timedelta(seconds=60)
+FHIR_JSON = "application/fhir+json"
+WRITEBACK_ID_SYSTEM = "urn:adapter:writeback"
+Action = Literal["confirm", "cancel"]
+
+
+class WritebackError(Exception):
+    """One delivery attempt failed; the text never carries personal data."""
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+class SourceTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fhir_base: str = ""
+
+
+class WritebackTargets(BaseModel):
+    """``config/writeback.yaml``: per source key (HL7 MSH-4 facility, or the FHIR sender
+    name), where FHIR write-back goes; ``default`` applies to any other source."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: dict[str, SourceTarget] = {}
+
+    def for_source(self, key: str) -> SourceTarget:
+        return self.sources.get(key) or self.sources.get("default") or SourceTarget()
+
+
+def load_targets(config_dir: Path) -> WritebackTargets:
+    path = config_dir / "writeback.yaml"
+    if not path.exists():
+        return WritebackTargets()
+    try:
+        return WritebackTargets.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def source_key(appointment: Appointment) -> str:
+    """HL7: the sending facility (MSH-4 of ``APP^FACILITY``); FHIR: the sender name."""
+    return appointment.sender.split("^")[-1] if appointment.source == "hl7" else appointment.sender
+
+
+def hl7_ident(appointment: Appointment) -> str:
+    """The appointment id as the hospital sent it (the ref is ``hl7:<sender>:<id>``)."""
+    prefix = f"hl7:{appointment.sender}:"
+    return appointment.ref[len(prefix):] if appointment.ref.startswith(prefix) else appointment.ref
+
+
+def targets_for(container: Any, appointment: Appointment) -> list[str]:
+    targets = []
+    if appointment.source == "hl7":
+        rule = container.facilities.for_facility(source_key(appointment))
+        if rule.writeback is not None and rule.cancellation_writeback != "none":
+            targets.append("hl7")
+    if load_targets(container.settings.config_dir).for_source(source_key(appointment)).fhir_base:
+        targets.append("fhir")
+    return targets
+
+
+def queue_writebacks(session: Session, container: Any, appointment: Appointment, reply: PatientReply,
+                     action: Action, *, now: datetime) -> list[Writeback]:
+    """Add the outbox rows for one decision, in the caller's transaction."""
+    rows = [
+        Writeback(reply_id=reply.id, appointment_ref=appointment.ref, patient_id=appointment.patient_id,
+                  action=action, target=target, status="pending", attempts=0, next_attempt_at=now, created_at=now)
+        for target in targets_for(container, appointment)
+    ]
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+# -- HL7 -------------------------------------------------------------------------------------
+
+
+def build_hl7(appointment: Appointment, rule: FacilityRule, action: Action, *, now: datetime) -> str:
+    """The ER7 message telling the hospital of a patient's decision (see the module doc).
+
+    >>> from hl7.facilities import default_facilities
+    >>> from datetime import UTC
+    >>> a = Appointment(ref="hl7:CUP^OSP:FL1", sender="CUP^OSP", source="hl7", start=datetime(2026, 1, 2, 9, tzinfo=UTC))
+    >>> rule = default_facilities().for_facility("OSP").model_copy(update={"cancellation_writeback": "SIU^S15"})
+    >>> msg = build_hl7(a, rule, "cancel", now=datetime(2026, 1, 1, tzinfo=UTC)).split("\\r")
+    >>> msg[0].split("|")[8], msg[1].split("|")[2], msg[1].split("|")[25]
+    ('SIU^S15^SIU_S12', 'FL1', 'Cancelled')
+    """
+    sep = Separators()
+    app, _, facility = appointment.sender.rpartition("^")
+    ident = escape(hl7_ident(appointment), sep)
+    placer, filler = (ident, "") if rule.appointment_id == "placer" else ("", ident)
+    cancel = action == "cancel"
+    reason = "CANCEL^Cancelled by patient reply" if cancel else "CONFIRM^Confirmed by patient reply"
+    status = "Cancelled" if cancel else "Confirmed"
+    start = appointment.start.strftime("%Y%m%d%H%M%S%z")
+    if rule.cancellation_writeback == "SRM^S04":
+        msh9 = "SRM^S04^SRM_S01" if cancel else "SRM^S03^SRM_S01"
+        body = "|".join(["ARQ", placer, filler, "", "", "", reason, "", "", "", "", f"^^^{start}"])
+    else:
+        msh9 = "SIU^S15^SIU_S12" if cancel else "SIU^S14^SIU_S12"
+        sch = ["SCH", placer, filler, "", "", "", reason, "", "", "", "", f"^^^{start}"] + [""] * 13 + [status]
+        body = "|".join(sch)
+    msh = "|".join(["MSH", sep.encoding_characters, "ADAPTER", "NOTIFY", escape(app, sep), escape(facility, sep),
+                    now.strftime("%Y%m%d%H%M%S%z"), "", msh9, new_control_id(), "P", "2.5",
+                    "", "", "", "", "", "UNICODE UTF-8"])
+    return "\r".join([msh, body, "PID|1", "RGS|1"]) + "\r"
+
+
+async def send_hl7(appointment: Appointment, rule: FacilityRule, action: Action, *, now: datetime,
+                   timeout: float = 10.0) -> None:
+    endpoint = rule.writeback
+    if endpoint is None:
+        raise WritebackError("the facility has no write-back endpoint any more")
+    message = encode_message(build_hl7(appointment, rule, action, now=now))
+    connection = MLLPConnection(endpoint.host, endpoint.port, timeout=timeout,
+                                ssl_context=client_ssl_context() if endpoint.tls else None)
+    try:
+        ack = await connection.send(message)
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise WritebackError(f"MLLP: {type(exc).__name__}") from None
+    finally:
+        await connection.close()
+    code, _ = read_ack_code(ack)
+    if code is None or not code.is_accept:
+        raise WritebackError(f"MLLP: answered {code.value if code else 'no readable ACK'}")
+
+
+# -- FHIR ------------------------------------------------------------------------------------
+
+
+async def send_fhir(http: httpx.AsyncClient, base: str, appointment: Appointment, action: Action,
+                    writeback_id: int) -> None:
+    base = base.rstrip("/")
+    headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
+
+    async def call(method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = await http.request(method, f"{base}/{url}", headers={**headers, **kwargs.pop("headers", {})},
+                                          **kwargs)
+        except httpx.HTTPError as exc:
+            raise WritebackError(f"FHIR {method} {url.split('?')[0]}: {type(exc).__name__}") from None
+        if response.status_code >= 400:
+            raise WritebackError(f"FHIR {method} {url.split('?')[0]}: {response.status_code}")
+        return response.json() if response.content else {}
+
+    if appointment.source == "fhir" and appointment.ref.startswith("Appointment/"):
+        resource = await call("GET", appointment.ref)
+    else:
+        found = await call("GET", "Appointment", params={"identifier": hl7_ident(appointment)})
+        entries = [e.get("resource") for e in found.get("entry") or [] if e.get("resource")]
+        if not entries:
+            raise WritebackError("FHIR: the appointment is not on the server")
+        resource = entries[0]
+    reference = f"Appointment/{resource['id']}"
+    patient = next((p.get("actor") for p in resource.get("participant") or []
+                    if str((p.get("actor") or {}).get("reference", "")).startswith("Patient/")), None)
+    response_resource = {
+        "resourceType": "AppointmentResponse",
+        "identifier": [{"system": WRITEBACK_ID_SYSTEM, "value": str(writeback_id)}],
+        "appointment": {"reference": reference},
+        "participantStatus": "declined" if action == "cancel" else "accepted",
+        "comment": "Cancelled by the patient's reply" if action == "cancel" else "Confirmed by the patient's reply",
+        **({"actor": patient} if patient else {}),
+    }
+    await call("POST", "AppointmentResponse", json=response_resource,
+               headers={"If-None-Exist": f"identifier={WRITEBACK_ID_SYSTEM}|{writeback_id}"})
+    if action == "cancel" and resource.get("status") != "cancelled":
+        updated = {**resource, "status": "cancelled",
+                   "cancelationReason": {"coding": [{
+                       "system": "http://terminology.hl7.org/CodeSystem/appointment-cancellation-reason",
+                       "code": "pat", "display": "Patient"}]}}
+        await call("PUT", reference, json=updated)
+
+
+# -- the sender --------------------------------------------------------------------------------
+
+
+def retry_delay(attempts: int) -> float:
+    """Exponential backoff with jitter, from 2 s to at most 10 minutes."""
+    return random.uniform(0.5, 1.0) * min(600.0, 2.0 ** attempts)
+
+
+class WritebackSender:
+    """Delivers due ``writeback`` rows; one instance per worker."""
+
+    def __init__(self, container: Any, *, http: httpx.AsyncClient | None = None, batch_size: int = 20) -> None:
+        self.container = container
+        self.http = http or httpx.AsyncClient(timeout=10.0)
+        self.batch_size = batch_size
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def run_once(self) -> int:
+        ids = await asyncio.to_thread(self._claim)
+        for writeback_id in ids:
+            await self._deliver(writeback_id)
+        return len(ids)
+
+    def _claim(self) -> list[int]:
+        now = self.container.clock.now()
+        with transaction(self.container.sessions) as session:
+            rows = list(session.scalars(
+                select(Writeback).where(Writeback.status == "pending", Writeback.next_attempt_at <= now)
+                .order_by(Writeback.next_attempt_at, Writeback.id).limit(self.batch_size)
+            ))
+            for row in rows:
+                row.next_attempt_at = now + LEASE
+            return [row.id for row in rows]
+
+    def _load(self, writeback_id: int) -> tuple[Writeback, Appointment] | None:
+        with transaction(self.container.sessions) as session:
+            row = session.get(Writeback, writeback_id)
+            if row is None or row.status != "pending":
+                return None
+            appointment = session.scalar(select(Appointment).where(Appointment.ref == row.appointment_ref))
+            if appointment is None:
+                return None
+            session.expunge_all()
+            return row, appointment
+
+    async def _deliver(self, writeback_id: int) -> None:
+        loaded = await asyncio.to_thread(self._load, writeback_id)
+        if loaded is None:
+            return
+        row, appointment = loaded
+        error: str | None = None
+        try:
+            if row.target == "hl7":
+                rule = self.container.facilities.for_facility(source_key(appointment))
+                await send_hl7(appointment, rule, row.action, now=self.container.clock.now())  # type: ignore[arg-type]
+            else:
+                base = load_targets(self.container.settings.config_dir).for_source(source_key(appointment)).fhir_base
+                await send_fhir(self.http, base, appointment, row.action, row.id)  # type: ignore[arg-type]
+        except WritebackError as exc:
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must not lose the write-back
+            log.exception("write-back %s failed", writeback_id)
+            error = f"internal: {type(exc).__name__}"
+        await asyncio.to_thread(self._record, writeback_id, error)
+
+    def _record(self, writeback_id: int, error: str | None) -> None:
+        now = self.container.clock.now()
+        with transaction(self.container.sessions) as session:
+            row = session.get(Writeback, writeback_id)
+            if row is None:
+                return
+            row.attempts += 1
+            if error is None:
+                row.status, row.done_at, row.last_error = "done", now, None
+                return
+            row.last_error = error[:200]
+            if row.attempts >= MAX_ATTEMPTS:
+                row.status = "failed"
+                log.warning("write-back %s failed for good after %s attempts", writeback_id, row.attempts)
+            else:
+                row.next_attempt_at = now + timedelta(seconds=retry_delay(row.attempts))

@@ -51,7 +51,8 @@ OUTCOMES: frozenset[str] = frozenset(Outcome.__args__)  # type: ignore[attr-defi
 
 _ADVISORY_LOCK = 0x61756469  # "audi"
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[A-Za-z]{2,}")
-_PHONE = re.compile(r"(?<![\w.:-])\+?\d[\d ()./-]{6,}\d(?![\w:])")
+# A digit run inside a larger token (a UUID, "Appointment/123/_history/4") is not a phone.
+_PHONE = re.compile(r"(?<![\w.:/-])\+?\d[\d ()./-]{6,}\d(?![\w:/-])")
 _DATE_LIKE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 _PERSONAL_KEYS = frozenset(
     {"name", "given_name", "family_name", "first_name", "last_name", "phone", "email", "address",

@@ -51,6 +51,11 @@ def build_router(
         router.add_api_route(interaction.path, facade.system_endpoint(interaction.code),
                              methods=[interaction.method], name=f"fhir-{interaction.code}",
                              response_class=Response)
+        if interaction.path == "/":
+            # Clients post Bundles to the bare base URL ([base], FHIR R4 §3.1.0.11).
+            router.add_api_route("", facade.system_endpoint(interaction.code),
+                                 methods=[interaction.method], response_class=Response,
+                                 include_in_schema=False)
     for kind in SUPPORTED_TYPES:
         for interaction in TYPE_INTERACTIONS:
             path = interaction.path.replace("{type}", kind)

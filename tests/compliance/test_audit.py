@@ -307,3 +307,22 @@ def test_concurrent_appenders_never_collide_and_the_tree_stays_whole(sessions, s
         list(pool.map(worker, range(4)))
     report = check(AuditLog(sessions, signer), sessions)
     assert report.ok and report.entries == 100
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Appointment/12345678-1234-1234-1234-123456789abc/_history/2", "12345678-90ab-cdef-1234-567890abcdef",
+     "hl7:CUP^OSP:FL98765432", "SIU0000012345"],
+)
+def test_resource_and_message_references_are_not_mistaken_for_phone_numbers(value):
+    from compliance.audit import check_no_personal_data
+
+    check_no_personal_data(actor="adapter", subject="patient:abc", reason="", details={"ref": value})
+
+
+@pytest.mark.parametrize("value", ["+39 333 1234567", "333-1234567", "call 02 7654 3210 now"])
+def test_phone_numbers_are_still_refused_in_audit_details(value):
+    from compliance.audit import check_no_personal_data
+
+    with pytest.raises(PersonalDataInAudit):
+        check_no_personal_data(actor="adapter", subject="patient:abc", reason="", details={"note": value})

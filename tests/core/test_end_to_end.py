@@ -215,3 +215,25 @@ def test_error_store_keeps_unmappable_messages_and_replay_processes_them_after_a
         adapter.container.intake.facilities = load_facilities(facilities)
         assert adapter.container.intake.replay([errors[0]["id"]]) == {errors[0]["id"]: "processed"}
         assert any(i["kind"] == "booking_confirmation" for i in notifications(officer))
+
+
+def test_a_transaction_bundle_posted_to_the_bare_base_url_is_accepted(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        start = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {"fullUrl": "urn:uuid:11111111-2222-3333-4444-555555555555",
+                 "resource": {k: v for k, v in patient("x").items() if k != "id"},
+                 "request": {"method": "POST", "url": "Patient"}},
+                {"resource": {**{k: v for k, v in appointment("x", "x", start).items() if k != "id"},
+                              "participant": [{"actor": {"reference": "urn:uuid:11111111-2222-3333-4444-555555555555"}, "status": "accepted"}]},
+                 "request": {"method": "POST", "url": "Appointment"}},
+            ],
+        }
+        response = adapter.client("ehr").post("/fhir/R4", json=bundle, headers=FHIR)
+        assert response.status_code == 200, response.text
+        assert response.json()["type"] == "transaction-response"
+        reminders = [i for i in notifications(adapter.client("officer")) if i["kind"] == "reminder"]
+        assert len(reminders) == 2

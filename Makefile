@@ -24,5 +24,16 @@ test: install
 bench: install
 	$(PY) -m bench
 
+# Two servers and two Celery workers against the local PostgreSQL and RabbitMQ (README
+# "Production deployment"); honcho runs deploy/Procfile.cluster. Ctrl-C stops them all.
+CLUSTER_DB  ?= postgresql+psycopg://postgres@127.0.0.1:5432/adapter_cluster
+CLUSTER_MQ  ?= amqp://guest:guest@127.0.0.1:5672//
+CLUSTER_ENV := ADAPTER_DATABASE_URL=$(CLUSTER_DB) ADAPTER_BROKER_URL=$(CLUSTER_MQ) ADAPTER_CELERY_QUEUE=adapter-cluster
+
+run-cluster: install
+	$(PY) deploy/ensure_database.py $(CLUSTER_DB)
+	env $(CLUSTER_ENV) $(PY) -m adapter migrate
+	env $(CLUSTER_ENV) $(VENV)/bin/honcho -f deploy/Procfile.cluster -d . start
+
 openapi: install
 	$(PY) -m adapter openapi > openapi/openapi.json

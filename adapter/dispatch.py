@@ -86,9 +86,15 @@ class Dispatcher:
         """Claim one batch of due notifications and send them; return how many."""
         now = self.clock.now()
         ids = await asyncio.to_thread(self._claim, now)
+        await self.deliver(ids)
+        return len(ids)
+
+    async def deliver(self, ids: list[int]) -> None:
+        """Send notifications already claimed (here, or by a Celery worker's claim
+        loop). Safe to call twice for the same ids: one no longer ``claimed`` is
+        skipped, and a second attempt reuses the idempotency key."""
         if ids:
             await asyncio.gather(*(self._deliver(notification_id) for notification_id in ids))
-        return len(ids)
 
     def _claim(self, now: datetime) -> list[int]:
         with transaction(self.sessions) as session:

@@ -222,7 +222,9 @@ class HL7Intake:
         marking it processed. Returns the final status."""
         now = self.clock.now()
         with transaction(self.sessions) as session:
-            row = session.get(InboundMessage, message_id)
+            # Locked: a serve process and a worker may reach the same row; the
+            # second waits, then sees it processed.
+            row = session.get(InboundMessage, message_id, with_for_update=True)
             if row is None or row.status not in ("stored", "error", "rejected"):
                 return row.status if row else "missing"
             if row.raw_enc is None:

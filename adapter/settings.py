@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     worker_poll_interval_s: float = 0.2
     claim_batch_size: int = 50
     claim_lease_s: float = 120.0
+    # Production mode (ADAPTER_BROKER_URL set): Celery workers, see adapter/celery_app.py.
+    celery_queue: str = "adapter"  # one name per deployment (and per test run)
+    worker_concurrency: int = 2  # pool processes per `python -m adapter worker`
+    dispatch_queue_high_water: int = 4  # batches waiting in the queue before claiming pauses
+    broker_visibility_timeout_s: float = 300.0  # Redis: an unacknowledged task is redelivered after this
+    log_level: str = "INFO"
+    log_json: bool = True  # structured JSON logs on stderr (serve and worker)
 
     master_key: SecretStr | None = None  # base64 32 bytes; else master_key_file
     master_key_file: Path | None = None

@@ -169,6 +169,10 @@ def health_router(container: Container) -> APIRouter:
                 silent = silent_subscriptions(session, container.clock.now())
             # Servers accept subscriptions that never fire: silence is an alert.
             checks["fhir_subscriptions"] = "ok" if not silent else f"{len(silent)} silent"
+        if container.settings.broker_url:  # production mode: workers need the broker
+            from adapter.celery_app import broker_status
+
+            checks["broker"] = broker_status(container.settings.broker_url)
         healthy = all(value == "ok" for value in checks.values())
         return JSONResponse({"status": "ok" if healthy else "degraded", "checks": checks}, 200 if healthy else 503)
 

@@ -1,0 +1,106 @@
+"""Issue 4's fault test: SIGKILL ``python -m adapter serve`` under MLLP load from 8
+connections, restart it; the senders resend what was not acknowledged. Every
+acknowledged message is stored and processed once, retransmissions are recognised
+as duplicates, and no patient gets a notification twice.
+
+Issue 4 asks for 10,000 messages; this test sends 800 (8 x 100), one booking per
+patient (a new patient, appointment, three notifications and their audit records
+each): mapping runs at about 70-100 such messages a second on PostgreSQL on this
+2-core machine, and the whole test must stay under a minute.
+``SERVE_KILL_MESSAGES=10000`` runs the full count (several minutes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from adapter.db import make_engine, make_sessionmaker, transaction
+from adapter.models import InboundMessage, Notification, OutboxMessage
+from tests.faults.conftest import (
+    adapter_env,
+    free_port,
+    future_start,
+    send_until_acknowledged,
+    siu_s12,
+    start_serve,
+    wait_for,
+)
+
+MESSAGES = int(os.environ.get("SERVE_KILL_MESSAGES", "800"))
+CONNECTIONS = 8
+KILL_AFTER = MESSAGES // 3
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_serve_under_mllp_load_loses_nothing_and_sends_nothing_twice(tmp_path, pg_url):
+    env = adapter_env(tmp_path, pg_url)  # embedded worker, sandbox channel
+    http_port, mllp_port = free_port(), free_port()
+    start = future_start()
+    payloads = {f"K{i:05d}": siu_s12(f"K{i:05d}", 20000 + i, start) for i in range(MESSAGES)}
+    acked: set[str] = set()
+    acked_before_kill: set[str] = set()
+    server = start_serve(env, tmp_path, http_port, mllp_port)
+    restarted: list = []
+
+    async def scenario() -> dict[str, int]:
+        async def killer() -> None:
+            while len(acked) < KILL_AFTER:
+                await asyncio.sleep(0.005)
+            server.kill()  # SIGKILL, mid-stream: some messages on the wire, unacknowledged
+            acked_before_kill.update(acked)
+            await asyncio.sleep(0.5)
+            restarted.append(await asyncio.to_thread(start_serve, env, tmp_path, http_port, mllp_port))
+
+        kill = asyncio.create_task(killer())
+        attempts = await send_until_acknowledged(payloads, mllp_port, connections=CONNECTIONS, deadline=time.monotonic() + 120, on_ack=acked.add)
+        await kill
+        return attempts
+
+    try:
+        attempts = asyncio.run(scenario())
+        assert acked == set(payloads)
+        assert KILL_AFTER <= len(acked_before_kill) < MESSAGES
+        resent = sum(n - 1 for n in attempts.values())
+        assert resent > 0  # the kill cost some ACKs, and the senders sent those again
+
+        engine = make_engine(pg_url)
+        sessions = make_sessionmaker(engine)
+
+        def inbound() -> dict[str, int]:
+            with transaction(sessions) as session:
+                return dict(session.execute(select(InboundMessage.status, func.count()).group_by(InboundMessage.status)).all())
+
+        # Every acknowledged message stored once and processed (a crash between
+        # ACK and mapping left some ``stored``: the restarted server maps them).
+        wait_for(lambda: inbound() == {"processed": MESSAGES}, 120, "every message processed", interval=0.5)
+        with transaction(sessions) as session:
+            stored_ids = set(session.scalars(select(InboundMessage.control_id)))
+            duplicates = session.scalar(select(func.sum(InboundMessage.duplicates)))
+        assert stored_ids == set(payloads)
+
+        def confirmations() -> dict[str, int]:
+            with transaction(sessions) as session:
+                return dict(session.execute(
+                    select(Notification.status, func.count()).where(Notification.kind == "booking_confirmation")
+                    .group_by(Notification.status)).all())
+
+        wait_for(lambda: confirmations() == {"sent": MESSAGES}, 120, "every confirmation sent", interval=0.5)
+        with transaction(sessions) as session:
+            per_patient = session.execute(
+                select(OutboxMessage.patient_id, func.count()).group_by(OutboxMessage.patient_id)
+                .having(func.count() > 1)
+            ).all()
+            patients = session.scalar(select(func.count(func.distinct(OutboxMessage.patient_id))))
+        engine.dispose()
+        assert per_patient == []  # nobody received anything twice
+        assert patients == MESSAGES
+        print(f"\n{MESSAGES} messages, {len(acked_before_kill)} acknowledged before the kill, "
+              f"{resent} resent, {duplicates or 0} recognised as retransmissions")
+    finally:
+        server.kill()
+        for proc in restarted:
+            proc.terminate()

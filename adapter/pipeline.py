@@ -143,7 +143,7 @@ class Pipeline:
         now: datetime,
         veto: str | None = None,
     ) -> list[int]:
-        created = []
+        rows = []
         for planned in plan.notifications:
             decision = self.gate.decide_at_schedule(session, patient.id, planned.kind, now=now)
             status, reason = "scheduled", None
@@ -153,26 +153,28 @@ class Pipeline:
                 status, reason = "suppressed", "its time had already passed when the event arrived"
             elif not decision.allowed:
                 status, reason = "suppressed", decision.reason
-            row = Notification(
-                patient_id=patient.id,
-                kind=planned.kind,
-                rule_id=planned.rule_id,
-                subject_ref=planned.subject_ref,
-                scheduled_for=planned.scheduled_for,
-                status=status,
-                urgent=planned.urgent,
-                idempotency_key=uuid.uuid4().hex,
-                reason=reason,
-                status_at=now,
-                created_at=now,
-                tried_channels=[],
-                decision=why_record(event, planned, decision.as_dict(), status, reason),
+            rows.append(
+                Notification(
+                    patient_id=patient.id,
+                    kind=planned.kind,
+                    rule_id=planned.rule_id,
+                    subject_ref=planned.subject_ref,
+                    scheduled_for=planned.scheduled_for,
+                    status=status,
+                    urgent=planned.urgent,
+                    idempotency_key=uuid.uuid4().hex,
+                    reason=reason,
+                    status_at=now,
+                    created_at=now,
+                    tried_channels=[],
+                    decision=why_record(event, planned, decision.as_dict(), status, reason),
+                )
             )
-            session.add(row)
-            session.flush()
+        session.add_all(rows)
+        session.flush()  # one flush for the event's notifications: their ids for the audit
+        for row in rows:
             self.gate.scheduled(session, row, now=now)
-            created.append(row.id)
-        return created
+        return [row.id for row in rows]
 
 
 def why_record(

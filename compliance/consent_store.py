@@ -44,6 +44,7 @@ def record_consent(
                         active=active, recorded_at=at, recorded_by=recorded_by)
     session.add(row)
     session.flush()
+    _cache(session).pop(patient_id, None)
     return row
 
 
@@ -58,11 +59,22 @@ def withdraw(
                           recorded_by=recorded_by)
 
 
+_CACHE = "consent_records"
+
+
+def _cache(session: Session) -> dict[str, list[ConsentRecord]]:
+    return session.info.setdefault(_CACHE, {})
+
+
 def records_for(session: Session, patient_id: str) -> list[ConsentRecord]:
-    """The patient's whole consent history, oldest first."""
-    query = (select(ConsentRecord).where(ConsentRecord.patient_id == patient_id)
-             .order_by(ConsentRecord.recorded_at, ConsentRecord.id))
-    return list(session.scalars(query))
+    """The patient's whole consent history, oldest first. Read once per session:
+    one event asks for several decisions; writes here forget the copy."""
+    cache = _cache(session)
+    if patient_id not in cache:
+        query = (select(ConsentRecord).where(ConsentRecord.patient_id == patient_id)
+                 .order_by(ConsentRecord.recorded_at, ConsentRecord.id))
+        cache[patient_id] = list(session.scalars(query))
+    return list(cache[patient_id])
 
 
 def apply_consent_event(
@@ -99,4 +111,6 @@ def reassign(session: Session, *, from_patient: str, to_patient: str) -> int:
     for row in rows:
         row.patient_id = to_patient
     session.flush()
+    _cache(session).pop(from_patient, None)
+    _cache(session).pop(to_patient, None)
     return len(rows)

@@ -17,6 +17,7 @@ from adapter.db import make_engine, make_sessionmaker
 from adapter.dispatch import Clinic, Dispatcher
 from adapter.errors import ConfigError
 from adapter.intake import HL7Intake
+from adapter.key_rotation import retired_master_keys
 from adapter.pipeline import Pipeline
 from adapter.rules import RuleSet, load_rules
 from adapter.settings import Settings
@@ -57,7 +58,7 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
     tz = ZoneInfo(settings.timezone)
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
-    vault = Vault.open(sessions, master_key(settings))
+    vault = Vault.open(sessions, master_key(settings), previous=retired_master_keys(settings))
     audit = AuditLog(sessions, AuditSigner.from_file(settings.audit_signing_key_file or settings.var_dir / "audit-signing.key"))
     rules = load_rules(settings.config_dir / "rules.yaml")
     templates = TemplateBook(settings.config_dir / "templates", default_language=settings.default_language, tz=tz)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
+from adapter.cli_compliance import audit_app, gdpr_app, keys_app
 from adapter.settings import Settings, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="The adapter: hospital events to patients' phones.")
@@ -22,6 +23,9 @@ hl7_app = typer.Typer(no_args_is_help=True, help="HL7 v2: send, error store, rep
 tokens_app = typer.Typer(no_args_is_help=True, help="API tokens.")
 app.add_typer(hl7_app, name="hl7")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
+app.add_typer(gdpr_app, name="gdpr")
 
 
 def _register_subcommands() -> None:

@@ -11,6 +11,7 @@ import uvicorn
 
 from adapter.bootstrap import Container
 from adapter.dispatch import run_forever
+from adapter.housekeeping import run_housekeeping_forever
 from adapter.web import create_app
 from adapter.webhooks import run_way_back_forever
 from hl7.mllp import MLLPServer, server_ssl_context
@@ -54,6 +55,7 @@ async def serve(
             asyncio.create_task(run_forever(container.dispatcher, interval=settings.worker_poll_interval_s, stop=stop))
         )
         tasks.append(asyncio.create_task(run_way_back_forever(container, stop=stop, interval=settings.worker_poll_interval_s)))
+        tasks.append(asyncio.create_task(run_housekeeping_forever(container, stop=stop)))
     ssl_context = None
     if settings.mllp_tls_cert:
         ssl_context = server_ssl_context(settings.mllp_tls_cert, settings.mllp_tls_key, settings.mllp_tls_client_ca or None)

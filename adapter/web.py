@@ -15,6 +15,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from adapter.auth import Principal, Role, authenticate
+from adapter.auth_limits import AuthFailureLimiter
 from adapter.bootstrap import Container
 from adapter.db import transaction
 from adapter.fhir_wiring import fhir_router
@@ -33,11 +34,16 @@ def require(container: Container, *roles: Role) -> Callable[..., Principal]:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+        limiter: AuthFailureLimiter = request.app.state.auth_limiter
+        client = request.client.host if request.client else ""
+        if wait := limiter.blocked_for(client):
+            raise HTTPException(429, "too many failed authentications", headers={"Retry-After": str(int(wait) + 1)})
         with transaction(container.sessions) as session:
             principal = authenticate(session, token.strip())
             if principal is None:
                 container.gate.auth_failed(session, request.url.path, now=container.clock.now())
         if principal is None:
+            limiter.failed(client)
             raise HTTPException(401, "the token is not valid", headers={"WWW-Authenticate": "Bearer"})
         if not principal.may(*roles):
             raise HTTPException(403, f"this needs the role {' or '.join(roles)}")
@@ -219,10 +225,17 @@ def create_app(container: Container) -> FastAPI:
         description="Bridge between hospital systems (HL7 v2, FHIR R4) and patients' phones.",
     )
     app.state.container = container
+    app.state.auth_limiter = AuthFailureLimiter()
     app.include_router(health_router(container))
     app.include_router(metrics_router(container))
     app.include_router(hl7_router(container))
     app.include_router(api_router(container))
+    from adapter.compliance_api import compliance_router  # imports this module
+
+    app.include_router(compliance_router(container))
+    from adapter.console import install_console
+
+    install_console(app, container)
     from adapter.reply_api import replies_api_router
     from adapter.webhooks import webhooks_router
 

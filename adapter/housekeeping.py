@@ -1,0 +1,110 @@
+"""Scheduled compliance jobs, run by the in-process worker: signing audit tree heads,
+the retention purge (config/purposes.yaml ``retention``) and adopting a rotated
+master key."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+
+from adapter.bootstrap import Container
+from adapter.db import transaction
+from adapter.key_rotation import adopt_master_key_if_changed
+from adapter.models import InboundMessage, Notification
+from compliance.audit import TreeHead
+from compliance.errors import AuditIntegrityError
+from compliance.records import retention_cutoffs
+
+log = logging.getLogger(__name__)
+
+TREE_HEAD_EVERY = timedelta(minutes=1)
+HOUSEKEEPING_EVERY_S = 60.0
+KEY_CHECK_EVERY_S = 5.0
+HOUSEKEEPER = "adapter:housekeeping"
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    inbound_raw: int
+    sent_bodies: int
+
+
+def sign_tree_head_if_due(container: Container, *, now: datetime, every: timedelta = TREE_HEAD_EVERY) -> TreeHead | None:
+    """Sign a tree head when entries were added since the last one and it is at least
+    ``every`` old. A log that no longer matches its last head is not signed over
+    (logged; ``audit verify`` says where)."""
+    audit = container.audit
+    with transaction(container.sessions) as session:
+        heads = audit.tree_heads(session)
+        last = heads[-1] if heads else None
+        if last is not None:
+            if audit.size(session) <= last.tree_size:
+                return None
+            if now - datetime.fromtimestamp(last.timestamp_ms / 1000, now.tzinfo) < every:
+                return None
+        elif audit.size(session) == 0:
+            return None
+        try:
+            return audit.sign_tree_head(session, now)
+        except AuditIntegrityError as exc:
+            log.error("audit tree head not signed: %s", exc)
+            return None
+
+
+def purge_expired(container: Container, *, now: datetime) -> PurgeReport:
+    """Raw inbound messages and sent message bodies older than their retention period
+    (GDPR art. 5(1)(e)) are set to NULL; the rows, with status and why-record, stay."""
+    cutoffs = retention_cutoffs(container.gate.policy, now)
+    with transaction(container.sessions) as session:
+        raw = session.execute(
+            update(InboundMessage)
+            .where(InboundMessage.raw_enc.is_not(None), InboundMessage.received_at < cutoffs.inbound_raw_before,
+                   InboundMessage.status != "stored")
+            .values(raw_enc=None)
+        ).rowcount
+        bodies = session.execute(
+            update(Notification)
+            .where(Notification.body_enc.is_not(None),
+                   Notification.id.in_(select(Notification.id).where(
+                       Notification.sent_at.is_not(None), Notification.sent_at < cutoffs.sent_body_before)))
+            .values(body_enc=None)
+        ).rowcount
+        if raw or bodies:
+            container.audit.append(session, action="retention_purged", actor=HOUSEKEEPER, subject_pseudonym="",
+                                   reason="retention periods from config/purposes.yaml",
+                                   details={"inbound_raw": raw, "sent_bodies": bodies}, at=now)
+    return PurgeReport(raw, bodies)
+
+
+def run_housekeeping(container: Container) -> None:
+    """One round of the minute jobs; each failure is logged and the others still run."""
+    now = container.clock.now()
+    for job in (sign_tree_head_if_due, purge_expired):
+        try:
+            job(container, now=now)
+        except Exception:
+            log.exception("housekeeping job %s failed", job.__name__)
+
+
+async def run_housekeeping_forever(container: Container, *, stop: asyncio.Event,
+                                   every_s: float = HOUSEKEEPING_EVERY_S,
+                                   key_check_every_s: float = KEY_CHECK_EVERY_S) -> None:
+    """The minute jobs, and every few seconds a look for a rotated master key."""
+    loop = asyncio.get_running_loop()
+    next_round = loop.time()
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(adopt_master_key_if_changed, container)
+        except Exception:
+            log.exception("adopting the rotated master key failed; retrying")
+        if loop.time() >= next_round:
+            await asyncio.to_thread(run_housekeeping, container)
+            next_round = loop.time() + every_s
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=min(key_check_every_s, every_s))
+        except TimeoutError:
+            pass

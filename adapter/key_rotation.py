@@ -1,0 +1,85 @@
+"""Master-key rotation without downtime, for a master key kept in a file.
+
+The file named by ``ADAPTER_MASTER_KEY_FILE`` (default ``var/master.key``) always holds
+the current key; a replaced key stays beside it as ``<file>.retired-<key id>`` and is
+still accepted for unwrapping, so nothing sealed under it is ever lost.
+
+Rotation, in this order, so that every process knows both keys before any row needs
+the new one:
+
+1. :func:`install_new_master` writes a new key into the file and keeps the old one as
+   ``.retired-<id>`` (both 0600).
+2. Each running adapter notices within seconds (:func:`adopt_master_key_if_changed`,
+   from the housekeeping loop) and calls :meth:`Vault.rotate`: it learns the new key,
+   wraps new data keys with it and rewraps what is left.
+3. The rotating command waits that long, then rewraps too (idempotent) and records
+   ``key_rotated`` in the audit log.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adapter.db import transaction
+from adapter.settings import Settings
+from compliance.crypto import LocalMasterKey, RotationReport
+from compliance.errors import ConfigError
+
+if TYPE_CHECKING:
+    from adapter.bootstrap import Container
+
+RETIRED_SUFFIX = ".retired-"
+
+
+def master_key_path(settings: Settings) -> Path:
+    if settings.master_key:
+        raise ConfigError("rotation needs the master key in a file: set ADAPTER_MASTER_KEY_FILE, "
+                          "not ADAPTER_MASTER_KEY")
+    return Path(settings.master_key_file or settings.var_dir / "master.key")
+
+
+def retired_master_keys(settings: Settings) -> list[LocalMasterKey]:
+    """Keys replaced by rotation, still accepted for unwrapping."""
+    if settings.master_key:
+        return []
+    path = master_key_path(settings)
+    return [LocalMasterKey.from_file(p) for p in sorted(path.parent.glob(path.name + RETIRED_SUFFIX + "*"))]
+
+
+def install_new_master(settings: Settings) -> tuple[LocalMasterKey, LocalMasterKey]:
+    """Put a fresh key in the master key file, keeping the old one beside it; returns
+    (old, new)."""
+    path = master_key_path(settings)
+    old = LocalMasterKey.from_file(path)
+    retired = path.with_name(path.name + RETIRED_SUFFIX + old.key_id)
+    _write_secret(retired, path.read_text())
+    staged = path.with_name(path.name + ".new")
+    _write_secret(staged, LocalMasterKey.generate() + "\n")
+    new = LocalMasterKey.from_file(staged)
+    os.replace(staged, path)  # atomic: a reader sees the old key or the new one
+    return old, new
+
+
+def adopt_master_key_if_changed(container: Container) -> RotationReport | None:
+    """When the key file holds a key this process does not wrap with yet, adopt it and
+    rewrap (runs in every adapter's housekeeping loop; cheap when nothing changed)."""
+    settings = container.settings
+    if settings.master_key:
+        return None
+    path = master_key_path(settings)
+    try:
+        current = LocalMasterKey.from_file(path)
+    except (OSError, ConfigError, ValueError):
+        return None
+    if current.key_id == container.vault.master.key_id:
+        return None
+    with transaction(container.sessions) as session:
+        return container.vault.rotate(session, current)
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)

@@ -1,0 +1,334 @@
+"""Data-subject rights (GDPR art. 15, 17, 20, 21) and consent from the console or API.
+
+The HTTP API, the console and the CLI call these; each one audits itself. Personal
+data leaves the vault only in an export, for the officer who asked for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import MetaData, Table, delete, select
+from sqlalchemy.orm import Session
+
+from adapter.bootstrap import Container
+from adapter.db import Base
+from adapter.events import Identifier
+from adapter.models import Appointment, Contact, Notification, OutboxMessage, Patient, PatientIdentifier
+from adapter.patients import identifier_index
+from compliance import consent_store
+from compliance.consent import ANY
+from compliance.errors import ComplianceError, CryptoError
+from compliance.models import ConsentRecord
+import fhir.models  # noqa: F401 - the FHIR store's tables, exported and erased with the patient
+
+FHIR_PATIENT_SYSTEM = "fhir:Patient"
+# Kept on erasure: the audit log holds pseudonyms only, and verifies afterwards.
+KEPT_TABLES = frozenset({"audit_entry", "audit_node", "audit_tree_head", "data_key"})
+
+
+class UnknownPatient(ComplianceError):
+    """No patient with that internal id (never known, or erased)."""
+
+
+class InvalidConsent(ComplianceError):
+    """A consent statement naming an unknown purpose, channel or decision."""
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    patient_id: str
+    rows_deleted: dict[str, int]
+    keys_destroyed: int
+
+
+def patient_or_raise(session: Session, patient_id: str) -> Patient:
+    patient = session.get(Patient, patient_id)
+    if patient is None:
+        raise UnknownPatient(f"no patient {patient_id!r}")
+    return patient
+
+
+def find_patient_id(session: Session, container: Container, *, phone: str = "", identifier: str = "") -> str | None:
+    """The internal id of the patient with this phone number or identifier
+    (``system|value``, or a bare FHIR Patient id), through the blind indexes."""
+    vault = container.vault
+    if phone:
+        from adapter.patients import normalise_phone
+
+        e164 = normalise_phone(phone)
+        if e164:
+            found = session.scalar(select(Contact.patient_id).where(
+                Contact.address_index == vault.blind_index("phone", e164)).limit(1))
+            if found:
+                return found
+    if identifier:
+        system, _, value = identifier.rpartition("|")
+        index = identifier_index(vault, Identifier(system or FHIR_PATIENT_SYSTEM, value))
+        return session.scalar(select(PatientIdentifier.patient_id).where(PatientIdentifier.identifier_index == index))
+    return None
+
+
+# -- export (art. 15, 20) ---------------------------------------------------------------
+
+
+def export_patient(session: Session, container: Container, patient_id: str, *, actor: str, now: datetime,
+                   fmt: str = "json") -> dict[str, Any]:
+    """Everything held on the patient, decrypted; audited ``exported``."""
+    patient = patient_or_raise(session, patient_id)
+    reveal = _Revealer(session, container)
+    fhir_ids = _fhir_patient_ids(session, container, patient_id)
+    data: dict[str, Any] = {
+        "patient": {
+            "id": patient.id,
+            "given_name": reveal(patient.given_name_enc),
+            "family_name": reveal(patient.family_name_enc),
+            "language": patient.language,
+            "created_at": patient.created_at.isoformat(),
+            "updated_at": patient.updated_at.isoformat(),
+            "fhir_ids": sorted(fhir_ids),
+        },
+        "identifiers": [
+            {"kind": row.kind, "stored_as": "blind index (HMAC-SHA256)", "index": row.identifier_index}
+            for row in session.scalars(select(PatientIdentifier).where(PatientIdentifier.patient_id == patient_id))
+        ],
+        "contacts": [
+            {"channel": row.channel, "address": reveal(row.address_enc), "rank": row.rank, "use": row.use,
+             "active": row.active, "suspended_reason": row.suspended_reason}
+            for row in session.scalars(select(Contact).where(Contact.patient_id == patient_id))
+        ],
+        "appointments": [
+            {"ref": row.ref, "start": row.start.isoformat(), "status": row.status, "source": row.source,
+             "location": row.location}
+            for row in session.scalars(select(Appointment).where(Appointment.patient_id == patient_id))
+        ],
+        "notifications": [
+            {"id": row.id, "kind": row.kind, "status": row.status, "scheduled_for": row.scheduled_for.isoformat(),
+             "channel": row.channel, "reason": row.reason, "sent_at": row.sent_at.isoformat() if row.sent_at else None,
+             "body": reveal(row.body_enc), "decision": row.decision}
+            for row in session.scalars(select(Notification).where(Notification.patient_id == patient_id)
+                                       .order_by(Notification.id))
+        ],
+        "messages_sent_in_sandbox": [
+            {"to": reveal(row.to_enc), "body": reveal(row.body_enc), "at": row.created_at.isoformat()}
+            for row in session.scalars(select(OutboxMessage).where(OutboxMessage.patient_id == patient_id))
+        ],
+        "consents": [consent_view(row) for row in consent_store.records_for(session, patient_id)],
+        "fhir_resources": _fhir_resources(session, reveal, fhir_ids),
+        "audit": [
+            {"seq": r.seq, "at": r.at.isoformat(), "action": r.action, "reason": r.reason}
+            for r in container.audit.entries(session, subject=f"patient:{patient_id}")
+        ],
+    }
+    container.audit.append(session, action="exported", actor=actor, subject_pseudonym=f"patient:{patient_id}",
+                           reason=f"data-subject export ({fmt})", details={"format": fmt}, at=now)
+    return data
+
+
+def export_bundle(data: dict[str, Any]) -> dict[str, Any]:
+    """The export as a FHIR R4 ``collection`` Bundle (art. 20: machine-readable)."""
+    pid = data["patient"]["id"]
+    ref = {"reference": f"Patient/{pid}"}
+    patient: dict[str, Any] = {"resourceType": "Patient", "id": pid,
+                               "name": [{"given": [data["patient"]["given_name"] or ""],
+                                         "family": data["patient"]["family_name"] or ""}],
+                               "telecom": [{"system": "email" if c["channel"] == "email" else "phone"
+                                            if c["channel"] == "phone" else "other", "value": c["address"]}
+                                           for c in data["contacts"] if c["address"]]}
+    if data["patient"]["language"]:
+        patient["communication"] = [{"language": {"coding": [{"system": "urn:ietf:bcp:47",
+                                                              "code": data["patient"]["language"]}]}}]
+    resources: list[dict[str, Any]] = [patient]
+    for a in data["appointments"]:
+        resources.append({"resourceType": "Appointment", "id": _fhir_id(a["ref"]), "status": _appointment_status(a["status"]),
+                          "start": a["start"], "participant": [{"actor": ref, "status": "accepted"}]})
+    for c in data["consents"]:
+        resources.append({
+            "resourceType": "Consent", "id": f"consent-{c['id']}", "status": "active" if c["active"] else "inactive",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": ref, "dateTime": c["recorded_at"],
+            "provision": {"type": c["decision"], "purpose": [{"code": c["purpose"]}], "actor": [],
+                          "action": [{"text": f"channel {c['channel']}"}]},
+        })
+    for n in data["notifications"]:
+        comm: dict[str, Any] = {"resourceType": "Communication", "id": f"notification-{n['id']}", "subject": ref,
+                                "status": _communication_status(n["status"]), "category": [{"text": n["kind"]}]}
+        if n["sent_at"]:
+            comm["sent"] = n["sent_at"]
+        if n["body"]:
+            comm["payload"] = [{"contentString": n["body"]}]
+        if n["reason"]:
+            comm["statusReason"] = {"text": n["reason"]}
+        resources.append(comm)
+    resources.extend(r for r in data["fhir_resources"] if isinstance(r, dict) and r.get("resourceType"))
+    return {"resourceType": "Bundle", "type": "collection",
+            "entry": [{"fullUrl": f"urn:uuid:{r['resourceType']}-{r.get('id', i)}", "resource": r}
+                      for i, r in enumerate(resources)]}
+
+
+# -- erasure (art. 17) --------------------------------------------------------------------
+
+
+def erase_patient(session: Session, container: Container, patient_id: str, *, actor: str, now: datetime) -> ErasureReport:
+    """Destroy the patient's data keys (crypto-shredding every copy of their data) and
+    delete their rows; the audit log keeps its pseudonymous entries and still verifies."""
+    patient_or_raise(session, patient_id)
+    fhir_ids = _fhir_patient_ids(session, container, patient_id)
+    deleted: dict[str, int] = {}
+    for table in _tables_with_patient_id(session):
+        result = session.execute(delete(table).where(table.c.patient_id == patient_id))
+        if result.rowcount:
+            deleted[table.name] = result.rowcount
+    deleted.update(_erase_fhir(session, fhir_ids))
+    merged = session.scalars(select(Patient).where(Patient.merged_into == patient_id)).all()
+    for row in merged:
+        row.merged_into = None
+    session.execute(delete(Patient).where(Patient.id == patient_id))
+    deleted["patient"] = 1
+    destroyed = sum(container.vault.destroy(session, f"patient:{pid}", at=now)
+                    for pid in {patient_id, *fhir_ids})
+    container.audit.append(session, action="erased", actor=actor, subject_pseudonym=f"patient:{patient_id}",
+                           reason="data-subject erasure (art. 17)",
+                           details={"rows": sum(deleted.values()), "keys_destroyed": destroyed}, at=now)
+    return ErasureReport(patient_id, deleted, destroyed)
+
+
+# -- consent and objection (art. 7, 21) ---------------------------------------------------
+
+
+def consent_view(row: ConsentRecord) -> dict[str, Any]:
+    return {"id": row.id, "purpose": row.purpose, "channel": row.channel, "decision": row.decision,
+            "source": row.source, "source_ref": row.source_ref, "active": row.active,
+            "period_start": row.period_start.isoformat() if row.period_start else None,
+            "period_end": row.period_end.isoformat() if row.period_end else None,
+            "recorded_at": row.recorded_at.isoformat(), "recorded_by": row.recorded_by}
+
+
+def record_consent(session: Session, container: Container, patient_id: str, *, purpose: str, channel: str,
+                   decision: str, actor: str, now: datetime, source: str = "api",
+                   start: datetime | None = None, end: datetime | None = None) -> ConsentRecord:
+    """A consent statement from the console or API; audited; a deny cancels what it now
+    forbids among the patient's pending notifications."""
+    patient_or_raise(session, patient_id)
+    _check_statement(container, purpose, channel, decision)
+    row = consent_store.record_consent(session, patient_id=patient_id, purpose=purpose, channel=channel,
+                                       decision=decision, source=source, at=now, start=start, end=end,
+                                       recorded_by=actor[:120])
+    container.audit.append(session, action="consent_changed", actor=actor, subject_pseudonym=f"patient:{patient_id}",
+                           reason=f"consent record {row.id}: {decision} {purpose} on {channel}",
+                           details={"consent_record": row.id, "source": source}, at=now)
+    container.gate.recheck_pending(session, patient_id, now=now)
+    return row
+
+
+def object_to(session: Session, container: Container, patient_id: str, *, purposes: list[str], channel: str,
+              actor: str, now: datetime) -> list[ConsentRecord]:
+    """Objection (art. 21): a deny for each purpose objected to; pending notices for them end."""
+    patient_or_raise(session, patient_id)
+    for purpose in purposes:
+        _check_statement(container, purpose, channel, "deny")
+    rows = [consent_store.withdraw(session, patient_id=patient_id, purpose=purpose, channel=channel, source="api",
+                                   at=now, recorded_by=actor[:120]) for purpose in purposes]
+    container.audit.append(session, action="objected", actor=actor, subject_pseudonym=f"patient:{patient_id}",
+                           reason=f"objection to {', '.join(purposes)} on {channel}",
+                           details={"consent_records": [r.id for r in rows]}, at=now)
+    container.gate.recheck_pending(session, patient_id, now=now)
+    return rows
+
+
+# -- internals ----------------------------------------------------------------------------
+
+
+class _Revealer:
+    """Decrypts a blob for the export; a destroyed or missing key gives ``None``."""
+
+    def __init__(self, session: Session, container: Container) -> None:
+        self.session, self.vault = session, container.vault
+
+    def __call__(self, blob: bytes | None) -> str | None:
+        if blob is None:
+            return None
+        try:
+            return self.vault.decrypt(self.session, blob).decode()
+        except CryptoError:
+            return None
+
+
+def _check_statement(container: Container, purpose: str, channel: str, decision: str) -> None:
+    if purpose != ANY and purpose not in container.gate.policy.purposes:
+        raise InvalidConsent(f"unknown purpose {purpose!r}")
+    if channel != ANY and channel not in ("sms", "whatsapp", "telegram", "email", "sandbox"):
+        raise InvalidConsent(f"unknown channel {channel!r}")
+    if decision not in consent_store.DECISIONS:
+        raise InvalidConsent("decision must be permit or deny")
+
+
+def _tables_with_patient_id(session: Session) -> list[Table]:
+    """Every table holding rows keyed by the internal patient id, children first:
+    reflected from the database, so tables added by any module are covered."""
+    metadata = MetaData()
+    metadata.reflect(bind=session.connection())
+    return [t for t in reversed(metadata.sorted_tables)
+            if "patient_id" in t.c and t.name not in KEPT_TABLES | {"patient", "fhir_resource"}]
+
+
+def _fhir_patient_ids(session: Session, container: Container, patient_id: str) -> set[str]:
+    """The FHIR Patient ids stored for this patient, matched through the blind index."""
+    table = Base.metadata.tables.get("fhir_resource")
+    if table is None:
+        return set()
+    ours = set(session.scalars(select(PatientIdentifier.identifier_index)
+                               .where(PatientIdentifier.patient_id == patient_id)))
+    candidates = session.scalars(select(table.c.patient_id).where(table.c.patient_id.is_not(None)).distinct())
+    return {pid for pid in candidates
+            if identifier_index(container.vault, Identifier(FHIR_PATIENT_SYSTEM, pid)) in ours}
+
+
+def _fhir_resources(session: Session, reveal: _Revealer, fhir_ids: set[str]) -> list[Any]:
+    import json
+
+    table = Base.metadata.tables.get("fhir_resource")
+    if table is None or not fhir_ids:
+        return []
+    out: list[Any] = []
+    for row in session.execute(select(table.c.content).where(table.c.patient_id.in_(fhir_ids))
+                               .order_by(table.c.pk)):
+        text = reveal(row.content)
+        if text is not None:
+            try:
+                out.append(json.loads(text))
+            except ValueError:
+                out.append(text)
+    return out
+
+
+def _erase_fhir(session: Session, fhir_ids: set[str]) -> dict[str, int]:
+    resources = Base.metadata.tables.get("fhir_resource")
+    if resources is None or not fhir_ids:
+        return {}
+    refs = session.execute(select(resources.c.resource_type, resources.c.resource_id)
+                           .where(resources.c.patient_id.in_(fhir_ids))).all()
+    identifiers = Base.metadata.tables.get("fhir_identifier")
+    if identifiers is not None:
+        for kind, rid in set(refs):
+            session.execute(delete(identifiers).where(identifiers.c.resource_type == kind,
+                                                      identifiers.c.resource_id == rid))
+    result = session.execute(delete(resources).where(resources.c.patient_id.in_(fhir_ids)))
+    return {"fhir_resource": result.rowcount} if result.rowcount else {}
+
+
+def _fhir_id(ref: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in ref)[:64]
+
+
+def _appointment_status(status: str) -> str:
+    return status if status in ("booked", "cancelled", "fulfilled", "noshow", "pending", "arrived") else "booked"
+
+
+def _communication_status(status: str) -> str:
+    return {"sent": "completed", "delivered": "completed", "read": "completed", "failed": "entered-in-error",
+            "suppressed": "not-done", "cancelled": "not-done", "scheduled": "preparation",
+            "claimed": "in-progress"}.get(status, "unknown")

@@ -1,0 +1,104 @@
+"""Scheduled compliance jobs and key rotation: retention purge, periodic signed tree heads,
+``keys rotate`` while another adapter process keeps running."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+
+from adapter.db import transaction
+from adapter.housekeeping import purge_expired, sign_tree_head_if_due
+from adapter.key_rotation import adopt_master_key_if_changed, master_key_path
+from adapter.models import InboundMessage, Notification, Patient
+from adapter.subject_rights import export_patient
+from compliance.crypto import LocalMasterKey
+from tests.core.test_compliance_surfaces import cli
+from tests.harness import migrated_container, settings_for
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def add_rows(container, *, age: timedelta, tag: str) -> tuple[int, int]:
+    with transaction(container.sessions) as session:
+        at = NOW - age
+        patient = Patient(id=f"p-{tag}", language="it", created_at=at, updated_at=at,
+                          given_name_enc=container.vault.encrypt(session, f"patient:p-{tag}", b"Ada"))
+        inbound = InboundMessage(source="hl7", sender="OSP", control_id=tag, received_at=at, status="processed",
+                                 raw_enc=container.vault.encrypt(session, "system", b"MSH|..."))
+        session.add_all([patient, inbound])
+        session.flush()
+        sent = Notification(patient_id=patient.id, kind="reminder", rule_id="r", scheduled_for=at, status="sent",
+                            idempotency_key=tag, sent_at=at, status_at=at, created_at=at, decision={},
+                            body_enc=container.vault.encrypt(session, f"patient:p-{tag}", b"Gentile Ada"))
+        session.add(sent)
+        session.flush()
+        return inbound.id, sent.id
+
+
+def test_retention_purges_raw_messages_and_sent_bodies_past_their_periods_and_audits_it(tmp_path):
+    container = migrated_container(settings_for(tmp_path))
+    retention = container.gate.policy.retention
+    old = add_rows(container, age=timedelta(days=retention.sent_body_days + 1), tag="old")
+    recent = add_rows(container, age=timedelta(days=retention.inbound_raw_days - 1), tag="new")
+
+    report = purge_expired(container, now=NOW)
+
+    assert (report.inbound_raw, report.sent_bodies) == (1, 1)
+    with transaction(container.sessions) as session:
+        assert session.get(InboundMessage, old[0]).raw_enc is None
+        assert session.get(Notification, old[1]).body_enc is None
+        assert session.get(Notification, old[1]).status == "sent"  # the row and its why-record stay
+        assert session.get(InboundMessage, recent[0]).raw_enc is not None
+        assert session.get(Notification, recent[1]).body_enc is not None
+        actions = [r.action for r in container.audit.entries(session)]
+    assert actions == ["retention_purged"]
+    assert purge_expired(container, now=NOW).inbound_raw == 0
+    container.engine.dispose()
+
+
+def test_a_tree_head_is_signed_when_entries_wait_and_the_last_head_is_old_enough(tmp_path):
+    container = migrated_container(settings_for(tmp_path))
+    assert sign_tree_head_if_due(container, now=NOW) is None  # an empty log needs no head
+
+    def append() -> None:
+        with transaction(container.sessions) as session:
+            container.audit.append(session, action="accessed", actor="test", subject_pseudonym="", at=NOW)
+
+    append()
+    first = sign_tree_head_if_due(container, now=NOW)
+    assert first is not None and first.tree_size == 1
+    assert sign_tree_head_if_due(container, now=NOW + timedelta(minutes=5)) is None  # nothing new
+    append()
+    assert sign_tree_head_if_due(container, now=NOW + timedelta(seconds=20)) is None  # too soon
+    second = sign_tree_head_if_due(container, now=NOW + timedelta(minutes=2))
+    assert second is not None and second.tree_size == 2
+    with transaction(container.sessions) as session:
+        assert container.audit.verify(session).ok
+    container.engine.dispose()
+
+
+def test_keys_rotate_rewraps_every_key_and_a_running_adapter_adopts_the_new_one(tmp_path):
+    settings = settings_for(tmp_path)
+    running = migrated_container(settings)  # stands for an adapter serving throughout
+    add_rows(running, age=timedelta(days=1), tag="k")
+    old_id = running.vault.master.key_id
+
+    code, output = cli(settings, "keys", "rotate", "--grace", "0")
+
+    assert code == 0, output
+    new_id = LocalMasterKey.from_file(master_key_path(settings)).key_id
+    assert new_id != old_id
+    assert (tmp_path / f"master.key.retired-{old_id}").exists()
+    assert oct((tmp_path / "master.key").stat().st_mode & 0o777) == "0o600"
+    assert adopt_master_key_if_changed(running) is not None
+    assert running.vault.master.key_id == new_id
+    with transaction(running.sessions) as session:
+        assert running.vault.count_wrapped_by(session, old_id) == 0
+        assert "key_rotated" in [r.action for r in running.audit.entries(session)]
+    running.engine.dispose()
+
+    fresh = migrated_container(settings)  # a process started after the rotation
+    with transaction(fresh.sessions) as session:
+        exported = export_patient(session, fresh, "p-k", actor="test", now=NOW)
+    assert exported["patient"]["given_name"] == "Ada"
+    fresh.engine.dispose()

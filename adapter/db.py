@@ -55,16 +55,51 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-_WRITE_LOCKS: dict[str, threading.RLock] = {}
+class FairLock:
+    """A re-entrant lock granted in arrival order. ``threading.RLock`` lets the
+    thread that just released take it again at once, so a busy mapping thread
+    could starve the thread that stores messages before their ACK."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+        self._next_ticket = 0
+        self._serving = 0
+
+    def acquire(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while self._serving != ticket or self._owner is not None:
+                self._cond.wait()
+            self._owner, self._depth = me, 1
+
+    def release(self) -> None:
+        with self._cond:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("release of a lock held by another thread")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._serving += 1
+                self._cond.notify_all()
+
+
+_WRITE_LOCKS: dict[str, FairLock] = {}
 _WRITE_LOCKS_GUARD = threading.Lock()
 
 
-def _write_lock(path: str) -> threading.RLock:
+def _write_lock(path: str) -> FairLock:
     """One lock per database file for this process: threads queue on it and wake
     the moment the previous write transaction ends, where SQLite's own busy
     handler would sleep in steps of up to 100 ms (ACK latency under load)."""
     with _WRITE_LOCKS_GUARD:
-        return _WRITE_LOCKS.setdefault(str(Path(path).resolve()) if path != ":memory:" else path, threading.RLock())
+        return _WRITE_LOCKS.setdefault(str(Path(path).resolve()) if path != ":memory:" else path, FairLock())
 
 
 def make_engine(url: str) -> Engine:

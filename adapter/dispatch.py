@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -204,9 +205,19 @@ class Dispatcher:
         self.gate.ended(session, row, now=now)
 
 
-async def run_forever(dispatcher: Dispatcher, *, interval: float, stop: asyncio.Event) -> None:
-    """The in-process worker: poll for due notifications until ``stop`` is set."""
+async def run_forever(
+    dispatcher: Dispatcher,
+    *,
+    interval: float,
+    stop: asyncio.Event,
+    give_way: Callable[[], None] | None = None,
+) -> None:
+    """The in-process worker: poll for due notifications until ``stop`` is set.
+    ``give_way`` (blocking, run in a thread) lets inbound messages waiting for
+    their ACK be stored first."""
     while not stop.is_set():
+        if give_way is not None:
+            await asyncio.to_thread(give_way)
         try:
             sent = await dispatcher.run_once()
         except Exception:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -75,6 +76,11 @@ class GroupCommitWriter:
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        # Set while nothing waits to be stored: background work (mapping,
+        # sending) waits for it briefly, so ACKs go first.
+        self.idle = threading.Event()
+        self.idle.set()
+        self._arrivals = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -92,6 +98,8 @@ class GroupCommitWriter:
     async def store(self, header: MessageHeader, raw: bytes) -> Stored:
         self.start()
         future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        self.idle.clear()
+        self._arrivals += 1
         await self._queue.put(_Pending(header, raw, future))
         return await future
 
@@ -107,42 +115,77 @@ class GroupCommitWriter:
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(exc)
+                if self._queue.empty():
+                    self.idle.set()
                 continue
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(result)
+            if self._queue.empty():
+                self.idle.set()
+
+    def wait_quiet(self, *, quiet: float = 0.002, timeout: float = 0.05) -> None:
+        """Background work calls this before each transaction: it returns once no
+        message has arrived for ``quiet`` seconds (a sender on one connection sends
+        its next message right after its ACK), or after ``timeout`` anyway, so
+        mapping and sending still progress under a sustained feed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seen = self._arrivals
+            if not self.idle.wait(max(0.0, deadline - time.monotonic())):
+                return
+            time.sleep(quiet)
+            if self._arrivals == seen and self.idle.is_set():
+                return
 
     def write(self, items: list[tuple[MessageHeader, bytes]]) -> list[Stored]:
         """Store ``items`` in one transaction; a retransmission is recognised by
-        the unique (source, sender, control id) and only counted."""
+        the unique (source, sender, control id) and only counted. One look-up for
+        the whole batch, one multi-row insert."""
         now = self.clock.now()
-        out: list[Stored] = []
+        keys = [(header.sender[:200], header.control_id[:200]) for header, _ in items]
+        out: list[Stored | None] = [None] * len(items)
         with transaction(self.sessions) as session:
-            for header, raw in items:
-                existing = session.scalar(
+            known = {
+                (row.sender, row.control_id): row
+                for row in session.scalars(
                     select(InboundMessage).where(
                         InboundMessage.source == "hl7",
-                        InboundMessage.sender == header.sender[:200],
-                        InboundMessage.control_id == header.control_id[:200],
+                        tuple_(InboundMessage.sender, InboundMessage.control_id).in_(set(keys)),
                     )
                 )
+            }
+            fresh: dict[tuple[str, str], int] = {}  # key → position of its first arrival
+            rows = []
+            for position, ((header, raw), key) in enumerate(zip(items, keys, strict=True)):
+                existing = known.get(key)
                 if existing is not None:
                     existing.duplicates += 1
-                    out.append(Stored(existing.id, True, existing.status, existing.error))
-                    continue
-                row = InboundMessage(
-                    source="hl7",
-                    sender=header.sender[:200],
-                    control_id=header.control_id[:200],
-                    message_type=f"{header.message_code}^{header.trigger_event}"[:40],
-                    received_at=now,
-                    status="stored",
-                    raw_enc=self.vault.encrypt(session, SYSTEM, raw),
-                )
-                session.add(row)
-                session.flush()
-                out.append(Stored(row.id, False, "stored", None))
-        return out
+                    out[position] = Stored(existing.id, True, existing.status, existing.error)
+                elif key in fresh:
+                    out[position] = None  # a retransmission inside the batch: filled below
+                else:
+                    fresh[key] = position
+                    rows.append({
+                        "source": "hl7", "sender": key[0], "control_id": key[1],
+                        "message_type": f"{header.message_code}^{header.trigger_event}"[:40],
+                        "received_at": now, "status": "stored", "duplicates": 0,
+                        "raw_enc": self.vault.encrypt(session, SYSTEM, raw),
+                    })
+            if rows:
+                ids = session.scalars(insert(InboundMessage).returning(InboundMessage.id, sort_by_parameter_order=True), rows).all()
+                for key, message_id in zip(fresh, ids, strict=True):
+                    out[fresh[key]] = Stored(message_id, False, "stored", None)
+            for position, key in enumerate(keys):
+                if out[position] is None:
+                    first = out[fresh[key]]
+                    assert first is not None
+                    session.execute(
+                        update(InboundMessage).where(InboundMessage.id == first.message_id)
+                        .values(duplicates=InboundMessage.duplicates + 1)
+                    )
+                    out[position] = Stored(first.message_id, True, "stored", None)
+        return [stored for stored in out if stored is not None]
 
 
 class HL7Intake:
@@ -228,7 +271,7 @@ class HL7Intake:
                 return "missing"
             return self._process_row(session, row, self.clock.now())
 
-    def process_batch(self, message_ids: list[int], *, budget_s: float = 0.02) -> int:
+    def process_batch(self, message_ids: list[int], *, budget_s: float = 0.005) -> int:
         """Process stored messages in one transaction (a savepoint each, so one
         failure stays its own) until ``budget_s`` is spent: commits are shared,
         and the write lock is never held long enough to delay an ACK much."""
@@ -271,6 +314,7 @@ class HL7Intake:
         done = 0
         while ids := self.pending_ids():
             while ids:
+                self.writer.wait_quiet()  # messages waiting for their ACK go first
                 count = self.process_batch(ids)
                 ids = ids[count:]
                 done += count

@@ -52,7 +52,14 @@ async def serve(
     tasks = [asyncio.create_task(process_inbound_forever(container, wake, stop))]
     if embedded_worker:
         tasks.append(
-            asyncio.create_task(run_forever(container.dispatcher, interval=settings.worker_poll_interval_s, stop=stop))
+            asyncio.create_task(
+                run_forever(
+                    container.dispatcher,
+                    interval=settings.worker_poll_interval_s,
+                    stop=stop,
+                    give_way=container.intake.writer.wait_quiet,
+                )
+            )
         )
         tasks.append(asyncio.create_task(run_way_back_forever(container, stop=stop, interval=settings.worker_poll_interval_s)))
         tasks.append(asyncio.create_task(run_housekeeping_forever(container, stop=stop)))

@@ -26,6 +26,7 @@ from adapter.bootstrap import Container
 from adapter.compliance_api import record_verification, verify_view
 from adapter.console_text import LANGUAGES, text_for
 from adapter.db import transaction
+from fhir.subscriptions import silent_subscriptions
 from adapter.models import Notification, Patient
 from adapter.web import notification_view
 from compliance.audit_export import as_json
@@ -127,7 +128,9 @@ def console_router(container: Container) -> APIRouter:
 
     @router.get("/", response_class=HTMLResponse)
     def home(request: Request, notice: str = "", *, user: Principal = Depends(officer)) -> HTMLResponse:
-        return page(request, "home.html", user, notice=notice)
+        with transaction(container.sessions) as db:
+            silent = silent_subscriptions(db, container.clock.now())
+        return page(request, "home.html", user, notice=notice, silent=silent)
 
     @router.get("/patients", response_class=HTMLResponse)
     def find(request: Request, *, user: Principal = Depends(officer), q: Annotated[str, Query(max_length=200)] = "",

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.db import transaction
 from adapter.models import InboundMessage, Notification
+from fhir.subscriptions import silent_subscriptions
 
 REGISTRY = CollectorRegistry()
 _FIVE_MINUTES = timedelta(minutes=5)
@@ -53,6 +54,10 @@ class StoreCollector(Collector):
                 )
             ) or 0
             by_status = session.execute(select(Notification.status, func.count()).group_by(Notification.status)).all()
+            silent = len(silent_subscriptions(session, now))
+        yield GaugeMetricFamily(
+            "adapter_fhir_subscriptions_silent", "FHIR subscriptions with no heartbeat or event in their period", value=silent
+        )
         yield GaugeMetricFamily("adapter_inbound_queue_depth", "Stored inbound messages not yet processed", value=stored)
         yield GaugeMetricFamily("adapter_notifications_due", "Scheduled notifications whose time has come", value=due)
         yield GaugeMetricFamily("adapter_notifications_overdue", "Notifications due for more than five minutes", value=overdue)

@@ -237,3 +237,26 @@ def test_a_transaction_bundle_posted_to_the_bare_base_url_is_accepted(tmp_path):
         assert response.json()["type"] == "transaction-response"
         reminders = [i for i in notifications(adapter.client("officer")) if i["kind"] == "reminder"]
         assert len(reminders) == 2
+
+
+def test_a_silent_fhir_subscription_raises_an_alert_in_readiness_metrics_and_console(tmp_path):
+    from adapter.clock import FrozenClock
+    from fhir.models import FhirSubscription
+
+    clock = FrozenClock(datetime.now(UTC))
+    with running_adapter(settings_for(tmp_path), clock=clock) as adapter:
+        import httpx
+
+        assert httpx.get(f"{adapter.base_url}/health/ready").json()["checks"]["fhir_subscriptions"] == "ok"
+        with transaction(adapter.container.sessions) as session:
+            session.add(FhirSubscription(
+                url="http://127.0.0.1:9/fhir/Subscription/s1", server="http://127.0.0.1:9/fhir", topic="t",
+                resource_type="Appointment", content="id-only", heartbeat_period_s=60, status="active",
+                created_at=clock.now()))
+        clock.advance(timedelta(minutes=5))  # no heartbeat for 5 periods
+        ready = httpx.get(f"{adapter.base_url}/health/ready")
+        assert ready.status_code == 503 and ready.json()["checks"]["fhir_subscriptions"] == "1 silent"
+        assert "adapter_fhir_subscriptions_silent 1.0" in adapter.client("officer").get("/metrics").text
+        console = httpx.Client(base_url=adapter.base_url, cookies={"adapter_console_token": adapter.tokens["officer"]})
+        page = console.get("/ui/")
+        assert page.status_code == 200 and "Subscription/s1" in page.text

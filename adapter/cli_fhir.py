@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -11,9 +14,26 @@ from rich.console import Console
 
 fhir_app = typer.Typer(no_args_is_help=True, help="FHIR: subscribe to a hospital's server, or poll it.")
 console = Console()
+err = Console(stderr=True)
 
 
-def _auth(token: str | None):
+Token = Annotated[Optional[str], typer.Option(envvar="ADAPTER_UPSTREAM_TOKEN", help="bearer token for the server")]
+SmartTokenUrl = Annotated[Optional[str], typer.Option(help="SMART Backend Services: the server's token endpoint")]
+SmartClient = Annotated[Optional[str], typer.Option(help="SMART Backend Services: our client id")]
+SmartKey = Annotated[Optional[Path], typer.Option(help="SMART Backend Services: our private key (PEM)")]
+SmartAlg = Annotated[str, typer.Option(help="RS384 or ES384")]
+
+
+def _auth(token: str | None, token_url: str | None = None, client_id: str | None = None,
+          key: Path | None = None, algorithm: str = "RS384"):
+    """Bearer token, or SMART Backend Services (client credentials with a signed JWT)."""
+    if token_url or client_id or key:
+        if not (token_url and client_id and key):
+            raise typer.BadParameter("SMART Backend Services needs --smart-token-url, --smart-client-id and --smart-key")
+        from fhir.client import SmartBackendAuth
+
+        return SmartBackendAuth(token_url=token_url, client_id=client_id, private_key_pem=key.read_bytes(),
+                                algorithm=algorithm)
     if not token:
         return None
     from fhir.client import BearerToken
@@ -21,11 +41,27 @@ def _auth(token: str | None):
     return BearerToken(token)
 
 
+@contextmanager
+def upstream_errors() -> Iterator[None]:
+    """The hospital server refused or could not be reached: say so, exit 1."""
+    from fhir.errors import UpstreamError
+
+    try:
+        yield
+    except UpstreamError as exc:
+        err.print(f"[red]upstream FHIR server:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
 @fhir_app.command("subscribe")
 def subscribe(
     server: Annotated[str, typer.Option(help="the hospital FHIR server's base URL")],
     endpoint: Annotated[str, typer.Option(help="our $subscription-hook as the server can reach it")] = "",
-    token: Annotated[Optional[str], typer.Option(envvar="ADAPTER_UPSTREAM_TOKEN", help="bearer token for the server")] = None,
+    token: Token = None,
+    smart_token_url: SmartTokenUrl = None,
+    smart_client_id: SmartClient = None,
+    smart_key: SmartKey = None,
+    smart_alg: SmartAlg = "RS384",
     hook_token: Annotated[Optional[str], typer.Option(envvar="ADAPTER_HOOK_TOKEN", help="an ehr token the server sends us")] = None,
     content: Annotated[str, typer.Option(help="id-only or full-resource")] = "id-only",
     heartbeat: Annotated[int, typer.Option(help="heartbeat period, seconds")] = 300,
@@ -38,10 +74,12 @@ def subscribe(
     container = _container()
     endpoint = endpoint or f"{container.settings.public_base_url}/fhir/R4/$subscription-hook"
     headers = {"Authorization": f"Bearer {hook_token}"} if hook_token else None
-    created = asyncio.run(
-        create(server, endpoint=endpoint, sessions=container.sessions, service=fhir_service(container),
-               auth=_auth(token), content=content, heartbeat_period_s=heartbeat, endpoint_headers=headers)
-    )
+    with upstream_errors():
+        created = asyncio.run(
+            create(server, endpoint=endpoint, sessions=container.sessions, service=fhir_service(container),
+                   auth=_auth(token, smart_token_url, smart_client_id, smart_key, smart_alg), content=content,
+                   heartbeat_period_s=heartbeat, endpoint_headers=headers)
+        )
     for item in created:
         console.print(f"{item.resource_type}: {item.url} ({item.status})")
 
@@ -49,7 +87,11 @@ def subscribe(
 @fhir_app.command("poll")
 def poll(
     server: Annotated[str, typer.Option(help="the hospital FHIR server's base URL")],
-    token: Annotated[Optional[str], typer.Option(envvar="ADAPTER_UPSTREAM_TOKEN")] = None,
+    token: Token = None,
+    smart_token_url: SmartTokenUrl = None,
+    smart_client_id: SmartClient = None,
+    smart_key: SmartKey = None,
+    smart_alg: SmartAlg = "RS384",
     every: Annotated[float, typer.Option(help="seconds between rounds; 0 = one round")] = 0.0,
 ) -> None:
     """For servers without Subscriptions: _lastUpdated searches with paging."""
@@ -59,8 +101,10 @@ def poll(
 
     container = _container()
     service = fhir_service(container)
+    auth = _auth(token, smart_token_url, smart_client_id, smart_key, smart_alg)
     while True:
-        result = asyncio.run(poll_once(server, sessions=container.sessions, service=service, auth=_auth(token)))
+        with upstream_errors():
+            result = asyncio.run(poll_once(server, sessions=container.sessions, service=service, auth=auth))
         console.print(f"stored {result.stored}, unchanged {result.unchanged}, rejected {len(result.rejected)}"
                       + (" (stopped early; will retry)" if result.failed else ""))
         if every <= 0:

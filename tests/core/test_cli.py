@@ -103,3 +103,29 @@ def test_fhir_subscribe_creates_subscriptions_and_poll_pulls_changes(tmp_path):
         assert "stored 0" in again.stdout
     finally:
         stop()
+
+
+def test_fhir_poll_authenticates_with_smart_backend_services(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    assert cli(tmp_path, "migrate").returncode == 0
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "client.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    fake = FakeUpstream(url="")
+    fake.public_key = key.public_key()
+    base, stop = start_fake(fake.app())
+    fake.url = f"{base}/fhir"
+    try:
+        now = datetime.now(UTC)
+        fake.put(appointment("sm1", "p1", now + timedelta(days=3)), 1, now.isoformat())
+        refused = cli(tmp_path, "fhir", "poll", "--server", fake.url)
+        assert refused.returncode == 1 and "answered 401" in refused.stderr and "Traceback" not in refused.stderr
+        polled = cli(tmp_path, "fhir", "poll", "--server", fake.url, "--smart-token-url", f"{base}/token",
+                     "--smart-client-id", "adapter", "--smart-key", str(pem))
+        assert polled.returncode == 0, polled.stdout + polled.stderr
+        assert "stored 1" in polled.stdout and fake.tokens_issued >= 1
+    finally:
+        stop()

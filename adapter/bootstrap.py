@@ -4,6 +4,8 @@ the in-process worker and the Celery worker all call :func:`build`."""
 
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass
 from datetime import timedelta
 from zoneinfo import ZoneInfo
@@ -19,14 +21,19 @@ from adapter.errors import ConfigError
 from adapter.intake import HL7Intake
 from adapter.key_rotation import retired_master_keys
 from adapter.pipeline import Pipeline
+from adapter.quiet_hours import SendingWindow
 from adapter.rules import RuleSet, load_rules
 from adapter.settings import Settings
+from adapter.template_checks import check_reply_words, sms_fit_problems
 from adapter.templates import TemplateBook
 from channels.base import Channel
 from compliance.audit import AuditLog
 from compliance.signing import AuditSigner
 from compliance.crypto import Vault, master_key_from_settings
 from hl7.facilities import FacilityConfig, load_facilities
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,8 +70,14 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
     rules = load_rules(settings.config_dir / "rules.yaml")
     templates = TemplateBook(settings.config_dir / "templates", default_language=settings.default_language, tz=tz)
     templates.require_kinds({rule.kind for rule in rules.rules})
+    check_reply_words(templates)
+    for problem in sms_fit_problems(templates, settings.sms_max_segments):
+        log.warning("template too long for SMS: %s", problem)
+    window = SendingWindow(
+        tz, settings.sending_window_start, settings.sending_window_end, holidays=not settings.send_on_holidays
+    )
     gate = ComplianceGate.from_config(vault=vault, audit=audit, config_dir=settings.config_dir, templates=templates)
-    pipeline = Pipeline(rules=rules, gate=gate, tz=tz)
+    pipeline = Pipeline(rules=rules, gate=gate, tz=tz, window=window)
     facilities = load_facilities(settings.config_dir / "facilities.yaml")
     intake = HL7Intake(sessions=sessions, vault=vault, pipeline=pipeline, facilities=facilities, clock=clock)
     if channels is None:
@@ -81,6 +94,8 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
         clinic=Clinic(settings.clinic_name, settings.clinic_phone),
         batch_size=settings.claim_batch_size,
         lease=timedelta(seconds=settings.claim_lease_s),
+        window=window,
+        rate_limits=settings.channel_rate_limits,
     )
     return Container(
         settings=settings, engine=engine, sessions=sessions, clock=clock, vault=vault, audit=audit,

@@ -25,6 +25,7 @@ from adapter.db import transaction
 from adapter.metrics import DISPATCH_OUTCOMES
 from adapter.models import Appointment, Notification, Patient
 from adapter.patients import first_name, reachable
+from adapter.quiet_hours import SendingWindow
 from adapter.scheduler import claim_due, release
 from adapter.templates import TemplateBook
 from channels.base import Channel, OutboundMessage, Outcome, SendResult
@@ -50,6 +51,24 @@ class SendJob:
     body: str
 
 
+class Throttle:
+    """A provider's rate limit: at most ``rate`` sends per second from this process,
+    spaced evenly (the dispatcher alone throttles, the same way for every channel)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            if self._next > now:
+                await asyncio.sleep(self._next - now)
+            self._next = max(now, self._next) + self.interval
+
+
 def backoff(attempt: int, *, retry_after: float | None = None, base: float = 30.0, cap: float = 3600.0) -> float:
     """Seconds to wait before attempt ``attempt + 1``: exponential with full jitter,
     never less than the provider's own Retry-After."""
@@ -71,6 +90,8 @@ class Dispatcher:
         batch_size: int = 50,
         lease: timedelta = timedelta(minutes=2),
         concurrency: int = 32,
+        window: SendingWindow | None = None,
+        rate_limits: dict[str, float] | None = None,
     ) -> None:
         self.sessions = sessions
         self.gate = gate
@@ -82,6 +103,8 @@ class Dispatcher:
         self.batch_size = batch_size
         self.lease = lease
         self._limit = asyncio.Semaphore(concurrency)
+        self.window = window
+        self._throttles = {name: Throttle(rate) for name, rate in (rate_limits or {}).items() if rate > 0}
 
     async def run_once(self) -> int:
         """Claim one batch of due notifications and send them; return how many."""
@@ -107,6 +130,9 @@ class Dispatcher:
                 job = await asyncio.to_thread(self._prepare, notification_id)
                 if job is None:
                     return
+                throttle = self._throttles.get(job.channel)
+                if throttle is not None:
+                    await throttle.wait()
                 result = await self.channels[job.channel].send(job.message)
             except Exception as exc:  # a bug or an outage must not lose the notification
                 log.exception("dispatch of notification %s failed", notification_id)
@@ -122,6 +148,10 @@ class Dispatcher:
         with transaction(self.sessions) as session:
             row = session.get(Notification, notification_id)
             if row is None or row.status != "claimed":
+                return None
+            if self.window is not None and not row.urgent and not self.window.allows(now):
+                # Quiet hours or a public holiday: back to the queue until the window opens.
+                release(session, row.id, at=self.window.next_open(now), now=now, error="waiting for the sending window")
                 return None
             patient = session.get(Patient, row.patient_id)
             if patient is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -22,6 +22,7 @@ from adapter.models import Appointment, Notification, Patient
 from adapter.patients import merge_patients, upsert_patient
 from adapter.rules import Plan, PlannedNotification, RuleSet, plan_notifications
 from adapter.compliance_gate import ComplianceGate
+from adapter.quiet_hours import SendingWindow
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Pipeline:
     rules: RuleSet
     gate: ComplianceGate
     tz: ZoneInfo
+    window: SendingWindow | None = None  # quiet hours and public holidays; None = any time
 
     def handle(self, session: Session, events: Sequence[ev.Event], *, now: datetime) -> list[int]:
         """Apply ``events`` in order; return the ids of notifications created."""
@@ -145,6 +147,7 @@ class Pipeline:
     ) -> list[int]:
         rows = []
         for planned in plan.notifications:
+            planned = self._in_window(planned, now)
             decision = self.gate.decide_at_schedule(session, patient.id, planned.kind, now=now)
             status, reason = "scheduled", None
             if veto:
@@ -175,6 +178,22 @@ class Pipeline:
         for row in rows:
             self.gate.scheduled(session, row, now=now)
         return [row.id for row in rows]
+
+
+    def _in_window(self, planned: PlannedNotification, now: datetime) -> PlannedNotification:
+        """Non-urgent notices avoid quiet hours and holidays: a reminder that would
+        fall at night goes out the evening before; anything else waits for morning."""
+        if self.window is None or planned.urgent or planned.too_late or self.window.allows(planned.scheduled_for):
+            return planned
+        if planned.ahead_of_start:
+            moved = self.window.last_open_before(planned.scheduled_for)
+            if moved < now:
+                moved = self.window.next_open(now)
+                if moved > planned.scheduled_for:
+                    return replace(planned, too_late=True)
+        else:
+            moved = self.window.next_open(planned.scheduled_for)
+        return replace(planned, scheduled_for=moved)
 
 
 def why_record(

@@ -111,6 +111,7 @@ class PlannedNotification:
     subject_ref: str
     urgent: bool
     too_late: bool  # its moment has passed: recorded as suppressed, never sent
+    ahead_of_start: bool = False  # a reminder: it must go out before the appointment
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ def _planned(
         subject_ref=subject,
         urgent=rule.urgent,
         too_late=rule.timed and moment < now,
+        ahead_of_start=rule.before_start is not None,
     )
 
 

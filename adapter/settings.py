@@ -3,6 +3,7 @@ optional ``config/adapter.yaml``. See INTERFACES.md for the names."""
 
 from __future__ import annotations
 
+from datetime import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,14 @@ class Settings(BaseSettings):
     worker_poll_interval_s: float = 0.2
     claim_batch_size: int = 50
     claim_lease_s: float = 120.0
+    # Non-urgent messages go out only inside this window (clinic time), and not on
+    # Italian public holidays when send_on_holidays is false. Equal start and end: any hour.
+    sending_window_start: time = time(8, 0)
+    sending_window_end: time = time(21, 0)
+    send_on_holidays: bool = False
+    sms_max_segments: int = 2  # templates rendering to more parts are reported at start-up
+    # Sends per second per channel (provider rate limits), e.g. {"sms": 10}; unset = unlimited.
+    channel_rate_limits: dict[str, float] = Field(default_factory=dict)
     # Production mode (ADAPTER_BROKER_URL set): Celery workers, see adapter/celery_app.py.
     celery_queue: str = "adapter"  # one name per deployment (and per test run)
     worker_concurrency: int = 2  # pool processes per `python -m adapter worker`

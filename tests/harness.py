@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +30,13 @@ def settings_for(tmp_path: Path, database_url: str | None = None, **overrides: o
         master_key_file=tmp_path / "master.key",
         audit_signing_key_file=tmp_path / "audit.key",
         worker_poll_interval_s=0.05,
-        **overrides,
+        **{
+            # Tests run at any hour: the sending window is open unless a test says otherwise.
+            "sending_window_start": time(0, 0),
+            "sending_window_end": time(0, 0),
+            "send_on_holidays": True,
+            **overrides,
+        },
     )
 
 

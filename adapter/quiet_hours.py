@@ -1,0 +1,68 @@
+"""When a non-urgent message may go out: not at night and not on Italian public
+holidays, in the clinic's time zone. Pure functions over plain values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from dateutil.easter import easter
+
+# Fixed national holidays (L. 260/1949 and later): New Year, Epiphany, Liberation,
+# Labour Day, Republic Day, Assumption, All Saints, Immaculate Conception,
+# Christmas, St Stephen.
+FIXED_HOLIDAYS = {(1, 1), (1, 6), (4, 25), (5, 1), (6, 2), (8, 15), (11, 1), (12, 8), (12, 25), (12, 26)}
+
+
+def italian_holidays(year: int) -> set[date]:
+    """National public holidays of ``year``, including Easter Monday."""
+    days = {date(year, month, day) for month, day in FIXED_HOLIDAYS}
+    days.add(easter(year) + timedelta(days=1))
+    days.add(easter(year))
+    return days
+
+
+@dataclass(frozen=True)
+class SendingWindow:
+    """Messages go out between ``start`` and ``end`` local time, on days that are
+    not public holidays (unless ``holidays`` is off). ``start == end`` means at
+    any hour."""
+
+    tz: ZoneInfo
+    start: time = time(8, 0)
+    end: time = time(21, 0)
+    holidays: bool = True
+
+    def allows(self, moment: datetime) -> bool:
+        local = moment.astimezone(self.tz)
+        if self.holidays and local.date() in italian_holidays(local.year):
+            return False
+        return self.start == self.end or self.start <= local.time() < self.end
+
+    def next_open(self, moment: datetime) -> datetime:
+        """The first moment at or after ``moment`` when sending is allowed."""
+        if self.allows(moment):
+            return moment
+        local = moment.astimezone(self.tz)
+        day = local.date() if local.time() < self.start else local.date() + timedelta(days=1)
+        for _ in range(30):
+            candidate = datetime.combine(day, self.start, tzinfo=self.tz)
+            if self.allows(candidate):
+                return candidate.astimezone(moment.tzinfo)
+            day += timedelta(days=1)
+        return moment  # a window that never opens is a configuration error; do not hold forever
+
+    def last_open_before(self, moment: datetime) -> datetime:
+        """The latest allowed moment at or before ``moment``: a reminder due at
+        night goes out the evening before rather than after the appointment."""
+        if self.allows(moment):
+            return moment
+        local = moment.astimezone(self.tz)
+        day = local.date() if local.time() >= self.end else local.date() - timedelta(days=1)
+        for _ in range(30):
+            candidate = datetime.combine(day, self.end, tzinfo=self.tz) - timedelta(minutes=1)
+            if self.allows(candidate):
+                return candidate.astimezone(moment.tzinfo)
+            day -= timedelta(days=1)
+        return moment

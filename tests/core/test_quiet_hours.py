@@ -1,0 +1,78 @@
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from adapter import events as ev
+from adapter.clock import FrozenClock
+from adapter.db import transaction
+from adapter.models import Notification
+from adapter.quiet_hours import SendingWindow, italian_holidays
+from sqlalchemy import select
+from tests.harness import migrated_container, settings_for
+
+ROME = ZoneInfo("Europe/Rome")
+WINDOW = SendingWindow(ROME, time(8, 0), time(21, 0))
+
+
+def rome(*args: int) -> datetime:
+    return datetime(*args, tzinfo=ROME)
+
+
+def test_italian_public_holidays_include_the_fixed_days_and_easter_monday():
+    days = italian_holidays(2027)
+    assert {datetime(2027, 4, 25).date(), datetime(2027, 6, 2).date(), datetime(2027, 12, 26).date()} <= days
+    assert datetime(2027, 3, 29).date() in days  # Easter Monday 2027
+
+
+def test_a_message_due_at_night_waits_for_the_morning_and_skips_holidays():
+    assert WINDOW.next_open(rome(2026, 12, 1, 23, 30)) == rome(2026, 12, 2, 8, 0)
+    assert WINDOW.next_open(rome(2026, 12, 24, 22, 0)) == rome(2026, 12, 27, 8, 0)
+    assert WINDOW.next_open(rome(2026, 12, 2, 10, 0)) == rome(2026, 12, 2, 10, 0)
+
+
+def test_a_reminder_due_at_night_goes_out_the_evening_before():
+    assert WINDOW.last_open_before(rome(2026, 12, 2, 6, 0)) == rome(2026, 12, 1, 20, 59)
+
+
+def test_equal_start_and_end_means_any_hour():
+    assert SendingWindow(ROME, time(0, 0), time(0, 0), holidays=False).allows(rome(2026, 12, 25, 3, 0))
+
+
+def test_pipeline_moves_non_urgent_notices_out_of_quiet_hours_but_not_urgent_ones(tmp_path):
+    now = rome(2026, 12, 1, 22, 30).astimezone(UTC)  # a booking arrives at 22:30
+    settings = settings_for(tmp_path, sending_window_start=time(8, 0), sending_window_end=time(21, 0), send_on_holidays=False)
+    container = migrated_container(settings, FrozenClock(now))
+    patient = ev.PatientDetails(key=ev.Identifier("urn:mrn", "q1"), given_name="Anna",
+                                telecom=(ev.ContactPoint("phone", "+393331234567", "mobile"),))
+    start = rome(2026, 12, 3, 7, 30).astimezone(UTC)  # 2 h before is 05:30, at night
+    origin = ev.Origin("fhir", "test")
+    with transaction(container.sessions) as session:
+        container.pipeline.handle(session, [ev.AppointmentBooked(origin, now, patient, ev.Appointment("A/q1", start))], now=now)
+        container.pipeline.handle(session, [ev.AppointmentCancelled(origin, now, patient, ev.Appointment("A/q2", start))], now=now)
+    with transaction(container.sessions) as session:
+        rows = {r.rule_id: r for r in session.scalars(select(Notification))}
+    assert rows["booking-confirmation"].scheduled_for == rome(2026, 12, 2, 8, 0)
+    assert rows["reminder-2h"].scheduled_for == rome(2026, 12, 2, 20, 59)  # the evening before
+    assert rows["cancellation-notice"].scheduled_for == now  # urgent: at once
+    container.engine.dispose()
+
+
+def test_a_channel_rate_limit_never_lets_sends_through_faster_than_configured():
+    import asyncio
+
+    from adapter.dispatch import Throttle
+
+    async def run() -> list[float]:
+        throttle = Throttle(rate=50.0)
+        loop = asyncio.get_running_loop()
+        stamps = []
+
+        async def one() -> None:
+            await throttle.wait()
+            stamps.append(loop.time())
+
+        await asyncio.gather(*(one() for _ in range(6)))
+        return sorted(stamps)
+
+    stamps = asyncio.run(run())
+    gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:])]
+    assert len(stamps) == 6 and min(gaps) >= 0.02 * 0.95  # never faster than 50 per second

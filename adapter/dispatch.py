@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.clock import Clock
@@ -27,7 +27,8 @@ from adapter.models import Appointment, Notification, Patient
 from adapter.patients import first_name, reachable
 from adapter.quiet_hours import SendingWindow
 from adapter.scheduler import claim_due, release
-from adapter.templates import TemplateBook
+from adapter.reply_models import PatientReply
+from adapter.templates import TemplateBook, when_text
 from channels.base import Channel, OutboundMessage, Outcome, SendResult
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,8 @@ class Dispatcher:
                     denied.append(decision.reason)
                     row.decision = {**row.decision, "at_send": {"channel": contact.channel, "consent": decision.as_dict()}}
                     continue
-                rendered = self.templates.render(row.kind, patient.language, self._context(session, patient, row))
+                context = self._context(session, patient, row)
+                rendered = self.templates.render(row.kind, patient.language, context)
                 row.channel = contact.channel
                 row.decision = {
                     **row.decision,
@@ -176,12 +178,14 @@ class Dispatcher:
                         "template_version": rendered.template_version,
                     },
                 }
+                language = rendered.template_id.split("/")[0]
                 message = OutboundMessage(
                     to=contact.address,
                     body=rendered.body,
                     idempotency_key=row.idempotency_key,
-                    language=rendered.template_id.split("/")[0],
+                    language=language,
                     urgent=row.urgent,
+                    **self._whatsapp_fields(session, patient, row, context, language, contact.channel),
                 )
                 return SendJob(row.id, contact.channel, message, rendered.template_id, rendered.template_version, rendered.body)
             if denied:
@@ -191,6 +195,25 @@ class Dispatcher:
             else:
                 self._end(session, row, "suppressed", "no usable contact for any live channel", now)
             return None
+
+    def _whatsapp_fields(
+        self, session: Session, patient: Patient, row: Notification, context: dict, language: str, channel: str
+    ) -> dict:
+        """WhatsApp allows free text only within 24 hours of the patient's last
+        message; outside it, the pre-approved template named after the kind, with
+        its parameters: first name, clinic, and the appointment time when there is one."""
+        if channel != "whatsapp":
+            return {}
+        last = session.scalar(
+            select(func.max(PatientReply.received_at)).where(
+                PatientReply.patient_id == patient.id, PatientReply.channel == "whatsapp"
+            )
+        )
+        params = [context["patient"]["first_name"] or "-", self.clinic.name]
+        start = context["appointment"].get("start")
+        if start is not None:
+            params.append(when_text(start, language, self.templates.tz))
+        return {"template": row.kind, "template_params": tuple(params), "last_inbound_at": last}
 
     def _context(self, session: Session, patient: Patient, row: Notification) -> dict:
         appointment = session.scalar(select(Appointment).where(Appointment.ref == row.subject_ref))

@@ -34,6 +34,8 @@ from channels.base import Channel, OutboundMessage, Outcome, SendResult
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS_PER_CHANNEL = 5
+# Errors after which the provider may or may not have accepted the message.
+AMBIGUOUS_ERRORS = frozenset({"timeout", "disconnected"})
 
 
 @dataclass(frozen=True)
@@ -241,14 +243,29 @@ class Dispatcher:
                 self.gate.sent(session, row, now=now)
                 return
             error = f"{result.error_code or ''} {result.error_text or ''}".strip()[:200]
-            channel_attempts = row.attempts
-            if result.outcome is Outcome.RETRYABLE and channel_attempts < MAX_ATTEMPTS_PER_CHANNEL * (len(row.tried_channels) + 1):
-                at = now + timedelta(seconds=backoff(row.attempts, retry_after=result.retry_after_s))
+            channel = job.channel if job is not None else (row.channel or "internal")
+            tries = dict(row.decision.get("attempts_by_channel", {}))
+            tries[channel] = tries.get(channel, 0) + 1
+            unclear = set(row.decision.get("unclear_on", []))
+            if job is not None and result.error_code in AMBIGUOUS_ERRORS:
+                unclear.add(channel)  # the provider may have taken it before the line went quiet
+            row.decision = {**row.decision, "attempts_by_channel": tries, "unclear_on": sorted(unclear)}
+            if result.outcome is Outcome.RETRYABLE and tries[channel] < MAX_ATTEMPTS_PER_CHANNEL:
+                at = now + timedelta(seconds=backoff(tries[channel], retry_after=result.retry_after_s))
                 release(session, row.id, at=at, now=now, error=error)
                 return
-            if job is not None:
-                row.tried_channels = [*row.tried_channels, job.channel]
             row.last_error = error
+            if job is None:
+                # Our own failure, retries used up: end it rather than loop on it.
+                self._end(session, row, "failed", f"internal error after {tries[channel]} attempts: {error}", now)
+                return
+            if channel in unclear:
+                # Failing over could deliver the message twice (the idempotency key
+                # protects one provider only): stop and say why.
+                self._end(session, row, "failed", f"undetermined: a time-out left it unclear whether {channel} "
+                          "delivered it, so it is not sent again by another channel", now)
+                return
+            row.tried_channels = [*row.tried_channels, channel]
             # Fail over: the next channel is tried at once by the next claim.
             release(session, row.id, at=now, now=now, error=error)
             self.gate.attempt_failed(session, row, error, now=now)

@@ -143,6 +143,27 @@ def _sync_contacts(
             contact.updated_at = now
 
 
+def link_contact(session: Session, vault: Vault, patient_id: str, medium: str, address: str, *,
+                 now: datetime) -> Contact:
+    """A contact the patient gave us themselves (a Telegram chat linked by deep link):
+    sealed and blind-indexed like the hospital's, and the only active one of its medium,
+    so that the latest link is the one used."""
+    index = vault.blind_index(medium, address)
+    contact = None
+    for other in session.scalars(select(Contact).where(Contact.patient_id == patient_id, Contact.channel == medium)):
+        if other.address_index == index:
+            contact = other
+        elif other.active:
+            other.active, other.updated_at = False, now
+    if contact is None:
+        contact = Contact(patient_id=patient_id, channel=medium, address_index=index, rank=0, use="linked",
+                          address_enc=vault.encrypt_str(session, f"patient:{patient_id}", address), updated_at=now)
+        session.add(contact)
+    contact.active, contact.updated_at = True, now
+    session.flush()
+    return contact
+
+
 def reachable(session: Session, vault: Vault, patient_id: str, channels: list[str]) -> list[Reachable]:
     """The patient's usable contacts, in the order the channels are preferred,
     then by rank. Suspended (STOP, wrong number) and dropped contacts are skipped."""

@@ -26,9 +26,10 @@ from sqlalchemy.orm import Session
 from adapter import events as ev
 from adapter.bootstrap import Container
 from adapter.compliance_gate import SYSTEM_ACTOR
+from adapter.contact_check import open_contact_check, record_preference
 from adapter.models import Appointment, Contact, Notification, Patient, PatientIdentifier
 from adapter.patients import CHANNEL_MEDIUM, identifier_index, normalise_phone
-from adapter.replies import IntentKind, classify_reply
+from adapter.replies import IntentKind, Question, classify_reply
 from adapter.reply_models import Incident, PatientReply
 from adapter.writeback import queue_writebacks
 from channels.base import InboundReply
@@ -46,6 +47,7 @@ class ReplyAction(StrEnum):
     OPT_OUT = "opt_out"
     OPT_IN = "opt_in"
     WRONG_NUMBER = "wrong_number"
+    PREFERENCE = "contact_preference"  # the answer to a contact check
     QUEUE = "queue"  # for an operator
 
 
@@ -65,6 +67,8 @@ def decide(intent: IntentKind, *, known_sender: bool, open_question: bool) -> Re
         return ReplyAction.OPT_OUT
     if intent is IntentKind.START:
         return ReplyAction.OPT_IN
+    if intent is IntentKind.CONTACT_PREFERENCE:  # only when a contact check is open
+        return ReplyAction.PREFERENCE
     if open_question and intent is IntentKind.CONFIRM:
         return ReplyAction.CONFIRM
     if open_question and intent is IntentKind.CANCEL:
@@ -131,14 +135,20 @@ def handle_reply(session: Session, container: Container, reply: InboundReply, ch
         return existing
     sender = find_sender(session, container, reply, channel)
     patient = sender.patient
-    intent = classify_reply(reply.text, patient.language if patient else None)
+    check = None
+    if patient is not None:
+        check = open_contact_check(session, patient.id, channel,
+                                   after=sender.question.sent_at if sender.question else None)
+    expecting = Question.CONTACT_PREFERENCE if check is not None else Question.APPOINTMENT
+    intent = classify_reply(reply.text, patient.language if patient else None, expecting=expecting)
     action = decide(intent.kind, known_sender=patient is not None, open_question=sender.question is not None)
+    question = check or sender.question
     subject = f"patient:{patient.id}" if patient else "system"
     row = PatientReply(
         provider=reply.provider, provider_message_id=reply.provider_message_id, channel=channel,
         patient_id=patient.id if patient else None,
-        notification_id=sender.question.id if sender.question else None,
-        subject_ref=sender.question.subject_ref if sender.question else "",
+        notification_id=question.id if question else None,
+        subject_ref=question.subject_ref if question else "",
         intent=intent.kind.value, action=action.value,
         status="open" if action is ReplyAction.QUEUE else "done",
         text_enc=container.vault.encrypt_str(session, subject, reply.text),
@@ -147,8 +157,12 @@ def handle_reply(session: Session, container: Container, reply: InboundReply, ch
     session.add(row)
     session.flush()
     details: dict[str, object] = {"reply": row.id, "intent": row.intent, "channel": channel}
-    if patient is not None:
+    if patient is not None and action is ReplyAction.PREFERENCE:
+        record_preference(session, patient.id, str(intent.channel), source=f"reply/{row.id}", now=now)
+        details["preferred_channel"] = str(intent.channel)
+    elif patient is not None:
         _ACTIONS[action](session, container, sender, row, now)
+    if patient is not None:
         _audit(session, container, patient.id, f"reply: {action.value}", details, now)
     return row
 

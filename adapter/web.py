@@ -236,10 +236,12 @@ def create_app(container: Container) -> FastAPI:
     from adapter.console import install_console
 
     install_console(app, container)
+    from adapter.contact_api import contact_api_router
     from adapter.reply_api import replies_api_router
     from adapter.webhooks import webhooks_router
 
     app.include_router(replies_api_router(container))
+    app.include_router(contact_api_router(container))
     app.include_router(webhooks_router(container))
     app.include_router(
         fhir_router(container), prefix="/fhir/R4", tags=["fhir"], dependencies=[Depends(require(container, "ehr"))]

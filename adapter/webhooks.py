@@ -27,6 +27,7 @@ from adapter.bootstrap import Container
 from adapter.db import transaction
 from adapter.models import Notification
 from adapter.replies_flow import handle_reply
+from adapter.telegram_link import accept_link
 from adapter.reply_models import WebhookEvent
 from channels.base import Channel, DeliveryStatus, InboundReply, StatusUpdate, WebhookRequest
 from channels.errors import SignatureError, WebhookPayloadError
@@ -134,6 +135,8 @@ def process(container: Container, event_id: int, parsed: Parsed | None = None) -
             parsed = parse(channel, row.provider, row.kind, _unseal(container, session, row.request_enc or b""))
         matched = all([apply_status(session, container, update, now=now) for update in parsed.statuses])
         for reply in parsed.replies:
+            if row.provider == "telegram" and accept_link(session, container.gate, reply, now=now):
+                continue  # a deep-link Start, not a reply
             handle_reply(session, container, reply, CHANNEL_FOR_PROVIDER[row.provider], now=now)
         expired = now - row.received_at > UNMATCHED_RETRY_FOR
         row.status = "processed" if matched or expired else "unmatched"

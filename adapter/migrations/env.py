@@ -6,6 +6,7 @@ import adapter.models  # noqa: F401 - register tables
 import compliance.models  # noqa: F401
 import fhir.models  # noqa: F401
 import adapter.reply_models  # noqa: F401
+import adapter.contact_models  # noqa: F401
 from adapter.db import Base, make_engine
 
 config = context.config

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from adapter import subject_rights as rights
+from adapter.api_types import PATIENT_ID_PATTERN, PatientIdPath, PatientIdQuery
 from adapter.bootstrap import Container
 from adapter.db import transaction
 from adapter.web import require
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class ConsentIn(BaseModel):
-    patient: str = Field(max_length=36)
+    patient: str = Field(max_length=36, pattern=PATIENT_ID_PATTERN)
     purpose: str = Field(max_length=40, description='a purpose from config/purposes.yaml, or "*"')
     channel: str = Field("*", max_length=20, description='sms, whatsapp, telegram, email, or "*"')
     decision: Literal["permit", "deny"]
@@ -88,7 +89,7 @@ def compliance_router(container: Container) -> APIRouter:
     @router.get("/audit", dependencies=[officer])
     def audit_entries(
         request: Request,
-        patient: str | None = None,
+        patient: PatientIdQuery = None,
         since: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
@@ -140,7 +141,7 @@ def compliance_router(container: Container) -> APIRouter:
                 "heads": [head_view(h) for h in heads]}
 
     @router.get("/consents", dependencies=[officer])
-    def consents(patient: str) -> dict[str, Any]:
+    def consents(patient: Annotated[str, Query(pattern=PATIENT_ID_PATTERN)]) -> dict[str, Any]:
         """A patient's whole consent history, oldest first (never overwritten)."""
         with transaction(container.sessions) as db:
             items = [rights.consent_view(r) for r in rights.consent_store.records_for(db, patient)]
@@ -163,7 +164,7 @@ def compliance_router(container: Container) -> APIRouter:
         return view
 
     @router.get("/patients/{patient_id}/export", dependencies=[officer])
-    def export(request: Request, patient_id: str,
+    def export(request: Request, patient_id: PatientIdPath,
                format: Literal["json", "fhir"] = "json") -> dict[str, Any]:  # noqa: A002 - the query name
         """Everything held on the patient, decrypted (art. 15, 20); ``format=fhir`` gives a Bundle."""
         try:
@@ -174,7 +175,7 @@ def compliance_router(container: Container) -> APIRouter:
         return rights.export_bundle(data) if format == "fhir" else data
 
     @router.delete("/patients/{patient_id}", dependencies=[admin])
-    def erase(request: Request, patient_id: str) -> dict[str, Any]:
+    def erase(request: Request, patient_id: PatientIdPath) -> dict[str, Any]:
         """Erasure (art. 17): the patient's data keys are destroyed and their rows deleted;
         the audit log keeps its pseudonymous entries and still verifies."""
         try:
@@ -185,7 +186,7 @@ def compliance_router(container: Container) -> APIRouter:
         return asdict(report)
 
     @router.post("/patients/{patient_id}/objection", dependencies=[officer], status_code=201)
-    def objection(request: Request, patient_id: str, body: ObjectionIn) -> dict[str, Any]:
+    def objection(request: Request, patient_id: PatientIdPath, body: ObjectionIn) -> dict[str, Any]:
         """Objection (art. 21): a deny for each purpose objected to."""
         try:
             with transaction(container.sessions) as db:
@@ -198,7 +199,11 @@ def compliance_router(container: Container) -> APIRouter:
             raise HTTPException(422, str(exc)) from exc
         return {"patient": patient_id, "items": items}
 
-    @router.get("/processing-record", dependencies=[officer])
+    @router.get(
+        "/processing-record",
+        dependencies=[officer],
+        responses={200: {"content": {"application/json": {}, "text/markdown": {"schema": {"type": "string"}}}}},
+    )
     def processing_record(format: Literal["json", "markdown"] = "json") -> Any:  # noqa: A002
         """The record of processing activities (art. 30), generated from config/purposes.yaml."""
         record = record_of_processing(container.gate.policy, channels=container.settings.channels)

@@ -204,8 +204,9 @@ def hl7_router(container: Container) -> APIRouter:
     @router.post(
         "/hl7/v2",
         dependencies=[Depends(require(container, "ehr"))],
-        response_class=PlainTextResponse,
-        openapi_extra={"requestBody": {"content": {"application/hl7-v2": {"schema": {"type": "string"}}}, "required": True}},
+        response_class=Response,
+        responses={200: {"description": "The ACK message (ER7)", "content": {HL7_MEDIA_TYPE: {"schema": {"type": "string"}}}}},
+        openapi_extra={"requestBody": {"content": {HL7_MEDIA_TYPE: {"schema": {"type": "string"}}}, "required": True}},
     )
     async def post_hl7(request: Request) -> Response:
         """An ER7 message in the body; the answer is its ACK (AA/AE/AR, MSA-2 = MSH-10)."""
@@ -216,6 +217,40 @@ def hl7_router(container: Container) -> APIRouter:
         return Response(ack, media_type=HL7_MEDIA_TYPE)
 
     return router
+
+
+ERROR_STATUSES = {
+    400: "Bad request: the body or a parameter is malformed",
+    401: "A bearer token is required, or the token is not valid",
+    403: "The token's role may not do this",
+    404: "Not found",
+    409: "Conflicts with what is stored",
+    412: "Precondition failed (If-Match)",
+    413: "Body larger than the configured maximum",
+    415: "Unsupported media type",
+    422: "Understood but not acceptable",
+    429: "Too many failed authentications",
+}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Every operation documents the errors it can answer (problem JSON, or an
+    OperationOutcome on the FHIR facade), so clients and schemathesis know them."""
+    generate = app.openapi
+    content = {"application/json": {}, "application/fhir+json": {}}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                for status, description in ERROR_STATUSES.items():
+                    responses.setdefault(str(status), {"description": description, "content": content})
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(container: Container) -> FastAPI:
@@ -246,4 +281,5 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(
         fhir_router(container), prefix="/fhir/R4", tags=["fhir"], dependencies=[Depends(require(container, "ehr"))]
     )
+    document_errors(app)
     return app

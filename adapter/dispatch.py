@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.clock import Clock
 from adapter.compliance_gate import ComplianceGate
+from adapter.contact_check import ordered_channels
 from adapter.db import transaction
 from adapter.metrics import DISPATCH_OUTCOMES
 from adapter.models import Appointment, Notification, Patient
@@ -160,7 +161,7 @@ class Dispatcher:
             if patient is None:
                 self._end(session, row, "failed", "patient no longer exists", now)
                 return None
-            candidates = [c for c in self.preference if c not in row.tried_channels]
+            candidates = [c for c in ordered_channels(session, patient, self.preference) if c not in row.tried_channels]
             denied: list[str] = []
             for contact in reachable(session, self.gate.vault, patient.id, candidates):
                 decision = self.gate.decide_at_send(session, patient.id, row.kind, contact.channel, now=now)

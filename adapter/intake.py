@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.clock import Clock
+from adapter.app_acks import queue_application_ack, wants_accept_ack, wants_application_ack
 from adapter.db import transaction
 from adapter.metrics import ACK_LATENCY, MESSAGES_RECEIVED
 from adapter.models import InboundMessage
@@ -229,11 +230,15 @@ class HL7Intake:
             stored = await self.writer.store(header, raw)
         except Exception:
             # Not stored, so not accepted: the sender keeps it and retries.
+            if header.enhanced_mode and not wants_accept_ack(header.accept_ack_type, stored=False):
+                return b""  # MSH-15 NE/SU: the sender asked for no commit ACK on failure
             return build_ack(header, error_code, error=AckError("207", "message could not be stored; resend it"))
         facility = self.facilities.for_facility(header.facility)
         if header.enhanced_mode or facility.ack_timing == "stored":
             if not stored.duplicate:
                 self.on_stored()
+            if header.enhanced_mode and not wants_accept_ack(header.accept_ack_type, stored=True):
+                return b""  # MSH-15 NE/ER: no commit ACK wanted on success
             return build_ack(header, accept)
         # ACK after processing: AE/AR carry the mapping's verdict.
         if not stored.duplicate:
@@ -291,6 +296,7 @@ class HL7Intake:
         if row.status not in ("stored", "error", "rejected") or row.raw_enc is None:
             return row.status
         raw = self.vault.decrypt(session, row.raw_enc)
+        header = None
         try:
             with session.begin_nested():
                 header = read_header(raw)
@@ -307,6 +313,8 @@ class HL7Intake:
         else:
             row.status, row.error = "processed", None
         row.processed_at = now
+        if header is not None and header.enhanced_mode and wants_application_ack(header.application_ack_type, row.status):
+            queue_application_ack(session, row.id, now=now)
         return row.status
 
     def process_pending(self) -> int:

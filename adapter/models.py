@@ -167,3 +167,21 @@ NOTIFICATION_STATUSES = (
     "scheduled", "claimed", "sent", "delivered", "read", "failed", "suppressed", "cancelled",
 )
 PENDING = ("scheduled", "claimed")
+
+
+class ApplicationAck(Base):
+    """Enhanced acknowledgement mode: the application ACK owed to a sender after
+    processing (MSH-16), sent as its own message to the sender's listener, with
+    retries (an outbox: created with the processing result, in its transaction)."""
+
+    __tablename__ = "application_ack"
+    __table_args__ = (Index("ix_application_ack_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    inbound_message_id: Mapped[int] = mapped_column(ForeignKey("inbound_message.id", ondelete="CASCADE"), unique=True)
+    status: Mapped[str] = mapped_column(String(16))  # pending, done, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -227,16 +227,19 @@ def webhooks_router(container: Container) -> APIRouter:
 
 async def run_way_back_forever(container: Container, *, stop: asyncio.Event, interval: float = 1.0) -> None:
     """The in-process worker's share of the way back: callbacks left unprocessed, then
-    due write-backs to the hospital, until ``stop`` is set."""
+    due write-backs and application ACKs to the hospital, until ``stop`` is set."""
+    from adapter.app_acks import ApplicationAckSender
     from adapter.writeback import WritebackSender
 
     sender = WritebackSender(container)
+    app_acks = ApplicationAckSender(container)
     try:
         while not stop.is_set():
             busy = 0
             try:
                 await asyncio.to_thread(process_pending, container)
                 busy = await sender.run_once()
+                busy += await app_acks.run_once()
             except Exception:
                 log.exception("way-back round failed; retrying")
             if not busy:

@@ -37,7 +37,7 @@ from adapter.models import Appointment
 from adapter.reply_models import PatientReply, Writeback
 from hl7.ack import new_control_id
 from hl7.client import MLLPConnection, encode_message, read_ack_code
-from hl7.facilities import FacilityRule
+from hl7.facilities import FacilityRule, WritebackEndpoint
 from hl7.header import Separators
 from hl7.message import escape
 from hl7.mllp import client_ssl_context
@@ -161,11 +161,16 @@ async def send_hl7(appointment: Appointment, rule: FacilityRule, action: Action,
     endpoint = rule.writeback
     if endpoint is None:
         raise WritebackError("the facility has no write-back endpoint any more")
-    message = encode_message(build_hl7(appointment, rule, action, now=now))
+    await deliver_over_mllp(endpoint, encode_message(build_hl7(appointment, rule, action, now=now)), timeout=timeout)
+
+
+async def deliver_over_mllp(endpoint: WritebackEndpoint, payload: bytes, *, timeout: float = 10.0) -> None:
+    """Send one message to a hospital's MLLP listener; done only when it answers
+    AA or CA (else WritebackError, and the caller retries)."""
     connection = MLLPConnection(endpoint.host, endpoint.port, timeout=timeout,
                                 ssl_context=client_ssl_context() if endpoint.tls else None)
     try:
-        ack = await connection.send(message)
+        ack = await connection.send(payload)
     except (OSError, asyncio.TimeoutError) as exc:
         raise WritebackError(f"MLLP: {type(exc).__name__}") from None
     finally:

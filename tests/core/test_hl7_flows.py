@@ -122,3 +122,66 @@ def test_random_and_mutated_input_always_gets_an_ack_or_a_clean_close_and_the_li
         assert all(r.code is not None for r in results), [r.error for r in results if r.code is None][:3]
         (after,) = asyncio.run(send_messages([siu("S12", "ALIVE", NOW + timedelta(days=2))], "127.0.0.1", adapter.mllp_port))
         assert after.code.value == "AA"
+
+
+def enhanced(message: bytes, accept: str, application: str) -> bytes:
+    """Set MSH-15 and MSH-16 (enhanced acknowledgement mode, HL7 v2.5 §2.9.3)."""
+    segments = message.split(b"\r")
+    fields = segments[0].split(b"|")
+    fields += [b""] * (18 - len(fields))
+    fields[14], fields[15] = accept.encode(), application.encode()
+    segments[0] = b"|".join(fields)
+    return b"\r".join(segments)
+
+
+def test_enhanced_mode_commits_with_ca_then_sends_the_application_ack_to_the_senders_listener(tmp_path):
+    from tests.core.test_replies import MllpListener
+
+    listener = MllpListener(refuse=1)  # the first application ACK is refused: retried
+    config = tmp_path / "config"
+    shutil.copytree("config", config)
+    (config / "facilities.yaml").write_text(
+        "facilities:\n  default:\n    start_time: [SCH-11]\n"
+        f"    writeback: {{host: 127.0.0.1, port: {listener.server.port}}}\n"
+    )
+    try:
+        with running_adapter(settings_for(tmp_path, config_dir=config)) as adapter:
+            start = NOW + timedelta(days=2)
+            ts = start.strftime("%Y%m%d%H%M%S+0000").encode()
+            good = enhanced(siu("S12", "EN1", start), "AL", "AL")
+            bad = enhanced(siu("S12", "EN2", start).replace(b"|^^^" + ts + b"|", b"||"), "AL", "ER")
+            quiet = enhanced(siu("S12", "EN3", start), "NE", "NE")
+            first, second = asyncio.run(send_messages([good, bad], "127.0.0.1", adapter.mllp_port))
+            assert first.code.value == second.code.value == "CA"  # stored: commit accept
+            assert b"\rERR|" not in first.ack
+
+            def application_acks() -> dict[str, str]:
+                out = {}
+                for message in listener.received:
+                    msa = [s for s in message.split("\r") if s.startswith("MSA|")][0].split("|")
+                    out[msa[2]] = msa[1]
+                return out
+
+            wait_for(lambda: len(application_acks()) == 2, timeout=20)
+            assert application_acks() == {"EN1": "AA", "EN2": "AE"}
+            assert any("ERR|" in m and "SCH-11" in m for m in listener.received if "|EN2" in m)
+
+            from hl7.mllp import frame
+
+            async def no_commit_ack() -> bytes:
+                reader, writer = await asyncio.open_connection("127.0.0.1", adapter.mllp_port)
+                writer.write(frame(quiet))
+                await writer.drain()
+                try:
+                    return await asyncio.wait_for(reader.read(100), timeout=1.0)
+                except TimeoutError:
+                    return b""
+                finally:
+                    writer.close()
+
+            assert asyncio.run(no_commit_ack()) == b""  # MSH-15 NE: no commit ACK at all
+            officer = adapter.client("officer")
+            wait_for(lambda: officer.get("/api/messages", params={"control_id": "EN3"}).json()["items"][0]["status"] == "processed")
+            assert "EN3" not in application_acks()  # MSH-16 NE: no application ACK either
+    finally:
+        listener.stop()

@@ -21,7 +21,7 @@ def upgrade() -> None:
     sa.Column('patient_id', sa.String(length=36), nullable=False),
     sa.Column('channel', sa.String(length=16), nullable=False),
     sa.Column('source', sa.String(length=40), nullable=False),
-    sa.Column('updated_at', adapter.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', adapter.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['patient_id'], ['patient.id'], name=op.f('fk_contact_preference_patient_id_patient'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('patient_id', name=op.f('pk_contact_preference'))
     )
@@ -29,9 +29,9 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('digest', sa.String(length=64), nullable=False),
     sa.Column('patient_id', sa.String(length=36), nullable=False),
-    sa.Column('expires_at', adapter.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('used_at', adapter.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('created_at', adapter.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', adapter.db.UTCDateTime(), nullable=False),
+    sa.Column('used_at', adapter.db.UTCDateTime(), nullable=True),
+    sa.Column('created_at', adapter.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['patient_id'], ['patient.id'], name=op.f('fk_telegram_link_patient_id_patient'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_telegram_link')),
     sa.UniqueConstraint('digest', name=op.f('uq_telegram_link_digest'))

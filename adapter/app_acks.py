@@ -1,0 +1,135 @@
+"""Enhanced acknowledgement mode (HL7 v2.5 §2.9.3): the accept ACK (CA) goes back
+on the sender's connection as soon as the message is stored; the *application*
+ACK follows after processing, as a message of its own to the sender's listener
+(the facility's ``writeback`` endpoint in config/facilities.yaml), when MSH-16
+asks for it: AL always, ER only on error, SU only on success, NE never.
+
+Application ACKs are an outbox: the row is written in the transaction that
+records the processing result, and sent with retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from adapter.db import transaction
+from adapter.models import ApplicationAck, InboundMessage
+from adapter.writeback import WritebackError, deliver_over_mllp, retry_delay
+from hl7.ack import AckCode, AckError, build_ack
+from hl7.header import read_header
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 12
+VERDICT = {"processed": AckCode.AA, "error": AckCode.AE, "rejected": AckCode.AR}
+
+
+def wants_application_ack(application_ack_type: str, status: str) -> bool:
+    """MSH-16 (HL7 table 0155) against the processing result."""
+    mode = application_ack_type.strip().upper()
+    if mode == "AL":
+        return True
+    if mode == "ER":
+        return status != "processed"
+    if mode == "SU":
+        return status == "processed"
+    return False
+
+
+def wants_accept_ack(accept_ack_type: str, *, stored: bool) -> bool:
+    """MSH-15 (table 0155) for the commit ACK: ER only when storing failed, SU only
+    when it succeeded, NE never; AL, empty or anything unknown: always (a sender
+    must never be left waiting because of a value we do not understand)."""
+    mode = accept_ack_type.strip().upper()
+    if mode == "NE":
+        return False
+    if mode == "ER":
+        return not stored
+    if mode == "SU":
+        return stored
+    return True
+
+
+def queue_application_ack(session: Session, message_id: int, *, now: datetime) -> None:
+    """Owe the sender an application ACK for ``message_id`` (once: replays reuse it)."""
+    existing = session.scalar(select(ApplicationAck).where(ApplicationAck.inbound_message_id == message_id))
+    if existing is None:
+        session.add(ApplicationAck(inbound_message_id=message_id, status="pending", attempts=0,
+                                   next_attempt_at=now, created_at=now))
+    elif existing.status != "pending":  # a replay changed the verdict: tell the sender again
+        existing.status, existing.attempts, existing.next_attempt_at = "pending", 0, now
+
+
+def application_ack(raw: bytes, status: str, error: str | None) -> bytes:
+    """The ACK message for a processed message: AA, AE or AR, with ERR on an error."""
+    code = VERDICT.get(status, AckCode.AE)
+    reason = None
+    if code is AckCode.AE:
+        reason = AckError("207", (error or "could not be processed")[:200])
+    elif code is AckCode.AR:
+        reason = AckError("200", (error or "unsupported message")[:200])
+    return build_ack(read_header(raw), code, error=reason)
+
+
+class ApplicationAckSender:
+    """Sends what is owed, oldest first; retries with back-off, then gives up (failed)."""
+
+    def __init__(self, container) -> None:  # noqa: ANN001 - the Container
+        self.container = container
+
+    async def run_once(self) -> int:
+        due = await asyncio.to_thread(self._due)
+        for ack_id, endpoint, payload in due:
+            try:
+                if endpoint is None:
+                    raise WritebackError("the sending facility has no listener configured (writeback)")
+                await deliver_over_mllp(endpoint, payload)
+            except WritebackError as exc:
+                await asyncio.to_thread(self._record, ack_id, str(exc))
+            else:
+                await asyncio.to_thread(self._record, ack_id, None)
+        return len(due)
+
+    def _due(self) -> list[tuple[int, object, bytes]]:
+        now = self.container.clock.now()
+        out = []
+        with transaction(self.container.sessions) as session:
+            rows = session.execute(
+                select(ApplicationAck, InboundMessage)
+                .join(InboundMessage, InboundMessage.id == ApplicationAck.inbound_message_id)
+                .where(ApplicationAck.status == "pending", ApplicationAck.next_attempt_at <= now)
+                .order_by(ApplicationAck.id)
+                .limit(20)
+            ).all()
+            for ack, message in rows:
+                if message.raw_enc is None:  # purged by retention before we could answer
+                    ack.status, ack.last_error = "failed", "raw message no longer held"
+                    continue
+                raw = self.container.vault.decrypt(session, message.raw_enc)
+                facility = self.container.facilities.for_facility(read_header(raw).facility)
+                # Leased for a minute: a second sender in another process skips it.
+                ack.next_attempt_at = now + timedelta(minutes=1)
+                out.append((ack.id, facility.writeback, application_ack(raw, message.status, message.error)))
+        return out
+
+    def _record(self, ack_id: int, error: str | None) -> None:
+        now = self.container.clock.now()
+        with transaction(self.container.sessions) as session:
+            ack = session.get(ApplicationAck, ack_id)
+            if ack is None:
+                return
+            ack.attempts += 1
+            if error is None:
+                ack.status, ack.done_at, ack.last_error = "done", now, None
+                return
+            ack.last_error = error[:200]
+            if ack.attempts >= MAX_ATTEMPTS:
+                ack.status = "failed"
+                log.warning("application ACK %s given up after %d attempts", ack_id, ack.attempts)
+                return
+            ack.next_attempt_at = now + timedelta(seconds=retry_delay(ack.attempts))

@@ -19,13 +19,12 @@ from sqlalchemy.orm import Session
 
 from adapter.db import transaction
 from adapter.models import ApplicationAck, InboundMessage
-from adapter.writeback import WritebackError, deliver_over_mllp, retry_delay
+from adapter.writeback import WritebackError, deliver_over_mllp, settle_attempt
 from hl7.ack import AckCode, AckError, build_ack
 from hl7.header import read_header
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 12
 VERDICT = {"processed": AckCode.AA, "error": AckCode.AE, "rejected": AckCode.AR}
 
 
@@ -121,15 +120,5 @@ class ApplicationAckSender:
         now = self.container.clock.now()
         with transaction(self.container.sessions) as session:
             ack = session.get(ApplicationAck, ack_id)
-            if ack is None:
-                return
-            ack.attempts += 1
-            if error is None:
-                ack.status, ack.done_at, ack.last_error = "done", now, None
-                return
-            ack.last_error = error[:200]
-            if ack.attempts >= MAX_ATTEMPTS:
-                ack.status = "failed"
-                log.warning("application ACK %s given up after %d attempts", ack_id, ack.attempts)
-                return
-            ack.next_attempt_at = now + timedelta(seconds=retry_delay(ack.attempts))
+            if ack is not None:
+                settle_attempt(ack, error, now=now, what="application ACK")

@@ -235,6 +235,21 @@ def retry_delay(attempts: int) -> float:
     return random.uniform(0.5, 1.0) * min(600.0, 2.0 ** attempts)
 
 
+def settle_attempt(row: Any, error: str | None, *, now: datetime, what: str) -> None:
+    """Record one delivery attempt of an outbox row (write-back, application ACK):
+    done, or the next try after a back-off, or failed for good after MAX_ATTEMPTS."""
+    row.attempts += 1
+    if error is None:
+        row.status, row.done_at, row.last_error = "done", now, None
+        return
+    row.last_error = error[:200]
+    if row.attempts >= MAX_ATTEMPTS:
+        row.status = "failed"
+        log.warning("%s %s failed for good after %s attempts", what, row.id, row.attempts)
+    else:
+        row.next_attempt_at = now + timedelta(seconds=retry_delay(row.attempts))
+
+
 class WritebackSender:
     """Delivers due ``writeback`` rows; one instance per worker."""
 
@@ -298,15 +313,5 @@ class WritebackSender:
         now = self.container.clock.now()
         with transaction(self.container.sessions) as session:
             row = session.get(Writeback, writeback_id)
-            if row is None:
-                return
-            row.attempts += 1
-            if error is None:
-                row.status, row.done_at, row.last_error = "done", now, None
-                return
-            row.last_error = error[:200]
-            if row.attempts >= MAX_ATTEMPTS:
-                row.status = "failed"
-                log.warning("write-back %s failed for good after %s attempts", writeback_id, row.attempts)
-            else:
-                row.next_attempt_at = now + timedelta(seconds=retry_delay(row.attempts))
+            if row is not None:
+                settle_attempt(row, error, now=now, what="write-back")

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from adapter import demo
 from adapter.db import transaction
 from adapter.models import OutboxMessage
 from hl7.client import read_ack_code, send_messages
@@ -19,24 +20,11 @@ FHIR = {"Content-Type": "application/fhir+json"}
 
 
 def patient(pid: str, phone: str = "+393331234567", language: str = "it") -> dict:
-    return {
-        "resourceType": "Patient",
-        "id": pid,
-        "name": [{"given": ["Nicolò"], "family": "D'Alò"}],
-        "telecom": [{"system": "phone", "use": "mobile", "value": phone}],
-        "communication": [{"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": language}]}}],
-    }
+    """The demo's Patient builder, with an Italian name that tests the accents."""
+    return demo.patient(pid, "Nicolò", "D'Alò", phone, language)
 
 
-def appointment(aid: str, pid: str, start: datetime, status: str = "booked") -> dict:
-    return {
-        "resourceType": "Appointment",
-        "id": aid,
-        "status": status,
-        "start": start.isoformat(),
-        "end": (start + timedelta(minutes=30)).isoformat(),
-        "participant": [{"actor": {"reference": f"Patient/{pid}"}, "status": "accepted"}],
-    }
+appointment = demo.appointment
 
 
 def wait_for(predicate, timeout: float = 10.0):

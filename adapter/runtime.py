@@ -4,6 +4,7 @@ processor and the in-process dispatcher, sharing one event loop."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import logging
 from collections.abc import Callable
 
@@ -46,6 +47,9 @@ async def serve(
     """Serve until SIGINT/SIGTERM or until ``shutdown`` is set; ``on_ready`` gets
     the bound HTTP and MLLP ports (port 0 picks free ones)."""
     settings = container.settings
+    # Mapping and sending run in threads beside the event loop: hand the GIL back to
+    # the loop every millisecond (default 5 ms), so an ACK does not wait behind them.
+    sys.setswitchinterval(0.001)
     stop = asyncio.Event()
     wake = asyncio.Event()
     container.intake.on_stored = wake.set

@@ -86,6 +86,10 @@ def adapter_env(tmp_path: Path, database_url: str, *, broker_url: str = "", queu
     env.update({
         "PYTHONPATH": str(ROOT),
         "ADAPTER_ENVIRONMENT": "test",
+        # The sending window is open at any hour: tests and benches run at night too.
+        "ADAPTER_SENDING_WINDOW_START": "00:00",
+        "ADAPTER_SENDING_WINDOW_END": "00:00",
+        "ADAPTER_SEND_ON_HOLIDAYS": "true",
         "ADAPTER_DATABASE_URL": database_url,
         "ADAPTER_VAR_DIR": str(tmp_path),
         "ADAPTER_MASTER_KEY_FILE": str(tmp_path / "master.key"),

@@ -22,6 +22,21 @@ pytestmark = pytest.mark.anyio
 
 PROVIDERS = ["twilio", "whatsapp", "telegram", "email", "sandbox"]
 
+# What each provider can show; each test runs for the providers it applies to (no skips),
+# and test_the_capability_table_matches_the_cases keeps this table true.
+FAULTS = {"twilio": ("429", "500", "timeout"), "whatsapp": ("429", "500", "timeout"),
+          "telegram": ("429", "500", "timeout"), "email": ("429", "500", "timeout"), "sandbox": ("500",)}
+WITH_WEBHOOKS = ["twilio", "whatsapp", "telegram", "sandbox"]
+WITH_STATUS_CALLBACKS = ["twilio", "whatsapp", "sandbox"]
+REJECTING_ADDRESSES = ["twilio", "whatsapp", "telegram", "email"]
+RETRY_AFTER_HINTS = ["twilio", "telegram"]  # the fakes send one with a 429
+DEDUPLICATING = ["twilio"]  # the others do not (see test_whatsapp / test_email)
+
+
+def only(providers: list[str]):
+    """Run a test for these providers only (the ``case`` fixture, indirectly)."""
+    return pytest.mark.parametrize("case", providers, indirect=True)
+
 
 @pytest.fixture(params=PROVIDERS)
 async def case(request, fake_twilio, fake_whatsapp, fake_telegram, fake_smtp) -> AsyncIterator[ProviderCase]:
@@ -45,6 +60,12 @@ def key() -> str:
     return f"notification-{uuid.uuid4()}"
 
 
+async def test_the_capability_table_matches_the_cases(case: ProviderCase) -> None:
+    assert case.faults == FAULTS[case.name]
+    assert case.has_webhooks == (case.name in WITH_WEBHOOKS)
+    assert bool(case.status_table) == (case.name in WITH_STATUS_CALLBACKS)
+
+
 async def test_every_provider_implements_the_channel_protocol(case: ProviderCase) -> None:
     assert isinstance(case.channel, Channel)
     assert case.channel.name == case.name
@@ -58,27 +79,25 @@ async def test_a_send_is_accepted_with_a_provider_message_id_and_delivered_once(
     assert case.deliveries(k) == 1
 
 
-@pytest.mark.parametrize("fault", ["429", "500", "timeout"])
+@pytest.mark.parametrize(
+    "case, fault", [(name, fault) for name in PROVIDERS for fault in FAULTS[name]], indirect=["case"]
+)
 async def test_throttling_server_errors_and_timeouts_are_retryable(case, fault: str) -> None:
-    if fault not in case.faults:
-        pytest.skip(f"{case.name} has no {fault} failure mode")
     case.force(fault)
     result = await case.channel.send(case.message(key()))
     assert result.outcome is Outcome.RETRYABLE, result
     assert result.error_code
 
 
+@only(RETRY_AFTER_HINTS)
 async def test_a_429_carries_the_providers_retry_after_hint(case) -> None:
-    if case.name not in ("twilio", "telegram"):
-        pytest.skip("only Twilio and Telegram send a retry-after hint in the fakes")
     case.force("429")
     result = await case.channel.send(case.message(key()))
     assert result.retry_after_s == 1
 
 
+@only(DEDUPLICATING)
 async def test_a_retry_after_a_timeout_with_the_same_key_never_delivers_twice(case) -> None:
-    if case.name not in ("twilio",):
-        pytest.skip(f"{case.name} does not de-duplicate (see test_whatsapp / test_email)")
     k = key()
     case.force("timeout")
     first = await case.channel.send(case.message(k))
@@ -87,27 +106,24 @@ async def test_a_retry_after_a_timeout_with_the_same_key_never_delivers_twice(ca
     assert case.deliveries(k) == 1
 
 
+@only(REJECTING_ADDRESSES)
 async def test_an_invalid_or_blocked_address_is_a_final_failure(case) -> None:
-    if case.name == "sandbox":
-        pytest.skip("the sandbox accepts every address")
     k = key()
     result = await case.channel.send(case.message(k, invalid=True))
     assert result.outcome is Outcome.FINAL, result
     assert case.deliveries(k) == 0
 
 
+@only(REJECTING_ADDRESSES)
 async def test_error_text_never_contains_the_patients_address(case) -> None:
-    if case.name == "sandbox":
-        pytest.skip("the sandbox never fails for an address")
     message = case.message(key(), invalid=True)
     result = await case.channel.send(message)
     digits = message.to.lstrip("+")
     assert digits not in (result.error_text or "") and message.to not in (result.error_text or "")
 
 
+@only(WITH_WEBHOOKS)
 async def test_a_correctly_signed_inbound_reply_is_parsed(case) -> None:
-    if not case.has_webhooks:
-        pytest.skip(f"{case.name} has no webhooks")
     sender = "424242" if case.name == "telegram" else "+393331234567"
     [reply] = case.channel.parse_inbound(case.inbound_request(sender, "2"))
     assert (reply.provider, reply.text) == (case.name, "2")
@@ -115,9 +131,8 @@ async def test_a_correctly_signed_inbound_reply_is_parsed(case) -> None:
     assert reply.provider_message_id
 
 
+@only(WITH_WEBHOOKS)
 async def test_a_bad_signature_raises_signature_error_and_parses_nothing(case) -> None:
-    if not case.has_webhooks:
-        pytest.skip(f"{case.name} has no webhooks")
     sender = "424242" if case.name == "telegram" else "+393331234567"
     request = case.inbound_request(sender, "1")
     with pytest.raises(SignatureError):
@@ -127,9 +142,8 @@ async def test_a_bad_signature_raises_signature_error_and_parses_nothing(case) -
         case.channel.parse_inbound(unsigned)
 
 
+@only(WITH_STATUS_CALLBACKS)
 async def test_status_callbacks_map_to_sent_delivered_read_failed(case) -> None:
-    if not case.status_table:
-        pytest.skip(f"{case.name} sends no delivery status callbacks")
     for provider_status, expected in case.status_table.items():
         updates = case.channel.parse_status(case.status_request("MSG-1", provider_status))
         if expected is None:
@@ -143,9 +157,8 @@ async def test_status_callbacks_map_to_sent_delivered_read_failed(case) -> None:
             assert update.error_code is None
 
 
+@only(WITH_STATUS_CALLBACKS)
 async def test_a_status_callback_with_a_bad_signature_raises_signature_error(case) -> None:
-    if not case.status_table:
-        pytest.skip(f"{case.name} sends no delivery status callbacks")
     request = case.status_request("MSG-1", "delivered")
     with pytest.raises(SignatureError):
         case.channel.parse_status(case.tampered(request))

@@ -31,7 +31,8 @@ def pg_url() -> Iterator[str]:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # pragma: no cover - depends on the machine
         admin.dispose()
-        pytest.skip(f"PostgreSQL not available: {exc}")
+        # The storage tests must run on PostgreSQL: a missing server fails loudly.
+        raise RuntimeError(f"PostgreSQL is not running on 127.0.0.1:5432 ({exc}); see shared/README.md") from exc
     yield f"{PG_SERVER}/{name}"
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -23,6 +23,7 @@ run: install
 	$(PY) -m adapter serve
 
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 bench: install

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 

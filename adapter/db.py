@@ -6,7 +6,6 @@ one Alembic history migrates them all.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import insert, select, tuple_, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.clock import Clock

@@ -12,7 +12,6 @@ Run: ``.venv/bin/python -m bench.fhir_ingest``.
 
 from __future__ import annotations
 
-import itertools
 import json
 
 from bench.common import SECONDS, adapter_process, free_port, header, python_server, verdict

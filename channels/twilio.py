@@ -13,7 +13,6 @@ for the initial queued/accepted state.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit

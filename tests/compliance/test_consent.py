@@ -84,7 +84,9 @@ def test_every_message_kind_has_a_purpose_and_a_lawful_basis():
 
 def test_a_bad_purposes_file_names_the_field(tmp_path):
     bad = tmp_path / "purposes.yaml"
-    text = (POLICY_PATH := __import__("compliance.purposes", fromlist=["DEFAULT_PATH"]).DEFAULT_PATH).read_text()
+    from compliance.purposes import DEFAULT_PATH
+
+    text = DEFAULT_PATH.read_text()
     bad.write_text(text.replace("payment_reminder: administrative", "payment_reminder: billing"))
     with pytest.raises(ComplianceError, match="payment_reminder"):
         load_policy(bad)

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, select, text
-from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.db import transaction
 from compliance.crypto import LocalMasterKey, Vault, VaultCodec, master_key_from_settings, wrapped_key_id

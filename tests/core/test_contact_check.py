@@ -20,7 +20,6 @@ from adapter.contact_models import ContactPreference, TelegramLink
 from adapter.db import transaction
 from adapter.models import Contact
 from adapter.replies import Question, classify_reply
-from adapter.reply_models import PatientReply
 from channels.fakes import FakeSmtp, FakeTelegram, FakeTwilio, start_fake
 from channels.optout import check_reply_instructions
 from channels.telegram import LINK_TOKEN_PATTERN

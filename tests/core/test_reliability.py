@@ -41,7 +41,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy import func, select
 
 from adapter import events as ev

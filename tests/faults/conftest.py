@@ -276,3 +276,32 @@ async def send_until_acknowledged(payloads: dict[str, bytes], port: int, *, conn
 
     await asyncio.gather(*(sender(items[i::connections]) for i in range(connections)))
     return attempts
+
+
+def confirmations_sent(sessions) -> int:  # noqa: ANN001 - a sessionmaker
+    """How many booking confirmations have reached ``sent``."""
+    from sqlalchemy import func, select
+
+    from adapter.db import transaction
+    from adapter.models import Notification
+
+    with transaction(sessions) as session:
+        return session.scalar(select(func.count()).where(
+            Notification.kind == "booking_confirmation", Notification.status == "sent"))
+
+
+def assert_each_processed_and_sent_once(sessions, fake_twilio: FakeTwilio, total: int) -> None:  # noqa: ANN001
+    """Every inbound message processed, one confirmation each, each delivered once."""
+    from sqlalchemy import func, select
+
+    from adapter.db import transaction
+    from adapter.models import InboundMessage, Notification
+
+    with transaction(sessions) as session:
+        inbound = dict(session.execute(
+            select(InboundMessage.status, func.count()).group_by(InboundMessage.status)).all())
+        keys = set(session.scalars(select(Notification.idempotency_key).where(
+            Notification.kind == "booking_confirmation")))
+    assert inbound == {"processed": total}
+    assert len(keys) == total and set(fake_twilio.deliveries) == keys
+    assert max(fake_twilio.deliveries.values()) == 1

@@ -15,11 +15,11 @@ import subprocess
 import time
 
 import pytest
-from sqlalchemy import func, select
 
-from adapter.db import make_engine, make_sessionmaker, transaction
-from adapter.models import InboundMessage, Notification
+from adapter.db import make_engine, make_sessionmaker
 from tests.faults.conftest import (
+    assert_each_processed_and_sent_once,
+    confirmations_sent,
     AMQP_URL,
     REDIS_URL,
     Process,
@@ -80,9 +80,7 @@ def test_broker_restarted_under_load_nothing_lost_nothing_sent_twice(tmp_path, p
     sessions = make_sessionmaker(engine)
 
     def sent() -> int:
-        with transaction(sessions) as session:
-            return session.scalar(select(func.count()).where(
-                Notification.kind == "booking_confirmation", Notification.status == "sent"))
+        return confirmations_sent(sessions)
 
     try:
         asyncio.run(send_until_acknowledged(phases[0], mllp_port, deadline=time.monotonic() + 60))
@@ -91,14 +89,7 @@ def test_broker_restarted_under_load_nothing_lost_nothing_sent_twice(tmp_path, p
         wait_for(lambda: sent() == total, 120, "every booking confirmation sent after the restart", interval=0.3)
         assert worker.popen.poll() is None, worker.output()
         assert server.popen.poll() is None, server.output()
-        with transaction(sessions) as session:
-            inbound = dict(session.execute(
-                select(InboundMessage.status, func.count()).group_by(InboundMessage.status)).all())
-            keys = set(session.scalars(select(Notification.idempotency_key).where(
-                Notification.kind == "booking_confirmation")))
-        assert inbound == {"processed": total}
-        assert len(keys) == total and set(fake_twilio.deliveries) == keys
-        assert max(fake_twilio.deliveries.values()) == 1
+        assert_each_processed_and_sent_once(sessions, fake_twilio, total)
     finally:
         worker.terminate()
         server.terminate()

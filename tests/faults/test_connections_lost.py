@@ -11,13 +11,13 @@ import time
 
 import psycopg
 import pytest
-from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from adapter.db import make_engine, make_sessionmaker, transaction
-from adapter.models import InboundMessage, Notification
+from adapter.db import make_engine, make_sessionmaker
 from tests.conftest import PG_ADMIN
 from tests.faults.conftest import (
+    assert_each_processed_and_sent_once,
+    confirmations_sent,
     AMQP_URL,
     REDIS_URL,
     Process,
@@ -66,9 +66,7 @@ def test_database_and_broker_connections_dropped_then_recovered_nothing_lost(
     sessions = make_sessionmaker(engine)
 
     def sent() -> int:
-        with transaction(sessions) as session:
-            return session.scalar(select(func.count()).where(
-                Notification.kind == "booking_confirmation", Notification.status == "sent"))
+        return confirmations_sent(sessions)
 
     def send(payloads: dict[str, bytes]) -> None:
         asyncio.run(send_until_acknowledged(payloads, mllp_port, deadline=time.monotonic() + 60))
@@ -88,15 +86,7 @@ def test_database_and_broker_connections_dropped_then_recovered_nothing_lost(
         assert worker.popen.poll() is None, worker.output()
         assert server.popen.poll() is None, server.output()
 
-        with transaction(sessions) as session:
-            inbound = dict(session.execute(
-                select(InboundMessage.status, func.count()).group_by(InboundMessage.status)).all())
-            keys = set(session.scalars(select(Notification.idempotency_key).where(
-                Notification.kind == "booking_confirmation")))
-        assert inbound == {"processed": total}
-        assert len(keys) == total
-        assert set(fake_twilio.deliveries) == keys
-        assert max(fake_twilio.deliveries.values()) == 1
+        assert_each_processed_and_sent_once(sessions, fake_twilio, total)
     finally:
         worker.terminate()
         server.terminate()

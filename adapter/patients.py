@@ -77,20 +77,29 @@ def upsert_patient(
     """Create or update the patient ``details`` describes. Identifiers are
     added, never removed; contacts the hospital no longer lists are deactivated
     when the update carries a telecom list."""
-    patient = find_patient(session, vault, details.key)
-    if patient is None:
-        for other in details.identifiers:
-            patient = find_patient(session, vault, other)
-            if patient is not None:
-                break
+    # One look-up for every identifier the message carries; the key wins, then the others in order.
+    wanted = {identifier: identifier_index(vault, identifier) for identifier in (details.key, *details.identifiers)}
+    known = dict(
+        session.execute(
+            select(PatientIdentifier.identifier_index, PatientIdentifier.patient_id).where(
+                PatientIdentifier.identifier_index.in_(set(wanted.values()))
+            )
+        ).all()
+    )
+    patient = None
+    for index in wanted.values():
+        if index in known:
+            patient = session.get(Patient, known[index])
+            while patient is not None and patient.merged_into:
+                patient = session.get(Patient, patient.merged_into)
+            break
     if patient is None:
         patient = Patient(id=str(uuid.uuid4()), language="", created_at=now, updated_at=now)
         session.add(patient)
-        session.flush()
     subject = f"patient:{patient.id}"
-    for identifier in {details.key, *details.identifiers}:
-        index = identifier_index(vault, identifier)
-        if session.scalar(select(PatientIdentifier.id).where(PatientIdentifier.identifier_index == index)) is None:
+    for identifier, index in wanted.items():
+        if index not in known:
+            known[index] = patient.id
             session.add(PatientIdentifier(patient_id=patient.id, identifier_index=index, kind=identifier.kind))
     if details.given_name:
         patient.given_name_enc = vault.encrypt_str(session, subject, details.given_name)

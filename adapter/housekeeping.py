@@ -9,12 +9,13 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from adapter.bootstrap import Container
 from adapter.db import transaction
 from adapter.key_rotation import adopt_master_key_if_changed
-from adapter.models import InboundMessage, Notification
+from adapter.models import InboundMessage, Notification, OutboxMessage
+from adapter.reply_models import PatientReply, WebhookEvent
 from compliance.audit import TreeHead
 from compliance.errors import AuditIntegrityError
 from compliance.records import retention_cutoffs
@@ -31,6 +32,9 @@ HOUSEKEEPER = "adapter:housekeeping"
 class PurgeReport:
     inbound_raw: int
     sent_bodies: int
+    webhooks: int = 0  # provider callbacks as received (addresses, reply text)
+    reply_texts: int = 0  # what patients wrote
+    sandbox_outbox: int = 0  # what the sandbox "sent"
 
 
 def sign_tree_head_if_due(container: Container, *, now: datetime, every: timedelta = TREE_HEAD_EVERY) -> TreeHead | None:
@@ -73,11 +77,28 @@ def purge_expired(container: Container, *, now: datetime) -> PurgeReport:
                        Notification.sent_at.is_not(None), Notification.sent_at < cutoffs.sent_body_before)))
             .values(body_enc=None)
         ).rowcount
-        if raw or bodies:
+        # Callbacks hold addresses and replies as received: kept like raw inbound messages.
+        webhooks = session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.request_enc.is_not(None), WebhookEvent.received_at < cutoffs.inbound_raw_before,
+                   WebhookEvent.processed_at.is_not(None))
+            .values(request_enc=None)
+        ).rowcount
+        # What patients wrote, and what the sandbox recorded, are message bodies.
+        replies = session.execute(
+            update(PatientReply)
+            .where(PatientReply.text_enc.is_not(None), PatientReply.received_at < cutoffs.sent_body_before)
+            .values(text_enc=None)
+        ).rowcount
+        outbox = session.execute(
+            delete(OutboxMessage).where(OutboxMessage.created_at < cutoffs.sent_body_before)
+        ).rowcount
+        report = PurgeReport(raw, bodies, webhooks, replies, outbox)
+        if any(vars(report).values()):
             container.audit.append(session, action="retention_purged", actor=HOUSEKEEPER, subject_pseudonym="",
                                    reason="retention periods from config/purposes.yaml",
-                                   details={"inbound_raw": raw, "sent_bodies": bodies}, at=now)
-    return PurgeReport(raw, bodies)
+                                   details=vars(report), at=now)
+    return report
 
 
 def run_housekeeping(container: Container) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 
+from sqlalchemy import select
+
+from adapter.clock import FrozenClock
 from adapter.db import transaction
 from adapter.housekeeping import purge_expired, sign_tree_head_if_due
 from adapter.key_rotation import adopt_master_key_if_changed, master_key_path
@@ -102,3 +105,29 @@ def test_keys_rotate_rewraps_every_key_and_a_running_adapter_adopts_the_new_one(
         exported = export_patient(session, fresh, "p-k", actor="test", now=NOW)
     assert exported["patient"]["given_name"] == "Ada"
     fresh.engine.dispose()
+
+
+def test_retention_also_purges_stored_callbacks_reply_texts_and_the_sandbox_outbox(tmp_path):
+    from adapter.models import OutboxMessage
+    from adapter.reply_models import PatientReply, WebhookEvent
+
+    container = migrated_container(settings_for(tmp_path), FrozenClock(NOW))
+    old = NOW - timedelta(days=400)
+    with transaction(container.sessions) as session:
+        seal = lambda text: container.vault.encrypt(session, "system", text.encode())  # noqa: E731
+        session.add(WebhookEvent(provider="twilio", kind="inbound", dedupe_key="k1", received_at=old, status="processed",
+                                 request_enc=seal("From=+393331234567&Body=2"), processed_at=old))
+        session.add(WebhookEvent(provider="twilio", kind="inbound", dedupe_key="k2", received_at=NOW, status="processed",
+                                 request_enc=seal("From=+393331234567&Body=1"), processed_at=NOW))
+        session.add(PatientReply(provider="twilio", provider_message_id="SM1", channel="sms", intent="cancel",
+                                 action="cancelled", status="done", text_enc=seal("2"), received_at=old))
+        session.add(OutboxMessage(idempotency_key="old", to_enc=seal("+393331234567"), body_enc=seal("Gentile"),
+                                  created_at=old))
+    report = purge_expired(container, now=NOW)
+    assert (report.webhooks, report.reply_texts, report.sandbox_outbox) == (1, 1, 1)
+    with transaction(container.sessions) as session:
+        kept = {row.dedupe_key: row.request_enc for row in session.scalars(select(WebhookEvent))}
+        assert kept["k1"] is None and kept["k2"] is not None
+        assert session.scalar(select(PatientReply.text_enc)) is None
+        assert session.scalar(select(OutboxMessage.id)) is None
+    container.engine.dispose()

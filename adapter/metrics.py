@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.db import transaction
-from adapter.models import InboundMessage, Notification
+from adapter.models import ApplicationAck, InboundMessage, Notification
+from adapter.reply_models import Writeback
 from fhir.subscriptions import silent_subscriptions
 
 REGISTRY = CollectorRegistry()
@@ -55,9 +56,20 @@ class StoreCollector(Collector):
             ) or 0
             by_status = session.execute(select(Notification.status, func.count()).group_by(Notification.status)).all()
             silent = len(silent_subscriptions(session, now))
+            # Messages to the hospital that gave up after every retry need a person.
+            given_up = {
+                "writeback": session.scalar(select(func.count()).where(Writeback.status == "failed")) or 0,
+                "application_ack": session.scalar(select(func.count()).where(ApplicationAck.status == "failed")) or 0,
+            }
         yield GaugeMetricFamily(
             "adapter_fhir_subscriptions_silent", "FHIR subscriptions with no heartbeat or event in their period", value=silent
         )
+        failed = GaugeMetricFamily(
+            "adapter_hospital_messages_failed", "Write-backs and application ACKs that gave up", labels=["kind"]
+        )
+        for kind, count in given_up.items():
+            failed.add_metric([kind], count)
+        yield failed
         yield GaugeMetricFamily("adapter_inbound_queue_depth", "Stored inbound messages not yet processed", value=stored)
         yield GaugeMetricFamily("adapter_notifications_due", "Scheduled notifications whose time has come", value=due)
         yield GaugeMetricFamily("adapter_notifications_overdue", "Notifications due for more than five minutes", value=overdue)

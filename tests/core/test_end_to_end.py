@@ -176,6 +176,7 @@ def test_metrics_count_messages_and_acks_without_personal_data(tmp_path):
         text = officer.get("/metrics").text
         assert accepted(text) == before + 1
         assert "adapter_ack_latency_seconds_count" in text and "adapter_notifications_due" in text
+        assert 'adapter_hospital_messages_failed{kind="writeback"} 0.0' in text
         assert "Nicol" not in text and "3331234567" not in text and "D'Al" not in text
         import httpx
 

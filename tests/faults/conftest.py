@@ -14,8 +14,11 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kombu import Connection
@@ -305,3 +308,57 @@ def assert_each_processed_and_sent_once(sessions, fake_twilio: FakeTwilio, total
     assert inbound == {"processed": total}
     assert len(keys) == total and set(fake_twilio.deliveries) == keys
     assert max(fake_twilio.deliveries.values()) == 1
+
+
+@dataclass
+class CeleryCluster:
+    """One ``serve --workers celery`` and one Celery worker on a fresh PostgreSQL
+    database and a per-test queue, sending SMS to a fake Twilio."""
+
+    server: Process
+    worker: Process
+    mllp_port: int
+    sessions: Any
+    fake_twilio: FakeTwilio
+
+    def bookings(self, prefix: str, phases: int, per_phase: int, first_patient: int) -> list[dict[str, bytes]]:
+        """``phases`` batches of SIU^S12 bookings, one new patient each, control ids ``<prefix><p>M<i>``."""
+        start = future_start()
+        return [
+            {f"{prefix}{p}M{i:03d}": siu_s12(f"{prefix}{p}M{i:03d}", first_patient + p * 1000 + i, start)
+             for i in range(per_phase)}
+            for p in range(phases)
+        ]
+
+    def send(self, payloads: dict[str, bytes]) -> None:
+        asyncio.run(send_until_acknowledged(payloads, self.mllp_port, deadline=time.monotonic() + 60))
+
+    def sent(self) -> int:
+        return confirmations_sent(self.sessions)
+
+    def check(self, total: int) -> None:
+        """Both processes survived, and every message was processed and confirmed once."""
+        assert self.worker.popen.poll() is None, self.worker.output()
+        assert self.server.popen.poll() is None, self.server.output()
+        assert_each_processed_and_sent_once(self.sessions, self.fake_twilio, total)
+
+
+@contextmanager
+def celery_cluster(tmp_path: Path, pg_url: str, broker_url: str, queue: str, fake_twilio: FakeTwilio,
+                   **settings: object) -> Iterator[CeleryCluster]:
+    fake_twilio.latency_s = 0.05
+    env = adapter_env(tmp_path, pg_url, broker_url=broker_url, queue=queue, twilio=fake_twilio,
+                      claim_batch_size=10, broker_visibility_timeout_s=5, **settings)
+    http_port, mllp_port = free_port(), free_port()
+    server = start_serve(env, tmp_path, http_port, mllp_port, "--workers", "celery")
+    worker = Process(["worker", "--concurrency", "2"], env, tmp_path / "worker.log")
+    from adapter.db import make_engine, make_sessionmaker
+
+    engine = make_engine(pg_url)
+    try:
+        yield CeleryCluster(server, worker, mllp_port, make_sessionmaker(engine), fake_twilio)
+    finally:
+        worker.terminate()
+        server.terminate()
+        delete_queue(broker_url, queue)
+        engine.dispose()

@@ -9,27 +9,16 @@ pytest process of ``make test`` and restores the broker before it ends."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
 import time
 
 import pytest
 
-from adapter.db import make_engine, make_sessionmaker
 from tests.faults.conftest import (
-    assert_each_processed_and_sent_once,
-    confirmations_sent,
+    celery_cluster,
     AMQP_URL,
     REDIS_URL,
-    Process,
-    adapter_env,
-    delete_queue,
-    free_port,
-    future_start,
-    send_until_acknowledged,
-    siu_s12,
-    start_serve,
     wait_for,
 )
 
@@ -63,37 +52,16 @@ def restart_broker(broker_url: str) -> None:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("broker_url", [AMQP_URL, REDIS_URL], ids=["rabbitmq", "redis"])
 def test_broker_restarted_under_load_nothing_lost_nothing_sent_twice(tmp_path, pg_url, fake_twilio, queue_name, broker_url):
-    fake_twilio.latency_s = 0.05
     # A short lease: work whose task the restart lost (Redis keeps nothing) is claimed again soon.
-    env = adapter_env(tmp_path, pg_url, broker_url=broker_url, queue=queue_name, twilio=fake_twilio,
-                      claim_batch_size=10, claim_lease_s=5, broker_visibility_timeout_s=5)
-    http_port, mllp_port = free_port(), free_port()
-    start = future_start()
-    phases = [
-        {f"R{p}M{i:03d}": siu_s12(f"R{p}M{i:03d}", 50000 + p * 1000 + i, start) for i in range(PER_PHASE)}
-        for p in range(2)
-    ]
-    total = PER_PHASE * len(phases)
-    server = start_serve(env, tmp_path, http_port, mllp_port, "--workers", "celery")
-    worker = Process(["worker", "--concurrency", "2"], env, tmp_path / "worker.log")
-    engine = make_engine(pg_url)
-    sessions = make_sessionmaker(engine)
-
-    def sent() -> int:
-        return confirmations_sent(sessions)
-
     try:
-        asyncio.run(send_until_acknowledged(phases[0], mllp_port, deadline=time.monotonic() + 60))
-        restart_broker(broker_url)  # while the first phase may still be on its way
-        asyncio.run(send_until_acknowledged(phases[1], mllp_port, deadline=time.monotonic() + 60))
-        wait_for(lambda: sent() == total, 120, "every booking confirmation sent after the restart", interval=0.3)
-        assert worker.popen.poll() is None, worker.output()
-        assert server.popen.poll() is None, server.output()
-        assert_each_processed_and_sent_once(sessions, fake_twilio, total)
+        with celery_cluster(tmp_path, pg_url, broker_url, queue_name, fake_twilio, claim_lease_s=5) as cluster:
+            phases = cluster.bookings("R", 2, PER_PHASE, 50000)
+            cluster.send(phases[0])
+            restart_broker(broker_url)  # while the first phase may still be on its way
+            cluster.send(phases[1])
+            total = 2 * PER_PHASE
+            wait_for(lambda: cluster.sent() == total, 120, "every booking confirmation sent after the restart", interval=0.3)
+            cluster.check(total)
     finally:
-        worker.terminate()
-        server.terminate()
         if not port_open(6379 if broker_url.startswith("redis") else 5672):  # never leave the broker down
             restart_broker(broker_url)
-        delete_queue(broker_url, queue_name)
-        engine.dispose()

@@ -109,7 +109,8 @@ def verify(session: Session, public_keys: Sequence[Ed25519PublicKey]) -> VerifyR
             if stored_nodes.get((lvl, idx)) != h:
                 problems.append(Problem("node_altered", idx << lvl,
                                         f"stored node level {lvl} index {idx} (entries {idx << lvl}.."
-                                        f"{((idx + 1) << lvl) - 1}) differs from the entries"))
+                                        f"{((idx + 1) << lvl) - 1}) differs from the entries",
+                                        last_seq=((idx + 1) << lvl) - 1))
                 tree_broken = True
         if not tree_broken and edge.root() != row.root_after:
             problems.append(Problem("rewritten", row.seq, "entry and its hash agree but the tree after it does not"))

@@ -212,6 +212,33 @@ def end_to_end(messages: Messages, count: int = E2E_MESSAGES, connections: int =
         return count / (finished - started), count / (acked_at - started), counts
 
 
+def durable_commit_ceiling(connections: int = 8, rounds: int = 300) -> tuple[float, float]:
+    """The disk's share of the limit, measured in this run: a SQLite WAL
+    ``synchronous=FULL`` commit of ``connections`` raw messages (the most that can
+    wait for one commit when each connection waits for its ACK) on the same
+    disk. Returns (seconds per commit, p50; the messages/s that this alone
+    allows)."""
+    import sqlite3
+    import tempfile
+
+    payload = Messages().framed()
+    with tempfile.TemporaryDirectory(prefix="adapter-bench-fsync-") as tmp:
+        db = sqlite3.connect(f"{tmp}/c.db", isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE m (raw BLOB)")
+        times = []
+        for _ in range(rounds):
+            began = time.perf_counter()
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT INTO m VALUES (?)", [(payload,)] * connections)
+            db.execute("COMMIT")
+            times.append(time.perf_counter() - began)
+        db.close()
+    commit = percentile(times, 50)
+    return commit, connections / commit
+
+
 def main() -> None:
     header("MLLP: adapter (durable, SQLite WAL) vs bare asyncio ACK-only and hl7apy MLLPServer")
     print("how each was run: every server in its own process on 127.0.0.1; the client is this process\n"
@@ -248,6 +275,11 @@ def main() -> None:
           f"{paced.rate:.0f} msg/s, p50 {paced.p(50) * 1e3:.2f} ms, p99 {paced.p(99) * 1e3:.2f} ms"
           f"   target p99 <= {TARGET_P99_S * 1e3:.0f} ms: {verdict(paced.p(99), TARGET_P99_S, higher_is_better=False)}"
           f"   (not AA: {paced.rejected})")
+
+    commit, ceiling = durable_commit_ceiling()
+    print(f"the disk alone: an fsync'd SQLite commit of 8 messages takes {commit * 1e3:.2f} ms (p50) here, so 8 connections"
+          f" that each wait for their ACK can get at most {ceiling:.0f} msg/s = {ceiling / bare[8].rate:.2f} of the bare limit"
+          " from durable storage alone, before any parsing or sealing")
 
     e2e, acked, counts = end_to_end(messages)
     print(f"end to end ({E2E_MESSAGES} messages, 8 conn, fresh adapter, until /api/messages shows none 'stored'): "

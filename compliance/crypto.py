@@ -40,7 +40,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import event, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from compliance.errors import ConfigError, CryptoError, KeyDestroyed, TamperedCiphertext, UnknownKey
@@ -228,6 +229,12 @@ class Vault:
     def decrypt_str(self, session: Session, blob: bytes, *, aad: bytes = b"") -> str:
         return self.decrypt(session, blob, aad=aad).decode()
 
+    def create_key(self, session: Session, subject: str) -> None:
+        """Give a subject nobody has used yet (a new patient) its data key without looking
+        for one first: one insert. Should the subject have a key after all, or have been
+        destroyed, that row stands and is used as :meth:`encrypt` would."""
+        self._create(session, subject)
+
     # -- blind indexes -------------------------------------------------------------------
 
     def blind_index(self, kind: str, value: str) -> str:
@@ -360,13 +367,12 @@ class Vault:
 
     def _create(self, session: Session, subject: str) -> _CachedKey:
         raw, key_id = AESGCM.generate_key(bit_length=256), _new_key_id()
-        row = DataKey(id=key_id, subject=subject, master_key_id=self.master.key_id,
-                      wrapped=self.master.wrap(raw, context=_wrap_context(subject, key_id)),
-                      created_at=datetime.now(UTC))
-        try:
-            with session.begin_nested():
-                session.add(row)
-        except IntegrityError:  # another transaction created it first
+        row = {"id": key_id, "subject": subject, "master_key_id": self.master.key_id,
+               "wrapped": self.master.wrap(raw, context=_wrap_context(subject, key_id)),
+               "created_at": datetime.now(UTC)}
+        # One statement, no savepoint: a key another transaction created first (or a
+        # destroyed subject's tombstone) wins, and is read back instead.
+        if session.execute(_INSERT_KEY[session.get_bind().dialect.name], row).scalar() is None:
             existing = session.scalars(select(DataKey).where(DataKey.subject == subject)).one()
             return self._remember(existing)
         cached = _CachedKey(key_id, AESGCM(raw), time.monotonic())
@@ -390,6 +396,11 @@ class Vault:
 
 
 _PENDING = "compliance.pending_keys"
+# A data key unless the subject has one (or a tombstone): INSERT ... ON CONFLICT DO NOTHING.
+_INSERT_KEY = {
+    name: insert(DataKey.__table__).on_conflict_do_nothing().returning(DataKey.__table__.c.id)
+    for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
 
 
 def _pending(session: Session) -> dict[str, _CachedKey]:

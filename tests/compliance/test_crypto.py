@@ -197,3 +197,26 @@ def _raw_bytes(engine) -> bytes:
             out += conn.execute(text("SELECT pg_read_binary_file(:p)"), {"p": filepath}).scalar()
             out += "".join(str(r) for r in conn.execute(text(f"SELECT * FROM {table}"))).encode()
         return out
+
+
+def test_a_key_created_for_a_new_subject_seals_and_is_the_only_key_it_ever_gets(vault, sessions):
+    with transaction(sessions) as session:
+        vault.create_key(session, "patient:new")
+        blob = vault.encrypt_str(session, "patient:new", NAME)
+        vault.create_key(session, "patient:new")  # again: the first key stands
+        assert vault.decrypt_str(session, blob) == NAME
+    fresh = Vault.open(sessions, vault.master)
+    with transaction(sessions) as session:
+        assert fresh.decrypt_str(session, blob) == NAME
+        fresh.create_key(session, "patient:new")
+        assert len(session.scalars(select(DataKey).where(DataKey.subject == "patient:new")).all()) == 1
+        assert vault.decrypt_str(session, vault.encrypt_str(session, "patient:new", NAME)) == NAME
+
+
+def test_no_key_is_created_for_a_destroyed_subject(vault, sessions):
+    with transaction(sessions) as session:
+        vault.destroy(session, "patient:erased")
+    fresh = Vault.open(sessions, vault.master)
+    for v in (vault, fresh):
+        with transaction(sessions) as session, pytest.raises(KeyDestroyed):
+            v.create_key(session, "patient:erased")

@@ -7,10 +7,11 @@ consent registry directly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,12 +21,31 @@ from adapter.errors import ConfigError
 from adapter.models import Notification
 from adapter.templates import TemplateBook
 from compliance import consent_store as registry
-from compliance.audit import AuditLog
+from compliance.audit import AuditDraft, AuditLog
 from compliance.crypto import Vault
 from compliance.purposes import CompliancePolicy, load_policy
 from compliance.report_rules import lint_templates, report_notice_allowed
 
 SYSTEM_ACTOR = "adapter"
+
+
+class ScheduledNotice(Protocol):
+    """What the audit of a new notification records (a ``Notification`` row has it)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def patient_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def rule_id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def scheduled_for(self) -> datetime: ...
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,10 @@ class ComplianceGate:
     def decide_at_send(self, session: Session, patient_id: str, kind: str, channel: str, *, now: datetime) -> Decision:
         return self._decide(session, patient_id, kind, channel, now)
 
+    def patient_created(self, session: Session, patient_id: str) -> None:
+        """A patient just created: no consent history to look up for them in this session."""
+        registry.new_patient(session, patient_id)
+
     def consent_changed(self, session: Session, patient_id: str, event: ev.ConsentChanged, *, now: datetime) -> None:
         registry.apply_consent_event(session, patient_id, event, at=now)
         self._audit(session, "consent_changed", patient_id, f"consent {event.consent_ref}", now,
@@ -111,16 +135,22 @@ class ComplianceGate:
         self._audit(session, "received", patient_id, type(event).__name__, now,
                     {"source": event.origin.source, "sender": event.origin.sender, "ref": event.origin.message_ref})
 
-    def scheduled(self, session: Session, row: Notification, *, now: datetime) -> None:
-        action = "scheduled" if row.status == "scheduled" else "suppressed"
-        self._audit(session, action, row.patient_id, row.reason or row.rule_id, now,
-                    {"notification": row.id, "kind": row.kind, "rule": row.rule_id,
-                     "scheduled_for": row.scheduled_for.isoformat()})
+    def scheduled(self, session: Session, rows: Sequence[ScheduledNotice], *, now: datetime) -> None:
+        """One entry per notification just created (scheduled or suppressed), appended together."""
+        self.audit.append_many(session, [
+            self._draft("scheduled" if row.status == "scheduled" else "suppressed", row.patient_id,
+                        row.reason or row.rule_id, now,
+                        {"notification": row.id, "kind": row.kind, "rule": row.rule_id,
+                         "scheduled_for": row.scheduled_for.isoformat()})
+            for row in rows
+        ])
 
-    def withdrawn(self, session: Session, notification_id: int, reason: str, *, now: datetime) -> None:
-        row = session.get(Notification, notification_id)
-        if row is not None:
-            self._audit(session, "cancelled", row.patient_id, reason, now, {"notification": notification_id})
+    def withdrawn(self, session: Session, withdrawn: Sequence[tuple[int, str]], reason: str, *, now: datetime) -> None:
+        """``withdrawn``: (notification id, patient id) of each notification just cancelled."""
+        self.audit.append_many(session, [
+            self._draft("cancelled", patient_id, reason, now, {"notification": notification_id})
+            for notification_id, patient_id in withdrawn
+        ])
 
     def sent(self, session: Session, row: Notification, *, now: datetime) -> None:
         self._audit(session, "sent", row.patient_id, f"sent by {row.channel}", now,
@@ -144,6 +174,11 @@ class ComplianceGate:
 
     def _audit(self, session: Session, action: str, subject: str, reason: str, now: datetime,
                details: dict[str, Any], *, actor: str = SYSTEM_ACTOR, outcome: str = "success") -> None:
+        self.audit.append_many(session, [self._draft(action, subject, reason, now, details, actor=actor, outcome=outcome)])
+
+    @staticmethod
+    def _draft(action: str, subject: str, reason: str, now: datetime, details: dict[str, Any], *,
+               actor: str = SYSTEM_ACTOR, outcome: str = "success") -> AuditDraft:
         pseudonym = f"patient:{subject}" if subject else ""
-        self.audit.append(session, action=action, actor=actor, subject_pseudonym=pseudonym, reason=reason,
+        return AuditDraft(action=action, actor=actor, subject_pseudonym=pseudonym, reason=reason,
                           details=details, at=now, outcome=outcome)

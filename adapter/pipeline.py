@@ -14,21 +14,43 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from adapter import events as ev
-from adapter.models import Appointment, Notification, Patient
+from adapter.models import Appointment, Notification
 from adapter.patients import merge_patients, upsert_patient
 from adapter.rules import Plan, PlannedNotification, RuleSet, plan_notifications
 from adapter.compliance_gate import ComplianceGate
 from adapter.quiet_hours import SendingWindow
 
 
+_APPOINTMENT = Appointment.__table__
+_NOTIFICATION = Notification.__table__
+# Built once: constructing a statement costs more than running it.
+_FIND_APPOINTMENT = select(_APPOINTMENT.c.status, _APPOINTMENT.c.start).where(
+    _APPOINTMENT.c.ref == bindparam("appointment"))
+_UPDATE_APPOINTMENT = _APPOINTMENT.update().where(_APPOINTMENT.c.ref == bindparam("appointment"))
+_INSERT_NOTIFICATIONS = _NOTIFICATION.insert().returning(_NOTIFICATION.c.id, sort_by_parameter_order=True)
+
+
 @dataclass(frozen=True)
 class _Previous:
     status: str
     start: datetime
+
+
+@dataclass(frozen=True)
+class _Created:
+    """A notification just inserted, as its audit entry describes it."""
+
+    id: int
+    patient_id: str
+    kind: str
+    rule_id: str
+    status: str
+    reason: str | None
+    scheduled_for: datetime
 
 
 @dataclass
@@ -54,30 +76,34 @@ class Pipeline:
 
     def _handle_one(self, session: Session, event: ev.Event, *, now: datetime) -> list[int]:
         vault = self.gate.vault
+        session.flush()  # what the ORM holds pending is seen by the Core statements below
         if isinstance(event, ev.PatientsMerged):
-            keeper, retired_id = merge_patients(session, vault, event.surviving, event.retired, now=now)
-            self.gate.patients_merged(session, keeper.id, retired_id, event, now=now)
+            keeper_id, retired_id = merge_patients(session, vault, event.surviving, event.retired, now=now)
+            self.gate.patients_merged(session, keeper_id, retired_id, event, now=now)
             return []
         details: ev.PatientDetails | None = getattr(event, "patient", None)
         if details is None:
             return []
-        patient = upsert_patient(session, vault, details, now=now)
-        self.gate.received(session, patient.id, event, now=now)
+        upserted = upsert_patient(session, vault, details, now=now)
+        patient_id = upserted.id
+        if upserted.created:
+            self.gate.patient_created(session, patient_id)
+        self.gate.received(session, patient_id, event, now=now)
         if isinstance(event, ev.ConsentChanged):
-            self.gate.consent_changed(session, patient.id, event, now=now)
+            self.gate.consent_changed(session, patient_id, event, now=now)
             return []
         if isinstance(event, ev.ReportWithdrawn):
             self._withdraw(session, event.report_ref, timed_only=False, reason="report withdrawn", now=now)
             return []
         if isinstance(event, ev.ReportReady):
-            allowed, reason = self.gate.report_notice_allowed(session, patient.id, event, now=now)
+            allowed, reason = self.gate.report_notice_allowed(session, patient_id, event, now=now)
             if not allowed:
-                return self._create(session, patient, self._plan(event, now), event, now=now, veto=reason)
-            return self._create(session, patient, self._plan(event, now), event, now=now)
+                return self._create(session, patient_id, self._plan(event, now), event, now=now, veto=reason)
+            return self._create(session, patient_id, self._plan(event, now), event, now=now)
         appointment = getattr(event, "appointment", None)
         if appointment is None:
             return []
-        previous = self._store_appointment(session, patient, event, appointment, now=now)
+        previous = self._store_appointment(session, patient_id, event, appointment, now=now)
         if isinstance(event, ev.AppointmentRescheduled) and previous is not None and previous.status == "booked" and previous.start == appointment.start:
             return []  # a modification that did not move the start (SIU^S14): nothing to tell
         if isinstance(event, ev.AppointmentRescheduled) and (previous is None or previous.status != "booked"):
@@ -86,13 +112,13 @@ class Pipeline:
         plan = self._plan(event, now)
         if plan.withdraw_all or plan.withdraw_timed:
             self._withdraw(session, appointment.ref, timed_only=plan.withdraw_timed, reason=plan.reason, now=now)
-        return self._create(session, patient, plan, event, now=now)
+        return self._create(session, patient_id, plan, event, now=now)
 
     def _plan(self, event: ev.Event, now: datetime) -> Plan:
         return plan_notifications(event, self.rules, now=now, tz=self.tz)
 
     def _store_appointment(
-        self, session: Session, patient: Patient, event: ev.Event, appointment: ev.Appointment, *, now: datetime
+        self, session: Session, patient_id: str, event: ev.Event, appointment: ev.Appointment, *, now: datetime
     ) -> _Previous | None:
         """Store what the hospital says now; return what we knew before."""
         status = {
@@ -102,53 +128,51 @@ class Pipeline:
             ev.AppointmentNoShow: "noshow",
             ev.AppointmentFulfilled: "fulfilled",
         }[type(event)]
-        row = session.scalar(select(Appointment).where(Appointment.ref == appointment.ref))
-        previous = None if row is None else _Previous(row.status, row.start)
-        if row is None:
-            row = Appointment(ref=appointment.ref, source=event.origin.source, sender=event.origin.sender)
-            session.add(row)
-        row.patient_id = patient.id
-        row.start = appointment.start
-        row.status = status
-        row.location = appointment.location[:200]
-        row.updated_at = now
-        session.flush()
-        return previous
+        found = session.execute(_FIND_APPOINTMENT, {"appointment": appointment.ref}).first()
+        values = {"patient_id": patient_id, "start": appointment.start, "status": status,
+                  "location": appointment.location[:200], "updated_at": now}
+        if found is None:
+            session.execute(_APPOINTMENT.insert(), {
+                **values, "ref": appointment.ref, "source": event.origin.source, "sender": event.origin.sender,
+            })
+            return None
+        session.execute(_UPDATE_APPOINTMENT, {**values, "appointment": appointment.ref})
+        return _Previous(found.status, found.start)
 
     def _withdraw(self, session: Session, subject_ref: str, *, timed_only: bool, reason: str, now: datetime) -> None:
         """Cancel what is still waiting for ``subject_ref``. Immediate notices
         already on their way are left alone when only timed ones move."""
-        timed_rules = [r.id for r in self.rules.rules if r.timed]
-        query = update(Notification).where(
-            Notification.subject_ref == subject_ref, Notification.status == "scheduled"
-        )
+        pending = (_NOTIFICATION.c.subject_ref == subject_ref, _NOTIFICATION.c.status == "scheduled")
         if timed_only:
-            query = query.where(Notification.rule_id.in_(timed_rules))
-        ids = list(session.scalars(select(Notification.id).where(query.whereclause)))  # type: ignore[arg-type]
-        if not ids:
+            pending += (_NOTIFICATION.c.rule_id.in_([r.id for r in self.rules.rules if r.timed]),)
+        withdrawn = [(row.id, row.patient_id) for row in session.execute(
+            select(_NOTIFICATION.c.id, _NOTIFICATION.c.patient_id).where(*pending))]
+        if not withdrawn:
             return
         session.execute(
-            update(Notification)
-            .where(Notification.id.in_(ids), Notification.status == "scheduled")
+            update(_NOTIFICATION)
+            .where(_NOTIFICATION.c.id.in_([notification_id for notification_id, _ in withdrawn]),
+                   _NOTIFICATION.c.status == "scheduled")
             .values(status="cancelled", reason=reason[:200], status_at=now)
         )
-        for notification_id in ids:
-            self.gate.withdrawn(session, notification_id, reason, now=now)
+        self.gate.withdrawn(session, withdrawn, reason, now=now)
 
     def _create(
         self,
         session: Session,
-        patient: Patient,
+        patient_id: str,
         plan: Plan,
         event: ev.Event,
         *,
         now: datetime,
         veto: str | None = None,
     ) -> list[int]:
+        if not plan.notifications:
+            return []
         rows = []
         for planned in plan.notifications:
             planned = self._in_window(planned, now)
-            decision = self.gate.decide_at_schedule(session, patient.id, planned.kind, now=now)
+            decision = self.gate.decide_at_schedule(session, patient_id, planned.kind, now=now)
             status, reason = "scheduled", None
             if veto:
                 status, reason = "suppressed", veto
@@ -156,29 +180,30 @@ class Pipeline:
                 status, reason = "suppressed", "its time had already passed when the event arrived"
             elif not decision.allowed:
                 status, reason = "suppressed", decision.reason
-            rows.append(
-                Notification(
-                    patient_id=patient.id,
-                    kind=planned.kind,
-                    rule_id=planned.rule_id,
-                    subject_ref=planned.subject_ref,
-                    scheduled_for=planned.scheduled_for,
-                    status=status,
-                    urgent=planned.urgent,
-                    idempotency_key=uuid.uuid4().hex,
-                    reason=reason,
-                    status_at=now,
-                    created_at=now,
-                    tried_channels=[],
-                    decision=why_record(event, planned, decision.as_dict(), status, reason),
-                )
-            )
-        session.add_all(rows)
-        session.flush()  # one flush for the event's notifications: their ids for the audit
-        for row in rows:
-            self.gate.scheduled(session, row, now=now)
-        return [row.id for row in rows]
-
+            rows.append({
+                "patient_id": patient_id,
+                "kind": planned.kind,
+                "rule_id": planned.rule_id,
+                "subject_ref": planned.subject_ref,
+                "scheduled_for": planned.scheduled_for,
+                "status": status,
+                "urgent": planned.urgent,
+                "idempotency_key": uuid.uuid4().hex,
+                "reason": reason,
+                "status_at": now,
+                "created_at": now,
+                "tried_channels": [],
+                "attempts": 0,
+                "decision": why_record(event, planned, decision.as_dict(), status, reason),
+            })
+        # One multi-row insert for the event's notifications, their ids back for the audit.
+        ids = session.scalars(_INSERT_NOTIFICATIONS, rows).all()
+        self.gate.scheduled(session, [
+            _Created(notification_id, patient_id, row["kind"], row["rule_id"], row["status"], row["reason"],
+                     row["scheduled_for"])
+            for notification_id, row in zip(ids, rows, strict=True)
+        ], now=now)
+        return list(ids)
 
     def _in_window(self, planned: PlannedNotification, now: datetime) -> PlannedNotification:
         """Non-urgent notices avoid quiet hours and holidays: a reminder that would

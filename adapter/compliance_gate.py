@@ -8,7 +8,7 @@ consent registry directly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,7 +60,7 @@ class Decision:
     consent_record: int | None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # flat: asdict's deep copy is slow
 
 
 class ComplianceGate:
@@ -132,18 +132,32 @@ class ComplianceGate:
     # -- audit of each decision ---------------------------------------------------------
 
     def received(self, session: Session, patient_id: str, event: ev.Event, *, now: datetime) -> None:
-        self._audit(session, "received", patient_id, type(event).__name__, now,
-                    {"source": event.origin.source, "sender": event.origin.sender, "ref": event.origin.message_ref})
+        self.audit.append_many(session, [self._received(patient_id, event, now)])
 
     def scheduled(self, session: Session, rows: Sequence[ScheduledNotice], *, now: datetime) -> None:
         """One entry per notification just created (scheduled or suppressed), appended together."""
+        self.audit.append_many(session, [self._scheduled(row, now) for row in rows])
+
+    def received_and_scheduled(
+        self, session: Session, handled: Sequence[tuple[str, ev.Event, Sequence[ScheduledNotice]]], *, now: datetime
+    ) -> None:
+        """Events applied together, each (patient id, event, its new notifications): the
+        entries :meth:`received` and :meth:`scheduled` make for each, in order, in one append."""
         self.audit.append_many(session, [
-            self._draft("scheduled" if row.status == "scheduled" else "suppressed", row.patient_id,
-                        row.reason or row.rule_id, now,
-                        {"notification": row.id, "kind": row.kind, "rule": row.rule_id,
-                         "scheduled_for": row.scheduled_for.isoformat()})
-            for row in rows
+            draft
+            for patient_id, event, rows in handled
+            for draft in (self._received(patient_id, event, now), *(self._scheduled(row, now) for row in rows))
         ])
+
+    def _received(self, patient_id: str, event: ev.Event, now: datetime) -> AuditDraft:
+        return self._draft("received", patient_id, type(event).__name__, now,
+                           {"source": event.origin.source, "sender": event.origin.sender, "ref": event.origin.message_ref})
+
+    def _scheduled(self, row: ScheduledNotice, now: datetime) -> AuditDraft:
+        return self._draft("scheduled" if row.status == "scheduled" else "suppressed", row.patient_id,
+                           row.reason or row.rule_id, now,
+                           {"notification": row.id, "kind": row.kind, "rule": row.rule_id,
+                            "scheduled_for": row.scheduled_for.isoformat()})
 
     def withdrawn(self, session: Session, withdrawn: Sequence[tuple[int, str]], reason: str, *, now: datetime) -> None:
         """``withdrawn``: (notification id, patient id) of each notification just cancelled."""

@@ -7,8 +7,10 @@ else works with the internal id (a pseudonym).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import phonenumbers
 from sqlalchemy import bindparam, select, update
@@ -97,21 +99,64 @@ def upsert_patient(
 ) -> UpsertedPatient:
     """Create or update the patient ``details`` describes. Identifiers are
     added, never removed; contacts the hospital no longer lists are deactivated
-    when the update carries a telecom list. Core statements, no ORM objects: for
-    a new patient one look-up and one insert per table."""
+    when the update carries a telecom list. Core statements, no ORM objects."""
     # One look-up for every identifier the message carries; the key wins, then the others in order.
-    wanted = {identifier: identifier_index(vault, identifier) for identifier in (details.key, *details.identifiers)}
+    wanted = identifier_indexes(vault, details)
     found = {
         index: (patient_id, merged_into)
-        for index, patient_id, merged_into in session.execute(
-_FIND_IDENTIFIERS, {"indexes": list(set(wanted.values()))})
+        for index, patient_id, merged_into in session.execute(_FIND_IDENTIFIERS, {"indexes": list(set(wanted))})
     }
-    first = next((found[index] for index in wanted.values() if index in found), None)
-    created = first is None
-    patient_id = str(uuid.uuid4()) if first is None else _survivor(session, *first)
+    first = next((found[index] for index in wanted if index in found), None)
+    if first is None:
+        return UpsertedPatient(create_patients(session, vault, [details], now=now)[0], created=True)
+    patient_id = _survivor(session, *first)
+    session.execute(_UPDATE_PATIENT, {**_patient_values(session, vault, patient_id, details, now), "patient": patient_id})
+    new_identifiers = {index: kind for index, kind in wanted.items() if index not in found}
+    if new_identifiers:
+        session.execute(_IDENTIFIER.insert(), _identifier_rows(patient_id, new_identifiers))
+    if details.telecom:
+        _sync_contacts(session, vault, patient_id, details.telecom, now=now)
+    return UpsertedPatient(patient_id, created=False)
+
+
+def create_patients(
+    session: Session, vault: Vault, patients: Sequence[ev.PatientDetails], *, now: datetime
+) -> list[str]:
+    """New patients, none of whose identifiers is known (the caller has looked): their
+    data keys, rows, identifiers and contacts with one multi-row insert per table.
+    Returns their ids, in order."""
+    ids = [str(uuid.uuid4()) for _ in patients]
+    vault.create_keys(session, [f"patient:{patient_id}" for patient_id in ids])  # no look-up: nobody used them
+    patient_rows, identifier_rows, contact_rows = [], [], []
+    for patient_id, details in zip(ids, patients, strict=True):
+        patient_rows.append({"language": "", **_patient_values(session, vault, patient_id, details, now),
+                             "id": patient_id, "created_at": now})
+        identifier_rows += _identifier_rows(patient_id, identifier_indexes(vault, details))
+        contact_rows += _contact_changes(session, vault, patient_id, details.telecom, {}, now).added
+    session.execute(_PATIENT.insert(), patient_rows)
+    session.execute(_IDENTIFIER.insert(), identifier_rows)
+    if contact_rows:
+        session.execute(_CONTACT.insert(), contact_rows)
+    return ids
+
+
+def identifier_indexes(vault: Vault, details: ev.PatientDetails) -> dict[str, str]:
+    """Blind index → identifier kind for every identifier of ``details``, the key first."""
+    out: dict[str, str] = {}
+    for identifier in (details.key, *details.identifiers):
+        out.setdefault(identifier_index(vault, identifier), identifier.kind)
+    return out
+
+
+def _identifier_rows(patient_id: str, indexes: dict[str, str]) -> list[dict[str, str]]:
+    return [{"patient_id": patient_id, "identifier_index": index, "kind": kind} for index, kind in indexes.items()]
+
+
+def _patient_values(
+    session: Session, vault: Vault, patient_id: str, details: ev.PatientDetails, now: datetime
+) -> dict[str, object]:
+    """The patient columns ``details`` sets, personal ones sealed with the patient's key."""
     subject = f"patient:{patient_id}"
-    if created:
-        vault.create_key(session, subject)  # no look-up: nobody has used this subject yet
     values: dict[str, object] = {"updated_at": now}
     if details.given_name:
         values["given_name_enc"] = vault.encrypt_str(session, subject, details.given_name)
@@ -119,18 +164,7 @@ _FIND_IDENTIFIERS, {"indexes": list(set(wanted.values()))})
         values["family_name_enc"] = vault.encrypt_str(session, subject, details.family_name)
     if details.language:
         values["language"] = details.language.split("-")[0].lower()[:8]
-    if created:
-        session.execute(_PATIENT.insert(), {"language": "", **values, "id": patient_id, "created_at": now})
-    else:
-        session.execute(_UPDATE_PATIENT, {**values, "patient": patient_id})
-    new_identifiers = {index: identifier.kind for identifier, index in wanted.items() if index not in found}
-    if new_identifiers:
-        session.execute(_IDENTIFIER.insert(), [
-            {"patient_id": patient_id, "identifier_index": index, "kind": kind} for index, kind in new_identifiers.items()
-        ])
-    if details.telecom:
-        _sync_contacts(session, vault, patient_id, details.telecom, known_patient=not created, now=now)
-    return UpsertedPatient(patient_id, created)
+    return values
 
 
 def _survivor(session: Session, patient_id: str, merged_into: str | None) -> str:
@@ -141,17 +175,34 @@ def _survivor(session: Session, patient_id: str, merged_into: str | None) -> str
     return patient_id
 
 
+@dataclass
+class _ContactChanges:
+    added: list[dict[str, object]]
+    kept: dict[int, dict[str, object]]  # contact id → new values
+    dropped: list[int]
+
+
 def _sync_contacts(
-    session: Session, vault: Vault, patient_id: str, telecom: tuple[ev.ContactPoint, ...], *,
-    known_patient: bool, now: datetime,
+    session: Session, vault: Vault, patient_id: str, telecom: tuple[ev.ContactPoint, ...], *, now: datetime
 ) -> None:
-    subject = f"patient:{patient_id}"
-    existing = {} if not known_patient else {
-        (row.channel, row.address_index): row
-        for row in session.execute(_CONTACTS_OF, {"patient": patient_id})
-    }
+    existing = {(row.channel, row.address_index): row for row in session.execute(_CONTACTS_OF, {"patient": patient_id})}
+    changes = _contact_changes(session, vault, patient_id, telecom, existing, now)
+    if changes.added:
+        session.execute(_CONTACT.insert(), changes.added)
+    for contact_id, values in changes.kept.items():
+        session.execute(_UPDATE_CONTACT, {**values, "contact": contact_id})
+    if changes.dropped:  # the hospital no longer lists them
+        session.execute(_CONTACT.update().where(_CONTACT.c.id.in_(changes.dropped)).values(active=False, updated_at=now))
+
+
+def _contact_changes(
+    session: Session, vault: Vault, patient_id: str, telecom: tuple[ev.ContactPoint, ...],
+    existing: dict[tuple[str, str], Any], now: datetime,
+) -> _ContactChanges:
+    """What the hospital's telecom list changes in the patient's ``existing`` contacts
+    (rows with id, channel, address_index, active, by (medium, address index))."""
     added: dict[tuple[str, str], dict[str, object]] = {}
-    kept: dict[int, dict[str, object]] = {}  # contact id → new values
+    kept: dict[int, dict[str, object]] = {}
     for position, point in enumerate(telecom):
         mapped = medium_and_address(point)
         if mapped is None:
@@ -167,16 +218,10 @@ def _sync_contacts(
             added[key] = {
                 "patient_id": patient_id, "channel": medium, "address_index": key[1], "rank": rank,
                 "use": point.use, "active": True, "updated_at": now,
-                "address_enc": vault.encrypt_str(session, subject, address),
+                "address_enc": vault.encrypt_str(session, f"patient:{patient_id}", address),
             }
-    if added:
-        session.execute(_CONTACT.insert(), list(added.values()))
-    for contact_id, values in kept.items():
-        session.execute(_UPDATE_CONTACT, {**values, "contact": contact_id})
-    dropped = [row.id for key, row in existing.items()
-               if row.id not in kept and row.channel != "telegram" and row.active]
-    if dropped:  # the hospital no longer lists them
-        session.execute(_CONTACT.update().where(_CONTACT.c.id.in_(dropped)).values(active=False, updated_at=now))
+    dropped = [row.id for row in existing.values() if row.id not in kept and row.channel != "telegram" and row.active]
+    return _ContactChanges(list(added.values()), kept, dropped)
 
 
 def link_contact(session: Session, vault: Vault, patient_id: str, medium: str, address: str, *,

@@ -196,7 +196,15 @@ def _strings(value: Any, where: str) -> Iterable[tuple[str, str]]:
         yield where, value
 
 
+# Values already found clean (the same actors, sources, kinds and rule ids recur in every
+# entry): looked up before the patterns are run. Only clean values are kept; bounded.
+_CLEAN: set[str] = set()
+_CLEAN_MAX = 4096
+
+
 def _check_value(where: str, value: str) -> None:
+    if value in _CLEAN:
+        return
     if _EMAIL.search(value):
         raise PersonalDataInAudit(f"{where}: looks like an e-mail address")
     for match in _PHONE.finditer(value):
@@ -205,6 +213,9 @@ def _check_value(where: str, value: str) -> None:
             raise PersonalDataInAudit(f"{where}: looks like a phone number")
     if any(FISCAL_CODE.match(word) for word in re.findall(r"[A-Z0-9]{16}", value.upper())):
         raise PersonalDataInAudit(f"{where}: looks like a fiscal code")
+    if len(_CLEAN) >= _CLEAN_MAX:
+        _CLEAN.clear()
+    _CLEAN.add(value)
 
 
 _LOCKED = "compliance.audit_locked_in"

@@ -41,7 +41,8 @@ _APPOINTMENT_STATE = ("patient_id", "start", "status", "location", "updated_at")
 _KNOWN_IDENTIFIERS = select(PatientIdentifier.__table__.c.identifier_index).where(
     PatientIdentifier.__table__.c.identifier_index.in_(bindparam("indexes", expanding=True)))
 _KNOWN_REFS = select(_APPOINTMENT.c.ref).where(_APPOINTMENT.c.ref.in_(bindparam("refs", expanding=True)))
-_INSERT_NOTIFICATIONS = _NOTIFICATION.insert().returning(_NOTIFICATION.c.id, sort_by_parameter_order=True)
+# Matched by the (unique) idempotency key: asking for the rows' order would make SQLite insert them one by one.
+_INSERT_NOTIFICATIONS = _NOTIFICATION.insert().returning(_NOTIFICATION.c.idempotency_key, _NOTIFICATION.c.id)
 
 
 @dataclass(frozen=True)
@@ -303,12 +304,12 @@ class Pipeline:
 
     @staticmethod
     def _insert_notifications(session: Session, rows: list[dict[str, Any]]) -> list[_Created]:
-        """One multi-row insert; the ids come back, in order, for the audit."""
+        """One multi-row insert; the ids come back for the audit."""
         if not rows:
             return []
-        ids = session.scalars(_INSERT_NOTIFICATIONS, rows).all()
-        return [_Created(notification_id, row["patient_id"], row["kind"], row["rule_id"], row["status"], row["reason"],
-                         row["scheduled_for"]) for notification_id, row in zip(ids, rows, strict=True)]
+        ids = dict(session.execute(_INSERT_NOTIFICATIONS, rows).all())  # idempotency key → id
+        return [_Created(ids[row["idempotency_key"]], row["patient_id"], row["kind"], row["rule_id"], row["status"],
+                         row["reason"], row["scheduled_for"]) for row in rows]
 
     def _in_window(self, planned: PlannedNotification, now: datetime) -> PlannedNotification:
         """Non-urgent notices avoid quiet hours and holidays: a reminder that would

@@ -7,10 +7,11 @@ consent registry directly.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,12 +21,31 @@ from adapter.errors import ConfigError
 from adapter.models import Notification
 from adapter.templates import TemplateBook
 from compliance import consent_store as registry
-from compliance.audit import AuditLog
+from compliance.audit import AuditDraft, AuditLog
 from compliance.crypto import Vault
 from compliance.purposes import CompliancePolicy, load_policy
 from compliance.report_rules import lint_templates, report_notice_allowed
 
 SYSTEM_ACTOR = "adapter"
+
+
+class ScheduledNotice(Protocol):
+    """What the audit of a new notification records (a ``Notification`` row has it)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def patient_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def rule_id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def scheduled_for(self) -> datetime: ...
 
 
 @dataclass(frozen=True)
@@ -40,7 +60,7 @@ class Decision:
     consent_record: int | None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # flat: asdict's deep copy is slow
 
 
 class ComplianceGate:
@@ -73,6 +93,10 @@ class ComplianceGate:
 
     def decide_at_send(self, session: Session, patient_id: str, kind: str, channel: str, *, now: datetime) -> Decision:
         return self._decide(session, patient_id, kind, channel, now)
+
+    def patient_created(self, session: Session, patient_id: str) -> None:
+        """A patient just created: no consent history to look up for them in this session."""
+        registry.new_patient(session, patient_id)
 
     def consent_changed(self, session: Session, patient_id: str, event: ev.ConsentChanged, *, now: datetime) -> None:
         registry.apply_consent_event(session, patient_id, event, at=now)
@@ -108,19 +132,39 @@ class ComplianceGate:
     # -- audit of each decision ---------------------------------------------------------
 
     def received(self, session: Session, patient_id: str, event: ev.Event, *, now: datetime) -> None:
-        self._audit(session, "received", patient_id, type(event).__name__, now,
-                    {"source": event.origin.source, "sender": event.origin.sender, "ref": event.origin.message_ref})
+        self.audit.append_many(session, [self._received(patient_id, event, now)])
 
-    def scheduled(self, session: Session, row: Notification, *, now: datetime) -> None:
-        action = "scheduled" if row.status == "scheduled" else "suppressed"
-        self._audit(session, action, row.patient_id, row.reason or row.rule_id, now,
-                    {"notification": row.id, "kind": row.kind, "rule": row.rule_id,
-                     "scheduled_for": row.scheduled_for.isoformat()})
+    def scheduled(self, session: Session, rows: Sequence[ScheduledNotice], *, now: datetime) -> None:
+        """One entry per notification just created (scheduled or suppressed), appended together."""
+        self.audit.append_many(session, [self._scheduled(row, now) for row in rows])
 
-    def withdrawn(self, session: Session, notification_id: int, reason: str, *, now: datetime) -> None:
-        row = session.get(Notification, notification_id)
-        if row is not None:
-            self._audit(session, "cancelled", row.patient_id, reason, now, {"notification": notification_id})
+    def received_and_scheduled(
+        self, session: Session, handled: Sequence[tuple[str, ev.Event, Sequence[ScheduledNotice]]], *, now: datetime
+    ) -> None:
+        """Events applied together, each (patient id, event, its new notifications): the
+        entries :meth:`received` and :meth:`scheduled` make for each, in order, in one append."""
+        self.audit.append_many(session, [
+            draft
+            for patient_id, event, rows in handled
+            for draft in (self._received(patient_id, event, now), *(self._scheduled(row, now) for row in rows))
+        ])
+
+    def _received(self, patient_id: str, event: ev.Event, now: datetime) -> AuditDraft:
+        return self._draft("received", patient_id, type(event).__name__, now,
+                           {"source": event.origin.source, "sender": event.origin.sender, "ref": event.origin.message_ref})
+
+    def _scheduled(self, row: ScheduledNotice, now: datetime) -> AuditDraft:
+        return self._draft("scheduled" if row.status == "scheduled" else "suppressed", row.patient_id,
+                           row.reason or row.rule_id, now,
+                           {"notification": row.id, "kind": row.kind, "rule": row.rule_id,
+                            "scheduled_for": row.scheduled_for.isoformat()})
+
+    def withdrawn(self, session: Session, withdrawn: Sequence[tuple[int, str]], reason: str, *, now: datetime) -> None:
+        """``withdrawn``: (notification id, patient id) of each notification just cancelled."""
+        self.audit.append_many(session, [
+            self._draft("cancelled", patient_id, reason, now, {"notification": notification_id})
+            for notification_id, patient_id in withdrawn
+        ])
 
     def sent(self, session: Session, row: Notification, *, now: datetime) -> None:
         self._audit(session, "sent", row.patient_id, f"sent by {row.channel}", now,
@@ -144,6 +188,11 @@ class ComplianceGate:
 
     def _audit(self, session: Session, action: str, subject: str, reason: str, now: datetime,
                details: dict[str, Any], *, actor: str = SYSTEM_ACTOR, outcome: str = "success") -> None:
+        self.audit.append_many(session, [self._draft(action, subject, reason, now, details, actor=actor, outcome=outcome)])
+
+    @staticmethod
+    def _draft(action: str, subject: str, reason: str, now: datetime, details: dict[str, Any], *,
+               actor: str = SYSTEM_ACTOR, outcome: str = "success") -> AuditDraft:
         pseudonym = f"patient:{subject}" if subject else ""
-        self.audit.append(session, action=action, actor=actor, subject_pseudonym=pseudonym, reason=reason,
+        return AuditDraft(action=action, actor=actor, subject_pseudonym=pseudonym, reason=reason,
                           details=details, at=now, outcome=outcome)

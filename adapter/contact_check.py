@@ -49,7 +49,7 @@ def request_contact_check(session: Session, gate: ComplianceGate, patient_id: st
     session.flush()
     gate.audit.append(session, action="received", actor=actor, subject_pseudonym=f"patient:{patient.id}",
                       reason="contact check requested", details={"notification": row.id}, at=now)
-    gate.scheduled(session, row, now=now)
+    gate.scheduled(session, [row], now=now)
     return row
 
 

@@ -7,16 +7,33 @@ else works with the internal id (a pseudonym).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import phonenumbers
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from adapter import events as ev
 from adapter.models import Appointment, Contact, Notification, Patient, PatientIdentifier
 from compliance.crypto import Vault
+
+_PATIENT = Patient.__table__
+_IDENTIFIER = PatientIdentifier.__table__
+_CONTACT = Contact.__table__
+# Built once: constructing a statement costs more than running it.
+_FIND_IDENTIFIERS = (
+    select(_IDENTIFIER.c.identifier_index, _IDENTIFIER.c.patient_id, _PATIENT.c.merged_into)
+    .join(_PATIENT, _PATIENT.c.id == _IDENTIFIER.c.patient_id)
+    .where(_IDENTIFIER.c.identifier_index.in_(bindparam("indexes", expanding=True)))
+)
+_MERGED_INTO = select(_PATIENT.c.merged_into).where(_PATIENT.c.id == bindparam("patient"))
+_UPDATE_PATIENT = _PATIENT.update().where(_PATIENT.c.id == bindparam("patient"))
+_CONTACTS_OF = select(_CONTACT.c.id, _CONTACT.c.channel, _CONTACT.c.address_index, _CONTACT.c.active).where(
+    _CONTACT.c.patient_id == bindparam("patient"))
+_UPDATE_CONTACT = _CONTACT.update().where(_CONTACT.c.id == bindparam("contact"))
 
 # Which contact medium each channel needs.
 CHANNEL_MEDIUM = {"sms": "phone", "whatsapp": "phone", "telegram": "telegram", "email": "email"}
@@ -71,85 +88,140 @@ def find_patient(session: Session, vault: Vault, identifier: ev.Identifier) -> P
     return row
 
 
+@dataclass(frozen=True)
+class UpsertedPatient:
+    id: str
+    created: bool  # a new patient: nothing of theirs (consent, contacts, keys) existed before
+
+
 def upsert_patient(
     session: Session, vault: Vault, details: ev.PatientDetails, *, now: datetime
-) -> Patient:
+) -> UpsertedPatient:
     """Create or update the patient ``details`` describes. Identifiers are
     added, never removed; contacts the hospital no longer lists are deactivated
-    when the update carries a telecom list."""
+    when the update carries a telecom list. Core statements, no ORM objects."""
     # One look-up for every identifier the message carries; the key wins, then the others in order.
-    wanted = {identifier: identifier_index(vault, identifier) for identifier in (details.key, *details.identifiers)}
-    known = dict(
-        session.execute(
-            select(PatientIdentifier.identifier_index, PatientIdentifier.patient_id).where(
-                PatientIdentifier.identifier_index.in_(set(wanted.values()))
-            )
-        ).all()
-    )
-    patient = None
-    for index in wanted.values():
-        if index in known:
-            patient = session.get(Patient, known[index])
-            while patient is not None and patient.merged_into:
-                patient = session.get(Patient, patient.merged_into)
-            break
-    if patient is None:
-        patient = Patient(id=str(uuid.uuid4()), language="", created_at=now, updated_at=now)
-        session.add(patient)
-    subject = f"patient:{patient.id}"
-    for identifier, index in wanted.items():
-        if index not in known:
-            known[index] = patient.id
-            session.add(PatientIdentifier(patient_id=patient.id, identifier_index=index, kind=identifier.kind))
-    if details.given_name:
-        patient.given_name_enc = vault.encrypt_str(session, subject, details.given_name)
-    if details.family_name:
-        patient.family_name_enc = vault.encrypt_str(session, subject, details.family_name)
-    if details.language:
-        patient.language = details.language.split("-")[0].lower()[:8]
-    patient.updated_at = now
+    wanted = identifier_indexes(vault, details)
+    found = {
+        index: (patient_id, merged_into)
+        for index, patient_id, merged_into in session.execute(_FIND_IDENTIFIERS, {"indexes": list(set(wanted))})
+    }
+    first = next((found[index] for index in wanted if index in found), None)
+    if first is None:
+        return UpsertedPatient(create_patients(session, vault, [details], now=now)[0], created=True)
+    patient_id = _survivor(session, *first)
+    session.execute(_UPDATE_PATIENT, {**_patient_values(session, vault, patient_id, details, now), "patient": patient_id})
+    new_identifiers = {index: kind for index, kind in wanted.items() if index not in found}
+    if new_identifiers:
+        session.execute(_IDENTIFIER.insert(), _identifier_rows(patient_id, new_identifiers))
     if details.telecom:
-        _sync_contacts(session, vault, patient, details.telecom, now=now)
-    session.flush()
-    return patient
+        _sync_contacts(session, vault, patient_id, details.telecom, now=now)
+    return UpsertedPatient(patient_id, created=False)
+
+
+def create_patients(
+    session: Session, vault: Vault, patients: Sequence[ev.PatientDetails], *, now: datetime
+) -> list[str]:
+    """New patients, none of whose identifiers is known (the caller has looked): their
+    data keys, rows, identifiers and contacts with one multi-row insert per table.
+    Returns their ids, in order."""
+    ids = [str(uuid.uuid4()) for _ in patients]
+    vault.create_keys(session, [f"patient:{patient_id}" for patient_id in ids])  # no look-up: nobody used them
+    patient_rows, identifier_rows, contact_rows = [], [], []
+    for patient_id, details in zip(ids, patients, strict=True):
+        patient_rows.append({"language": "", **_patient_values(session, vault, patient_id, details, now),
+                             "id": patient_id, "created_at": now})
+        identifier_rows += _identifier_rows(patient_id, identifier_indexes(vault, details))
+        contact_rows += _contact_changes(session, vault, patient_id, details.telecom, {}, now).added
+    session.execute(_PATIENT.insert(), patient_rows)
+    session.execute(_IDENTIFIER.insert(), identifier_rows)
+    if contact_rows:
+        session.execute(_CONTACT.insert(), contact_rows)
+    return ids
+
+
+def identifier_indexes(vault: Vault, details: ev.PatientDetails) -> dict[str, str]:
+    """Blind index → identifier kind for every identifier of ``details``, the key first."""
+    out: dict[str, str] = {}
+    for identifier in (details.key, *details.identifiers):
+        out.setdefault(identifier_index(vault, identifier), identifier.kind)
+    return out
+
+
+def _identifier_rows(patient_id: str, indexes: dict[str, str]) -> list[dict[str, str]]:
+    return [{"patient_id": patient_id, "identifier_index": index, "kind": kind} for index, kind in indexes.items()]
+
+
+def _patient_values(
+    session: Session, vault: Vault, patient_id: str, details: ev.PatientDetails, now: datetime
+) -> dict[str, object]:
+    """The patient columns ``details`` sets, personal ones sealed with the patient's key."""
+    subject = f"patient:{patient_id}"
+    values: dict[str, object] = {"updated_at": now}
+    if details.given_name:
+        values["given_name_enc"] = vault.encrypt_str(session, subject, details.given_name)
+    if details.family_name:
+        values["family_name_enc"] = vault.encrypt_str(session, subject, details.family_name)
+    if details.language:
+        values["language"] = details.language.split("-")[0].lower()[:8]
+    return values
+
+
+def _survivor(session: Session, patient_id: str, merged_into: str | None) -> str:
+    """Follow A40 merges to the record that is kept."""
+    while merged_into:
+        patient_id = merged_into
+        merged_into = session.execute(_MERGED_INTO, {"patient": patient_id}).scalar()
+    return patient_id
+
+
+@dataclass
+class _ContactChanges:
+    added: list[dict[str, object]]
+    kept: dict[int, dict[str, object]]  # contact id → new values
+    dropped: list[int]
 
 
 def _sync_contacts(
-    session: Session, vault: Vault, patient: Patient, telecom: tuple[ev.ContactPoint, ...], *, now: datetime
+    session: Session, vault: Vault, patient_id: str, telecom: tuple[ev.ContactPoint, ...], *, now: datetime
 ) -> None:
-    subject = f"patient:{patient.id}"
-    existing = {
-        (c.channel, c.address_index): c
-        for c in session.scalars(select(Contact).where(Contact.patient_id == patient.id))
-    }
-    listed: set[tuple[str, str]] = set()
+    existing = {(row.channel, row.address_index): row for row in session.execute(_CONTACTS_OF, {"patient": patient_id})}
+    changes = _contact_changes(session, vault, patient_id, telecom, existing, now)
+    if changes.added:
+        session.execute(_CONTACT.insert(), changes.added)
+    for contact_id, values in changes.kept.items():
+        session.execute(_UPDATE_CONTACT, {**values, "contact": contact_id})
+    if changes.dropped:  # the hospital no longer lists them
+        session.execute(_CONTACT.update().where(_CONTACT.c.id.in_(changes.dropped)).values(active=False, updated_at=now))
+
+
+def _contact_changes(
+    session: Session, vault: Vault, patient_id: str, telecom: tuple[ev.ContactPoint, ...],
+    existing: dict[tuple[str, str], Any], now: datetime,
+) -> _ContactChanges:
+    """What the hospital's telecom list changes in the patient's ``existing`` contacts
+    (rows with id, channel, address_index, active, by (medium, address index))."""
+    added: dict[tuple[str, str], dict[str, object]] = {}
+    kept: dict[int, dict[str, object]] = {}
     for position, point in enumerate(telecom):
         mapped = medium_and_address(point)
         if mapped is None:
             continue
         medium, address = mapped
         key = (medium, vault.blind_index(medium, address))
-        listed.add(key)
         rank = point.rank if point.rank is not None else 10 + position
-        contact = existing.get(key)
-        if contact is None:
-            contact = Contact(
-                patient_id=patient.id,
-                channel=medium,
-                address_enc=vault.encrypt_str(session, subject, address),
-                address_index=key[1],
-                rank=rank,
-                use=point.use,
-                updated_at=now,
-            )
-            session.add(contact)
-            existing[key] = contact
+        if key in existing:
+            kept[existing[key].id] = {"rank": rank, "use": point.use, "active": True, "updated_at": now}
+        elif key in added:
+            added[key].update(rank=rank, use=point.use)  # listed twice: the last listing wins
         else:
-            contact.rank, contact.use, contact.active, contact.updated_at = rank, point.use, True, now
-    for key, contact in existing.items():
-        if key not in listed and contact.channel != "telegram" and contact.active:
-            contact.active = False  # the hospital no longer lists it
-            contact.updated_at = now
+            added[key] = {
+                "patient_id": patient_id, "channel": medium, "address_index": key[1], "rank": rank,
+                "use": point.use, "active": True, "updated_at": now,
+                "address_enc": vault.encrypt_str(session, f"patient:{patient_id}", address),
+            }
+    dropped = [row.id for row in existing.values() if row.id not in kept and row.channel != "telegram" and row.active]
+    return _ContactChanges(list(added.values()), kept, dropped)
 
 
 def link_contact(session: Session, vault: Vault, patient_id: str, medium: str, address: str, *,
@@ -201,29 +273,29 @@ def first_name(session: Session, vault: Vault, patient: Patient) -> str:
 
 def merge_patients(
     session: Session, vault: Vault, surviving: ev.PatientDetails, retired: ev.Identifier, *, now: datetime
-) -> tuple[Patient, str | None]:
+) -> tuple[str, str | None]:
     """HL7 A40: the retired record's identifiers, contacts, appointments and pending
     notifications move to the survivor; the retired row points at it. Returns the
-    survivor and the retired patient's id (None when we never knew them)."""
-    keeper = upsert_patient(session, vault, surviving, now=now)
+    survivor's id and the retired patient's id (None when we never knew them)."""
+    keeper = upsert_patient(session, vault, surviving, now=now).id
     old = find_patient(session, vault, retired)
-    if old is None or old.id == keeper.id:
+    if old is None or old.id == keeper:
         if old is None:  # remember the retired identifier so later messages find the survivor
             index = identifier_index(vault, retired)
-            session.add(PatientIdentifier(patient_id=keeper.id, identifier_index=index, kind=retired.kind))
+            session.add(PatientIdentifier(patient_id=keeper, identifier_index=index, kind=retired.kind))
         return keeper, None
     for table in (PatientIdentifier, Appointment, Notification):
-        session.execute(update(table).where(table.patient_id == old.id).values(patient_id=keeper.id))
-    known = {c.address_index for c in session.scalars(select(Contact).where(Contact.patient_id == keeper.id))}
+        session.execute(update(table).where(table.patient_id == old.id).values(patient_id=keeper))
+    known = {c.address_index for c in session.scalars(select(Contact).where(Contact.patient_id == keeper))}
     for contact in session.scalars(select(Contact).where(Contact.patient_id == old.id)):
         if contact.address_index in known:
             session.delete(contact)
         else:
             # Re-seal under the survivor's key so erasing one never breaks the other.
             address = vault.decrypt_str(session, contact.address_enc)
-            contact.address_enc = vault.encrypt_str(session, f"patient:{keeper.id}", address)
-            contact.patient_id = keeper.id
-    old.merged_into = keeper.id
+            contact.address_enc = vault.encrypt_str(session, f"patient:{keeper}", address)
+            contact.patient_id = keeper
+    old.merged_into = keeper
     old.updated_at = now
     session.flush()
     return keeper, old.id

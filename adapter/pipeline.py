@@ -8,27 +8,60 @@ message is marked processed together with what it caused.
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from adapter import events as ev
-from adapter.models import Appointment, Notification, Patient
-from adapter.patients import merge_patients, upsert_patient
+from adapter.models import Appointment, Notification, PatientIdentifier
+from adapter.patients import create_patients, identifier_index, identifier_indexes, merge_patients, upsert_patient
 from adapter.rules import Plan, PlannedNotification, RuleSet, plan_notifications
 from adapter.compliance_gate import ComplianceGate
 from adapter.quiet_hours import SendingWindow
+
+
+log = logging.getLogger(__name__)
+
+_APPOINTMENT = Appointment.__table__
+_NOTIFICATION = Notification.__table__
+# Built once: constructing a statement costs more than running it.
+_FIND_APPOINTMENT = select(_APPOINTMENT.c.status, _APPOINTMENT.c.start).where(
+    _APPOINTMENT.c.ref == bindparam("appointment"))
+_UPDATE_APPOINTMENT = _APPOINTMENT.update().where(_APPOINTMENT.c.ref == bindparam("appointment"))
+# What a later message may change in a stored appointment (never its ref, source or sender).
+_APPOINTMENT_STATE = ("patient_id", "start", "status", "location", "updated_at")
+_KNOWN_IDENTIFIERS = select(PatientIdentifier.__table__.c.identifier_index).where(
+    PatientIdentifier.__table__.c.identifier_index.in_(bindparam("indexes", expanding=True)))
+_KNOWN_REFS = select(_APPOINTMENT.c.ref).where(_APPOINTMENT.c.ref.in_(bindparam("refs", expanding=True)))
+# Matched by the (unique) idempotency key: asking for the rows' order would make SQLite insert them one by one.
+_INSERT_NOTIFICATIONS = _NOTIFICATION.insert().returning(_NOTIFICATION.c.idempotency_key, _NOTIFICATION.c.id)
 
 
 @dataclass(frozen=True)
 class _Previous:
     status: str
     start: datetime
+
+
+@dataclass(frozen=True)
+class _Created:
+    """A notification just inserted, as its audit entry describes it."""
+
+    id: int
+    patient_id: str
+    kind: str
+    rule_id: str
+    status: str
+    reason: str | None
+    scheduled_for: datetime
 
 
 @dataclass
@@ -52,32 +85,122 @@ class Pipeline:
             created.extend(self._handle_one(session, event, now=now))
         return created
 
+    def handle_many(
+        self, session: Session, messages: Sequence[Sequence[ev.Event]], *, now: datetime
+    ) -> list[list[int] | Exception]:
+        """Apply each message's events as :meth:`handle` would, each message all or nothing
+        (a savepoint each): per message, the ids of notifications created, or the exception
+        that undid that message alone.
+
+        Bookings of new patients that share no identifier or appointment with the database
+        or with any other message of ``messages`` are applied together, with one multi-row
+        insert per table and one audit append; should that fail, they are applied one by one
+        like the rest, so a failure stays its own."""
+        session.flush()  # what the ORM holds pending is seen by the Core look-ups below
+        outcomes: list[list[int] | Exception | None] = [None] * len(messages)
+        together = self._independent_new_bookings(session, messages)
+        if together:
+            try:
+                with session.begin_nested():
+                    created = self._book_new_patients(session, [messages[i][0] for i in together], now=now)  # type: ignore[misc]
+            except Exception:  # noqa: BLE001 - one of them is at fault: each on its own below finds which
+                log.warning("%d bookings applied together failed; applying them one by one", len(together))
+            else:
+                for position, ids in zip(together, created, strict=True):
+                    outcomes[position] = ids
+        for position, events in enumerate(messages):
+            if outcomes[position] is None:
+                try:
+                    with session.begin_nested():
+                        outcomes[position] = self.handle(session, events, now=now)
+                except Exception as exc:  # noqa: BLE001 - the caller records it against its message
+                    outcomes[position] = exc
+        return outcomes  # type: ignore[return-value]
+
+    def _independent_new_bookings(self, session: Session, messages: Sequence[Sequence[ev.Event]]) -> list[int]:
+        """Positions of the messages that are one booking whose patient identifiers and
+        appointment no other message mentions and the database does not know: applying
+        them before, after or between the others changes nothing."""
+        mentions = [self._mentions(events) for events in messages]
+        counts = Counter(mention for mentioned in mentions for mention in mentioned)
+        candidates = [
+            position for position, events in enumerate(messages)
+            if len(events) == 1 and type(events[0]) is ev.AppointmentBooked
+            and all(counts[mention] == 1 for mention in mentions[position])
+        ]
+        if not candidates:
+            return []
+        wanted = {mention for position in candidates for mention in mentions[position]}
+        known = {("identifier", index) for index in session.scalars(
+            _KNOWN_IDENTIFIERS, {"indexes": [value for kind, value in wanted if kind == "identifier"]})}
+        known |= {("ref", ref) for ref in session.scalars(
+            _KNOWN_REFS, {"refs": [value for kind, value in wanted if kind == "ref"]})}
+        return [position for position in candidates if not mentions[position] & known]
+
+    def _mentions(self, events: Sequence[ev.Event]) -> set[tuple[str, str]]:
+        """The patient identifiers (blind indexes) and appointment or report refs ``events`` touch."""
+        out: set[tuple[str, str]] = set()
+        for event in events:
+            for details in (getattr(event, "patient", None), getattr(event, "surviving", None)):
+                if details is not None:
+                    out |= {("identifier", index) for index in identifier_indexes(self.gate.vault, details)}
+            if isinstance(event, ev.PatientsMerged):
+                out.add(("identifier", identifier_index(self.gate.vault, event.retired)))
+            appointment = getattr(event, "appointment", None)
+            if appointment is not None:
+                out.add(("ref", appointment.ref))
+            if isinstance(event, ev.ReportReady | ev.ReportWithdrawn):
+                out.add(("ref", event.report_ref))
+        return out
+
+    def _book_new_patients(self, session: Session, bookings: Sequence[ev.AppointmentBooked], *,
+                           now: datetime) -> list[list[int]]:
+        """What :meth:`handle` does for each booking of a new patient (patient, appointment,
+        notifications with their consent decisions, audit entries in the same order), with
+        one multi-row insert per table."""
+        patient_ids = create_patients(session, self.gate.vault, [booking.patient for booking in bookings], now=now)
+        for patient_id in patient_ids:
+            self.gate.patient_created(session, patient_id)
+        session.execute(_APPOINTMENT.insert(), [
+            _appointment_row(patient_id, booking, "booked", now) for patient_id, booking in zip(patient_ids, bookings, strict=True)
+        ])
+        rows = [self._notification_rows(session, patient_id, self._plan(booking, now), booking, now=now)
+                for patient_id, booking in zip(patient_ids, bookings, strict=True)]
+        created = iter(self._insert_notifications(session, [row for per_booking in rows for row in per_booking]))
+        per_booking = [[next(created) for _ in booking_rows] for booking_rows in rows]
+        self.gate.received_and_scheduled(session, list(zip(patient_ids, bookings, per_booking, strict=True)), now=now)
+        return [[notice.id for notice in notices] for notices in per_booking]
+
     def _handle_one(self, session: Session, event: ev.Event, *, now: datetime) -> list[int]:
         vault = self.gate.vault
+        session.flush()  # what the ORM holds pending is seen by the Core statements below
         if isinstance(event, ev.PatientsMerged):
-            keeper, retired_id = merge_patients(session, vault, event.surviving, event.retired, now=now)
-            self.gate.patients_merged(session, keeper.id, retired_id, event, now=now)
+            keeper_id, retired_id = merge_patients(session, vault, event.surviving, event.retired, now=now)
+            self.gate.patients_merged(session, keeper_id, retired_id, event, now=now)
             return []
         details: ev.PatientDetails | None = getattr(event, "patient", None)
         if details is None:
             return []
-        patient = upsert_patient(session, vault, details, now=now)
-        self.gate.received(session, patient.id, event, now=now)
+        upserted = upsert_patient(session, vault, details, now=now)
+        patient_id = upserted.id
+        if upserted.created:
+            self.gate.patient_created(session, patient_id)
+        self.gate.received(session, patient_id, event, now=now)
         if isinstance(event, ev.ConsentChanged):
-            self.gate.consent_changed(session, patient.id, event, now=now)
+            self.gate.consent_changed(session, patient_id, event, now=now)
             return []
         if isinstance(event, ev.ReportWithdrawn):
             self._withdraw(session, event.report_ref, timed_only=False, reason="report withdrawn", now=now)
             return []
         if isinstance(event, ev.ReportReady):
-            allowed, reason = self.gate.report_notice_allowed(session, patient.id, event, now=now)
+            allowed, reason = self.gate.report_notice_allowed(session, patient_id, event, now=now)
             if not allowed:
-                return self._create(session, patient, self._plan(event, now), event, now=now, veto=reason)
-            return self._create(session, patient, self._plan(event, now), event, now=now)
+                return self._create(session, patient_id, self._plan(event, now), event, now=now, veto=reason)
+            return self._create(session, patient_id, self._plan(event, now), event, now=now)
         appointment = getattr(event, "appointment", None)
         if appointment is None:
             return []
-        previous = self._store_appointment(session, patient, event, appointment, now=now)
+        previous = self._store_appointment(session, patient_id, event, appointment, now=now)
         if isinstance(event, ev.AppointmentRescheduled) and previous is not None and previous.status == "booked" and previous.start == appointment.start:
             return []  # a modification that did not move the start (SIU^S14): nothing to tell
         if isinstance(event, ev.AppointmentRescheduled) and (previous is None or previous.status != "booked"):
@@ -86,13 +209,13 @@ class Pipeline:
         plan = self._plan(event, now)
         if plan.withdraw_all or plan.withdraw_timed:
             self._withdraw(session, appointment.ref, timed_only=plan.withdraw_timed, reason=plan.reason, now=now)
-        return self._create(session, patient, plan, event, now=now)
+        return self._create(session, patient_id, plan, event, now=now)
 
     def _plan(self, event: ev.Event, now: datetime) -> Plan:
         return plan_notifications(event, self.rules, now=now, tz=self.tz)
 
     def _store_appointment(
-        self, session: Session, patient: Patient, event: ev.Event, appointment: ev.Appointment, *, now: datetime
+        self, session: Session, patient_id: str, event: ev.Event, appointment: ev.Appointment, *, now: datetime
     ) -> _Previous | None:
         """Store what the hospital says now; return what we knew before."""
         status = {
@@ -102,53 +225,58 @@ class Pipeline:
             ev.AppointmentNoShow: "noshow",
             ev.AppointmentFulfilled: "fulfilled",
         }[type(event)]
-        row = session.scalar(select(Appointment).where(Appointment.ref == appointment.ref))
-        previous = None if row is None else _Previous(row.status, row.start)
-        if row is None:
-            row = Appointment(ref=appointment.ref, source=event.origin.source, sender=event.origin.sender)
-            session.add(row)
-        row.patient_id = patient.id
-        row.start = appointment.start
-        row.status = status
-        row.location = appointment.location[:200]
-        row.updated_at = now
-        session.flush()
-        return previous
+        found = session.execute(_FIND_APPOINTMENT, {"appointment": appointment.ref}).first()
+        row = _appointment_row(patient_id, event, status, now)
+        if found is None:
+            session.execute(_APPOINTMENT.insert(), row)
+            return None
+        session.execute(_UPDATE_APPOINTMENT, {
+            **{column: row[column] for column in _APPOINTMENT_STATE}, "appointment": appointment.ref})
+        return _Previous(found.status, found.start)
 
     def _withdraw(self, session: Session, subject_ref: str, *, timed_only: bool, reason: str, now: datetime) -> None:
         """Cancel what is still waiting for ``subject_ref``. Immediate notices
         already on their way are left alone when only timed ones move."""
-        timed_rules = [r.id for r in self.rules.rules if r.timed]
-        query = update(Notification).where(
-            Notification.subject_ref == subject_ref, Notification.status == "scheduled"
-        )
+        pending = (_NOTIFICATION.c.subject_ref == subject_ref, _NOTIFICATION.c.status == "scheduled")
         if timed_only:
-            query = query.where(Notification.rule_id.in_(timed_rules))
-        ids = list(session.scalars(select(Notification.id).where(query.whereclause)))  # type: ignore[arg-type]
-        if not ids:
+            pending += (_NOTIFICATION.c.rule_id.in_([r.id for r in self.rules.rules if r.timed]),)
+        withdrawn = [(row.id, row.patient_id) for row in session.execute(
+            select(_NOTIFICATION.c.id, _NOTIFICATION.c.patient_id).where(*pending))]
+        if not withdrawn:
             return
         session.execute(
-            update(Notification)
-            .where(Notification.id.in_(ids), Notification.status == "scheduled")
+            update(_NOTIFICATION)
+            .where(_NOTIFICATION.c.id.in_([notification_id for notification_id, _ in withdrawn]),
+                   _NOTIFICATION.c.status == "scheduled")
             .values(status="cancelled", reason=reason[:200], status_at=now)
         )
-        for notification_id in ids:
-            self.gate.withdrawn(session, notification_id, reason, now=now)
+        self.gate.withdrawn(session, withdrawn, reason, now=now)
 
     def _create(
         self,
         session: Session,
-        patient: Patient,
+        patient_id: str,
         plan: Plan,
         event: ev.Event,
         *,
         now: datetime,
         veto: str | None = None,
     ) -> list[int]:
+        created = self._insert_notifications(session, self._notification_rows(
+            session, patient_id, plan, event, now=now, veto=veto))
+        self.gate.scheduled(session, created, now=now)
+        return [notice.id for notice in created]
+
+    def _notification_rows(
+        self, session: Session, patient_id: str, plan: Plan, event: ev.Event, *, now: datetime,
+        veto: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The planned notifications as rows: moved into the sending window, each with its
+        consent decision (``scheduled`` or ``suppressed`` with the reason) and why-record."""
         rows = []
         for planned in plan.notifications:
             planned = self._in_window(planned, now)
-            decision = self.gate.decide_at_schedule(session, patient.id, planned.kind, now=now)
+            decision = self.gate.decide_at_schedule(session, patient_id, planned.kind, now=now)
             status, reason = "scheduled", None
             if veto:
                 status, reason = "suppressed", veto
@@ -156,29 +284,32 @@ class Pipeline:
                 status, reason = "suppressed", "its time had already passed when the event arrived"
             elif not decision.allowed:
                 status, reason = "suppressed", decision.reason
-            rows.append(
-                Notification(
-                    patient_id=patient.id,
-                    kind=planned.kind,
-                    rule_id=planned.rule_id,
-                    subject_ref=planned.subject_ref,
-                    scheduled_for=planned.scheduled_for,
-                    status=status,
-                    urgent=planned.urgent,
-                    idempotency_key=uuid.uuid4().hex,
-                    reason=reason,
-                    status_at=now,
-                    created_at=now,
-                    tried_channels=[],
-                    decision=why_record(event, planned, decision.as_dict(), status, reason),
-                )
-            )
-        session.add_all(rows)
-        session.flush()  # one flush for the event's notifications: their ids for the audit
-        for row in rows:
-            self.gate.scheduled(session, row, now=now)
-        return [row.id for row in rows]
+            rows.append({
+                "patient_id": patient_id,
+                "kind": planned.kind,
+                "rule_id": planned.rule_id,
+                "subject_ref": planned.subject_ref,
+                "scheduled_for": planned.scheduled_for,
+                "status": status,
+                "urgent": planned.urgent,
+                "idempotency_key": uuid.uuid4().hex,
+                "reason": reason,
+                "status_at": now,
+                "created_at": now,
+                "tried_channels": [],
+                "attempts": 0,
+                "decision": why_record(event, planned, decision.as_dict(), status, reason),
+            })
+        return rows
 
+    @staticmethod
+    def _insert_notifications(session: Session, rows: list[dict[str, Any]]) -> list[_Created]:
+        """One multi-row insert; the ids come back for the audit."""
+        if not rows:
+            return []
+        ids = dict(session.execute(_INSERT_NOTIFICATIONS, rows).all())  # idempotency key → id
+        return [_Created(ids[row["idempotency_key"]], row["patient_id"], row["kind"], row["rule_id"], row["status"],
+                         row["reason"], row["scheduled_for"]) for row in rows]
 
     def _in_window(self, planned: PlannedNotification, now: datetime) -> PlannedNotification:
         """Non-urgent notices avoid quiet hours and holidays: a reminder that would
@@ -194,6 +325,14 @@ class Pipeline:
         else:
             moved = self.window.next_open(planned.scheduled_for)
         return replace(planned, scheduled_for=moved)
+
+
+def _appointment_row(patient_id: str, event: ev.Event, status: str, now: datetime) -> dict[str, Any]:
+    """The ``appointment`` row for what ``event`` says about its appointment."""
+    appointment: ev.Appointment = event.appointment  # type: ignore[attr-defined]
+    return {"ref": appointment.ref, "source": event.origin.source, "sender": event.origin.sender,
+            "patient_id": patient_id, "start": appointment.start, "status": status,
+            "location": appointment.location[:200], "updated_at": now}
 
 
 def why_record(

@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 import traceback
 
-from bench import dispatch, dispatch_batch, fhir_ingest, fhir_post, mllp, scheduler
+from bench import dispatch, dispatch_batch, fhir_ingest, fhir_post, mllp, pipeline, scheduler
 
 
 def main() -> int:
     started = time.monotonic()
     failed = []
-    for bench in (fhir_post, mllp, fhir_ingest, dispatch, dispatch_batch, scheduler):
+    for bench in (fhir_post, mllp, pipeline, fhir_ingest, dispatch, dispatch_batch, scheduler):
         try:
             bench.main()
         except Exception:

@@ -12,7 +12,7 @@ The core calls this package; nobody else touches keys or the audit table.
 - :mod:`compliance.merkle` — RFC 6962 trees (pure)
 """
 
-from compliance.audit import AuditLog, AuditRecord, ConsistencyProof, InclusionProof, TreeHead
+from compliance.audit import AuditDraft, AuditLog, AuditRecord, ConsistencyProof, InclusionProof, TreeHead
 from compliance.audit_verify import Problem, VerifyReport
 from compliance.consent import ConsentDecision, Statement, evaluate
 from compliance.consent_store import apply_consent_event, decide, record_consent, records_for, withdraw
@@ -35,7 +35,7 @@ from compliance.records import record_of_processing, retention_cutoffs
 from compliance.signing import AuditSigner
 
 __all__ = [
-    "AuditError", "AuditIntegrityError", "AuditLog", "AuditRecord", "AuditSigner", "ComplianceError",
+    "AuditDraft", "AuditError", "AuditIntegrityError", "AuditLog", "AuditRecord", "AuditSigner", "ComplianceError",
     "CompliancePolicy", "ConfigError", "ConsentDecision", "ConsistencyProof", "CryptoError",
     "InclusionProof", "KeyDestroyed", "LawfulBasis", "LocalMasterKey", "MasterKeyProvider",
     "PersonalDataInAudit", "Problem", "Statement", "TamperedCiphertext", "TreeHead", "UnknownKey",

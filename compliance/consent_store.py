@@ -77,6 +77,12 @@ def records_for(session: Session, patient_id: str) -> list[ConsentRecord]:
     return list(cache[patient_id])
 
 
+def new_patient(session: Session, patient_id: str) -> None:
+    """A patient created in this session has no consent history yet: their decisions
+    here need no look-up (a record written later forgets this, as any cached copy)."""
+    _cache(session)[patient_id] = []
+
+
 def apply_consent_event(
     session: Session, patient_id: str, event: ConsentChanged, *, at: datetime | None = None
 ) -> list[ConsentRecord]:

@@ -40,7 +40,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import event, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from compliance.errors import ConfigError, CryptoError, KeyDestroyed, TamperedCiphertext, UnknownKey
@@ -228,6 +229,12 @@ class Vault:
     def decrypt_str(self, session: Session, blob: bytes, *, aad: bytes = b"") -> str:
         return self.decrypt(session, blob, aad=aad).decode()
 
+    def create_keys(self, session: Session, subjects: Sequence[str]) -> None:
+        """Give subjects nobody has used yet (new patients) their data keys without looking
+        for them first: one multi-row insert. Should a subject have a key after all, or have
+        been destroyed, that row stands and is used as :meth:`encrypt` would."""
+        self._create(session, subjects)
+
     # -- blind indexes -------------------------------------------------------------------
 
     def blind_index(self, kind: str, value: str) -> str:
@@ -322,7 +329,7 @@ class Vault:
             return cached
         row = session.scalars(select(DataKey).where(DataKey.subject == subject)).one_or_none()
         if row is None:
-            return self._create(session, subject)
+            return self._create(session, [subject])[subject]
         return self._remember(row)
 
     def _key_by_id(self, session: Session, key_id: int) -> _CachedKey:
@@ -339,7 +346,7 @@ class Vault:
     def _raw_key_for(self, session: Session, subject: str) -> bytes:
         row = session.scalars(select(DataKey).where(DataKey.subject == subject)).one_or_none()
         if row is None:
-            self._create(session, subject)
+            self._create(session, [subject])
             row = session.scalars(select(DataKey).where(DataKey.subject == subject)).one()
         return self._unwrap(row)
 
@@ -358,20 +365,25 @@ class Vault:
             self._by_id[row.id] = cached
         return cached
 
-    def _create(self, session: Session, subject: str) -> _CachedKey:
-        raw, key_id = AESGCM.generate_key(bit_length=256), _new_key_id()
-        row = DataKey(id=key_id, subject=subject, master_key_id=self.master.key_id,
-                      wrapped=self.master.wrap(raw, context=_wrap_context(subject, key_id)),
-                      created_at=datetime.now(UTC))
-        try:
-            with session.begin_nested():
-                session.add(row)
-        except IntegrityError:  # another transaction created it first
-            existing = session.scalars(select(DataKey).where(DataKey.subject == subject)).one()
-            return self._remember(existing)
-        cached = _CachedKey(key_id, AESGCM(raw), time.monotonic())
-        self._stage(session, subject, cached)
-        return cached
+    def _create(self, session: Session, subjects: Sequence[str]) -> dict[str, _CachedKey]:
+        made = {subject: (AESGCM.generate_key(bit_length=256), _new_key_id()) for subject in subjects}
+        if not made:
+            return {}
+        rows = [{"id": key_id, "subject": subject, "master_key_id": self.master.key_id,
+                 "wrapped": self.master.wrap(raw, context=_wrap_context(subject, key_id)),
+                 "created_at": datetime.now(UTC)} for subject, (raw, key_id) in made.items()]
+        # One statement, no savepoint: a key another transaction created first (or a
+        # destroyed subject's tombstone) wins, and is read back instead.
+        created = {subject for _, subject in session.execute(_INSERT_KEY[session.get_bind().dialect.name], rows)}
+        out = {}
+        for subject, (raw, key_id) in made.items():
+            if subject in created:
+                out[subject] = _CachedKey(key_id, AESGCM(raw), time.monotonic())
+                self._stage(session, subject, out[subject])
+            else:
+                existing = session.scalars(select(DataKey).where(DataKey.subject == subject)).one()
+                out[subject] = self._remember(existing)
+        return out
 
     def _stage(self, session: Session, subject: str, cached: _CachedKey) -> None:
         pending = _pending(session)
@@ -390,6 +402,12 @@ class Vault:
 
 
 _PENDING = "compliance.pending_keys"
+# A data key unless the subject has one (or a tombstone): INSERT ... ON CONFLICT DO NOTHING.
+_INSERT_KEY = {
+    name: insert(DataKey.__table__).on_conflict_do_nothing().returning(DataKey.__table__.c.id,
+                                                                       DataKey.__table__.c.subject)
+    for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
 
 
 def _pending(session: Session) -> dict[str, _CachedKey]:

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.db import transaction
 from compliance import merkle
-from compliance.audit import AuditLog, InclusionProof
+from compliance.audit import AuditDraft, AuditLog, InclusionProof
 from compliance.errors import AuditError, AuditIntegrityError, PersonalDataInAudit
 from compliance.models import AuditEntry, AuditNode, AuditTreeHead
 from compliance.signing import AuditSigner, load_public_key
@@ -326,3 +326,46 @@ def test_phone_numbers_are_still_refused_in_audit_details(value):
 
     with pytest.raises(PersonalDataInAudit):
         check_no_personal_data(actor="adapter", subject="patient:abc", reason="", details={"note": value})
+
+
+def drafts(n: int, start: int = 0) -> list[AuditDraft]:
+    return [AuditDraft(action=ACTIONS[i % len(ACTIONS)], actor="system:scheduler", subject_pseudonym=f"patient:p{i % 7}",
+                       reason=f"rule r{i % 3}", details={"notification": i}, at=T0 + timedelta(minutes=i))
+            for i in range(start, start + n)]
+
+
+def test_entries_appended_together_are_rfc6962_leaves_with_every_root_and_subtree_stored(log, sessions):
+    from compliance.audit import entry_bytes
+
+    with transaction(sessions) as session:
+        records = log.append_many(session, drafts(13))
+        stored = list(session.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
+        nodes = len(session.scalars(select(AuditNode)).all())
+    leaves = [merkle.leaf_hash(entry_bytes(row)) for row in stored]
+    assert [r.seq for r in records] == list(range(13)) and [r.leaf_hash for r in records] == leaves
+    assert [row.leaf_hash for row in stored] == leaves
+    assert [row.root_after for row in stored] == [merkle.root(leaves[: i + 1]) for i in range(13)]
+    assert nodes == 13 - 3  # the perfect subtrees of 8 + 4 + 1 leaves: 7 + 3 inner nodes
+
+
+def test_batched_appends_after_single_ones_verify_and_their_tampering_is_found(log, sessions):
+    fill(log, sessions, 5, sign_every=5)
+    with transaction(sessions) as session:
+        records = log.append_many(session, drafts(6, start=5))
+        log.append_many(session, drafts(3, start=11))
+        log.sign_tree_head(session, T0 + timedelta(hours=1))
+    assert [r.seq for r in records] == list(range(5, 11))
+    report = check(log, sessions)
+    assert report.ok and report.entries == 14, report.problems
+    tamper(sessions, update(AuditEntry).where(AuditEntry.seq == 8).values(reason="rule r9"))
+    report = check(log, sessions)
+    assert not report.ok and report.first_bad_seq == 8
+
+
+def test_one_draft_with_personal_data_appends_none_of_its_batch(log, sessions):
+    bad = AuditDraft(action="sent", actor="system:w", subject_pseudonym="patient:p", details={"note": "+39 347 123 4567"}, at=T0)
+    with transaction(sessions) as session:
+        with pytest.raises(PersonalDataInAudit):
+            log.append_many(session, [*drafts(2), bad])
+        assert log.size(session) == 0
+        assert log.append_many(session, []) == []

@@ -7,7 +7,9 @@ import pytest
 from adapter.db import transaction
 from adapter.events import ConsentChanged, ConsentProvision, Identifier, Origin, PatientDetails
 from compliance.consent import Statement, evaluate
-from compliance.consent_store import apply_consent_event, decide, records_for, record_consent, withdraw
+from compliance.consent_store import (
+    apply_consent_event, decide, new_patient, record_consent, records_for, withdraw,
+)
 from compliance.errors import ComplianceError
 from compliance.purposes import load_policy
 
@@ -121,6 +123,16 @@ def test_the_registry_keeps_history_and_decides_from_it(sessions):
         assert not decide(session, POLICY, patient_id="p1", kind="payment_reminder", channel="sms", at=later).allowed
         assert decide(session, POLICY, patient_id="p1", kind="contact_check", channel="email", at=later).allowed
         assert records_for(session, "other") == []
+
+
+def test_a_new_patient_is_decided_without_a_look_up_until_their_first_consent_is_recorded(sessions):
+    with transaction(sessions) as session:
+        new_patient(session, "p-new")
+        assert records_for(session, "p-new") == []
+        assert decide(session, POLICY, patient_id="p-new", kind="reminder", channel="sms", at=T).allowed
+        withdraw(session, patient_id="p-new", channel="sms", source="reply", at=T)
+        assert not decide(session, POLICY, patient_id="p-new", kind="reminder", channel="sms",
+                          at=T + timedelta(minutes=1)).allowed
 
 
 def test_a_consent_period_is_stored_and_honoured(sessions):

@@ -197,3 +197,41 @@ def _raw_bytes(engine) -> bytes:
             out += conn.execute(text("SELECT pg_read_binary_file(:p)"), {"p": filepath}).scalar()
             out += "".join(str(r) for r in conn.execute(text(f"SELECT * FROM {table}"))).encode()
         return out
+
+
+def test_a_key_created_for_a_new_subject_seals_and_is_the_only_key_it_ever_gets(vault, sessions):
+    with transaction(sessions) as session:
+        vault.create_keys(session, ["patient:new"])
+        blob = vault.encrypt_str(session, "patient:new", NAME)
+        vault.create_keys(session, ["patient:new"])  # again: the first key stands
+        assert vault.decrypt_str(session, blob) == NAME
+    fresh = Vault.open(sessions, vault.master)
+    with transaction(sessions) as session:
+        assert fresh.decrypt_str(session, blob) == NAME
+        fresh.create_keys(session, ["patient:new"])
+        assert len(session.scalars(select(DataKey).where(DataKey.subject == "patient:new")).all()) == 1
+        assert vault.decrypt_str(session, vault.encrypt_str(session, "patient:new", NAME)) == NAME
+
+
+def test_no_key_is_created_for_a_destroyed_subject(vault, sessions):
+    with transaction(sessions) as session:
+        vault.destroy(session, "patient:erased")
+    fresh = Vault.open(sessions, vault.master)
+    for v in (vault, fresh):
+        with transaction(sessions) as session, pytest.raises(KeyDestroyed):
+            v.create_keys(session, ["patient:erased"])
+
+
+def test_keys_for_several_new_subjects_come_from_one_call_and_an_existing_key_stands(vault, sessions):
+    with transaction(sessions) as session:
+        old = vault.encrypt_str(session, "patient:old", NAME)
+    fresh = Vault.open(sessions, vault.master)
+    with transaction(sessions) as session:
+        fresh.create_keys(session, ["patient:n1", "patient:old", "patient:n2"])
+        fresh.create_keys(session, [])
+        blobs = {s: fresh.encrypt_str(session, s, NAME) for s in ("patient:n1", "patient:n2")}
+        assert fresh.decrypt_str(session, old) == NAME
+    with transaction(sessions) as session:
+        assert sorted(session.scalars(select(DataKey.subject).where(DataKey.subject.like("patient:%")))) == [
+            "patient:n1", "patient:n2", "patient:old"]
+        assert all(vault.decrypt_str(session, blob) == NAME for blob in blobs.values())

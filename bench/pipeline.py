@@ -1,0 +1,103 @@
+"""Mapping HL7 bookings to events, in process: stored SIU^S12 bookings processed by
+the real intake (``HL7Intake.process_pending``: decrypt, map, ``Pipeline.handle`` —
+patient upsert with a new data key, appointment, four notifications with consent
+decisions, audit entries — and mark processed), against the HL7 mapping alone
+(``hl7.mapping.map_message`` on the same texts) measured in the same run.
+
+How it is run: a real container (``adapter.bootstrap.build``) on a fresh SQLite
+database (WAL, synchronous=FULL) in a temporary directory; N bookings (each a new
+patient with Italian names and a mobile phone, as ``bench/mllp.py`` sends them) stored
+as the ACK path stores them (``GroupCommitWriter.write``, 256 per transaction); only
+the processing is timed. Nothing is sent (no dispatcher runs). No assertions.
+
+Run: ``.venv/bin/python -m bench.pipeline`` (``BENCH_PIPELINE_MESSAGES`` sets N).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import header, verdict
+from bench.mllp import Messages
+
+COUNT = int(os.environ.get("BENCH_PIPELINE_MESSAGES", "2000"))
+TARGET = 1000.0  # bookings mapped per second (issue 4, "mapped end to end")
+
+
+def store(container, texts: list[str]) -> None:  # noqa: ANN001
+    """Store the raw messages exactly as the ACK path does (group commit)."""
+    from hl7.header import read_header
+
+    writer = container.intake.writer
+    for first in range(0, len(texts), writer.max_batch):
+        raws = [text.encode("utf-8") for text in texts[first : first + writer.max_batch]]
+        writer.write([(read_header(raw), raw) for raw in raws])
+
+
+def mapping_alone(container, texts: list[str]) -> float:  # noqa: ANN001
+    """Seconds for ``map_message`` on every text (the baseline)."""
+    from hl7.mapping import map_message
+
+    received_at = container.clock.now()
+    started = time.perf_counter()
+    for text in texts:
+        map_message(text, container.facilities, received_at=received_at)
+    return time.perf_counter() - started
+
+
+def processing(texts: list[str]) -> tuple[float, dict[str, int]]:
+    """Seconds to process every stored booking through the real intake, and the
+    statuses the messages ended with."""
+    from sqlalchemy import func, select
+
+    from adapter.db import transaction
+    from adapter.models import InboundMessage
+    from tests.harness import migrated_container, settings_for
+
+    with tempfile.TemporaryDirectory(prefix="adapter-bench-pipeline-") as tmp:
+        container = migrated_container(settings_for(Path(tmp)))
+        try:
+            store(container, texts)
+            started = time.perf_counter()
+            container.intake.process_pending()
+            seconds = time.perf_counter() - started
+            with transaction(container.sessions) as session:
+                counts = dict(session.execute(
+                    select(InboundMessage.status, func.count()).group_by(InboundMessage.status)).all())
+        finally:
+            container.engine.dispose()
+    return seconds, counts
+
+
+def main() -> None:
+    header("Pipeline: stored HL7 bookings mapped to events in process (SQLite WAL) vs the HL7 mapping alone")
+    print(f"how it was run: {COUNT} SIU^S12 bookings (a new patient each, mobile phone), stored by the ACK path's\n"
+          "  group commit, then HL7Intake.process_pending on a fresh container; baseline: map_message alone", flush=True)
+    messages = Messages()
+    warm = [messages.text() for _ in range(50)]
+    texts = [messages.text() for _ in range(COUNT)]
+    processing(warm)  # imports, first connections, compiled statements
+    seconds, counts = processing(texts)
+    from tests.harness import migrated_container, settings_for
+
+    with tempfile.TemporaryDirectory(prefix="adapter-bench-mapping-") as tmp:
+        container = migrated_container(settings_for(Path(tmp)))
+        try:
+            mapping_alone(container, warm)
+            baseline = mapping_alone(container, texts)
+        finally:
+            container.engine.dispose()
+
+    rate, base_rate = COUNT / seconds, COUNT / baseline
+    print(f"\n{'':28}{'bookings/s':>12}{'ms per booking':>16}")
+    print(f"{'map_message alone':28}{base_rate:>12.0f}{baseline / COUNT * 1e3:>16.3f}")
+    print(f"{'intake processing (mapped)':28}{rate:>12.0f}{seconds / COUNT * 1e3:>16.3f}")
+    print(f"ratio processing/mapping alone: {rate / base_rate:.3f}   statuses {counts}")
+    print(f"bookings mapped per second: {rate:.0f}   target >= {TARGET:.0f}: {verdict(rate, TARGET)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Pipeline.handle_many: a batch of messages applied as handle() applies each, every
+message all or nothing, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+
+from adapter import events as ev
+from adapter.db import transaction
+from adapter.models import Appointment, Contact, Notification, Patient
+from compliance.errors import PersonalDataInAudit
+from compliance.models import AuditEntry
+from tests.harness import migrated_container, settings_for
+
+NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
+START = NOW + timedelta(days=3)
+
+
+def booking(mrn: str, appointment: str, *, start: datetime = START, ref: str = "", rescheduled: bool = False) -> ev.Event:
+    kind = ev.AppointmentRescheduled if rescheduled else ev.AppointmentBooked
+    return kind(
+        origin=ev.Origin("hl7", "CUP^OSP_TEST", ref or f"C-{mrn}-{appointment}"), occurred_at=NOW,
+        patient=ev.PatientDetails(key=ev.Identifier("OSP_TEST", mrn, "MR"), given_name="Nicolò", family_name="D'Alò",
+                                  language="it", telecom=(ev.ContactPoint("phone", "+393331234567", "mobile"),)),
+        appointment=ev.Appointment(ref=f"hl7:CUP^OSP_TEST:{appointment}", start=start, location="Ambulatorio 2"),
+    )
+
+
+def container_for(tmp_path, database_url):  # noqa: ANN001, ANN201
+    return migrated_container(settings_for(tmp_path, database_url))
+
+
+def shape(session, mrn_prefix: str) -> list[tuple]:  # noqa: ANN001
+    """Per notification of the patients, what a reader of /why would see, without ids."""
+    rows = session.execute(select(Notification.subject_ref, Notification.kind, Notification.rule_id, Notification.status,
+                                  Notification.reason, Notification.scheduled_for)
+                           .where(Notification.subject_ref.like(f"%:{mrn_prefix}%")).order_by(Notification.id))
+    return [(ref.split(":")[-1][len(mrn_prefix):], *rest) for ref, *rest in rows]
+
+
+def test_new_patients_booked_in_one_batch_get_what_they_get_one_by_one_and_the_audit_verifies(tmp_path, database_url):
+    container = container_for(tmp_path, database_url)
+    try:
+        pipeline = container.pipeline
+        with transaction(container.sessions) as session:
+            outcomes = pipeline.handle_many(session, [[booking(f"T{i}", f"T{i}")] for i in range(5)], now=NOW)
+        with transaction(container.sessions) as session:
+            for i in range(5):
+                pipeline.handle(session, [booking(f"S{i}", f"S{i}")], now=NOW)
+        with transaction(container.sessions) as session:
+            assert [len(ids) for ids in outcomes] == [4] * 5
+            assert shape(session, "T") == shape(session, "S") and len(shape(session, "T")) == 20
+            assert session.scalar(select(func.count()).select_from(Patient)) == 10
+            assert session.scalar(select(func.count()).select_from(Contact)) == 10
+            per_subject = Counter(session.scalars(select(AuditEntry.action)))
+            assert per_subject == {"received": 10, "scheduled": 40}
+            patient = session.scalar(select(Notification.patient_id).where(Notification.id == outcomes[2][0]))
+            assert [a for a in session.scalars(select(AuditEntry.action).where(AuditEntry.subject == f"patient:{patient}")
+                                               .order_by(AuditEntry.seq))] == ["received"] + ["scheduled"] * 4
+            assert container.audit.verify(session).ok
+    finally:
+        container.engine.dispose()
+
+
+def test_a_batch_with_one_failing_message_keeps_the_others(tmp_path, database_url):
+    container = container_for(tmp_path, database_url)
+    try:
+        batch = [[booking("F1", "F1")], [booking("F2", "F2", ref="+39 347 123 4567")], [booking("F3", "F3")]]
+        with transaction(container.sessions) as session:
+            outcomes = container.pipeline.handle_many(session, batch, now=NOW)
+        assert isinstance(outcomes[1], PersonalDataInAudit)
+        assert [len(outcomes[0]), len(outcomes[2])] == [4, 4]
+        with transaction(container.sessions) as session:
+            refs = set(session.scalars(select(Appointment.ref)))
+            assert refs == {"hl7:CUP^OSP_TEST:F1", "hl7:CUP^OSP_TEST:F3"}
+            assert session.scalar(select(func.count()).select_from(Patient)) == 2
+            assert session.scalar(select(func.count()).select_from(Notification)) == 8
+            assert session.scalar(select(func.count()).select_from(AuditEntry)) == 10
+            assert container.audit.verify(session).ok
+    finally:
+        container.engine.dispose()
+
+
+def test_messages_of_a_batch_about_the_same_patient_or_appointment_apply_in_order(tmp_path, database_url):
+    container = container_for(tmp_path, database_url)
+    try:
+        with transaction(container.sessions) as session:
+            container.pipeline.handle(session, [booking("K1", "K1")], now=NOW)
+        later = START + timedelta(days=1)
+        batch = [
+            [booking("O1", "O1")],
+            [booking("O1", "O1", start=later, rescheduled=True, ref="C-moved")],  # the same appointment, moved
+            [booking("K1", "K2")],  # a patient the database knows
+            [booking("N1", "N1")], [booking("N1", "N2")],  # one new patient, two bookings
+        ]
+        with transaction(container.sessions) as session:
+            outcomes = container.pipeline.handle_many(session, batch, now=NOW)
+        assert [len(ids) for ids in outcomes] == [4, 4, 4, 4, 4]  # the reschedule: notice + 3 timed
+        with transaction(container.sessions) as session:
+            moved = session.execute(select(Notification.rule_id, Notification.status).where(
+                Notification.subject_ref == "hl7:CUP^OSP_TEST:O1").order_by(Notification.id)).all()
+            assert [status for _, status in moved] == ["scheduled", "cancelled", "cancelled", "cancelled",
+                                                       "scheduled", "scheduled", "scheduled", "scheduled"]
+            owners = dict(session.execute(select(Appointment.ref, Appointment.patient_id)).all())
+            assert owners["hl7:CUP^OSP_TEST:K1"] == owners["hl7:CUP^OSP_TEST:K2"]
+            assert owners["hl7:CUP^OSP_TEST:N1"] == owners["hl7:CUP^OSP_TEST:N2"]
+            assert session.scalar(select(func.count()).select_from(Patient)) == 3
+            assert container.audit.verify(session).ok
+    finally:
+        container.engine.dispose()

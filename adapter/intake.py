@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.clock import Clock
 from adapter.app_acks import queue_application_ack, wants_accept_ack, wants_application_ack
+from adapter.events import AnyEvent
 from adapter.db import raw_transaction, transaction
 from adapter.metrics import ACK_LATENCY, MESSAGES_RECEIVED
 from adapter.models import InboundMessage
@@ -274,57 +275,65 @@ class HL7Intake:
             row = session.get(InboundMessage, message_id, with_for_update=True)
             if row is None:
                 return "missing"
-            return self._process_row(session, row, self.clock.now())
+            self._process_rows(session, [row], self.clock.now())
+            return row.status
 
     def process_batch(self, message_ids: list[int], *, budget_s: float = 0.1, chunk: int = 16) -> int:
-        """Process stored messages in one transaction (a savepoint each, so one
-        failure stays its own) until ``budget_s`` is spent or a message arrives that
-        waits for its ACK: commits are shared, and an ACK waits for one message at most.
-        Rows are read (and locked) ``chunk`` at a time. Returns how many ids were handled."""
+        """Process stored messages in one transaction, ``chunk`` at a time (read and
+        locked together, their events applied together by ``Pipeline.handle_many``,
+        each message all or nothing), until ``budget_s`` is spent or a message
+        arrives that waits for its ACK: commits are shared, and an ACK waits for
+        one chunk at most. Returns how many ids were handled."""
         done = 0
         began = time.perf_counter()
         with transaction(self.sessions) as session:
             for first in range(0, len(message_ids), chunk):
                 ids = message_ids[first : first + chunk]
-                rows = {
-                    row.id: row
-                    for row in session.scalars(
-                        select(InboundMessage).where(InboundMessage.id.in_(ids)).with_for_update()
-                    )
-                }
-                for message_id in ids:
-                    row = rows.get(message_id)
-                    if row is not None and row.status == "stored":
-                        self._process_row(session, row, self.clock.now())
-                    done += 1
-                    if time.perf_counter() - began > budget_s or not self.writer.idle.is_set():
-                        return done
+                rows = session.scalars(
+                    select(InboundMessage).where(InboundMessage.id.in_(ids), InboundMessage.status == "stored")
+                    .order_by(InboundMessage.id).with_for_update()
+                ).all()
+                self._process_rows(session, list(rows), self.clock.now())
+                done += len(ids)
+                if time.perf_counter() - began > budget_s or not self.writer.idle.is_set():
+                    break
         return done
 
-    def _process_row(self, session: Session, row: InboundMessage, now: datetime) -> str:
-        if row.status not in ("stored", "error", "rejected") or row.raw_enc is None:
-            return row.status
-        raw = self.vault.decrypt(session, row.raw_enc)
-        header = None
-        try:
-            with session.begin_nested():
+    def _process_rows(self, session: Session, rows: list[InboundMessage], now: datetime) -> None:
+        """Map each row to events (a message that cannot be mapped ends here with
+        its reason), apply the mapped ones in order, record each outcome."""
+        mapped: list[tuple[InboundMessage, MessageHeader, list[AnyEvent]]] = []
+        for row in rows:
+            if row.status not in ("stored", "error", "rejected") or row.raw_enc is None:
+                continue
+            header = None
+            try:
+                raw = self.vault.decrypt(session, row.raw_enc)
                 header = read_header(raw)
-                text = decode(raw, header)
-                events = map_message(text, self.facilities, received_at=row.received_at)
-                self.pipeline.handle(session, events, now=now)
-        except UnsupportedMessage as exc:
-            row.status, row.error = "rejected", exc.reason[:500]
-        except (MappingError, HL7Error) as exc:
-            row.status, row.error = "error", exc.reason[:500]
-        except Exception as exc:  # noqa: BLE001 - stored in the error store, never lost
-            log.exception("processing inbound message %s failed", row.id)
-            row.status, row.error = "error", f"internal error: {type(exc).__name__}"
+                events = map_message(decode(raw, header), self.facilities, received_at=row.received_at)
+            except Exception as exc:  # noqa: BLE001 - recorded with the message, never lost
+                self._settle(session, row, header, exc, now)
+            else:
+                mapped.append((row, header, events))
+        outcomes = self.pipeline.handle_many(session, [events for _, _, events in mapped], now=now)
+        for (row, header, _), outcome in zip(mapped, outcomes, strict=True):
+            self._settle(session, row, header, outcome if isinstance(outcome, Exception) else None, now)
+
+    def _settle(
+        self, session: Session, row: InboundMessage, header: MessageHeader | None, failure: Exception | None, now: datetime
+    ) -> None:
+        if isinstance(failure, UnsupportedMessage):
+            row.status, row.error = "rejected", failure.reason[:500]
+        elif isinstance(failure, MappingError | HL7Error):
+            row.status, row.error = "error", failure.reason[:500]
+        elif failure is not None:
+            log.error("processing inbound message %s failed", row.id, exc_info=failure)
+            row.status, row.error = "error", f"internal error: {type(failure).__name__}"
         else:
             row.status, row.error = "processed", None
         row.processed_at = now
         if header is not None and header.enhanced_mode and wants_application_ack(header.application_ack_type, row.status):
             queue_application_ack(session, row.id, now=now)
-        return row.status
 
     def process_pending(self) -> int:
         """Process everything stored and not yet processed, oldest first."""

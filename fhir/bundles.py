@@ -156,7 +156,7 @@ def _apply(service: FhirService, session: Session, entry: Entry,
             raise invalid("A POST entry's url is the resource type", f"{entry.path}.request.url")
         if entry.full_url in ids and not entry.if_none_exist:
             parsed = {**parsed, "id": ids[entry.full_url].split("/", 1)[1]}
-            result = service.write(session, parsed, sender=sender)
+            result = service.write(session, parsed, sender=sender, fresh=True)
         else:
             result = service.create(session, parsed, sender=sender,
                                     if_none_exist=entry.if_none_exist)

@@ -127,18 +127,21 @@ class FhirIntake:
     # -- in the write's transaction ------------------------------------------------
 
     def accept(self, session: Session, stored: StoredVersion, sender: str) -> None:
-        message_id = session.connection().execute(
-            insert(InboundMessage).returning(InboundMessage.id),
-            {"source": SOURCE, "sender": sender[:200], "control_id": control_id(stored),
-             "message_type": stored.resource_type, "received_at": stored.last_updated,
-             "status": "stored", "duplicates": 0},
-        ).scalar_one()
+        row = {"source": SOURCE, "sender": sender[:200], "control_id": control_id(stored),
+               "message_type": stored.resource_type, "received_at": stored.last_updated,
+               "status": "stored", "duplicates": 0}
         if self.inline:
+            message_id = session.connection().execute(
+                insert(InboundMessage).returning(InboundMessage.id), row).scalar_one()
             self.service.publish_version(session, stored, sender)
             session.connection().execute(
                 InboundMessage.__table__.update().where(InboundMessage.id == message_id)
                 .values(status="processed", processed_at=self.clock.now()))
-        elif not session.info.get(_WAKE):
+            return
+        # Its control id names the version just stored: staged with the version's
+        # row (one insert for all entries of a transaction Bundle, in their order).
+        store.stage(session, InboundMessage.__table__, [row])
+        if not session.info.get(_WAKE):
             session.info[_WAKE] = True
             event.listen(session, "after_commit", self._committed, once=True)
             event.listen(session, "after_rollback", self._forget, once=True)

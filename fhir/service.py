@@ -193,15 +193,19 @@ class FhirService:
             **resource,
             "meta": {**meta, "versionId": str(number), "lastUpdated": instant(now)},
         }
+        # A savepoint only where a unique violation is an answer (the same source
+        # version sent concurrently); otherwise it ends the request. A new id
+        # cannot collide. Rows staged before are inserted first, outside it.
+        savepoint = bool(source_version) and not fresh
+        if savepoint:
+            store.insert_staged(session)
         try:
-            # A savepoint only where a unique violation is an answer (the same
-            # source version sent concurrently); otherwise it ends the request.
-            with session.begin_nested() if source_version else nullcontext():
+            with session.begin_nested() if savepoint else nullcontext():
                 stored = store.append(
                     session, self.codec, resource=stored_resource, version_id=number,
                     last_updated=now, patient_id=resource_patient_id(resource),
                     source_version=source_version, source_last_updated=source_updated,
-                    sender=sender)
+                    sender=sender, new_id=fresh)
         except IntegrityError:
             if source_version and store.has_source_version(session, kind, rid, source_version):
                 return WriteResult(self.read(session, kind, rid), "duplicate")
@@ -239,6 +243,7 @@ class FhirService:
         """Derive the events of a stored version and hand them to the core, in
         ``session``'s transaction. Raises :class:`FhirError` (422 when the core
         refuses them, 500 on any other failure)."""
+        store.insert_staged(session)  # the core sees what is stored
         events = self.events_of(session, stored, sender, previous)
         self._publish(session, events)
         return events

@@ -6,11 +6,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Row, delete, insert, select
+from sqlalchemy import Row, Table, delete, insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from fhir.models import FhirIdentifier, FhirResource
@@ -58,6 +61,53 @@ def subject_for(patient_id: str | None) -> str:
     return f"patient:{patient_id}" if patient_id else "system"
 
 
+# -- staged inserts ----------------------------------------------------------------
+_STAGED = "fhir.store.staged"
+
+
+@contextmanager
+def staged_inserts(session: Session) -> Iterator[None]:
+    """Within, :func:`stage` keeps rows and inserts them together, one multi-row
+    insert per table: before the next statement of this module (so reads see
+    them) and at the end. For an all-or-nothing unit only (a transaction
+    Bundle): a savepoint rolled back inside would not take staged rows with it."""
+    session.info[_STAGED] = {}
+    try:
+        yield
+        insert_staged(session)
+    finally:
+        session.info.pop(_STAGED, None)
+
+
+def stage(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` now, or with the other staged rows inside
+    :func:`staged_inserts`. Only rows that cannot violate a constraint (the
+    caller knows why) are staged: an error at the shared insert names no entry."""
+    staged = session.info.get(_STAGED)
+    if not rows:
+        return
+    if staged is None:
+        session.connection().execute(insert(table), rows)
+    else:
+        staged.setdefault(table, []).extend(rows)
+
+
+def insert_staged(session: Session) -> None:
+    """Insert the rows staged so far (before a savepoint that may roll back)."""
+    staged = session.info.get(_STAGED)
+    if staged:
+        connection = session.connection()
+        for table, rows in staged.items():
+            connection.execute(insert(table), rows)
+        staged.clear()
+
+
+def _connection(session: Session) -> Connection:
+    """The session's connection, staged rows inserted first."""
+    insert_staged(session)
+    return session.connection()
+
+
 def _load(row: Row[Any], codec: RecordCodec, session: Session) -> StoredVersion:
     return StoredVersion(
         resource_type=row.resource_type,
@@ -72,7 +122,7 @@ def _load(row: Row[Any], codec: RecordCodec, session: Session) -> StoredVersion:
 
 def current(session: Session, codec: RecordCodec, resource_type: str, resource_id: str
             ) -> StoredVersion | None:
-    row = session.connection().execute(
+    row = _connection(session).execute(
         select(*_VERSION_COLUMNS)
         .where(_RESOURCE.c.resource_type == resource_type, _RESOURCE.c.resource_id == resource_id)
         .order_by(_RESOURCE.c.version_id.desc())
@@ -83,7 +133,7 @@ def current(session: Session, codec: RecordCodec, resource_type: str, resource_i
 
 def version(session: Session, codec: RecordCodec, resource_type: str, resource_id: str,
             version_id: int) -> StoredVersion | None:
-    row = session.connection().execute(
+    row = _connection(session).execute(
         select(*_VERSION_COLUMNS).where(
             _RESOURCE.c.resource_type == resource_type,
             _RESOURCE.c.resource_id == resource_id,
@@ -94,7 +144,7 @@ def version(session: Session, codec: RecordCodec, resource_type: str, resource_i
 
 
 def latest_version_id(session: Session, resource_type: str, resource_id: str) -> int | None:
-    return session.connection().execute(
+    return _connection(session).execute(
         select(_RESOURCE.c.version_id)
         .where(_RESOURCE.c.resource_type == resource_type, _RESOURCE.c.resource_id == resource_id)
         .order_by(_RESOURCE.c.version_id.desc())
@@ -104,7 +154,7 @@ def latest_version_id(session: Session, resource_type: str, resource_id: str) ->
 
 def has_source_version(session: Session, resource_type: str, resource_id: str,
                        source_version: str) -> bool:
-    return session.connection().execute(
+    return _connection(session).execute(
         select(_RESOURCE.c.pk).where(
             _RESOURCE.c.resource_type == resource_type,
             _RESOURCE.c.resource_id == resource_id,
@@ -124,10 +174,12 @@ def append(
     source_version: str | None,
     source_last_updated: datetime | None,
     sender: str,
+    new_id: bool = False,
 ) -> StoredVersion:
     """Insert one version (the caller decides the number); the unique
-    constraints fire here."""
-    session.connection().execute(insert(_RESOURCE), {
+    constraints fire here, unless ``new_id`` (the server has just assigned the
+    id, so nothing can collide): then the row may be staged (:func:`stage`)."""
+    row = {
         "resource_type": resource["resourceType"],
         "resource_id": resource["id"],
         "version_id": version_id,
@@ -139,7 +191,11 @@ def append(
         "sender": sender,
         "content": codec.encrypt(json.dumps(resource, separators=(",", ":")).encode(),
                                  subject=subject_for(patient_id), session=session),
-    })
+    }
+    if new_id:
+        stage(session, _RESOURCE, [row])
+    else:
+        _connection(session).execute(insert(_RESOURCE), [row])
     return StoredVersion(resource["resourceType"], resource["id"], version_id, last_updated,
                          resource, source_version, source_last_updated)
 
@@ -155,12 +211,12 @@ def identifier_token(key: bytes, system: str, value: str) -> str:
 
 def index_identifiers(session: Session, key: bytes, resource: dict[str, Any], *,
                       replace: bool = True) -> None:
-    """Index the identifiers of the current version; ``replace=False`` for a
+    """Index the identifiers of the current version (after its version is
+    stored, so they cannot collide: staged); ``replace=False`` for a
     resource's first version (nothing to delete)."""
     kind, rid = resource["resourceType"], resource["id"]
-    connection = session.connection()
     if replace:
-        connection.execute(delete(_IDENTIFIER).where(
+        _connection(session).execute(delete(_IDENTIFIER).where(
             _IDENTIFIER.c.resource_type == kind, _IDENTIFIER.c.resource_id == rid))
     identifiers = resource.get("identifier") or []
     if isinstance(identifiers, dict):  # Consent.identifier is a list in R4; be lenient
@@ -170,14 +226,13 @@ def index_identifiers(session: Session, key: bytes, resource: dict[str, Any], *,
         if i.get("value"):
             tokens.add(identifier_token(key, i.get("system", ""), i["value"]))
             tokens.add(identifier_token(key, ANY_SYSTEM, i["value"]))
-    if tokens:
-        connection.execute(insert(_IDENTIFIER), [
-            {"resource_type": kind, "token": t, "resource_id": rid} for t in sorted(tokens)])
+    stage(session, _IDENTIFIER, [{"resource_type": kind, "token": t, "resource_id": rid}
+                                 for t in sorted(tokens)])
 
 
 def find_by_identifier(session: Session, key: bytes, resource_type: str, system: str | None,
                        value: str) -> list[str]:
     """Ids of resources of a type with ``system|value`` (``system`` None: any system)."""
     token = identifier_token(key, ANY_SYSTEM if system is None else system, value)
-    return list(session.connection().execute(select(_IDENTIFIER.c.resource_id).where(
+    return list(_connection(session).execute(select(_IDENTIFIER.c.resource_id).where(
         _IDENTIFIER.c.resource_type == resource_type, _IDENTIFIER.c.token == token)).scalars())

@@ -82,6 +82,37 @@ def test_a_transaction_with_one_invalid_entry_stores_and_records_nothing(tmp_pat
         assert fhir_messages(adapter) == []
 
 
+def test_a_transaction_records_its_versions_in_processing_order_or_none_of_them(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr = adapter.client("ehr")
+        ref = "urn:uuid:0c7f3a1e-0000-4000-8000-000000000002"
+        start = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+        new_appointment = {**appointment("a0", "p0", start), "participant": [{"actor": {"reference": ref},
+                                                                              "status": "accepted"}]}
+        entries = [  # the Patient is written first: the Appointment's events need it
+            {"resource": new_appointment, "request": {"method": "POST", "url": "Appointment"}},
+            {"fullUrl": ref, "resource": patient("p0"), "request": {"method": "POST", "url": "Patient"}},
+        ]
+        failing = [*entries, {"resource": appointment("a9", "p9", start),
+                              "request": {"method": "PUT", "url": "Appointment/a9", "ifMatch": 'W/"2"'}}]
+        response = ehr.post("/fhir/R4", json={"resourceType": "Bundle", "type": "transaction", "entry": failing},
+                            headers=FHIR)
+        assert response.status_code == 412, response.text
+        assert fhir_messages(adapter) == []
+
+        response = ehr.post("/fhir/R4", json={"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                            headers=FHIR)
+        assert response.status_code == 200, response.text
+        booked, created = (e["resource"] for e in response.json()["entry"])
+        assert booked["participant"][0]["actor"]["reference"] == f"Patient/{created['id']}"
+        assert ehr.get(response.json()["entry"][0]["response"]["location"]).status_code == 200
+        adapter.fhir_processed()
+        assert [(m["control_id"], m["status"]) for m in fhir_messages(adapter)] == [
+            (f"Patient/{created['id']}/_history/1", "processed"),
+            (f"Appointment/{booked['id']}/_history/1", "processed")]
+        assert kinds(adapter) == ["booking_confirmation", "follow_up", "reminder", "reminder"]
+
+
 def test_an_older_version_replayed_after_a_newer_one_was_processed_is_ignored(tmp_path):
     settings = settings_for(tmp_path)
     container = migrated_container(settings)

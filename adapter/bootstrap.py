@@ -18,6 +18,8 @@ from adapter.compliance_gate import ComplianceGate
 from adapter.db import make_engine, make_sessionmaker
 from adapter.dispatch import Clinic, Dispatcher
 from adapter.errors import ConfigError
+from adapter.fhir_intake import FhirIntake
+from adapter.fhir_wiring import build_fhir_intake
 from adapter.intake import HL7Intake
 from adapter.key_rotation import retired_master_keys
 from adapter.pipeline import Pipeline
@@ -50,6 +52,7 @@ class Container:
     pipeline: Pipeline
     facilities: FacilityConfig
     intake: HL7Intake
+    fhir: FhirIntake
     channels: dict[str, Channel]
     dispatcher: Dispatcher
 
@@ -80,6 +83,7 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
     pipeline = Pipeline(rules=rules, gate=gate, tz=tz, window=window)
     facilities = load_facilities(settings.config_dir / "facilities.yaml")
     intake = HL7Intake(sessions=sessions, vault=vault, pipeline=pipeline, facilities=facilities, clock=clock)
+    fhir = build_fhir_intake(settings, sessions=sessions, vault=vault, pipeline=pipeline, clock=clock)
     if channels is None:
         from adapter.providers import build_channels
 
@@ -100,7 +104,7 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
     return Container(
         settings=settings, engine=engine, sessions=sessions, clock=clock, vault=vault, audit=audit,
         gate=gate, rules=rules, templates=templates, pipeline=pipeline, facilities=facilities,
-        intake=intake, channels=channels, dispatcher=dispatcher,
+        intake=intake, fhir=fhir, channels=channels, dispatcher=dispatcher,
     )
 
 

@@ -9,7 +9,7 @@ What runs where:
   process also runs a *claim loop* (:class:`ClaimLoop`): it claims a batch of due
   notifications (``FOR UPDATE SKIP LOCKED``, with a lease) and publishes one
   ``adapter.dispatch.send_batch`` task for it; and when inbound messages wait in the
-  store, it publishes ``adapter.inbound.process_pending``.
+  store (HL7 messages, FHIR versions), it publishes ``adapter.inbound.process_pending``.
 
 Why a claim loop in every worker rather than Celery beat: beat is a singleton. Run
 two and every tick fires twice; run none and nothing is sent; and it is one more
@@ -165,7 +165,7 @@ class ClaimLoop(threading.Thread):
     def _maybe_process_inbound(self) -> None:
         if time.monotonic() - self._inbound_published < 1.0:
             return
-        if not self.container.intake.pending_ids(limit=1):
+        if not (self.container.intake.pending_ids(limit=1) or self.container.fhir.pending_ids(limit=1)):
             return
         self.app.send_task(PROCESS_INBOUND, queue=self.settings.celery_queue)
         self._inbound_published = time.monotonic()

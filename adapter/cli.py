@@ -221,9 +221,10 @@ def hl7_errors(limit: int = 100) -> None:
 
 @hl7_app.command("replay")
 def hl7_replay(ids: list[int]) -> None:
-    """Process error-store messages again, after a configuration fix."""
+    """Process error-store messages (HL7 messages and FHIR versions) again, after a fix."""
     container = _container()
-    results = container.intake.replay(ids)
+    fhir = container.fhir.replay(ids)
+    results = {**container.intake.replay([i for i in ids if i not in fhir]), **fhir}
     failed = 0
     for message_id, status in results.items():
         console.print(f"{message_id}: {status}")

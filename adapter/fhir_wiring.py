@@ -1,17 +1,26 @@
 """Wiring the FHIR front door to the core: one FhirService for the REST facade,
 Subscriptions and polling alike. What it stores goes through the vault; what it
-means goes through the pipeline, in the same transaction."""
+means goes through the pipeline, after the answer (adapter/fhir_intake.py)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING
 
-from adapter.bootstrap import Container
+from fastapi import APIRouter
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapter.clock import Clock
 from adapter.events import AnyEvent
+from adapter.fhir_intake import FhirIntake
+from adapter.pipeline import Pipeline
+from adapter.settings import Settings
+from compliance.crypto import Vault
 from fhir.routes import build_router
 from fhir.service import FhirService
 from fhir.settings import FhirSettings
+
+if TYPE_CHECKING:
+    from adapter.bootstrap import Container
 
 
 class SessionVaultCodec:
@@ -19,46 +28,38 @@ class SessionVaultCodec:
     session: a first key for a new patient is created in the same transaction
     (SQLite allows one writer at a time)."""
 
-    def __init__(self, container: Container) -> None:
-        self.container = container
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
 
     def encrypt(self, plaintext: bytes, *, subject: str, session: Session) -> bytes:
-        return self.container.vault.encrypt(session, subject, plaintext)
+        return self.vault.encrypt(session, subject, plaintext)
 
     def decrypt(self, blob: bytes, *, session: Session) -> bytes:
-        return self.container.vault.decrypt(session, blob)
+        return self.vault.decrypt(session, blob)
 
 
-def fhir_settings(container: Container) -> FhirSettings:
-    settings = container.settings
+def fhir_settings(settings: Settings, vault: Vault) -> FhirSettings:
     return FhirSettings(
         max_body_bytes=settings.max_body_bytes,
         # Identifiers are looked up by an HMAC whose key comes from the vault.
-        identifier_index_key=bytes.fromhex(container.vault.blind_index("fhir-identifier-key", "fhir")),
+        identifier_index_key=bytes.fromhex(vault.blind_index("fhir-identifier-key", "fhir")),
     )
 
 
-def publisher(container: Container):
+def build_fhir_intake(settings: Settings, *, sessions: sessionmaker[Session], vault: Vault,
+                      pipeline: Pipeline, clock: Clock) -> FhirIntake:
     def publish(session: Session, events: list[AnyEvent]) -> None:
-        container.pipeline.handle(session, events, now=container.clock.now())
+        pipeline.handle(session, events, now=clock.now())
 
-    return publish
+    service = FhirService(publish=publish, codec=SessionVaultCodec(vault), clock=clock.now,
+                          settings=fhir_settings(settings, vault))
+    return FhirIntake(sessions=sessions, service=service, clock=clock,
+                      inline=settings.fhir_processing == "inline")
 
 
 def fhir_service(container: Container) -> FhirService:
-    return FhirService(
-        publish=publisher(container),
-        codec=SessionVaultCodec(container),
-        clock=container.clock.now,
-        settings=fhir_settings(container),
-    )
+    return container.fhir.service
 
 
 def fhir_router(container: Container) -> APIRouter:
-    return build_router(
-        sessions=container.sessions,
-        publish=publisher(container),
-        codec=SessionVaultCodec(container),
-        clock=container.clock.now,
-        settings=fhir_settings(container),
-    )
+    return build_router(sessions=container.sessions, service=container.fhir.service)

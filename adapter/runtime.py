@@ -20,12 +20,30 @@ from hl7.mllp import MLLPServer, server_ssl_context
 log = logging.getLogger(__name__)
 
 
+def give_way(container: Container) -> None:
+    """Background work waits here before each transaction: HL7 messages waiting
+    for their ACK and FHIR requests in flight go first (for a moment at most)."""
+    container.intake.writer.wait_quiet()
+    container.fhir.in_flight.wait_quiet()
+
+
+def process_stored(container: Container) -> int:
+    """One round: stored HL7 messages, then stored FHIR versions, oldest first;
+    requests waiting for their answer go first."""
+    done = container.intake.process_pending()
+    writer, in_flight = container.intake.writer, container.fhir.in_flight
+    return done + container.fhir.process_pending(
+        wait_quiet=lambda: give_way(container),
+        give_way=lambda: not (writer.idle.is_set() and in_flight.idle.is_set()))
+
+
 async def process_inbound_forever(container: Container, wake: asyncio.Event, stop: asyncio.Event) -> None:
-    """Map stored messages to events, oldest first; woken by each stored message,
-    and once a second anyway (catches what a crash left ``stored``)."""
+    """Map stored messages and FHIR versions to events, oldest first; woken by
+    each stored message or FHIR write, and once a second anyway (catches what a
+    crash left ``stored``)."""
     while not stop.is_set():
         try:
-            await asyncio.to_thread(container.intake.process_pending)
+            await asyncio.to_thread(process_stored, container)
         except Exception:
             log.exception("inbound processing round failed; retrying")
         try:
@@ -53,6 +71,8 @@ async def serve(
     stop = asyncio.Event()
     wake = asyncio.Event()
     container.intake.on_stored = wake.set
+    loop = asyncio.get_running_loop()
+    container.fhir.on_stored = lambda: loop.call_soon_threadsafe(wake.set)  # from the threadpool
     tasks = [asyncio.create_task(process_inbound_forever(container, wake, stop))]
     if embedded_worker:
         tasks.append(
@@ -61,7 +81,7 @@ async def serve(
                     container.dispatcher,
                     interval=settings.worker_poll_interval_s,
                     stop=stop,
-                    give_way=container.intake.writer.wait_quiet,
+                    give_way=lambda: give_way(container),
                 )
             )
         )
@@ -104,4 +124,4 @@ async def serve(
         await container.intake.writer.stop()
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.to_thread(container.intake.process_pending)
+        await asyncio.to_thread(process_stored, container)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from typing import Annotated
 
@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     mllp_tls_key: str = ""
     mllp_tls_client_ca: str = ""  # set to require client certificates (mutual TLS)
     max_body_bytes: int = 5 * 1024 * 1024
+    # FHIR writes: "background" answers once stored and publishes the events after
+    # (adapter/fhir_intake.py); "inline" publishes them before answering, so the
+    # pipeline's refusal is a 422 and nothing is stored.
+    fhir_processing: Literal["background", "inline"] = "background"
 
     config_dir: Path = CONFIG_DIR
     var_dir: Path = ROOT / "var"

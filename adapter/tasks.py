@@ -5,8 +5,9 @@ on first use (after the fork) and keeps one event loop for the channels' HTTP cl
 - ``adapter.dispatch.send_batch(ids)``: send notifications a claim loop claimed.
   Idempotent: a notification no longer ``claimed`` is skipped; a resend carries the
   same idempotency key.
-- ``adapter.inbound.process_pending()``: map stored inbound messages to events, one
-  worker at a time (PostgreSQL advisory lock), oldest first.
+- ``adapter.inbound.process_pending()``: map stored inbound messages (HL7, and FHIR
+  versions stored by ``serve``) to events, one worker at a time (PostgreSQL
+  advisory lock), oldest first.
 """
 
 from __future__ import annotations
@@ -59,13 +60,13 @@ def send_batch(ids: list[int]) -> int:
 def process_inbound() -> int:
     c = container()
     if c.settings.is_sqlite:  # one writer at a time anyway
-        return c.intake.process_pending()
+        return c.intake.process_pending() + c.fhir.process_pending()
     with c.engine.connect() as conn:
         if not conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": INBOUND_LOCK}):
             return 0  # another worker is at it
         try:
             conn.commit()
-            done = c.intake.process_pending()
+            done = c.intake.process_pending() + c.fhir.process_pending()
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": INBOUND_LOCK})
             conn.commit()

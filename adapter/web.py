@@ -4,7 +4,7 @@ call the core, map errors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
@@ -277,8 +277,13 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(replies_api_router(container))
     app.include_router(contact_api_router(container))
     app.include_router(webhooks_router(container))
+    async def in_flight() -> AsyncIterator[None]:
+        with container.fhir.in_flight:  # background work gives way meanwhile
+            yield
+
     app.include_router(
-        fhir_router(container), prefix="/fhir/R4", tags=["fhir"], dependencies=[Depends(require(container, "ehr"))]
+        fhir_router(container), prefix="/fhir/R4", tags=["fhir"],
+        dependencies=[Depends(require(container, "ehr")), Depends(in_flight)],
     )
     document_errors(app)
     return app

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.orm import Session
 
+from fhir import store
 from fhir.errors import FhirError, Issue, invalid
 from fhir.outcome import operation_outcome
 from fhir.service import FhirService, StoredVersion, WriteResult, instant, new_id
@@ -25,6 +26,7 @@ from fhir.validate import SUPPORTED_TYPES, parse_data
 # that an Appointment in the same Bundle resolves its patient.
 _METHOD_ORDER = {"POST": 1, "PUT": 2, "GET": 3}
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created"}
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -67,14 +69,15 @@ def parse_bundle(data: dict[str, Any]) -> tuple[str, list[Entry]]:
 def run_transaction(service: FhirService, session: Session, entries: list[Entry],
                     link: Callable[[StoredVersion], str], sender: str | None) -> dict[str, Any]:
     ids = _assign_ids(entries)
-    resources = {e.index: _resolve(e.resource, ids) for e in entries if e.resource}
-    answers: dict[int, dict[str, Any]] = {}
-    for entry in sorted(entries, key=_order):
-        try:
-            answers[entry.index] = _apply(service, session, entry, resources.get(entry.index),
-                                          ids, link, sender)
-        except FhirError as exc:
-            raise exc.within_entry(entry.path, _type_of(entry)) from None
+    ordered = sorted(entries, key=_order)
+    # Everything that needs no database first (validation, urn:uuid resolution),
+    # so that the write transaction, SQLite's one writer, is short.
+    prepared = [_in_entry(entry, _prepare, entry, _resolve(entry.resource, ids))
+                for entry in ordered]
+    with store.staged_inserts(session):
+        answers = {p.entry.index: _in_entry(p.entry, _apply, service, session, p, ids, link,
+                                            sender)
+                   for p in prepared}
     return {"resourceType": "Bundle", "type": "transaction-response",
             "entry": [answers[e.index] for e in entries]}
 
@@ -82,17 +85,33 @@ def run_transaction(service: FhirService, session: Session, entries: list[Entry]
 def run_batch(service: FhirService, session: Session, entries: list[Entry],
               link: Callable[[StoredVersion], str], sender: str | None) -> dict[str, Any]:
     answers: dict[int, dict[str, Any]] = {}
+    prepared: list[_Prepared] = []
     for entry in sorted(entries, key=_order):
         try:
+            prepared.append(_in_entry(entry, _prepare, entry, entry.resource))
+        except FhirError as error:
+            answers[entry.index] = _refused(error)
+    for p in prepared:
+        try:
             with session.begin_nested():
-                answers[entry.index] = _apply(service, session, entry, entry.resource, {},
-                                              link, sender)
-        except FhirError as exc:
-            error = exc.within_entry(entry.path, _type_of(entry))
-            answers[entry.index] = {"response": {
-                "status": str(error.status), "outcome": operation_outcome(error.issues)}}
+                answers[p.entry.index] = _in_entry(p.entry, _apply, service, session, p, {},
+                                                   link, sender)
+        except FhirError as error:
+            answers[p.entry.index] = _refused(error)
     return {"resourceType": "Bundle", "type": "batch-response",
             "entry": [answers[e.index] for e in entries]}
+
+
+def _in_entry(entry: Entry, step: Callable[..., _T], *args: Any) -> _T:
+    """``step(*args)``, its errors pointing at the entry."""
+    try:
+        return step(*args)
+    except FhirError as exc:
+        raise exc.within_entry(entry.path, _type_of(entry)) from None
+
+
+def _refused(error: FhirError) -> dict[str, Any]:
+    return {"response": {"status": str(error.status), "outcome": operation_outcome(error.issues)}}
 
 
 def _order(entry: Entry) -> tuple[int, int, int]:
@@ -130,9 +149,18 @@ def _resolve(value: Any, ids: dict[str, str]) -> Any:
     return value
 
 
-def _apply(service: FhirService, session: Session, entry: Entry,
-           resource: dict[str, Any] | None, ids: dict[str, str],
-           link: Callable[[StoredVersion], str], sender: str | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Prepared:
+    """An entry checked and validated, ready for the database."""
+
+    entry: Entry
+    kind: str
+    path: list[str]  # the url's path segments: [type], [type, id], [type, id, _history, vid]
+    query: str
+    resource: dict[str, Any] | None  # validated (None for a GET)
+
+
+def _prepare(entry: Entry, resource: dict[str, Any] | None) -> _Prepared:
     parts = urlsplit(entry.url)
     path = [unquote(p) for p in parts.path.strip("/").split("/") if p]
     if not path or path[0] not in SUPPORTED_TYPES:
@@ -140,37 +168,46 @@ def _apply(service: FhirService, session: Session, entry: Entry,
                                    f"supported resource type", f"{entry.path}.request.url"))
     kind = path[0]
     if entry.method == "GET":
-        if len(path) == 2:
-            return _answer(service.read(session, kind, path[1]), 200, link)
-        if len(path) == 4 and path[2] == "_history":
-            return _answer(service.vread(session, kind, path[1], path[3]), 200, link)
-        raise FhirError(400, Issue("not-supported", "GET entries support read and vread",
-                                   f"{entry.path}.request.url"))
+        if len(path) not in (2, 4) or (len(path) == 4 and path[2] != "_history"):
+            raise FhirError(400, Issue("not-supported", "GET entries support read and vread",
+                                       f"{entry.path}.request.url"))
+        return _Prepared(entry, kind, path, parts.query, None)
     assert resource is not None
     if resource.get("resourceType") != kind:
         raise invalid(f"The entry's resource is a {resource.get('resourceType')}, its url a "
                       f"{kind}", f"{entry.path}.request.url")
     parsed = parse_data(resource)
+    if entry.method == "POST" and len(path) != 1:
+        raise invalid("A POST entry's url is the resource type", f"{entry.path}.request.url")
+    if entry.method == "PUT":
+        if len(path) == 2 and parsed.get("id") not in (None, path[1]):
+            raise invalid(f"The resource id {parsed.get('id')!r} differs from the url's "
+                          f"{path[1]!r}", f"{kind}.id")
+        if len(path) != 2 and not parts.query:
+            raise invalid("A PUT entry's url is Type/id or Type?identifier=...",
+                          f"{entry.path}.request.url")
+    return _Prepared(entry, kind, path, parts.query, parsed)
+
+
+def _apply(service: FhirService, session: Session, prepared: _Prepared, ids: dict[str, str],
+           link: Callable[[StoredVersion], str], sender: str | None) -> dict[str, Any]:
+    entry, kind, path, parsed = prepared.entry, prepared.kind, prepared.path, prepared.resource
+    if parsed is None:  # GET
+        found = (service.read(session, kind, path[1]) if len(path) == 2
+                 else service.vread(session, kind, path[1], path[3]))
+        return _answer(found, 200, link)
     if entry.method == "POST":
-        if len(path) != 1:
-            raise invalid("A POST entry's url is the resource type", f"{entry.path}.request.url")
         if entry.full_url in ids and not entry.if_none_exist:
             parsed = {**parsed, "id": ids[entry.full_url].split("/", 1)[1]}
-            result = service.write(session, parsed, sender=sender)
+            result = service.write(session, parsed, sender=sender, fresh=True)
         else:
             result = service.create(session, parsed, sender=sender,
                                     if_none_exist=entry.if_none_exist)
     elif len(path) == 2:
-        if parsed.get("id") not in (None, path[1]):
-            raise invalid(f"The resource id {parsed.get('id')!r} differs from the url's "
-                          f"{path[1]!r}", f"{kind}.id")
         result = service.write(session, {**parsed, "id": path[1]}, sender=sender,
                                if_match=entry.if_match)
-    elif parts.query:
-        result = service.conditional_update(session, parsed, parts.query, sender=sender)
     else:
-        raise invalid("A PUT entry's url is Type/id or Type?identifier=...",
-                      f"{entry.path}.request.url")
+        result = service.conditional_update(session, parsed, prepared.query, sender=sender)
     return _answer(result.stored, result.status, link, result)
 
 

@@ -1,5 +1,6 @@
-"""The FHIR front door's unit of work: store a version, derive its events from
-the previous one, hand them to the core — all in the caller's transaction.
+"""The FHIR front door's unit of work: store a version in the caller's
+transaction; its events, derived from the version before it, reach the core
+either in the same transaction or after the commit, from the stored version.
 
 REST pushes, Bundle entries, subscription notifications and polling all go
 through :meth:`FhirService.write`, so every path orders versions and
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -30,6 +32,9 @@ from fhir.validate import resource_patient_id
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Session, list[AnyEvent]], None]
+# Records a stored version whose events are published later (see FhirService.accept).
+Accept = Callable[[Session, StoredVersion, str], None]
+_LOAD = object()  # events_of: load the previous version from the store
 Outcome = Literal["created", "updated", "duplicate", "stale"]
 
 
@@ -78,10 +83,16 @@ def _is_older(version: str | None, updated: datetime | None, than: StoredVersion
 
 @dataclass
 class FhirService:
+    """``accept`` None: a write publishes its events in its own transaction, and
+    the core refusing them refuses the write. Set: a write records the stored
+    version through ``accept`` and answers; the caller publishes it later with
+    :meth:`publish_version` (adapter/fhir_intake.py)."""
+
     publish: Publish
     codec: RecordCodec
     clock: Callable[[], datetime]
     settings: FhirSettings = field(default_factory=FhirSettings)
+    accept: Accept | None = None
 
     # -- reads ---------------------------------------------------------------
     def read(self, session: Session, resource_type: str, resource_id: str) -> StoredVersion:
@@ -123,7 +134,7 @@ class FhirService:
             if matches:
                 return WriteResult(self.read(session, kind, matches[0]), "duplicate")
         resource = {**resource, "id": new_id()}
-        return self.write(session, resource, sender=sender)
+        return self.write(session, resource, sender=sender, fresh=True)
 
     def conditional_update(self, session: Session, resource: dict[str, Any], query: str, *,
                            sender: str | None = None) -> WriteResult:
@@ -149,16 +160,18 @@ class FhirService:
         return self.search_identifier(session, kind, unquote(params["identifier"]))
 
     def write(self, session: Session, resource: dict[str, Any], *, sender: str | None = None,
-              if_match: str | None = None) -> WriteResult:
-        """Store a new version of ``resource`` (its ``id`` set), derive its events
-        from the current version and publish them, in ``session``'s transaction.
+              if_match: str | None = None, fresh: bool = False) -> WriteResult:
+        """Store a new version of ``resource`` (its ``id`` set), in ``session``'s
+        transaction; then either record it for processing after the commit
+        (``accept`` set) or derive its events and publish them now.
 
         ``meta.versionId`` / ``meta.lastUpdated`` given by the sender are the
         *source* version: the same one twice is a duplicate, an older one than
-        the current is stale; neither is stored or published."""
+        the current is stale; neither is stored or published. ``fresh``: the
+        server has just assigned the id, so there is no current version."""
         kind, rid = resource["resourceType"], resource["id"]
         sender = sender or self.settings.sender
-        existing = store.current(session, self.codec, kind, rid)
+        existing = None if fresh else store.current(session, self.codec, kind, rid)
         if if_match is not None:
             wanted = parse_etag(if_match)
             if existing is None or existing.version_id != wanted:
@@ -180,26 +193,60 @@ class FhirService:
             **resource,
             "meta": {**meta, "versionId": str(number), "lastUpdated": instant(now)},
         }
-        patient_id = resource_patient_id(resource)
-        origin = Origin("fhir", sender, f"{kind}/{rid}/_history/{number}")
-        events = events_for(kind, stored_resource, existing.resource if existing else None,
-                            origin=origin, now=now, patient=self._patient(session, resource))
-        if not self.settings.announce_amended_reports:
-            events = [e for e in events if not (isinstance(e, ReportReady) and e.amended)]
+        # A savepoint only where a unique violation is an answer (the same source
+        # version sent concurrently); otherwise it ends the request. A new id
+        # cannot collide. Rows staged before are inserted first, outside it.
+        savepoint = bool(source_version) and not fresh
+        if savepoint:
+            store.insert_staged(session)
         try:
-            with session.begin_nested():
+            with session.begin_nested() if savepoint else nullcontext():
                 stored = store.append(
                     session, self.codec, resource=stored_resource, version_id=number,
-                    last_updated=now, patient_id=patient_id, source_version=source_version,
-                    source_last_updated=source_updated, sender=sender)
+                    last_updated=now, patient_id=resource_patient_id(resource),
+                    source_version=source_version, source_last_updated=source_updated,
+                    sender=sender, new_id=fresh)
         except IntegrityError:
             if source_version and store.has_source_version(session, kind, rid, source_version):
                 return WriteResult(self.read(session, kind, rid), "duplicate")
             raise FhirError(409, Issue(
                 "conflict", f"{kind}/{rid} was changed concurrently; retry")) from None
-        store.index_identifiers(session, self.settings.identifier_index_key, stored_resource)
+        store.index_identifiers(session, self.settings.identifier_index_key, stored_resource,
+                                replace=existing is not None)
+        outcome: Outcome = "created" if existing is None else "updated"
+        if self.accept is not None:
+            self.accept(session, stored, sender)
+            return WriteResult(stored, outcome)
+        events = self.publish_version(session, stored, sender,
+                                      previous=existing.resource if existing else None)
+        return WriteResult(stored, outcome, events)
+
+    def events_of(self, session: Session, stored: StoredVersion, sender: str,
+                  previous: dict[str, Any] | None | object = _LOAD) -> list[AnyEvent]:
+        """The events version N of a resource announces, derived from version
+        N-1 (loaded unless given): the same answer whenever it is asked."""
+        if previous is _LOAD:
+            before = stored.version_id > 1 and store.version(
+                session, self.codec, stored.resource_type, stored.resource_id,
+                stored.version_id - 1)
+            previous = before.resource if before else None
+        origin = Origin("fhir", sender, f"{stored.ref}/_history/{stored.version_id}")
+        events = events_for(stored.resource_type, stored.resource, previous,  # type: ignore[arg-type]
+                            origin=origin, now=stored.last_updated,
+                            patient=self._patient(session, stored.resource))
+        if not self.settings.announce_amended_reports:
+            events = [e for e in events if not (isinstance(e, ReportReady) and e.amended)]
+        return events
+
+    def publish_version(self, session: Session, stored: StoredVersion, sender: str,
+                        previous: dict[str, Any] | None | object = _LOAD) -> list[AnyEvent]:
+        """Derive the events of a stored version and hand them to the core, in
+        ``session``'s transaction. Raises :class:`FhirError` (422 when the core
+        refuses them, 500 on any other failure)."""
+        store.insert_staged(session)  # the core sees what is stored
+        events = self.events_of(session, stored, sender, previous)
         self._publish(session, events)
-        return WriteResult(stored, "created" if existing is None else "updated", events)
+        return events
 
     def _patient(self, session: Session, resource: dict[str, Any]) -> PatientDetails | None:
         keys = self.settings.patient_key_systems

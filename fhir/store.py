@@ -6,14 +6,25 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import Row, Table, delete, insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from fhir.models import FhirIdentifier, FhirResource
+
+# Core statements on the tables: a Bundle writes hundreds of rows, and the ORM's
+# unit of work costs more than the rows themselves.
+_RESOURCE = FhirResource.__table__
+_IDENTIFIER = FhirIdentifier.__table__
+_VERSION_COLUMNS = (_RESOURCE.c.resource_type, _RESOURCE.c.resource_id, _RESOURCE.c.version_id,
+                    _RESOURCE.c.last_updated, _RESOURCE.c.source_version,
+                    _RESOURCE.c.source_last_updated, _RESOURCE.c.content)
 
 
 class RecordCodec(Protocol):
@@ -50,7 +61,54 @@ def subject_for(patient_id: str | None) -> str:
     return f"patient:{patient_id}" if patient_id else "system"
 
 
-def _load(row: FhirResource, codec: RecordCodec, session: Session) -> StoredVersion:
+# -- staged inserts ----------------------------------------------------------------
+_STAGED = "fhir.store.staged"
+
+
+@contextmanager
+def staged_inserts(session: Session) -> Iterator[None]:
+    """Within, :func:`stage` keeps rows and inserts them together, one multi-row
+    insert per table: before the next statement of this module (so reads see
+    them) and at the end. For an all-or-nothing unit only (a transaction
+    Bundle): a savepoint rolled back inside would not take staged rows with it."""
+    session.info[_STAGED] = {}
+    try:
+        yield
+        insert_staged(session)
+    finally:
+        session.info.pop(_STAGED, None)
+
+
+def stage(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` now, or with the other staged rows inside
+    :func:`staged_inserts`. Only rows that cannot violate a constraint (the
+    caller knows why) are staged: an error at the shared insert names no entry."""
+    staged = session.info.get(_STAGED)
+    if not rows:
+        return
+    if staged is None:
+        session.connection().execute(insert(table), rows)
+    else:
+        staged.setdefault(table, []).extend(rows)
+
+
+def insert_staged(session: Session) -> None:
+    """Insert the rows staged so far (before a savepoint that may roll back)."""
+    staged = session.info.get(_STAGED)
+    if staged:
+        connection = session.connection()
+        for table, rows in staged.items():
+            connection.execute(insert(table), rows)
+        staged.clear()
+
+
+def _connection(session: Session) -> Connection:
+    """The session's connection, staged rows inserted first."""
+    insert_staged(session)
+    return session.connection()
+
+
+def _load(row: Row[Any], codec: RecordCodec, session: Session) -> StoredVersion:
     return StoredVersion(
         resource_type=row.resource_type,
         resource_id=row.resource_id,
@@ -64,11 +122,10 @@ def _load(row: FhirResource, codec: RecordCodec, session: Session) -> StoredVers
 
 def current(session: Session, codec: RecordCodec, resource_type: str, resource_id: str
             ) -> StoredVersion | None:
-    row = session.scalars(
-        select(FhirResource)
-        .where(FhirResource.resource_type == resource_type,
-               FhirResource.resource_id == resource_id)
-        .order_by(FhirResource.version_id.desc())
+    row = _connection(session).execute(
+        select(*_VERSION_COLUMNS)
+        .where(_RESOURCE.c.resource_type == resource_type, _RESOURCE.c.resource_id == resource_id)
+        .order_by(_RESOURCE.c.version_id.desc())
         .limit(1)
     ).first()
     return _load(row, codec, session) if row else None
@@ -76,25 +133,34 @@ def current(session: Session, codec: RecordCodec, resource_type: str, resource_i
 
 def version(session: Session, codec: RecordCodec, resource_type: str, resource_id: str,
             version_id: int) -> StoredVersion | None:
-    row = session.scalars(
-        select(FhirResource).where(
-            FhirResource.resource_type == resource_type,
-            FhirResource.resource_id == resource_id,
-            FhirResource.version_id == version_id,
+    row = _connection(session).execute(
+        select(*_VERSION_COLUMNS).where(
+            _RESOURCE.c.resource_type == resource_type,
+            _RESOURCE.c.resource_id == resource_id,
+            _RESOURCE.c.version_id == version_id,
         )
     ).first()
     return _load(row, codec, session) if row else None
 
 
+def latest_version_id(session: Session, resource_type: str, resource_id: str) -> int | None:
+    return _connection(session).execute(
+        select(_RESOURCE.c.version_id)
+        .where(_RESOURCE.c.resource_type == resource_type, _RESOURCE.c.resource_id == resource_id)
+        .order_by(_RESOURCE.c.version_id.desc())
+        .limit(1)
+    ).scalar()
+
+
 def has_source_version(session: Session, resource_type: str, resource_id: str,
                        source_version: str) -> bool:
-    return session.scalar(
-        select(FhirResource.pk).where(
-            FhirResource.resource_type == resource_type,
-            FhirResource.resource_id == resource_id,
-            FhirResource.source_version == source_version,
+    return _connection(session).execute(
+        select(_RESOURCE.c.pk).where(
+            _RESOURCE.c.resource_type == resource_type,
+            _RESOURCE.c.resource_id == resource_id,
+            _RESOURCE.c.source_version == source_version,
         ).limit(1)
-    ) is not None
+    ).first() is not None
 
 
 def append(
@@ -108,25 +174,29 @@ def append(
     source_version: str | None,
     source_last_updated: datetime | None,
     sender: str,
+    new_id: bool = False,
 ) -> StoredVersion:
-    """Insert one version (the caller decides the number); flushes, so the
-    unique constraints fire here."""
-    row = FhirResource(
-        resource_type=resource["resourceType"],
-        resource_id=resource["id"],
-        version_id=version_id,
-        last_updated=last_updated,
-        status=resource.get("status"),
-        patient_id=patient_id,
-        source_version=source_version,
-        source_last_updated=source_last_updated,
-        sender=sender,
-        content=codec.encrypt(json.dumps(resource, separators=(",", ":")).encode(),
-                              subject=subject_for(patient_id), session=session),
-    )
-    session.add(row)
-    session.flush()
-    return StoredVersion(row.resource_type, row.resource_id, version_id, last_updated,
+    """Insert one version (the caller decides the number); the unique
+    constraints fire here, unless ``new_id`` (the server has just assigned the
+    id, so nothing can collide): then the row may be staged (:func:`stage`)."""
+    row = {
+        "resource_type": resource["resourceType"],
+        "resource_id": resource["id"],
+        "version_id": version_id,
+        "last_updated": last_updated,
+        "status": resource.get("status"),
+        "patient_id": patient_id,
+        "source_version": source_version,
+        "source_last_updated": source_last_updated,
+        "sender": sender,
+        "content": codec.encrypt(json.dumps(resource, separators=(",", ":")).encode(),
+                                 subject=subject_for(patient_id), session=session),
+    }
+    if new_id:
+        stage(session, _RESOURCE, [row])
+    else:
+        _connection(session).execute(insert(_RESOURCE), [row])
+    return StoredVersion(resource["resourceType"], resource["id"], version_id, last_updated,
                          resource, source_version, source_last_updated)
 
 
@@ -139,10 +209,15 @@ def identifier_token(key: bytes, system: str, value: str) -> str:
     return hmac.new(key, f"{system}|{value}".encode(), hashlib.sha256).hexdigest()
 
 
-def index_identifiers(session: Session, key: bytes, resource: dict[str, Any]) -> None:
+def index_identifiers(session: Session, key: bytes, resource: dict[str, Any], *,
+                      replace: bool = True) -> None:
+    """Index the identifiers of the current version (after its version is
+    stored, so they cannot collide: staged); ``replace=False`` for a
+    resource's first version (nothing to delete)."""
     kind, rid = resource["resourceType"], resource["id"]
-    session.execute(delete(FhirIdentifier).where(
-        FhirIdentifier.resource_type == kind, FhirIdentifier.resource_id == rid))
+    if replace:
+        _connection(session).execute(delete(_IDENTIFIER).where(
+            _IDENTIFIER.c.resource_type == kind, _IDENTIFIER.c.resource_id == rid))
     identifiers = resource.get("identifier") or []
     if isinstance(identifiers, dict):  # Consent.identifier is a list in R4; be lenient
         identifiers = [identifiers]
@@ -151,12 +226,13 @@ def index_identifiers(session: Session, key: bytes, resource: dict[str, Any]) ->
         if i.get("value"):
             tokens.add(identifier_token(key, i.get("system", ""), i["value"]))
             tokens.add(identifier_token(key, ANY_SYSTEM, i["value"]))
-    session.add_all(FhirIdentifier(resource_type=kind, token=t, resource_id=rid) for t in tokens)
+    stage(session, _IDENTIFIER, [{"resource_type": kind, "token": t, "resource_id": rid}
+                                 for t in sorted(tokens)])
 
 
 def find_by_identifier(session: Session, key: bytes, resource_type: str, system: str | None,
                        value: str) -> list[str]:
     """Ids of resources of a type with ``system|value`` (``system`` None: any system)."""
     token = identifier_token(key, ANY_SYSTEM if system is None else system, value)
-    return list(session.scalars(select(FhirIdentifier.resource_id).where(
-        FhirIdentifier.resource_type == resource_type, FhirIdentifier.token == token)))
+    return list(_connection(session).execute(select(_IDENTIFIER.c.resource_id).where(
+        _IDENTIFIER.c.resource_type == resource_type, _IDENTIFIER.c.token == token)).scalars())

@@ -62,6 +62,12 @@ def parse_resource(raw: bytes | str, *, expected_type: str | None = None) -> dic
         raise invalid(f"The body is not valid JSON: {exc}", code="structure") from None
     if not isinstance(data, dict):
         raise invalid("The body must be a JSON object (a FHIR resource)", code="structure")
+    return parse_data(data, expected_type=expected_type)
+
+
+def parse_data(data: dict[str, Any], *, expected_type: str | None = None) -> dict[str, Any]:
+    """:func:`parse_resource` for JSON data already decoded (Bundle entries): each
+    entry is decoded once and validated once."""
     resource_type = data.get("resourceType")
     if expected_type and resource_type != expected_type:
         raise invalid(
@@ -74,18 +80,12 @@ def parse_resource(raw: bytes | str, *, expected_type: str | None = None) -> dic
             Issue("not-supported", f"Resource type {resource_type!r} is not supported here; "
                   f"supported: {', '.join(SUPPORTED_TYPES)}", "resourceType"),
         )
-    raw_text = raw if isinstance(raw, str) else raw.decode("utf-8")
     try:
-        MODELS[resource_type].model_validate_json(raw_text)
+        MODELS[resource_type].model_validate(data)
     except ValidationError as exc:
         raise FhirError(400, list(_structure_issues(resource_type, exc))) from None
     check_rules(data)
     return data
-
-
-def parse_data(data: dict[str, Any]) -> dict[str, Any]:
-    """:func:`parse_resource` for JSON data already decoded (Bundle entries)."""
-    return parse_resource(json.dumps(data))
 
 
 def _structure_issues(resource_type: str, exc: ValidationError) -> Iterator[Issue]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from datetime import time
+from time import monotonic, sleep
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,6 +55,21 @@ class RunningAdapter:
 
     def client(self, role: str = "admin") -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.tokens[role]}"}, timeout=30)
+
+    def fhir_processed(self, timeout: float = 30.0) -> None:
+        """Wait until every FHIR write answered so far has been processed (its
+        events published, or the error store): FHIR writes are answered once
+        stored, and processed after. Polls ``/api/messages``; fails on timeout."""
+        deadline = monotonic() + timeout
+        with self.client("officer") as officer:
+            while True:
+                waiting = officer.get("/api/messages", params={"source": "fhir", "status": "stored", "limit": 1})
+                waiting.raise_for_status()
+                if waiting.json()["total"] == 0:
+                    return
+                if monotonic() > deadline:
+                    raise AssertionError(f"{waiting.json()['total']} FHIR versions still unprocessed after {timeout} s")
+                sleep(0.02)
 
 
 @contextmanager

@@ -60,6 +60,7 @@ def test_a_consent_that_denies_the_channel_suppresses_with_the_reason_and_names_
     with running_adapter(settings_for(tmp_path)) as adapter:
         ehr, officer = adapter.client("ehr"), adapter.client("officer")
         assert ehr.put("/fhir/R4/Patient/p1", json=rich_patient("p1"), headers=FHIR).status_code in (200, 201)
+        adapter.fhir_processed()
         patient = internal_id(adapter, "p1")
         given = officer.post("/api/consents", json={"patient": patient, "purpose": "care_reminder",
                                                     "channel": "sandbox", "decision": "deny"})
@@ -84,6 +85,7 @@ def test_withdrawing_consent_from_the_api_cancels_what_is_pending(tmp_path):
     with running_adapter(settings_for(tmp_path)) as adapter:
         ehr, officer = adapter.client("ehr"), adapter.client("officer")
         ehr.put("/fhir/R4/Patient/p2", json=rich_patient("p2"), headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
         patient = internal_id(adapter, "p2")
         start = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
         ehr.put("/fhir/R4/Appointment/a2", json=appointment("a2", "p2", start), headers=FHIR).raise_for_status()
@@ -230,6 +232,7 @@ def test_audit_entries_proofs_and_tree_heads_are_served_and_reading_is_audited(t
     with running_adapter(settings) as adapter:
         ehr, officer = adapter.client("ehr"), adapter.client("officer")
         ehr.put("/fhir/R4/Patient/p5", json=rich_patient("p5"), headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
         assert cli(settings, "audit", "sign")[0] == 0
         first = officer.get("/api/audit", params={"limit": 1}).json()
         assert [e["seq"] for e in first["items"]] == [0] and first["total"] >= 1

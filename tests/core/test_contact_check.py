@@ -43,6 +43,7 @@ def book(adapter: RunningAdapter, aid: str, pid: str = "p1", *, email: bool = Fa
     assert ehr.put(f"/fhir/R4/Patient/{pid}", json=resource, headers=FHIR).status_code in (200, 201)
     start = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
     assert ehr.put(f"/fhir/R4/Appointment/{aid}", json=appointment(aid, pid, start), headers=FHIR).status_code in (200, 201)
+    adapter.fhir_processed()
 
 
 def sent_confirmation(adapter: RunningAdapter, aid: str) -> dict:

@@ -70,12 +70,14 @@ def test_fhir_booking_confirms_at_once_and_schedules_reminders_that_follow_the_a
 
         moved = start + timedelta(days=1)
         assert ehr.put("/fhir/R4/Appointment/a1", json=appointment("a1", "p1", moved), headers=FHIR).status_code == 200
+        adapter.fhir_processed()
         items = notifications(officer)
         pending = sorted(datetime.fromisoformat(i["scheduled_for"]) for i in items if i["kind"] == "reminder" and i["status"] == "scheduled")
         assert pending == [moved - timedelta(hours=24), moved - timedelta(hours=2)]
         wait_for(lambda: any(i["kind"] == "reschedule_notice" and i["status"] == "sent" for i in notifications(officer)))
 
         assert ehr.put("/fhir/R4/Appointment/a1", json=appointment("a1", "p1", moved, "cancelled"), headers=FHIR).status_code == 200
+        adapter.fhir_processed()
         items = notifications(officer)
         assert not [i for i in items if i["kind"] == "reminder" and i["status"] == "scheduled"]
         assert all(i["reason"] for i in items if i["status"] == "cancelled")
@@ -228,6 +230,7 @@ def test_a_transaction_bundle_posted_to_the_bare_base_url_is_accepted(tmp_path):
         response = adapter.client("ehr").post("/fhir/R4", json=bundle, headers=FHIR)
         assert response.status_code == 200, response.text
         assert response.json()["type"] == "transaction-response"
+        adapter.fhir_processed()
         reminders = [i for i in notifications(adapter.client("officer")) if i["kind"] == "reminder"]
         assert len(reminders) == 2
 

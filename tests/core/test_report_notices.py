@@ -31,6 +31,7 @@ def test_a_report_notice_is_sent_only_after_explicit_consent_to_online_delivery(
     with running_adapter(settings_for(tmp_path)) as adapter:
         ehr, officer = adapter.client("ehr"), adapter.client("officer")
         ehr.put("/fhir/R4/Patient/p1", json=rich_patient("p1"), headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
         patient = internal_id(adapter, "p1")
 
         ehr.put("/fhir/R4/DiagnosticReport/r1", json=report("r1", "p1", "58410-2", "CBC panel"), headers=FHIR).raise_for_status()
@@ -53,6 +54,7 @@ def test_an_excluded_result_never_produces_a_notice_even_with_consent(tmp_path, 
     with running_adapter(settings_for(tmp_path)) as adapter:
         ehr, officer = adapter.client("ehr"), adapter.client("officer")
         ehr.put("/fhir/R4/Patient/p2", json=rich_patient("p2"), headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
         patient = internal_id(adapter, "p2")
         officer.post("/api/consents", json={"patient": patient, "purpose": "report_notice", "decision": "permit"}).raise_for_status()
 

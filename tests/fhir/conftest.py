@@ -172,14 +172,12 @@ def make_adapter(live_servers, tmp_path) -> Iterator[Callable[..., Adapter]]:
 
         clock, codec = Clock(), AesGcmCodec()
         settings = settings or FhirSettings()
-        router = build_router(sessions=sessions, publish=publish, codec=codec, clock=clock,
-                              settings=settings)
+        service = FhirService(publish=publish, codec=codec, clock=clock, settings=settings)
         app = FastAPI()
-        app.include_router(router, prefix="/fhir/R4")
+        app.include_router(build_router(sessions=sessions, service=service), prefix="/fhir/R4")
         live_servers[0].holder.app = app
         http = httpx.Client(timeout=10)
         clients.append(http)
-        service = FhirService(publish=publish, codec=codec, clock=clock, settings=settings)
         return Adapter(live_servers[0].url + "/fhir/R4", http, events, clock, codec, sessions,
                        service, settings, fail)
 

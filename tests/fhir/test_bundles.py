@@ -69,6 +69,41 @@ def test_a_transaction_can_update_by_put_and_read_by_get(adapter):
     assert entries[1]["resource"]["id"] == pid
 
 
+def test_a_conditional_create_sees_a_patient_created_earlier_in_the_same_transaction(adapter):
+    patient = sample("patient.json")
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:7f0c5a0e-0000-4000-8000-000000000001", "resource": patient,
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": patient, "request": {
+            "method": "POST", "url": "Patient",
+            "ifNoneExist": "identifier=https://hospital.example.org/mrn|MRN-0001"}},
+    ]}
+    response = adapter.post("/", bundle)
+    assert response.status_code == 200, response.text
+    created, matched = response.json()["entry"]
+    assert created["response"]["status"] == "201 Created"
+    assert matched["response"]["status"] == "200 OK"
+    assert matched["resource"]["id"] == created["resource"]["id"]
+
+
+def test_an_entry_failing_after_others_were_written_stores_none_of_them(adapter):
+    from sqlalchemy import func, select
+
+    from fhir.models import FhirIdentifier, FhirResource
+    pid = create_patient(adapter)
+    bundle = sample("transaction-patient-appointment.json")
+    bundle["entry"].append({"resource": {**booked(pid), "id": "a1"},
+                            "request": {"method": "PUT", "url": "Appointment/a1",
+                                        "ifMatch": 'W/"3"'}})
+    response = adapter.post("/", bundle)
+    assert response.status_code == 412, response.text
+    assert issue(response)["expression"] == ["Bundle.entry[2]"]
+    with adapter.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(FhirResource)) == 1
+        assert session.scalar(select(func.count()).select_from(FhirIdentifier)) == 4
+    assert adapter.kinds() == ["PatientUpdated"]
+
+
 def test_a_batch_answers_each_entry_and_keeps_the_good_ones(adapter):
     pid = create_patient(adapter)
     bad = booked(pid, status="bogus")

@@ -20,8 +20,7 @@ def test_the_capability_statement_lists_exactly_the_registered_routes(adapter):
     assert statement.status_code == 200
     body = statement.json()
     assert body["resourceType"] == "CapabilityStatement" and body["fhirVersion"] == "4.0.1"
-    router = build_router(sessions=adapter.sessions, publish=lambda s, e: None,
-                          codec=adapter.codec, clock=adapter.clock)
+    router = build_router(sessions=adapter.sessions, service=adapter.service)
     assert routes_described(body) == registered_routes(router) == served_routes()
 
 

@@ -36,6 +36,7 @@ def adapter(tmp_path):
     with running_adapter(settings_for(tmp_path)) as running:
         ehr, officer = running.client("ehr"), running.client("officer")
         ehr.put("/fhir/R4/Patient/p1", json=rich_patient("p1"), headers=FHIR).raise_for_status()
+        running.fhir_processed()
         running.patient = internal_id(running, "p1")
         officer.post("/api/consents", json={"patient": running.patient, "purpose": "care_reminder",
                                             "channel": "sandbox", "decision": "deny"}).raise_for_status()

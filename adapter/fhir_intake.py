@@ -1,0 +1,250 @@
+"""FHIR intake: store a write, answer, process it after — the model of
+:mod:`adapter.intake` for HL7.
+
+A FHIR write (REST, Bundle entry, subscription, poll) stores its resource
+version and, in the same transaction, an ``inbound_message`` row (source
+``fhir``, control id ``Type/id/_history/N``, status ``stored``): the durable
+record that the version's events are still to be published. The answer goes
+back after the commit; the events are derived afterwards from the stored
+version N and version N-1 (:meth:`fhir.service.FhirService.publish_version`)
+and handed to the pipeline in one transaction with marking the row
+``processed``. So:
+
+- a crash between the answer and the processing loses nothing: rows left
+  ``stored`` are processed at the next start, oldest first;
+- a version is published once: the unique (type, id, version) of the stored
+  versions and (source, sender, control id) of the rows, and the row status
+  changed in the same transaction as the pipeline's work;
+- per resource, versions are processed in the order they were stored (rows are
+  processed by id), and a version older than one already processed is never
+  replayed over it (``ignored``, superseded);
+- a failure goes to the error store (``error`` and why, ``/api/messages``,
+  ``hl7 errors``, ``hl7 replay``).
+
+``fhir_processing: inline`` (ADAPTER_FHIR_PROCESSING) processes the row in the
+write's own transaction instead, for senders who want the pipeline's refusal
+(422) in the answer; the write is then rolled back with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import event, insert, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapter.clock import Clock
+from adapter.db import transaction
+from adapter.models import InboundMessage
+from fhir import store
+from fhir.errors import FhirError
+from fhir.service import FhirService, StoredVersion
+
+log = logging.getLogger(__name__)
+
+SOURCE = "fhir"
+_WAKE = "adapter.fhir_intake.wake"
+
+
+def control_id(stored: StoredVersion) -> str:
+    """The inbound message's control id of a stored version.
+
+    >>> from datetime import UTC, datetime
+    >>> control_id(StoredVersion("Appointment", "a1", 3, datetime(2030, 1, 1, tzinfo=UTC), {}))
+    'Appointment/a1/_history/3'
+    """
+    return f"{stored.ref}/_history/{stored.version_id}"
+
+
+def parse_control_id(value: str) -> tuple[str, str, int] | None:
+    """``Type/id/_history/N`` → (type, id, N), else None.
+
+    >>> parse_control_id("Patient/p1/_history/2")
+    ('Patient', 'p1', 2)
+    """
+    parts = value.split("/")
+    if len(parts) != 4 or parts[2] != "_history" or not parts[3].isdigit():
+        return None
+    return parts[0], parts[1], int(parts[3])
+
+
+class RequestsInFlight:
+    """FHIR requests a client is waiting on. Background work (processing,
+    sending) gives way to them, as it does to HL7 messages waiting for their
+    ACK (:meth:`adapter.intake.GroupCommitWriter.wait_quiet`): with SQLite one
+    transaction writes at a time, and the GIL is shared."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._arrivals = 0
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._active += 1
+            self._arrivals += 1
+            self.idle.clear()
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._active == 0:
+                self.idle.set()
+
+    def wait_quiet(self, *, quiet: float = 0.002, timeout: float = 0.05) -> None:
+        """Return once no request has been in flight for ``quiet`` seconds, or
+        after ``timeout`` anyway, so background work progresses under load."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seen = self._arrivals
+            if not self.idle.wait(max(0.0, deadline - time.monotonic())):
+                return
+            time.sleep(quiet)
+            if self._arrivals == seen and self.idle.is_set():
+                return
+
+
+class FhirIntake:
+    """Records stored FHIR versions (the service's ``accept``) and publishes
+    their events afterwards, from the store."""
+
+    def __init__(self, *, sessions: sessionmaker[Session], service: FhirService, clock: Clock,
+                 inline: bool = False, on_stored: Callable[[], None] | None = None) -> None:
+        self.sessions = sessions
+        self.clock = clock
+        self.inline = inline
+        self.on_stored = on_stored or (lambda: None)
+        self.service = service
+        self.in_flight = RequestsInFlight()
+        service.accept = self.accept
+
+    # -- in the write's transaction ------------------------------------------------
+
+    def accept(self, session: Session, stored: StoredVersion, sender: str) -> None:
+        row = {"source": SOURCE, "sender": sender[:200], "control_id": control_id(stored),
+               "message_type": stored.resource_type, "received_at": stored.last_updated,
+               "status": "stored", "duplicates": 0}
+        if self.inline:
+            message_id = session.connection().execute(
+                insert(InboundMessage).returning(InboundMessage.id), row).scalar_one()
+            self.service.publish_version(session, stored, sender)
+            session.connection().execute(
+                InboundMessage.__table__.update().where(InboundMessage.id == message_id)
+                .values(status="processed", processed_at=self.clock.now()))
+            return
+        # Its control id names the version just stored: staged with the version's
+        # row (one insert for all entries of a transaction Bundle, in their order).
+        store.stage(session, InboundMessage.__table__, [row])
+        if not session.info.get(_WAKE):
+            session.info[_WAKE] = True
+            event.listen(session, "after_commit", self._committed, once=True)
+            event.listen(session, "after_rollback", self._forget, once=True)
+
+    def _committed(self, session: Session) -> None:
+        if session.info.pop(_WAKE, None):
+            self.on_stored()
+
+    @staticmethod
+    def _forget(session: Session, *_: object) -> None:
+        session.info.pop(_WAKE, None)
+
+    # -- after the answer -------------------------------------------------------------
+
+    def pending_ids(self, limit: int = 500) -> list[int]:
+        with transaction(self.sessions) as session:
+            return list(session.scalars(
+                select(InboundMessage.id)
+                .where(InboundMessage.source == SOURCE, InboundMessage.status == "stored")
+                .order_by(InboundMessage.id)
+                .limit(limit)))
+
+    def process(self, message_id: int) -> str:
+        """Publish one recorded version's events (again, for a replay), in one
+        transaction with marking the row. Returns the final status."""
+        with transaction(self.sessions) as session:
+            row = session.get(InboundMessage, message_id, with_for_update=True)
+            if row is None or row.source != SOURCE:
+                return "missing"
+            return self._process_row(session, row, self.clock.now())
+
+    def replay(self, message_ids: list[int]) -> dict[int, str]:
+        """Process the FHIR versions among ``message_ids`` again (error store,
+        after a fix); other ids are not ours and are left out of the answer."""
+        with transaction(self.sessions) as session:
+            ours = session.scalars(select(InboundMessage.id).where(
+                InboundMessage.id.in_(message_ids), InboundMessage.source == SOURCE)).all()
+        return {message_id: self.process(message_id) for message_id in sorted(ours)}
+
+    def process_batch(self, message_ids: list[int], *, budget_s: float = 0.1,
+                      give_way: Callable[[], bool] = lambda: False) -> int:
+        """Process recorded versions in one transaction (a savepoint each) until
+        ``budget_s`` is spent or ``give_way()`` says requests wait; returns how
+        many ids were handled."""
+        done = 0
+        began = time.perf_counter()
+        with transaction(self.sessions) as session:
+            for message_id in message_ids:
+                row = session.get(InboundMessage, message_id, with_for_update=True)
+                if row is not None and row.status == "stored":
+                    self._process_row(session, row, self.clock.now())
+                done += 1
+                if time.perf_counter() - began > budget_s or give_way():
+                    break
+        return done
+
+    def process_pending(self, *, wait_quiet: Callable[[], None] = lambda: None,
+                        give_way: Callable[[], bool] = lambda: False) -> int:
+        """Process every recorded version not yet processed, oldest first."""
+        done = 0
+        while ids := self.pending_ids():
+            while ids:
+                wait_quiet()
+                count = self.process_batch(ids, give_way=give_way)
+                ids = ids[count:]
+                done += count
+        return done
+
+    def _process_row(self, session: Session, row: InboundMessage, now: datetime) -> str:
+        if row.status not in ("stored", "error"):
+            return row.status
+        found = parse_control_id(row.control_id)
+        stored = found and store.version(session, self.service.codec, *found)
+        if not stored:
+            row.status, row.error = "error", "the stored version is missing"
+        elif (newer := self._newer_processed(session, row, stored)) is not None:
+            row.status, row.error = "ignored", f"superseded by version {newer}, already processed"
+        else:
+            try:
+                with session.begin_nested():
+                    self.service.publish_version(session, stored, row.sender)
+            except FhirError as exc:  # the core refused it, or failed: logged by the service
+                row.status, row.error = "error", str(exc)[:500]
+            except Exception as exc:  # noqa: BLE001 - stored in the error store, never lost
+                log.exception("processing FHIR version %s failed", row.id)
+                row.status, row.error = "error", f"internal error: {type(exc).__name__}"
+            else:
+                row.status, row.error = "processed", None
+        row.processed_at = now
+        return row.status
+
+    @staticmethod
+    def _newer_processed(session: Session, row: InboundMessage, stored: StoredVersion
+                         ) -> int | None:
+        """The version number of a later version of the same resource already
+        processed: replaying this one would undo it."""
+        prefix = f"{stored.ref}/_history/"
+        later = session.scalars(
+            select(InboundMessage.control_id).where(
+                InboundMessage.source == SOURCE, InboundMessage.id > row.id,
+                InboundMessage.status == "processed",
+                InboundMessage.control_id.startswith(prefix, autoescape=True))
+        ).all()
+        numbers = [n for value in later if (p := parse_control_id(value)) and
+                   (n := p[2]) > stored.version_id]
+        return max(numbers) if numbers else None

@@ -1,0 +1,148 @@
+"""FHIR writes are answered once stored; their events are processed after, from
+the stored versions (adapter/fhir_intake.py): nothing accepted is lost, nothing
+is processed twice, failures land in the error store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from adapter.db import transaction
+from adapter.subject_rights import erase_patient, find_patient_id
+from tests.core.test_end_to_end import FHIR, appointment, notifications, patient
+from tests.harness import migrated_container, running_adapter, settings_for
+
+
+def fhir_messages(adapter) -> list[dict]:
+    response = adapter.client("officer").get("/api/messages", params={"source": "fhir", "limit": 1000})
+    response.raise_for_status()
+    return sorted(response.json()["items"], key=lambda m: m["id"])
+
+
+def kinds(adapter) -> list[str]:
+    return sorted(i["kind"] for i in notifications(adapter.client("officer")))
+
+
+def test_versions_stored_before_a_crash_are_processed_at_the_next_start_and_only_once(tmp_path, database_url):
+    settings = settings_for(tmp_path, database_url)
+    container = migrated_container(settings)
+    start = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+    with transaction(container.sessions) as session:  # answered, then the process died
+        container.fhir.service.write(session, patient("p1"))
+        container.fhir.service.write(session, appointment("a1", "p1", start))
+    container.engine.dispose()
+
+    with running_adapter(settings) as adapter:
+        adapter.fhir_processed()
+        assert [(m["control_id"], m["status"]) for m in fhir_messages(adapter)] == [
+            ("Patient/p1/_history/1", "processed"), ("Appointment/a1/_history/1", "processed")]
+        first = kinds(adapter)
+        assert first == ["booking_confirmation", "follow_up", "reminder", "reminder"]
+        assert adapter.container.fhir.replay([m["id"] for m in fhir_messages(adapter)]) == {
+            m["id"]: "processed" for m in fhir_messages(adapter)}
+    with running_adapter(settings) as adapter:  # another start: nothing is processed again
+        adapter.fhir_processed()
+        assert kinds(adapter) == first
+
+
+def test_a_version_that_cannot_be_processed_lands_in_the_error_store_with_its_reason(tmp_path):
+    settings = settings_for(tmp_path)
+    container = migrated_container(settings)
+    start = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+    with transaction(container.sessions) as session:
+        container.fhir.service.write(session, patient("p1"))
+    assert container.fhir.process_pending() == 1
+    with transaction(container.sessions) as session:  # stored, not yet processed
+        container.fhir.service.write(session, appointment("a1", "p1", start))
+    with transaction(container.sessions) as session:  # the patient is erased meanwhile
+        internal = find_patient_id(session, container, identifier="p1")
+        erase_patient(session, container, internal, actor="test", now=container.clock.now())
+    container.engine.dispose()
+
+    with running_adapter(settings) as adapter:
+        adapter.fhir_processed()
+        failed = fhir_messages(adapter)[-1]
+        assert failed["control_id"] == "Appointment/a1/_history/1"
+        assert failed["status"] == "error" and "missing" in failed["error"]
+        assert notifications(adapter.client("officer")) == []
+        assert adapter.container.fhir.replay([failed["id"]]) == {failed["id"]: "error"}
+
+
+def test_a_transaction_with_one_invalid_entry_stores_and_records_nothing(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:0c7f3a1e-0000-4000-8000-000000000001", "resource": patient("p1"),
+             "request": {"method": "PUT", "url": "Patient/p1"}},
+            {"resource": {**appointment("a1", "p1", datetime.now(UTC) + timedelta(days=3)), "status": "bogus"},
+             "request": {"method": "PUT", "url": "Appointment/a1"}},
+        ]}
+        response = adapter.client("ehr").post("/fhir/R4", json=bundle, headers=FHIR)
+        assert response.status_code == 400
+        assert response.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.status"]
+        assert adapter.client("ehr").get("/fhir/R4/Patient/p1").status_code == 404
+        assert fhir_messages(adapter) == []
+
+
+def test_a_transaction_records_its_versions_in_processing_order_or_none_of_them(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr = adapter.client("ehr")
+        ref = "urn:uuid:0c7f3a1e-0000-4000-8000-000000000002"
+        start = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+        new_appointment = {**appointment("a0", "p0", start), "participant": [{"actor": {"reference": ref},
+                                                                              "status": "accepted"}]}
+        entries = [  # the Patient is written first: the Appointment's events need it
+            {"resource": new_appointment, "request": {"method": "POST", "url": "Appointment"}},
+            {"fullUrl": ref, "resource": patient("p0"), "request": {"method": "POST", "url": "Patient"}},
+        ]
+        failing = [*entries, {"resource": appointment("a9", "p9", start),
+                              "request": {"method": "PUT", "url": "Appointment/a9", "ifMatch": 'W/"2"'}}]
+        response = ehr.post("/fhir/R4", json={"resourceType": "Bundle", "type": "transaction", "entry": failing},
+                            headers=FHIR)
+        assert response.status_code == 412, response.text
+        assert fhir_messages(adapter) == []
+
+        response = ehr.post("/fhir/R4", json={"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                            headers=FHIR)
+        assert response.status_code == 200, response.text
+        booked, created = (e["resource"] for e in response.json()["entry"])
+        assert booked["participant"][0]["actor"]["reference"] == f"Patient/{created['id']}"
+        assert ehr.get(response.json()["entry"][0]["response"]["location"]).status_code == 200
+        adapter.fhir_processed()
+        assert [(m["control_id"], m["status"]) for m in fhir_messages(adapter)] == [
+            (f"Patient/{created['id']}/_history/1", "processed"),
+            (f"Appointment/{booked['id']}/_history/1", "processed")]
+        assert kinds(adapter) == ["booking_confirmation", "follow_up", "reminder", "reminder"]
+
+
+def test_an_older_version_replayed_after_a_newer_one_was_processed_is_ignored(tmp_path):
+    settings = settings_for(tmp_path)
+    container = migrated_container(settings)
+    start = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+    with transaction(container.sessions) as session:
+        container.fhir.service.write(session, patient("p1"))
+        container.fhir.service.write(session, appointment("a1", "p1", start))
+        container.fhir.service.write(session, appointment("a1", "p1", start, "cancelled"))
+    container.fhir.process_pending()
+    container.engine.dispose()
+
+    with running_adapter(settings) as adapter:
+        booked = fhir_messages(adapter)[1]
+        assert booked["control_id"] == "Appointment/a1/_history/1" and booked["status"] == "processed"
+        with transaction(adapter.container.sessions) as session:  # as if it had failed
+            from adapter.models import InboundMessage
+
+            session.get(InboundMessage, booked["id"]).status = "error"
+        assert adapter.container.fhir.replay([booked["id"]]) == {booked["id"]: "ignored"}
+        assert "superseded by version 2" in fhir_messages(adapter)[1]["error"]
+        assert not [i for i in notifications(adapter.client("officer")) if i["status"] == "scheduled"]
+
+
+def test_inline_processing_publishes_the_events_before_answering(tmp_path):
+    settings = settings_for(tmp_path, fhir_processing="inline")
+    with running_adapter(settings) as adapter:
+        ehr = adapter.client("ehr")
+        start = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+        assert ehr.put("/fhir/R4/Patient/p1", json=patient("p1"), headers=FHIR).status_code == 201
+        assert ehr.put("/fhir/R4/Appointment/a1", json=appointment("a1", "p1", start), headers=FHIR).status_code == 201
+        # processed before the answer: no waiting
+        assert kinds(adapter) == ["booking_confirmation", "follow_up", "reminder", "reminder"]
+        assert [m["status"] for m in fhir_messages(adapter)] == ["processed", "processed"]

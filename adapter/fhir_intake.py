@@ -29,7 +29,6 @@ write's own transaction instead, for senders who want the pipeline's refusal
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -38,6 +37,7 @@ from sqlalchemy import event, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.clock import Clock
+from adapter.waiting import Waiting
 from adapter.db import transaction
 from adapter.models import InboundMessage
 from fhir import store
@@ -72,44 +72,6 @@ def parse_control_id(value: str) -> tuple[str, str, int] | None:
     return parts[0], parts[1], int(parts[3])
 
 
-class RequestsInFlight:
-    """FHIR requests a client is waiting on. Background work (processing,
-    sending) gives way to them, as it does to HL7 messages waiting for their
-    ACK (:meth:`adapter.intake.GroupCommitWriter.wait_quiet`): with SQLite one
-    transaction writes at a time, and the GIL is shared."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._active = 0
-        self._arrivals = 0
-        self.idle = threading.Event()
-        self.idle.set()
-
-    def __enter__(self) -> None:
-        with self._lock:
-            self._active += 1
-            self._arrivals += 1
-            self.idle.clear()
-
-    def __exit__(self, *_: object) -> None:
-        with self._lock:
-            self._active -= 1
-            if self._active == 0:
-                self.idle.set()
-
-    def wait_quiet(self, *, quiet: float = 0.002, timeout: float = 0.05) -> None:
-        """Return once no request has been in flight for ``quiet`` seconds, or
-        after ``timeout`` anyway, so background work progresses under load."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            seen = self._arrivals
-            if not self.idle.wait(max(0.0, deadline - time.monotonic())):
-                return
-            time.sleep(quiet)
-            if self._arrivals == seen and self.idle.is_set():
-                return
-
-
 class FhirIntake:
     """Records stored FHIR versions (the service's ``accept``) and publishes
     their events afterwards, from the store."""
@@ -121,7 +83,7 @@ class FhirIntake:
         self.inline = inline
         self.on_stored = on_stored or (lambda: None)
         self.service = service
-        self.in_flight = RequestsInFlight()
+        self.in_flight = Waiting()  # requests a client is waiting on
         service.accept = self.accept
 
     # -- in the write's transaction ------------------------------------------------

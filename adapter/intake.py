@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from adapter.db import raw_transaction, transaction
 from adapter.metrics import ACK_LATENCY, MESSAGES_RECEIVED
 from adapter.models import InboundMessage
 from adapter.pipeline import Pipeline
+from adapter.waiting import Waiting
 from compliance.crypto import Vault
 from hl7.ack import AckCode, AckError, build_ack, build_reject_for_unreadable
 from hl7.errors import HL7Error, MappingError, UnsupportedMessage
@@ -88,9 +88,11 @@ class GroupCommitWriter:
             "UPDATE inbound_message SET duplicates = duplicates + 1"
             f" WHERE source = 'hl7' AND sender = {p} AND control_id = {p} RETURNING id, status, error"
         )
-        self.idle = threading.Event()
-        self.idle.set()
-        self._arrivals = 0
+        # Messages waiting to be stored: background work (mapping, sending)
+        # gives way to them, so ACKs go first.
+        self.waiting = Waiting()
+        self.idle = self.waiting.idle
+        self.wait_quiet = self.waiting.wait_quiet
 
     def start(self) -> None:
         if self._task is None:
@@ -108,8 +110,7 @@ class GroupCommitWriter:
     async def store(self, header: MessageHeader, raw: bytes) -> Stored:
         self.start()
         future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
-        self.idle.clear()
-        self._arrivals += 1
+        self.waiting.begin()
         await self._queue.put(_Pending(header, raw, future))
         return await future
 
@@ -125,28 +126,12 @@ class GroupCommitWriter:
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(exc)
-                if self._queue.empty():
-                    self.idle.set()
+                self.waiting.end(len(batch))
                 continue
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(result)
-            if self._queue.empty():
-                self.idle.set()
-
-    def wait_quiet(self, *, quiet: float = 0.002, timeout: float = 0.05) -> None:
-        """Background work calls this before each transaction: it returns once no
-        message has arrived for ``quiet`` seconds (a sender on one connection sends
-        its next message right after its ACK), or after ``timeout`` anyway, so
-        mapping and sending still progress under a sustained feed."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            seen = self._arrivals
-            if not self.idle.wait(max(0.0, deadline - time.monotonic())):
-                return
-            time.sleep(quiet)
-            if self._arrivals == seen and self.idle.is_set():
-                return
+            self.waiting.end(len(batch))
 
     def write(self, items: list[tuple[MessageHeader, bytes]]) -> list[Stored]:
         """Store ``items`` in one transaction with one multi-row

@@ -1,0 +1,54 @@
+"""Work that somebody waits on: HL7 messages before their ACK, FHIR requests
+before their answer. Background work (mapping, sending) gives way to it: with
+SQLite one transaction writes at a time, and the GIL is shared."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+
+class Waiting:
+    """Counts work in progress that a client waits on. ``idle`` is set while
+    there is none; background work checks it between items and calls
+    :meth:`wait_quiet` before each transaction. Also a context manager
+    (``with waiting:`` around a request)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._arrivals = 0
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def begin(self) -> None:
+        with self._lock:
+            self._active += 1
+            self._arrivals += 1
+            self.idle.clear()
+
+    def end(self, count: int = 1) -> None:
+        with self._lock:
+            self._active -= count
+            if self._active <= 0:
+                self._active = 0
+                self.idle.set()
+
+    def __enter__(self) -> None:
+        self.begin()
+
+    def __exit__(self, *_: object) -> None:
+        self.end()
+
+    def wait_quiet(self, *, quiet: float = 0.002, timeout: float = 0.05) -> None:
+        """Return once nothing has arrived for ``quiet`` seconds (a sender on one
+        connection sends its next message right after its ACK), or after
+        ``timeout`` anyway, so background work still progresses under load."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seen = self._arrivals
+            if not self.idle.wait(max(0.0, deadline - time.monotonic())):
+                return
+            time.sleep(quiet)
+            if self._arrivals == seen and self.idle.is_set():
+                return

@@ -72,15 +72,47 @@ def processing(texts: list[str]) -> tuple[float, dict[str, int]]:
     return seconds, counts
 
 
+def pipeline_alone(texts: list[str], *, together: bool, batch: int = 100) -> float:
+    """Seconds for ``Pipeline.handle`` (a savepoint per message, as the intake calls it) or
+    ``Pipeline.handle_many`` on the mapped bookings, ``batch`` messages per transaction
+    (mapping not timed)."""
+    from adapter.db import transaction
+    from hl7.mapping import map_message
+    from tests.harness import migrated_container, settings_for
+
+    with tempfile.TemporaryDirectory(prefix="adapter-bench-pipeline-") as tmp:
+        container = migrated_container(settings_for(Path(tmp)))
+        try:
+            now = container.clock.now()
+            messages = [map_message(text, container.facilities, received_at=now) for text in texts]
+            pipeline = container.pipeline
+            started = time.perf_counter()
+            for first in range(0, len(messages), batch):
+                with transaction(container.sessions) as session:
+                    if together:
+                        pipeline.handle_many(session, messages[first : first + batch], now=now)
+                    else:
+                        for events in messages[first : first + batch]:
+                            with session.begin_nested():
+                                pipeline.handle(session, events, now=now)
+            return time.perf_counter() - started
+        finally:
+            container.engine.dispose()
+
+
 def main() -> None:
     header("Pipeline: stored HL7 bookings mapped to events in process (SQLite WAL) vs the HL7 mapping alone")
     print(f"how it was run: {COUNT} SIU^S12 bookings (a new patient each, mobile phone), stored by the ACK path's\n"
-          "  group commit, then HL7Intake.process_pending on a fresh container; baseline: map_message alone", flush=True)
+          "  group commit, then HL7Intake.process_pending on a fresh container; baseline: map_message alone;\n"
+          "  the pipeline alone on the mapped bookings (100 per transaction): handle in a savepoint each, handle_many",
+          flush=True)
     messages = Messages()
     warm = [messages.text() for _ in range(50)]
     texts = [messages.text() for _ in range(COUNT)]
     processing(warm)  # imports, first connections, compiled statements
     seconds, counts = processing(texts)
+    one_by_one = pipeline_alone(texts, together=False)
+    together = pipeline_alone(texts, together=True)
     from tests.harness import migrated_container, settings_for
 
     with tempfile.TemporaryDirectory(prefix="adapter-bench-mapping-") as tmp:
@@ -95,7 +127,11 @@ def main() -> None:
     print(f"\n{'':28}{'bookings/s':>12}{'ms per booking':>16}")
     print(f"{'map_message alone':28}{base_rate:>12.0f}{baseline / COUNT * 1e3:>16.3f}")
     print(f"{'intake processing (mapped)':28}{rate:>12.0f}{seconds / COUNT * 1e3:>16.3f}")
+    print(f"{'Pipeline.handle, each':28}{COUNT / one_by_one:>12.0f}{one_by_one / COUNT * 1e3:>16.3f}")
+    print(f"{'Pipeline.handle_many':28}{COUNT / together:>12.0f}{together / COUNT * 1e3:>16.3f}")
     print(f"ratio processing/mapping alone: {rate / base_rate:.3f}   statuses {counts}")
+    print(f"ratio handle_many/mapping alone: {COUNT / together / base_rate:.3f}; "
+          f"handle_many/handle each: {one_by_one / together:.2f}x")
     print(f"bookings mapped per second: {rate:.0f}   target >= {TARGET:.0f}: {verdict(rate, TARGET)}", flush=True)
 
 

@@ -56,9 +56,12 @@ def is_sqlite(url: str) -> bool:
 
 
 class FairLock:
-    """A re-entrant lock granted in arrival order. ``threading.RLock`` lets the
+    """A re-entrant lock granted in arrival order, except that a ``priority``
+    acquire goes before every ordinary waiter. ``threading.RLock`` lets the
     thread that just released take it again at once, so a busy mapping thread
-    could starve the thread that stores messages before their ACK."""
+    could starve the thread that stores messages before their ACK; and in
+    arrival order that thread would still wait behind every queued background
+    transaction — so it asks with priority."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -66,18 +69,26 @@ class FairLock:
         self._depth = 0
         self._next_ticket = 0
         self._serving = 0
+        self._owner_ticketed = False
+        self._priority_waiting = 0
 
-    def acquire(self) -> None:
+    def acquire(self, *, priority: bool = False) -> None:
         me = threading.get_ident()
         with self._cond:
             if self._owner == me:
                 self._depth += 1
                 return
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            while self._serving != ticket or self._owner is not None:
-                self._cond.wait()
-            self._owner, self._depth = me, 1
+            if priority:
+                self._priority_waiting += 1
+                while self._owner is not None:
+                    self._cond.wait()
+                self._priority_waiting -= 1
+            else:
+                ticket = self._next_ticket
+                self._next_ticket += 1
+                while self._serving != ticket or self._owner is not None or self._priority_waiting:
+                    self._cond.wait()
+            self._owner, self._depth, self._owner_ticketed = me, 1, not priority
 
     def release(self) -> None:
         with self._cond:
@@ -86,7 +97,8 @@ class FairLock:
             self._depth -= 1
             if self._depth == 0:
                 self._owner = None
-                self._serving += 1
+                if self._owner_ticketed:
+                    self._serving += 1
                 self._cond.notify_all()
 
 
@@ -150,11 +162,12 @@ def make_engine(url: str) -> Engine:
 
 
 @contextmanager
-def raw_transaction(engine: Engine) -> Iterator[Any]:
+def raw_transaction(engine: Engine, *, priority: bool = False) -> Iterator[Any]:
     """A DB-API cursor in a transaction of its own, for the few hot statements
     where SQLAlchemy's per-statement work costs more than the statement. On
     SQLite it takes the same write lock and ``BEGIN IMMEDIATE`` as every other
-    transaction here. Commits on success, rolls back on any error."""
+    transaction here (``priority``: before every waiting background transaction).
+    Commits on success, rolls back on any error."""
     connection = engine.raw_connection()
     lock = _ENGINE_WRITE_LOCKS.get(engine)
     if lock is None and engine.dialect.name == "sqlite":
@@ -162,7 +175,7 @@ def raw_transaction(engine: Engine) -> Iterator[Any]:
     try:
         cursor = connection.cursor()
         if lock is not None:
-            lock.acquire()
+            lock.acquire(priority=priority)
             try:
                 cursor.execute("BEGIN IMMEDIATE")
             except BaseException:

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -77,8 +78,9 @@ class GroupCommitWriter:
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        # Set while nothing waits to be stored: background work (mapping,
-        # sending) waits for it briefly, so ACKs go first.
+        # A thread of its own: in the event loop's shared pool an ACK's commit
+        # would queue behind background work waiting for the write lock.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hl7-store")
         self.engine = sessions.kw["bind"]
         self._placeholder = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         self._bind_time = InboundMessage.__table__.c.received_at.type.bind_processor(self.engine.dialect)
@@ -120,7 +122,9 @@ class GroupCommitWriter:
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                results = await asyncio.to_thread(self.write, [(p.header, p.raw) for p in batch])
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.write, [(p.header, p.raw) for p in batch]
+                )
             except Exception as exc:  # nothing is acknowledged when the write fails
                 log.exception("storing a batch of %d inbound messages failed", len(batch))
                 for pending in batch:
@@ -148,7 +152,7 @@ class GroupCommitWriter:
             (header.sender[:200], header.control_id[:200], f"{header.message_code}^{header.trigger_event}"[:40], received_at, blob)
             for (header, _), blob in zip(items, sealed, strict=True)
         ]
-        with raw_transaction(self.engine) as cursor:
+        with raw_transaction(self.engine, priority=True) as cursor:  # an ACK waits on it
             cursor.execute(self._insert_sql(len(rows)), [value for row in rows for value in row])
             fresh = {(sender, control_id): message_id for message_id, sender, control_id in cursor.fetchall()}
             out = []
@@ -264,16 +268,19 @@ class HL7Intake:
             return row.status
 
     def process_batch(self, message_ids: list[int], *, budget_s: float = 0.1, chunk: int = 16) -> int:
-        """Process stored messages in one transaction, ``chunk`` at a time (read and
+        """Process stored messages in one transaction, a chunk at a time (read and
         locked together, their events applied together by ``Pipeline.handle_many``,
         each message all or nothing), until ``budget_s`` is spent or a message
-        arrives that waits for its ACK: commits are shared, and an ACK waits for
-        one chunk at most. Returns how many ids were handled."""
+        arrives that waits for its ACK. A chunk is ``chunk`` messages when the
+        feed has been quiet for a moment, one otherwise: with SQLite an ACK waits
+        for the transaction in progress, so under a feed that stays short.
+        Returns how many ids were handled."""
         done = 0
         began = time.perf_counter()
         with transaction(self.sessions) as session:
-            for first in range(0, len(message_ids), chunk):
-                ids = message_ids[first : first + chunk]
+            while done < len(message_ids):
+                size = chunk if self.writer.waiting.quiet_for(0.01) else 1
+                ids = message_ids[done : done + size]
                 rows = session.scalars(
                     select(InboundMessage).where(InboundMessage.id.in_(ids), InboundMessage.status == "stored")
                     .order_by(InboundMessage.id).with_for_update()

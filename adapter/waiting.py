@@ -18,6 +18,7 @@ class Waiting:
         self._lock = threading.Lock()
         self._active = 0
         self._arrivals = 0
+        self.last_arrival = 0.0  # time.monotonic() of the latest begin()
         self.idle = threading.Event()
         self.idle.set()
 
@@ -25,6 +26,7 @@ class Waiting:
         with self._lock:
             self._active += 1
             self._arrivals += 1
+            self.last_arrival = time.monotonic()
             self.idle.clear()
 
     def end(self, count: int = 1) -> None:
@@ -39,6 +41,10 @@ class Waiting:
 
     def __exit__(self, *_: object) -> None:
         self.end()
+
+    def quiet_for(self, seconds: float) -> bool:
+        """Nothing waits now, and nothing arrived in the last ``seconds``."""
+        return self.idle.is_set() and time.monotonic() - self.last_arrival >= seconds
 
     def wait_quiet(self, *, quiet: float = 0.002, timeout: float = 0.05) -> None:
         """Return once nothing has arrived for ``quiet`` seconds (a sender on one

@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -73,6 +74,12 @@ class Throttle:
             self._next = max(now, self._next) + self.interval
 
 
+def _internal(notification_id: int, exc: BaseException) -> SendResult:
+    """A failure of ours while dispatching: logged, then retried like a provider's."""
+    log.error("dispatch of notification %s failed", notification_id, exc_info=exc)
+    return SendResult.retry("internal", type(exc).__name__)
+
+
 def backoff(attempt: int, *, retry_after: float | None = None, base: float = 30.0, cap: float = 3600.0) -> float:
     """Seconds to wait before attempt ``attempt + 1``: exponential with full jitter,
     never less than the provider's own Retry-After."""
@@ -109,6 +116,8 @@ class Dispatcher:
         self._limit = asyncio.Semaphore(concurrency)
         self.window = window
         self._throttles = {name: Throttle(rate) for name, rate in (rate_limits or {}).items() if rate > 0}
+        # Set by ``serve``: whether an ACK or a FHIR request waits (see adapter/waiting.py).
+        self.others_waiting: Callable[[], bool] = lambda: False
 
     async def run_once(self) -> int:
         """Claim one batch of due notifications and send them; return how many."""
@@ -120,84 +129,133 @@ class Dispatcher:
     async def deliver(self, ids: list[int]) -> None:
         """Send notifications already claimed (here, or by a Celery worker's claim
         loop). Safe to call twice for the same ids: one no longer ``claimed`` is
-        skipped, and a second attempt reuses the idempotency key."""
-        if ids:
-            await asyncio.gather(*(self._deliver(notification_id) for notification_id in ids))
+        skipped, and a second attempt reuses the idempotency key.
+
+        The database sees a round, not each notification: every one is prepared in
+        one transaction (a savepoint each), and outcomes are recorded as sends
+        finish, everything finished meanwhile in one transaction (with SQLite each
+        transaction is an fsync that a waiting ACK stands behind)."""
+        if not ids:
+            return
+        prepared = await asyncio.to_thread(self._prepare_all, ids)
+        finished: asyncio.Queue[tuple[int, SendJob | None, SendResult]] = asyncio.Queue()
+        sends = []
+        for notification_id, job in prepared:
+            if isinstance(job, SendJob):
+                sends.append(asyncio.create_task(self._send(notification_id, job, finished)))
+            elif isinstance(job, Exception):
+                finished.put_nowait((notification_id, None, _internal(notification_id, job)))
+        waiting_for = len(sends) + finished.qsize()
+        try:
+            while waiting_for:
+                outcomes = [await finished.get()]
+                while not finished.empty():
+                    outcomes.append(finished.get_nowait())
+                await asyncio.to_thread(self._record_all, outcomes)
+                waiting_for -= len(outcomes)
+        finally:
+            for task in sends:
+                task.cancel()  # stopped mid-round: the claims' leases end, the sends are retried
 
     def _claim(self, now: datetime) -> list[int]:
         with transaction(self.sessions) as session:
             return claim_due(session, now=now, limit=self.batch_size, lease=self.lease)
 
-    async def _deliver(self, notification_id: int) -> None:
+    async def _send(self, notification_id: int, job: SendJob, finished: asyncio.Queue) -> None:
         async with self._limit:
             try:
-                job = await asyncio.to_thread(self._prepare, notification_id)
-                if job is None:
-                    return
                 throttle = self._throttles.get(job.channel)
                 if throttle is not None:
                     await throttle.wait()
                 result = await self.channels[job.channel].send(job.message)
-            except Exception as exc:  # a bug or an outage must not lose the notification
-                log.exception("dispatch of notification %s failed", notification_id)
-                result = SendResult.retry("internal", type(exc).__name__)
-                job = None
-            if job is not None:
                 DISPATCH_OUTCOMES.labels(job.channel, result.outcome.value).inc()
-            await asyncio.to_thread(self._record, notification_id, job, result)
+            except Exception as exc:  # a bug or an outage must not lose the notification
+                result, job = _internal(notification_id, exc), None  # type: ignore[assignment]
+            finished.put_nowait((notification_id, job, result))
 
-    def _prepare(self, notification_id: int) -> SendJob | None:
+    def _prepare_all(self, ids: list[int]) -> list[tuple[int, SendJob | Exception | None]]:
+        """:meth:`_prepare` for each id; a failure is that notification's alone
+        (recorded as an internal error)."""
+        prepared = self._each_in_savepoint(ids, self._prepare)
+        return list(zip(ids, prepared, strict=True))
+
+    def _record_all(self, outcomes: list[tuple[int, SendJob | None, SendResult]]) -> None:
+        """:meth:`_record` for each finished send."""
+        for (notification_id, _, _), done in zip(
+            outcomes, self._each_in_savepoint(outcomes, lambda session, outcome: self._record(session, *outcome)), strict=True
+        ):
+            if isinstance(done, Exception):  # the lease ends and the claim loop takes it again
+                log.error("recording the outcome of notification %s failed", notification_id, exc_info=done)
+
+    def _each_in_savepoint(self, items: list, work: Callable[[Session, Any], Any]) -> list[Any]:
+        """``work(session, item)`` for each item, a savepoint each (a failure is
+        returned in its place), as few transactions as possible: a new one begins
+        only when ``others_waiting()`` says an ACK or a request waits for the
+        write lock, so it never waits behind a whole round."""
+        out: list[Any] = []
+        while len(out) < len(items):
+            with transaction(self.sessions) as session:
+                for item in items[len(out):]:
+                    try:
+                        with session.begin_nested():
+                            out.append(work(session, item))
+                    except Exception as exc:  # noqa: BLE001 - the caller records it against its item
+                        out.append(exc)
+                    if self.others_waiting():
+                        break
+        return out
+
+    def _prepare(self, session: Session, notification_id: int) -> SendJob | None:
         """Pick channel and contact, render; or end the notification with its reason."""
         now = self.clock.now()
-        with transaction(self.sessions) as session:
-            row = session.get(Notification, notification_id)
-            if row is None or row.status != "claimed":
-                return None
-            if self.window is not None and not row.urgent and not self.window.allows(now):
-                # Quiet hours or a public holiday: back to the queue until the window opens.
-                release(session, row.id, at=self.window.next_open(now), now=now, error="waiting for the sending window")
-                return None
-            patient = session.get(Patient, row.patient_id)
-            if patient is None:
-                self._end(session, row, "failed", "patient no longer exists", now)
-                return None
-            candidates = [c for c in ordered_channels(session, patient, self.preference) if c not in row.tried_channels]
-            denied: list[str] = []
-            for contact in reachable(session, self.gate.vault, patient.id, candidates):
-                decision = self.gate.decide_at_send(session, patient.id, row.kind, contact.channel, now=now)
-                if not decision.allowed:
-                    denied.append(decision.reason)
-                    row.decision = {**row.decision, "at_send": {"channel": contact.channel, "consent": decision.as_dict()}}
-                    continue
-                context = self._context(session, patient, row)
-                rendered = self.templates.render(row.kind, patient.language, context)
-                row.channel = contact.channel
-                row.decision = {
-                    **row.decision,
-                    "at_send": {
-                        "channel": contact.channel,
-                        "consent": decision.as_dict(),
-                        "template": rendered.template_id,
-                        "template_version": rendered.template_version,
-                    },
-                }
-                language = rendered.template_id.split("/")[0]
-                message = OutboundMessage(
-                    to=contact.address,
-                    body=rendered.body,
-                    idempotency_key=row.idempotency_key,
-                    language=language,
-                    urgent=row.urgent,
-                    **self._whatsapp_fields(session, patient, row, context, language, contact.channel),
-                )
-                return SendJob(row.id, contact.channel, message, rendered.template_id, rendered.template_version, rendered.body)
-            if denied:
-                self._end(session, row, "suppressed", denied[0], now)
-            elif row.tried_channels:
-                self._end(session, row, "failed", f"every channel failed ({', '.join(row.tried_channels)})", now)
-            else:
-                self._end(session, row, "suppressed", "no usable contact for any live channel", now)
+        row = session.get(Notification, notification_id)
+        if row is None or row.status != "claimed":
             return None
+        if self.window is not None and not row.urgent and not self.window.allows(now):
+            # Quiet hours or a public holiday: back to the queue until the window opens.
+            release(session, row.id, at=self.window.next_open(now), now=now, error="waiting for the sending window")
+            return None
+        patient = session.get(Patient, row.patient_id)
+        if patient is None:
+            self._end(session, row, "failed", "patient no longer exists", now)
+            return None
+        candidates = [c for c in ordered_channels(session, patient, self.preference) if c not in row.tried_channels]
+        denied: list[str] = []
+        for contact in reachable(session, self.gate.vault, patient.id, candidates):
+            decision = self.gate.decide_at_send(session, patient.id, row.kind, contact.channel, now=now)
+            if not decision.allowed:
+                denied.append(decision.reason)
+                row.decision = {**row.decision, "at_send": {"channel": contact.channel, "consent": decision.as_dict()}}
+                continue
+            context = self._context(session, patient, row)
+            rendered = self.templates.render(row.kind, patient.language, context)
+            row.channel = contact.channel
+            row.decision = {
+                **row.decision,
+                "at_send": {
+                    "channel": contact.channel,
+                    "consent": decision.as_dict(),
+                    "template": rendered.template_id,
+                    "template_version": rendered.template_version,
+                },
+            }
+            language = rendered.template_id.split("/")[0]
+            message = OutboundMessage(
+                to=contact.address,
+                body=rendered.body,
+                idempotency_key=row.idempotency_key,
+                language=language,
+                urgent=row.urgent,
+                **self._whatsapp_fields(session, patient, row, context, language, contact.channel),
+            )
+            return SendJob(row.id, contact.channel, message, rendered.template_id, rendered.template_version, rendered.body)
+        if denied:
+            self._end(session, row, "suppressed", denied[0], now)
+        elif row.tried_channels:
+            self._end(session, row, "failed", f"every channel failed ({', '.join(row.tried_channels)})", now)
+        else:
+            self._end(session, row, "suppressed", "no usable contact for any live channel", now)
+        return None
 
     def _whatsapp_fields(
         self, session: Session, patient: Patient, row: Notification, context: dict, language: str, channel: str
@@ -226,50 +284,49 @@ class Dispatcher:
             "appointment": {"start": appointment.start, "location": appointment.location} if appointment else {},
         }
 
-    def _record(self, notification_id: int, job: SendJob | None, result: SendResult) -> None:
+    def _record(self, session: Session, notification_id: int, job: SendJob | None, result: SendResult) -> None:
         now = self.clock.now()
-        with transaction(self.sessions) as session:
-            row = session.get(Notification, notification_id)
-            if row is None or row.status != "claimed":
-                return
-            row.attempts += 1
-            if result.outcome is Outcome.ACCEPTED and job is not None:
-                row.status, row.status_at, row.sent_at = "sent", now, now
-                row.provider_message_id = result.provider_message_id
-                row.template_id, row.template_version = job.template_id, job.template_version
-                row.segments = result.segments
-                row.cost = float(result.cost) if result.cost is not None else None
-                row.body_enc = self.gate.vault.encrypt_str(session, f"patient:{row.patient_id}", job.body)
-                row.claimed_until = None
-                self.gate.sent(session, row, now=now)
-                return
-            error = f"{result.error_code or ''} {result.error_text or ''}".strip()[:200]
-            channel = job.channel if job is not None else (row.channel or "internal")
-            tries = dict(row.decision.get("attempts_by_channel", {}))
-            tries[channel] = tries.get(channel, 0) + 1
-            unclear = set(row.decision.get("unclear_on", []))
-            if job is not None and result.error_code in AMBIGUOUS_ERRORS:
-                unclear.add(channel)  # the provider may have taken it before the line went quiet
-            row.decision = {**row.decision, "attempts_by_channel": tries, "unclear_on": sorted(unclear)}
-            if result.outcome is Outcome.RETRYABLE and tries[channel] < MAX_ATTEMPTS_PER_CHANNEL:
-                at = now + timedelta(seconds=backoff(tries[channel], retry_after=result.retry_after_s))
-                release(session, row.id, at=at, now=now, error=error)
-                return
-            row.last_error = error
-            if job is None:
-                # Our own failure, retries used up: end it rather than loop on it.
-                self._end(session, row, "failed", f"internal error after {tries[channel]} attempts: {error}", now)
-                return
-            if channel in unclear:
-                # Failing over could deliver the message twice (the idempotency key
-                # protects one provider only): stop and say why.
-                self._end(session, row, "failed", f"undetermined: a time-out left it unclear whether {channel} "
-                          "delivered it, so it is not sent again by another channel", now)
-                return
-            row.tried_channels = [*row.tried_channels, channel]
-            # Fail over: the next channel is tried at once by the next claim.
-            release(session, row.id, at=now, now=now, error=error)
-            self.gate.attempt_failed(session, row, error, now=now)
+        row = session.get(Notification, notification_id)
+        if row is None or row.status != "claimed":
+            return
+        row.attempts += 1
+        if result.outcome is Outcome.ACCEPTED and job is not None:
+            row.status, row.status_at, row.sent_at = "sent", now, now
+            row.provider_message_id = result.provider_message_id
+            row.template_id, row.template_version = job.template_id, job.template_version
+            row.segments = result.segments
+            row.cost = float(result.cost) if result.cost is not None else None
+            row.body_enc = self.gate.vault.encrypt_str(session, f"patient:{row.patient_id}", job.body)
+            row.claimed_until = None
+            self.gate.sent(session, row, now=now)
+            return
+        error = f"{result.error_code or ''} {result.error_text or ''}".strip()[:200]
+        channel = job.channel if job is not None else (row.channel or "internal")
+        tries = dict(row.decision.get("attempts_by_channel", {}))
+        tries[channel] = tries.get(channel, 0) + 1
+        unclear = set(row.decision.get("unclear_on", []))
+        if job is not None and result.error_code in AMBIGUOUS_ERRORS:
+            unclear.add(channel)  # the provider may have taken it before the line went quiet
+        row.decision = {**row.decision, "attempts_by_channel": tries, "unclear_on": sorted(unclear)}
+        if result.outcome is Outcome.RETRYABLE and tries[channel] < MAX_ATTEMPTS_PER_CHANNEL:
+            at = now + timedelta(seconds=backoff(tries[channel], retry_after=result.retry_after_s))
+            release(session, row.id, at=at, now=now, error=error)
+            return
+        row.last_error = error
+        if job is None:
+            # Our own failure, retries used up: end it rather than loop on it.
+            self._end(session, row, "failed", f"internal error after {tries[channel]} attempts: {error}", now)
+            return
+        if channel in unclear:
+            # Failing over could deliver the message twice (the idempotency key
+            # protects one provider only): stop and say why.
+            self._end(session, row, "failed", f"undetermined: a time-out left it unclear whether {channel} "
+                      "delivered it, so it is not sent again by another channel", now)
+            return
+        row.tried_channels = [*row.tried_channels, channel]
+        # Fail over: the next channel is tried at once by the next claim.
+        release(session, row.id, at=now, now=now, error=error)
+        self.gate.attempt_failed(session, row, error, now=now)
 
     def _end(self, session: Session, row: Notification, status: str, reason: str, now: datetime) -> None:
         row.status, row.reason, row.status_at, row.claimed_until = status, reason[:200], now, None

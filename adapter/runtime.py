@@ -27,14 +27,17 @@ def give_way(container: Container) -> None:
     container.fhir.in_flight.wait_quiet()
 
 
+def others_waiting(container: Container) -> bool:
+    """An HL7 message waits for its ACK, or a FHIR request for its answer."""
+    return not (container.intake.writer.idle.is_set() and container.fhir.in_flight.idle.is_set())
+
+
 def process_stored(container: Container) -> int:
     """One round: stored HL7 messages, then stored FHIR versions, oldest first;
     requests waiting for their answer go first."""
     done = container.intake.process_pending()
-    writer, in_flight = container.intake.writer, container.fhir.in_flight
     return done + container.fhir.process_pending(
-        wait_quiet=lambda: give_way(container),
-        give_way=lambda: not (writer.idle.is_set() and in_flight.idle.is_set()))
+        wait_quiet=lambda: give_way(container), give_way=lambda: others_waiting(container))
 
 
 async def process_inbound_forever(container: Container, wake: asyncio.Event, stop: asyncio.Event) -> None:
@@ -73,6 +76,7 @@ async def serve(
     container.intake.on_stored = wake.set
     loop = asyncio.get_running_loop()
     container.fhir.on_stored = lambda: loop.call_soon_threadsafe(wake.set)  # from the threadpool
+    container.dispatcher.others_waiting = lambda: others_waiting(container)
     tasks = [asyncio.create_task(process_inbound_forever(container, wake, stop))]
     if embedded_worker:
         tasks.append(

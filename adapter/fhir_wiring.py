@@ -37,6 +37,9 @@ class SessionVaultCodec:
     def decrypt(self, blob: bytes, *, session: Session) -> bytes:
         return self.vault.decrypt(session, blob)
 
+    def new_subjects(self, subjects: list[str], *, session: Session) -> None:
+        self.vault.create_keys(session, subjects)
+
 
 def fhir_settings(settings: Settings, vault: Vault) -> FhirSettings:
     return FhirSettings(

@@ -10,7 +10,7 @@ A batch answers each entry on its own, each in its own savepoint.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -75,6 +75,11 @@ def run_transaction(service: FhirService, session: Session, entries: list[Entry]
     prepared = [_in_entry(entry, _prepare, entry, _resolve(entry.resource, ids))
                 for entry in ordered]
     with store.staged_inserts(session):
+        moved = _conditional_creates(service, session, prepared, ids)
+        if moved:  # a urn:uuid names an existing resource: references follow it
+            prepared = [replace(p, resource=_resolve(p.resource, moved)) for p in prepared]
+        service.codec.new_subjects([store.subject_for(ids[p.entry.full_url].split("/", 1)[1])
+                                    for p in prepared if _creates_patient(p, ids)], session=session)
         answers = {p.entry.index: _in_entry(p.entry, _apply, service, session, p, ids, link,
                                             sender)
                    for p in prepared}
@@ -100,6 +105,30 @@ def run_batch(service: FhirService, session: Session, entries: list[Entry],
             answers[p.entry.index] = _refused(error)
     return {"resourceType": "Bundle", "type": "batch-response",
             "entry": [answers[e.index] for e in entries]}
+
+
+def _conditional_creates(service: FhirService, session: Session, prepared: list[_Prepared],
+                         ids: dict[str, str]) -> dict[str, str]:
+    """For a POST with ``ifNoneExist`` whose fullUrl others refer to: when it matches
+    a stored resource, its urn:uuid names that one (the id assigned in advance is not
+    used). Returns assigned reference → matched reference. Several matches are left
+    to the create, which answers 412."""
+    moved: dict[str, str] = {}
+    for p in prepared:
+        entry = p.entry
+        if entry.method == "POST" and entry.if_none_exist and entry.full_url in ids:
+            matches = _in_entry(entry, service.conditional_matches, session, p.kind,
+                                entry.if_none_exist, "If-None-Exist")
+            if len(matches) == 1:
+                moved[ids[entry.full_url]] = ids[entry.full_url] = f"{p.kind}/{matches[0]}"
+    return moved
+
+
+def _creates_patient(prepared: _Prepared, ids: dict[str, str]) -> bool:
+    """A POST of a Patient under an id assigned here: a subject nobody has used."""
+    entry = prepared.entry
+    return (entry.method == "POST" and not entry.if_none_exist and entry.full_url in ids
+            and prepared.kind == "Patient")
 
 
 def _in_entry(entry: Entry, step: Callable[..., _T], *args: Any) -> _T:
@@ -202,7 +231,9 @@ def _apply(service: FhirService, session: Session, prepared: _Prepared, ids: dic
             result = service.write(session, parsed, sender=sender, fresh=True)
         else:
             result = service.create(session, parsed, sender=sender,
-                                    if_none_exist=entry.if_none_exist)
+                                    if_none_exist=entry.if_none_exist,
+                                    resource_id=ids[entry.full_url].split("/", 1)[1]
+                                    if entry.full_url in ids else None)
     elif len(path) == 2:
         result = service.write(session, {**parsed, "id": path[1]}, sender=sender,
                                if_match=entry.if_match)

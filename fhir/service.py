@@ -122,18 +122,19 @@ class FhirService:
 
     # -- writes --------------------------------------------------------------
     def create(self, session: Session, resource: dict[str, Any], *, sender: str | None = None,
-               if_none_exist: str | None = None) -> WriteResult:
-        """FHIR create: the server assigns the id. With ``if_none_exist``
+               if_none_exist: str | None = None, resource_id: str | None = None) -> WriteResult:
+        """FHIR create: the server assigns the id (``resource_id``: one it assigned
+        already, for a Bundle's urn:uuid). With ``if_none_exist``
         (``identifier=system|value``) an existing match is returned, unwritten."""
         kind = resource["resourceType"]
         if if_none_exist:
-            matches = self._conditional(session, kind, if_none_exist, "If-None-Exist")
+            matches = self.conditional_matches(session, kind, if_none_exist, "If-None-Exist")
             if len(matches) > 1:
                 raise precondition_failed(
                     f"If-None-Exist matches {len(matches)} {kind} resources")
             if matches:
                 return WriteResult(self.read(session, kind, matches[0]), "duplicate")
-        resource = {**resource, "id": new_id()}
+        resource = {**resource, "id": resource_id or new_id()}
         return self.write(session, resource, sender=sender, fresh=True)
 
     def conditional_update(self, session: Session, resource: dict[str, Any], query: str, *,
@@ -141,7 +142,7 @@ class FhirService:
         """``PUT /Type?identifier=...`` (FHIR R4 §3.1.0.4.3): no match creates,
         one match updates it, several are a 412."""
         kind = resource["resourceType"]
-        matches = self._conditional(session, kind, query, "the search")
+        matches = self.conditional_matches(session, kind, query, "the search")
         if len(matches) > 1:
             raise precondition_failed(f"The conditional update matches {len(matches)} {kind}")
         body_id = resource.get("id")
@@ -151,7 +152,7 @@ class FhirService:
         target = matches[0] if matches else (body_id or new_id())
         return self.write(session, {**resource, "id": target}, sender=sender)
 
-    def _conditional(self, session: Session, kind: str, query: str, what: str) -> list[str]:
+    def conditional_matches(self, session: Session, kind: str, query: str, what: str) -> list[str]:
         params = dict(p.partition("=")[::2] for p in query.lstrip("?").split("&") if p)
         if set(params) != {"identifier"}:
             raise FhirError(400, Issue(

@@ -35,6 +35,10 @@ class RecordCodec(Protocol):
 
     def encrypt(self, plaintext: bytes, *, subject: str, session: Session) -> bytes: ...
 
+    def new_subjects(self, subjects: list[str], *, session: Session) -> None:
+        """Keys for subjects nobody has used yet (patients a Bundle creates), made
+        together before their records are sealed."""
+
     def decrypt(self, blob: bytes, *, session: Session) -> bytes: ...
 
 

@@ -45,6 +45,7 @@ class AesGcmCodec:
     def __init__(self) -> None:
         self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
         self.subjects: list[str] = []
+        self.new: list[str] = []  # announced with new_subjects
 
     def encrypt(self, plaintext: bytes, *, subject: str, session: object = None) -> bytes:
         self.subjects.append(subject)
@@ -52,6 +53,9 @@ class AesGcmCodec:
         label = subject.encode()
         return len(label).to_bytes(2, "big") + label + nonce + self._aead.encrypt(
             nonce, plaintext, label)
+
+    def new_subjects(self, subjects: list[str], *, session: object = None) -> None:
+        self.new.extend(subjects)
 
     def decrypt(self, blob: bytes, *, session: object = None) -> bytes:
         size = int.from_bytes(blob[:2], "big")

@@ -21,6 +21,9 @@ def test_a_transaction_with_patient_and_appointment_by_urn_uuid_creates_both_and
     assert adapter.kinds() == ["PatientUpdated", "AppointmentBooked"]
     assert adapter.events[1].patient.telecom[0].value == "+393339876543"
     assert adapter.events[1].patient.language == "en"
+    # The new patient's key is made before anything is sealed for them, with the Bundle's others.
+    assert adapter.codec.new == [f"patient:{pid}"]
+    assert adapter.codec.subjects[0] == f"patient:{pid}"
 
 
 def test_a_transaction_resolves_the_patient_even_when_the_appointment_comes_first(adapter):
@@ -84,6 +87,39 @@ def test_a_conditional_create_sees_a_patient_created_earlier_in_the_same_transac
     assert created["response"]["status"] == "201 Created"
     assert matched["response"]["status"] == "200 OK"
     assert matched["resource"]["id"] == created["resource"]["id"]
+
+
+def _conditional_patient_then_appointment() -> dict:
+    """A Patient POSTed with ifNoneExist under a urn:uuid, and an Appointment for it."""
+    urn = "urn:uuid:7f0c5a0e-0000-4000-8000-0000000000c1"
+    appointment = booked("placeholder")
+    appointment["participant"][0]["actor"]["reference"] = urn
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": urn, "resource": sample("patient.json"), "request": {
+            "method": "POST", "url": "Patient",
+            "ifNoneExist": "identifier=https://hospital.example.org/mrn|MRN-0001"}},
+        {"resource": appointment, "request": {"method": "POST", "url": "Appointment"}},
+    ]}
+
+
+def test_a_urn_uuid_of_a_conditional_create_names_the_existing_match(adapter):
+    existing = create_patient(adapter)
+    response = adapter.post("/", _conditional_patient_then_appointment())
+    assert response.status_code == 200, response.text
+    patient_entry, appointment_entry = response.json()["entry"]
+    assert patient_entry["response"]["status"] == "200 OK"
+    assert patient_entry["resource"]["id"] == existing
+    assert appointment_entry["resource"]["participant"][0]["actor"]["reference"] == f"Patient/{existing}"
+
+
+def test_a_urn_uuid_of_a_conditional_create_without_a_match_names_the_new_resource(adapter):
+    response = adapter.post("/", _conditional_patient_then_appointment())
+    assert response.status_code == 200, response.text
+    patient_entry, appointment_entry = response.json()["entry"]
+    assert patient_entry["response"]["status"] == "201 Created"
+    created = patient_entry["resource"]["id"]
+    assert appointment_entry["resource"]["participant"][0]["actor"]["reference"] == f"Patient/{created}"
+    assert adapter.http.get(patient_entry["response"]["location"]).status_code == 200
 
 
 def test_an_entry_failing_after_others_were_written_stores_none_of_them(adapter):

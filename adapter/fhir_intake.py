@@ -39,14 +39,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapter.clock import Clock
 from adapter.waiting import Waiting
 from adapter.db import transaction
+from adapter.events import AnyEvent
 from adapter.models import InboundMessage
 from fhir import store
-from fhir.errors import FhirError
 from fhir.service import FhirService, StoredVersion
 
 log = logging.getLogger(__name__)
 
 SOURCE = "fhir"
+
+# Apply each version's events, each all or nothing: per version, None or the exception
+# that undid it (Pipeline.handle_many).
+PublishMany = Callable[[Session, list[list[AnyEvent]]], list[Exception | None]]
 _WAKE = "adapter.fhir_intake.wake"
 
 
@@ -77,8 +81,10 @@ class FhirIntake:
     their events afterwards, from the store."""
 
     def __init__(self, *, sessions: sessionmaker[Session], service: FhirService, clock: Clock,
-                 inline: bool = False, on_stored: Callable[[], None] | None = None) -> None:
+                 publish_many: PublishMany, inline: bool = False,
+                 on_stored: Callable[[], None] | None = None) -> None:
         self.sessions = sessions
+        self.publish_many = publish_many
         self.clock = clock
         self.inline = inline
         self.on_stored = on_stored or (lambda: None)
@@ -133,7 +139,8 @@ class FhirIntake:
             row = session.get(InboundMessage, message_id, with_for_update=True)
             if row is None or row.source != SOURCE:
                 return "missing"
-            return self._process_row(session, row, self.clock.now())
+            self._process_rows(session, [row], self.clock.now())
+            return row.status
 
     def replay(self, message_ids: list[int]) -> dict[int, str]:
         """Process the FHIR versions among ``message_ids`` again (error store,
@@ -144,18 +151,21 @@ class FhirIntake:
         return {message_id: self.process(message_id) for message_id in sorted(ours)}
 
     def process_batch(self, message_ids: list[int], *, budget_s: float = 0.1,
-                      give_way: Callable[[], bool] = lambda: False) -> int:
-        """Process recorded versions in one transaction (a savepoint each) until
-        ``budget_s`` is spent or ``give_way()`` says requests wait; returns how
-        many ids were handled."""
+                      give_way: Callable[[], bool] = lambda: False, chunk: int = 16) -> int:
+        """Process recorded versions in one transaction, a chunk at a time (their
+        events applied together, each version all or nothing; one at a time while
+        ``give_way()`` says requests wait), until ``budget_s`` is spent or requests
+        wait; returns how many ids were handled."""
         done = 0
         began = time.perf_counter()
         with transaction(self.sessions) as session:
-            for message_id in message_ids:
-                row = session.get(InboundMessage, message_id, with_for_update=True)
-                if row is not None and row.status == "stored":
-                    self._process_row(session, row, self.clock.now())
-                done += 1
+            while done < len(message_ids):
+                ids = message_ids[done : done + (1 if give_way() else chunk)]
+                rows = session.scalars(
+                    select(InboundMessage).where(InboundMessage.id.in_(ids), InboundMessage.status == "stored")
+                    .order_by(InboundMessage.id).with_for_update()).all()
+                self._process_rows(session, list(rows), self.clock.now())
+                done += len(ids)
                 if time.perf_counter() - began > budget_s or give_way():
                     break
         return done
@@ -172,28 +182,40 @@ class FhirIntake:
                 done += count
         return done
 
-    def _process_row(self, session: Session, row: InboundMessage, now: datetime) -> str:
-        if row.status not in ("stored", "error"):
-            return row.status
-        found = parse_control_id(row.control_id)
-        stored = found and store.version(session, self.service.codec, *found)
-        if not stored:
-            row.status, row.error = "error", "the stored version is missing"
-        elif (newer := self._newer_processed(session, row, stored)) is not None:
-            row.status, row.error = "ignored", f"superseded by version {newer}, already processed"
-        else:
-            try:
-                with session.begin_nested():
-                    self.service.publish_version(session, stored, row.sender)
-            except FhirError as exc:  # the core refused it, or failed: logged by the service
-                row.status, row.error = "error", str(exc)[:500]
-            except Exception as exc:  # noqa: BLE001 - stored in the error store, never lost
-                log.exception("processing FHIR version %s failed", row.id)
-                row.status, row.error = "error", f"internal error: {type(exc).__name__}"
+    def _process_rows(self, session: Session, rows: list[InboundMessage], now: datetime) -> None:
+        """Derive each version's events (a version that is missing, superseded or
+        fails here ends with its reason), apply the rest together, record each outcome."""
+        store.insert_staged(session)  # the core sees what is stored
+        derived: list[tuple[InboundMessage, list[AnyEvent]]] = []
+        for row in rows:
+            if row.status not in ("stored", "error"):
+                continue
+            row.processed_at = now
+            found = parse_control_id(row.control_id)
+            stored = found and store.version(session, self.service.codec, *found)
+            if not stored:
+                row.status, row.error = "error", "the stored version is missing"
+            elif (newer := self._newer_processed(session, row, stored)) is not None:
+                row.status, row.error = "ignored", f"superseded by version {newer}, already processed"
             else:
+                try:
+                    derived.append((row, self.service.events_of(session, stored, row.sender)))
+                except Exception as exc:  # noqa: BLE001 - stored in the error store, never lost
+                    self._failed(row, exc)
+        outcomes = self.publish_many(session, [events for _, events in derived])
+        for (row, _), failure in zip(derived, outcomes, strict=True):
+            if failure is None:
                 row.status, row.error = "processed", None
-        row.processed_at = now
-        return row.status
+            else:
+                self._failed(row, failure)
+
+    @staticmethod
+    def _failed(row: InboundMessage, failure: Exception) -> None:
+        if isinstance(failure, ValueError):  # the core refused it, saying why
+            row.status, row.error = "error", f"The adapter refused the change: {failure}"[:500]
+        else:
+            log.error("processing FHIR version %s failed", row.id, exc_info=failure)
+            row.status, row.error = "error", f"internal error: {type(failure).__name__}"
 
     @staticmethod
     def _newer_processed(session: Session, row: InboundMessage, stored: StoredVersion

@@ -56,7 +56,11 @@ def build_fhir_intake(settings: Settings, *, sessions: sessionmaker[Session], va
 
     service = FhirService(publish=publish, codec=SessionVaultCodec(vault), clock=clock.now,
                           settings=fhir_settings(settings, vault))
-    return FhirIntake(sessions=sessions, service=service, clock=clock,
+    def publish_many(session: Session, batches: list[list[AnyEvent]]) -> list[Exception | None]:
+        outcomes = pipeline.handle_many(session, batches, now=clock.now())
+        return [outcome if isinstance(outcome, Exception) else None for outcome in outcomes]
+
+    return FhirIntake(sessions=sessions, service=service, clock=clock, publish_many=publish_many,
                       inline=settings.fhir_processing == "inline")
 
 

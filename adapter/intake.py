@@ -22,8 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.clock import Clock
@@ -44,6 +45,7 @@ from hl7.mapping import map_message
 log = logging.getLogger(__name__)
 
 SYSTEM = "system"
+_PROCESSABLE = ("stored", "error", "rejected")  # replay takes errors and rejections again
 _MSA = re.compile(rb"MSA.(\w\w)")
 
 
@@ -261,13 +263,14 @@ class HL7Intake:
         with transaction(self.sessions) as session:
             # Locked: a serve process and a worker may reach the same row; the
             # second waits, then sees it processed.
-            row = session.get(InboundMessage, message_id, with_for_update=True)
-            if row is None:
+            rows = self._locked(session, [message_id], ("stored", "error", "rejected", "processed", "ignored"))
+            if not rows:
                 return "missing"
-            self._process_rows(session, [row], self.clock.now())
-            return row.status
+            if rows[0].status not in _PROCESSABLE:
+                return rows[0].status
+            return self._process_rows(session, rows, self.clock.now()).get(message_id, rows[0].status)
 
-    def process_batch(self, message_ids: list[int], *, budget_s: float = 0.1, chunk: int = 16) -> int:
+    def process_batch(self, message_ids: list[int], *, budget_s: float = 0.1, chunk: int = 64) -> int:
         """Process stored messages in one transaction, a chunk at a time (read and
         locked together, their events applied together by ``Pipeline.handle_many``,
         each message all or nothing), until ``budget_s`` is spent or a message
@@ -281,22 +284,29 @@ class HL7Intake:
             while done < len(message_ids):
                 size = chunk if self.writer.waiting.quiet_for(0.01) else 1
                 ids = message_ids[done : done + size]
-                rows = session.scalars(
-                    select(InboundMessage).where(InboundMessage.id.in_(ids), InboundMessage.status == "stored")
-                    .order_by(InboundMessage.id).with_for_update()
-                ).all()
-                self._process_rows(session, list(rows), self.clock.now())
+                self._process_rows(session, self._locked(session, ids, ("stored",)), self.clock.now())
                 done += len(ids)
                 if time.perf_counter() - began > budget_s or not self.writer.idle.is_set():
                     break
         return done
 
-    def _process_rows(self, session: Session, rows: list[InboundMessage], now: datetime) -> None:
+    @staticmethod
+    def _locked(session: Session, ids: list[int], statuses: tuple[str, ...]) -> list[Row[Any]]:
+        table = InboundMessage.__table__
+        return list(session.execute(
+            select(table.c.id, table.c.status, table.c.raw_enc, table.c.received_at)
+            .where(table.c.id.in_(ids), table.c.status.in_(statuses))
+            .order_by(table.c.id).with_for_update()
+        ))
+
+    def _process_rows(self, session: Session, rows: list[Row[Any]], now: datetime) -> dict[int, str]:
         """Map each row to events (a message that cannot be mapped ends here with
-        its reason), apply the mapped ones in order, record each outcome."""
-        mapped: list[tuple[InboundMessage, MessageHeader, list[AnyEvent]]] = []
+        its reason), apply the mapped ones in order, record each outcome (one
+        UPDATE for all). Returns each message's final status."""
+        mapped: list[tuple[int, MessageHeader, list[AnyEvent]]] = []
+        settled: list[dict[str, Any]] = []
         for row in rows:
-            if row.status not in ("stored", "error", "rejected") or row.raw_enc is None:
+            if row.raw_enc is None:  # purged after retention: nothing to map
                 continue
             header = None
             try:
@@ -304,28 +314,38 @@ class HL7Intake:
                 header = read_header(raw)
                 events = map_message(decode(raw, header), self.facilities, received_at=row.received_at)
             except Exception as exc:  # noqa: BLE001 - recorded with the message, never lost
-                self._settle(session, row, header, exc, now)
+                settled.append(self._settle(session, row.id, header, exc, now))
             else:
-                mapped.append((row, header, events))
+                mapped.append((row.id, header, events))
         outcomes = self.pipeline.handle_many(session, [events for _, _, events in mapped], now=now)
-        for (row, header, _), outcome in zip(mapped, outcomes, strict=True):
-            self._settle(session, row, header, outcome if isinstance(outcome, Exception) else None, now)
+        for (message_id, header, _), outcome in zip(mapped, outcomes, strict=True):
+            settled.append(self._settle(session, message_id, header, outcome if isinstance(outcome, Exception) else None, now))
+        if settled:
+            table = InboundMessage.__table__
+            session.execute(
+                update(table).where(table.c.id == bindparam("message_id"))
+                .values(status=bindparam("status"), error=bindparam("error"), processed_at=bindparam("at")),
+                settled,
+            )
+        return {row["message_id"]: row["status"] for row in settled}
 
     def _settle(
-        self, session: Session, row: InboundMessage, header: MessageHeader | None, failure: Exception | None, now: datetime
-    ) -> None:
+        self, session: Session, message_id: int, header: MessageHeader | None, failure: Exception | None, now: datetime
+    ) -> dict[str, Any]:
+        """The message's outcome as a row for the status UPDATE; owes the sender
+        an application ACK where it asked for one."""
         if isinstance(failure, UnsupportedMessage):
-            row.status, row.error = "rejected", failure.reason[:500]
+            status, error = "rejected", failure.reason[:500]
         elif isinstance(failure, MappingError | HL7Error):
-            row.status, row.error = "error", failure.reason[:500]
+            status, error = "error", failure.reason[:500]
         elif failure is not None:
-            log.error("processing inbound message %s failed", row.id, exc_info=failure)
-            row.status, row.error = "error", f"internal error: {type(failure).__name__}"
+            log.error("processing inbound message %s failed", message_id, exc_info=failure)
+            status, error = "error", f"internal error: {type(failure).__name__}"
         else:
-            row.status, row.error = "processed", None
-        row.processed_at = now
-        if header is not None and header.enhanced_mode and wants_application_ack(header.application_ack_type, row.status):
-            queue_application_ack(session, row.id, now=now)
+            status, error = "processed", None
+        if header is not None and header.enhanced_mode and wants_application_ack(header.application_ack_type, status):
+            queue_application_ack(session, message_id, now=now)
+        return {"message_id": message_id, "status": status, "error": error, "at": now}
 
     def process_pending(self) -> int:
         """Process everything stored and not yet processed, oldest first."""

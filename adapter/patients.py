@@ -6,6 +6,8 @@ else works with the internal id (a pseudonym).
 
 from __future__ import annotations
 
+import functools
+
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ def identifier_index(vault: Vault, identifier: ev.Identifier) -> str:
     return vault.blind_index("identifier", f"{identifier.system}|{identifier.value}")
 
 
+@functools.lru_cache(maxsize=8192)  # pure, and the same numbers come back
 def normalise_phone(value: str, region: str = "IT") -> str | None:
     """E.164, or None for a number that cannot be dialled."""
     try:

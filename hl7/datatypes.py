@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime, timedelta, timezone, tzinfo
 
@@ -102,6 +103,7 @@ def _phone_number(xtn: Repetition) -> str:
     return xtn.component(1).strip()
 
 
+@functools.lru_cache(maxsize=8192)  # pure, and the same numbers come back (patients, clinics)
 def _normalise_phone(number: str, region: str) -> tuple[str, bool]:
     cleaned = re.sub(r"[\s().\-/]", "", number)
     if cleaned.startswith("00"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import logging
 from collections.abc import Callable
 
@@ -40,20 +41,39 @@ def process_stored(container: Container) -> int:
         wait_quiet=lambda: give_way(container), give_way=lambda: others_waiting(container))
 
 
-async def process_inbound_forever(container: Container, wake: asyncio.Event, stop: asyncio.Event) -> None:
+# How long sending waits for a burst of inbound messages to be mapped first: a
+# burst is mapped sooner (with SQLite both share one writer), and a feed that never
+# pauses still lets sending through.
+SENDING_DEFERS_TO_MAPPING_S = 2.0
+
+
+async def process_inbound_forever(
+    container: Container, wake: asyncio.Event, stop: asyncio.Event, drained: threading.Event | None = None
+) -> None:
     """Map stored messages and FHIR versions to events, oldest first; woken by
     each stored message or FHIR write, and once a second anyway (catches what a
-    crash left ``stored``)."""
+    crash left ``stored``). ``drained`` is set while nothing waits to be mapped."""
+    drained = drained or threading.Event()
     while not stop.is_set():
         try:
             await asyncio.to_thread(process_stored, container)
         except Exception:
             log.exception("inbound processing round failed; retrying")
+        drained.set()
         try:
             await asyncio.wait_for(wake.wait(), timeout=1.0)
         except TimeoutError:
             pass
+        if wake.is_set():
+            drained.clear()
         wake.clear()
+
+
+def before_sending(container: Container, drained: threading.Event) -> None:
+    """Sending gives way to ACKs and FHIR answers, then to a burst being mapped
+    (for ``SENDING_DEFERS_TO_MAPPING_S`` at most)."""
+    give_way(container)
+    drained.wait(SENDING_DEFERS_TO_MAPPING_S)
 
 
 async def serve(
@@ -77,7 +97,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     container.fhir.on_stored = lambda: loop.call_soon_threadsafe(wake.set)  # from the threadpool
     container.dispatcher.others_waiting = lambda: others_waiting(container)
-    tasks = [asyncio.create_task(process_inbound_forever(container, wake, stop))]
+    drained = threading.Event()
+    tasks = [asyncio.create_task(process_inbound_forever(container, wake, stop, drained))]
     if embedded_worker:
         tasks.append(
             asyncio.create_task(
@@ -85,7 +106,7 @@ async def serve(
                     container.dispatcher,
                     interval=settings.worker_poll_interval_s,
                     stop=stop,
-                    give_way=lambda: give_way(container),
+                    give_way=lambda: before_sending(container, drained),
                 )
             )
         )

@@ -29,7 +29,6 @@ write's own transaction instead, for senders who want the pipeline's refusal
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -41,6 +40,7 @@ from adapter.waiting import Waiting
 from adapter.db import transaction
 from adapter.events import AnyEvent
 from adapter.models import InboundMessage
+from adapter.stored_work import process_all, process_in_chunks, stored_ids
 from fhir import store
 from fhir.service import FhirService, StoredVersion
 
@@ -125,12 +125,7 @@ class FhirIntake:
     # -- after the answer -------------------------------------------------------------
 
     def pending_ids(self, limit: int = 500) -> list[int]:
-        with transaction(self.sessions) as session:
-            return list(session.scalars(
-                select(InboundMessage.id)
-                .where(InboundMessage.source == SOURCE, InboundMessage.status == "stored")
-                .order_by(InboundMessage.id)
-                .limit(limit)))
+        return stored_ids(self.sessions, SOURCE, limit)
 
     def process(self, message_id: int) -> str:
         """Publish one recorded version's events (again, for a replay), in one
@@ -156,31 +151,20 @@ class FhirIntake:
         events applied together, each version all or nothing; one at a time while
         ``give_way()`` says requests wait), until ``budget_s`` is spent or requests
         wait; returns how many ids were handled."""
-        done = 0
-        began = time.perf_counter()
-        with transaction(self.sessions) as session:
-            while done < len(message_ids):
-                ids = message_ids[done : done + (1 if give_way() else chunk)]
-                rows = session.scalars(
-                    select(InboundMessage).where(InboundMessage.id.in_(ids), InboundMessage.status == "stored")
-                    .order_by(InboundMessage.id).with_for_update()).all()
-                self._process_rows(session, list(rows), self.clock.now())
-                done += len(ids)
-                if time.perf_counter() - began > budget_s or give_way():
-                    break
-        return done
+        return process_in_chunks(
+            self.sessions, message_ids, self._process_chunk,
+            chunk_size=lambda: 1 if give_way() else chunk, give_way=give_way, budget_s=budget_s)
+
+    def _process_chunk(self, session: Session, ids: list[int]) -> None:
+        rows = session.scalars(
+            select(InboundMessage).where(InboundMessage.id.in_(ids), InboundMessage.status == "stored")
+            .order_by(InboundMessage.id).with_for_update()).all()
+        self._process_rows(session, list(rows), self.clock.now())
 
     def process_pending(self, *, wait_quiet: Callable[[], None] = lambda: None,
                         give_way: Callable[[], bool] = lambda: False) -> int:
         """Process every recorded version not yet processed, oldest first."""
-        done = 0
-        while ids := self.pending_ids():
-            while ids:
-                wait_quiet()
-                count = self.process_batch(ids, give_way=give_way)
-                ids = ids[count:]
-                done += count
-        return done
+        return process_all(self.pending_ids, lambda ids: self.process_batch(ids, give_way=give_way), wait_quiet)
 
     def _process_rows(self, session: Session, rows: list[InboundMessage], now: datetime) -> None:
         """Derive each version's events (a version that is missing, superseded or

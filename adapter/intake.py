@@ -34,6 +34,7 @@ from adapter.db import raw_transaction, transaction
 from adapter.metrics import ACK_LATENCY, MESSAGES_RECEIVED
 from adapter.models import InboundMessage
 from adapter.pipeline import Pipeline
+from adapter.stored_work import process_all, process_in_chunks, stored_ids
 from adapter.waiting import Waiting
 from compliance.crypto import Vault
 from hl7.ack import AckCode, AckError, build_ack, build_reject_for_unreadable
@@ -95,8 +96,6 @@ class GroupCommitWriter:
         # Messages waiting to be stored: background work (mapping, sending)
         # gives way to them, so ACKs go first.
         self.waiting = Waiting()
-        self.idle = self.waiting.idle
-        self.wait_quiet = self.waiting.wait_quiet
 
     def start(self) -> None:
         if self._task is None:
@@ -247,15 +246,7 @@ class HL7Intake:
     # -- processing, after the ACK -------------------------------------------------
 
     def pending_ids(self, limit: int = 500) -> list[int]:
-        with transaction(self.sessions) as session:
-            return list(
-                session.scalars(
-                    select(InboundMessage.id)
-                    .where(InboundMessage.source == "hl7", InboundMessage.status == "stored")
-                    .order_by(InboundMessage.id)
-                    .limit(limit)
-                )
-            )
+        return stored_ids(self.sessions, "hl7", limit)
 
     def process(self, message_id: int) -> str:
         """Map one stored message and apply its events, in one transaction with
@@ -263,7 +254,7 @@ class HL7Intake:
         with transaction(self.sessions) as session:
             # Locked: a serve process and a worker may reach the same row; the
             # second waits, then sees it processed.
-            rows = self._locked(session, [message_id], ("stored", "error", "rejected", "processed", "ignored"))
+            rows = self._locked(session, [message_id])
             if not rows:
                 return "missing"
             if rows[0].status not in _PROCESSABLE:
@@ -278,26 +269,22 @@ class HL7Intake:
         feed has been quiet for a moment, one otherwise: with SQLite an ACK waits
         for the transaction in progress, so under a feed that stays short.
         Returns how many ids were handled."""
-        done = 0
-        began = time.perf_counter()
-        with transaction(self.sessions) as session:
-            while done < len(message_ids):
-                size = chunk if self.writer.waiting.quiet_for(0.01) else 1
-                ids = message_ids[done : done + size]
-                self._process_rows(session, self._locked(session, ids, ("stored",)), self.clock.now())
-                done += len(ids)
-                if time.perf_counter() - began > budget_s or not self.writer.idle.is_set():
-                    break
-        return done
+        return process_in_chunks(
+            self.sessions, message_ids,
+            lambda session, ids: self._process_rows(session, self._locked(session, ids, status="stored"), self.clock.now()),
+            chunk_size=lambda: chunk if self.writer.waiting.quiet_for(0.01) else 1,
+            give_way=lambda: not self.writer.waiting.idle.is_set(),
+            budget_s=budget_s,
+        )
 
     @staticmethod
-    def _locked(session: Session, ids: list[int], statuses: tuple[str, ...]) -> list[Row[Any]]:
+    def _locked(session: Session, ids: list[int], status: str | None = None) -> list[Row[Any]]:
+        """The rows of ``ids`` (only those in ``status``, if given), locked, oldest first."""
         table = InboundMessage.__table__
-        return list(session.execute(
-            select(table.c.id, table.c.status, table.c.raw_enc, table.c.received_at)
-            .where(table.c.id.in_(ids), table.c.status.in_(statuses))
-            .order_by(table.c.id).with_for_update()
-        ))
+        query = select(table.c.id, table.c.status, table.c.raw_enc, table.c.received_at).where(table.c.id.in_(ids))
+        if status is not None:
+            query = query.where(table.c.status == status)
+        return list(session.execute(query.order_by(table.c.id).with_for_update()))
 
     def _process_rows(self, session: Session, rows: list[Row[Any]], now: datetime) -> dict[int, str]:
         """Map each row to events (a message that cannot be mapped ends here with
@@ -348,15 +335,9 @@ class HL7Intake:
         return {"message_id": message_id, "status": status, "error": error, "at": now}
 
     def process_pending(self) -> int:
-        """Process everything stored and not yet processed, oldest first."""
-        done = 0
-        while ids := self.pending_ids():
-            while ids:
-                self.writer.wait_quiet()  # messages waiting for their ACK go first
-                count = self.process_batch(ids)
-                ids = ids[count:]
-                done += count
-        return done
+        """Process everything stored and not yet processed, oldest first; messages
+        waiting for their ACK go first."""
+        return process_all(self.pending_ids, self.process_batch, self.writer.waiting.wait_quiet)
 
     def replay(self, message_ids: list[int]) -> dict[int, str]:
         """Process error-store messages again (after a config fix)."""

@@ -24,13 +24,13 @@ log = logging.getLogger(__name__)
 def give_way(container: Container) -> None:
     """Background work waits here before each transaction: HL7 messages waiting
     for their ACK and FHIR requests in flight go first (for a moment at most)."""
-    container.intake.writer.wait_quiet()
+    container.intake.writer.waiting.wait_quiet()
     container.fhir.in_flight.wait_quiet()
 
 
 def others_waiting(container: Container) -> bool:
     """An HL7 message waits for its ACK, or a FHIR request for its answer."""
-    return not (container.intake.writer.idle.is_set() and container.fhir.in_flight.idle.is_set())
+    return not (container.intake.writer.waiting.idle.is_set() and container.fhir.in_flight.idle.is_set())
 
 
 def process_stored(container: Container) -> int:

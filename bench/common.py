@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tests.harness import adapter_env_vars
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 HOST = "127.0.0.1"
@@ -102,15 +104,7 @@ def adapter_process(extra_env: dict[str, str] | None = None, wrap: list[str] | N
         http_port, mllp_port = free_port(), free_port()
         env = {
             **os.environ,
-            "ADAPTER_ENVIRONMENT": "test",
-            # The sending window is open at any hour: tests and benches run at night too.
-            "ADAPTER_SENDING_WINDOW_START": "00:00",
-            "ADAPTER_SENDING_WINDOW_END": "00:00",
-            "ADAPTER_SEND_ON_HOLIDAYS": "true",
-            "ADAPTER_DATABASE_URL": f"sqlite:///{var / 'adapter.db'}",
-            "ADAPTER_VAR_DIR": str(var),
-            "ADAPTER_MASTER_KEY_FILE": str(var / "master.key"),
-            "ADAPTER_AUDIT_SIGNING_KEY_FILE": str(var / "audit.key"),
+            **adapter_env_vars(var),
             "ADAPTER_HTTP_HOST": HOST,
             "ADAPTER_MLLP_HOST": HOST,
             **(extra_env or {}),

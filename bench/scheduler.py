@@ -19,31 +19,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import ClassVar
 
 import psycopg
 
+from tests.harness import fresh_pg_database
+
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DUE = int(os.environ.get("BENCH_DUE", "10000"))
 STORED_LARGE = int(os.environ.get("BENCH_STORED", "1000000"))
 PATIENTS = 100
-
-
-@contextmanager
-def fresh_database():
-    name = f"adapter_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def bench_settings(database_url: str, var_dir: Path, **overrides):  # noqa: ANN001, ANN201
@@ -176,7 +163,7 @@ def serve_rss_mb(database_url: str, var_dir: Path) -> float:
 
 
 def case(stored: int) -> tuple[float, int, float]:
-    with fresh_database() as url, tempfile.TemporaryDirectory() as tmp:
+    with fresh_pg_database("adapter_bench") as url, tempfile.TemporaryDirectory() as tmp:
         var_dir = Path(tmp)
         settings = bench_settings(url, var_dir)
         patients = seed_patients(settings)

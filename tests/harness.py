@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from datetime import time
 from time import monotonic, sleep
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 
 from adapter.bootstrap import Container, build
 from adapter.clock import Clock
@@ -21,6 +23,38 @@ from adapter.auth import create_token
 from adapter.migrate import upgrade
 from adapter.runtime import serve
 from adapter.settings import Settings
+
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@contextmanager
+def fresh_pg_database(prefix: str = "adapter_test") -> Iterator[str]:
+    """A new PostgreSQL database on 127.0.0.1, dropped afterwards; its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def adapter_env_vars(var_dir: Path, database_url: str | None = None) -> dict[str, str]:
+    """What :func:`settings_for` sets, as the environment of a ``python -m adapter``
+    process: its own var dir and keys, SQLite there unless ``database_url``."""
+    return {
+        "ADAPTER_ENVIRONMENT": "test",
+        # The sending window is open at any hour: tests and benches run at night too.
+        "ADAPTER_SENDING_WINDOW_START": "00:00",
+        "ADAPTER_SENDING_WINDOW_END": "00:00",
+        "ADAPTER_SEND_ON_HOLIDAYS": "true",
+        "ADAPTER_DATABASE_URL": database_url or f"sqlite:///{var_dir / 'adapter.db'}",
+        "ADAPTER_VAR_DIR": str(var_dir),
+        "ADAPTER_MASTER_KEY_FILE": str(var_dir / "master.key"),
+        "ADAPTER_AUDIT_SIGNING_KEY_FILE": str(var_dir / "audit.key"),
+    }
 
 
 def settings_for(tmp_path: Path, database_url: str | None = None, **overrides: object) -> Settings:

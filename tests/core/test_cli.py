@@ -16,25 +16,13 @@ from channels.fakes import start_fake
 from fhir.models import FhirSubscription
 from tests.core.test_end_to_end import appointment, patient, siu
 from tests.fhir.fake_upstream import FakeUpstream
-from tests.harness import running_adapter, settings_for
+from tests.harness import adapter_env_vars, running_adapter, settings_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "ADAPTER_ENVIRONMENT": "test",
-        # The sending window is open at any hour: tests and benches run at night too.
-        "ADAPTER_SENDING_WINDOW_START": "00:00",
-        "ADAPTER_SENDING_WINDOW_END": "00:00",
-        "ADAPTER_SEND_ON_HOLIDAYS": "true",
-        "ADAPTER_DATABASE_URL": f"sqlite:///{tmp_path / 'adapter.db'}",
-        "ADAPTER_VAR_DIR": str(tmp_path),
-        "ADAPTER_MASTER_KEY_FILE": str(tmp_path / "master.key"),
-        "ADAPTER_AUDIT_SIGNING_KEY_FILE": str(tmp_path / "audit.key"),
-        "COLUMNS": "200",
-    }
+    env = {**os.environ, **adapter_env_vars(tmp_path), "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "adapter", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

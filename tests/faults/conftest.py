@@ -24,6 +24,7 @@ import pytest
 from kombu import Connection
 
 from channels.fakes import FakeTwilio
+from tests.harness import adapter_env_vars
 
 ROOT = Path(__file__).resolve().parents[2]
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -88,15 +89,7 @@ def adapter_env(tmp_path: Path, database_url: str, *, broker_url: str = "", queu
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTER_")}
     env.update({
         "PYTHONPATH": str(ROOT),
-        "ADAPTER_ENVIRONMENT": "test",
-        # The sending window is open at any hour: tests and benches run at night too.
-        "ADAPTER_SENDING_WINDOW_START": "00:00",
-        "ADAPTER_SENDING_WINDOW_END": "00:00",
-        "ADAPTER_SEND_ON_HOLIDAYS": "true",
-        "ADAPTER_DATABASE_URL": database_url,
-        "ADAPTER_VAR_DIR": str(tmp_path),
-        "ADAPTER_MASTER_KEY_FILE": str(tmp_path / "master.key"),
-        "ADAPTER_AUDIT_SIGNING_KEY_FILE": str(tmp_path / "audit.key"),
+        **adapter_env_vars(tmp_path, database_url),
         "ADAPTER_WORKER_POLL_INTERVAL_S": "0.05",
         "ADAPTER_LOG_LEVEL": "WARNING",
     })

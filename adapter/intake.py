@@ -71,6 +71,10 @@ class _Pending:
     future: asyncio.Future[Stored]
 
 
+def _store_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="hl7-store")
+
+
 class GroupCommitWriter:
     """Stores raw messages, many per transaction, one at a time per caller."""
 
@@ -83,7 +87,7 @@ class GroupCommitWriter:
         self._task: asyncio.Task[None] | None = None
         # A thread of its own: in the event loop's shared pool an ACK's commit
         # would queue behind background work waiting for the write lock.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hl7-store")
+        self._executor = _store_thread()
         self.engine = sessions.kw["bind"]
         self._placeholder = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         self._bind_time = InboundMessage.__table__.c.received_at.type.bind_processor(self.engine.dialect)
@@ -109,6 +113,9 @@ class GroupCommitWriter:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        # Its thread ends; a later start gets a new one (made when first used).
+        self._executor.shutdown(wait=False)
+        self._executor = _store_thread()
 
     async def store(self, header: MessageHeader, raw: bytes) -> Stored:
         self.start()

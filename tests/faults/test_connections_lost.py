@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import PG_ADMIN
+from tests.harness import PG_ADMIN
 from tests.faults.conftest import (
     celery_cluster,
     AMQP_URL,

@@ -51,6 +51,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# Execution option of a connection that only reads (see read_transaction).
+READ_ONLY = "adapter_read_only"
+_HOLDS_LOCK = "adapter_holds_write_lock"
+
+
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
@@ -138,6 +143,10 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn) -> None:  # pragma: no cover - trivial
+            if conn.get_execution_options().get(READ_ONLY):
+                # WAL: a reader sees the last commit and never waits for the writer.
+                conn.exec_driver_sql("BEGIN")
+                return
             # IMMEDIATE takes the write lock up front: claims and upserts never
             # deadlock on a lock upgrade between two processes.
             lock.acquire()
@@ -146,12 +155,30 @@ def make_engine(url: str) -> Engine:
             except BaseException:
                 lock.release()
                 raise
+            conn.info[_HOLDS_LOCK] = True
 
         @event.listens_for(engine, "commit")
+        def _commit(conn) -> None:  # pragma: no cover - trivial
+            # Fired just before SQLAlchemy's COMMIT: commit here, then let the next
+            # writer in. Released before the COMMIT, the next writer's BEGIN IMMEDIATE
+            # would meet SQLite's lock and sleep in its busy handler (1 ms, then 2,
+            # then 5...) where the fsync takes a fraction of that. SQLAlchemy's own
+            # commit then finds no transaction and does nothing.
+            try:
+                conn.connection.dbapi_connection.commit()
+            finally:
+                _release(conn)
+
         @event.listens_for(engine, "rollback")
-        def _end(conn) -> None:  # pragma: no cover - trivial
-            # Fired just before the COMMIT: a thread woken now may wait a moment in
-            # SQLite's busy handler, never for the whole transaction.
+        def _rollback(conn) -> None:  # pragma: no cover - trivial
+            try:
+                conn.connection.dbapi_connection.rollback()
+            finally:
+                _release(conn)
+
+        def _release(conn) -> None:
+            if not conn.info.pop(_HOLDS_LOCK, False):
+                return  # a read-only transaction
             try:
                 lock.release()
             except RuntimeError:  # ended from another thread (pool reset)
@@ -184,13 +211,17 @@ def raw_transaction(engine: Engine, *, priority: bool = False) -> Iterator[Any]:
         try:
             yield cursor
         except BaseException:
-            if lock is not None:
-                lock.release()
-            connection.rollback()
+            try:
+                connection.rollback()
+            finally:
+                if lock is not None:
+                    lock.release()
             raise
-        if lock is not None:
-            lock.release()  # as for the engine's transactions: just before the COMMIT
-        connection.commit()
+        try:
+            connection.commit()
+        finally:
+            if lock is not None:
+                lock.release()  # after the COMMIT, as for the engine's transactions
     finally:
         connection.close()
 
@@ -204,3 +235,16 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A unit of work: commit on success, roll back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+@contextmanager
+def read_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A unit of work that only reads, always rolled back. On SQLite it takes no
+    write lock (WAL readers see the last commit and never wait for the writer),
+    so an authentication or a FHIR read does not queue behind writes."""
+    with factory() as session:
+        session.connection(execution_options={READ_ONLY: True})
+        try:
+            yield session
+        finally:
+            session.rollback()

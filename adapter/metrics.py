@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from adapter.db import transaction
+from adapter.db import read_transaction
 from adapter.models import ApplicationAck, InboundMessage, Notification
 from adapter.reply_models import Writeback
 from fhir.subscriptions import silent_subscriptions
@@ -43,7 +43,7 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = self.now()
-        with transaction(self.sessions) as session:
+        with read_transaction(self.sessions) as session:
             stored = session.scalar(select(func.count()).where(InboundMessage.status == "stored")) or 0
             due = session.scalar(
                 select(func.count()).where(Notification.status == "scheduled", Notification.scheduled_for <= now)

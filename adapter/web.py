@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from adapter.auth import Principal, Role, authenticate
 from adapter.auth_limits import AuthFailureLimiter
 from adapter.bootstrap import Container
-from adapter.db import transaction
+from adapter.db import read_transaction, transaction
 from adapter.fhir_wiring import fhir_router
 from adapter.metrics import REGISTRY, StoreCollector
 from adapter.models import InboundMessage, Notification
@@ -37,11 +37,11 @@ def require(container: Container, *roles: Role) -> Callable[..., Principal]:
         client = request.client.host if request.client else ""
         if wait := limiter.blocked_for(client):
             raise HTTPException(429, "too many failed authentications", headers={"Retry-After": str(int(wait) + 1)})
-        with transaction(container.sessions) as session:
+        with read_transaction(container.sessions) as session:
             principal = authenticate(session, token.strip())
-            if principal is None:
-                container.gate.auth_failed(session, request.url.path, now=container.clock.now())
         if principal is None:
+            with transaction(container.sessions) as session:
+                container.gate.auth_failed(session, request.url.path, now=container.clock.now())
             limiter.failed(client)
             raise HTTPException(401, "the token is not valid", headers={"WWW-Authenticate": "Bearer"})
         if not principal.may(*roles):

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from adapter.db import transaction
+from adapter.db import read_transaction, transaction
 from fhir import bundles
 from fhir.capability import SYSTEM_INTERACTIONS, TYPE_INTERACTIONS, capability_statement
 from fhir.errors import FhirError, Issue, invalid
@@ -102,9 +102,12 @@ class _Facade:
     def _too_large(limit: int) -> FhirError:
         return FhirError(413, Issue("too-costly", f"The body is larger than {limit} bytes"))
 
-    def _in_transaction(self, fn: Callable[[Session], Response]) -> Awaitable[Response]:
+    def _in_transaction(self, fn: Callable[[Session], Response], *,
+                        read_only: bool = False) -> Awaitable[Response]:
+        unit = read_transaction if read_only else transaction
+
         def run() -> Response:
-            with transaction(self.sessions) as session:
+            with unit(self.sessions) as session:
                 return fn(session)
         return run_in_threadpool(run)
 
@@ -197,13 +200,14 @@ class _Facade:
             async def read(request: Request, id: str) -> Response:
                 return await self._answer(lambda: self._in_transaction(
                     lambda s: self._resource_response(request, service.read(s, kind, id), 200,
-                                                      location=False)))
+                                                      location=False), read_only=True))
             return read
         if code == "vread":
             async def vread(request: Request, id: str, vid: str) -> Response:
                 return await self._answer(lambda: self._in_transaction(
                     lambda s: self._resource_response(
-                        request, service.vread(s, kind, id, vid), 200, location=False)))
+                        request, service.vread(s, kind, id, vid), 200, location=False),
+                    read_only=True))
             return vread
         raise ValueError(f"no endpoint for interaction {code!r}")
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import threading
 import time
 
-from adapter.db import FairLock, make_engine, raw_transaction
+from sqlalchemy import event, text
+
+from adapter.db import FairLock, make_engine, make_sessionmaker, raw_transaction, read_transaction, transaction
 from adapter.waiting import Waiting
 
 
@@ -102,3 +104,90 @@ def test_waiting_is_idle_only_when_nothing_is_in_progress_and_quiet_after_a_paus
     with waiting:
         assert not waiting.idle.is_set()
     assert waiting.idle.is_set()
+
+
+def _counter_db(tmp_path, *, busy_timeout_ms: int | None = None):
+    engine = make_engine(f"sqlite:///{tmp_path / 'lock.db'}")
+    if busy_timeout_ms is not None:
+        @event.listens_for(engine, "connect")
+        def _no_wait(dbapi_conn, _record) -> None:
+            dbapi_conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+    sessions = make_sessionmaker(engine)
+    with transaction(sessions) as session:
+        session.execute(text("CREATE TABLE n (v INTEGER)"))
+        session.execute(text("INSERT INTO n VALUES (0)"))
+    return engine, sessions
+
+
+def test_the_next_writer_gets_in_only_after_the_commit_so_it_never_meets_sqlites_lock(tmp_path):
+    # With no busy time-out, a writer let in before the previous COMMIT finished
+    # would fail at once with "database is locked" (or sleep in the busy handler).
+    engine, sessions = _counter_db(tmp_path, busy_timeout_ms=0)
+    errors: list[Exception] = []
+
+    def writer() -> None:
+        try:
+            for _ in range(150):
+                with transaction(sessions) as session:
+                    session.execute(text("UPDATE n SET v = v + 1"))
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    with read_transaction(sessions) as session:
+        assert session.scalar(text("SELECT v FROM n")) == 450
+    engine.dispose()
+
+
+def test_a_read_transaction_does_not_wait_for_a_writer_and_sees_the_last_commit(tmp_path):
+    engine, sessions = _counter_db(tmp_path)
+    inside, leave = threading.Event(), threading.Event()
+
+    def long_writer() -> None:
+        with transaction(sessions) as session:
+            session.execute(text("UPDATE n SET v = 41"))
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=long_writer)
+    thread.start()
+    assert inside.wait(10)
+    began = time.monotonic()
+    with read_transaction(sessions) as session:
+        seen = session.scalar(text("SELECT v FROM n"))
+    waited = time.monotonic() - began
+    leave.set()
+    thread.join(10)
+    assert seen == 0  # the uncommitted 41 is not visible
+    assert waited < 5  # it did not queue behind the writer (which holds on for 10 s)
+    with read_transaction(sessions) as session:
+        assert session.scalar(text("SELECT v FROM n")) == 41
+    engine.dispose()
+
+
+def test_a_read_inside_a_write_transaction_leaves_the_writers_lock_held(tmp_path):
+    engine, sessions = _counter_db(tmp_path)
+    order: list[str] = []
+    with transaction(sessions) as session:
+        session.execute(text("UPDATE n SET v = 1"))
+        with read_transaction(sessions) as reader:
+            reader.scalar(text("SELECT v FROM n"))
+        # Still held: another writer queues until this transaction ends.
+        other = threading.Thread(target=lambda: _write_and_note(sessions, order))
+        other.start()
+        time.sleep(0.2)
+        order.append("outer still open")
+    other.join(10)
+    assert order == ["outer still open", "other wrote"]
+    engine.dispose()
+
+
+def _write_and_note(sessions, order: list[str]) -> None:
+    with transaction(sessions) as session:
+        session.execute(text("UPDATE n SET v = 2"))
+    order.append("other wrote")

@@ -206,6 +206,8 @@ class FhirIntake:
                          ) -> int | None:
         """The version number of a later version of the same resource already
         processed: replaying this one would undo it."""
+        if store.latest_version_id(session, stored.resource_type, stored.resource_id) == stored.version_id:
+            return None  # no later version exists (an indexed look-up, unlike the search below)
         prefix = f"{stored.ref}/_history/"
         later = session.scalars(
             select(InboundMessage.control_id).where(

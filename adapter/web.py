@@ -58,7 +58,15 @@ def session_dep(request: Request) -> Iterator[Session]:
         yield session
 
 
+def read_session_dep(request: Request) -> Iterator[Session]:
+    """A read-only unit of work: lists and health checks, polled by dashboards
+    and load balancers, never queue behind the writes of ACKs and mapping."""
+    with read_transaction(request.app.state.container.sessions) as session:
+        yield session
+
+
 Db = Annotated[Session, Depends(session_dep)]
+ReadDb = Annotated[Session, Depends(read_session_dep)]
 
 
 def notification_view(row: Notification) -> dict[str, Any]:
@@ -100,7 +108,7 @@ def api_router(container: Container) -> APIRouter:
 
     @router.get("/notifications", dependencies=[officer])
     def list_notifications(
-        db: Db,
+        db: ReadDb,
         patient: str | None = None,
         status: str | None = None,
         kind: str | None = None,
@@ -120,7 +128,7 @@ def api_router(container: Container) -> APIRouter:
         return {"total": total, "items": [notification_view(row) for row in rows]}
 
     @router.get("/notifications/{notification_id}/why", dependencies=[officer])
-    def why(notification_id: int, db: Db) -> dict[str, Any]:
+    def why(notification_id: int, db: ReadDb) -> dict[str, Any]:
         """The decision record: event, rule, consent, lawful basis, template, channel."""
         row = db.get(Notification, notification_id)
         if row is None:
@@ -129,7 +137,7 @@ def api_router(container: Container) -> APIRouter:
 
     @router.get("/messages", dependencies=[officer])
     def list_messages(
-        db: Db,
+        db: ReadDb,
         source: str | None = None,
         status: str | None = None,
         control_id: str | None = None,
@@ -170,7 +178,7 @@ def health_router(container: Container) -> APIRouter:
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             checks["database"] = f"unavailable: {type(exc).__name__}"
         if checks["database"] == "ok":
-            with transaction(container.sessions) as session:
+            with read_transaction(container.sessions) as session:
                 silent = silent_subscriptions(session, container.clock.now())
             # Servers accept subscriptions that never fire: silence is an alert.
             checks["fhir_subscriptions"] = "ok" if not silent else f"{len(silent)} silent"

@@ -68,10 +68,13 @@ class Throttle:
     async def wait(self) -> None:
         async with self._lock:
             loop = asyncio.get_running_loop()
-            now = loop.time()
-            if self._next > now:
-                await asyncio.sleep(self._next - now)
-            self._next = max(now, self._next) + self.interval
+            delay = self._next - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # From the moment this send is let through, not from its planned slot:
+            # a loop that woke late (a busy machine) must not let the next one
+            # through sooner than the interval.
+            self._next = loop.time() + self.interval
 
 
 def _internal(notification_id: int, exc: BaseException) -> SendResult:

@@ -56,6 +56,33 @@ def test_pipeline_moves_non_urgent_notices_out_of_quiet_hours_but_not_urgent_one
     container.engine.dispose()
 
 
+def test_a_rate_limit_counts_from_when_a_send_went_through_even_when_the_loop_woke_late():
+    import asyncio
+    import time as clock
+
+    from adapter.dispatch import Throttle
+
+    async def run() -> list[float]:
+        throttle = Throttle(rate=50.0)  # one every 20 ms
+        loop = asyncio.get_running_loop()
+        stamps = []
+
+        async def one() -> None:
+            await throttle.wait()
+            stamps.append(loop.time())
+
+        # A busy machine: the loop is blocked from 5 ms to 35 ms, so the second
+        # send, due at 20 ms, goes through at about 35 ms.
+        loop.call_later(0.005, clock.sleep, 0.030)
+        await asyncio.gather(*(one() for _ in range(3)))
+        return sorted(stamps)
+
+    stamps = asyncio.run(run())
+    gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:])]
+    assert stamps[1] - stamps[0] >= 0.030  # it was held up
+    assert min(gaps) >= 0.02 * 0.95  # and the third still waited its 20 ms after it
+
+
 def test_a_channel_rate_limit_never_lets_sends_through_faster_than_configured():
     import asyncio
 

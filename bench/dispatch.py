@@ -22,7 +22,8 @@ from pathlib import Path
 import psycopg
 from kombu import Connection
 
-from bench.scheduler import ROOT, bench_settings, copy_notifications, fresh_database, seed_patients
+from bench.scheduler import ROOT, bench_settings, copy_notifications, seed_patients
+from tests.harness import fresh_pg_database
 from channels.fakes import FakeTwilio
 
 COUNT = int(os.environ.get("BENCH_DISPATCH", "1000"))
@@ -33,7 +34,7 @@ SID, TOKEN = "AC" + "0" * 32, "fake-twilio-token"
 def run_case(workers: int, fake: FakeTwilio) -> float:
     """Notifications sent per second by ``workers`` workers."""
     queue = f"adapter-bench-{uuid.uuid4().hex[:8]}"
-    with fresh_database() as url, tempfile.TemporaryDirectory() as tmp:
+    with fresh_pg_database("adapter_bench") as url, tempfile.TemporaryDirectory() as tmp:
         var_dir = Path(tmp)
         patients = seed_patients(bench_settings(url, var_dir))
         copy_notifications(url, patients, due=0, future=COUNT, prefix=queue)

@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import os
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
@@ -85,12 +87,21 @@ def new_control_id() -> str:
 
 
 def _ts(now: datetime | None) -> str:
-    now = now or datetime.now(timezone.utc)
+    if now is None:
+        return _now_ts(int(time.time()))
     if now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
     return now.strftime("%Y%m%d%H%M%S%z")
 
 
+@functools.lru_cache(maxsize=2)
+def _now_ts(second: int) -> str:
+    """MSH-7 of an ACK sent now: formatted once per second (thousands of ACKs a
+    second would each pay for ``strftime``)."""
+    return datetime.fromtimestamp(second, timezone.utc).strftime("%Y%m%d%H%M%S%z")
+
+
+@functools.lru_cache(maxsize=64)
 def _version_tuple(version: str) -> tuple[int, ...]:
     nums = re.findall(r"\d+", version)
     return tuple(int(n) for n in nums) or (2, 5)

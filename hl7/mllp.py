@@ -292,8 +292,10 @@ class MLLPServer:
         decoder = FrameDecoder(self.max_message_bytes)
         while not self._stopping:
             try:
-                data = await asyncio.wait_for(reader.read(self.read_size), self.idle_timeout)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: no task per read (~10% of an ACK's work).
+                async with asyncio.timeout(self.idle_timeout):
+                    data = await reader.read(self.read_size)
+            except TimeoutError:
                 return
             if not data:
                 return

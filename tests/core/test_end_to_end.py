@@ -66,7 +66,9 @@ def test_fhir_booking_confirms_at_once_and_schedules_reminders_that_follow_the_a
         items = notifications(officer)
         reminders = sorted(datetime.fromisoformat(i["scheduled_for"]) for i in items if i["kind"] == "reminder")
         assert reminders == [start - timedelta(hours=24), start - timedelta(hours=2)]
-        assert [i["status"] for i in items if i["kind"] == "booking_confirmation"] == ["sent"]
+        # Its outcome is recorded just after the send (in the outbox already).
+        wait_for(lambda: [i["status"] for i in notifications(officer) if i["kind"] == "booking_confirmation"]
+                 == ["sent"], timeout=5)
 
         moved = start + timedelta(days=1)
         assert ehr.put("/fhir/R4/Appointment/a1", json=appointment("a1", "p1", moved), headers=FHIR).status_code == 200

@@ -146,14 +146,17 @@ class FhirIntake:
         return {message_id: self.process(message_id) for message_id in sorted(ours)}
 
     def process_batch(self, message_ids: list[int], *, budget_s: float = 0.1,
-                      give_way: Callable[[], bool] = lambda: False, chunk: int = 16) -> int:
+                      give_way: Callable[[], bool] = lambda: False,
+                      quiet: Callable[[], bool] = lambda: True, chunk: int = 16) -> int:
         """Process recorded versions in one transaction, a chunk at a time (their
-        events applied together, each version all or nothing; one at a time while
-        ``give_way()`` says requests wait), until ``budget_s`` is spent or requests
-        wait; returns how many ids were handled."""
+        events applied together, each version all or nothing; ``chunk`` of them once
+        requests have been ``quiet()`` for a moment, one at a time otherwise: a
+        request waits for the transaction in progress), until ``budget_s`` is spent
+        or ``give_way()`` says requests wait; returns how many ids were handled."""
         return process_in_chunks(
             self.sessions, message_ids, self._process_chunk,
-            chunk_size=lambda: 1 if give_way() else chunk, give_way=give_way, budget_s=budget_s)
+            chunk_size=lambda: chunk if quiet() and not give_way() else 1, give_way=give_way,
+            budget_s=budget_s)
 
     def _process_chunk(self, session: Session, ids: list[int]) -> None:
         rows = session.scalars(
@@ -162,9 +165,11 @@ class FhirIntake:
         self._process_rows(session, list(rows), self.clock.now())
 
     def process_pending(self, *, wait_quiet: Callable[[], None] = lambda: None,
-                        give_way: Callable[[], bool] = lambda: False) -> int:
+                        give_way: Callable[[], bool] = lambda: False,
+                        quiet: Callable[[], bool] = lambda: True) -> int:
         """Process every recorded version not yet processed, oldest first."""
-        return process_all(self.pending_ids, lambda ids: self.process_batch(ids, give_way=give_way), wait_quiet)
+        return process_all(self.pending_ids,
+                           lambda ids: self.process_batch(ids, give_way=give_way, quiet=quiet), wait_quiet)
 
     def _process_rows(self, session: Session, rows: list[InboundMessage], now: datetime) -> None:
         """Derive each version's events (a version that is missing, superseded or

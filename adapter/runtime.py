@@ -33,12 +33,18 @@ def others_waiting(container: Container) -> bool:
     return not (container.intake.writer.waiting.idle.is_set() and container.fhir.in_flight.idle.is_set())
 
 
+def quiet_for(container: Container, seconds: float) -> bool:
+    """No HL7 message and no FHIR request has arrived for ``seconds``."""
+    return container.intake.writer.waiting.quiet_for(seconds) and container.fhir.in_flight.quiet_for(seconds)
+
+
 def process_stored(container: Container) -> int:
     """One round: stored HL7 messages, then stored FHIR versions, oldest first;
     requests waiting for their answer go first."""
     done = container.intake.process_pending()
     return done + container.fhir.process_pending(
-        wait_quiet=lambda: give_way(container), give_way=lambda: others_waiting(container))
+        wait_quiet=lambda: give_way(container), give_way=lambda: others_waiting(container),
+        quiet=lambda: quiet_for(container, 0.01))
 
 
 # How long sending waits for a burst of inbound messages to be mapped first: a

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from adapter.db import transaction
+from adapter.db import read_transaction, transaction
 from adapter.models import InboundMessage
 
 
 def stored_ids(sessions: sessionmaker[Session], source: str, limit: int = 500) -> list[int]:
-    """The oldest ``limit`` rows of ``source`` still waiting to be processed."""
-    with transaction(sessions) as session:
+    """The oldest ``limit`` rows of ``source`` still waiting to be processed (a read:
+    no write lock; whoever processes them locks and re-reads each)."""
+    with read_transaction(sessions) as session:
         return list(session.scalars(
             select(InboundMessage.id)
             .where(InboundMessage.source == source, InboundMessage.status == "stored")

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import select
+
 from adapter.db import transaction
+from adapter.models import InboundMessage
 from adapter.subject_rights import erase_patient, find_patient_id
 from tests.core.test_end_to_end import FHIR, appointment, notifications, patient
 from tests.harness import migrated_container, running_adapter, settings_for
@@ -146,3 +149,27 @@ def test_inline_processing_publishes_the_events_before_answering(tmp_path):
         # processed before the answer: no waiting
         assert kinds(adapter) == ["booking_confirmation", "follow_up", "reminder", "reminder"]
         assert [m["status"] for m in fhir_messages(adapter)] == ["processed", "processed"]
+
+
+def test_versions_are_processed_in_chunks_only_while_requests_are_quiet(tmp_path):
+    container = migrated_container(settings_for(tmp_path))
+    sizes: list[int] = []
+    process_chunk = container.fhir._process_chunk
+    container.fhir._process_chunk = lambda session, ids: (sizes.append(len(ids)), process_chunk(session, ids))[1]
+
+    def store(first: int) -> None:
+        with transaction(container.sessions) as session:
+            for n in range(first, first + 20):
+                container.fhir.service.write(session, patient(f"q{n}"))
+
+    store(0)
+    assert container.fhir.process_pending(quiet=lambda: False) == 20
+    assert sizes == [1] * 20  # a request arrived a moment ago: one at a time
+    sizes.clear()
+    store(20)
+    assert container.fhir.process_pending(quiet=lambda: True) == 20
+    assert sizes == [16, 4]
+    with transaction(container.sessions) as session:
+        statuses = set(session.scalars(select(InboundMessage.status).where(InboundMessage.source == "fhir")))
+    assert statuses == {"processed"}
+    container.engine.dispose()

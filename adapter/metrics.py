@@ -34,8 +34,8 @@ DISPATCH_OUTCOMES = Counter(
 
 
 class StoreCollector(Collector):
-    """Queue depth (inbound messages not yet processed), due and overdue
-    notifications, notifications by status."""
+    """Queue depth (inbound messages not yet processed) and the age of the oldest,
+    due and overdue notifications, notifications by status."""
 
     def __init__(self, sessions: sessionmaker[Session], now: Callable[[], datetime]) -> None:
         self.sessions = sessions
@@ -45,6 +45,8 @@ class StoreCollector(Collector):
         now = self.now()
         with read_transaction(self.sessions) as session:
             stored = session.scalar(select(func.count()).where(InboundMessage.status == "stored")) or 0
+            oldest = session.scalar(select(InboundMessage.received_at).where(InboundMessage.status == "stored")
+                                    .order_by(InboundMessage.id).limit(1))
             due = session.scalar(
                 select(func.count()).where(Notification.status == "scheduled", Notification.scheduled_for <= now)
             ) or 0
@@ -71,6 +73,13 @@ class StoreCollector(Collector):
             failed.add_metric([kind], count)
         yield failed
         yield GaugeMetricFamily("adapter_inbound_queue_depth", "Stored inbound messages not yet processed", value=stored)
+        # A backlog that drains is normal after a burst; one whose oldest message keeps
+        # ageing means processing has stopped or cannot keep up.
+        yield GaugeMetricFamily(
+            "adapter_inbound_oldest_waiting_seconds",
+            "Age of the oldest stored inbound message not yet processed (0 when none waits)",
+            value=max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
+        )
         yield GaugeMetricFamily("adapter_notifications_due", "Scheduled notifications whose time has come", value=due)
         yield GaugeMetricFamily("adapter_notifications_overdue", "Notifications due for more than five minutes", value=overdue)
         family = GaugeMetricFamily("adapter_notifications", "Notifications by status", labels=["status"])

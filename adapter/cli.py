@@ -80,7 +80,7 @@ def serve(
     from adapter.auth import create_token, has_tokens
     from adapter.db import transaction
     from adapter.logging_setup import configure
-    from adapter.runtime import serve as run
+    from adapter.runtime import freeze_start_up_objects, serve as run
 
     settings = get_settings()
     workers = workers or ("celery" if settings.broker_url else "embedded")
@@ -98,6 +98,7 @@ def serve(
             path.write_text(token + "\n")
             path.chmod(0o600)
             console.print(f"first start: admin token (shown once, also in {path}):\n  {token}")
+    freeze_start_up_objects()
     asyncio.run(
         run(
             container,
@@ -139,6 +140,9 @@ def worker(
         err.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from exc
     claim_loop = ClaimLoop(celery, _container(settings))
+    from adapter.runtime import freeze_start_up_objects
+
+    freeze_start_up_objects()  # before the pool forks: fewer pages copied, shorter collections
     signals.setup_logging.connect(lambda **_: None, weak=False)  # keep our JSON logs
     signals.worker_ready.connect(lambda **_: claim_loop.start(), weak=False)
     signals.worker_shutdown.connect(lambda **_: claim_loop.stop(), weak=False)

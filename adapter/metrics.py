@@ -3,10 +3,12 @@ personal data. Database-derived gauges are read at scrape time."""
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -28,6 +30,32 @@ ACK_LATENCY = Histogram(
     "adapter_ack_latency_seconds", "Time from a message read to its ACK", ["source"], registry=REGISTRY,
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+GC_PAUSES = Histogram(
+    "adapter_gc_pause_seconds", "Python garbage collection pauses by generation (every thread waits meanwhile)",
+    ["generation"], registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+FROZEN = Gauge(
+    "adapter_gc_frozen_objects", "Objects made at start-up that garbage collection no longer scans",
+    registry=REGISTRY,
+)
+FROZEN.set_function(gc.get_freeze_count)
+_gc_started: list[float] = []
+
+
+def _time_gc(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started[:] = [time.perf_counter()]
+    elif _gc_started:
+        GC_PAUSES.labels(str(info["generation"])).observe(time.perf_counter() - _gc_started[0])
+
+
+def watch_gc() -> None:
+    """Time every garbage collection of this process (idempotent)."""
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
+
+
 DISPATCH_OUTCOMES = Counter(
     "adapter_dispatch_total", "Send attempts by channel and outcome", ["channel", "outcome"], registry=REGISTRY,
 )

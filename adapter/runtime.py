@@ -4,6 +4,7 @@ processor and the in-process dispatcher, sharing one event loop."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import threading
 import logging
@@ -14,6 +15,7 @@ import uvicorn
 from adapter.bootstrap import Container
 from adapter.dispatch import run_forever
 from adapter.housekeeping import run_housekeeping_forever
+from adapter.metrics import watch_gc
 from adapter.web import create_app
 from adapter.webhooks import run_way_back_forever
 from hl7.mllp import MLLPServer, server_ssl_context
@@ -45,6 +47,18 @@ def process_stored(container: Container) -> int:
     return done + container.fhir.process_pending(
         wait_quiet=lambda: give_way(container), give_way=lambda: others_waiting(container),
         quiet=lambda: quiet_for(container, 0.01))
+
+
+def freeze_start_up_objects() -> None:
+    """Collect once, then leave everything made so far (modules, models, schemas,
+    the container: long-lived anyway) out of later garbage collections. A full
+    collection of a started `serve` scanned all of it and stopped every thread for
+    80-100 ms, an ACK's whole p99.9; frozen, it takes 7-9 ms. Also times every
+    collection (``adapter_gc_pause_seconds``). For the process that serves, not for
+    a test process that starts many."""
+    watch_gc()
+    gc.collect()
+    gc.freeze()
 
 
 # How long sending waits for a burst of inbound messages to be mapped first: a

@@ -1,0 +1,57 @@
+"""`python -m adapter serve` as a process, the way operators start it: start-up
+objects are left out of garbage collection and every collection is timed."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from prometheus_client import parser
+
+from tests.harness import adapter_env_vars
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_freezes_its_start_up_objects_and_times_garbage_collections(tmp_path):
+    http_port, mllp_port = _free_port(), _free_port()
+    env = {**os.environ, **adapter_env_vars(tmp_path), "ADAPTER_HTTP_HOST": "127.0.0.1", "ADAPTER_MLLP_HOST": "127.0.0.1"}
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "adapter", "serve", "--http-port", str(http_port),
+                             "--mllp-port", str(mllp_port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                response = httpx.get(f"http://127.0.0.1:{http_port}/health/live", timeout=1)
+                if response.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+        token = (tmp_path / "admin-token").read_text().strip()
+        with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", headers={"Authorization": f"Bearer {token}"}) as client:
+            for _ in range(50):  # some work, some garbage
+                client.get("/api/messages")
+            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for family in parser.text_string_to_metric_families(client.get("/metrics").text)
+                       for s in family.samples}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    assert samples[("adapter_gc_frozen_objects", ())] > 10_000
+    assert samples[("adapter_gc_pause_seconds_count", (("generation", "0"),))] > 0

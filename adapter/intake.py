@@ -268,7 +268,7 @@ class HL7Intake:
                 return rows[0].status
             return self._process_rows(session, rows, self.clock.now()).get(message_id, rows[0].status)
 
-    def process_batch(self, message_ids: list[int], *, budget_s: float = 0.1, chunk: int = 64) -> int:
+    def process_batch(self, message_ids: list[int], *, budget_s: float = 0.1, chunk: int = 32) -> int:
         """Process stored messages in one transaction, a chunk at a time (read and
         locked together, their events applied together by ``Pipeline.handle_many``,
         each message all or nothing), until ``budget_s`` is spent or a message

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,6 +120,17 @@ def _write_lock(path: str) -> FairLock:
         return _WRITE_LOCKS.setdefault(str(Path(path).resolve()) if path != ":memory:" else path, FairLock())
 
 
+def _begin_immediate(lock: FairLock, execute: Callable[[str], Any], *, priority: bool = False) -> None:
+    """Take this process's write lock, then SQLite's: IMMEDIATE takes it up front,
+    so claims and upserts never deadlock on a lock upgrade between two processes."""
+    lock.acquire(priority=priority)
+    try:
+        execute("BEGIN IMMEDIATE")
+    except BaseException:
+        lock.release()
+        raise
+
+
 def make_engine(url: str) -> Engine:
     """Create an engine; for SQLite, make the directory, and turn on WAL with
     synchronous=FULL so that a commit is durable before we acknowledge."""
@@ -147,14 +158,7 @@ def make_engine(url: str) -> Engine:
                 # WAL: a reader sees the last commit and never waits for the writer.
                 conn.exec_driver_sql("BEGIN")
                 return
-            # IMMEDIATE takes the write lock up front: claims and upserts never
-            # deadlock on a lock upgrade between two processes.
-            lock.acquire()
-            try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            except BaseException:
-                lock.release()
-                raise
+            _begin_immediate(lock, conn.exec_driver_sql)
             conn.info[_HOLDS_LOCK] = True
 
         @event.listens_for(engine, "commit")
@@ -202,12 +206,7 @@ def raw_transaction(engine: Engine, *, priority: bool = False) -> Iterator[Any]:
     try:
         cursor = connection.cursor()
         if lock is not None:
-            lock.acquire(priority=priority)
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
-            except BaseException:
-                lock.release()
-                raise
+            _begin_immediate(lock, cursor.execute, priority=priority)
         try:
             yield cursor
         except BaseException:

@@ -155,8 +155,7 @@ class FhirIntake:
         or ``give_way()`` says requests wait; returns how many ids were handled."""
         return process_in_chunks(
             self.sessions, message_ids, self._process_chunk,
-            chunk_size=lambda: chunk if quiet() and not give_way() else 1, give_way=give_way,
-            budget_s=budget_s)
+            chunk_size=lambda: chunk if quiet() else 1, give_way=give_way, budget_s=budget_s)
 
     def _process_chunk(self, session: Session, ids: list[int]) -> None:
         rows = session.scalars(

@@ -18,6 +18,7 @@ from compliance.crypto import Vault
 from fhir.routes import build_router
 from fhir.service import FhirService
 from fhir.settings import FhirSettings
+from fhir.validation_pool import ValidationPool, default_processes
 
 if TYPE_CHECKING:
     from adapter.bootstrap import Container
@@ -54,8 +55,10 @@ def build_fhir_intake(settings: Settings, *, sessions: sessionmaker[Session], va
     def publish(session: Session, events: list[AnyEvent]) -> None:
         pipeline.handle(session, events, now=clock.now())
 
+    processes = settings.fhir_validation_processes
     service = FhirService(publish=publish, codec=SessionVaultCodec(vault), clock=clock.now,
-                          settings=fhir_settings(settings, vault))
+                          settings=fhir_settings(settings, vault),
+                          validator=ValidationPool(default_processes() if processes is None else processes))
     def publish_many(session: Session, batches: list[list[AnyEvent]]) -> list[Exception | None]:
         outcomes = pipeline.handle_many(session, batches, now=clock.now())
         return [outcome if isinstance(outcome, Exception) else None for outcome in outcomes]

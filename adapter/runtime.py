@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import sys
 import threading
-import logging
 from collections.abc import Callable
 
 import uvicorn
@@ -144,6 +144,7 @@ async def serve(
         ssl_context=ssl_context,
     )
     await mllp.start()
+    container.fhir.service.validator.start()
     app = create_app(container)
     config = uvicorn.Config(
         app, host=settings.http_host, port=http_port, log_level="warning", access_log=False, lifespan="off"
@@ -167,6 +168,7 @@ async def serve(
     finally:
         await mllp.stop(grace=5.0)
         await container.intake.writer.stop()
+        await asyncio.to_thread(container.fhir.service.validator.close)
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(process_stored, container)

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # (adapter/fhir_intake.py); "inline" publishes them before answering, so the
     # pipeline's refusal is a 422 and nothing is stored.
     fhir_processing: Literal["background", "inline"] = "background"
+    # Helper processes that validate the resources of large Bundles beside the
+    # serving process (fhir/validation_pool.py): empty for one per core beyond the
+    # first (at most 4), 0 to validate in the serving process.
+    fhir_validation_processes: int | None = None
 
     config_dir: Path = CONFIG_DIR
     var_dir: Path = ROOT / "var"

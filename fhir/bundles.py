@@ -20,7 +20,7 @@ from fhir import store
 from fhir.errors import FhirError, Issue, invalid
 from fhir.outcome import operation_outcome
 from fhir.service import FhirService, StoredVersion, WriteResult, instant, new_id
-from fhir.validate import SUPPORTED_TYPES, parse_data
+from fhir.validate import SUPPORTED_TYPES
 
 # FHIR R4 §3.1.0.11.2: DELETE, POST, PUT/PATCH, GET; Patients first among writes so
 # that an Appointment in the same Bundle resolves its patient.
@@ -72,8 +72,11 @@ def run_transaction(service: FhirService, session: Session, entries: list[Entry]
     ordered = sorted(entries, key=_order)
     # Everything that needs no database first (validation, urn:uuid resolution),
     # so that the write transaction, SQLite's one writer, is short.
-    prepared = [_in_entry(entry, _prepare, entry, _resolve(entry.resource, ids))
-                for entry in ordered]
+    checked = _prepare_all(service, [(entry, _resolve(entry.resource, ids)) for entry in ordered])
+    refused = next((p for p in checked if isinstance(p, FhirError)), None)
+    if refused is not None:
+        raise refused
+    prepared = [p for p in checked if isinstance(p, _Prepared)]
     with store.staged_inserts(session):
         moved = _conditional_creates(service, session, prepared, ids)
         if moved:  # a urn:uuid names an existing resource: references follow it
@@ -91,11 +94,12 @@ def run_batch(service: FhirService, session: Session, entries: list[Entry],
               link: Callable[[StoredVersion], str], sender: str | None) -> dict[str, Any]:
     answers: dict[int, dict[str, Any]] = {}
     prepared: list[_Prepared] = []
-    for entry in sorted(entries, key=_order):
-        try:
-            prepared.append(_in_entry(entry, _prepare, entry, entry.resource))
-        except FhirError as error:
-            answers[entry.index] = _refused(error)
+    ordered = sorted(entries, key=_order)
+    for entry, checked in zip(ordered, _prepare_all(service, [(e, e.resource) for e in ordered])):
+        if isinstance(checked, FhirError):
+            answers[entry.index] = _refused(checked)
+        else:
+            prepared.append(checked)
     for p in prepared:
         try:
             with session.begin_nested():
@@ -189,7 +193,33 @@ class _Prepared:
     resource: dict[str, Any] | None  # validated (None for a GET)
 
 
-def _prepare(entry: Entry, resource: dict[str, Any] | None) -> _Prepared:
+def _prepare_all(service: FhirService, pairs: list[tuple[Entry, dict[str, Any] | None]]
+                 ) -> list[_Prepared | FhirError]:
+    """Each entry (with its resource, references resolved) checked and
+    validated, or the error that refuses it, pointing into the entry. The
+    resources are validated together (in helper processes for a large Bundle,
+    :mod:`fhir.validation_pool`); the checks before and after validation are
+    those of :func:`_target` and :func:`_check_write`, in that order per entry."""
+    out: list[_Prepared | FhirError] = []
+    for entry, resource in pairs:
+        try:
+            out.append(_in_entry(entry, _target, entry, resource))
+        except FhirError as error:
+            out.append(error)
+    writes = [(i, p) for i, p in enumerate(out) if isinstance(p, _Prepared) and p.resource]
+    found = service.validator.validate([p.resource for _, p in writes if p.resource])
+    for (i, prepared), error in zip(writes, found):
+        try:
+            if error is not None:
+                raise error
+            _check_write(prepared)
+        except FhirError as refused:
+            out[i] = refused.within_entry(prepared.entry.path, _type_of(prepared.entry))
+    return out
+
+
+def _target(entry: Entry, resource: dict[str, Any] | None) -> _Prepared:
+    """The entry's url and resource type checked; the resource not yet validated."""
     parts = urlsplit(entry.url)
     path = [unquote(p) for p in parts.path.strip("/").split("/") if p]
     if not path or path[0] not in SUPPORTED_TYPES:
@@ -205,17 +235,23 @@ def _prepare(entry: Entry, resource: dict[str, Any] | None) -> _Prepared:
     if resource.get("resourceType") != kind:
         raise invalid(f"The entry's resource is a {resource.get('resourceType')}, its url a "
                       f"{kind}", f"{entry.path}.request.url")
-    parsed = parse_data(resource)
+    return _Prepared(entry, kind, path, parts.query, resource)
+
+
+def _check_write(prepared: _Prepared) -> None:
+    """A validated POST or PUT entry's url against its resource."""
+    entry, path, parsed, query = prepared.entry, prepared.path, prepared.resource, prepared.query
+    assert parsed is not None
+    kind = path[0]
     if entry.method == "POST" and len(path) != 1:
         raise invalid("A POST entry's url is the resource type", f"{entry.path}.request.url")
     if entry.method == "PUT":
         if len(path) == 2 and parsed.get("id") not in (None, path[1]):
             raise invalid(f"The resource id {parsed.get('id')!r} differs from the url's "
                           f"{path[1]!r}", f"{kind}.id")
-        if len(path) != 2 and not parts.query:
+        if len(path) != 2 and not query:
             raise invalid("A PUT entry's url is Type/id or Type?identifier=...",
                           f"{entry.path}.request.url")
-    return _Prepared(entry, kind, path, parts.query, parsed)
 
 
 def _apply(service: FhirService, session: Session, prepared: _Prepared, ids: dict[str, str],

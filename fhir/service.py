@@ -27,6 +27,7 @@ from fhir.errors import FhirError, Issue, invalid, not_found, precondition_faile
 from fhir.mapping import events_for, parse_instant, patient_details
 from fhir.settings import FhirSettings
 from fhir.store import RecordCodec, StoredVersion
+from fhir.validation_pool import ValidationPool
 from fhir.validate import resource_patient_id
 
 log = logging.getLogger(__name__)
@@ -86,13 +87,15 @@ class FhirService:
     """``accept`` None: a write publishes its events in its own transaction, and
     the core refusing them refuses the write. Set: a write records the stored
     version through ``accept`` and answers; the caller publishes it later with
-    :meth:`publish_version` (adapter/fhir_intake.py)."""
+    :meth:`publish_version` (adapter/fhir_intake.py). ``validator`` validates
+    the resources of a Bundle together, in helper processes when it has them."""
 
     publish: Publish
     codec: RecordCodec
     clock: Callable[[], datetime]
     settings: FhirSettings = field(default_factory=FhirSettings)
     accept: Accept | None = None
+    validator: ValidationPool = field(default_factory=ValidationPool)
 
     # -- reads ---------------------------------------------------------------
     def read(self, session: Session, resource_type: str, resource_id: str) -> StoredVersion:

@@ -88,6 +88,29 @@ def parse_data(data: dict[str, Any], *, expected_type: str | None = None) -> dic
     return data
 
 
+Verdict = tuple[int, list[Issue]] | None
+
+
+def verdicts(resources: list[dict[str, Any]]) -> list[Verdict]:
+    """:func:`parse_data` for each resource: None when it is valid, else the
+    status and issues it would raise. Plain values, so that the answer can come
+    back from another process (:mod:`fhir.validation_pool`).
+
+    >>> [v and (v[0], v[1][0].expression) for v in verdicts(
+    ...     [{"resourceType": "Patient"}, {"resourceType": "Patient", "gender": "f"}])]
+    [None, (400, 'Patient.gender')]
+    """
+    out: list[Verdict] = []
+    for resource in resources:
+        try:
+            parse_data(resource)
+        except FhirError as exc:
+            out.append((exc.status, exc.issues))
+        else:
+            out.append(None)
+    return out
+
+
 def _structure_issues(resource_type: str, exc: ValidationError) -> Iterator[Issue]:
     for error in exc.errors():
         path = element_path(resource_type, error["loc"])

@@ -70,6 +70,9 @@ def settings_for(tmp_path: Path, database_url: str | None = None, **overrides: o
             "sending_window_start": time(0, 0),
             "sending_window_end": time(0, 0),
             "send_on_holidays": True,
+            # Bundles are validated in the test's process; helper processes are
+            # tested on their own (tests/fhir/test_validation_pool.py) and by serve.
+            "fhir_validation_processes": 0,
             **overrides,
         },
     )

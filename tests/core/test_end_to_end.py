@@ -4,6 +4,7 @@ HL7 over a real MLLP socket, real databases, the sandbox channel."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -258,3 +259,34 @@ def test_a_silent_fhir_subscription_raises_an_alert_in_readiness_metrics_and_con
         console = httpx.Client(base_url=adapter.base_url, cookies={"adapter_console_token": adapter.tokens["officer"]})
         page = console.get("/ui/")
         assert page.status_code == 200 and "Subscription/s1" in page.text
+
+
+def test_a_large_bundle_is_validated_in_a_helper_process_with_the_same_answers(tmp_path):
+    start = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+
+    def bundle(patients: int) -> dict:
+        entry = []
+        for i in range(patients):
+            ref = f"urn:uuid:00000000-0000-4000-8000-{i:012d}"
+            entry.append({"fullUrl": ref, "resource": {k: v for k, v in patient("x", phone=f"+3933312345{i:02d}").items() if k != "id"},
+                          "request": {"method": "POST", "url": "Patient"}})
+            entry.append({"resource": {**{k: v for k, v in appointment("x", "x", start + timedelta(hours=i)).items() if k != "id"},
+                                       "participant": [{"actor": {"reference": ref}, "status": "accepted"}]},
+                          "request": {"method": "POST", "url": "Appointment"}})
+        return {"resourceType": "Bundle", "type": "transaction", "entry": entry}
+
+    with running_adapter(settings_for(tmp_path, fhir_validation_processes=1)) as adapter:
+        ehr = adapter.client("ehr")
+        bad = bundle(6)
+        bad["entry"][7]["resource"]["status"] = "bogus"
+        refused = ehr.post("/fhir/R4", json=bad, headers=FHIR)
+        assert refused.status_code == 400, refused.text
+        assert [i["expression"] for i in refused.json()["issue"]] == [["Bundle.entry[7].resource.status"]]
+        helpers = adapter.container.fhir.service.validator.helper_pids()
+        assert len(helpers) == 1 and helpers[0] != os.getpid()
+        accepted = ehr.post("/fhir/R4", json=bundle(6), headers=FHIR)
+        assert accepted.status_code == 200, accepted.text
+        adapter.fhir_processed()
+        reminders = [i for i in notifications(adapter.client("officer")) if i["kind"] == "reminder"]
+        assert len(reminders) == 12  # two for each of the six appointments; none for the refused Bundle
+    assert adapter.container.fhir.service.validator.helper_pids() == []  # stopped with serve

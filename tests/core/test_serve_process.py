@@ -1,5 +1,6 @@
 """`python -m adapter serve` as a process, the way operators start it: start-up
-objects are left out of garbage collection and every collection is timed."""
+objects are left out of garbage collection and every collection is timed; the
+helper processes that validate Bundles start and stop with it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 from prometheus_client import parser
 
+from fhir.validation_pool import default_processes
 from tests.harness import adapter_env_vars
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +26,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_freezes_its_start_up_objects_and_times_garbage_collections(tmp_path):
+def _helpers(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children
+            if "spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace")]
+
+
+def _gone(pid: int, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not Path(f"/proc/{pid}").exists()
+
+
+def _wait_for_helpers(pid: int, expected: int) -> list[int]:
+    deadline = time.monotonic() + 20
+    while len(found := _helpers(pid)) < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
+def test_serve_freezes_start_up_objects_times_collections_and_runs_validation_helpers(tmp_path):
     http_port, mllp_port = _free_port(), _free_port()
     env = {**os.environ, **adapter_env_vars(tmp_path), "ADAPTER_HTTP_HOST": "127.0.0.1", "ADAPTER_MLLP_HOST": "127.0.0.1"}
     log = (tmp_path / "serve.log").open("wb")
@@ -49,9 +71,14 @@ def test_serve_freezes_its_start_up_objects_and_times_garbage_collections(tmp_pa
             samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                        for family in parser.text_string_to_metric_families(client.get("/metrics").text)
                        for s in family.samples}
+        helpers = _wait_for_helpers(proc.pid, default_processes())
     finally:
         proc.terminate()
         proc.wait(30)
         log.close()
+    # Bundle validation helpers: one per core beyond the first, started with serve,
+    # gone when it is.
+    assert len(helpers) == default_processes()
+    assert all(_gone(pid) for pid in helpers)
     assert samples[("adapter_gc_frozen_objects", ())] > 10_000
     assert samples[("adapter_gc_pause_seconds_count", (("generation", "0"),))] > 0

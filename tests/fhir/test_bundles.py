@@ -2,8 +2,31 @@
 
 from __future__ import annotations
 
-from tests.fhir.conftest import sample
+from collections.abc import Iterator
+
+import pytest
+
+from fhir.validation_pool import ValidationPool
+from tests.fhir.conftest import Adapter, sample
 from tests.fhir.test_rest import booked, create_patient, issue
+
+
+@pytest.fixture(scope="module")
+def helper_pool() -> Iterator[ValidationPool]:
+    pool = ValidationPool(1, min_resources=1)
+    pool.start()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(params=["validated in the request's thread", "validated in a helper process"])
+def adapter(request, make_adapter) -> Adapter:
+    """Every Bundle test runs twice: its resources validated where the request
+    runs, and in a helper process (as ``serve`` does on more than one core)."""
+    made = make_adapter()
+    if request.param.endswith("helper process"):
+        made.service.validator = request.getfixturevalue("helper_pool")
+    return made
 
 
 def test_a_transaction_with_patient_and_appointment_by_urn_uuid_creates_both_and_publishes(

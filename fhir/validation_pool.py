@@ -1,0 +1,133 @@
+"""Validation of a Bundle's resources in helper processes.
+
+fhir.resources validates about 5,000 resources a second on one core here
+(0.2 ms each, pydantic plus fhir.resources' Python validators), and holds
+the GIL all that time: a 100-entry Bundle is 19 ms during which the serving
+process's event loop (HL7 ACKs, other requests) and its writers barely run. From
+``min_resources`` on, the resources are sent to helper processes instead (the
+pickled resources cost well under a millisecond), so validation runs on another
+core while this process goes on writing. Fewer resources are validated in the
+calling thread, which is cheaper than the round trip.
+
+The helpers are started with ``spawn`` (forking a process that runs threads is
+unsafe), hold no database connection and no key, and exit by themselves when
+the process that started them is gone. A helper that dies is replaced; the
+Bundle it was validating is validated in the calling thread meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from fhir.errors import FhirError
+from fhir.validate import Verdict, verdicts
+
+log = logging.getLogger(__name__)
+
+MIN_RESOURCES = 8  # below this, the round trip costs more than validating here
+_WATCH_PARENT_S = 0.5
+
+
+def default_processes() -> int:
+    """One helper per core beyond the first, at most four; none on one core."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+class ValidationPool:
+    """``validate(resources)``: for each resource, None or the :class:`FhirError`
+    :func:`fhir.validate.parse_data` raises for it, in order. ``processes`` 0
+    validates in the calling thread. Thread-safe; helpers start on
+    :meth:`start` or on the first large Bundle, and stop on :meth:`close`."""
+
+    def __init__(self, processes: int = 0, *, min_resources: int = MIN_RESOURCES) -> None:
+        self.processes = processes
+        self.min_resources = min_resources
+        self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def validate(self, resources: list[dict[str, Any]]) -> list[FhirError | None]:
+        if self.processes <= 0 or len(resources) < self.min_resources:
+            return _errors(verdicts(resources))
+        executor = self._running()
+        try:
+            futures = [executor.submit(verdicts, part) for part in _split(resources, self.processes)]
+            found = [verdict for future in futures for verdict in future.result()]
+        except BrokenProcessPool:
+            log.warning("a FHIR validation helper process stopped; starting a new one "
+                        "(this Bundle is validated in the serving process)")
+            self._replace(executor)
+            return _errors(verdicts(resources))
+        return _errors(found)
+
+    def start(self) -> None:
+        """Start the helpers now and have them import the models, so that the
+        first Bundle does not wait for that (about a second)."""
+        if self.processes > 0:
+            executor = self._running()
+            for _ in range(self.processes):
+                executor.submit(verdicts, [{"resourceType": "Patient"}])
+
+    def close(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def helper_pids(self) -> list[int]:
+        """The helpers' process ids (for health and tests)."""
+        executor = self._executor
+        processes = getattr(executor, "_processes", None) or {}
+        return sorted(processes)
+
+    def _running(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_exit_with_parent, initargs=(os.getpid(),))
+            return self._executor
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._executor is broken:
+                self._executor = None
+        broken.shutdown(wait=False, cancel_futures=True)
+
+
+def _split(items: list[Any], parts: int) -> list[list[Any]]:
+    """``items`` in at most ``parts`` consecutive runs of nearly equal length.
+
+    >>> [len(p) for p in _split(list(range(10)), 3)]
+    [4, 3, 3]
+    """
+    size, extra = divmod(len(items), parts)
+    runs, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        if end > start:
+            runs.append(items[start:end])
+        start = end
+    return runs
+
+
+def _errors(found: list[Verdict]) -> list[FhirError | None]:
+    return [None if verdict is None else FhirError(*verdict) for verdict in found]
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Helper initializer: leave when the serving process is gone (killed with
+    SIGKILL it cannot tell its helpers, and they would wait forever)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_WATCH_PARENT_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()

@@ -4,11 +4,13 @@ processor and the in-process dispatcher, sharing one event loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -96,6 +98,17 @@ def before_sending(container: Container, drained: threading.Event) -> None:
     drained.wait(SENDING_DEFERS_TO_MAPPING_S)
 
 
+class _HttpServer(uvicorn.Server):
+    """uvicorn's server without its own signal handling: :func:`serve` handles
+    SIGINT and SIGTERM. uvicorn raises the signal again once HTTP has stopped,
+    which ends the process before the MLLP listener, the intake and the helper
+    processes are stopped."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve(
     container: Container,
     *,
@@ -149,7 +162,12 @@ async def serve(
     config = uvicorn.Config(
         app, host=settings.http_host, port=http_port, log_level="warning", access_log=False, lifespan="off"
     )
-    server = uvicorn.Server(config)
+    server = _HttpServer(config)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (systemd, docker stop) and Ctrl-C stop HTTP, then run the graceful
+        # stop below; a second Ctrl-C stops without waiting for open HTTP requests.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, server.handle_exit, signum, None)
 
     async def announce() -> None:
         while not server.started:

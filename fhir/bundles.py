@@ -174,11 +174,27 @@ def _assign_ids(entries: list[Entry]) -> dict[str, str]:
 
 
 def _resolve(value: Any, ids: dict[str, str]) -> Any:
+    """Every ``reference`` naming a key of ``ids`` (a fullUrl, ``urn:uuid:...``)
+    made its ``Type/id``, in place: ``value`` is the request's own JSON, decoded
+    for this request alone. Returns ``value``.
+
+    >>> _resolve({"subject": {"reference": "urn:uuid:1"}, "basedOn": [{"reference": "X/2"}]},
+    ...          {"urn:uuid:1": "Patient/p1"})
+    {'subject': {'reference': 'Patient/p1'}, 'basedOn': [{'reference': 'X/2'}]}
+    """
+    if not ids:
+        return value
     if isinstance(value, dict):
-        return {k: (ids.get(v, v) if k == "reference" and isinstance(v, str) else _resolve(v, ids))
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve(v, ids) for v in value]
+        for key, item in value.items():
+            if key == "reference" and isinstance(item, str):
+                if item in ids:
+                    value[key] = ids[item]
+            elif isinstance(item, (dict, list)):
+                _resolve(item, ids)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, (dict, list)):
+                _resolve(item, ids)
     return value
 
 

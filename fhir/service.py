@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import unquote
 
@@ -53,6 +54,7 @@ class WriteResult:
         return 201 if self.outcome == "created" else 200
 
 
+@lru_cache(maxsize=1024)  # a version's time is written into it, then into its answer
 def instant(moment: datetime) -> str:
     """A FHIR instant in UTC with milliseconds.
 

@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -210,7 +211,14 @@ ANY_SYSTEM = "*"
 def identifier_token(key: bytes, system: str, value: str) -> str:
     """Blind index of ``system|value`` (HMAC-SHA256): equal identifiers match,
     the table reveals none."""
-    return hmac.new(key, f"{system}|{value}".encode(), hashlib.sha256).hexdigest()
+    keyed = _keyed(key).copy()  # the key's set-up done once, not per identifier
+    keyed.update(f"{system}|{value}".encode())
+    return keyed.hexdigest()
+
+
+@lru_cache(maxsize=8)
+def _keyed(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def index_identifiers(session: Session, key: bytes, resource: dict[str, Any], *,

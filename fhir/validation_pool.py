@@ -11,8 +11,9 @@ calling thread, which is cheaper than the round trip.
 
 The helpers are started with ``spawn`` (forking a process that runs threads is
 unsafe), hold no database connection and no key, and exit by themselves when
-the process that started them is gone. A helper that dies is replaced; the
-Bundle it was validating is validated in the calling thread meanwhile.
+the process that started them is gone. When a helper dies, Bundles are validated
+in the calling thread (the one it was validating too) and new helpers start
+``restart_after_s`` later.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from fhir.validate import Verdict, verdicts
 log = logging.getLogger(__name__)
 
 MIN_RESOURCES = 8  # below this, the round trip costs more than validating here
+RESTART_AFTER_S = 10.0  # after a helper died
 _WATCH_PARENT_S = 0.5
 
 
@@ -46,22 +48,26 @@ class ValidationPool:
     validates in the calling thread. Thread-safe; helpers start on
     :meth:`start` or on the first large Bundle, and stop on :meth:`close`."""
 
-    def __init__(self, processes: int = 0, *, min_resources: int = MIN_RESOURCES) -> None:
+    def __init__(self, processes: int = 0, *, min_resources: int = MIN_RESOURCES,
+                 restart_after_s: float = RESTART_AFTER_S) -> None:
         self.processes = processes
         self.min_resources = min_resources
+        self.restart_after_s = restart_after_s
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._restart_at = 0.0  # time.monotonic() before which helpers are not started again
 
     def validate(self, resources: list[dict[str, Any]]) -> list[FhirError | None]:
-        if self.processes <= 0 or len(resources) < self.min_resources:
+        if (self.processes <= 0 or len(resources) < self.min_resources
+                or (self._executor is None and time.monotonic() < self._restart_at)):
             return _errors(verdicts(resources))
         executor = self._running()
         try:
             futures = [executor.submit(verdicts, part) for part in _split(resources, self.processes)]
             found = [verdict for future in futures for verdict in future.result()]
         except BrokenProcessPool:
-            log.warning("a FHIR validation helper process stopped; starting a new one "
-                        "(this Bundle is validated in the serving process)")
+            log.warning("a FHIR validation helper process stopped; Bundles are validated in "
+                        "the serving process until a new one starts (in %g s)", self.restart_after_s)
             self._replace(executor)
             return _errors(verdicts(resources))
         return _errors(found)
@@ -95,9 +101,12 @@ class ValidationPool:
             return self._executor
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """Drop a broken pool; a new one starts after ``restart_after_s`` (a helper
+        that cannot start at all must not cost every Bundle a failed start)."""
         with self._lock:
             if self._executor is broken:
                 self._executor = None
+                self._restart_at = time.monotonic() + self.restart_after_s
         broken.shutdown(wait=False, cancel_futures=True)
 
 

@@ -89,17 +89,25 @@ def test_two_helpers_share_a_bundle_and_keep_its_order():
         pool.close()
 
 
-def test_a_killed_helper_is_replaced_and_nothing_is_answered_wrongly(pool):
-    resources = _resources()
-    pool.validate(resources)
-    [helper] = pool.helper_pids()
-    os.kill(helper, signal.SIGKILL)
-    assert _wait_gone(helper)
-    # The Bundle during which the helper is found dead is validated here instead.
-    assert _plain(pool.validate(resources)) == verdicts(resources)
-    assert _plain(pool.validate(resources)) == verdicts(resources)
-    [replacement] = pool.helper_pids()
-    assert replacement != helper
+def test_a_killed_helper_is_replaced_later_and_nothing_is_answered_wrongly():
+    pool = ValidationPool(1, min_resources=2, restart_after_s=1.0)
+    try:
+        resources = _resources()
+        pool.validate(resources)
+        [helper] = pool.helper_pids()
+        os.kill(helper, signal.SIGKILL)
+        assert _wait_gone(helper)
+        # The Bundle during which the helper is found dead is validated here instead,
+        # and so are those that follow, until the restart delay has passed.
+        assert _plain(pool.validate(resources)) == verdicts(resources)
+        assert _plain(pool.validate(resources)) == verdicts(resources)
+        assert pool.helper_pids() == []
+        time.sleep(1.0)
+        assert _plain(pool.validate(resources)) == verdicts(resources)
+        [replacement] = pool.helper_pids()
+        assert replacement != helper
+    finally:
+        pool.close()
 
 
 def test_close_stops_the_helpers(pool):

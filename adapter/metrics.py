@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,6 +18,7 @@ from adapter.db import read_transaction
 from adapter.models import ApplicationAck, InboundMessage, Notification
 from adapter.reply_models import Writeback
 from fhir.subscriptions import silent_subscriptions
+from fhir.validation_pool import ValidationPool
 
 REGISTRY = CollectorRegistry()
 _FIVE_MINUTES = timedelta(minutes=5)
@@ -59,6 +60,22 @@ def watch_gc() -> None:
 DISPATCH_OUTCOMES = Counter(
     "adapter_dispatch_total", "Send attempts by channel and outcome", ["channel", "outcome"], registry=REGISTRY,
 )
+
+
+class ValidationHelpersCollector(Collector):
+    """The helper processes that validate large FHIR Bundles (fhir/validation_pool.py):
+    how many run, and how many were found dead (Bundles are then validated in the
+    serving process for a while, more slowly)."""
+
+    def __init__(self, pool: ValidationPool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily("adapter_fhir_validation_helpers",
+                                f"Helper processes validating large FHIR Bundles ({self.pool.processes} configured)",
+                                value=len(self.pool.helper_pids()))
+        yield CounterMetricFamily("adapter_fhir_validation_helper_failures",
+                                  "FHIR validation helper processes found dead", value=self.pool.failures)
 
 
 class StoreCollector(Collector):

@@ -18,7 +18,7 @@ from adapter.auth_limits import AuthFailureLimiter
 from adapter.bootstrap import Container
 from adapter.db import read_transaction, transaction
 from adapter.fhir_wiring import fhir_router
-from adapter.metrics import REGISTRY, StoreCollector
+from adapter.metrics import REGISTRY, StoreCollector, ValidationHelpersCollector
 from adapter.models import InboundMessage, Notification
 from fhir.subscriptions import silent_subscriptions
 
@@ -196,6 +196,7 @@ def metrics_router(container: Container) -> APIRouter:
     router = APIRouter(tags=["health"])
     store = CollectorRegistry()
     store.register(StoreCollector(container.sessions, container.clock.now))
+    store.register(ValidationHelpersCollector(container.fhir.service.validator))
 
     @router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require(container, "officer"))])
     def metrics() -> Response:

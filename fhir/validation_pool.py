@@ -56,6 +56,7 @@ class ValidationPool:
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self._restart_at = 0.0  # time.monotonic() before which helpers are not started again
+        self.failures = 0  # helpers found dead (a metric)
 
     def validate(self, resources: list[dict[str, Any]]) -> list[FhirError | None]:
         if (self.processes <= 0 or len(resources) < self.min_resources
@@ -66,6 +67,7 @@ class ValidationPool:
             futures = [executor.submit(verdicts, part) for part in _split(resources, self.processes)]
             found = [verdict for future in futures for verdict in future.result()]
         except BrokenProcessPool:
+            self.failures += 1
             log.warning("a FHIR validation helper process stopped; Bundles are validated in "
                         "the serving process until a new one starts (in %g s)", self.restart_after_s)
             self._replace(executor)

@@ -58,13 +58,13 @@ def test_serve_freezes_start_up_objects_times_collections_and_runs_validation_he
             assert time.monotonic() < deadline, "serve did not start"
             time.sleep(0.1)
         token = (tmp_path / "admin-token").read_text().strip()
+        helpers = _wait_for_helpers(proc.pid, default_processes())
         with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", headers={"Authorization": f"Bearer {token}"}) as client:
             for _ in range(50):  # some work, some garbage
                 client.get("/api/messages")
             samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                        for family in parser.text_string_to_metric_families(client.get("/metrics").text)
                        for s in family.samples}
-        helpers = _wait_for_helpers(proc.pid, default_processes())
     finally:
         proc.terminate()
         proc.wait(30)
@@ -74,5 +74,7 @@ def test_serve_freezes_start_up_objects_times_collections_and_runs_validation_he
     assert proc.returncode == 0, "SIGTERM must stop serve gracefully, not kill it"
     assert len(helpers) == default_processes()
     assert not any(Path(f"/proc/{pid}").exists() for pid in helpers)
+    assert samples[("adapter_fhir_validation_helpers", ())] == default_processes()
+    assert samples[("adapter_fhir_validation_helper_failures_total", ())] == 0
     assert samples[("adapter_gc_frozen_objects", ())] > 10_000
     assert samples[("adapter_gc_pause_seconds_count", (("generation", "0"),))] > 0

@@ -106,6 +106,7 @@ def test_a_killed_helper_is_replaced_later_and_nothing_is_answered_wrongly():
         assert _plain(pool.validate(resources)) == verdicts(resources)
         [replacement] = pool.helper_pids()
         assert replacement != helper
+        assert pool.failures == 1  # /metrics: adapter_fhir_validation_helper_failures_total
     finally:
         pool.close()
 

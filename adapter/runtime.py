@@ -157,7 +157,6 @@ async def serve(
         ssl_context=ssl_context,
     )
     await mllp.start()
-    container.fhir.service.validator.start()
     app = create_app(container)
     config = uvicorn.Config(
         app, host=settings.http_host, port=http_port, log_level="warning", access_log=False, lifespan="off"

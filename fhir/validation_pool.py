@@ -7,7 +7,9 @@ process's event loop (HL7 ACKs, other requests) and its writers barely run. From
 ``min_resources`` on, the resources are sent to helper processes instead (the
 pickled resources cost well under a millisecond), so validation runs on another
 core while this process goes on writing. Fewer resources are validated in the
-calling thread, which is cheaper than the round trip.
+calling thread, which is cheaper than the round trip. The helpers start with the
+first large Bundle (a site that receives none runs none), which is validated in
+the calling thread while they start.
 
 The helpers are started with ``spawn`` (forking a process that runs threads is
 unsafe), hold no database connection and no key, and exit by themselves when
@@ -23,7 +25,7 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -45,8 +47,10 @@ def default_processes() -> int:
 class ValidationPool:
     """``validate(resources)``: for each resource, None or the :class:`FhirError`
     :func:`fhir.validate.parse_data` raises for it, in order. ``processes`` 0
-    validates in the calling thread. Thread-safe; helpers start on
-    :meth:`start` or on the first large Bundle, and stop on :meth:`close`."""
+    validates in the calling thread. Thread-safe. Helpers start with the first
+    large Bundle (or :meth:`start`), without making it wait: until they have
+    imported the models (about a second), Bundles are validated in the calling
+    thread. They stop on :meth:`close`."""
 
     def __init__(self, processes: int = 0, *, min_resources: int = MIN_RESOURCES,
                  restart_after_s: float = RESTART_AFTER_S) -> None:
@@ -54,15 +58,15 @@ class ValidationPool:
         self.min_resources = min_resources
         self.restart_after_s = restart_after_s
         self._executor: ProcessPoolExecutor | None = None
+        self._warming: list[Future[list[Verdict]]] = []
         self._lock = threading.Lock()
         self._restart_at = 0.0  # time.monotonic() before which helpers are not started again
         self.failures = 0  # helpers found dead (a metric)
 
     def validate(self, resources: list[dict[str, Any]]) -> list[FhirError | None]:
-        if (self.processes <= 0 or len(resources) < self.min_resources
-                or (self._executor is None and time.monotonic() < self._restart_at)):
+        executor = self._ready() if len(resources) >= self.min_resources else None
+        if executor is None:
             return _errors(verdicts(resources))
-        executor = self._running()
         try:
             futures = [executor.submit(verdicts, part) for part in _split(resources, self.processes)]
             found = [verdict for future in futures for verdict in future.result()]
@@ -75,12 +79,13 @@ class ValidationPool:
         return _errors(found)
 
     def start(self) -> None:
-        """Start the helpers now and have them import the models, so that the
-        first Bundle does not wait for that (about a second)."""
-        if self.processes > 0:
-            executor = self._running()
-            for _ in range(self.processes):
-                executor.submit(verdicts, [{"resourceType": "Patient"}])
+        """Start the helpers now, not with the first large Bundle."""
+        self._ready()
+
+    def ready(self) -> bool:
+        """The helpers are up: large Bundles go to them."""
+        with self._lock:
+            return self._executor is not None and all(f.done() for f in self._warming)
 
     def close(self) -> None:
         with self._lock:
@@ -94,12 +99,23 @@ class ValidationPool:
         processes = getattr(executor, "_processes", None) or {}
         return sorted(processes)
 
-    def _running(self) -> ProcessPoolExecutor:
+    def _ready(self) -> ProcessPoolExecutor | None:
+        """The helpers once they are up; started here when there are none (and
+        none died in the last ``restart_after_s``)."""
+        if self.processes <= 0:
+            return None
         with self._lock:
             if self._executor is None:
+                if time.monotonic() < self._restart_at:
+                    return None
                 self._executor = ProcessPoolExecutor(
                     max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),
                     initializer=_exit_with_parent, initargs=(os.getpid(),))
+                # One small task per helper: each starts and imports the models.
+                self._warming = [self._executor.submit(verdicts, [{"resourceType": "Patient"}])
+                                 for _ in range(self.processes)]
+            if not all(f.done() for f in self._warming):
+                return None
             return self._executor
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:

@@ -15,6 +15,7 @@ from adapter import demo
 from adapter.db import transaction
 from adapter.models import Notification, OutboxMessage
 from hl7.client import read_ack_code, send_messages
+from tests.fhir.test_validation_pool import started
 from tests.harness import running_adapter, settings_for
 
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -277,16 +278,21 @@ def test_a_large_bundle_is_validated_in_a_helper_process_with_the_same_answers(t
 
     with running_adapter(settings_for(tmp_path, fhir_validation_processes=1)) as adapter:
         ehr = adapter.client("ehr")
+        validator = adapter.container.fhir.service.validator
+        assert validator.helper_pids() == []  # none until a large Bundle arrives
+        first = ehr.post("/fhir/R4", json=bundle(5), headers=FHIR)  # validated in serve while the helper starts
+        assert first.status_code == 200, first.text
+        started(validator)
         bad = bundle(6)
         bad["entry"][7]["resource"]["status"] = "bogus"
         refused = ehr.post("/fhir/R4", json=bad, headers=FHIR)
         assert refused.status_code == 400, refused.text
         assert [i["expression"] for i in refused.json()["issue"]] == [["Bundle.entry[7].resource.status"]]
-        helpers = adapter.container.fhir.service.validator.helper_pids()
+        helpers = validator.helper_pids()
         assert len(helpers) == 1 and helpers[0] != os.getpid()
         accepted = ehr.post("/fhir/R4", json=bundle(6), headers=FHIR)
         assert accepted.status_code == 200, accepted.text
         adapter.fhir_processed()
         reminders = [i for i in notifications(adapter.client("officer")) if i["kind"] == "reminder"]
-        assert len(reminders) == 12  # two for each of the six appointments; none for the refused Bundle
-    assert adapter.container.fhir.service.validator.helper_pids() == []  # stopped with serve
+        assert len(reminders) == 22  # two for each of the 5 + 6 appointments; none for the refused Bundle
+    assert validator.helper_pids() == []  # stopped with serve

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 from prometheus_client import parser
 
+from bench.fhir_common import transaction_bundle
 from fhir.validation_pool import default_processes
 from tests.harness import adapter_env_vars
 
@@ -26,10 +27,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_bytes().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):  # the thread or process has just ended
+        return ""
+
+
 def _helpers(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(c) for c in children
-            if "spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace")]
+    # A child is listed under the thread that started it (a request's thread here).
+    children = [c for task in Path(f"/proc/{pid}/task").iterdir() for c in _read(task / "children").split()]
+    return [int(c) for c in children if "spawn_main" in _read(Path(f"/proc/{c}/cmdline"))]
 
 
 def _wait_for_helpers(pid: int, expected: int) -> list[int]:
@@ -58,8 +66,11 @@ def test_serve_freezes_start_up_objects_times_collections_and_runs_validation_he
             assert time.monotonic() < deadline, "serve did not start"
             time.sleep(0.1)
         token = (tmp_path / "admin-token").read_text().strip()
-        helpers = _wait_for_helpers(proc.pid, default_processes())
         with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", headers={"Authorization": f"Bearer {token}"}) as client:
+            assert _helpers(proc.pid) == []  # none until a large Bundle arrives
+            bundle = client.post("/fhir/R4/", content=transaction_bundle(10), headers={"Content-Type": "application/fhir+json"})
+            assert bundle.status_code == 200, bundle.text
+            helpers = _wait_for_helpers(proc.pid, default_processes())
             for _ in range(50):  # some work, some garbage
                 client.get("/api/messages")
             samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -69,8 +80,8 @@ def test_serve_freezes_start_up_objects_times_collections_and_runs_validation_he
         proc.terminate()
         proc.wait(30)
         log.close()
-    # Bundle validation helpers: one per core beyond the first, started with serve,
-    # stopped (joined) by its graceful stop.
+    # Bundle validation helpers: one per core beyond the first, started by the first
+    # large Bundle, stopped (joined) by serve's graceful stop.
     assert proc.returncode == 0, "SIGTERM must stop serve gracefully, not kill it"
     assert len(helpers) == default_processes()
     assert not any(Path(f"/proc/{pid}").exists() for pid in helpers)

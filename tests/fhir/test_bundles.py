@@ -8,13 +8,13 @@ import pytest
 
 from fhir.validation_pool import ValidationPool
 from tests.fhir.conftest import Adapter, sample
+from tests.fhir.test_validation_pool import started
 from tests.fhir.test_rest import booked, create_patient, issue
 
 
 @pytest.fixture(scope="module")
 def helper_pool() -> Iterator[ValidationPool]:
-    pool = ValidationPool(1, min_resources=1)
-    pool.start()
+    pool = started(ValidationPool(1, min_resources=1))
     yield pool
     pool.close()
 

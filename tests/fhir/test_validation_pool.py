@@ -58,6 +58,16 @@ def _wait_gone(pid: int, seconds: float = 10.0) -> bool:
     return True
 
 
+def started(pool: ValidationPool) -> ValidationPool:
+    """``pool`` with its helpers up."""
+    pool.start()
+    deadline = time.monotonic() + 30
+    while not pool.ready():
+        assert time.monotonic() < deadline, "the helpers did not start"
+        time.sleep(0.05)
+    return pool
+
+
 @pytest.fixture
 def pool() -> Iterator[ValidationPool]:
     pool = ValidationPool(1, min_resources=2)
@@ -65,7 +75,18 @@ def pool() -> Iterator[ValidationPool]:
     pool.close()
 
 
+def test_the_first_large_bundle_starts_the_helpers_without_waiting_for_them(pool):
+    resources = _resources()
+    assert pool.helper_pids() == []
+    # Validated here while the helper starts (importing the models takes about a second).
+    assert _plain(pool.validate(resources)) == verdicts(resources)
+    assert len(pool.helper_pids()) == 1
+    started(pool)
+    assert _plain(pool.validate(resources)) == verdicts(resources)
+
+
 def test_a_helper_process_gives_the_answers_the_request_thread_would(pool):
+    started(pool)
     resources = _resources()
     found = _plain(pool.validate(resources))
     assert found == verdicts(resources)
@@ -81,8 +102,9 @@ def test_a_list_shorter_than_the_threshold_is_validated_in_the_calling_thread(po
 
 
 def test_two_helpers_share_a_bundle_and_keep_its_order():
-    pool = ValidationPool(2, min_resources=2)
+    pool = started(ValidationPool(2, min_resources=2))
     try:
+        assert len(pool.helper_pids()) == 2
         resources = _resources() * 3
         assert _plain(pool.validate(resources)) == verdicts(resources)
     finally:
@@ -90,10 +112,9 @@ def test_two_helpers_share_a_bundle_and_keep_its_order():
 
 
 def test_a_killed_helper_is_replaced_later_and_nothing_is_answered_wrongly():
-    pool = ValidationPool(1, min_resources=2, restart_after_s=1.0)
+    pool = started(ValidationPool(1, min_resources=2, restart_after_s=1.0))
     try:
         resources = _resources()
-        pool.validate(resources)
         [helper] = pool.helper_pids()
         os.kill(helper, signal.SIGKILL)
         assert _wait_gone(helper)
@@ -103,6 +124,7 @@ def test_a_killed_helper_is_replaced_later_and_nothing_is_answered_wrongly():
         assert _plain(pool.validate(resources)) == verdicts(resources)
         assert pool.helper_pids() == []
         time.sleep(1.0)
+        started(pool)
         assert _plain(pool.validate(resources)) == verdicts(resources)
         [replacement] = pool.helper_pids()
         assert replacement != helper
@@ -112,8 +134,7 @@ def test_a_killed_helper_is_replaced_later_and_nothing_is_answered_wrongly():
 
 
 def test_close_stops_the_helpers(pool):
-    pool.start()
-    pool.validate(_resources())
+    started(pool)
     [helper] = pool.helper_pids()
     pool.close()
     assert _wait_gone(helper)
@@ -125,7 +146,6 @@ def test_helpers_leave_when_the_process_that_started_them_is_killed(tmp_path):
               "import sys, time\n"
               "pool = ValidationPool(1)\n"
               "pool.start()\n"
-              "pool.validate([{'resourceType': 'Patient'}] * 10)\n"
               "print(pool.helper_pids()[0], flush=True)\n"
               "time.sleep(120)\n")
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)

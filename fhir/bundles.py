@@ -67,7 +67,10 @@ def parse_bundle(data: dict[str, Any]) -> tuple[str, list[Entry]]:
 
 
 def run_transaction(service: FhirService, session: Session, entries: list[Entry],
-                    link: Callable[[StoredVersion], str], sender: str | None) -> dict[str, Any]:
+                    link: Callable[[StoredVersion], str], sender: str | None, *,
+                    minimal: bool = False) -> dict[str, Any]:
+    """``minimal`` (``Prefer: return=minimal``): written entries are answered
+    without their resource (status, location, ETag only)."""
     ids = _assign_ids(entries)
     ordered = sorted(entries, key=_order)
     # Everything that needs no database first (validation, urn:uuid resolution),
@@ -84,14 +87,15 @@ def run_transaction(service: FhirService, session: Session, entries: list[Entry]
         service.codec.new_subjects([store.subject_for(ids[p.entry.full_url].split("/", 1)[1])
                                     for p in prepared if _creates_patient(p, ids)], session=session)
         answers = {p.entry.index: _in_entry(p.entry, _apply, service, session, p, ids, link,
-                                            sender)
+                                            sender, minimal)
                    for p in prepared}
     return {"resourceType": "Bundle", "type": "transaction-response",
             "entry": [answers[e.index] for e in entries]}
 
 
 def run_batch(service: FhirService, session: Session, entries: list[Entry],
-              link: Callable[[StoredVersion], str], sender: str | None) -> dict[str, Any]:
+              link: Callable[[StoredVersion], str], sender: str | None, *,
+              minimal: bool = False) -> dict[str, Any]:
     answers: dict[int, dict[str, Any]] = {}
     prepared: list[_Prepared] = []
     ordered = sorted(entries, key=_order)
@@ -104,7 +108,7 @@ def run_batch(service: FhirService, session: Session, entries: list[Entry],
         try:
             with session.begin_nested():
                 answers[p.entry.index] = _in_entry(p.entry, _apply, service, session, p, {},
-                                                   link, sender)
+                                                   link, sender, minimal)
         except FhirError as error:
             answers[p.entry.index] = _refused(error)
     return {"resourceType": "Bundle", "type": "batch-response",
@@ -271,7 +275,8 @@ def _check_write(prepared: _Prepared) -> None:
 
 
 def _apply(service: FhirService, session: Session, prepared: _Prepared, ids: dict[str, str],
-           link: Callable[[StoredVersion], str], sender: str | None) -> dict[str, Any]:
+           link: Callable[[StoredVersion], str], sender: str | None, minimal: bool
+           ) -> dict[str, Any]:
     entry, kind, path, parsed = prepared.entry, prepared.kind, prepared.path, prepared.resource
     if parsed is None:  # GET
         found = (service.read(session, kind, path[1]) if len(path) == 2
@@ -291,7 +296,10 @@ def _apply(service: FhirService, session: Session, prepared: _Prepared, ids: dic
                                if_match=entry.if_match)
     else:
         result = service.conditional_update(session, parsed, prepared.query, sender=sender)
-    return _answer(result.stored, result.status, link, result)
+    answer = _answer(result.stored, result.status, link, result)
+    if minimal:
+        del answer["resource"]
+    return answer
 
 
 def _answer(stored: StoredVersion, status: int, link: Callable[[StoredVersion], str],

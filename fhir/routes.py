@@ -128,8 +128,7 @@ class _Facade:
                    "Last-Modified": stored.last_updated.strftime("%a, %d %b %Y %H:%M:%S GMT")}
         if location:
             headers["Location"] = self._link(request)(stored)
-        prefer = request.headers.get("prefer", "")
-        if "return=minimal" in prefer:
+        if _prefers_minimal(request):
             return Response(status_code=status, headers=headers)
         return fhir_response(stored.resource, status, headers)
 
@@ -157,8 +156,9 @@ class _Facade:
                     raise invalid("POST / takes a Bundle", "resourceType")
                 kind, entries = bundles.parse_bundle(data)
                 run = bundles.run_transaction if kind == "transaction" else bundles.run_batch
+                minimal = _prefers_minimal(request)
                 return await self._in_transaction(lambda s: fhir_response(
-                    run(self.service, s, entries, self._link(request), None)))
+                    run(self.service, s, entries, self._link(request), None, minimal=minimal)))
             return await self._answer(work)
         return bundle
 
@@ -219,6 +219,11 @@ class _Facade:
             message = f"{request.method} /{rest} is not supported; see GET /metadata"
         status = 404 if request.method == "GET" or first not in SUPPORTED_TYPES else 405
         return outcome_response(FhirError(status, Issue("not-supported", message)))
+
+
+def _prefers_minimal(request: Request) -> bool:
+    """``Prefer: return=minimal`` (FHIR R4 §3.1.0.1.9): answer writes without the resource."""
+    return "return=minimal" in request.headers.get("prefer", "")
 
 
 def _json_object(body: bytes) -> dict:

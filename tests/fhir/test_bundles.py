@@ -190,3 +190,23 @@ def test_a_bundle_of_another_type_or_with_delete_is_refused(adapter):
         {"request": {"method": "DELETE", "url": "Patient/1"}}]})
     assert response.status_code == 400
     assert issue(response)["expression"] == ["Bundle.entry[0].request.method"]
+
+
+def test_prefer_return_minimal_answers_written_entries_without_their_resource(adapter):
+    pid = create_patient(adapter)
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": booked(pid), "request": {"method": "POST", "url": "Appointment"}},
+        {"request": {"method": "GET", "url": f"Patient/{pid}"}},
+    ]}
+    response = adapter.post("/", bundle, Prefer="return=minimal")
+    assert response.status_code == 200, response.text
+    written, read = response.json()["entry"]
+    assert "resource" not in written
+    assert written["response"]["status"] == "201 Created"
+    assert written["response"]["etag"] == 'W/"1"'
+    assert adapter.http.get(written["response"]["location"]).status_code == 200
+    assert read["resource"]["id"] == pid  # a read's answer is its resource
+
+    transaction = sample("transaction-patient-appointment.json")
+    entries = adapter.post("/", transaction, Prefer="return=minimal").json()["entry"]
+    assert [("resource" in e, e["response"]["status"]) for e in entries] == [(False, "201 Created")] * 2

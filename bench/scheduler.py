@@ -36,10 +36,15 @@ PATIENTS = 100
 def bench_settings(database_url: str, var_dir: Path, **overrides):  # noqa: ANN001, ANN201
     from adapter.settings import Settings
 
+    from datetime import time
+
     return Settings(
         environment="test", database_url=database_url, var_dir=var_dir,
         master_key_file=var_dir / "master.key", audit_signing_key_file=var_dir / "audit.key",
-        channels=["sms"], claim_batch_size=100, **overrides,
+        channels=["sms"], claim_batch_size=100,
+        # Benches run at any hour: the sending window (08:00-21:00 by default) is open.
+        **{"sending_window_start": time(0, 0), "sending_window_end": time(0, 0), "send_on_holidays": True,
+           **overrides},
     )
 
 

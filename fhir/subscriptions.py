@@ -33,7 +33,7 @@ from fhir.models import FhirSubscription
 from fhir.outcome import information
 from fhir.service import FhirService
 from fhir.settings import FhirSettings
-from fhir.validate import SUPPORTED_TYPES, parse_data
+from fhir.validate import SUPPORTED_TYPES
 
 log = logging.getLogger(__name__)
 SUBSCRIBED_TYPES = ("Appointment", "DiagnosticReport")
@@ -273,12 +273,17 @@ class SubscriptionReceiver:
 
     def _apply(self, url: str, note: Notification, resources: list[tuple[dict[str, Any], str]],
                newest: int, last_event_at: datetime | None, recovered: int) -> None:
-        """Store the resources and move the counters, in one transaction."""
+        """Store the resources and move the counters, in one transaction. The
+        resources are validated first, outside it (in helper processes when there
+        are many: a gap recovered with ``$events`` can bring hundreds)."""
+        ours = [(resource, server) for resource, server in resources
+                if resource.get("resourceType") in SUPPORTED_TYPES]
+        refused = next((e for e in self.service.validator.validate([r for r, _ in ours]) if e), None)
+        if refused is not None:
+            raise refused
         with transaction(self.sessions) as session:
-            for resource, server in resources:
-                if resource.get("resourceType") not in SUPPORTED_TYPES:
-                    continue
-                self.service.write(session, parse_data(resource), sender=server)
+            for resource, server in ours:
+                self.service.write(session, resource, sender=server)
             sub = session.scalar(select(FhirSubscription).where(FhirSubscription.url == url))
             assert sub is not None
             sub.last_notification_at = self.service.clock()

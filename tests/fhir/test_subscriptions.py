@@ -166,6 +166,33 @@ def test_a_later_status_change_from_the_source_publishes_the_transition(adapter,
     assert adapter.kinds() == ["AppointmentBooked", "AppointmentCancelled"]
 
 
+@pytest.mark.parametrize("where", ["in the request's thread", "in a helper process"])
+def test_an_invalid_resource_in_a_recovered_gap_refuses_the_notification_and_stores_nothing(
+        adapter, upstream, helper_pool, where):
+    if where == "in a helper process":
+        adapter.service.validator = helper_pool
+    sid = subscribed(adapter, upstream)
+    book(upstream, "a1")
+    book(upstream, "a2", status="bogus")  # the source server holds an invalid version
+    third = book(upstream, "a3")
+    response = notify(adapter, upstream.notification(sid, "event-notification", [third],
+                                                     full=True))
+    assert response.status_code == 400, response.text
+    assert issue(response)["expression"] == ["Appointment.status"]
+    assert adapter.events == []  # all or nothing: a1 is not stored either
+    assert state(adapter, sid).last_event_number == 0  # the next notification tries again
+
+
+@pytest.fixture(scope="module")
+def helper_pool():
+    from fhir.validation_pool import ValidationPool
+    from tests.fhir.test_validation_pool import started
+
+    pool = started(ValidationPool(1, min_resources=1))
+    yield pool
+    pool.close()
+
+
 def test_a_notification_for_an_unknown_subscription_is_refused(adapter, upstream):
     upstream.subscriptions["sub-9"] = {}
     response = notify(adapter, upstream.notification("sub-9", "handshake", [], full=False))

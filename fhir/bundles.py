@@ -230,11 +230,9 @@ def _prepare_all(service: FhirService, pairs: list[tuple[Entry, dict[str, Any] |
     found = service.validator.validate([p.resource for _, p in writes if p.resource])
     for (i, prepared), error in zip(writes, found):
         try:
-            if error is not None:
-                raise error
-            _check_write(prepared)
+            _in_entry(prepared.entry, _check_write, prepared, error)
         except FhirError as refused:
-            out[i] = refused.within_entry(prepared.entry.path, _type_of(prepared.entry))
+            out[i] = refused
     return out
 
 
@@ -258,8 +256,11 @@ def _target(entry: Entry, resource: dict[str, Any] | None) -> _Prepared:
     return _Prepared(entry, kind, path, parts.query, resource)
 
 
-def _check_write(prepared: _Prepared) -> None:
-    """A validated POST or PUT entry's url against its resource."""
+def _check_write(prepared: _Prepared, invalid_resource: FhirError | None) -> None:
+    """A POST or PUT entry's validation (``invalid_resource``: what refused its
+    resource), then its url against the resource."""
+    if invalid_resource is not None:
+        raise invalid_resource
     entry, path, parsed, query = prepared.entry, prepared.path, prepared.resource, prepared.query
     assert parsed is not None
     kind = path[0]

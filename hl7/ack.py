@@ -98,7 +98,7 @@ def _ts(now: datetime | None) -> str:
 def _now_ts(second: int) -> str:
     """MSH-7 of an ACK sent now: formatted once per second (thousands of ACKs a
     second would each pay for ``strftime``)."""
-    return datetime.fromtimestamp(second, timezone.utc).strftime("%Y%m%d%H%M%S%z")
+    return _ts(datetime.fromtimestamp(second, timezone.utc))
 
 
 @functools.lru_cache(maxsize=64)

@@ -15,6 +15,8 @@ from adapter.fhir_intake import FhirIntake
 from adapter.pipeline import Pipeline
 from adapter.settings import Settings
 from compliance.crypto import Vault
+from compliance.models import DataKey
+from fhir import store
 from fhir.routes import build_router
 from fhir.service import FhirService
 from fhir.settings import FhirSettings
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
 class SessionVaultCodec:
     """The vault as the FHIR store's record codec, sealing inside the caller's
     session: a first key for a new patient is created in the same transaction
-    (SQLite allows one writer at a time)."""
+    (SQLite allows one writer at a time). The keys of patients a Bundle creates
+    are staged with its other rows (:func:`fhir.store.stage`)."""
 
     def __init__(self, vault: Vault) -> None:
         self.vault = vault
@@ -39,7 +42,7 @@ class SessionVaultCodec:
         return self.vault.decrypt(session, blob)
 
     def new_subjects(self, subjects: list[str], *, session: Session) -> None:
-        self.vault.create_keys(session, subjects)
+        store.stage(session, DataKey.__table__, self.vault.key_rows_for_new(session, subjects))
 
 
 def fhir_settings(settings: Settings, vault: Vault) -> FhirSettings:

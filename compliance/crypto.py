@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -235,6 +235,17 @@ class Vault:
         been destroyed, that row stands and is used as :meth:`encrypt` would."""
         self._create(session, subjects)
 
+    def key_rows_for_new(self, session: Session, subjects: Sequence[str]) -> list[dict[str, Any]]:
+        """Keys for subjects that cannot have one yet (ids this server has just
+        assigned), made without touching the database: usable in ``session`` at once,
+        their ``data_key`` rows returned for the caller to insert with the rest of
+        its transaction (so a FHIR Bundle takes SQLite's write lock only for its
+        inserts). A subject that had a key after all fails that insert."""
+        made = self._make(subjects)
+        for subject, (cached, _) in made.items():
+            self._stage(session, subject, cached)
+        return [row for _, row in made.values()]
+
     # -- blind indexes -------------------------------------------------------------------
 
     def blind_index(self, kind: str, value: str) -> str:
@@ -366,24 +377,33 @@ class Vault:
         return cached
 
     def _create(self, session: Session, subjects: Sequence[str]) -> dict[str, _CachedKey]:
-        made = {subject: (AESGCM.generate_key(bit_length=256), _new_key_id()) for subject in subjects}
+        made = self._make(subjects)
         if not made:
             return {}
-        rows = [{"id": key_id, "subject": subject, "master_key_id": self.master.key_id,
-                 "wrapped": self.master.wrap(raw, context=_wrap_context(subject, key_id)),
-                 "created_at": datetime.now(UTC)} for subject, (raw, key_id) in made.items()]
         # One statement, no savepoint: a key another transaction created first (or a
         # destroyed subject's tombstone) wins, and is read back instead.
-        created = {subject for _, subject in session.execute(_INSERT_KEY[session.get_bind().dialect.name], rows)}
+        created = {subject for _, subject in session.execute(
+            _INSERT_KEY[session.get_bind().dialect.name], [row for _, row in made.values()])}
         out = {}
-        for subject, (raw, key_id) in made.items():
+        for subject, (cached, _) in made.items():
             if subject in created:
-                out[subject] = _CachedKey(key_id, AESGCM(raw), time.monotonic())
-                self._stage(session, subject, out[subject])
+                out[subject] = cached
+                self._stage(session, subject, cached)
             else:
                 existing = session.scalars(select(DataKey).where(DataKey.subject == subject)).one()
                 out[subject] = self._remember(existing)
         return out
+
+    def _make(self, subjects: Sequence[str]) -> dict[str, tuple[_CachedKey, dict[str, Any]]]:
+        """A new key per subject, as its cache entry and its wrapped ``data_key`` row."""
+        made = {}
+        for subject in subjects:
+            raw, key_id = AESGCM.generate_key(bit_length=256), _new_key_id()
+            made[subject] = (_CachedKey(key_id, AESGCM(raw), time.monotonic()),
+                             {"id": key_id, "subject": subject, "master_key_id": self.master.key_id,
+                              "wrapped": self.master.wrap(raw, context=_wrap_context(subject, key_id)),
+                              "created_at": datetime.now(UTC)})
+        return made
 
     def _stage(self, session: Session, subject: str, cached: _CachedKey) -> None:
         pending = _pending(session)

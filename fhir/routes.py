@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -27,6 +28,7 @@ from fhir.subscriptions import SubscriptionReceiver
 from fhir.validate import SUPPORTED_TYPES, parse_resource
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 JSON_TYPES = ("application/fhir+json", "application/json")
 
 
@@ -102,13 +104,17 @@ class _Facade:
     def _too_large(limit: int) -> FhirError:
         return FhirError(413, Issue("too-costly", f"The body is larger than {limit} bytes"))
 
-    def _in_transaction(self, fn: Callable[[Session], Response], *,
+    def _in_transaction(self, fn: Callable[[Session], T], answer: Callable[[T], Response], *,
                         read_only: bool = False) -> Awaitable[Response]:
+        """``fn`` in a transaction in a worker thread, then its ``answer`` rendered
+        there too, after the commit: SQLite's one writer is not held while a Bundle's
+        response is encoded."""
         unit = read_transaction if read_only else transaction
 
         def run() -> Response:
             with unit(self.sessions) as session:
-                return fn(session)
+                result = fn(session)
+            return answer(result)
         return run_in_threadpool(run)
 
     @staticmethod
@@ -157,8 +163,9 @@ class _Facade:
                 kind, entries = bundles.parse_bundle(data)
                 run = bundles.run_transaction if kind == "transaction" else bundles.run_batch
                 minimal = _prefers_minimal(request)
-                return await self._in_transaction(lambda s: fhir_response(
-                    run(self.service, s, entries, self._link(request), None, minimal=minimal)))
+                return await self._in_transaction(
+                    lambda s: run(self.service, s, entries, self._link(request), None, minimal=minimal),
+                    fhir_response)
             return await self._answer(work)
         return bundle
 
@@ -169,8 +176,9 @@ class _Facade:
                 async def work() -> Response:
                     resource = parse_resource(await self._body(request), expected_type=kind)
                     condition = request.headers.get("if-none-exist")
-                    return await self._in_transaction(lambda s: self._written(
-                        request, service.create(s, resource, if_none_exist=condition)))
+                    return await self._in_transaction(
+                        lambda s: service.create(s, resource, if_none_exist=condition),
+                        lambda result: self._written(request, result))
                 return await self._answer(work)
             return create
         if code == "update" and "{id}" not in path:
@@ -180,8 +188,9 @@ class _Facade:
                     if not query:
                         raise invalid(f"PUT /{kind} needs a search such as ?identifier=s|v")
                     resource = parse_resource(await self._body(request), expected_type=kind)
-                    return await self._in_transaction(lambda s: self._written(
-                        request, service.conditional_update(s, resource, query)))
+                    return await self._in_transaction(
+                        lambda s: service.conditional_update(s, resource, query),
+                        lambda result: self._written(request, result))
                 return await self._answer(work)
             return conditional_update
         if code == "update":
@@ -192,21 +201,23 @@ class _Facade:
                         raise invalid(f"The body's id {resource.get('id')!r} must equal the "
                                       f"URL's id {id!r}", f"{kind}.id")
                     if_match = request.headers.get("if-match")
-                    return await self._in_transaction(lambda s: self._written(
-                        request, service.write(s, resource, if_match=if_match)))
+                    return await self._in_transaction(
+                        lambda s: service.write(s, resource, if_match=if_match),
+                        lambda result: self._written(request, result))
                 return await self._answer(work)
             return update
         if code == "read":
             async def read(request: Request, id: str) -> Response:
                 return await self._answer(lambda: self._in_transaction(
-                    lambda s: self._resource_response(request, service.read(s, kind, id), 200,
-                                                      location=False), read_only=True))
+                    lambda s: service.read(s, kind, id),
+                    lambda stored: self._resource_response(request, stored, 200, location=False),
+                    read_only=True))
             return read
         if code == "vread":
             async def vread(request: Request, id: str, vid: str) -> Response:
                 return await self._answer(lambda: self._in_transaction(
-                    lambda s: self._resource_response(
-                        request, service.vread(s, kind, id, vid), 200, location=False),
+                    lambda s: service.vread(s, kind, id, vid),
+                    lambda stored: self._resource_response(request, stored, 200, location=False),
                     read_only=True))
             return vread
         raise ValueError(f"no endpoint for interaction {code!r}")

@@ -37,8 +37,9 @@ class RecordCodec(Protocol):
     def encrypt(self, plaintext: bytes, *, subject: str, session: Session) -> bytes: ...
 
     def new_subjects(self, subjects: list[str], *, session: Session) -> None:
-        """Keys for subjects nobody has used yet (patients a Bundle creates), made
-        together before their records are sealed."""
+        """Keys for subjects nobody has used yet (patients a Bundle creates under
+        ids it has just assigned), made together before their records are sealed;
+        their rows may be staged (:func:`stage`) with the Bundle's other rows."""
 
     def decrypt(self, blob: bytes, *, session: Session) -> bytes: ...
 

@@ -4,7 +4,7 @@ import base64
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, select, text
+from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, insert, select, text
 
 from adapter.db import transaction
 from compliance.crypto import LocalMasterKey, Vault, VaultCodec, master_key_from_settings, wrapped_key_id
@@ -235,3 +235,26 @@ def test_keys_for_several_new_subjects_come_from_one_call_and_an_existing_key_st
         assert sorted(session.scalars(select(DataKey.subject).where(DataKey.subject.like("patient:%")))) == [
             "patient:n1", "patient:n2", "patient:old"]
         assert all(vault.decrypt_str(session, blob) == NAME for blob in blobs.values())
+
+
+def test_keys_made_for_new_subjects_without_the_database_seal_at_once_and_last_once_inserted(vault, sessions):
+    with transaction(sessions) as session:
+        rows = vault.key_rows_for_new(session, ["patient:b1", "patient:b2"])
+        blob = vault.encrypt_str(session, "patient:b1", NAME)  # usable before its row is written
+        assert sorted(r["subject"] for r in rows) == ["patient:b1", "patient:b2"]
+        assert session.scalars(select(DataKey).where(DataKey.subject.like("patient:b%"))).all() == []
+        session.execute(insert(DataKey), rows)
+    fresh = Vault.open(sessions, vault.master)
+    with transaction(sessions) as session:
+        assert fresh.decrypt_str(session, blob) == NAME
+        assert all(row["wrapped"] != b"" and NAME.encode() not in row["wrapped"] for row in rows)
+
+
+def test_a_key_made_for_a_new_subject_is_forgotten_when_its_transaction_rolls_back(vault, sessions):
+    with pytest.raises(RuntimeError), transaction(sessions) as session:
+        vault.key_rows_for_new(session, ["patient:gone"])
+        raise RuntimeError("the Bundle failed")
+    with transaction(sessions) as session:  # a key is made for it again, and kept
+        blob = vault.encrypt_str(session, "patient:gone", NAME)
+    with transaction(sessions) as session:
+        assert Vault.open(sessions, vault.master).decrypt_str(session, blob) == NAME

@@ -4,9 +4,10 @@ is processed twice, failures land in the error store."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from adapter.db import transaction
 from adapter.models import InboundMessage
@@ -173,3 +174,40 @@ def test_versions_are_processed_in_chunks_only_while_requests_are_quiet(tmp_path
         statuses = set(session.scalars(select(InboundMessage.status).where(InboundMessage.source == "fhir")))
     assert statuses == {"processed"}
     container.engine.dispose()
+
+
+def test_a_transaction_creating_patients_seals_everything_before_it_takes_the_write_lock(tmp_path):
+    """SQLite has one writer: a Bundle that creates patients makes their keys and
+    seals every resource first, then takes the write lock for its inserts only."""
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        happened: list[tuple[int, str]] = []
+        vault = adapter.container.vault
+        seal = vault.encrypt
+
+        def sealing(*args, **kwargs):
+            happened.append((threading.get_ident(), "seal"))
+            return seal(*args, **kwargs)
+
+        def statement(_conn, _cursor, sql, *_):
+            happened.append((threading.get_ident(), sql.split("(")[0].strip()))
+
+        vault.encrypt = sealing
+        event.listen(adapter.container.engine, "before_cursor_execute", statement)
+        ref = "urn:uuid:0c7f3a1e-0000-4000-8000-000000000003"
+        start = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+        booking = {**appointment("a0", "p0", start), "participant": [{"actor": {"reference": ref},
+                                                                      "status": "accepted"}]}
+        response = adapter.client("ehr").post("/fhir/R4", headers=FHIR, json={
+            "resourceType": "Bundle", "type": "transaction", "entry": [
+                {"fullUrl": ref, "resource": patient("p0"), "request": {"method": "POST", "url": "Patient"}},
+                {"resource": booking, "request": {"method": "POST", "url": "Appointment"}}]})
+        event.remove(adapter.container.engine, "before_cursor_execute", statement)
+        vault.encrypt = seal
+        assert response.status_code == 200, response.text
+        request_thread = next(t for t, what in happened if what == "INSERT INTO fhir_resource")
+        steps = [what for t, what in happened if t == request_thread]
+        write = len(steps) - 1 - steps[::-1].index("BEGIN IMMEDIATE")
+        assert steps[write - 2:write] == ["seal", "seal"]  # the Patient and the Appointment
+        assert "seal" not in steps[write:]
+        assert steps[write + 1] == "INSERT INTO data_key"  # the new patient's key, with the rest
+        assert all(s.startswith("INSERT INTO") for s in steps[write + 1:])

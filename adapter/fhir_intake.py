@@ -163,7 +163,7 @@ class FhirIntake:
             .order_by(InboundMessage.id).with_for_update()).all()
         self._process_rows(session, list(rows), self.clock.now())
 
-    def process_pending(self, *, wait_quiet: Callable[[], None] = lambda: None,
+    def process_pending(self, *, wait_quiet: Callable[[float], None] = lambda _took: None,
                         give_way: Callable[[], bool] = lambda: False,
                         quiet: Callable[[], bool] = lambda: True) -> int:
         """Process every recorded version not yet processed, oldest first."""

@@ -344,7 +344,8 @@ class HL7Intake:
     def process_pending(self) -> int:
         """Process everything stored and not yet processed, oldest first; messages
         waiting for their ACK go first."""
-        return process_all(self.pending_ids, self.process_batch, self.writer.waiting.wait_quiet)
+        return process_all(self.pending_ids, self.process_batch,
+                           lambda took: self.writer.waiting.wait_quiet(after=took))
 
     def replay(self, message_ids: list[int]) -> dict[int, str]:
         """Process error-store messages again (after a config fix)."""

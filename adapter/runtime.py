@@ -25,11 +25,12 @@ from hl7.mllp import MLLPServer, server_ssl_context
 log = logging.getLogger(__name__)
 
 
-def give_way(container: Container) -> None:
+def give_way(container: Container, after: float = 0.0) -> None:
     """Background work waits here before each transaction: HL7 messages waiting
-    for their ACK and FHIR requests in flight go first (for a moment at most)."""
-    container.intake.writer.waiting.wait_quiet()
-    container.fhir.in_flight.wait_quiet()
+    for their ACK and FHIR requests in flight go first (for a moment at most,
+    longer after a long piece of work: ``after``, see :meth:`Waiting.wait_quiet`)."""
+    container.intake.writer.waiting.wait_quiet(after=after)
+    container.fhir.in_flight.wait_quiet(after=after)
 
 
 def others_waiting(container: Container) -> bool:
@@ -47,7 +48,7 @@ def process_stored(container: Container) -> int:
     requests waiting for their answer go first."""
     done = container.intake.process_pending()
     return done + container.fhir.process_pending(
-        wait_quiet=lambda: give_way(container), give_way=lambda: others_waiting(container),
+        wait_quiet=lambda took: give_way(container, took), give_way=lambda: others_waiting(container),
         quiet=lambda: quiet_for(container, 0.01))
 
 

@@ -49,15 +49,20 @@ def process_in_chunks(
 
 
 def process_all(
-    pending: Callable[[], list[int]], process_batch: Callable[[list[int]], int], wait_quiet: Callable[[], None]
+    pending: Callable[[], list[int]], process_batch: Callable[[list[int]], int],
+    wait_quiet: Callable[[float], None],
 ) -> int:
     """Process everything ``pending()`` finds, batch after batch, letting those a
-    client waits on go first (``wait_quiet``) before each."""
+    client waits on go first (``wait_quiet``, told how long the previous batch
+    took) before each."""
     done = 0
+    took = 0.0
     while ids := pending():
         while ids:
-            wait_quiet()
+            wait_quiet(took)
+            began = time.perf_counter()
             count = process_batch(ids)
+            took = time.perf_counter() - began
             ids = ids[count:]
             done += count
     return done

@@ -7,6 +7,11 @@ from __future__ import annotations
 import threading
 import time
 
+# Under a feed that never pauses, background work still runs, but takes at most
+# about this share of the time: after a piece that took t seconds it waits at
+# least t * (1 / share - 1) for a pause before the next.
+BACKGROUND_SHARE = 0.1
+
 
 class Waiting:
     """Counts work in progress that a client waits on. ``idle`` is set while
@@ -46,11 +51,13 @@ class Waiting:
         """Nothing waits now, and nothing arrived in the last ``seconds``."""
         return self.idle.is_set() and time.monotonic() - self.last_arrival >= seconds
 
-    def wait_quiet(self, *, quiet: float = 0.002, timeout: float = 0.05) -> None:
+    def wait_quiet(self, *, quiet: float = 0.002, timeout: float = 0.05, after: float = 0.0) -> None:
         """Return once nothing has arrived for ``quiet`` seconds (a sender on one
         connection sends its next message right after its ACK), or after
-        ``timeout`` anyway, so background work still progresses under load."""
-        deadline = time.monotonic() + timeout
+        ``timeout`` anyway, so background work still progresses under load;
+        ``after``: how long the caller's previous piece of work took, which
+        lengthens that time-out to keep its share to :data:`BACKGROUND_SHARE`."""
+        deadline = time.monotonic() + max(timeout, after * (1 / BACKGROUND_SHARE - 1))
         while time.monotonic() < deadline:
             seen = self._arrivals
             if not self.idle.wait(max(0.0, deadline - time.monotonic())):

@@ -9,7 +9,8 @@ import time
 from sqlalchemy import event, text
 
 from adapter.db import FairLock, make_engine, make_sessionmaker, raw_transaction, read_transaction, transaction
-from adapter.waiting import Waiting
+from adapter.stored_work import process_all
+from adapter.waiting import BACKGROUND_SHARE, Waiting
 
 
 def _queue_up(lock: FairLock, name: str, order: list[str], *, priority: bool = False) -> threading.Thread:
@@ -191,3 +192,31 @@ def _write_and_note(sessions, order: list[str]) -> None:
     with transaction(sessions) as session:
         session.execute(text("UPDATE n SET v = 2"))
     order.append("other wrote")
+
+
+def test_under_a_feed_that_never_pauses_background_work_keeps_to_its_share():
+    waiting = Waiting()
+    waiting.begin()  # a request in progress all along
+    began = time.monotonic()
+    waiting.wait_quiet(after=0.03)  # the previous piece of background work took 30 ms
+    assert time.monotonic() - began >= 0.03 * (1 / BACKGROUND_SHARE - 1)
+    began = time.monotonic()
+    waiting.wait_quiet()  # after nothing: the usual moment
+    assert time.monotonic() - began < 0.03 * (1 / BACKGROUND_SHARE - 1)
+    waiting.end()
+    began = time.monotonic()
+    waiting.wait_quiet(after=10.0)  # quiet: no reason to wait the share out
+    assert time.monotonic() - began < 1.0
+
+
+def test_each_batch_of_stored_work_waits_told_how_long_the_previous_one_took():
+    told: list[float] = []
+    batches = [[1, 2, 3], [4]]
+
+    def process_batch(ids: list[int]) -> int:
+        time.sleep(0.02 * len(ids[:2]))
+        return len(ids[:2])
+
+    done = process_all(lambda: batches.pop(0) if batches else [], process_batch, told.append)
+    assert done == 4
+    assert told[0] == 0.0 and told[1] >= 0.04 and 0.02 <= told[2] < 0.04

@@ -9,9 +9,9 @@ answers it while it is the patient's latest open question on that channel.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
+from uuid6 import uuid7
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -37,7 +37,7 @@ def request_contact_check(session: Session, gate: ComplianceGate, patient_id: st
     status, reason = ("scheduled", None) if decision.allowed else ("suppressed", decision.reason)
     row = Notification(
         patient_id=patient.id, kind=CONTACT_CHECK_KIND, rule_id=CONTACT_CHECK_RULE, subject_ref="",
-        scheduled_for=now, status=status, urgent=False, idempotency_key=uuid.uuid4().hex, reason=reason,
+        scheduled_for=now, status=status, urgent=False, idempotency_key=uuid7().hex, reason=reason,
         status_at=now, created_at=now, tried_channels=[],
         decision={
             "request": {"source": "api", "actor": actor, "at": now.isoformat()},

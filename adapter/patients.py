@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import functools
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import phonenumbers
+from uuid6 import uuid7
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
@@ -128,7 +128,7 @@ def create_patients(
     """New patients, none of whose identifiers is known (the caller has looked): their
     data keys, rows, identifiers and contacts with one multi-row insert per table.
     Returns their ids, in order."""
-    ids = [str(uuid.uuid4()) for _ in patients]
+    ids = [str(uuid7()) for _ in patients]  # time-ordered: see fhir.service.new_id
     vault.create_keys(session, [f"patient:{patient_id}" for patient_id in ids])  # no look-up: nobody used them
     patient_rows, identifier_rows, contact_rows = [], [], []
     for patient_id, details in zip(ids, patients, strict=True):

@@ -9,7 +9,6 @@ message is marked processed together with what it caused.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -17,6 +16,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from uuid6 import uuid7
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
@@ -292,7 +292,7 @@ class Pipeline:
                 "scheduled_for": planned.scheduled_for,
                 "status": status,
                 "urgent": planned.urgent,
-                "idempotency_key": uuid.uuid4().hex,
+                "idempotency_key": uuid7().hex,  # time-ordered: appended to its unique index
                 "reason": reason,
                 "status_at": now,
                 "created_at": now,

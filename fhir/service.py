@@ -10,7 +10,6 @@ deduplicates the same way.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import unquote
 
+from uuid6 import uuid7
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -65,7 +65,10 @@ def instant(moment: datetime) -> str:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A server-assigned id: a time-ordered UUID (version 7, RFC 9562), so a Bundle's
+    new rows land at the right edge of every index keyed by id instead of on as many
+    random pages (its COMMIT writes a fraction of the WAL pages a random UUID cost)."""
+    return str(uuid7())
 
 
 def parse_etag(value: str) -> int:

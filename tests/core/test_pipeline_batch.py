@@ -3,6 +3,7 @@ message all or nothing, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -61,6 +62,11 @@ def test_new_patients_booked_in_one_batch_get_what_they_get_one_by_one_and_the_a
             assert [a for a in session.scalars(select(AuditEntry.action).where(AuditEntry.subject == f"patient:{patient}")
                                                .order_by(AuditEntry.seq))] == ["received"] + ["scheduled"] * 4
             assert container.audit.verify(session).ok
+            # Ids and idempotency keys are time-ordered (UUID version 7): new rows go to
+            # the end of their indexes, in the order they were made.
+            assert [uuid.UUID(pid).version for pid in session.scalars(select(Patient.id))] == [7] * 10
+            keys = list(session.scalars(select(Notification.idempotency_key).order_by(Notification.id)))
+            assert keys == sorted(keys) and {uuid.UUID(k).version for k in keys} == {7}
     finally:
         container.engine.dispose()
 

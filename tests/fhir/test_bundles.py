@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -210,3 +211,19 @@ def test_prefer_return_minimal_answers_written_entries_without_their_resource(ad
     transaction = sample("transaction-patient-appointment.json")
     entries = adapter.post("/", transaction, Prefer="return=minimal").json()["entry"]
     assert [("resource" in e, e["response"]["status"]) for e in entries] == [(False, "201 Created")] * 2
+
+
+def test_the_ids_the_server_assigns_are_time_ordered_uuids_in_the_order_of_the_entries(adapter):
+    """Version 7 UUIDs (RFC 9562): a Bundle's new rows go to the end of the indexes
+    keyed by id, not to as many random pages."""
+    entries = [{"fullUrl": f"urn:uuid:0c7f3a1e-0000-4000-8000-{i:012d}",
+                "resource": {"resourceType": "Patient", "name": [{"family": f"D'Alò {i}"}]},
+                "request": {"method": "POST", "url": "Patient"}} for i in range(20)]
+    first = adapter.post("/", {"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    later = adapter.post("/", {"resourceType": "Bundle", "type": "transaction", "entry": entries[:1]})
+    assert first.status_code == later.status_code == 200, first.text
+    ids = [e["resource"]["id"] for e in first.json()["entry"] + later.json()["entry"]]
+    assert [uuid.UUID(i).version for i in ids] == [7] * 21
+    assert ids == sorted(ids) and len(set(ids)) == 21
+    created = adapter.post("/Patient", {"resourceType": "Patient", "name": [{"family": "Bertè"}]})
+    assert created.json()["id"] > ids[-1]

@@ -85,7 +85,7 @@ class ValidationPool:
     def ready(self) -> bool:
         """The helpers are up: large Bundles go to them."""
         with self._lock:
-            return self._executor is not None and all(f.done() for f in self._warming)
+            return self._executor is not None and self._warmed()
 
     def close(self) -> None:
         with self._lock:
@@ -114,9 +114,11 @@ class ValidationPool:
                 # One small task per helper: each starts and imports the models.
                 self._warming = [self._executor.submit(verdicts, [{"resourceType": "Patient"}])
                                  for _ in range(self.processes)]
-            if not all(f.done() for f in self._warming):
-                return None
-            return self._executor
+            return self._executor if self._warmed() else None
+
+    def _warmed(self) -> bool:
+        """Every helper has imported the models (called holding ``_lock``)."""
+        return all(f.done() for f in self._warming)
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         """Drop a broken pool; a new one starts after ``restart_after_s`` (a helper

@@ -27,6 +27,7 @@ from fhir.models import TABLES
 from fhir.routes import build_router
 from fhir.service import FhirService
 from fhir.settings import FhirSettings
+from fhir.validation_pool import ValidationPool
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "fhir"
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -198,3 +199,21 @@ def adapter(make_adapter) -> Adapter:
 @pytest.fixture
 def upstream_server(live_servers) -> LiveServer:
     return live_servers[1]
+
+
+def started(pool: ValidationPool) -> ValidationPool:
+    """``pool`` with its helpers up."""
+    pool.start()
+    deadline = time.monotonic() + 30
+    while not pool.ready():
+        assert time.monotonic() < deadline, "the helpers did not start"
+        time.sleep(0.05)
+    return pool
+
+
+@pytest.fixture(scope="module")
+def helper_pool() -> Iterator[ValidationPool]:
+    """One helper process, up, taking every list of resources (``min_resources=1``)."""
+    pool = started(ValidationPool(1, min_resources=1))
+    yield pool
+    pool.close()

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from fhir.validation_pool import ValidationPool
 from tests.fhir.conftest import Adapter, sample
-from tests.fhir.test_validation_pool import started
 from tests.fhir.test_rest import booked, create_patient, issue
-
-
-@pytest.fixture(scope="module")
-def helper_pool() -> Iterator[ValidationPool]:
-    pool = started(ValidationPool(1, min_resources=1))
-    yield pool
-    pool.close()
 
 
 @pytest.fixture(params=["validated in the request's thread", "validated in a helper process"])

@@ -183,16 +183,6 @@ def test_an_invalid_resource_in_a_recovered_gap_refuses_the_notification_and_sto
     assert state(adapter, sid).last_event_number == 0  # the next notification tries again
 
 
-@pytest.fixture(scope="module")
-def helper_pool():
-    from fhir.validation_pool import ValidationPool
-    from tests.fhir.test_validation_pool import started
-
-    pool = started(ValidationPool(1, min_resources=1))
-    yield pool
-    pool.close()
-
-
 def test_a_notification_for_an_unknown_subscription_is_refused(adapter, upstream):
     upstream.subscriptions["sub-9"] = {}
     response = notify(adapter, upstream.notification("sub-9", "handshake", [], full=False))

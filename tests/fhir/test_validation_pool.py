@@ -16,6 +16,7 @@ import pytest
 
 from fhir.validate import verdicts
 from fhir.validation_pool import ValidationPool
+from tests.fhir.conftest import started
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,16 +57,6 @@ def _wait_gone(pid: int, seconds: float = 10.0) -> bool:
             return False
         time.sleep(0.05)
     return True
-
-
-def started(pool: ValidationPool) -> ValidationPool:
-    """``pool`` with its helpers up."""
-    pool.start()
-    deadline = time.monotonic() + 30
-    while not pool.ready():
-        assert time.monotonic() < deadline, "the helpers did not start"
-        time.sleep(0.05)
-    return pool
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from uuid6 import uuid7
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from uuid6 import uuid7
 
 from adapter.compliance_gate import ComplianceGate
 from adapter.contact_models import ContactPreference

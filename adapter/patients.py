@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Any
 
 import phonenumbers
-from uuid6 import uuid7
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
+from uuid6 import uuid7
 
 from adapter import events as ev
 from adapter.models import Appointment, Contact, Notification, Patient, PatientIdentifier

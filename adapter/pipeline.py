@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from uuid6 import uuid7
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
+from uuid6 import uuid7
 
 from adapter import events as ev
 from adapter.models import Appointment, Notification, PatientIdentifier

@@ -18,9 +18,9 @@ from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import unquote
 
-from uuid6 import uuid7
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from uuid6 import uuid7
 
 from adapter.events import AnyEvent, Origin, PatientDetails, ReportReady
 from fhir import store

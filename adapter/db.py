@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, TypeDecorator, create_engine, event
+from sqlalchemy import DateTime, Dialect, Engine, MetaData, Table, TypeDecorator, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING = {
@@ -247,3 +247,90 @@ def read_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
             yield session
         finally:
             session.rollback()
+
+
+class _InsertPlan:
+    """How :func:`insert_rows` writes one table's rows with one set of columns on one
+    dialect: the statement's text per row count, and each column's bind processor
+    (the one SQLAlchemy would apply)."""
+
+    def __init__(self, table: Table, columns: tuple[str, ...], returning: tuple[str, ...], dialect: Dialect,
+                 on_conflict_do_nothing: bool) -> None:
+        missing = [c.key for c in table.columns
+                   if c.key not in columns and c.default is not None and not c.primary_key]
+        if missing:
+            raise ValueError(f"insert_rows into {table.name}: give {', '.join(missing)} (Python-side defaults are not applied)")
+        quote = dialect.identifier_preparer.quote
+        self.processors = [(name, table.c[name].type._cached_bind_processor(dialect)) for name in columns]
+        marker = "?" if dialect.paramstyle == "qmark" else "%s"
+        self._row = "(" + ", ".join([marker] * len(columns)) + ")"
+        self._head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(table.c[name].name) for name in columns)}) VALUES "
+        self._tail = (" ON CONFLICT DO NOTHING" if on_conflict_do_nothing else "") + (
+            f" RETURNING {', '.join(quote(table.c[name].name) for name in returning)}" if returning else "")
+        self.rows_per_statement = max(1, min(500, (dialect.insertmanyvalues_max_parameters or 999) // max(1, len(columns))))
+        self._sql: dict[int, str] = {}
+
+    def sql(self, count: int) -> str:
+        text = self._sql.get(count)
+        if text is None:
+            text = self._sql[count] = self._head + ", ".join([self._row] * count) + self._tail
+        return text
+
+    def parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Every row's values in column order, converted as SQLAlchemy would; a value
+        seen before in the same column (the transaction's ``now``) is converted once."""
+        out: list[Any] = []
+        append = out.append
+        columns = [(name, process, {}) for name, process in self.processors]
+        for row in rows:
+            for name, process, seen in columns:
+                value = row[name]
+                if process is not None and value is not None:
+                    if type(value) in _MEMOISABLE:
+                        converted = seen.get(value, _UNSEEN)
+                        if converted is _UNSEEN:
+                            converted = seen[value] = process(value)
+                        value = converted
+                    else:
+                        value = process(value)
+                append(value)
+        return out
+
+
+_UNSEEN = object()
+_MEMOISABLE = frozenset({datetime, str, int, bool, bytes})
+_INSERT_PLANS: dict[tuple[Any, ...], _InsertPlan] = {}
+
+
+def insert_rows(
+    session: Session, table: Table, rows: Sequence[Mapping[str, Any]], *,
+    returning: Sequence[str] = (), on_conflict_do_nothing: bool = False,
+) -> list[tuple[Any, ...]]:
+    """``table.insert()`` of ``rows`` in the session's transaction, as multi-row
+    ``INSERT ... VALUES`` statements on its DB-API cursor: for the pipeline's hot
+    inserts, where SQLAlchemy's work per statement and per value costs more than
+    SQLite's. Every row has the same keys; a column with a Python-side default must
+    be given (refused otherwise: nothing fills it in here). Returns the
+    ``returning`` columns of the inserted rows, in no particular order."""
+    if not rows:
+        return []
+    connection = session.connection()
+    dialect = connection.dialect
+    columns = tuple(rows[0])
+    key = (table, columns, tuple(returning), on_conflict_do_nothing, dialect.name, dialect.paramstyle)
+    plan = _INSERT_PLANS.get(key)
+    if plan is None:
+        plan = _INSERT_PLANS[key] = _InsertPlan(table, columns, tuple(returning), dialect, on_conflict_do_nothing)
+    cursor = connection.connection.cursor()
+    out: list[tuple[Any, ...]] = []
+    try:
+        for first in range(0, len(rows), plan.rows_per_statement):
+            chunk = rows[first : first + plan.rows_per_statement]
+            if any(len(row) != len(columns) for row in chunk):
+                raise ValueError(f"insert_rows into {table.name}: every row needs the same columns")
+            cursor.execute(plan.sql(len(chunk)), plan.parameters(chunk))
+            if returning:
+                out.extend(tuple(row) for row in cursor.fetchall())
+    finally:
+        cursor.close()
+    return out

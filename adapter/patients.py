@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from uuid6 import uuid7
 
 from adapter import events as ev
+from adapter.db import insert_rows
 from adapter.models import Appointment, Contact, Notification, Patient, PatientIdentifier
 from compliance.crypto import Vault
 
@@ -132,14 +133,14 @@ def create_patients(
     vault.create_keys(session, [f"patient:{patient_id}" for patient_id in ids])  # no look-up: nobody used them
     patient_rows, identifier_rows, contact_rows = [], [], []
     for patient_id, details in zip(ids, patients, strict=True):
-        patient_rows.append({"language": "", **_patient_values(session, vault, patient_id, details, now),
+        patient_rows.append({"language": "", "given_name_enc": None, "family_name_enc": None,
+                             **_patient_values(session, vault, patient_id, details, now),
                              "id": patient_id, "created_at": now})
         identifier_rows += _identifier_rows(patient_id, identifier_indexes(vault, details))
         contact_rows += _contact_changes(session, vault, patient_id, details.telecom, {}, now).added
-    session.execute(_PATIENT.insert(), patient_rows)
-    session.execute(_IDENTIFIER.insert(), identifier_rows)
-    if contact_rows:
-        session.execute(_CONTACT.insert(), contact_rows)
+    insert_rows(session, _PATIENT, patient_rows)
+    insert_rows(session, _IDENTIFIER, identifier_rows)
+    insert_rows(session, _CONTACT, contact_rows)
     return ids
 
 

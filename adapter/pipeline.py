@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from uuid6 import uuid7
 
 from adapter import events as ev
+from adapter.db import insert_rows
 from adapter.models import Appointment, Notification, PatientIdentifier
 from adapter.patients import create_patients, identifier_index, identifier_indexes, merge_patients, upsert_patient
 from adapter.rules import Plan, PlannedNotification, RuleSet, plan_notifications
@@ -41,8 +42,6 @@ _APPOINTMENT_STATE = ("patient_id", "start", "status", "location", "updated_at")
 _KNOWN_IDENTIFIERS = select(PatientIdentifier.__table__.c.identifier_index).where(
     PatientIdentifier.__table__.c.identifier_index.in_(bindparam("indexes", expanding=True)))
 _KNOWN_REFS = select(_APPOINTMENT.c.ref).where(_APPOINTMENT.c.ref.in_(bindparam("refs", expanding=True)))
-# Matched by the (unique) idempotency key: asking for the rows' order would make SQLite insert them one by one.
-_INSERT_NOTIFICATIONS = _NOTIFICATION.insert().returning(_NOTIFICATION.c.idempotency_key, _NOTIFICATION.c.id)
 
 
 @dataclass(frozen=True)
@@ -161,7 +160,7 @@ class Pipeline:
         patient_ids = create_patients(session, self.gate.vault, [booking.patient for booking in bookings], now=now)
         for patient_id in patient_ids:
             self.gate.patient_created(session, patient_id)
-        session.execute(_APPOINTMENT.insert(), [
+        insert_rows(session, _APPOINTMENT, [
             _appointment_row(patient_id, booking, "booked", now) for patient_id, booking in zip(patient_ids, bookings, strict=True)
         ])
         rows = [self._notification_rows(session, patient_id, self._plan(booking, now), booking, now=now)
@@ -304,10 +303,11 @@ class Pipeline:
 
     @staticmethod
     def _insert_notifications(session: Session, rows: list[dict[str, Any]]) -> list[_Created]:
-        """One multi-row insert; the ids come back for the audit."""
+        """One multi-row insert; the ids come back for the audit, matched by the (unique)
+        idempotency key (asking for the rows' order would make SQLite insert them one by one)."""
         if not rows:
             return []
-        ids = dict(session.execute(_INSERT_NOTIFICATIONS, rows).all())  # idempotency key → id
+        ids = dict(insert_rows(session, _NOTIFICATION, rows, returning=("idempotency_key", "id")))
         return [_Created(ids[row["idempotency_key"]], row["patient_id"], row["kind"], row["rule_id"], row["status"],
                          row["reason"], row["scheduled_for"]) for row in rows]
 

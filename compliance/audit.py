@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import and_, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from adapter.db import insert_rows
 from compliance import merkle
 from compliance.errors import AuditError, AuditIntegrityError, PersonalDataInAudit
 from compliance.models import AuditEntry, AuditNode, AuditTreeHead
@@ -220,8 +221,8 @@ def _check_value(where: str, value: str) -> None:
 
 _LOCKED = "compliance.audit_locked_in"
 _ENTRY_COLUMNS = [c.key for c in AuditEntry.__table__.columns]
-_INSERT_ENTRY = AuditEntry.__table__.insert()
-_INSERT_NODE = AuditNode.__table__.insert()
+_ENTRY_TABLE = AuditEntry.__table__
+_NODE_TABLE = AuditNode.__table__
 _LAST_ENTRY = select(AuditEntry.seq, AuditEntry.root_after).order_by(AuditEntry.seq.desc()).limit(1)
 
 
@@ -280,10 +281,8 @@ class AuditLog:
             row.root_after = edge.root()
             rows.append(row)
         # Core inserts: the ORM unit of work would triple the cost of an append.
-        conn = session.connection()
-        conn.execute(_INSERT_ENTRY, [{c: getattr(row, c) for c in _ENTRY_COLUMNS} for row in rows])
-        if nodes:
-            conn.execute(_INSERT_NODE, [{"level": lvl, "idx": idx, "hash": h} for lvl, idx, h in nodes])
+        insert_rows(session, _ENTRY_TABLE, [{c: getattr(row, c) for c in _ENTRY_COLUMNS} for row in rows])
+        insert_rows(session, _NODE_TABLE, [{"level": lvl, "idx": idx, "hash": h} for lvl, idx, h in nodes])
         with self._edge_lock:
             self._edge, self._edge_root = edge, rows[-1].root_after
             self._edge_tx = _current_tx(session)

@@ -40,10 +40,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import event, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from adapter.db import insert_rows
 from compliance.errors import ConfigError, CryptoError, KeyDestroyed, TamperedCiphertext, UnknownKey
 from compliance.models import DataKey
 from compliance.pseudonyms import normalise
@@ -382,8 +381,8 @@ class Vault:
             return {}
         # One statement, no savepoint: a key another transaction created first (or a
         # destroyed subject's tombstone) wins, and is read back instead.
-        created = {subject for _, subject in session.execute(
-            _INSERT_KEY[session.get_bind().dialect.name], [row for _, row in made.values()])}
+        created = {subject for (subject,) in insert_rows(
+            session, DataKey.__table__, [row for _, row in made.values()], returning=("subject",), on_conflict_do_nothing=True)}
         out = {}
         for subject, (cached, _) in made.items():
             if subject in created:
@@ -423,13 +422,6 @@ class Vault:
 
 _PENDING = "compliance.pending_keys"
 # A data key unless the subject has one (or a tombstone): INSERT ... ON CONFLICT DO NOTHING.
-_INSERT_KEY = {
-    name: insert(DataKey.__table__).on_conflict_do_nothing().returning(DataKey.__table__.c.id,
-                                                                       DataKey.__table__.c.subject)
-    for name, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
-}
-
-
 def _pending(session: Session) -> dict[str, _CachedKey]:
     return session.info.setdefault(_PENDING, {})
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, Engine, MetaData, Table, TypeDecorator, create_engine, event
+from sqlalchemy import DateTime, Dialect, Engine, LargeBinary, MetaData, Table, TypeDecorator, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING = {
@@ -261,7 +261,9 @@ class _InsertPlan:
         if missing:
             raise ValueError(f"insert_rows into {table.name}: give {', '.join(missing)} (Python-side defaults are not applied)")
         quote = dialect.identifier_preparer.quote
-        self.processors = [(name, table.c[name].type._cached_bind_processor(dialect)) for name in columns]
+        # Bytes go to sqlite3 and psycopg as they are: no wrapping in the driver's Binary.
+        self.processors = [(name, None if isinstance(table.c[name].type, LargeBinary)
+                            else table.c[name].type._cached_bind_processor(dialect)) for name in columns]
         marker = "?" if dialect.paramstyle == "qmark" else "%s"
         self._row = "(" + ", ".join([marker] * len(columns)) + ")"
         self._head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(table.c[name].name) for name in columns)}) VALUES "
@@ -298,7 +300,7 @@ class _InsertPlan:
 
 
 _UNSEEN = object()
-_MEMOISABLE = frozenset({datetime, str, int, bool, bytes})
+_MEMOISABLE = frozenset({datetime, str, int, bool})
 _INSERT_PLANS: dict[tuple[Any, ...], _InsertPlan] = {}
 
 

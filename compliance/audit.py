@@ -155,9 +155,9 @@ class _NewEntry:
     root_after: bytes = b""
 
 
-def entry_bytes(row: AuditEntry | _NewEntry, *, seq: int | None = None) -> bytes:
+def entry_bytes(row: AuditEntry | _NewEntry, *, seq: int | None = None, details: Any = None) -> bytes:
     """The leaf data of an entry: its canonical JSON (``seq`` may be overridden, to test
-    whether an entry was moved)."""
+    whether an entry was moved; ``details``: the row's details already read from its JSON)."""
     return json.dumps(
         {
             "seq": row.seq if seq is None else seq,
@@ -167,7 +167,7 @@ def entry_bytes(row: AuditEntry | _NewEntry, *, seq: int | None = None) -> bytes
             "actor": row.actor,
             "subject": row.subject,
             "reason": row.reason,
-            "details": json.loads(row.details),
+            "details": json.loads(row.details) if details is None else details,
         },
         sort_keys=True, separators=(",", ":"), ensure_ascii=False,
     ).encode()
@@ -269,14 +269,16 @@ class AuditLog:
         if not drafts:
             return []
         edge = self._right_edge(session)
-        rows, nodes = [], []
+        rows, nodes, records = [], [], []
         for draft in drafts:
             row = _NewEntry(
                 seq=edge.size, at=draft.at.astimezone(UTC), action=draft.action, outcome=draft.outcome,
                 actor=draft.actor, subject=draft.subject_pseudonym, reason=draft.reason,
                 details=canonical_details(draft.details),
             )
-            row.leaf_hash = merkle.leaf_hash(entry_bytes(row))
+            details = json.loads(row.details)  # as it reads back: hashed and returned as that
+            row.leaf_hash = merkle.leaf_hash(entry_bytes(row, details=details))
+            records.append(_record(row, details))
             nodes.extend(edge.append(row.leaf_hash))
             row.root_after = edge.root()
             rows.append(row)
@@ -286,7 +288,7 @@ class AuditLog:
         with self._edge_lock:
             self._edge, self._edge_root = edge, rows[-1].root_after
             self._edge_tx = _current_tx(session)
-        return [_record(row) for row in rows]
+        return records
 
     def sign_tree_head(self, session: Session, at: datetime) -> TreeHead:
         """Sign the current tree. Before signing, the entries added since the last signed
@@ -456,9 +458,10 @@ def _current_tx(session: Session) -> object:
     return session.get_nested_transaction() or session.get_transaction()
 
 
-def _record(row: AuditEntry | _NewEntry) -> AuditRecord:
+def _record(row: AuditEntry | _NewEntry, details: dict[str, Any] | None = None) -> AuditRecord:
+    """``details``: the row's details already read from its JSON."""
     return AuditRecord(row.seq, row.at, row.action, row.outcome, row.actor, row.subject, row.reason,
-                       json.loads(row.details), row.leaf_hash)
+                       json.loads(row.details) if details is None else details, row.leaf_hash)
 
 
 def _head(row: AuditTreeHead) -> TreeHead:

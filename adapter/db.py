@@ -261,7 +261,8 @@ class _InsertPlan:
         if missing:
             raise ValueError(f"insert_rows into {table.name}: give {', '.join(missing)} (Python-side defaults are not applied)")
         quote = dialect.identifier_preparer.quote
-        # Bytes go to sqlite3 and psycopg as they are: no wrapping in the driver's Binary.
+        # The processor SQLAlchemy's compiler uses (a private method; SQLAlchemy is pinned
+        # in requirements.txt). Bytes go to sqlite3 and psycopg as they are: no wrapping in the driver's Binary.
         self.processors = [(name, None if isinstance(table.c[name].type, LargeBinary)
                             else table.c[name].type._cached_bind_processor(dialect)) for name in columns]
         marker = "?" if dialect.paramstyle == "qmark" else "%s"
@@ -323,13 +324,13 @@ def insert_rows(
     plan = _INSERT_PLANS.get(key)
     if plan is None:
         plan = _INSERT_PLANS[key] = _InsertPlan(table, columns, tuple(returning), dialect, on_conflict_do_nothing)
+    if any(len(row) != len(columns) for row in rows):
+        raise ValueError(f"insert_rows into {table.name}: every row needs the same columns")
     cursor = connection.connection.cursor()
     out: list[tuple[Any, ...]] = []
     try:
         for first in range(0, len(rows), plan.rows_per_statement):
             chunk = rows[first : first + plan.rows_per_statement]
-            if any(len(row) != len(columns) for row in chunk):
-                raise ValueError(f"insert_rows into {table.name}: every row needs the same columns")
             cursor.execute(plan.sql(len(chunk)), plan.parameters(chunk))
             if returning:
                 out.extend(tuple(row) for row in cursor.fetchall())

@@ -153,8 +153,10 @@ class GroupCommitWriter:
         answered from the stored original. Statements go to the DB-API cursor:
         at thousands of messages a second SQLAlchemy's own work per statement
         costs more than the insert."""
-        with transaction(self.sessions) as session:  # reads the system key only when not cached
-            sealed = [self.vault.encrypt(session, SYSTEM, raw) for _, raw in items]
+        sealed = [self.vault.encrypt_if_cached(SYSTEM, raw) for _, raw in items]
+        if None in sealed:  # the system key is read (once, then cached) in a transaction
+            with transaction(self.sessions) as session:
+                sealed = [self.vault.encrypt(session, SYSTEM, raw) for _, raw in items]
         received_at = self._bind_time(self.clock.now())
         rows = [
             (header.sender[:200], header.control_id[:200], f"{header.message_code}^{header.trigger_event}"[:40], received_at, blob)

@@ -206,10 +206,14 @@ class Vault:
     # -- sealing -------------------------------------------------------------------------
 
     def encrypt(self, session: Session, subject: str, plaintext: bytes, *, aad: bytes = b"") -> bytes:
-        cached = self._key_for_subject(session, subject)
-        header = _HEADER.pack(BLOB_VERSION, cached.key_id)
-        nonce = os.urandom(NONCE_BYTES)
-        return header + nonce + cached.aead.encrypt(nonce, plaintext, header + aad)
+        return _seal(self._key_for_subject(session, subject), plaintext, aad)
+
+    def encrypt_if_cached(self, subject: str, plaintext: bytes, *, aad: bytes = b"") -> bytes | None:
+        """:meth:`encrypt` without a session while ``subject``'s key is in the cache (the
+        ACK path seals every message with the system key); ``None`` when it is not, and
+        the caller seals in a transaction instead."""
+        cached = self._fresh(self._by_subject.get(subject))
+        return None if cached is None else _seal(cached, plaintext, aad)
 
     def decrypt(self, session: Session, blob: bytes, *, aad: bytes = b"") -> bytes:
         if len(blob) < _HEADER.size + NONCE_BYTES + 16 or blob[0] != BLOB_VERSION:
@@ -422,6 +426,12 @@ class Vault:
 
 _PENDING = "compliance.pending_keys"
 # A data key unless the subject has one (or a tombstone): INSERT ... ON CONFLICT DO NOTHING.
+def _seal(cached: _CachedKey, plaintext: bytes, aad: bytes) -> bytes:
+    header = _HEADER.pack(BLOB_VERSION, cached.key_id)
+    nonce = os.urandom(NONCE_BYTES)
+    return header + nonce + cached.aead.encrypt(nonce, plaintext, header + aad)
+
+
 def _pending(session: Session) -> dict[str, _CachedKey]:
     return session.info.setdefault(_PENDING, {})
 

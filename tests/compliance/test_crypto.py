@@ -22,6 +22,22 @@ def test_a_sealed_value_opens_in_a_later_transaction(vault, sessions):
         assert Vault.open(sessions, vault.master).decrypt_str(session, blob) == NAME
 
 
+def test_sealing_without_a_session_works_only_while_the_subjects_key_is_cached(vault, sessions):
+    # The ACK path seals with the system key without opening a transaction for it.
+    assert vault.encrypt_if_cached("system", b"MSH|^~\\&|...") is None  # not read yet
+    with transaction(sessions) as session:
+        vault.encrypt(session, "system", b"x")  # creates (or reads) and caches it
+    blob = vault.encrypt_if_cached("system", b"MSH|^~\\&|...", aad=b"raw")
+    assert blob is not None and blob != vault.encrypt_if_cached("system", b"MSH|^~\\&|...", aad=b"raw")  # fresh nonce
+    with transaction(sessions) as session:
+        assert Vault.open(sessions, vault.master).decrypt(session, blob, aad=b"raw") == b"MSH|^~\\&|..."
+    assert vault.encrypt_if_cached("patient:never-seen", b"x") is None
+    expiring = Vault.open(sessions, vault.master, cache_ttl_s=0)
+    with transaction(sessions) as session:
+        expiring.encrypt(session, "system", b"x")
+    assert expiring.encrypt_if_cached("system", b"x") is None  # expired: read again, in a transaction
+
+
 def test_each_subject_gets_its_own_data_key_created_once(vault, sessions):
     with transaction(sessions) as session:
         for subject in ["patient:a1", "patient:a2", "patient:a1", "system"]:

@@ -265,7 +265,7 @@ class _InsertPlan:
         # in requirements.txt). Bytes go to sqlite3 and psycopg as they are: no wrapping in the driver's Binary.
         self.processors = [(name, None if isinstance(table.c[name].type, LargeBinary)
                             else table.c[name].type._cached_bind_processor(dialect)) for name in columns]
-        marker = "?" if dialect.paramstyle == "qmark" else "%s"
+        marker = placeholder(dialect)
         self._row = "(" + ", ".join([marker] * len(columns)) + ")"
         self._head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(table.c[name].name) for name in columns)}) VALUES "
         self._tail = (" ON CONFLICT DO NOTHING" if on_conflict_do_nothing else "") + (
@@ -300,6 +300,11 @@ class _InsertPlan:
         return out
 
 
+def placeholder(dialect: Dialect) -> str:
+    """The DB-API parameter marker of ``dialect`` (``?`` for sqlite3, ``%s`` for psycopg)."""
+    return "?" if dialect.paramstyle == "qmark" else "%s"
+
+
 _UNSEEN = object()
 _MEMOISABLE = frozenset({datetime, str, int, bool})
 _INSERT_PLANS: dict[tuple[Any, ...], _InsertPlan] = {}
@@ -318,7 +323,22 @@ def insert_rows(
     if not rows:
         return []
     connection = session.connection()
-    dialect = connection.dialect
+    cursor = connection.connection.cursor()
+    try:
+        return insert_rows_with(cursor, connection.dialect, table, rows, returning=returning,
+                                on_conflict_do_nothing=on_conflict_do_nothing)
+    finally:
+        cursor.close()
+
+
+def insert_rows_with(
+    cursor: Any, dialect: Dialect, table: Table, rows: Sequence[Mapping[str, Any]], *,
+    returning: Sequence[str] = (), on_conflict_do_nothing: bool = False,
+) -> list[tuple[Any, ...]]:
+    """:func:`insert_rows` on a DB-API ``cursor`` already in a transaction
+    (:func:`raw_transaction`'s, on the ACK path)."""
+    if not rows:
+        return []
     columns = tuple(rows[0])
     key = (table, columns, tuple(returning), on_conflict_do_nothing, dialect.name, dialect.paramstyle)
     plan = _INSERT_PLANS.get(key)
@@ -326,14 +346,10 @@ def insert_rows(
         plan = _INSERT_PLANS[key] = _InsertPlan(table, columns, tuple(returning), dialect, on_conflict_do_nothing)
     if any(len(row) != len(columns) for row in rows):
         raise ValueError(f"insert_rows into {table.name}: every row needs the same columns")
-    cursor = connection.connection.cursor()
     out: list[tuple[Any, ...]] = []
-    try:
-        for first in range(0, len(rows), plan.rows_per_statement):
-            chunk = rows[first : first + plan.rows_per_statement]
-            cursor.execute(plan.sql(len(chunk)), plan.parameters(chunk))
-            if returning:
-                out.extend(tuple(row) for row in cursor.fetchall())
-    finally:
-        cursor.close()
+    for first in range(0, len(rows), plan.rows_per_statement):
+        chunk = rows[first : first + plan.rows_per_statement]
+        cursor.execute(plan.sql(len(chunk)), plan.parameters(chunk))
+        if returning:
+            out.extend(tuple(row) for row in cursor.fetchall())
     return out

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapter.clock import Clock
 from adapter.app_acks import queue_application_ack, wants_accept_ack, wants_application_ack
 from adapter.events import AnyEvent
-from adapter.db import raw_transaction, transaction
+from adapter.db import insert_rows_with, placeholder, raw_transaction, transaction
 from adapter.metrics import ACK_LATENCY, MESSAGES_RECEIVED
 from adapter.models import InboundMessage
 from adapter.pipeline import Pipeline
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 SYSTEM = "system"
 _PROCESSABLE = ("stored", "error", "rejected")  # replay takes errors and rejections again
 _MSA = re.compile(rb"MSA.(\w\w)")
+_INBOUND = InboundMessage.__table__
 
 
 def ack_code(ack: bytes) -> str:
@@ -89,10 +90,7 @@ class GroupCommitWriter:
         # would queue behind background work waiting for the write lock.
         self._executor = _store_thread()
         self.engine = sessions.kw["bind"]
-        self._placeholder = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        self._bind_time = InboundMessage.__table__.c.received_at.type.bind_processor(self.engine.dialect)
-        self._insert_sql_cache: dict[int, str] = {}
-        p = self._placeholder
+        p = placeholder(self.engine.dialect)
         self._count_duplicate_sql = (
             "UPDATE inbound_message SET duplicates = duplicates + 1"
             f" WHERE source = 'hl7' AND sender = {p} AND control_id = {p} RETURNING id, status, error"
@@ -157,16 +155,20 @@ class GroupCommitWriter:
         if None in sealed:  # the system key is read (once, then cached) in a transaction
             with transaction(self.sessions) as session:
                 sealed = [self.vault.encrypt(session, SYSTEM, raw) for _, raw in items]
-        received_at = self._bind_time(self.clock.now())
+        received_at = self.clock.now()
         rows = [
-            (header.sender[:200], header.control_id[:200], f"{header.message_code}^{header.trigger_event}"[:40], received_at, blob)
+            {"source": "hl7", "sender": header.sender[:200], "control_id": header.control_id[:200],
+             "message_type": f"{header.message_code}^{header.trigger_event}"[:40], "received_at": received_at,
+             "status": "stored", "duplicates": 0, "raw_enc": blob}
             for (header, _), blob in zip(items, sealed, strict=True)
         ]
         with raw_transaction(self.engine, priority=True) as cursor:  # an ACK waits on it
-            cursor.execute(self._insert_sql(len(rows)), [value for row in rows for value in row])
-            fresh = {(sender, control_id): message_id for message_id, sender, control_id in cursor.fetchall()}
+            fresh = {(sender, control_id): message_id for message_id, sender, control_id in insert_rows_with(
+                cursor, self.engine.dialect, _INBOUND, rows, returning=("id", "sender", "control_id"),
+                on_conflict_do_nothing=True)}
             out = []
-            for sender, control_id, *_ in rows:
+            for row in rows:
+                sender, control_id = row["sender"], row["control_id"]
                 message_id = fresh.pop((sender, control_id), None)
                 if message_id is None:
                     cursor.execute(self._count_duplicate_sql, (sender, control_id))
@@ -175,18 +177,6 @@ class GroupCommitWriter:
                 else:
                     out.append(Stored(message_id, False, "stored", None))
         return out
-
-    def _insert_sql(self, count: int) -> str:
-        sql = self._insert_sql_cache.get(count)
-        if sql is None:
-            p = self._placeholder
-            row = f"('hl7', {p}, {p}, {p}, {p}, 'stored', 0, {p})"
-            sql = self._insert_sql_cache[count] = (
-                "INSERT INTO inbound_message (source, sender, control_id, message_type, received_at, status, duplicates, raw_enc)"
-                f" VALUES {', '.join([row] * count)}"
-                " ON CONFLICT (source, sender, control_id) DO NOTHING RETURNING id, sender, control_id"
-            )
-        return sql
 
 
 class HL7Intake:

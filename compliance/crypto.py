@@ -425,7 +425,8 @@ class Vault:
 
 
 _PENDING = "compliance.pending_keys"
-# A data key unless the subject has one (or a tombstone): INSERT ... ON CONFLICT DO NOTHING.
+
+
 def _seal(cached: _CachedKey, plaintext: bytes, aad: bytes) -> bytes:
     header = _HEADER.pack(BLOB_VERSION, cached.key_id)
     nonce = os.urandom(NONCE_BYTES)

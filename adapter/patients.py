@@ -6,14 +6,11 @@ else works with the internal id (a pseudonym).
 
 from __future__ import annotations
 
-import functools
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import phonenumbers
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 from uuid6 import uuid7
@@ -21,6 +18,7 @@ from uuid6 import uuid7
 from adapter import events as ev
 from adapter.db import insert_rows
 from adapter.models import Appointment, Contact, Notification, Patient, PatientIdentifier
+from adapter.phones import phone
 from compliance.crypto import Vault
 
 _PATIENT = Patient.__table__
@@ -55,16 +53,10 @@ def identifier_index(vault: Vault, identifier: ev.Identifier) -> str:
     return vault.blind_index("identifier", f"{identifier.system}|{identifier.value}")
 
 
-@functools.lru_cache(maxsize=8192)  # pure, and the same numbers come back
 def normalise_phone(value: str, region: str = "IT") -> str | None:
     """E.164, or None for a number that cannot be dialled."""
-    try:
-        number = phonenumbers.parse(value, region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    read = phone(value, region)
+    return read.e164 if read.valid else None
 
 
 def medium_and_address(point: ev.ContactPoint) -> tuple[str, str] | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-import phonenumbers
+from adapter.phones import phone
 
 DEFAULT_REGION = "IT"
 PHONE_KINDS = frozenset({"phone", "sms", "whatsapp", "voice", "mobile"})
@@ -25,11 +25,8 @@ PSEUDONYM = re.compile(r"^(|[a-z_]+:[A-Za-z0-9_.:\-]{1,100})$")
 
 def e164(value: str, region: str = DEFAULT_REGION) -> str:
     """E.164 form of a phone number; unparseable input is reduced to its digits and ``+``."""
-    try:
-        parsed = phonenumbers.parse(value, region)
-    except phonenumbers.NumberParseException:
-        return re.sub(r"[^0-9+]", "", value)
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    read = phone(value, region)
+    return read.e164 if read.e164 is not None else re.sub(r"[^0-9+]", "", value)
 
 
 def email(value: str) -> str:

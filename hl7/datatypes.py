@@ -10,13 +10,11 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from datetime import datetime, timedelta, timezone, tzinfo
 
-import phonenumbers
-
 from adapter.events import ContactPoint, Identifier
+from adapter.phones import phone
 from hl7.message import Repetition
 
 _TS = re.compile(
@@ -103,20 +101,14 @@ def _phone_number(xtn: Repetition) -> str:
     return xtn.component(1).strip()
 
 
-@functools.lru_cache(maxsize=8192)  # pure, and the same numbers come back (patients, clinics)
 def _normalise_phone(number: str, region: str) -> tuple[str, bool]:
     cleaned = re.sub(r"[\s().\-/]", "", number)
     if cleaned.startswith("00"):
         cleaned = "+" + cleaned[2:]
-    try:
-        parsed = phonenumbers.parse(cleaned, region)
-    except phonenumbers.NumberParseException:
+    read = phone(cleaned, region)
+    if read.e164 is None or not read.possible:
         return cleaned, False
-    if not phonenumbers.is_possible_number(parsed):
-        return cleaned, False
-    kind = phonenumbers.number_type(parsed)
-    mobile = kind in (phonenumbers.PhoneNumberType.MOBILE,)
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), mobile
+    return read.e164, read.mobile
 
 
 # ISO 639-2 (what HL7 table 0296 and many senders use) → BCP-47 primary tags.

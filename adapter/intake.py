@@ -24,17 +24,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.clock import Clock
 from adapter.app_acks import queue_application_ack, wants_accept_ack, wants_application_ack
 from adapter.events import AnyEvent
-from adapter.db import insert_rows_with, placeholder, raw_transaction, transaction
+from adapter.db import insert_rows_with, placeholder, raw_transaction, read_transaction, transaction
 from adapter.metrics import ACK_LATENCY, MESSAGES_RECEIVED
 from adapter.models import InboundMessage
 from adapter.pipeline import Pipeline
-from adapter.stored_work import process_all, process_in_chunks, stored_ids
+from adapter.stored_work import process_all, stored_ids
 from adapter.waiting import Waiting
 from compliance.crypto import Vault
 from hl7.ack import AckCode, AckError, build_ack, build_reject_for_unreadable
@@ -63,6 +63,17 @@ class Stored:
     duplicate: bool
     status: str
     error: str | None
+
+
+@dataclass(frozen=True)
+class _Mapped:
+    """A stored message read and mapped, before its events are applied: its events,
+    or the reason it cannot be (then ``events`` is empty)."""
+
+    message_id: int
+    header: MessageHeader | None
+    events: list[AnyEvent]
+    failure: Exception | None
 
 
 @dataclass
@@ -250,66 +261,81 @@ class HL7Intake:
     def process(self, message_id: int) -> str:
         """Map one stored message and apply its events, in one transaction with
         marking it processed. Returns the final status."""
+        mapped = self._map_stored([message_id], _PROCESSABLE)
         with transaction(self.sessions) as session:
-            # Locked: a serve process and a worker may reach the same row; the
-            # second waits, then sees it processed.
-            rows = self._locked(session, [message_id])
-            if not rows:
-                return "missing"
-            if rows[0].status not in _PROCESSABLE:
-                return rows[0].status
-            return self._process_rows(session, rows, self.clock.now()).get(message_id, rows[0].status)
+            outcome = self._apply(session, mapped, _PROCESSABLE, self.clock.now())
+            if message_id in outcome:
+                return outcome[message_id]
+            status = session.scalar(select(_INBOUND.c.status).where(_INBOUND.c.id == message_id))
+            return status or "missing"
 
     def process_batch(self, message_ids: list[int], *, budget_s: float = 0.1, chunk: int = 32) -> int:
-        """Process stored messages in one transaction, a chunk at a time (read and
-        locked together, their events applied together by ``Pipeline.handle_many``,
-        each message all or nothing), until ``budget_s`` is spent or a message
-        arrives that waits for its ACK. A chunk is ``chunk`` messages when the
-        feed has been quiet for a moment, one otherwise: with SQLite an ACK waits
-        for the transaction in progress, so under a feed that stays short.
-        Returns how many ids were handled."""
-        return process_in_chunks(
-            self.sessions, message_ids,
-            lambda session, ids: self._process_rows(session, self._locked(session, ids, status="stored"), self.clock.now()),
-            chunk_size=lambda: chunk if self.writer.waiting.quiet_for(0.01) else 1,
-            give_way=lambda: not self.writer.waiting.idle.is_set(),
-            budget_s=budget_s,
-        )
+        """Process stored messages a chunk at a time, each chunk mapped first and then
+        applied in a transaction of its own (``Pipeline.handle_many``, each message all
+        or nothing), until ``budget_s`` is spent or a message arrives that waits for its
+        ACK. A chunk is ``chunk`` messages when the feed has been quiet for a moment,
+        one otherwise: with SQLite an ACK waits for the transaction in progress, so
+        under a feed that stays short. Returns how many ids were handled."""
+        done, began = 0, time.perf_counter()
+        while done < len(message_ids):
+            ids = message_ids[done : done + (chunk if self.writer.waiting.quiet_for(0.01) else 1)]
+            mapped = self._map_stored(ids, ("stored",))
+            with transaction(self.sessions) as session:
+                self._apply(session, mapped, ("stored",), self.clock.now())
+            done += len(ids)
+            if time.perf_counter() - began > budget_s or not self.writer.waiting.idle.is_set():
+                break
+        return done
 
-    @staticmethod
-    def _locked(session: Session, ids: list[int], status: str | None = None) -> list[Row[Any]]:
-        """The rows of ``ids`` (only those in ``status``, if given), locked, oldest first."""
-        table = InboundMessage.__table__
-        query = select(table.c.id, table.c.status, table.c.raw_enc, table.c.received_at).where(table.c.id.in_(ids))
-        if status is not None:
-            query = query.where(table.c.status == status)
-        return list(session.execute(query.order_by(table.c.id).with_for_update()))
-
-    def _process_rows(self, session: Session, rows: list[Row[Any]], now: datetime) -> dict[int, str]:
-        """Map each row to events (a message that cannot be mapped ends here with
-        its reason), apply the mapped ones in order, record each outcome (one
-        UPDATE for all). Returns each message's final status."""
-        mapped: list[tuple[int, MessageHeader, list[AnyEvent]]] = []
-        settled: list[dict[str, Any]] = []
-        for row in rows:
-            if row.raw_enc is None:  # purged after retention: nothing to map
-                continue
+    def _map_stored(self, ids: list[int], statuses: tuple[str, ...]) -> list[_Mapped]:
+        """Read the messages of ``ids`` that are in ``statuses`` and map each to events,
+        oldest first, without the write lock: an ACK never waits while a message is
+        parsed (a report of thousands of OBX segments takes a noticeable time). A
+        message that cannot be read or mapped comes back with its failure. Messages
+        purged after retention are left out: there is nothing to map."""
+        with read_transaction(self.sessions) as session:
+            rows = session.execute(
+                select(_INBOUND.c.id, _INBOUND.c.raw_enc, _INBOUND.c.received_at)
+                .where(_INBOUND.c.id.in_(ids), _INBOUND.c.status.in_(statuses), _INBOUND.c.raw_enc.is_not(None))
+                .order_by(_INBOUND.c.id)).all()
+            read: list[tuple[int, bytes | Exception, datetime]] = []
+            for row in rows:
+                try:
+                    read.append((row.id, self.vault.decrypt(session, row.raw_enc), row.received_at))
+                except Exception as exc:  # noqa: BLE001 - recorded with the message, never lost
+                    read.append((row.id, exc, row.received_at))
+        mapped = []
+        for message_id, raw, received_at in read:
             header = None
             try:
-                raw = self.vault.decrypt(session, row.raw_enc)
+                if isinstance(raw, Exception):
+                    raise raw
                 header = read_header(raw)
-                events = map_message(decode(raw, header), self.facilities, received_at=row.received_at)
+                events = map_message(decode(raw, header), self.facilities, received_at=received_at)
             except Exception as exc:  # noqa: BLE001 - recorded with the message, never lost
-                settled.append(self._settle(session, row.id, header, exc, now))
+                mapped.append(_Mapped(message_id, header, [], exc))
             else:
-                mapped.append((row.id, header, events))
-        outcomes = self.pipeline.handle_many(session, [events for _, _, events in mapped], now=now)
-        for (message_id, header, _), outcome in zip(mapped, outcomes, strict=True):
-            settled.append(self._settle(session, message_id, header, outcome if isinstance(outcome, Exception) else None, now))
+                mapped.append(_Mapped(message_id, header, events, None))
+        return mapped
+
+    def _apply(self, session: Session, mapped: list[_Mapped], statuses: tuple[str, ...], now: datetime) -> dict[int, str]:
+        """Apply the events of the mapped messages still in ``statuses`` (locked and read
+        again: a serve process and a worker may reach the same message; the second
+        waits, then finds it processed) in order; a message that could not be mapped
+        ends here with its reason. Records each outcome (one UPDATE for all) and
+        returns each message's final status."""
+        current = {row.id for row in session.execute(
+            select(_INBOUND.c.id).where(_INBOUND.c.id.in_([m.message_id for m in mapped]), _INBOUND.c.status.in_(statuses))
+            .order_by(_INBOUND.c.id).with_for_update())} if mapped else set()
+        mapped = [m for m in mapped if m.message_id in current]
+        ready = [m for m in mapped if m.failure is None]
+        settled = [self._settle(session, m.message_id, m.header, m.failure, now) for m in mapped if m.failure is not None]
+        outcomes = self.pipeline.handle_many(session, [m.events for m in ready], now=now)
+        for m, outcome in zip(ready, outcomes, strict=True):
+            settled.append(self._settle(session, m.message_id, m.header, outcome if isinstance(outcome, Exception) else None, now))
         if settled:
-            table = InboundMessage.__table__
             session.execute(
-                update(table).where(table.c.id == bindparam("message_id"))
+                update(_INBOUND).where(_INBOUND.c.id == bindparam("message_id"))
                 .values(status=bindparam("status"), error=bindparam("error"), processed_at=bindparam("at")),
                 settled,
             )

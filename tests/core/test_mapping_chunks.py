@@ -1,11 +1,17 @@
 """Stored HL7 messages are mapped in chunks of 32 once the feed has been quiet for
 a moment, and one at a time while messages arrive: an ACK waits for at most the
-chunk in progress."""
+chunk in progress, and never while a message is parsed and mapped."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
+import adapter.intake
+
+from sqlalchemy import select
+
+from adapter.models import InboundMessage
 from hl7.header import read_header
 from tests.core.test_end_to_end import siu
 from tests.harness import migrated_container, settings_for
@@ -14,8 +20,8 @@ from tests.harness import migrated_container, settings_for
 def test_hl7_messages_are_mapped_in_chunks_only_while_the_feed_is_quiet(tmp_path):
     container = migrated_container(settings_for(tmp_path))
     intake, sizes = container.intake, []
-    locked = intake._locked
-    intake._locked = lambda session, ids, status=None: (sizes.append(len(ids)), locked(session, ids, status))[1]
+    mapped = intake._map_stored
+    intake._map_stored = lambda ids, statuses: (sizes.append(len(ids)), mapped(ids, statuses))[1]
     start = datetime.now(UTC) + timedelta(days=2)
 
     def store(prefix: str) -> None:
@@ -35,4 +41,34 @@ def test_hl7_messages_are_mapped_in_chunks_only_while_the_feed_is_quiet(tmp_path
     finally:
         intake.writer.waiting.end()
     assert sizes == [1]
+    container.engine.dispose()
+
+
+def test_a_message_is_mapped_without_the_write_lock_so_an_ack_never_waits_for_its_parsing(tmp_path, monkeypatch):
+    """While the mapper parses a message (a report of thousands of OBX segments takes a
+    noticeable time), another message is stored, as its ACK needs, at once."""
+    container = migrated_container(settings_for(tmp_path))
+    intake = container.intake
+    start = datetime.now(UTC) + timedelta(days=2)
+    first, second = siu("S12", "MAPPED", start), siu("S12", "MEANWHILE", start)
+    intake.writer.write([(read_header(first), first)])
+    storing = threading.Thread(target=intake.writer.write, args=([(read_header(second), second)],))
+    stored_meanwhile: list[bool] = []
+    real = adapter.intake.map_message
+
+    def map_while_another_is_stored(*args, **kwargs):
+        if not stored_meanwhile:
+            storing.start()
+            storing.join(timeout=5)  # a guard only: with the write lock held it waits for this mapping
+            stored_meanwhile.append(not storing.is_alive())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(adapter.intake, "map_message", map_while_another_is_stored)
+    intake.process_pending()
+    storing.join()
+    assert stored_meanwhile == [True]
+    intake.process_pending()  # the message stored meanwhile
+    with container.sessions() as session:
+        statuses = dict(session.execute(select(InboundMessage.control_id, InboundMessage.status)).all())
+    assert statuses == {"MAPPED": "processed", "MEANWHILE": "processed"}
     container.engine.dispose()

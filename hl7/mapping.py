@@ -39,6 +39,7 @@ Decisions:
 from __future__ import annotations
 
 import re
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -315,56 +316,70 @@ def _location(message: Message) -> str:
 
 
 def _map_oru(message: Message, context: _Context) -> list[AnyEvent]:
-    """ORU^R01 (HL7 v2.5 §7.3.1): one event per OBR, for its patient."""
+    """ORU^R01 (HL7 v2.5 §7.3.1): one event per OBR, for its patient. Of each OBX only
+    its result status and codes are kept, not the segment: a report may carry
+    thousands."""
     events: list[AnyEvent] = []
     pid: Segment | None = None
-    orders: list[tuple[Segment | None, Segment, list[Segment]]] = []
+    orders: list[_Order] = []
     for segment in message.segments:
         if segment.name == "PID":
             pid = segment
         elif segment.name == "OBR":
-            orders.append((pid, segment, []))
+            orders.append(_Order(pid, segment))
         elif segment.name == "OBX" and orders:
-            orders[-1][2].append(segment)
+            orders[-1].observe(segment)
     if not orders:
         raise MappingError("ORU message has no OBR segment", "100")
-    for order_pid, obr, observations in orders:
-        status = _result_status(obr, observations)
+    for order in orders:
+        obr = order.obr
+        status = order.result_status()
         if status not in ("F", "C", "X"):
             continue
         ident = obr.value(3, 1).strip() or obr.value(2, 1).strip()
         if not ident:
             raise MappingError("OBR-3 and OBR-2 (order numbers) are both empty", "101")
-        patient = _patient(order_pid, context)
+        patient = _patient(order.pid, context)
         ref = f"hl7:{context.sender}:{ident}"
         base = {"origin": context.origin, "occurred_at": context.occurred_at, "patient": patient}
         if status == "X":
             events.append(ReportWithdrawn(**base, report_ref=ref))
         else:
-            events.append(
-                ReportReady(**base, report_ref=ref, amended=status == "C",
-                            codes=_codes(obr, observations))
-            )
+            events.append(ReportReady(**base, report_ref=ref, amended=status == "C", codes=order.codes()))
     return events
 
 
-def _result_status(obr: Segment, observations: list[Segment]) -> str:
-    status = obr.value(25).strip().upper()
-    if status:
-        return status
-    statuses = {obx.value(11).strip().upper() for obx in observations}
-    if "C" in statuses and statuses <= {"F", "C"}:
-        return "C"
-    if statuses == {"F"}:
-        return "F"
-    return ""
+@dataclass
+class _Order:
+    """An OBR with what its OBX segments say: their result statuses (OBX-11) and
+    observation codes (OBX-3.1 and .4), in order, once each."""
 
+    pid: Segment | None
+    obr: Segment
+    statuses: set[str] = dataclasses.field(default_factory=set)
+    observed: dict[str, None] = dataclasses.field(default_factory=dict)
 
-def _codes(obr: Segment, observations: list[Segment]) -> tuple[str, ...]:
-    codes = [obr.value(4, 1), obr.value(4, 4)]
-    for obx in observations:
-        codes += [obx.value(3, 1), obx.value(3, 4)]
-    return tuple(dict.fromkeys(c.strip() for c in codes if c.strip()))
+    def observe(self, obx: Segment) -> None:
+        self.statuses.add(obx.value(11).strip().upper())
+        for code in (obx.value(3, 1).strip(), obx.value(3, 4).strip()):
+            if code:
+                self.observed[code] = None
+
+    def result_status(self) -> str:
+        """OBR-25, or from the OBX statuses when it is empty: all final gives F,
+        final and corrected gives C."""
+        status = self.obr.value(25).strip().upper()
+        if status:
+            return status
+        if "C" in self.statuses and self.statuses <= {"F", "C"}:
+            return "C"
+        if self.statuses == {"F"}:
+            return "F"
+        return ""
+
+    def codes(self) -> tuple[str, ...]:
+        own = (self.obr.value(4, 1).strip(), self.obr.value(4, 4).strip())
+        return tuple(dict.fromkeys([*(c for c in own if c), *self.observed]))
 
 
 # ---------------------------------------------------------------- ADT

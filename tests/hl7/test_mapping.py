@@ -266,3 +266,23 @@ def test_hl7apy_validation_when_a_facility_asks_for_it():
     broken = "\r".join(s for s in text.split("\r") if not s.startswith("SCH"))
     with pytest.raises(MappingError, match="SCH"):
         map_message(broken, cfg, received_at=RECEIVED)
+
+
+def test_a_report_of_many_obx_segments_leaves_no_object_per_segment_for_the_garbage_collector(facilities):
+    """A large report (an embedded PDF, long free text) is mapped without keeping an
+    object per segment alive: a full garbage collection scans every live object while
+    every thread, the one that sends ACKs too, waits."""
+    import gc
+
+    from hl7.message import parse
+
+    base = text_of("oru_r01_final.hl7").rstrip("\r")
+    obx = [f"OBX|{k}|TX|NOTE{k % 3}^Nota||Riga {k} del referto||||||F" for k in range(20_000)]
+    text = "\r".join([base, *obx]) + "\r"
+    gc.collect()
+    before = len(gc.get_objects())
+    message = parse(text)
+    assert len(gc.get_objects()) - before < 100
+    assert sum(1 for _ in message.all("OBX")) == 20_000 + text_of("oru_r01_final.hl7").count("\rOBX|")
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert event.codes == ("24323-8", "PMC", "2345-7", "2160-0", "NOTE0", "NOTE1", "NOTE2")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hl7.errors import HeaderError
 from hl7.header import Separators
-from hl7.message import escape, parse, unescape
+from hl7.message import escape, parse, segment_lines, unescape
 
 SEP = Separators()
 
@@ -52,6 +56,11 @@ def test_z_segments_are_kept_and_blank_lines_skipped():
     m = parse("MSH|^~\\&|A\n\nPID|1\r\nZXY|1|local\n")
     assert [s.name for s in m.segments] == ["MSH", "PID", "ZXY"]
     assert m.segment("ZXY").value(2) == "local"
+
+
+@given(st.text(alphabet="\r\nPID|^1x", max_size=60))
+def test_segments_end_at_cr_lf_or_crlf_in_any_mix(text):
+    assert segment_lines(text) == re.split(r"\r\n|\r|\n", text)
 
 
 def test_text_without_msh_raises_header_error():

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapter.db import transaction
-from adapter.models import ApplicationAck, InboundMessage
+from adapter.models import ApplicationAck, InboundMessage, InboundRaw
 from adapter.writeback import WritebackError, deliver_over_mllp, settle_attempt
 from hl7.ack import AckCode, AckError, build_ack
 from hl7.header import read_header
@@ -99,17 +99,18 @@ class ApplicationAckSender:
         out = []
         with transaction(self.container.sessions) as session:
             rows = session.execute(
-                select(ApplicationAck, InboundMessage)
+                select(ApplicationAck, InboundMessage, InboundRaw.raw_enc)
                 .join(InboundMessage, InboundMessage.id == ApplicationAck.inbound_message_id)
+                .outerjoin(InboundRaw, InboundRaw.message_id == InboundMessage.id)
                 .where(ApplicationAck.status == "pending", ApplicationAck.next_attempt_at <= now)
                 .order_by(ApplicationAck.id)
                 .limit(20)
             ).all()
-            for ack, message in rows:
-                if message.raw_enc is None:  # purged by retention before we could answer
+            for ack, message, raw_enc in rows:
+                if raw_enc is None:  # purged by retention before we could answer
                     ack.status, ack.last_error = "failed", "raw message no longer held"
                     continue
-                raw = self.container.vault.decrypt(session, message.raw_enc)
+                raw = self.container.vault.decrypt(session, raw_enc)
                 facility = self.container.facilities.for_facility(read_header(raw).facility)
                 # Leased for a minute: a second sender in another process skips it.
                 ack.next_attempt_at = now + timedelta(minutes=1)

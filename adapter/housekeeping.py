@@ -14,7 +14,7 @@ from sqlalchemy import delete, select, update
 from adapter.bootstrap import Container
 from adapter.db import transaction
 from adapter.key_rotation import adopt_master_key_if_changed
-from adapter.models import InboundMessage, Notification, OutboxMessage
+from adapter.models import InboundMessage, InboundRaw, Notification, OutboxMessage
 from adapter.reply_models import PatientReply, WebhookEvent
 from compliance.audit import TreeHead
 from compliance.errors import AuditIntegrityError
@@ -61,14 +61,13 @@ def sign_tree_head_if_due(container: Container, *, now: datetime, every: timedel
 
 def purge_expired(container: Container, *, now: datetime) -> PurgeReport:
     """Raw inbound messages and sent message bodies older than their retention period
-    (GDPR art. 5(1)(e)) are set to NULL; the rows, with status and why-record, stay."""
+    (GDPR art. 5(1)(e)) are deleted (raw messages) or set to NULL (bodies); the
+    messages' and notifications' rows, with status and why-record, stay."""
     cutoffs = retention_cutoffs(container.gate.policy, now)
     with transaction(container.sessions) as session:
         raw = session.execute(
-            update(InboundMessage)
-            .where(InboundMessage.raw_enc.is_not(None), InboundMessage.received_at < cutoffs.inbound_raw_before,
-                   InboundMessage.status != "stored")
-            .values(raw_enc=None)
+            delete(InboundRaw).where(InboundRaw.message_id.in_(select(InboundMessage.id).where(
+                InboundMessage.received_at < cutoffs.inbound_raw_before, InboundMessage.status != "stored")))
         ).rowcount
         bodies = session.execute(
             update(Notification)

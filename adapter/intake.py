@@ -32,7 +32,7 @@ from adapter.app_acks import queue_application_ack, wants_accept_ack, wants_appl
 from adapter.events import AnyEvent
 from adapter.db import insert_rows_with, placeholder, raw_transaction, read_transaction, transaction
 from adapter.metrics import ACK_LATENCY, MESSAGES_RECEIVED
-from adapter.models import InboundMessage
+from adapter.models import InboundMessage, InboundRaw
 from adapter.pipeline import Pipeline
 from adapter.stored_work import process_all, stored_ids
 from adapter.waiting import Waiting
@@ -49,6 +49,7 @@ SYSTEM = "system"
 _PROCESSABLE = ("stored", "error", "rejected")  # replay takes errors and rejections again
 _MSA = re.compile(rb"MSA.(\w\w)")
 _INBOUND = InboundMessage.__table__
+_RAW = InboundRaw.__table__
 
 
 def ack_code(ack: bytes) -> str:
@@ -170,13 +171,19 @@ class GroupCommitWriter:
         rows = [
             {"source": "hl7", "sender": header.sender[:200], "control_id": header.control_id[:200],
              "message_type": f"{header.message_code}^{header.trigger_event}"[:40], "received_at": received_at,
-             "status": "stored", "duplicates": 0, "raw_enc": blob}
-            for (header, _), blob in zip(items, sealed, strict=True)
+             "status": "stored", "duplicates": 0}
+            for header, _ in items
         ]
+        blobs: dict[tuple[str, str], bytes] = {}
+        for row, blob in zip(rows, sealed, strict=True):
+            blobs.setdefault((row["sender"], row["control_id"]), blob)  # the first of a twice-sent id is stored
         with raw_transaction(self.engine, priority=True) as cursor:  # an ACK waits on it
             fresh = {(sender, control_id): message_id for message_id, sender, control_id in insert_rows_with(
                 cursor, self.engine.dialect, _INBOUND, rows, returning=("id", "sender", "control_id"),
                 on_conflict_do_nothing=True)}
+            if fresh:
+                insert_rows_with(cursor, self.engine.dialect, _RAW,
+                                 [{"message_id": message_id, "raw_enc": blobs[key]} for key, message_id in fresh.items()])
             out = []
             for row in rows:
                 sender, control_id = row["sender"], row["control_id"]
@@ -295,8 +302,9 @@ class HL7Intake:
         purged after retention are left out: there is nothing to map."""
         with read_transaction(self.sessions) as session:
             rows = session.execute(
-                select(_INBOUND.c.id, _INBOUND.c.raw_enc, _INBOUND.c.received_at)
-                .where(_INBOUND.c.id.in_(ids), _INBOUND.c.status.in_(statuses), _INBOUND.c.raw_enc.is_not(None))
+                select(_INBOUND.c.id, _RAW.c.raw_enc, _INBOUND.c.received_at)
+                .join(_RAW, _RAW.c.message_id == _INBOUND.c.id)
+                .where(_INBOUND.c.id.in_(ids), _INBOUND.c.status.in_(statuses))
                 .order_by(_INBOUND.c.id)).all()
             read: list[tuple[int, bytes | Exception, datetime]] = []
             for row in rows:

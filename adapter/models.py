@@ -98,8 +98,18 @@ class InboundMessage(Base):
     status: Mapped[str] = mapped_column(String(16))  # stored, processed, error, ignored
     error: Mapped[str | None] = mapped_column(Text)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
-    raw_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # purged after retention
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class InboundRaw(Base):
+    """An HL7 message's bytes as received, sealed; deleted after retention. A table of
+    their own: marking a message processed, or counting a retransmission, rewrites its
+    ``inbound_message`` row, and SQLite rewrites a row whole, a 10 MB report with it."""
+
+    __tablename__ = "inbound_raw"
+
+    message_id: Mapped[int] = mapped_column(ForeignKey("inbound_message.id", ondelete="CASCADE"), primary_key=True)
+    raw_enc: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Notification(Base):

@@ -12,7 +12,7 @@ from adapter.clock import FrozenClock
 from adapter.db import transaction
 from adapter.housekeeping import purge_expired, sign_tree_head_if_due
 from adapter.key_rotation import adopt_master_key_if_changed, master_key_path
-from adapter.models import InboundMessage, Notification, Patient
+from adapter.models import InboundMessage, InboundRaw, Notification, Patient
 from adapter.subject_rights import export_patient
 from compliance.crypto import LocalMasterKey
 from tests.core.test_compliance_surfaces import cli
@@ -26,10 +26,10 @@ def add_rows(container, *, age: timedelta, tag: str) -> tuple[int, int]:
         at = NOW - age
         patient = Patient(id=f"p-{tag}", language="it", created_at=at, updated_at=at,
                           given_name_enc=container.vault.encrypt(session, f"patient:p-{tag}", b"Ada"))
-        inbound = InboundMessage(source="hl7", sender="OSP", control_id=tag, received_at=at, status="processed",
-                                 raw_enc=container.vault.encrypt(session, "system", b"MSH|..."))
+        inbound = InboundMessage(source="hl7", sender="OSP", control_id=tag, received_at=at, status="processed")
         session.add_all([patient, inbound])
         session.flush()
+        session.add(InboundRaw(message_id=inbound.id, raw_enc=container.vault.encrypt(session, "system", b"MSH|...")))
         sent = Notification(patient_id=patient.id, kind="reminder", rule_id="r", scheduled_for=at, status="sent",
                             idempotency_key=tag, sent_at=at, status_at=at, created_at=at, decision={},
                             body_enc=container.vault.encrypt(session, f"patient:p-{tag}", b"Gentile Ada"))
@@ -48,10 +48,11 @@ def test_retention_purges_raw_messages_and_sent_bodies_past_their_periods_and_au
 
     assert (report.inbound_raw, report.sent_bodies) == (1, 1)
     with transaction(container.sessions) as session:
-        assert session.get(InboundMessage, old[0]).raw_enc is None
+        assert session.get(InboundRaw, old[0]) is None
+        assert session.get(InboundMessage, old[0]).status == "processed"  # the message's row stays
         assert session.get(Notification, old[1]).body_enc is None
         assert session.get(Notification, old[1]).status == "sent"  # the row and its why-record stay
-        assert session.get(InboundMessage, recent[0]).raw_enc is not None
+        assert session.get(InboundRaw, recent[0]) is not None
         assert session.get(Notification, recent[1]).body_enc is not None
         actions = [r.action for r in container.audit.entries(session)]
     assert actions == ["retention_purged"]

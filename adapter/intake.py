@@ -158,7 +158,7 @@ class GroupCommitWriter:
     def write(self, items: list[tuple[MessageHeader, bytes]]) -> list[Stored]:
         """Store ``items`` in one transaction with one multi-row
         ``INSERT ... ON CONFLICT DO NOTHING RETURNING``: a row comes back for each
-        new message. A retransmission (same source, sender and control id, also
+        new message, whose sealed bytes then go to ``inbound_raw``. A retransmission (same source, sender and control id, also
         twice in one batch) comes back without one: it is only counted, and
         answered from the stored original. Statements go to the DB-API cursor:
         at thousands of messages a second SQLAlchemy's own work per statement
@@ -174,26 +174,22 @@ class GroupCommitWriter:
              "status": "stored", "duplicates": 0}
             for header, _ in items
         ]
-        blobs: dict[tuple[str, str], bytes] = {}
-        for row, blob in zip(rows, sealed, strict=True):
-            blobs.setdefault((row["sender"], row["control_id"]), blob)  # the first of a twice-sent id is stored
         with raw_transaction(self.engine, priority=True) as cursor:  # an ACK waits on it
             fresh = {(sender, control_id): message_id for message_id, sender, control_id in insert_rows_with(
                 cursor, self.engine.dialect, _INBOUND, rows, returning=("id", "sender", "control_id"),
                 on_conflict_do_nothing=True)}
-            if fresh:
-                insert_rows_with(cursor, self.engine.dialect, _RAW,
-                                 [{"message_id": message_id, "raw_enc": blobs[key]} for key, message_id in fresh.items()])
-            out = []
-            for row in rows:
+            out, raws = [], []
+            for row, blob in zip(rows, sealed, strict=True):
                 sender, control_id = row["sender"], row["control_id"]
-                message_id = fresh.pop((sender, control_id), None)
+                message_id = fresh.pop((sender, control_id), None)  # the first of a twice-sent id is the new one
                 if message_id is None:
                     cursor.execute(self._count_duplicate_sql, (sender, control_id))
                     original_id, status, error = cursor.fetchone()
                     out.append(Stored(original_id, True, status, error))
                 else:
                     out.append(Stored(message_id, False, "stored", None))
+                    raws.append({"message_id": message_id, "raw_enc": blob})
+            insert_rows_with(cursor, self.engine.dialect, _RAW, raws)
         return out
 
 

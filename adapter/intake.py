@@ -50,6 +50,19 @@ _PROCESSABLE = ("stored", "error", "rejected")  # replay takes errors and reject
 _MSA = re.compile(rb"MSA.(\w\w)")
 _INBOUND = InboundMessage.__table__
 _RAW = InboundRaw.__table__
+# Built once: under a steady feed a chunk is one message, and building these took
+# about as much as running them.
+_STORED_RAW = (
+    select(_INBOUND.c.id, _RAW.c.raw_enc, _INBOUND.c.received_at)
+    .join(_RAW, _RAW.c.message_id == _INBOUND.c.id)
+    .where(_INBOUND.c.id.in_(bindparam("ids", expanding=True)), _INBOUND.c.status.in_(bindparam("statuses", expanding=True)))
+    .order_by(_INBOUND.c.id)
+)
+_STILL_IN = (
+    select(_INBOUND.c.id)
+    .where(_INBOUND.c.id.in_(bindparam("ids", expanding=True)), _INBOUND.c.status.in_(bindparam("statuses", expanding=True)))
+    .with_for_update()
+)
 
 
 def ack_code(ack: bytes) -> str:
@@ -297,11 +310,7 @@ class HL7Intake:
         message that cannot be read or mapped comes back with its failure. Messages
         purged after retention are left out: there is nothing to map."""
         with read_transaction(self.sessions) as session:
-            rows = session.execute(
-                select(_INBOUND.c.id, _RAW.c.raw_enc, _INBOUND.c.received_at)
-                .join(_RAW, _RAW.c.message_id == _INBOUND.c.id)
-                .where(_INBOUND.c.id.in_(ids), _INBOUND.c.status.in_(statuses))
-                .order_by(_INBOUND.c.id)).all()
+            rows = session.execute(_STORED_RAW, {"ids": ids, "statuses": statuses}).all()
             read: list[tuple[int, bytes | Exception, datetime]] = []
             for row in rows:
                 try:
@@ -328,9 +337,8 @@ class HL7Intake:
         waits, then finds it processed) in order; a message that could not be mapped
         ends here with its reason. Records each outcome (one UPDATE for all) and
         returns each message's final status."""
-        current = {row.id for row in session.execute(
-            select(_INBOUND.c.id).where(_INBOUND.c.id.in_([m.message_id for m in mapped]), _INBOUND.c.status.in_(statuses))
-            .order_by(_INBOUND.c.id).with_for_update())} if mapped else set()
+        current = set(session.scalars(
+            _STILL_IN, {"ids": [m.message_id for m in mapped], "statuses": statuses})) if mapped else set()
         mapped = [m for m in mapped if m.message_id in current]
         ready = [m for m in mapped if m.failure is None]
         settled = [self._settle(session, m.message_id, m.header, m.failure, now) for m in mapped if m.failure is not None]

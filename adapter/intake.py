@@ -171,11 +171,11 @@ class GroupCommitWriter:
     def write(self, items: list[tuple[MessageHeader, bytes]]) -> list[Stored]:
         """Store ``items`` in one transaction with one multi-row
         ``INSERT ... ON CONFLICT DO NOTHING RETURNING``: a row comes back for each
-        new message, whose sealed bytes then go to ``inbound_raw``. A retransmission (same source, sender and control id, also
-        twice in one batch) comes back without one: it is only counted, and
-        answered from the stored original. Statements go to the DB-API cursor:
-        at thousands of messages a second SQLAlchemy's own work per statement
-        costs more than the insert."""
+        new message, whose sealed bytes then go to ``inbound_raw``. A retransmission
+        (same source, sender and control id, also twice in one batch) comes back
+        without one: it is only counted, and answered from the stored original.
+        Statements go to the DB-API cursor: at thousands of messages a second
+        SQLAlchemy's own work per statement costs more than the insert."""
         sealed = [self.vault.encrypt_if_cached(SYSTEM, raw) for _, raw in items]
         if None in sealed:  # the system key is read (once, then cached) in a transaction
             with transaction(self.sessions) as session:

@@ -24,7 +24,6 @@ from hl7.errors import HeaderError
 from hl7.header import Separators, read_separators
 
 
-
 def segment_lines(text: str) -> list[str]:
     """``text`` split at its segment ends: CR, LF or CRLF, in any mix. Plain ``str``
     methods, not a regular expression: both hold the GIL for the whole text, and for

@@ -4,8 +4,8 @@ Three places read the same number of a new patient: the HL7 mapping (is it possi
 is it a mobile, its E.164 form), contact validation (is it valid) and the blind index
 (its E.164 form). Each used to parse it with ``phonenumbers`` on its own, the later
 two from the E.164 text the first produced. Here a number is parsed once and each
-fact is worked out when first asked; the E.164 text it reads as is remembered under
-that text too, so asking again with it parses nothing.
+fact is worked out when first asked; a valid number is remembered under the E.164 text
+it reads as too, so asking again with that parses nothing.
 
 The facts are the ones ``phonenumbers`` gives; this module adds no rules of its own.
 Like the caches it replaces, it keeps the most recent numbers in this process's memory
@@ -71,8 +71,9 @@ def phone(text: str, region: str) -> Phone:
         _READ.clear()
     _READ[key] = read
     e164 = read.e164
-    if e164 is not None and e164 != text:
-        # Its E.164 text reads as the same number whatever the region (it carries the
-        # country code), so it has the same facts.
+    if e164 is not None and e164 != text and read.valid:
+        # A valid number's E.164 text reads as the same number whatever the region (it
+        # carries the country code). Not so for every other one: "+440000000000" reads
+        # as +44000000000 (the 0 taken for the national prefix).
         _READ[(e164, region)] = read
     return read

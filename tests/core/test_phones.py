@@ -7,7 +7,7 @@ import re
 
 import phonenumbers
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from adapter import phones
@@ -52,6 +52,8 @@ def facts(read: phones.Phone) -> tuple:
 
 @settings(max_examples=400, deadline=None)
 @given(NUMBERS, REGIONS)
+@example("00000000000", "GB")  # E.164 "+440000000000", which reads as +44000000000
+@example("+4400000000000", "IT")
 def test_a_number_and_the_e164_text_it_reads_as_have_what_phonenumbers_says(text, region):
     phones._READ.clear()
     read = phones.phone(text, region)

@@ -38,4 +38,6 @@ def test_outside_the_window_whatsapp_gets_the_approved_template_and_inside_it_fr
             wait_for(lambda: len(fake.messages) == 2)
             second = [m for m in fake.messages.values() if m is not first][0]
             assert second.kind == "text" and "spostato" in second.text
-            assert {i["status"] for i in notifications(officer) if i["kind"] in ("booking_confirmation", "reschedule_notice")} == {"sent"}
+            # Recorded once the provider has answered, just after the fake counted it.
+            wait_for(lambda: {i["status"] for i in notifications(officer)
+                              if i["kind"] in ("booking_confirmation", "reschedule_notice")} == {"sent"})

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.clock import Clock
@@ -58,6 +58,11 @@ _STORED_RAW = (
     .where(_INBOUND.c.id.in_(bindparam("ids", expanding=True)), _INBOUND.c.status.in_(bindparam("statuses", expanding=True)))
     .order_by(_INBOUND.c.id)
 )
+_RAW_SIZES = select(_RAW.c.message_id, func.length(_RAW.c.raw_enc)).where(
+    _RAW.c.message_id.in_(bindparam("ids", expanding=True)))
+# Raw messages mapped together at most (sealed size): 32 bookings take ~25 kB, a report
+# with an embedded document can take 10 MB, and a chunk is held decrypted and parsed.
+CHUNK_BYTES = 16 * 1024 * 1024
 _STILL_IN = (
     select(_INBOUND.c.id)
     .where(_INBOUND.c.id.in_(bindparam("ids", expanding=True)), _INBOUND.c.status.in_(bindparam("statuses", expanding=True)))
@@ -291,10 +296,13 @@ class HL7Intake:
         or nothing), until ``budget_s`` is spent or a message arrives that waits for its
         ACK. A chunk is ``chunk`` messages when the feed has been quiet for a moment,
         one otherwise: with SQLite an ACK waits for the transaction in progress, so
-        under a feed that stays short. Returns how many ids were handled."""
+        under a feed that stays short. A chunk also stops before its raw messages pass
+        ``CHUNK_BYTES`` together (large reports are mapped a few at a time, so memory
+        stays bounded). Returns how many ids were handled."""
         done, began = 0, time.perf_counter()
         while done < len(message_ids):
             ids = message_ids[done : done + (chunk if self.writer.waiting.quiet_for(0.01) else 1)]
+            ids = self._within_bytes(ids)
             mapped = self._map_stored(ids, ("stored",))
             with transaction(self.sessions) as session:
                 self._apply(session, mapped, ("stored",), self.clock.now())
@@ -302,6 +310,20 @@ class HL7Intake:
             if time.perf_counter() - began > budget_s or not self.writer.waiting.idle.is_set():
                 break
         return done
+
+    def _within_bytes(self, ids: list[int]) -> list[int]:
+        """The longest start of ``ids`` (one at least) whose sealed raw messages take
+        ``CHUNK_BYTES`` or less together."""
+        if len(ids) < 2:
+            return ids
+        with read_transaction(self.sessions) as session:
+            sizes = dict(session.execute(_RAW_SIZES, {"ids": ids}).all())
+        total = 0
+        for count, message_id in enumerate(ids):
+            total += sizes.get(message_id, 0)
+            if total > CHUNK_BYTES and count:
+                return ids[:count]
+        return ids
 
     def _map_stored(self, ids: list[int], statuses: tuple[str, ...]) -> list[_Mapped]:
         """Read the messages of ``ids`` that are in ``statuses`` and map each to events,

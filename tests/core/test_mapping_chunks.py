@@ -72,3 +72,22 @@ def test_a_message_is_mapped_without_the_write_lock_so_an_ack_never_waits_for_it
         statuses = dict(session.execute(select(InboundMessage.control_id, InboundMessage.status)).all())
     assert statuses == {"MAPPED": "processed", "MEANWHILE": "processed"}
     container.engine.dispose()
+
+
+def test_large_messages_are_mapped_a_few_at_a_time_so_memory_stays_bounded(tmp_path, monkeypatch):
+    container = migrated_container(settings_for(tmp_path))
+    intake, sizes = container.intake, []
+    mapped = intake._map_stored
+    intake._map_stored = lambda ids, statuses: (sizes.append(len(ids)), mapped(ids, statuses))[1]
+    start = datetime.now(UTC) + timedelta(days=2)
+    padding = b"ZPD|" + b"x" * 300_000 + b"\r"  # a Z-segment: kept and ignored
+    raws = [siu("S12", f"L{n}", start) + padding for n in range(3)] + [siu("S12", f"S{n}", start) for n in range(3)]
+    intake.writer.write([(read_header(raw), raw) for raw in raws])
+    intake.writer.waiting.last_arrival = 0.0  # the feed has long been quiet
+    monkeypatch.setattr(adapter.intake, "CHUNK_BYTES", 500_000)
+
+    assert intake.process_pending() == 6
+    assert sizes == [1, 1, 4]  # one large at a time; the last large one and the small ones together
+    with container.sessions() as session:
+        assert set(session.scalars(select(InboundMessage.status))) == {"processed"}
+    container.engine.dispose()

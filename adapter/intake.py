@@ -341,10 +341,11 @@ class HL7Intake:
                     read.append((row.id, exc, row.received_at))
         mapped = []
         for message_id, raw, received_at in read:
+            if isinstance(raw, Exception):  # could not be decrypted
+                mapped.append(_Mapped(message_id, None, [], raw))
+                continue
             header = None
             try:
-                if isinstance(raw, Exception):
-                    raise raw
                 header = read_header(raw)
                 events = map_message(decode(raw, header), self.facilities, received_at=received_at)
             except Exception as exc:  # noqa: BLE001 - recorded with the message, never lost

@@ -29,6 +29,8 @@ write's own transaction instead, for senders who want the pipeline's refusal
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -37,10 +39,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.clock import Clock
 from adapter.waiting import Waiting
-from adapter.db import transaction
+from adapter.db import read_transaction, transaction
 from adapter.events import AnyEvent
 from adapter.models import InboundMessage
-from adapter.stored_work import process_all, process_in_chunks, stored_ids
+from adapter.stored_work import chunk_for, process_all, stored_ids
 from fhir import store
 from fhir.service import FhirService, StoredVersion
 
@@ -90,6 +92,7 @@ class FhirIntake:
         self.on_stored = on_stored or (lambda: None)
         self.service = service
         self.in_flight = Waiting()  # requests a client is waiting on
+        self._seconds_each = 0.002  # applying one version, timed on each chunk (chunk_for)
         service.accept = self.accept
 
     # -- in the write's transaction ------------------------------------------------
@@ -147,51 +150,90 @@ class FhirIntake:
 
     def process_batch(self, message_ids: list[int], *, budget_s: float = 0.1,
                       give_way: Callable[[], bool] = lambda: False,
-                      quiet: Callable[[], bool] = lambda: True, chunk: int = 16) -> int:
-        """Process recorded versions in one transaction, a chunk at a time (their
-        events applied together, each version all or nothing; ``chunk`` of them once
-        requests have been ``quiet()`` for a moment, one at a time otherwise: a
-        request waits for the transaction in progress), until ``budget_s`` is spent
-        or ``give_way()`` says requests wait; returns how many ids were handled."""
-        return process_in_chunks(
-            self.sessions, message_ids, self._process_chunk,
-            chunk_size=lambda: chunk if quiet() else 1, give_way=give_way, budget_s=budget_s)
+                      quiet_s: Callable[[], float] = lambda: math.inf, chunk: int = 16) -> int:
+        """Process recorded versions a chunk at a time, until ``budget_s`` is spent or
+        ``give_way()`` says requests wait; returns how many ids were handled. Each
+        chunk's events are derived first, in a read transaction, then applied in a
+        write transaction of its own (each version all or nothing). An HL7 ACK or a
+        FHIR write waits for that transaction, so a chunk is as many versions
+        (``chunk`` at most, one while a request waits) as take half the time the
+        feeds have been quiet (``quiet_s()``, :func:`chunk_for`)."""
+        done, began = 0, time.perf_counter()
+        while done < len(message_ids):
+            ids = message_ids[done : done + chunk_for(quiet_s(), self._seconds_each, chunk)]
+            derived = self._derive(ids)
+            applying = time.perf_counter()
+            with transaction(self.sessions) as session:
+                rows = session.scalars(
+                    select(InboundMessage).where(InboundMessage.id.in_(ids), InboundMessage.status == "stored")
+                    .order_by(InboundMessage.id).with_for_update()).all()
+                self._process_rows(session, list(rows), self.clock.now(), derived)
+            self._seconds_each = (time.perf_counter() - applying) / len(ids)
+            done += len(ids)
+            if time.perf_counter() - began > budget_s or give_way():
+                break
+        return done
 
-    def _process_chunk(self, session: Session, ids: list[int]) -> None:
-        rows = session.scalars(
-            select(InboundMessage).where(InboundMessage.id.in_(ids), InboundMessage.status == "stored")
-            .order_by(InboundMessage.id).with_for_update()).all()
-        self._process_rows(session, list(rows), self.clock.now())
+    def _derive(self, ids: list[int]) -> dict[int, list[AnyEvent] | Exception]:
+        """The events of each stored version among ``ids``, or why they could not be
+        derived, without the write lock (versions never change once stored). A
+        version found missing is left out: it is recorded as such under the lock."""
+        derived: dict[int, list[AnyEvent] | Exception] = {}
+        with read_transaction(self.sessions) as session:
+            rows = session.execute(
+                select(InboundMessage.id, InboundMessage.control_id, InboundMessage.sender)
+                .where(InboundMessage.id.in_(ids), InboundMessage.status == "stored")).all()
+            for message_id, value, sender in rows:
+                found = parse_control_id(value)
+                stored = found and store.version(session, self.service.codec, *found)
+                if not stored:
+                    continue
+                try:
+                    derived[message_id] = self.service.events_of(session, stored, sender)
+                except Exception as exc:  # noqa: BLE001 - stored in the error store, never lost
+                    derived[message_id] = exc
+        return derived
 
     def process_pending(self, *, wait_quiet: Callable[[float], None] = lambda _took: None,
                         give_way: Callable[[], bool] = lambda: False,
-                        quiet: Callable[[], bool] = lambda: True) -> int:
+                        quiet_s: Callable[[], float] = lambda: math.inf) -> int:
         """Process every recorded version not yet processed, oldest first."""
         return process_all(self.pending_ids,
-                           lambda ids: self.process_batch(ids, give_way=give_way, quiet=quiet), wait_quiet)
+                           lambda ids: self.process_batch(ids, give_way=give_way, quiet_s=quiet_s), wait_quiet)
 
-    def _process_rows(self, session: Session, rows: list[InboundMessage], now: datetime) -> None:
-        """Derive each version's events (a version that is missing, superseded or
-        fails here ends with its reason), apply the rest together, record each outcome."""
+    def _process_rows(self, session: Session, rows: list[InboundMessage], now: datetime,
+                      derived: dict[int, list[AnyEvent] | Exception] | None = None) -> None:
+        """Derive each version's events (or take them from ``derived``; a version
+        that is missing, superseded or fails here ends with its reason), apply the
+        rest together, record each outcome."""
         store.insert_staged(session)  # the core sees what is stored
-        derived: list[tuple[InboundMessage, list[AnyEvent]]] = []
+        ready: list[tuple[InboundMessage, list[AnyEvent]]] = []
         for row in rows:
             if row.status not in ("stored", "error"):
                 continue
             row.processed_at = now
             found = parse_control_id(row.control_id)
-            stored = found and store.version(session, self.service.codec, *found)
-            if not stored:
-                row.status, row.error = "error", "the stored version is missing"
-            elif (newer := self._newer_processed(session, row, stored)) is not None:
+            events = (derived or {}).get(row.id)
+            stored = None
+            if events is None:  # not derived beforehand (a replay), or missing
+                stored = found and store.version(session, self.service.codec, *found)
+                if not stored:
+                    row.status, row.error = "error", "the stored version is missing"
+                    continue
+            assert found is not None  # a version was found by it
+            if (newer := self._newer_processed(session, row, *found)) is not None:
                 row.status, row.error = "ignored", f"superseded by version {newer}, already processed"
-            else:
-                try:
-                    derived.append((row, self.service.events_of(session, stored, row.sender)))
-                except Exception as exc:  # noqa: BLE001 - stored in the error store, never lost
-                    self._failed(row, exc)
-        outcomes = self.publish_many(session, [events for _, events in derived])
-        for (row, _), failure in zip(derived, outcomes, strict=True):
+                continue
+            try:
+                if stored:
+                    events = self.service.events_of(session, stored, row.sender)
+                elif isinstance(events, Exception):
+                    raise events
+                ready.append((row, events))
+            except Exception as exc:  # noqa: BLE001 - stored in the error store, never lost
+                self._failed(row, exc)
+        outcomes = self.publish_many(session, [events for _, events in ready])
+        for (row, _), failure in zip(ready, outcomes, strict=True):
             if failure is None:
                 row.status, row.error = "processed", None
             else:
@@ -206,13 +248,13 @@ class FhirIntake:
             row.status, row.error = "error", f"internal error: {type(failure).__name__}"
 
     @staticmethod
-    def _newer_processed(session: Session, row: InboundMessage, stored: StoredVersion
-                         ) -> int | None:
+    def _newer_processed(session: Session, row: InboundMessage, resource_type: str, resource_id: str,
+                         version_id: int) -> int | None:
         """The version number of a later version of the same resource already
         processed: replaying this one would undo it."""
-        if store.latest_version_id(session, stored.resource_type, stored.resource_id) == stored.version_id:
+        if store.latest_version_id(session, resource_type, resource_id) == version_id:
             return None  # no later version exists (an indexed look-up, unlike the search below)
-        prefix = f"{stored.ref}/_history/"
+        prefix = f"{resource_type}/{resource_id}/_history/"
         later = session.scalars(
             select(InboundMessage.control_id).where(
                 InboundMessage.source == SOURCE, InboundMessage.id > row.id,
@@ -220,5 +262,5 @@ class FhirIntake:
                 InboundMessage.control_id.startswith(prefix, autoescape=True))
         ).all()
         numbers = [n for value in later if (p := parse_control_id(value)) and
-                   (n := p[2]) > stored.version_id]
+                   (n := p[2]) > version_id]
         return max(numbers) if numbers else None

@@ -34,7 +34,7 @@ from adapter.db import insert_rows_with, placeholder, raw_transaction, read_tran
 from adapter.metrics import ACK_LATENCY, MESSAGES_RECEIVED
 from adapter.models import InboundMessage, InboundRaw
 from adapter.pipeline import Pipeline
-from adapter.stored_work import process_all, stored_ids
+from adapter.stored_work import chunk_for, process_all, stored_ids
 from adapter.waiting import Waiting
 from compliance.crypto import Vault
 from hl7.ack import AckCode, AckError, build_ack, build_reject_for_unreadable
@@ -264,6 +264,7 @@ class HL7Intake:
         self.writer = GroupCommitWriter(sessions, vault, clock)
         self.on_stored = on_stored or (lambda: None)
         self.processed_event = asyncio.Event()
+        self._seconds_each = 0.001  # applying one message, timed on each chunk (chunk_for)
 
     async def handle(self, raw: bytes) -> bytes:
         began = time.perf_counter()
@@ -322,22 +323,26 @@ class HL7Intake:
             status = session.scalar(select(_INBOUND.c.status).where(_INBOUND.c.id == message_id))
             return status or "missing"
 
-    def process_batch(self, message_ids: list[int], *, budget_s: float = 0.1, chunk: int = 32) -> int:
+    def process_batch(self, message_ids: list[int], *, budget_s: float = 0.1, chunk: int = 32,
+                      quiet_s: Callable[[], float] | None = None) -> int:
         """Process stored messages a chunk at a time, each chunk mapped first and then
         applied in a transaction of its own (``Pipeline.handle_many``, each message all
         or nothing), until ``budget_s`` is spent or a message arrives that waits for its
-        ACK. A chunk is ``chunk`` messages when the feed has been quiet for a moment,
-        one otherwise: with SQLite an ACK waits for the transaction in progress, so
-        under a feed that stays short. A chunk also stops before its raw messages pass
+        ACK. With SQLite an ACK waits for the transaction in progress, so a chunk is as
+        many messages (``chunk`` at most, one while a message waits) as take half the
+        time the feeds have been quiet (``quiet_s()``, by default this feed's;
+        :func:`chunk_for`, timed on the chunks before). A chunk also stops before its raw messages pass
         ``CHUNK_BYTES`` together (large reports are mapped a few at a time, so memory
         stays bounded). Returns how many ids were handled."""
+        quiet_s = quiet_s or self.writer.waiting.quiet_seconds
         done, began = 0, time.perf_counter()
         while done < len(message_ids):
-            ids = message_ids[done : done + (chunk if self.writer.waiting.quiet_for(0.01) else 1)]
-            ids = self._within_bytes(ids)
+            ids = self._within_bytes(message_ids[done : done + chunk_for(quiet_s(), self._seconds_each, chunk)])
             mapped = self._map_stored(ids, ("stored",))
+            applying = time.perf_counter()
             with transaction(self.sessions) as session:
                 self._apply(session, mapped, ("stored",), self.clock.now())
+            self._seconds_each = (time.perf_counter() - applying) / len(ids)
             done += len(ids)
             if time.perf_counter() - began > budget_s or not self.writer.waiting.idle.is_set():
                 break
@@ -426,10 +431,10 @@ class HL7Intake:
             queue_application_ack(session, message_id, now=now)
         return {"message_id": message_id, "status": status, "error": error, "at": now}
 
-    def process_pending(self) -> int:
+    def process_pending(self, *, quiet_s: Callable[[], float] | None = None) -> int:
         """Process everything stored and not yet processed, oldest first; messages
         waiting for their ACK go first."""
-        return process_all(self.pending_ids, self.process_batch,
+        return process_all(self.pending_ids, lambda ids: self.process_batch(ids, quiet_s=quiet_s),
                            lambda took: self.writer.waiting.wait_quiet(after=took))
 
     def replay(self, message_ids: list[int]) -> dict[int, str]:

@@ -38,18 +38,19 @@ def others_waiting(container: Container) -> bool:
     return not (container.intake.writer.waiting.idle.is_set() and container.fhir.in_flight.idle.is_set())
 
 
-def quiet_for(container: Container, seconds: float) -> bool:
-    """No HL7 message and no FHIR request has arrived for ``seconds``."""
-    return container.intake.writer.waiting.quiet_for(seconds) and container.fhir.in_flight.quiet_for(seconds)
+def quiet_seconds(container: Container) -> float:
+    """How long no HL7 message and no FHIR request has arrived or waited."""
+    return min(container.intake.writer.waiting.quiet_seconds(), container.fhir.in_flight.quiet_seconds())
 
 
 def process_stored(container: Container) -> int:
     """One round: stored HL7 messages, then stored FHIR versions, oldest first;
     requests waiting for their answer go first."""
-    done = container.intake.process_pending()
+    quiet_s = lambda: quiet_seconds(container)  # noqa: E731
+    done = container.intake.process_pending(quiet_s=quiet_s)
     return done + container.fhir.process_pending(
         wait_quiet=lambda took: give_way(container, took), give_way=lambda: others_waiting(container),
-        quiet=lambda: quiet_for(container, 0.01))
+        quiet_s=quiet_s)
 
 
 def freeze_start_up_objects() -> None:

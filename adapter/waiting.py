@@ -4,6 +4,7 @@ SQLite one transaction writes at a time, and the GIL is shared."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -23,7 +24,7 @@ class Waiting:
         self._lock = threading.Lock()
         self._active = 0
         self._arrivals = 0
-        self.last_arrival = 0.0  # time.monotonic() of the latest begin()
+        self.last_arrival = -math.inf  # time.monotonic() of the latest begin(); never yet
         self.idle = threading.Event()
         self.idle.set()
 
@@ -47,9 +48,9 @@ class Waiting:
     def __exit__(self, *_: object) -> None:
         self.end()
 
-    def quiet_for(self, seconds: float) -> bool:
-        """Nothing waits now, and nothing arrived in the last ``seconds``."""
-        return self.idle.is_set() and time.monotonic() - self.last_arrival >= seconds
+    def quiet_seconds(self) -> float:
+        """How long nothing has waited and nothing has arrived (0 while something waits)."""
+        return time.monotonic() - self.last_arrival if self.idle.is_set() else 0.0
 
     def wait_quiet(self, *, quiet: float = 0.002, timeout: float = 0.05, after: float = 0.0) -> None:
         """Return once nothing has arrived for ``quiet`` seconds (a sender on one

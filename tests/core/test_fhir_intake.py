@@ -155,8 +155,8 @@ def test_inline_processing_publishes_the_events_before_answering(tmp_path):
 def test_versions_are_processed_in_chunks_only_while_requests_are_quiet(tmp_path):
     container = migrated_container(settings_for(tmp_path))
     sizes: list[int] = []
-    process_chunk = container.fhir._process_chunk
-    container.fhir._process_chunk = lambda session, ids: (sizes.append(len(ids)), process_chunk(session, ids))[1]
+    derive = container.fhir._derive
+    container.fhir._derive = lambda ids: (sizes.append(len(ids)), derive(ids))[1]
 
     def store(first: int) -> None:
         with transaction(container.sessions) as session:
@@ -164,15 +164,47 @@ def test_versions_are_processed_in_chunks_only_while_requests_are_quiet(tmp_path
                 container.fhir.service.write(session, patient(f"q{n}"))
 
     store(0)
-    assert container.fhir.process_pending(quiet=lambda: False) == 20
+    assert container.fhir.process_pending(quiet_s=lambda: 0.0) == 20
     assert sizes == [1] * 20  # a request arrived a moment ago: one at a time
     sizes.clear()
     store(20)
-    assert container.fhir.process_pending(quiet=lambda: True) == 20
+    assert container.fhir.process_pending(quiet_s=lambda: float("inf")) == 20
     assert sizes == [16, 4]
     with transaction(container.sessions) as session:
         statuses = set(session.scalars(select(InboundMessage.status).where(InboundMessage.source == "fhir")))
     assert statuses == {"processed"}
+    container.engine.dispose()
+
+
+def test_a_version_s_events_are_derived_without_the_write_lock_so_an_hl7_ack_never_waits_for_it(tmp_path):
+    """While a stored version's events are derived (a chunk of Bundle entries held the
+    write lock 40-90 ms), an HL7 message is stored, as its ACK needs, at once."""
+    from hl7.header import read_header
+    from tests.core.test_end_to_end import siu
+
+    container = migrated_container(settings_for(tmp_path))
+    with transaction(container.sessions) as session:
+        container.fhir.service.write(session, patient("derived"))
+    raw = siu("S12", "MEANWHILE", datetime.now(UTC) + timedelta(days=2))
+    storing = threading.Thread(target=container.intake.writer.write, args=([(read_header(raw), raw)],))
+    stored_meanwhile: list[bool] = []
+    service = container.fhir.service
+    derive = service.events_of
+
+    def derive_while_an_hl7_message_is_stored(*args, **kwargs):
+        if not stored_meanwhile:
+            storing.start()
+            storing.join(timeout=5)  # a guard only: with the write lock held it waits for this
+            stored_meanwhile.append(not storing.is_alive())
+        return derive(*args, **kwargs)
+
+    service.events_of = derive_while_an_hl7_message_is_stored
+    assert container.fhir.process_pending() == 1
+    storing.join()
+    assert stored_meanwhile == [True]
+    with transaction(container.sessions) as session:
+        statuses = dict(session.execute(select(InboundMessage.source, InboundMessage.status)).all())
+    assert statuses == {"fhir": "processed", "hl7": "stored"}
     container.engine.dispose()
 
 

@@ -1,6 +1,6 @@
-"""Stored HL7 messages are mapped in chunks of 32 once the feed has been quiet for
-a moment, and one at a time while messages arrive: an ACK waits for at most the
-chunk in progress, and never while a message is parsed and mapped."""
+"""Stored HL7 messages are mapped in chunks of up to 32, as many as take half the
+time the feed has been quiet, and one at a time while messages arrive: an ACK waits
+for at most the chunk in progress, and never while a message is parsed and mapped."""
 
 from __future__ import annotations
 
@@ -28,8 +28,7 @@ def test_hl7_messages_are_mapped_in_chunks_only_while_the_feed_is_quiet(tmp_path
         raws = [siu("S12", f"{prefix}{n}", start) for n in range(40)]
         intake.writer.write([(read_header(raw), raw) for raw in raws])
 
-    store("Q")
-    intake.writer.waiting.last_arrival = 0.0  # the feed has long been quiet
+    store("Q")  # the feed has long been quiet (nothing has arrived)
     assert intake.process_pending() == 40
     assert sizes == [32, 8]
 
@@ -41,6 +40,12 @@ def test_hl7_messages_are_mapped_in_chunks_only_while_the_feed_is_quiet(tmp_path
     finally:
         intake.writer.waiting.end()
     assert sizes == [1]
+
+    sizes.clear()
+    store("G")
+    intake._seconds_each = 0.001  # as timed on the chunks before
+    intake.process_batch(intake.pending_ids(), quiet_s=lambda: 0.012)  # a 12 ms gap in a feed
+    assert sizes[0] == 6  # a transaction of about 6 ms, half the gap
     container.engine.dispose()
 
 
@@ -83,7 +88,6 @@ def test_large_messages_are_mapped_a_few_at_a_time_so_memory_stays_bounded(tmp_p
     padding = b"ZPD|" + b"x" * 300_000 + b"\r"  # a Z-segment: kept and ignored
     raws = [siu("S12", f"L{n}", start) + padding for n in range(3)] + [siu("S12", f"S{n}", start) for n in range(3)]
     intake.writer.write([(read_header(raw), raw) for raw in raws])
-    intake.writer.waiting.last_arrival = 0.0  # the feed has long been quiet
     monkeypatch.setattr(adapter.intake, "CHUNK_BYTES", 500_000)
 
     assert intake.process_pending() == 6

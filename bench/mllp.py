@@ -229,6 +229,22 @@ def large_report(obx_count: int = REPORT_OBX) -> str:
     return "\r".join(head + obx) + "\r"
 
 
+async def paced_one(connection, messages: Messages, rate: float, count: int) -> Load:  # noqa: ANN001
+    """``count`` bookings on one open ``MLLPConnection`` at ``rate`` a second, each
+    waiting for its ACK: the latencies."""
+    load = Load()
+    began = time.perf_counter()
+    for _ in range(count):
+        started = time.perf_counter()
+        ack = await connection.send(messages.text().encode("utf-8"))
+        load.latencies.append(time.perf_counter() - started)
+        load.sent += 1
+        load.rejected += b"MSA|AA|" not in ack
+        await asyncio.sleep(max(0.0, began + load.sent / rate - time.perf_counter()))
+    load.seconds = time.perf_counter() - began
+    return load
+
+
 def beside_a_large_report(messages: Messages, rate: float = 50.0, count: int = 200) -> tuple[Load, Load, float, str]:
     """Fresh adapter: ACK latency on one connection sending at ``rate`` messages a second,
     first alone, then while another connection sends a report of about 10 MB (stored,
@@ -239,17 +255,7 @@ def beside_a_large_report(messages: Messages, rate: float = 50.0, count: int = 2
     report = large_report().encode("utf-8")
 
     async def paced(connection: MLLPConnection) -> Load:
-        load = Load()
-        began = time.perf_counter()
-        for _ in range(count):
-            started = time.perf_counter()
-            ack = await connection.send(messages.text().encode("utf-8"))
-            load.latencies.append(time.perf_counter() - started)
-            load.sent += 1
-            load.rejected += b"MSA|AA|" not in ack
-            await asyncio.sleep(max(0.0, began + load.sent / rate - time.perf_counter()))
-        load.seconds = time.perf_counter() - began
-        return load
+        return await paced_one(connection, messages, rate, count)
 
     with adapter_process() as adapter, httpx.Client(base_url=adapter.base_url, headers=adapter.headers, timeout=30) as http:
         async def run() -> tuple[Load, Load, float]:
@@ -278,6 +284,45 @@ def beside_a_large_report(messages: Messages, rate: float = 50.0, count: int = 2
                 break
             time.sleep(0.05)
     return alone, beside, acked, found[0]["status"] if found else "missing"
+
+
+BUNDLES, BUNDLE_ENTRIES = 8, 100
+
+
+def beside_fhir_bundles(messages: Messages, rate: float = 50.0, count: int = 250) -> tuple[Load, Load, float]:
+    """Fresh adapter: ACK latency on one HL7 connection sending at ``rate`` messages a
+    second, first alone, then while an EHR posts ``BUNDLES`` FHIR transaction Bundles
+    of ``BUNDLE_ENTRIES`` entries one after another (each stored, answered, then its
+    versions' events derived and applied in the background). Returns both loads and
+    the seconds the Bundles took to be answered."""
+    import threading
+
+    from bench.fhir_common import transaction_bundle
+    from hl7.client import MLLPConnection
+
+    bundles = [transaction_bundle(BUNDLE_ENTRIES) for _ in range(BUNDLES)]
+    with adapter_process() as adapter:
+        def post(took: list[float]) -> None:
+            headers = {**adapter.headers, "Content-Type": "application/fhir+json"}
+            with httpx.Client(base_url=adapter.base_url, headers=headers, timeout=60) as http:
+                began = time.perf_counter()
+                for bundle in bundles:
+                    http.post("/fhir/R4/", content=bundle).raise_for_status()
+                took.append(time.perf_counter() - began)
+
+        async def run() -> tuple[Load, Load, float]:
+            connection = MLLPConnection(HOST, adapter.mllp_port)
+            await connection.open()
+            alone = await paced_one(connection, messages, rate, count)
+            took: list[float] = []
+            poster = threading.Thread(target=post, args=(took,))
+            poster.start()
+            beside = await paced_one(connection, messages, rate, count)
+            await asyncio.to_thread(poster.join)
+            await connection.close()
+            return alone, beside, took[0] if took else float("nan")
+
+        return asyncio.run(run())
 
 
 def statuses(http: httpx.Client) -> dict[str, int]:
@@ -361,6 +406,13 @@ def main() -> None:
           f" ORU^R01 ({REPORT_OBX} OBX, ACKed in {report_acked * 1e3:.0f} ms, then parsed and mapped in the background):"
           f" p50 {beside.p(50) * 1e3:.1f} ms, p99 {beside.p(99) * 1e3:.1f} ms, max {max(beside.latencies) * 1e3:.1f} ms"
           f"   (not AA: {alone.rejected + beside.rejected}; the report ended {report_status})", flush=True)
+
+    alone, beside, bundles_took = beside_fhir_bundles(messages)
+    print(f"one connection at 50 msg/s, ACK latency alone: p50 {alone.p(50) * 1e3:.1f} ms, p99 {alone.p(99) * 1e3:.1f} ms,"
+          f" max {max(alone.latencies) * 1e3:.1f} ms; while an EHR posts {BUNDLES} FHIR transaction Bundles of"
+          f" {BUNDLE_ENTRIES} entries (answered in {bundles_took:.1f} s, their events derived and applied in the"
+          f" background): p50 {beside.p(50) * 1e3:.1f} ms, p99 {beside.p(99) * 1e3:.1f} ms,"
+          f" max {max(beside.latencies) * 1e3:.1f} ms   (not AA: {alone.rejected + beside.rejected})", flush=True)
 
     e2e, acked, counts = end_to_end(messages)
     print(f"end to end ({E2E_MESSAGES} messages, 8 conn, fresh adapter, until /api/messages shows none 'stored'): "

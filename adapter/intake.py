@@ -31,7 +31,7 @@ from adapter.clock import Clock
 from adapter.app_acks import queue_application_ack, wants_accept_ack, wants_application_ack
 from adapter.events import AnyEvent
 from adapter.db import insert_rows_with, placeholder, raw_transaction, read_transaction, transaction
-from adapter.metrics import ACK_LATENCY, MESSAGES_RECEIVED
+from adapter.metrics import ACK_LATENCY, MESSAGES_RECEIVED, STORE_BATCH, STORE_SECONDS
 from adapter.models import InboundMessage, InboundRaw
 from adapter.pipeline import Pipeline
 from adapter.stored_work import chunk_for, process_all, stored_ids
@@ -224,7 +224,11 @@ class GroupCommitWriter:
              "status": "stored", "duplicates": 0}
             for header, _ in items
         ]
+        STORE_BATCH.observe(len(items))
+        began = time.perf_counter()
         with raw_transaction(self.engine, priority=True) as cursor:  # an ACK waits on it
+            locked = time.perf_counter()
+            STORE_SECONDS.labels("lock_wait").observe(locked - began)
             fresh = {(sender, control_id): message_id for message_id, sender, control_id in insert_rows_with(
                 cursor, self.engine.dialect, _INBOUND, rows, returning=("id", "sender", "control_id"),
                 on_conflict_do_nothing=True)}
@@ -240,6 +244,7 @@ class GroupCommitWriter:
                     out.append(Stored(message_id, False, "stored", None))
                     raws.append({"message_id": message_id, "raw_enc": blob})
             insert_rows_with(cursor, self.engine.dialect, _RAW, raws)
+        STORE_SECONDS.labels("write").observe(time.perf_counter() - locked)
         return out
 
 

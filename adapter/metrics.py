@@ -31,6 +31,17 @@ ACK_LATENCY = Histogram(
     "adapter_ack_latency_seconds", "Time from a message read to its ACK", ["source"], registry=REGISTRY,
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+STORE_BATCH = Histogram(
+    "adapter_hl7_store_batch_messages", "HL7 messages stored (and then acknowledged) per group commit",
+    registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+STORE_SECONDS = Histogram(
+    "adapter_hl7_store_seconds",
+    "A group commit of HL7 messages before their ACKs, by phase: lock_wait (for the background transaction"
+    " in progress, with SQLite), write (insert and durable commit)",
+    ["phase"], registry=REGISTRY,
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
 GC_PAUSES = Histogram(
     "adapter_gc_pause_seconds", "Python garbage collection pauses by generation (every thread waits meanwhile)",
     ["generation"], registry=REGISTRY,

@@ -70,3 +70,46 @@ def test_a_lone_sender_is_never_held_back(tmp_path):
 
     asyncio.run(asyncio.wait_for(one_by_one(), 10.0))  # a linger would take 30 s
     assert transactions(container) == [{"L0"}, {"L1"}, {"L2"}]
+
+
+def sample(name: str, **labels: str) -> float:
+    from adapter.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_operators_see_how_many_messages_each_commit_held(tmp_path):
+    container = migrated_container(settings_for(tmp_path))
+    container.intake.writer.linger_s = 1.0
+    commits, messages = sample("adapter_hl7_store_batch_messages_count"), sample("adapter_hl7_store_batch_messages_sum")
+    asyncio.run(two_waves(container.intake.writer, gap_s=0.05))
+    assert sample("adapter_hl7_store_batch_messages_count") - commits == 2
+    assert sample("adapter_hl7_store_batch_messages_sum") - messages == 8
+
+
+def test_operators_see_an_ack_s_commit_waiting_for_a_background_transaction(tmp_path):
+    """Slow ACKs from a busy disk and slow ACKs from background work holding SQLite's one
+    write lock look the same from outside; the store's phases tell them apart."""
+    import threading
+
+    from adapter.db import transaction
+
+    container = migrated_container(settings_for(tmp_path))
+    first = siu("FIRST")  # the first store also reads the system key (then cached)
+    container.intake.writer.write([(read_header(first), first)])
+    holding, waited = threading.Event(), sample("adapter_hl7_store_seconds_sum", phase="lock_wait")
+
+    def background_transaction() -> None:
+        with transaction(container.sessions) as session:
+            session.execute(select(InboundMessage.id))
+            holding.set()
+            threading.Event().wait(0.3)
+
+    worker = threading.Thread(target=background_transaction)
+    worker.start()
+    assert holding.wait(5)
+    raw = siu("LOCKED")
+    container.intake.writer.write([(read_header(raw), raw)])
+    worker.join()
+    assert sample("adapter_hl7_store_seconds_sum", phase="lock_wait") - waited >= 0.2
+    assert sample("adapter_hl7_store_seconds_count", phase="write") >= 1

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from adapter import subject_rights as rights
-from adapter.api_types import PATIENT_ID_PATTERN, PatientIdPath, PatientIdQuery
+from adapter.api_types import LARGEST, PATIENT_ID_PATTERN, Limit, Offset, PatientIdPath, PatientIdQuery
 from adapter.bootstrap import Container
 from adapter.db import transaction
 from adapter.web import require
@@ -91,8 +91,8 @@ def compliance_router(container: Container) -> APIRouter:
         request: Request,
         patient: PatientIdQuery = None,
         since: datetime | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Limit = 100,
+        offset: Offset = 0,
     ) -> dict[str, Any]:
         """Audit entries oldest first (pseudonyms only); reading them is itself audited."""
         subject = f"patient:{patient}" if patient else None
@@ -113,7 +113,7 @@ def compliance_router(container: Container) -> APIRouter:
         return verify_view(report)
 
     @router.get("/audit/proof/inclusion", dependencies=[officer])
-    def inclusion(seq: Annotated[int, Query(ge=0)], tree_size: Annotated[int, Query(ge=1)]) -> dict[str, Any]:
+    def inclusion(seq: Annotated[int, Query(ge=0, le=LARGEST)], tree_size: Annotated[int, Query(ge=1, le=LARGEST)]) -> dict[str, Any]:
         """RFC 6962 audit path for entry ``seq`` in the tree of ``tree_size`` entries."""
         if seq >= tree_size:
             raise HTTPException(400, "seq must be below tree_size")
@@ -123,7 +123,7 @@ def compliance_router(container: Container) -> APIRouter:
             raise HTTPException(404, str(exc)) from exc
 
     @router.get("/audit/proof/consistency", dependencies=[officer])
-    def consistency(old: Annotated[int, Query(ge=0)], new: Annotated[int, Query(ge=1)]) -> dict[str, Any]:
+    def consistency(old: Annotated[int, Query(ge=0, le=LARGEST)], new: Annotated[int, Query(ge=1, le=LARGEST)]) -> dict[str, Any]:
         """RFC 6962 consistency proof between the trees of ``old`` and ``new`` entries."""
         if old > new:
             raise HTTPException(400, "old must not exceed new")

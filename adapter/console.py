@@ -21,6 +21,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from adapter import subject_rights as rights
+from adapter.api_types import Offset, RowIdPath
 from adapter.auth import Principal, Role, authenticate
 from adapter.bootstrap import Container
 from adapter.compliance_api import record_verification, verify_view
@@ -164,7 +165,7 @@ def console_router(container: Container) -> APIRouter:
                     purposes=sorted(container.gate.policy.purposes), notice=request.query_params.get("notice", ""))
 
     @router.get("/notifications/{notification_id}", response_class=HTMLResponse)
-    def why(request: Request, notification_id: int, *, user: Principal = Depends(officer)) -> HTMLResponse:
+    def why(request: Request, notification_id: RowIdPath, *, user: Principal = Depends(officer)) -> HTMLResponse:
         with transaction(container.sessions) as db:
             row = db.get(Notification, notification_id)
             if row is None:
@@ -214,7 +215,7 @@ def console_router(container: Container) -> APIRouter:
         return RedirectResponse("/ui/?notice=erased", status_code=303)
 
     @router.get("/audit", response_class=HTMLResponse)
-    def audit(request: Request, patient: str = "", offset: Annotated[int, Query(ge=0)] = 0, *,
+    def audit(request: Request, patient: str = "", offset: Offset = 0, *,
               user: Principal = Depends(officer)) -> HTMLResponse:
         subject = f"patient:{patient}" if patient else None
         with transaction(container.sessions) as db:

@@ -4,11 +4,12 @@ an operator opens the reply text through the patient's record."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends
 from sqlalchemy import func, select
 
+from adapter.api_types import Limit, Offset
 from adapter.bootstrap import Container
 from adapter.reply_models import Incident, PatientReply
 from adapter.web import Db, require
@@ -53,8 +54,8 @@ def replies_api_router(container: Container) -> APIRouter:
         db: Db,
         status: str | None = None,
         patient: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Limit = 100,
+        offset: Offset = 0,
     ) -> dict[str, Any]:
         """Patients' replies; ``status=open`` is the operator queue."""
         query = select(PatientReply)
@@ -70,8 +71,8 @@ def replies_api_router(container: Container) -> APIRouter:
     def list_incidents(
         db: Db,
         status: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Limit = 100,
+        offset: Offset = 0,
     ) -> dict[str, Any]:
         """Possible personal-data breaches, each with its 72-hour notification deadline."""
         query = select(Incident)

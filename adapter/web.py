@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from adapter.api_types import Limit, Offset, RowIdPath
 from adapter.auth import Principal, Role, authenticate
 from adapter.auth_limits import AuthFailureLimiter
 from adapter.bootstrap import Container
@@ -112,8 +113,8 @@ def api_router(container: Container) -> APIRouter:
         patient: str | None = None,
         status: str | None = None,
         kind: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Limit = 100,
+        offset: Offset = 0,
     ) -> dict[str, Any]:
         """Every notification with its status, time, channel and, when suppressed, why."""
         query = select(Notification)
@@ -128,7 +129,7 @@ def api_router(container: Container) -> APIRouter:
         return {"total": total, "items": [notification_view(row) for row in rows]}
 
     @router.get("/notifications/{notification_id}/why", dependencies=[officer])
-    def why(notification_id: int, db: ReadDb) -> dict[str, Any]:
+    def why(notification_id: RowIdPath, db: ReadDb) -> dict[str, Any]:
         """The decision record: event, rule, consent, lawful basis, template, channel."""
         row = db.get(Notification, notification_id)
         if row is None:
@@ -141,8 +142,8 @@ def api_router(container: Container) -> APIRouter:
         source: str | None = None,
         status: str | None = None,
         control_id: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Limit = 100,
+        offset: Offset = 0,
     ) -> dict[str, Any]:
         """The inbound message store: every message received and what became of it."""
         query = select(InboundMessage)

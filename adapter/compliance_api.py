@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from datetime import datetime
-from itertools import islice
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -97,8 +96,7 @@ def compliance_router(container: Container) -> APIRouter:
         """Audit entries oldest first (pseudonyms only); reading them is itself audited."""
         subject = f"patient:{patient}" if patient else None
         with transaction(container.sessions) as db:
-            entries = audit.entries(db, since=since, subject=subject)
-            items = [as_json(r) for r in islice(entries, offset, offset + limit)]
+            items = [as_json(r) for r in audit.entries(db, since=since, subject=subject, offset=offset, limit=limit)]
             total = audit.size(db)
             audit.append(db, action="audit_read", actor=actor_of(request), subject_pseudonym=subject or "",
                          reason="audit entries read", details={"offset": offset, "count": len(items)}, at=now())

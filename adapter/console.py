@@ -10,7 +10,6 @@ page checks it as the API does (roles, audited and rate-limited failures). Pages
 from __future__ import annotations
 
 import json
-from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -221,8 +220,7 @@ def console_router(container: Container) -> APIRouter:
         with transaction(container.sessions) as db:
             report = container.audit.verify(db)
             record_verification(container.audit, db, report, actor=actor_of(user), now=container.clock.now())
-            entries = [as_json(r) for r in islice(container.audit.entries(db, subject=subject),
-                                                  offset, offset + PAGE_SIZE)]
+            entries = [as_json(r) for r in container.audit.entries(db, subject=subject, offset=offset, limit=PAGE_SIZE)]
             container.audit.append(db, action="audit_read", actor=actor_of(user), subject_pseudonym=subject or "",
                                    reason="console: audit trail", details={"offset": offset, "count": len(entries)},
                                    at=container.clock.now())

@@ -345,12 +345,18 @@ class AuditLog:
         return 0 if last is None else last + 1
 
     def entries(self, session: Session, *, since: datetime | None = None,
-                subject: str | None = None) -> Iterable[AuditRecord]:
+                subject: str | None = None, offset: int = 0, limit: int | None = None) -> Iterable[AuditRecord]:
+        """Entries oldest first; ``offset`` and ``limit`` page in the database (a page
+        deep in a long log does not read the entries before it)."""
         query = select(AuditEntry).order_by(AuditEntry.seq)
         if since is not None:
             query = query.where(AuditEntry.at >= since)
         if subject is not None:
             query = query.where(AuditEntry.subject == subject)
+        if offset:
+            query = query.offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
         for row in session.scalars(query.execution_options(yield_per=1000)):
             yield _record(row)
 

@@ -137,8 +137,15 @@ def current(session: Session, codec: RecordCodec, resource_type: str, resource_i
     return _load(row, codec, session) if row else None
 
 
+# Version ids are 64-bit in the database: a larger one names no version (a vread of
+# /_history/<26 digits> was an OverflowError in the SQLite driver, a 500).
+_LARGEST_VERSION = 2**63 - 1
+
+
 def version(session: Session, codec: RecordCodec, resource_type: str, resource_id: str,
             version_id: int) -> StoredVersion | None:
+    if not 0 < version_id <= _LARGEST_VERSION:
+        return None
     row = _connection(session).execute(
         select(*_VERSION_COLUMNS).where(
             _RESOURCE.c.resource_type == resource_type,

@@ -53,6 +53,8 @@ def test_reading_an_unknown_resource_or_version_is_a_404_operation_outcome(adapt
     pid = create_patient(adapter)
     response = adapter.get(f"/Patient/{pid}/_history/9")
     assert response.status_code == 404 and issue(response)["code"] == "not-found"
+    beyond = adapter.get(f"/Patient/{pid}/_history/{2**80}")  # no 64-bit version id: was a 500
+    assert beyond.status_code == 404 and issue(beyond)["code"] == "not-found"
 
 
 def test_update_of_an_unknown_id_creates_it(adapter):

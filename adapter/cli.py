@@ -181,7 +181,7 @@ def tokens_create(
 
 
 @app.command()
-def outbox(limit: Annotated[int, typer.Option(help="how many, newest first")] = 50) -> None:
+def outbox(limit: Annotated[int, typer.Option(min=1, max=10_000, help="how many, newest first")] = 50) -> None:
     """What the sandbox channel has "sent"."""
     from adapter.db import transaction
     from adapter.models import OutboxMessage
@@ -201,7 +201,7 @@ def outbox(limit: Annotated[int, typer.Option(help="how many, newest first")] = 
 
 
 @hl7_app.command("errors")
-def hl7_errors(limit: int = 100) -> None:
+def hl7_errors(limit: Annotated[int, typer.Option(min=1, max=10_000, help="how many, oldest first")] = 100) -> None:
     """Messages that could not be processed, with the reason."""
     from adapter.db import transaction
     from adapter.models import InboundMessage
@@ -224,7 +224,9 @@ def hl7_errors(limit: int = 100) -> None:
 
 
 @hl7_app.command("replay")
-def hl7_replay(ids: list[int]) -> None:
+def hl7_replay(
+    ids: Annotated[list[int], typer.Argument(min=1, max=2**63 - 1, help="message ids, as `hl7 errors` lists them")],
+) -> None:
     """Process error-store messages (HL7 messages and FHIR versions) again, after a fix."""
     container = _container()
     fhir = container.fhir.replay(ids)

@@ -120,3 +120,11 @@ def test_fhir_poll_authenticates_with_smart_backend_services(tmp_path):
         assert "stored 1" in polled.stdout and fake.tokens_issued >= 1
     finally:
         stop()
+
+
+def test_replay_and_errors_refuse_numbers_out_of_range_in_the_operator_s_terms(tmp_path):
+    """An id beyond 64 bits was an OverflowError traceback from the database driver."""
+    replay = cli(tmp_path, "hl7", "replay", str(2**80))
+    assert replay.returncode == 2 and "Invalid value for 'ids'" in replay.stderr
+    listing = cli(tmp_path, "hl7", "errors", "--limit", "0")
+    assert listing.returncode == 2 and "Invalid value for '--limit'" in listing.stderr

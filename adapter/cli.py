@@ -69,8 +69,8 @@ def admin_token_file(settings: Settings) -> Path:
 
 @app.command()
 def serve(
-    http_port: Annotated[Optional[int], typer.Option(help="HTTP port (default ADAPTER_HTTP_PORT)")] = None,
-    mllp_port: Annotated[Optional[int], typer.Option(help="MLLP port (default ADAPTER_MLLP_PORT)")] = None,
+    http_port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="HTTP port (default ADAPTER_HTTP_PORT; 0: any free)")] = None,
+    mllp_port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="MLLP port (default ADAPTER_MLLP_PORT; 0: any free)")] = None,
     workers: Annotated[
         Optional[str],
         typer.Option(help="embedded: send from this process; celery: leave it to workers (default when ADAPTER_BROKER_URL is set)"),
@@ -111,7 +111,7 @@ def serve(
 
 @app.command()
 def worker(
-    concurrency: Annotated[Optional[int], typer.Option(help="pool processes (default ADAPTER_WORKER_CONCURRENCY)")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(min=1, max=256, help="pool processes (default ADAPTER_WORKER_CONCURRENCY)")] = None,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork or solo")] = "prefork",
 ) -> None:
     """A Celery worker (production mode, ADAPTER_BROKER_URL set): sends due
@@ -242,11 +242,11 @@ def hl7_replay(
 def hl7_send(
     paths: Annotated[list[Path], typer.Argument(help="files or directories of ER7 messages")],
     host: str = "127.0.0.1",
-    port: Annotated[Optional[int], typer.Option(help="default ADAPTER_MLLP_PORT")] = None,
+    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="default ADAPTER_MLLP_PORT")] = None,
     connections: Annotated[int, typer.Option(min=1, max=64)] = 1,
-    rate: Annotated[Optional[float], typer.Option(help="messages per second, all connections")] = None,
+    rate: Annotated[Optional[float], typer.Option(min=0.01, help="messages per second, all connections")] = None,
     tls: bool = False,
-    timeout: float = 30.0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for each ACK")] = 30.0,
 ) -> None:
     """Send messages over MLLP with a progress bar; exit 1 unless every ACK is AA."""
     from adapter.hl7_send import send_files

@@ -64,7 +64,7 @@ def subscribe(
     smart_alg: SmartAlg = "RS384",
     hook_token: Annotated[Optional[str], typer.Option(envvar="ADAPTER_HOOK_TOKEN", help="an ehr token the server sends us")] = None,
     content: Annotated[str, typer.Option(help="id-only or full-resource")] = "id-only",
-    heartbeat: Annotated[int, typer.Option(help="heartbeat period, seconds")] = 300,
+    heartbeat: Annotated[int, typer.Option(min=1, max=86_400, help="heartbeat period, seconds")] = 300,
 ) -> None:
     """Create backport Subscriptions for Appointment and DiagnosticReport on SERVER."""
     from adapter.cli import _container

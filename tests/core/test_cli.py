@@ -128,3 +128,7 @@ def test_replay_and_errors_refuse_numbers_out_of_range_in_the_operator_s_terms(t
     assert replay.returncode == 2 and "Invalid value for 'ids'" in replay.stderr
     listing = cli(tmp_path, "hl7", "errors", "--limit", "0")
     assert listing.returncode == 2 and "Invalid value for '--limit'" in listing.stderr
+    send = cli(tmp_path, "hl7", "send", "--port", "99999", str(tmp_path))
+    assert send.returncode == 2 and "Invalid value for '--port'" in send.stderr
+    serve = cli(tmp_path, "serve", "--mllp-port", "70000")
+    assert serve.returncode == 2 and "Invalid value for '--mllp-port'" in serve.stderr

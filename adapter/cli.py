@@ -291,4 +291,15 @@ def openapi() -> None:
 
 
 def main() -> None:
-    app()
+    from pydantic import ValidationError
+
+    from adapter.settings import describe
+
+    try:
+        app()
+    except ValidationError as exc:
+        if exc.title != "Settings":
+            raise
+        for line in describe(exc):  # the environment or config/adapter.yaml
+            err.print(f"[red]configuration error:[/red] {line}")
+        raise SystemExit(2) from None

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -23,6 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "config"
 
 
+# Bounds on numbers an operator sets: a port of 99999 or a batch of 0 is refused at
+# start-up, naming the setting, rather than failing later in a socket or a query.
+Port = Annotated[int, Field(ge=0, le=65535)]  # 0: any free port
+Positive = Annotated[float, Field(gt=0)]
+Count = Annotated[int, Field(ge=1)]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ADAPTER_", yaml_file=CONFIG_DIR / "adapter.yaml", extra="ignore"
@@ -32,15 +39,15 @@ class Settings(BaseSettings):
     database_url: str = f"sqlite:///{ROOT / 'var' / 'adapter.db'}"
     broker_url: str = ""  # empty: in-process worker; amqp:// or redis://: Celery
     http_host: str = "127.0.0.1"
-    http_port: int = 8080
+    http_port: Port = 8080
     mllp_host: str = "127.0.0.1"
-    mllp_port: int = 2575
-    mllp_max_message_bytes: int = 10 * 1024 * 1024
-    mllp_idle_timeout_s: float = 300.0
+    mllp_port: Port = 2575
+    mllp_max_message_bytes: Count = 10 * 1024 * 1024
+    mllp_idle_timeout_s: Positive = 300.0
     mllp_tls_cert: str = ""
     mllp_tls_key: str = ""
     mllp_tls_client_ca: str = ""  # set to require client certificates (mutual TLS)
-    max_body_bytes: int = 5 * 1024 * 1024
+    max_body_bytes: Count = 5 * 1024 * 1024
     # FHIR writes: "background" answers once stored and publishes the events after
     # (adapter/fhir_intake.py); "inline" publishes them before answering, so the
     # pipeline's refusal is a 422 and nothing is stored.
@@ -48,7 +55,7 @@ class Settings(BaseSettings):
     # Helper processes that validate the resources of large Bundles beside the
     # serving process (fhir/validation_pool.py): empty for one per core beyond the
     # first (at most 4), 0 to validate in the serving process.
-    fhir_validation_processes: int | None = None
+    fhir_validation_processes: Annotated[int, Field(ge=0, le=64)] | None = None
 
     config_dir: Path = CONFIG_DIR
     var_dir: Path = ROOT / "var"
@@ -59,22 +66,22 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8080"
 
     channels: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["sandbox"])
-    worker_poll_interval_s: float = 0.2
-    claim_batch_size: int = 50
-    claim_lease_s: float = 120.0
+    worker_poll_interval_s: Positive = 0.2
+    claim_batch_size: Count = 50
+    claim_lease_s: Positive = 120.0
     # Non-urgent messages go out only inside this window (clinic time), and not on
     # Italian public holidays when send_on_holidays is false. Equal start and end: any hour.
     sending_window_start: time = time(8, 0)
     sending_window_end: time = time(21, 0)
     send_on_holidays: bool = False
-    sms_max_segments: int = 2  # templates rendering to more parts are reported at start-up
+    sms_max_segments: Count = 2  # templates rendering to more parts are reported at start-up
     # Sends per second per channel (provider rate limits), e.g. {"sms": 10}; unset = unlimited.
     channel_rate_limits: dict[str, float] = Field(default_factory=dict)
     # Production mode (ADAPTER_BROKER_URL set): Celery workers, see adapter/celery_app.py.
     celery_queue: str = "adapter"  # one name per deployment (and per test run)
-    worker_concurrency: int = 2  # pool processes per `python -m adapter worker`
-    dispatch_queue_high_water: int = 4  # batches waiting in the queue before claiming pauses
-    broker_visibility_timeout_s: float = 300.0  # Redis: an unacknowledged task is redelivered after this
+    worker_concurrency: Count = 2  # pool processes per `python -m adapter worker`
+    dispatch_queue_high_water: Count = 4  # batches waiting in the queue before claiming pauses
+    broker_visibility_timeout_s: Positive = 300.0  # Redis: an unacknowledged task is redelivered after this
     log_level: str = "INFO"
     log_json: bool = True  # structured JSON logs on stderr (serve and worker)
 
@@ -97,7 +104,7 @@ class Settings(BaseSettings):
     telegram_bot_name: str = ""
     sandbox_webhook_secret: SecretStr = SecretStr("")
     smtp_host: str = "localhost"
-    smtp_port: int = 587
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 587
     smtp_username: str = ""
     smtp_password: SecretStr = SecretStr("")
     smtp_starttls: bool = True
@@ -129,3 +136,21 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def describe(error: ValidationError) -> list[str]:
+    """A settings validation error as lines an operator can act on: the variable (or
+    the key in config/adapter.yaml) and what is wrong, never the value (it may be a
+    secret).
+
+    >>> try:
+    ...     Settings(mllp_port=99999)
+    ... except ValidationError as exc:
+    ...     describe(exc)
+    ['ADAPTER_MLLP_PORT (mllp_port in config/adapter.yaml): Input should be less than or equal to 65535']
+    """
+    lines = []
+    for item in error.errors():
+        name = str(item["loc"][0]) if item["loc"] else "?"
+        lines.append(f"ADAPTER_{name.upper()} ({name} in config/adapter.yaml): {item['msg']}")
+    return lines

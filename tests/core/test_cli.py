@@ -21,8 +21,8 @@ from tests.harness import adapter_env_vars, running_adapter, settings_for
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def cli(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **adapter_env_vars(tmp_path), "COLUMNS": "200"}
+def cli(tmp_path: Path, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **adapter_env_vars(tmp_path), "COLUMNS": "200", **(env or {})}
     return subprocess.run([sys.executable, "-m", "adapter", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -132,3 +132,14 @@ def test_replay_and_errors_refuse_numbers_out_of_range_in_the_operator_s_terms(t
     assert send.returncode == 2 and "Invalid value for '--port'" in send.stderr
     serve = cli(tmp_path, "serve", "--mllp-port", "70000")
     assert serve.returncode == 2 and "Invalid value for '--mllp-port'" in serve.stderr
+
+
+def test_settings_out_of_range_stop_the_start_naming_the_variable_not_its_value(tmp_path):
+    env_secret = "s3cr3t-token-value"
+    settings = cli(tmp_path, "serve", env={"ADAPTER_MLLP_PORT": "99999", "ADAPTER_CLAIM_BATCH_SIZE": "0",
+                                            "ADAPTER_SMTP_PORT": env_secret})
+    assert settings.returncode == 2
+    said = " ".join(settings.stderr.split())
+    for variable in ("ADAPTER_MLLP_PORT", "ADAPTER_CLAIM_BATCH_SIZE", "ADAPTER_SMTP_PORT"):
+        assert f"configuration error: {variable}" in said
+    assert env_secret not in settings.stderr and "Traceback" not in settings.stderr

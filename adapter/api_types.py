@@ -4,6 +4,8 @@ from typing import Annotated
 
 from fastapi import Path, Query
 
+from adapter.db import LARGEST_INTEGER
+
 # Internal patient ids are UUIDs; the pattern keeps anything else (and anything
 # that could smuggle text into an audit pseudonym) out with a 422.
 PATIENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
@@ -11,9 +13,9 @@ PATIENT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
 PatientIdPath = Annotated[str, Path(pattern=PATIENT_ID_PATTERN, description="internal patient id")]
 PatientIdQuery = Annotated[str | None, Query(pattern=PATIENT_ID_PATTERN, description="internal patient id")]
 
-# Counts and positions fit the database's 64-bit integers: a larger number is a 422
-# in the caller's terms, not an overflow in the database driver (a 500).
-LARGEST = 2**63 - 1
+# Counts and positions fit the database's integers: a larger number is a 422 in the
+# caller's terms, not an overflow in the database driver (a 500).
+LARGEST = LARGEST_INTEGER
 Offset = Annotated[int, Query(ge=0, le=LARGEST, description="rows to skip")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="rows to return")]
 RowIdPath = Annotated[int, Path(ge=1, le=LARGEST, description="row id")]

@@ -14,6 +14,7 @@ from rich.table import Table
 from sqlalchemy import select
 
 from adapter.cli_compliance import audit_app, gdpr_app, keys_app
+from adapter.db import LARGEST_INTEGER
 from adapter.settings import Settings, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="The adapter: hospital events to patients' phones.")
@@ -225,7 +226,7 @@ def hl7_errors(limit: Annotated[int, typer.Option(min=1, max=10_000, help="how m
 
 @hl7_app.command("replay")
 def hl7_replay(
-    ids: Annotated[list[int], typer.Argument(min=1, max=2**63 - 1, help="message ids, as `hl7 errors` lists them")],
+    ids: Annotated[list[int], typer.Argument(min=1, max=LARGEST_INTEGER, help="message ids, as `hl7 errors` lists them")],
 ) -> None:
     """Process error-store messages (HL7 messages and FHIR versions) again, after a fix."""
     container = _container()

@@ -53,6 +53,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 # Execution option of a connection that only reads (see read_transaction).
 READ_ONLY = "adapter_read_only"
+# The largest integer a column holds (SQLite INTEGER, PostgreSQL BIGINT): ids, versions,
+# offsets beyond it are refused where they come in, not overflowed in the driver.
+LARGEST_INTEGER = 2**63 - 1
 _HOLDS_LOCK = "adapter_holds_write_lock"
 
 

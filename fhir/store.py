@@ -17,6 +17,7 @@ from sqlalchemy import Row, Table, delete, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from adapter.db import LARGEST_INTEGER
 from fhir.models import FhirIdentifier, FhirResource
 
 # Core statements on the tables: a Bundle writes hundreds of rows, and the ORM's
@@ -137,14 +138,9 @@ def current(session: Session, codec: RecordCodec, resource_type: str, resource_i
     return _load(row, codec, session) if row else None
 
 
-# Version ids are 64-bit in the database: a larger one names no version (a vread of
-# /_history/<26 digits> was an OverflowError in the SQLite driver, a 500).
-_LARGEST_VERSION = 2**63 - 1
-
-
 def version(session: Session, codec: RecordCodec, resource_type: str, resource_id: str,
             version_id: int) -> StoredVersion | None:
-    if not 0 < version_id <= _LARGEST_VERSION:
+    if not 0 < version_id <= LARGEST_INTEGER:  # names no version (a vread of /_history/<26 digits>)
         return None
     row = _connection(session).execute(
         select(*_VERSION_COLUMNS).where(

@@ -325,6 +325,12 @@ def beside_fhir_bundles(messages: Messages, rate: float = 50.0, count: int = 250
         return asyncio.run(run())
 
 
+def latencies(load: Load) -> str:
+    """p50, p99 and the slowest ACK of ``load``, for a line of the report."""
+    return (f"p50 {load.p(50) * 1e3:.1f} ms, p99 {load.p(99) * 1e3:.1f} ms,"
+            f" max {max(load.latencies) * 1e3:.1f} ms")
+
+
 def statuses(http: httpx.Client) -> dict[str, int]:
     """How many inbound messages are in each status."""
     return {s: http.get("/api/messages", params={"status": s, "limit": 1}).json()["total"]
@@ -401,18 +407,16 @@ def main() -> None:
           " from durable storage alone, before any parsing or sealing")
 
     alone, beside, report_acked, report_status = beside_a_large_report(messages)
-    print(f"one connection at 50 msg/s, ACK latency alone: p50 {alone.p(50) * 1e3:.1f} ms, p99 {alone.p(99) * 1e3:.1f} ms,"
-          f" max {max(alone.latencies) * 1e3:.1f} ms; while another connection sends a {len(large_report()) / 1e6:.1f} MB"
-          f" ORU^R01 ({REPORT_OBX} OBX, ACKed in {report_acked * 1e3:.0f} ms, then parsed and mapped in the background):"
-          f" p50 {beside.p(50) * 1e3:.1f} ms, p99 {beside.p(99) * 1e3:.1f} ms, max {max(beside.latencies) * 1e3:.1f} ms"
+    print(f"one connection at 50 msg/s, ACK latency alone: {latencies(alone)}; while another connection sends a"
+          f" {len(large_report()) / 1e6:.1f} MB ORU^R01 ({REPORT_OBX} OBX, ACKed in {report_acked * 1e3:.0f} ms, then"
+          f" parsed and mapped in the background): {latencies(beside)}"
           f"   (not AA: {alone.rejected + beside.rejected}; the report ended {report_status})", flush=True)
 
     alone, beside, bundles_took = beside_fhir_bundles(messages)
-    print(f"one connection at 50 msg/s, ACK latency alone: p50 {alone.p(50) * 1e3:.1f} ms, p99 {alone.p(99) * 1e3:.1f} ms,"
-          f" max {max(alone.latencies) * 1e3:.1f} ms; while an EHR posts {BUNDLES} FHIR transaction Bundles of"
-          f" {BUNDLE_ENTRIES} entries (answered in {bundles_took:.1f} s, their events derived and applied in the"
-          f" background): p50 {beside.p(50) * 1e3:.1f} ms, p99 {beside.p(99) * 1e3:.1f} ms,"
-          f" max {max(beside.latencies) * 1e3:.1f} ms   (not AA: {alone.rejected + beside.rejected})", flush=True)
+    print(f"one connection at 50 msg/s, ACK latency alone: {latencies(alone)}; while an EHR posts {BUNDLES} FHIR"
+          f" transaction Bundles of {BUNDLE_ENTRIES} entries (answered in {bundles_took:.1f} s, their events derived"
+          f" and applied in the background): {latencies(beside)}   (not AA: {alone.rejected + beside.rejected})",
+          flush=True)
 
     e2e, acked, counts = end_to_end(messages)
     print(f"end to end ({E2E_MESSAGES} messages, 8 conn, fresh adapter, until /api/messages shows none 'stored'): "

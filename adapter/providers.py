@@ -4,6 +4,7 @@ The sandbox channel records into the outbox table (``python -m adapter outbox``)
 from __future__ import annotations
 
 import asyncio
+import weakref
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
@@ -21,34 +22,87 @@ from sqlalchemy import select
 
 
 def outbox_sink(sessions: sessionmaker[Session], vault: Vault, clock: Clock):
-    """The sandbox's storage: one row per idempotency key, sealed for the patient."""
+    """The sandbox's storage: one row per idempotency key, sealed for the patient.
 
-    def write(message: OutboundMessage) -> str:
+    Messages sent in the same moment are recorded in one transaction: a dispatcher
+    round sends its notifications together, and one transaction each made every one
+    wait for the write lock and pay a commit (a round of 50 took a second beside a
+    burst being mapped). The first caller of a moment writes what is queued, again
+    until nothing is; the others wait for their row. A batch that fails is written
+    one message at a time, so one bad message fails alone."""
+    queued: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[tuple[OutboundMessage, asyncio.Future[str]]]] = (
+        weakref.WeakKeyDictionary())
+
+    def write(messages: list[OutboundMessage]) -> list[str]:
         now: datetime = clock.now()
+        keys = [m.idempotency_key for m in messages]
         with transaction(sessions) as session:
-            existing = session.scalar(select(OutboxMessage).where(OutboxMessage.idempotency_key == message.idempotency_key))
-            if existing is not None:
-                return f"sandbox-{existing.id}"
-            patient_id = session.scalar(
-                select(Notification.patient_id).where(Notification.idempotency_key == message.idempotency_key)
-            )
-            subject = f"patient:{patient_id}" if patient_id else "system"
-            row = OutboxMessage(
-                idempotency_key=message.idempotency_key,
-                patient_id=patient_id,
-                to_enc=vault.encrypt_str(session, subject, message.to),
-                body_enc=vault.encrypt_str(session, subject, message.body),
-                created_at=now,
-            )
-            session.add(row)
+            stored = dict(session.execute(
+                select(OutboxMessage.idempotency_key, OutboxMessage.id).where(OutboxMessage.idempotency_key.in_(keys))).all())
+            patients = dict(session.execute(
+                select(Notification.idempotency_key, Notification.patient_id).where(Notification.idempotency_key.in_(keys))).all())
+            rows: dict[str, OutboxMessage] = {}
+            for message in messages:
+                key = message.idempotency_key
+                if key in stored or key in rows:
+                    continue  # recorded before, or twice in this batch: one row
+                patient_id = patients.get(key)
+                subject = f"patient:{patient_id}" if patient_id else "system"
+                rows[key] = OutboxMessage(
+                    idempotency_key=key, patient_id=patient_id, created_at=now,
+                    to_enc=vault.encrypt_str(session, subject, message.to),
+                    body_enc=vault.encrypt_str(session, subject, message.body),
+                )
+            session.add_all(rows.values())
             session.flush()
-            return f"sandbox-{row.id}"
+            stored.update((key, row.id) for key, row in rows.items())
+        return [f"sandbox-{stored[key]}" for key in keys]
+
+    def write_each(messages: list[OutboundMessage]) -> list[str | Exception]:
+        out: list[str | Exception] = []
+        for message in messages:
+            try:
+                out.append(write([message])[0])
+            except IntegrityError:  # a concurrent retry stored it first
+                out.append(write([message])[0])
+            except Exception as exc:  # noqa: BLE001 - this message's send is retried
+                out.append(exc)
+        return out
+
+    async def flush(batch: list[tuple[OutboundMessage, asyncio.Future[str]]]) -> None:
+        messages = [message for message, _ in batch]
+        try:
+            results: list[str | Exception] = list(await asyncio.to_thread(write, messages))
+        except Exception:  # noqa: BLE001 - written again one by one, each with its own outcome
+            results = await asyncio.to_thread(write_each, messages)
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     async def record(message: OutboundMessage) -> str:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        waiting = queued.get(loop)
+        if waiting is not None:  # a write is in progress: the next one takes this too
+            waiting.append((message, future))
+            return await future
+        queued[loop] = waiting = [(message, future)]
         try:
-            return await asyncio.to_thread(write, message)
-        except IntegrityError:  # a concurrent retry stored it first
-            return await asyncio.to_thread(write, message)
+            await asyncio.sleep(0)  # the rest of this moment's sends join
+            while waiting:
+                batch = waiting[:]
+                del waiting[:]
+                await flush(batch)
+        finally:
+            del queued[loop]
+            for _, pending in waiting:  # cancelled mid-write: the rest are retried by their senders
+                if not pending.done():
+                    pending.cancel()
+        return await future
 
     return record
 

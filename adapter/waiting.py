@@ -58,6 +58,8 @@ class Waiting:
         ``timeout`` anyway, so background work still progresses under load;
         ``after``: how long the caller's previous piece of work took, which
         lengthens that time-out to keep its share to :data:`BACKGROUND_SHARE`."""
+        if self.quiet_seconds() >= quiet:
+            return  # already quiet: nothing to wait for
         deadline = time.monotonic() + max(timeout, after * (1 / BACKGROUND_SHARE - 1))
         while time.monotonic() < deadline:
             seen = self._arrivals

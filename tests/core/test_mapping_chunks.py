@@ -1,4 +1,4 @@
-"""Stored HL7 messages are mapped in chunks of up to 32, as many as take half the
+"""Stored HL7 messages are mapped in chunks of up to MAX_CHUNK, as many as take half the
 time the feed has been quiet, and one at a time while messages arrive: an ACK waits
 for at most the chunk in progress, and never while a message is parsed and mapped."""
 
@@ -8,6 +8,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import adapter.intake
+from adapter.intake import MAX_CHUNK
 
 from sqlalchemy import select
 
@@ -24,13 +25,13 @@ def test_hl7_messages_are_mapped_in_chunks_only_while_the_feed_is_quiet(tmp_path
     intake._map_stored = lambda ids, statuses: (sizes.append(len(ids)), mapped(ids, statuses))[1]
     start = datetime.now(UTC) + timedelta(days=2)
 
-    def store(prefix: str) -> None:
-        raws = [siu("S12", f"{prefix}{n}", start) for n in range(40)]
+    def store(prefix: str, count: int = 40) -> None:
+        raws = [siu("S12", f"{prefix}{n}", start) for n in range(count)]
         intake.writer.write([(read_header(raw), raw) for raw in raws])
 
-    store("Q")  # the feed has long been quiet (nothing has arrived)
-    assert intake.process_pending() == 40
-    assert sizes == [32, 8]
+    store("Q", MAX_CHUNK + 8)  # the feed has long been quiet (nothing has arrived)
+    assert intake.process_pending() == MAX_CHUNK + 8
+    assert sizes == [MAX_CHUNK, 8]
 
     sizes.clear()
     store("B")

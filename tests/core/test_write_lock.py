@@ -210,6 +210,20 @@ def test_under_a_feed_that_never_pauses_background_work_keeps_to_its_share():
     assert time.monotonic() - began < 1.0
 
 
+def test_background_work_does_not_wait_when_nothing_has_arrived_for_a_while(monkeypatch):
+    import adapter.waiting
+
+    slept: list[float] = []
+    monkeypatch.setattr(adapter.waiting.time, "sleep", lambda s: slept.append(s))
+    waiting = Waiting()
+    waiting.wait_quiet()  # nothing has ever arrived
+    assert slept == []
+    waiting.begin()
+    waiting.end()  # a message was just answered: its sender may send the next at once
+    waiting.wait_quiet()
+    assert slept == [0.002]
+
+
 def test_each_batch_of_stored_work_waits_told_how_long_the_previous_one_took():
     told: list[float] = []
     batches = [[1, 2, 3], [4]]

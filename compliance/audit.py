@@ -173,6 +173,29 @@ def entry_bytes(row: AuditEntry | _NewEntry, *, seq: int | None = None, details:
     ).encode()
 
 
+_SCALARS = (str, int, bool, type(None))  # JSON that reads back as it was written (float aside)
+_text = json.encoder.encode_basestring  # a JSON string, as json.dumps(..., ensure_ascii=False) writes it
+
+
+def _reads_back_the_same(details: Mapping[str, Any]) -> bool:
+    """Flat details with text keys and text, integer, boolean or null values: their
+    canonical JSON reads back as an equal dict (no tuple turns into a list, no key
+    into text), so it need not be read back."""
+    return all(type(key) is str and type(value) in _SCALARS for key, value in details.items())
+
+
+def _new_entry_bytes(row: _NewEntry) -> bytes:
+    """:func:`entry_bytes` of a new entry whose ``details`` JSON is canonical and reads
+    back the same: the same bytes, spliced instead of encoded again (the keys in the
+    sorted order ``json.dumps(sort_keys=True)`` gives them)."""
+    return (
+        f'{{"action":{_text(row.action)},"actor":{_text(row.actor)},'
+        f'"at":"{row.at.astimezone(UTC).isoformat(timespec="microseconds")}",'
+        f'"details":{row.details},"outcome":{_text(row.outcome)},"reason":{_text(row.reason)},'
+        f'"seq":{int(row.seq)},"subject":{_text(row.subject)}}}'
+    ).encode()
+
+
 def check_no_personal_data(*, actor: str, subject: str, reason: str, details: Mapping[str, Any]) -> None:
     """A guard, not a proof: refuses pseudonym-less subjects, personal-looking keys and values
     that look like an e-mail address, a phone number or a fiscal code."""
@@ -276,8 +299,12 @@ class AuditLog:
                 actor=draft.actor, subject=draft.subject_pseudonym, reason=draft.reason,
                 details=canonical_details(draft.details),
             )
-            details = json.loads(row.details)  # as it reads back: hashed and returned as that
-            row.leaf_hash = merkle.leaf_hash(entry_bytes(row, details=details))
+            if _reads_back_the_same(draft.details):
+                details = dict(draft.details)
+                row.leaf_hash = merkle.leaf_hash(_new_entry_bytes(row))
+            else:
+                details = json.loads(row.details)  # as it reads back: hashed and returned as that
+                row.leaf_hash = merkle.leaf_hash(entry_bytes(row, details=details))
             records.append(_record(row, details))
             nodes.extend(edge.append(row.leaf_hash))
             row.root_after = edge.root()

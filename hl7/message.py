@@ -160,12 +160,24 @@ class Segment:
     def value(self, n: int, component: int = 1, subcomponent: int = 1, repetition: int = 1) -> str:
         """One unescaped value: field ``n``, repetition, component, subcomponent
         (all 1-based, HL7 position notation ``SEG-n.c.s``)."""
-        if self.name == "MSH" and n in (1, 2):
-            return self.field(n)
-        reps = self.repetitions(n)
+        raw = self.fields[n] if n < len(self.fields) else ""
+        if (n == 1 or n == 2) and self.fields[0] == "MSH":
+            return raw
+        if not raw:
+            return ""
+        # Split as repetitions() and Repetition.component() do, without building them:
+        # the mapper reads ~17 values per message.
+        sep = self.sep
+        reps = raw.split(sep.repetition)
         if repetition > len(reps):
             return ""
-        return reps[repetition - 1].component(component, subcomponent)
+        comps = reps[repetition - 1].split(sep.component)
+        if component > len(comps):
+            return ""
+        subs = comps[component - 1].split(sep.subcomponent)
+        if subcomponent > len(subs):
+            return ""
+        return unescape(subs[subcomponent - 1], sep, self.codec)
 
 
 @dataclass(frozen=True)

@@ -66,3 +66,22 @@ def test_segments_end_at_cr_lf_or_crlf_in_any_mix(text):
 def test_text_without_msh_raises_header_error():
     with pytest.raises(HeaderError):
         parse("PID|1\r")
+
+
+_PIECE = st.text(alphabet="ab^~&\\\\FSTRE.", max_size=12)
+
+
+@given(fields=st.lists(_PIECE, min_size=1, max_size=5), name=st.sampled_from(["PID", "MSH", "ZXY"]),
+       n=st.integers(0, 6), component=st.integers(1, 4), subcomponent=st.integers(1, 3), repetition=st.integers(1, 3))
+def test_value_reads_what_its_repetition_and_component_say(fields, name, n, component, subcomponent, repetition):
+    """``Segment.value`` splits the field itself (it is read ~17 times per message);
+    it must give what the repetition's component gives, MSH-1 and MSH-2 whole."""
+    text = "MSH|^~\\&|A|B|C|D|20250101||ADT^A08|1|P|2.5" + ("" if name == "MSH" else "\r" + "|".join([name, *fields]))
+    message = parse(text)
+    segment = message.msh if name == "MSH" else message.segment(name)
+    if name == "MSH" and n in (1, 2):
+        expected = segment.field(n)
+    else:
+        reps = segment.repetitions(n)
+        expected = reps[repetition - 1].component(component, subcomponent) if repetition <= len(reps) else ""
+    assert segment.value(n, component, subcomponent, repetition) == expected

@@ -12,7 +12,15 @@ $(STAMP): requirements.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
-install: $(STAMP) chromium
+# bench/mllp.py measures python-hl7's MLLP server beside ours; its top-level package is
+# also called hl7, so it lives apart and only the peer's own process imports it.
+PEERS := $(VENV)/bench-peers/.installed-hl7-0.4.5
+$(PEERS): $(STAMP)
+	@rm -rf $(VENV)/bench-peers
+	$(PY) -m pip install -q --target $(VENV)/bench-peers hl7==0.4.5
+	@touch $(PEERS)
+
+install: $(STAMP) $(PEERS) chromium
 
 # The browser tests drive Debian's Chromium (playwright's own browser download is not used).
 chromium:

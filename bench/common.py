@@ -61,13 +61,23 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
+# Peers measured beside the adapter whose packages would clash with ours (python-hl7
+# is a top-level ``hl7`` too): installed here by ``make install``, imported only by
+# the peer's own process, which runs outside the checkout.
+PEERS_DIR = ROOT / ".venv" / "bench-peers"
+
+
 @contextmanager
-def python_server(code: str, port: int) -> Iterator[subprocess.Popen]:
-    """Run ``code`` (which must listen on ``port``) in a fresh interpreter."""
+def python_server(code: str, port: int, *, peers: bool = False) -> Iterator[subprocess.Popen]:
+    """Run ``code`` (which must listen on ``port``) in a fresh interpreter; with
+    ``peers``, outside the checkout with :data:`PEERS_DIR` importable."""
+    env = {**os.environ, "BENCH_PORT": str(port)}
+    if peers:
+        env["PYTHONPATH"] = str(PEERS_DIR)
     proc = subprocess.Popen(
         [PYTHON, "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        env={**os.environ, "BENCH_PORT": str(port)},
+        cwd=tempfile.gettempdir() if peers else ROOT,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

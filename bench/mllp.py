@@ -1,10 +1,15 @@
 """MLLP: messages per second and ACK latency through the real adapter (durable
-storage, SQLite WAL) against two baselines measured in the same run:
+storage, SQLite WAL) against baselines measured in the same run:
 
 - bare asyncio: an ACK-only server that parses nothing and stores nothing (the limit);
 - hl7apy's own ``MLLPServer`` (a ``socketserver``) whose handler parses with
   ``hl7apy.parser.parse_message`` and answers AA; it closes the connection after
-  each message, so the client reconnects per message for it.
+  each message, so the client reconnects per message for it;
+- python-hl7's asyncio MLLP server (``hl7.mllp.start_hl7_server``), the other Python
+  server an integration engineer would pick: it parses each message with python-hl7
+  and answers ``create_ack()``, storing nothing. Installed by ``make install`` in
+  ``.venv/bench-peers`` (its top-level ``hl7`` would hide ours) and run outside the
+  checkout.
 
 Every server runs in its own process; the load generator (this process) is a
 lean asyncio client: each connection sends a 6-segment SIU^S12 with Italian
@@ -30,6 +35,7 @@ import httpx
 
 from bench.common import (
     HOST,
+    PEERS_DIR,
     SECONDS,
     adapter_process,
     free_port,
@@ -80,6 +86,27 @@ class Handler(AbstractHandler):
 MLLPServer.allow_reuse_address = True
 server = MLLPServer("127.0.0.1", int(os.environ["BENCH_PORT"]), {t: (Handler,) for t in ("SIU^S12^SIU_S12", "SIU^S12")})
 server.serve_forever()
+"""
+
+
+# python-hl7's asyncio MLLP server, as its documentation shows it: each message parsed
+# by python-hl7 and answered with its create_ack(); nothing stored.
+PYTHON_HL7_SERVER = r"""
+import asyncio, os
+import hl7
+from hl7.mllp import start_hl7_server
+async def process(reader, writer):
+    try:
+        while not writer.is_closing():
+            message = await reader.readmessage()
+            writer.writemessage(message.create_ack())
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+async def main():
+    async with await start_hl7_server(process, host="127.0.0.1", port=int(os.environ["BENCH_PORT"]), encoding="utf-8") as server:
+        await server.serve_forever()
+asyncio.run(main())
 """
 
 
@@ -365,10 +392,11 @@ def durable_commit_ceiling(connections: int = 8, rounds: int = 300) -> tuple[flo
 
 
 def main() -> None:
-    header("MLLP: adapter (durable, SQLite WAL) vs bare asyncio ACK-only and hl7apy MLLPServer")
+    header("MLLP: adapter (durable, SQLite WAL) vs bare asyncio ACK-only, hl7apy MLLPServer and python-hl7's MLLP server")
     print("how each was run: every server in its own process on 127.0.0.1; the client is this process\n"
           "  bare     : asyncio.start_server, readuntil + split MSH-10, canned ACK (no parsing, no storage)\n"
           "  hl7apy   : hl7apy.mllp.MLLPServer + parse_message in the handler; client reconnects per message\n"
+          "  python-hl7: hl7.mllp.start_hl7_server, readmessage (parsed) + create_ack(), nothing stored\n"
           "  adapter  : python -m adapter serve, SQLite WAL in a temp dir, ack_timing stored (group commit)", flush=True)
     messages = Messages()
     rows: dict[str, dict[int, Load]] = {}
@@ -379,6 +407,12 @@ def main() -> None:
     port = free_port()
     with python_server(HL7APY_SERVER, port):
         rows["hl7apy MLLPServer"] = {c: measure(port, c, messages, reconnect=True) for c in (1, 8)}
+    if (PEERS_DIR / "hl7").is_dir():
+        port = free_port()
+        with python_server(PYTHON_HL7_SERVER, port, peers=True):
+            rows["python-hl7 MLLP server"] = {c: measure(port, c, messages) for c in (1, 8)}
+    else:
+        print(f"python-hl7 is not installed in {PEERS_DIR} (make install puts it there): its server is not measured")
     with adapter_process() as adapter:
         rows["adapter"] = {c: measure(adapter.mllp_port, c, messages) for c in (1, 8)}
         half = rows["adapter"][8].rate / 2
@@ -396,6 +430,10 @@ def main() -> None:
               + (f"   target >= {TARGET_OF_BARE:.2f}: {verdict(ours[c].rate / bare[c].rate, TARGET_OF_BARE)}" if c == 8 else ""))
         print(f"ratio adapter/hl7apy at {c} conn: {ours[c].rate / hl7apy[c].rate:6.1f}"
               + (f"   target >= {TARGET_OF_HL7APY:.0f}: {verdict(ours[c].rate / hl7apy[c].rate, TARGET_OF_HL7APY)}" if c == 8 else ""))
+        if "python-hl7 MLLP server" in rows:
+            peer = rows["python-hl7 MLLP server"][c]
+            print(f"ratio adapter/python-hl7 MLLP server at {c} conn: {ours[c].rate / peer.rate:6.2f}"
+                  f"   (python-hl7: {peer.rate / bare[c].rate:.3f} of bare; it parses and answers, stores nothing)")
     print(f"adapter at half its max rate ({half:.0f} msg/s offered, 8 conn, send_messages(rate=...)): "
           f"{paced.rate:.0f} msg/s, p50 {paced.p(50) * 1e3:.2f} ms, p99 {paced.p(99) * 1e3:.2f} ms"
           f"   target p99 <= {TARGET_P99_S * 1e3:.0f} ms: {verdict(paced.p(99), TARGET_P99_S, higher_is_better=False)}"

@@ -58,23 +58,32 @@ def outbox_sink(sessions: sessionmaker[Session], vault: Vault, clock: Clock):
             stored.update((key, row.id) for key, row in rows.items())
         return [f"sandbox-{stored[key]}" for key in keys]
 
+    def write_one(message: OutboundMessage) -> str:
+        try:
+            return write([message])[0]
+        except IntegrityError:  # a concurrent retry stored it first
+            return write([message])[0]
+
     def write_each(messages: list[OutboundMessage]) -> list[str | Exception]:
         out: list[str | Exception] = []
         for message in messages:
             try:
-                out.append(write([message])[0])
-            except IntegrityError:  # a concurrent retry stored it first
-                out.append(write([message])[0])
+                out.append(write_one(message))
             except Exception as exc:  # noqa: BLE001 - this message's send is retried
                 out.append(exc)
         return out
 
     async def flush(batch: list[tuple[OutboundMessage, asyncio.Future[str]]]) -> None:
+        """Write ``batch`` and settle every future in it, whatever happens."""
         messages = [message for message, _ in batch]
+        results: list[str | Exception]
         try:
-            results: list[str | Exception] = list(await asyncio.to_thread(write, messages))
+            results = list(await asyncio.to_thread(write, messages))
         except Exception:  # noqa: BLE001 - written again one by one, each with its own outcome
-            results = await asyncio.to_thread(write_each, messages)
+            try:
+                results = await asyncio.to_thread(write_each, messages)
+            except Exception as exc:  # noqa: BLE001 - not even that: each send is retried
+                results = [exc] * len(batch)
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
@@ -91,6 +100,7 @@ def outbox_sink(sessions: sessionmaker[Session], vault: Vault, clock: Clock):
             waiting.append((message, future))
             return await future
         queued[loop] = waiting = [(message, future)]
+        batch: list[tuple[OutboundMessage, asyncio.Future[str]]] = []
         try:
             await asyncio.sleep(0)  # the rest of this moment's sends join
             while waiting:
@@ -99,7 +109,7 @@ def outbox_sink(sessions: sessionmaker[Session], vault: Vault, clock: Clock):
                 await flush(batch)
         finally:
             del queued[loop]
-            for _, pending in waiting:  # cancelled mid-write: the rest are retried by their senders
+            for _, pending in batch + waiting:  # cancelled mid-write: their senders retry them
                 if not pending.done():
                     pending.cancel()
         return await future

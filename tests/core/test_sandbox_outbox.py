@@ -71,3 +71,42 @@ def test_a_message_that_cannot_be_recorded_fails_alone(container):
     assert isinstance(failed, Exception)
     assert isinstance(first, str) and isinstance(third, str) and first != third
     assert _rows(container) == 2
+
+
+def test_every_send_gets_an_answer_when_nothing_can_be_recorded(container):
+    """The outbox table is gone (a broken database): each send fails, in its own
+    time, and none waits for ever for a write that will not come."""
+    from sqlalchemy import text
+
+    record = outbox_sink(container.sessions, container.vault, container.clock)
+    with transaction(container.sessions) as session:
+        session.execute(text("DROP TABLE outbox_message"))
+
+    async def round_of(count: int) -> list[object]:
+        return await asyncio.wait_for(
+            asyncio.gather(*(record(_message(n)) for n in range(count)), return_exceptions=True), timeout=30)
+
+    outcomes = asyncio.run(round_of(5))
+    assert len(outcomes) == 5 and all(isinstance(o, Exception) for o in outcomes)
+
+
+def test_a_message_refused_by_a_constraint_twice_fails_alone_and_the_rest_are_recorded(container):
+    """A constraint refuses one message (a trigger here; a concurrent retry in life):
+    its write is tried again once, then it fails alone, without holding up the
+    other sends of its round."""
+    from sqlalchemy import text
+
+    record = outbox_sink(container.sessions, container.vault, container.clock)
+    with transaction(container.sessions) as session:
+        session.execute(text(
+            "CREATE TRIGGER refuse BEFORE INSERT ON outbox_message WHEN NEW.idempotency_key = 'refused' "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"))
+
+    async def round_with_a_refused_one() -> list[object]:
+        return await asyncio.wait_for(asyncio.gather(
+            record(_message(1)), record(_message(2, "refused")), record(_message(3)), return_exceptions=True), timeout=30)
+
+    first, refused, third = asyncio.run(round_with_a_refused_one())
+    assert isinstance(refused, Exception)
+    assert isinstance(first, str) and isinstance(third, str)
+    assert _rows(container) == 2

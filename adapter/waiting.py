@@ -24,7 +24,9 @@ class Waiting:
         self._lock = threading.Lock()
         self._active = 0
         self._arrivals = 0
-        self.last_arrival = -math.inf  # time.monotonic() of the latest begin(); never yet
+        # time.monotonic() when something last arrived or the last waiting item was
+        # answered (its sender may send the next at once); never yet
+        self.last_busy = -math.inf
         self.idle = threading.Event()
         self.idle.set()
 
@@ -32,7 +34,7 @@ class Waiting:
         with self._lock:
             self._active += 1
             self._arrivals += 1
-            self.last_arrival = time.monotonic()
+            self.last_busy = time.monotonic()
             self.idle.clear()
 
     def end(self, count: int = 1) -> None:
@@ -40,6 +42,7 @@ class Waiting:
             self._active -= count
             if self._active <= 0:
                 self._active = 0
+                self.last_busy = time.monotonic()
                 self.idle.set()
 
     def __enter__(self) -> None:
@@ -50,7 +53,7 @@ class Waiting:
 
     def quiet_seconds(self) -> float:
         """How long nothing has waited and nothing has arrived (0 while something waits)."""
-        return time.monotonic() - self.last_arrival if self.idle.is_set() else 0.0
+        return time.monotonic() - self.last_busy if self.idle.is_set() else 0.0
 
     def wait_quiet(self, *, quiet: float = 0.002, timeout: float = 0.05, after: float = 0.0) -> None:
         """Return once nothing has arrived for ``quiet`` seconds (a sender on one

@@ -222,6 +222,15 @@ def test_background_work_does_not_wait_when_nothing_has_arrived_for_a_while(monk
     waiting.end()  # a message was just answered: its sender may send the next at once
     waiting.wait_quiet()
     assert slept == [0.002]
+    slept.clear()
+    waiting.begin()
+    began = time.monotonic()
+    while time.monotonic() - began < 0.02:  # its commit took 20 ms: it arrived long ago...
+        pass
+    waiting.end()  # ...but was answered just now
+    assert waiting.quiet_seconds() < 0.02
+    waiting.wait_quiet()
+    assert slept == [0.002]
 
 
 def test_each_batch_of_stored_work_waits_told_how_long_the_previous_one_took():

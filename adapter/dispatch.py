@@ -40,6 +40,17 @@ MAX_ATTEMPTS_PER_CHANNEL = 5
 AMBIGUOUS_ERRORS = frozenset({"timeout", "disconnected"})
 
 
+def _notifications(session: Session, ids: list[int]) -> list[Notification]:
+    """The notifications of ``ids`` into the session (``session.get`` finds them there)."""
+    return list(session.scalars(select(Notification).where(Notification.id.in_(ids))))
+
+
+def _notifications_and_patients(session: Session, ids: list[int]) -> list[Notification | Patient]:
+    notifications = _notifications(session, ids)
+    patient_ids = {n.patient_id for n in notifications}
+    return [*notifications, *session.scalars(select(Patient).where(Patient.id.in_(patient_ids)))]
+
+
 @dataclass(frozen=True)
 class Clinic:
     name: str
@@ -179,25 +190,32 @@ class Dispatcher:
     def _prepare_all(self, ids: list[int]) -> list[tuple[int, SendJob | Exception | None]]:
         """:meth:`_prepare` for each id; a failure is that notification's alone
         (recorded as an internal error)."""
-        prepared = self._each_in_savepoint(ids, self._prepare)
+        prepared = self._each_in_savepoint(ids, self._prepare, prefetch=_notifications_and_patients)
         return list(zip(ids, prepared, strict=True))
 
     def _record_all(self, outcomes: list[tuple[int, SendJob | None, SendResult]]) -> None:
         """:meth:`_record` for each finished send."""
         for (notification_id, _, _), done in zip(
-            outcomes, self._each_in_savepoint(outcomes, lambda session, outcome: self._record(session, *outcome)), strict=True
+            outcomes, self._each_in_savepoint(outcomes, lambda session, outcome: self._record(session, *outcome),
+                                              prefetch=lambda session, items: _notifications(session, [o[0] for o in items])),
+            strict=True,
         ):
             if isinstance(done, Exception):  # the lease ends and the claim loop takes it again
                 log.error("recording the outcome of notification %s failed", notification_id, exc_info=done)
 
-    def _each_in_savepoint(self, items: list, work: Callable[[Session, Any], Any]) -> list[Any]:
+    def _each_in_savepoint(self, items: list, work: Callable[[Session, Any], Any],
+                           prefetch: Callable[[Session, list], list] | None = None) -> list[Any]:
         """``work(session, item)`` for each item, a savepoint each (a failure is
         returned in its place), as few transactions as possible: a new one begins
         only when ``others_waiting()`` says an ACK or a request waits for the
-        write lock, so it never waits behind a whole round."""
+        write lock, so it never waits behind a whole round. ``prefetch(session,
+        items)`` loads the rows the items will ask for by primary key, in one query
+        per table, at the start of each transaction (kept referenced until it ends:
+        the session holds its rows weakly)."""
         out: list[Any] = []
         while len(out) < len(items):
             with transaction(self.sessions) as session:
+                loaded = prefetch(session, items[len(out):]) if prefetch is not None else []  # noqa: F841 - held
                 for item in items[len(out):]:
                     try:
                         with session.begin_nested():

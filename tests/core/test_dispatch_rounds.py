@@ -43,3 +43,33 @@ def test_a_round_commits_after_each_item_while_an_ack_waits(tmp_path):
     assert out[:2] == [0, 10] and isinstance(out[2], ValueError) and out[3] == 30
     assert commits == 4  # the write lock is let go between items
     assert kept == [0, 1, 3]
+
+
+def test_a_round_reads_its_notifications_and_patients_once_not_once_each(tmp_path):
+    """Preparing and recording a round of 20 bookings' confirmations: the notification
+    and patient rows come in one query per transaction, and every one is sent."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import func, select
+
+    from adapter.db import transaction
+    from adapter.models import Notification
+    from hl7.header import read_header
+    from tests.core.test_end_to_end import siu
+
+    container = migrated_container(settings_for(tmp_path))
+    start = datetime.now(UTC) + timedelta(days=3)
+    raws = [siu("S12", f"ROUND{n}", start) for n in range(20)]
+    container.intake.writer.write([(read_header(raw), raw) for raw in raws])
+    container.intake.process_pending()
+    reads: list[str] = []
+    event.listen(container.engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_: reads.append(statement))
+    sent = asyncio.run(container.dispatcher.run_once())
+    by_id = [s for s in reads if s.startswith("SELECT") and ("FROM notification" in s or "FROM patient" in s)]
+    assert sent == 20
+    assert len(by_id) <= 6  # the claim, then a query per table per transaction: not 3 per notification (62)
+    with transaction(container.sessions) as session:
+        assert session.scalar(select(func.count()).where(Notification.status == "sent")) == 20
+    container.engine.dispose()

@@ -7,7 +7,7 @@ consent registry directly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -93,6 +93,11 @@ class ComplianceGate:
 
     def decide_at_send(self, session: Session, patient_id: str, kind: str, channel: str, *, now: datetime) -> Decision:
         return self._decide(session, patient_id, kind, channel, now)
+
+    def load_consent(self, session: Session, patient_ids: Iterable[str]) -> None:
+        """Read these patients' consent histories with one query, for the decisions
+        about to be made in this session."""
+        registry.load_records(session, patient_ids)
 
     def patient_created(self, session: Session, patient_id: str) -> None:
         """A patient just created: no consent history to look up for them in this session."""

@@ -45,12 +45,6 @@ def _notifications(session: Session, ids: list[int]) -> list[Notification]:
     return list(session.scalars(select(Notification).where(Notification.id.in_(ids))))
 
 
-def _notifications_and_patients(session: Session, ids: list[int]) -> list[Notification | Patient]:
-    notifications = _notifications(session, ids)
-    patient_ids = {n.patient_id for n in notifications}
-    return [*notifications, *session.scalars(select(Patient).where(Patient.id.in_(patient_ids)))]
-
-
 @dataclass(frozen=True)
 class Clinic:
     name: str
@@ -190,7 +184,7 @@ class Dispatcher:
     def _prepare_all(self, ids: list[int]) -> list[tuple[int, SendJob | Exception | None]]:
         """:meth:`_prepare` for each id; a failure is that notification's alone
         (recorded as an internal error)."""
-        prepared = self._each_in_savepoint(ids, self._prepare, prefetch=_notifications_and_patients)
+        prepared = self._each_in_savepoint(ids, self._prepare, prefetch=self._load_round)
         return list(zip(ids, prepared, strict=True))
 
     def _record_all(self, outcomes: list[tuple[int, SendJob | None, SendResult]]) -> None:
@@ -225,6 +219,14 @@ class Dispatcher:
                     if self.others_waiting():
                         break
         return out
+
+    def _load_round(self, session: Session, ids: list[int]) -> list[Notification | Patient]:
+        """What preparing ``ids`` reads for each, read for all at once: the notifications,
+        their patients and the patients' consent histories."""
+        notifications = _notifications(session, ids)
+        patient_ids = {n.patient_id for n in notifications}
+        self.gate.load_consent(session, patient_ids)
+        return [*notifications, *session.scalars(select(Patient).where(Patient.id.in_(patient_ids)))]
 
     def _prepare(self, session: Session, notification_id: int) -> SendJob | None:
         """Pick channel and contact, render; or end the notification with its reason."""

@@ -3,6 +3,7 @@ history of every permit, deny, withdrawal and objection stays (proof of consent,
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import select
@@ -75,6 +76,21 @@ def records_for(session: Session, patient_id: str) -> list[ConsentRecord]:
                  .order_by(ConsentRecord.recorded_at, ConsentRecord.id))
         cache[patient_id] = list(session.scalars(query))
     return list(cache[patient_id])
+
+
+def load_records(session: Session, patient_ids: Iterable[str]) -> None:
+    """Read the consent histories of many patients with one query into the session's
+    copy (a dispatcher round decides for every patient it sends to)."""
+    cache = _cache(session)
+    wanted = {patient_id for patient_id in patient_ids if patient_id is not None and patient_id not in cache}
+    if not wanted:
+        return
+    found: dict[str, list[ConsentRecord]] = {patient_id: [] for patient_id in wanted}
+    query = (select(ConsentRecord).where(ConsentRecord.patient_id.in_(wanted))
+             .order_by(ConsentRecord.recorded_at, ConsentRecord.id))
+    for row in session.scalars(query):
+        found[row.patient_id].append(row)
+    cache.update(found)
 
 
 def new_patient(session: Session, patient_id: str) -> None:

@@ -8,7 +8,7 @@ from adapter.db import transaction
 from adapter.events import ConsentChanged, ConsentProvision, Identifier, Origin, PatientDetails
 from compliance.consent import Statement, evaluate
 from compliance.consent_store import (
-    apply_consent_event, decide, new_patient, record_consent, records_for, withdraw,
+    apply_consent_event, decide, load_records, new_patient, record_consent, records_for, withdraw,
 )
 from compliance.errors import ComplianceError
 from compliance.purposes import load_policy
@@ -123,6 +123,32 @@ def test_the_registry_keeps_history_and_decides_from_it(sessions):
         assert not decide(session, POLICY, patient_id="p1", kind="payment_reminder", channel="sms", at=later).allowed
         assert decide(session, POLICY, patient_id="p1", kind="contact_check", channel="email", at=later).allowed
         assert records_for(session, "other") == []
+
+
+def test_many_patients_histories_are_read_at_once_and_read_the_same(sessions):
+    from sqlalchemy import event
+
+    with transaction(sessions) as session:
+        for n, patient_id in enumerate(["p1", "p2", "p1"]):
+            record_consent(session, patient_id=patient_id, purpose="marketing", channel="sms",
+                           decision="permit" if n < 2 else "deny", source="operator", at=T + timedelta(minutes=n))
+    with transaction(sessions) as session:
+        one_by_one = {p: [(r.id, r.decision) for r in records_for(session, p)] for p in ("p1", "p2", "p3")}
+    queries: list[str] = []
+
+    def note(_conn, _cursor, statement, *_):
+        queries.append(statement)
+
+    with transaction(sessions) as session:
+        engine = session.get_bind()
+        event.listen(engine, "before_cursor_execute", note)
+        try:
+            load_records(session, ["p1", "p2", "p3", "p1"])
+            at_once = {p: [(r.id, r.decision) for r in records_for(session, p)] for p in ("p1", "p2", "p3")}
+        finally:
+            event.remove(engine, "before_cursor_execute", note)
+    assert at_once == one_by_one and at_once["p3"] == []
+    assert len([q for q in queries if "consent_record" in q]) == 1  # one query for the three
 
 
 def test_a_new_patient_is_decided_without_a_look_up_until_their_first_consent_is_recorded(sessions):

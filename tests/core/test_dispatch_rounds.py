@@ -47,7 +47,8 @@ def test_a_round_commits_after_each_item_while_an_ack_waits(tmp_path):
 
 def test_a_round_reads_its_notifications_and_patients_once_not_once_each(tmp_path):
     """Preparing and recording a round of 20 bookings' confirmations: the notification
-    and patient rows come in one query per transaction, and every one is sent."""
+    and patient rows and the consent histories come in one query per transaction,
+    and every one is sent."""
     import asyncio
     from datetime import UTC, datetime, timedelta
 
@@ -60,7 +61,10 @@ def test_a_round_reads_its_notifications_and_patients_once_not_once_each(tmp_pat
 
     container = migrated_container(settings_for(tmp_path))
     start = datetime.now(UTC) + timedelta(days=3)
-    raws = [siu("S12", f"ROUND{n}", start) for n in range(20)]
+    raws = [siu("S12", f"ROUND{n}", start)  # 20 patients, an appointment each
+            .replace(b"PL1^", f"PL{n}^".encode()).replace(b"FL1^", f"FL{n}^".encode())
+            .replace(b"0012345^", f"{n:07d}^".encode()).replace(b"^333^1234567", f"^333^12345{n:02d}".encode())
+            for n in range(20)]
     container.intake.writer.write([(read_header(raw), raw) for raw in raws])
     container.intake.process_pending()
     reads: list[str] = []
@@ -70,6 +74,7 @@ def test_a_round_reads_its_notifications_and_patients_once_not_once_each(tmp_pat
     by_id = [s for s in reads if s.startswith("SELECT") and ("FROM notification" in s or "FROM patient" in s)]
     assert sent == 20
     assert len(by_id) <= 6  # the claim, then a query per table per transaction: not 3 per notification (62)
+    assert len([s for s in reads if "FROM consent_record" in s]) <= 2  # the consent histories: not one each
     with transaction(container.sessions) as session:
         assert session.scalar(select(func.count()).where(Notification.status == "sent")) == 20
     container.engine.dispose()

@@ -89,10 +89,23 @@ def record_preference(session: Session, patient_id: str, channel: str, *, source
     session.flush()
 
 
+_NO_PREFERENCE = "patients_without_preference"  # session.info, see load_preferences
+
+
+def load_preferences(session: Session, patient_ids: set[str]) -> list[ContactPreference]:
+    """Read the channel choices of many patients with one query, for
+    :func:`ordered_channels` in this session (the rows found stay in the session;
+    the caller keeps them referenced)."""
+    found = list(session.scalars(select(ContactPreference).where(ContactPreference.patient_id.in_(patient_ids))))
+    session.info.setdefault(_NO_PREFERENCE, set()).update(patient_ids - {row.patient_id for row in found})
+    return found
+
+
 def ordered_channels(session: Session, patient: Patient, preference: list[str]) -> list[str]:
     """The live channels in the order to try them for ``patient``: their explicit choice
     first when it is live, then the deployment's order (``ADAPTER_CHANNELS``)."""
-    chosen = session.get(ContactPreference, patient.id)
+    none = patient.id in session.info.get(_NO_PREFERENCE, ())
+    chosen = None if none else session.get(ContactPreference, patient.id)
     if chosen is None or chosen.channel not in preference:
         return list(preference)
     return [chosen.channel, *(c for c in preference if c != chosen.channel)]

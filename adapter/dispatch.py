@@ -22,11 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.clock import Clock
 from adapter.compliance_gate import ComplianceGate
-from adapter.contact_check import ordered_channels
+from adapter.contact_check import load_preferences, ordered_channels
 from adapter.db import transaction
 from adapter.metrics import DISPATCH_OUTCOMES
 from adapter.models import Appointment, Notification, Patient
-from adapter.patients import first_name, reachable
+from adapter.patients import first_name, load_usable_contacts, reachable
 from adapter.quiet_hours import SendingWindow
 from adapter.scheduler import claim_due, release
 from adapter.reply_models import PatientReply
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS_PER_CHANNEL = 5
 # Errors after which the provider may or may not have accepted the message.
 AMBIGUOUS_ERRORS = frozenset({"timeout", "disconnected"})
+
+
+_APPOINTMENTS = "round_appointments"  # session.info: {subject ref: Appointment or None}, see Dispatcher._load_round
 
 
 def _notifications(session: Session, ids: list[int]) -> list[Notification]:
@@ -222,11 +225,19 @@ class Dispatcher:
 
     def _load_round(self, session: Session, ids: list[int]) -> list[Notification | Patient]:
         """What preparing ``ids`` reads for each, read for all at once: the notifications,
-        their patients and the patients' consent histories."""
+        their patients, the patients' consent histories, usable contacts and channel
+        choices, and the appointments. Sound because preparing changes none of them
+        but the notifications (a STOP or a new contact comes in a transaction of its
+        own), and the session they are kept in ends with the transaction."""
         notifications = _notifications(session, ids)
         patient_ids = {n.patient_id for n in notifications}
         self.gate.load_consent(session, patient_ids)
-        return [*notifications, *session.scalars(select(Patient).where(Patient.id.in_(patient_ids)))]
+        load_usable_contacts(session, list(patient_ids))
+        refs = {n.subject_ref for n in notifications}
+        appointments = list(session.scalars(select(Appointment).where(Appointment.ref.in_(refs))))
+        session.info[_APPOINTMENTS] = {a.ref: a for a in appointments} | {ref: None for ref in refs - {a.ref for a in appointments}}
+        return [*notifications, *appointments, *load_preferences(session, patient_ids),
+                *session.scalars(select(Patient).where(Patient.id.in_(patient_ids)))]
 
     def _prepare(self, session: Session, notification_id: int) -> SendJob | None:
         """Pick channel and contact, render; or end the notification with its reason."""
@@ -300,7 +311,9 @@ class Dispatcher:
         return {"template": row.kind, "template_params": tuple(params), "last_inbound_at": last}
 
     def _context(self, session: Session, patient: Patient, row: Notification) -> dict:
-        appointment = session.scalar(select(Appointment).where(Appointment.ref == row.subject_ref))
+        loaded = session.info.get(_APPOINTMENTS, {})
+        appointment = (loaded[row.subject_ref] if row.subject_ref in loaded
+                       else session.scalar(select(Appointment).where(Appointment.ref == row.subject_ref)))
         return {
             "patient": {"first_name": first_name(session, self.gate.vault, patient)},
             "clinic": {"name": self.clinic.name, "phone": self.clinic.phone},

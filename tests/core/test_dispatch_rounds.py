@@ -47,8 +47,8 @@ def test_a_round_commits_after_each_item_while_an_ack_waits(tmp_path):
 
 def test_a_round_reads_its_notifications_and_patients_once_not_once_each(tmp_path):
     """Preparing and recording a round of 20 bookings' confirmations: the notification
-    and patient rows and the consent histories come in one query per transaction,
-    and every one is sent."""
+    and patient rows, the consent histories, contacts, channel choices and appointments
+    come in one query per table and transaction, and every one is sent."""
     import asyncio
     from datetime import UTC, datetime, timedelta
 
@@ -74,7 +74,8 @@ def test_a_round_reads_its_notifications_and_patients_once_not_once_each(tmp_pat
     by_id = [s for s in reads if s.startswith("SELECT") and ("FROM notification" in s or "FROM patient" in s)]
     assert sent == 20
     assert len(by_id) <= 6  # the claim, then a query per table per transaction: not 3 per notification (62)
-    assert len([s for s in reads if "FROM consent_record" in s]) <= 2  # the consent histories: not one each
+    for table in ("consent_record", "contact", "contact_preference", "appointment"):  # not one query each
+        assert len([s for s in reads if s.startswith("SELECT") and f"FROM {table} " in s.replace("\n", " ")]) <= 2, table
     with transaction(container.sessions) as session:
         assert session.scalar(select(func.count()).where(Notification.status == "sent")) == 20
     container.engine.dispose()

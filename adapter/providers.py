@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import weakref
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.clock import Clock
-from adapter.db import transaction
+from adapter.db import insert_rows, transaction
 from adapter.errors import ConfigError
 from adapter.models import Notification, OutboxMessage
 from adapter.settings import Settings
@@ -19,6 +20,9 @@ from channels.base import Channel, OutboundMessage
 from channels.sandbox import SandboxChannel
 from compliance.crypto import Vault
 from sqlalchemy import select
+
+
+_OUTBOX = OutboxMessage.__table__
 
 
 def outbox_sink(sessions: sessionmaker[Session], vault: Vault, clock: Clock):
@@ -41,21 +45,18 @@ def outbox_sink(sessions: sessionmaker[Session], vault: Vault, clock: Clock):
                 select(OutboxMessage.idempotency_key, OutboxMessage.id).where(OutboxMessage.idempotency_key.in_(keys))).all())
             patients = dict(session.execute(
                 select(Notification.idempotency_key, Notification.patient_id).where(Notification.idempotency_key.in_(keys))).all())
-            rows: dict[str, OutboxMessage] = {}
+            rows: dict[str, dict[str, Any]] = {}
             for message in messages:
                 key = message.idempotency_key
                 if key in stored or key in rows:
                     continue  # recorded before, or twice in this batch: one row
                 patient_id = patients.get(key)
                 subject = f"patient:{patient_id}" if patient_id else "system"
-                rows[key] = OutboxMessage(
-                    idempotency_key=key, patient_id=patient_id, created_at=now,
-                    to_enc=vault.encrypt_str(session, subject, message.to),
-                    body_enc=vault.encrypt_str(session, subject, message.body),
-                )
-            session.add_all(rows.values())
-            session.flush()
-            stored.update((key, row.id) for key, row in rows.items())
+                rows[key] = {"idempotency_key": key, "patient_id": patient_id, "created_at": now,
+                             "to_enc": vault.encrypt_str(session, subject, message.to),
+                             "body_enc": vault.encrypt_str(session, subject, message.body)}
+            # One multi-row insert (the ORM inserts rows one by one when it needs their ids).
+            stored.update(insert_rows(session, _OUTBOX, list(rows.values()), returning=("idempotency_key", "id")))
         return [f"sandbox-{stored[key]}" for key in keys]
 
     def write_one(message: OutboundMessage) -> str:

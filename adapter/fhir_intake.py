@@ -184,15 +184,21 @@ class FhirIntake:
                 select(InboundMessage.id, InboundMessage.control_id, InboundMessage.sender)
                 .where(InboundMessage.id.in_(ids), InboundMessage.status == "stored")).all()
             for message_id, value, sender in rows:
-                found = parse_control_id(value)
-                stored = found and store.version(session, self.service.codec, *found)
-                if not stored:
-                    continue
-                try:
-                    derived[message_id] = self.service.events_of(session, stored, sender)
-                except Exception as exc:  # noqa: BLE001 - stored in the error store, never lost
-                    derived[message_id] = exc
+                if (events := self._events(session, value, sender)) is not None:
+                    derived[message_id] = events
         return derived
+
+    def _events(self, session: Session, value: str, sender: str) -> list[AnyEvent] | Exception | None:
+        """The events of the stored version ``value`` (an ``inbound_message`` control id)
+        names, or why they could not be derived; None when that version is missing."""
+        found = parse_control_id(value)
+        stored = found and store.version(session, self.service.codec, *found)
+        if not stored:
+            return None
+        try:
+            return self.service.events_of(session, stored, sender)
+        except Exception as exc:  # noqa: BLE001 - stored in the error store, never lost
+            return exc
 
     def process_pending(self, *, wait_quiet: Callable[[float], None] = lambda _took: None,
                         give_way: Callable[[], bool] = lambda: False,
@@ -212,26 +218,20 @@ class FhirIntake:
             if row.status not in ("stored", "error"):
                 continue
             row.processed_at = now
-            found = parse_control_id(row.control_id)
             events = (derived or {}).get(row.id)
-            stored = None
             if events is None:  # not derived beforehand (a replay), or missing
-                stored = found and store.version(session, self.service.codec, *found)
-                if not stored:
-                    row.status, row.error = "error", "the stored version is missing"
-                    continue
+                events = self._events(session, row.control_id, row.sender)
+            if events is None:
+                row.status, row.error = "error", "the stored version is missing"
+                continue
+            found = parse_control_id(row.control_id)
             assert found is not None  # a version was found by it
             if (newer := self._newer_processed(session, row, *found)) is not None:
                 row.status, row.error = "ignored", f"superseded by version {newer}, already processed"
-                continue
-            try:
-                if stored:
-                    events = self.service.events_of(session, stored, row.sender)
-                elif isinstance(events, Exception):
-                    raise events
+            elif isinstance(events, Exception):
+                self._failed(row, events)
+            else:
                 ready.append((row, events))
-            except Exception as exc:  # noqa: BLE001 - stored in the error store, never lost
-                self._failed(row, exc)
         outcomes = self.publish_many(session, [events for _, events in ready])
         for (row, _), failure in zip(ready, outcomes, strict=True):
             if failure is None:

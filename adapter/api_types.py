@@ -15,7 +15,6 @@ PatientIdQuery = Annotated[str | None, Query(pattern=PATIENT_ID_PATTERN, descrip
 
 # Counts and positions fit the database's integers: a larger number is a 422 in the
 # caller's terms, not an overflow in the database driver (a 500).
-LARGEST = LARGEST_INTEGER
-Offset = Annotated[int, Query(ge=0, le=LARGEST, description="rows to skip")]
+Offset = Annotated[int, Query(ge=0, le=LARGEST_INTEGER, description="rows to skip")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="rows to return")]
-RowIdPath = Annotated[int, Path(ge=1, le=LARGEST, description="row id")]
+RowIdPath = Annotated[int, Path(ge=1, le=LARGEST_INTEGER, description="row id")]

@@ -15,9 +15,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from adapter import subject_rights as rights
-from adapter.api_types import LARGEST, PATIENT_ID_PATTERN, Limit, Offset, PatientIdPath, PatientIdQuery
+from adapter.api_types import PATIENT_ID_PATTERN, Limit, Offset, PatientIdPath, PatientIdQuery
 from adapter.bootstrap import Container
-from adapter.db import transaction
+from adapter.db import LARGEST_INTEGER, transaction
 from adapter.web import require
 from compliance.audit import AuditLog, ConsistencyProof, InclusionProof, TreeHead
 from compliance.audit_export import as_json
@@ -111,7 +111,7 @@ def compliance_router(container: Container) -> APIRouter:
         return verify_view(report)
 
     @router.get("/audit/proof/inclusion", dependencies=[officer])
-    def inclusion(seq: Annotated[int, Query(ge=0, le=LARGEST)], tree_size: Annotated[int, Query(ge=1, le=LARGEST)]) -> dict[str, Any]:
+    def inclusion(seq: Annotated[int, Query(ge=0, le=LARGEST_INTEGER)], tree_size: Annotated[int, Query(ge=1, le=LARGEST_INTEGER)]) -> dict[str, Any]:
         """RFC 6962 audit path for entry ``seq`` in the tree of ``tree_size`` entries."""
         if seq >= tree_size:
             raise HTTPException(400, "seq must be below tree_size")
@@ -121,7 +121,7 @@ def compliance_router(container: Container) -> APIRouter:
             raise HTTPException(404, str(exc)) from exc
 
     @router.get("/audit/proof/consistency", dependencies=[officer])
-    def consistency(old: Annotated[int, Query(ge=0, le=LARGEST)], new: Annotated[int, Query(ge=1, le=LARGEST)]) -> dict[str, Any]:
+    def consistency(old: Annotated[int, Query(ge=0, le=LARGEST_INTEGER)], new: Annotated[int, Query(ge=1, le=LARGEST_INTEGER)]) -> dict[str, Any]:
         """RFC 6962 consistency proof between the trees of ``old`` and ``new`` entries."""
         if old > new:
             raise HTTPException(400, "old must not exceed new")

@@ -202,17 +202,26 @@ class Dispatcher:
 
     def _each_in_savepoint(self, items: list, work: Callable[[Session, Any], Any],
                            prefetch: Callable[[Session, list], list] | None = None) -> list[Any]:
-        """``work(session, item)`` for each item, a savepoint each (a failure is
+        """``work(session, item)`` for each item, each all or nothing (a failure is
         returned in its place), as few transactions as possible: a new one begins
         only when ``others_waiting()`` says an ACK or a request waits for the
         write lock, so it never waits behind a whole round. ``prefetch(session,
         items)`` loads the rows the items will ask for by primary key, in one query
         per table, at the start of each transaction (kept referenced until it ends:
-        the session holds its rows weakly)."""
+        the session holds its rows weakly).
+
+        The items of a transaction first go together in one savepoint (a savepoint
+        each, with the flush before it, cost a third of a send); should one of them
+        raise, that savepoint is undone and they go again a savepoint each, so a
+        failure stays its own."""
         out: list[Any] = []
         while len(out) < len(items):
             with transaction(self.sessions) as session:
                 loaded = prefetch(session, items[len(out):]) if prefetch is not None else []  # noqa: F841 - held
+                together = self._together(session, items[len(out):], work)
+                if together is not None:
+                    out.extend(together)
+                    continue
                 for item in items[len(out):]:
                     try:
                         with session.begin_nested():
@@ -222,6 +231,21 @@ class Dispatcher:
                     if self.others_waiting():
                         break
         return out
+
+    def _together(self, session: Session, items: list, work: Callable[[Session, Any], Any]) -> list[Any] | None:
+        """``work(session, item)`` for items in one savepoint, up to the first moment
+        ``others_waiting()``; ``None``, with nothing kept, when one of them raises."""
+        done: list[Any] = []
+        try:
+            with session.begin_nested():
+                for item in items:
+                    done.append(work(session, item))
+                    if self.others_waiting():
+                        break
+        except Exception:  # noqa: BLE001 - each on its own, next, finds which
+            log.warning("%d items of a dispatcher round failed together; doing them one by one", len(items))
+            return None
+        return done
 
     def _load_round(self, session: Session, ids: list[int]) -> list[Notification | Patient]:
         """What preparing ``ids`` reads for each, read for all at once: the notifications,

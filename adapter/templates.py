@@ -54,7 +54,10 @@ class TemplateBook:
             except TemplateError as exc:
                 raise ConfigError(f"{path}: template does not compile: {exc}") from exc
             self.sources[template_id] = source
-        if default_language not in {tid.split("/")[0] for tid in self.sources}:
+        # Worked out once: each send asks for them.
+        self._versions = {tid: hashlib.sha256(source.encode()).hexdigest()[:12] for tid, source in self.sources.items()}
+        self._languages = {tid.split("/")[0] for tid in self.sources}
+        if default_language not in self._languages:
             raise ConfigError(f"{root}: no templates for the default language {default_language!r}")
 
     def kinds(self, language: str) -> set[str]:
@@ -71,7 +74,7 @@ class TemplateBook:
 
     def pick_language(self, language: str) -> str:
         primary = (language or "").split("-")[0].lower()
-        return primary if primary in LANGUAGES and self.kinds(primary) else self.default_language
+        return primary if primary in LANGUAGES and primary in self._languages else self.default_language
 
     def render(self, kind: str, language: str, context: dict[str, Any]) -> Rendered:
         lang = self.pick_language(language)
@@ -83,8 +86,7 @@ class TemplateBook:
         if template is None:
             raise ConfigError(f"no template for kind {kind!r}")
         body = " ".join(template.render(**localise(context, lang, self.tz)).split())
-        version = hashlib.sha256(self.sources[template_id].encode()).hexdigest()[:12]
-        return Rendered(body=body, template_id=template_id, template_version=version)
+        return Rendered(body=body, template_id=template_id, template_version=self._versions[template_id])
 
 
 def localise(context: dict[str, Any], language: str, tz: ZoneInfo) -> dict[str, Any]:

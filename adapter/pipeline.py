@@ -107,6 +107,16 @@ class Pipeline:
             else:
                 for position, ids in zip(together, created, strict=True):
                     outcomes[position] = ids
+        rest = [position for position, outcome in enumerate(outcomes) if outcome is None]
+        if len(rest) > 1:
+            try:
+                with session.begin_nested():
+                    done = [self.handle(session, messages[position], now=now) for position in rest]
+            except Exception:  # noqa: BLE001 - one of them is at fault: each on its own below finds which
+                log.warning("%d messages applied in one savepoint failed; applying them one by one", len(rest))
+            else:
+                for position, ids in zip(rest, done, strict=True):
+                    outcomes[position] = ids
         for position, events in enumerate(messages):
             if outcomes[position] is None:
                 try:
@@ -239,17 +249,14 @@ class Pipeline:
         pending = (_NOTIFICATION.c.subject_ref == subject_ref, _NOTIFICATION.c.status == "scheduled")
         if timed_only:
             pending += (_NOTIFICATION.c.rule_id.in_([r.id for r in self.rules.rules if r.timed]),)
-        withdrawn = [(row.id, row.patient_id) for row in session.execute(
-            select(_NOTIFICATION.c.id, _NOTIFICATION.c.patient_id).where(*pending))]
-        if not withdrawn:
-            return
-        session.execute(
-            update(_NOTIFICATION)
-            .where(_NOTIFICATION.c.id.in_([notification_id for notification_id, _ in withdrawn]),
-                   _NOTIFICATION.c.status == "scheduled")
-            .values(status="cancelled", reason=reason[:200], status_at=now)
-        )
-        self.gate.withdrawn(session, withdrawn, reason, now=now)
+        # One statement, found by the subject's index. (Selecting the ids first and then
+        # updating "id IN (...) AND status = 'scheduled'" led SQLite to the status index:
+        # every scheduled notification of every patient read, 0.3 ms at a few thousand.)
+        withdrawn = sorted((row.id, row.patient_id) for row in session.execute(
+            update(_NOTIFICATION).where(*pending).values(status="cancelled", reason=reason[:200], status_at=now)
+            .returning(_NOTIFICATION.c.id, _NOTIFICATION.c.patient_id)))
+        if withdrawn:
+            self.gate.withdrawn(session, withdrawn, reason, now=now)
 
     def _create(
         self,

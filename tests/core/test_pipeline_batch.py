@@ -117,3 +117,69 @@ def test_messages_of_a_batch_about_the_same_patient_or_appointment_apply_in_orde
             assert container.audit.verify(session).ok
     finally:
         container.engine.dispose()
+
+
+def test_updates_applied_together_keep_the_others_when_one_fails(tmp_path, database_url):
+    """Messages about known patients go in one savepoint; when one fails, that savepoint
+    is undone and each goes again on its own: the failure stays its own, nothing twice."""
+    container = container_for(tmp_path, database_url)
+    try:
+        with transaction(container.sessions) as session:
+            for mrn in ("U1", "U2", "U3"):
+                container.pipeline.handle(session, [booking(mrn, mrn)], now=NOW)
+        later = START + timedelta(days=1)
+        batch = [[booking("U1", "U1", start=later, rescheduled=True, ref="C-U1-moved")],
+                 [booking("U2", "U2", start=later, rescheduled=True, ref="+39 347 123 4567")],  # refused by the audit
+                 [booking("U3", "U3", start=later, rescheduled=True, ref="C-U3-moved")]]
+        with transaction(container.sessions) as session:
+            outcomes = container.pipeline.handle_many(session, batch, now=NOW)
+        assert isinstance(outcomes[1], PersonalDataInAudit)
+        assert [len(outcomes[0]), len(outcomes[2])] == [4, 4]
+        with transaction(container.sessions) as session:
+            starts = dict(session.execute(select(Appointment.ref, Appointment.start)).all())
+            assert [starts[f"hl7:CUP^OSP_TEST:U{n}"].astimezone(UTC) for n in (1, 2, 3)] == [later, START, later]
+            statuses = Counter(session.execute(select(Notification.subject_ref, Notification.status)).all())
+            assert statuses[("hl7:CUP^OSP_TEST:U1", "cancelled")] == statuses[("hl7:CUP^OSP_TEST:U3", "cancelled")] == 3
+            assert statuses[("hl7:CUP^OSP_TEST:U2", "cancelled")] == 0
+            assert Counter(session.scalars(select(AuditEntry.action)))["received"] == 5  # 3 bookings, 2 moves: once each
+            assert container.audit.verify(session).ok
+    finally:
+        container.engine.dispose()
+
+
+def test_a_reschedule_reads_its_own_notifications_not_every_scheduled_one(tmp_path):
+    """Withdrawing what waits for a moved appointment finds it by the appointment: the
+    SQLite work of a reschedule stays the same with 20,000 other notifications scheduled."""
+    from sqlalchemy import event, text
+
+    container = container_for(tmp_path, None)
+    steps = [0]
+
+    def count_steps(conn, *_):  # noqa: ANN001 - SQLite calls the handler every 100 virtual machine steps
+        conn.connection.dbapi_connection.set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1) or 0, 100)
+
+    event.listen(container.engine, "before_cursor_execute", count_steps)
+    try:
+        def reschedule(mrn: str, days: int) -> int:
+            with transaction(container.sessions) as session:
+                container.pipeline.handle(session, [booking(mrn, mrn)], now=NOW)
+            steps[0] = 0
+            with transaction(container.sessions) as session:
+                moved = booking(mrn, mrn, start=START + timedelta(days=days), rescheduled=True, ref=f"C-{mrn}-moved")
+                container.pipeline.handle(session, [moved], now=NOW)
+            return steps[0]
+
+        few = reschedule("R1", 1)
+        with container.engine.begin() as connection:  # 20,000 scheduled notifications of other appointments
+            connection.execute(text(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) "
+                "INSERT INTO notification (patient_id, kind, rule_id, subject_ref, scheduled_for, status, urgent,"
+                " idempotency_key, status_at, created_at, tried_channels, attempts, decision)"
+                " SELECT patient_id, kind, rule_id, 'other:' || i || ':' || id, scheduled_for, status, urgent,"
+                " lower(hex(randomblob(16))), status_at, created_at, tried_channels, attempts, decision"
+                " FROM notification, n WHERE status = 'scheduled'"))
+            assert connection.scalar(text("SELECT count(*) FROM notification WHERE status = 'scheduled'")) > 20_000
+        many = reschedule("R2", 2)
+        assert few > 0 and many < 2 * few, (few, many)
+    finally:
+        container.engine.dispose()

@@ -37,15 +37,13 @@ def claim_due(session: Session, *, now: datetime, limit: int, lease: timedelta) 
     ids = list(session.scalars(due))
     if not ids:
         return []
+    # By id alone: the rows cannot have changed since the SELECT (SQLite: this
+    # transaction holds the write lock from its BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE
+    # locked them). Repeating its condition here led SQLite to the status index, which
+    # reads every scheduled notification, due or not.
     claimed = session.scalars(
         update(Notification)
-        .where(
-            Notification.id.in_(ids),
-            or_(
-                Notification.status == "scheduled",
-                and_(Notification.status == "claimed", Notification.claimed_until < now),
-            ),
-        )
+        .where(Notification.id.in_(ids))
         .values(status="claimed", claimed_until=now + lease, status_at=now)
         .returning(Notification.id)
     )

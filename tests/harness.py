@@ -78,6 +78,29 @@ def settings_for(tmp_path: Path, database_url: str | None = None, **overrides: o
     )
 
 
+class SqliteSteps:
+    """Counts the virtual machine steps SQLite takes for the statements an engine runs
+    (to within ``every``; ``reset()`` starts again): the work of a query, whatever the
+    machine's speed, so a test can show that it does not grow with a table."""
+
+    def __init__(self, engine, every: int = 10) -> None:  # noqa: ANN001
+        from sqlalchemy import event
+
+        self.every = every
+        self.count = 0
+        event.listen(engine, "before_cursor_execute", self._watch)
+
+    def _watch(self, conn, *_: object) -> None:  # noqa: ANN001
+        conn.connection.dbapi_connection.set_progress_handler(self._tick, self.every)
+
+    def _tick(self) -> int:
+        self.count += self.every
+        return 0  # go on
+
+    def reset(self) -> None:
+        self.count = 0
+
+
 def migrated_container(settings: Settings, clock: Clock | None = None) -> Container:
     upgrade(settings.database_url)
     return build(settings, clock=clock)

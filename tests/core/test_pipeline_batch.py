@@ -14,7 +14,7 @@ from adapter.db import transaction
 from adapter.models import Appointment, Contact, Notification, Patient
 from compliance.errors import PersonalDataInAudit
 from compliance.models import AuditEntry
-from tests.harness import migrated_container, settings_for
+from tests.harness import SqliteSteps, migrated_container, settings_for
 
 NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
 START = NOW + timedelta(days=3)
@@ -28,6 +28,21 @@ def booking(mrn: str, appointment: str, *, start: datetime = START, ref: str = "
                                   language="it", telecom=(ev.ContactPoint("phone", "+393331234567", "mobile"),)),
         appointment=ev.Appointment(ref=f"hl7:CUP^OSP_TEST:{appointment}", start=start, location="Ambulatorio 2"),
     )
+
+
+def copy_scheduled(connection, times: int, after: datetime | None = None) -> None:  # noqa: ANN001
+    """On SQLite, ``times`` copies of every scheduled notification (scheduled after
+    ``after``, when given), each under an appointment of its own."""
+    from sqlalchemy import text
+
+    connection.execute(text(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :times) "
+        "INSERT INTO notification (patient_id, kind, rule_id, subject_ref, scheduled_for, status, urgent,"
+        " idempotency_key, status_at, created_at, tried_channels, attempts, decision)"
+        " SELECT patient_id, kind, rule_id, 'other:' || i || ':' || id, scheduled_for, status, urgent,"
+        " lower(hex(randomblob(16))), status_at, created_at, tried_channels, attempts, decision"
+        " FROM notification, n WHERE status = 'scheduled' AND scheduled_for > :after"),
+        {"times": times, "after": (after or datetime(1970, 1, 1, tzinfo=UTC)).strftime("%Y-%m-%d %H:%M:%S")})
 
 
 def container_for(tmp_path, database_url):  # noqa: ANN001, ANN201
@@ -150,34 +165,23 @@ def test_updates_applied_together_keep_the_others_when_one_fails(tmp_path, datab
 def test_a_reschedule_reads_its_own_notifications_not_every_scheduled_one(tmp_path):
     """Withdrawing what waits for a moved appointment finds it by the appointment: the
     SQLite work of a reschedule stays the same with 20,000 other notifications scheduled."""
-    from sqlalchemy import event, text
+    from sqlalchemy import text
 
     container = container_for(tmp_path, None)
-    steps = [0]
-
-    def count_steps(conn, *_):  # noqa: ANN001 - SQLite calls the handler every 100 virtual machine steps
-        conn.connection.dbapi_connection.set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1) or 0, 100)
-
-    event.listen(container.engine, "before_cursor_execute", count_steps)
+    steps = SqliteSteps(container.engine)
     try:
         def reschedule(mrn: str, days: int) -> int:
             with transaction(container.sessions) as session:
                 container.pipeline.handle(session, [booking(mrn, mrn)], now=NOW)
-            steps[0] = 0
+            steps.reset()
             with transaction(container.sessions) as session:
                 moved = booking(mrn, mrn, start=START + timedelta(days=days), rescheduled=True, ref=f"C-{mrn}-moved")
                 container.pipeline.handle(session, [moved], now=NOW)
-            return steps[0]
+            return steps.count
 
         few = reschedule("R1", 1)
         with container.engine.begin() as connection:  # 20,000 scheduled notifications of other appointments
-            connection.execute(text(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) "
-                "INSERT INTO notification (patient_id, kind, rule_id, subject_ref, scheduled_for, status, urgent,"
-                " idempotency_key, status_at, created_at, tried_channels, attempts, decision)"
-                " SELECT patient_id, kind, rule_id, 'other:' || i || ':' || id, scheduled_for, status, urgent,"
-                " lower(hex(randomblob(16))), status_at, created_at, tried_channels, attempts, decision"
-                " FROM notification, n WHERE status = 'scheduled'"))
+            copy_scheduled(connection, 5000)
             assert connection.scalar(text("SELECT count(*) FROM notification WHERE status = 'scheduled'")) > 20_000
         many = reschedule("R2", 2)
         assert few > 0 and many < 2 * few, (few, many)

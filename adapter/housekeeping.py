@@ -9,7 +9,8 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Delete, delete, exists, select, update
+from sqlalchemy.orm import Session
 
 from adapter.bootstrap import Container
 from adapter.db import transaction
@@ -64,16 +65,13 @@ def purge_expired(container: Container, *, now: datetime) -> PurgeReport:
     (GDPR art. 5(1)(e)) are deleted (raw messages) or set to NULL (bodies); the
     messages' and notifications' rows, with status and why-record, stay."""
     cutoffs = retention_cutoffs(container.gate.policy, now)
+    # It runs every minute in one write transaction, which ACKs wait for: each
+    # statement reads what has expired (and a little more), never a whole table.
     with transaction(container.sessions) as session:
-        raw = session.execute(
-            delete(InboundRaw).where(InboundRaw.message_id.in_(select(InboundMessage.id).where(
-                InboundMessage.received_at < cutoffs.inbound_raw_before, InboundMessage.status != "stored")))
-        ).rowcount
-        bodies = session.execute(
+        raw = session.execute(_purge_raw(session, cutoffs.inbound_raw_before)).rowcount
+        bodies = session.execute(  # ix_notification_body_kept: only notifications still holding a body
             update(Notification)
-            .where(Notification.body_enc.is_not(None),
-                   Notification.id.in_(select(Notification.id).where(
-                       Notification.sent_at.is_not(None), Notification.sent_at < cutoffs.sent_body_before)))
+            .where(Notification.body_enc.is_not(None), Notification.sent_at < cutoffs.sent_body_before)
             .values(body_enc=None)
         ).rowcount
         # Callbacks hold addresses and replies as received: kept like raw inbound messages.
@@ -98,6 +96,22 @@ def purge_expired(container: Container, *, now: datetime) -> PurgeReport:
                                    reason="retention periods from config/purposes.yaml",
                                    details=vars(report), at=now)
     return report
+
+
+def _purge_raw(session: Session, before: datetime) -> Delete:
+    """Deleting the raw messages received ``before``, oldest first. ``inbound_raw`` holds
+    only raw messages not yet purged, and ids grow with the time received: the search
+    ends at the first one still within retention. (A message stored a few milliseconds
+    out of order by another writer goes at the next round.) Messages still waiting to
+    be processed keep theirs."""
+    first_kept = session.scalar(
+        select(InboundRaw.message_id).join(InboundMessage, InboundMessage.id == InboundRaw.message_id)
+        .where(InboundMessage.received_at >= before).order_by(InboundRaw.message_id).limit(1))
+    expired = exists().where(InboundMessage.id == InboundRaw.message_id, InboundMessage.received_at < before,
+                             InboundMessage.status != "stored")
+    if first_kept is None:
+        return delete(InboundRaw).where(expired)
+    return delete(InboundRaw).where(InboundRaw.message_id < first_kept, expired)
 
 
 def run_housekeeping(container: Container) -> None:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -120,6 +121,9 @@ class Notification(Base):
     __table_args__ = (
         Index("ix_notification_due", "status", "scheduled_for"),
         Index("ix_notification_subject", "subject_ref", "status"),
+        # The retention purge's: only notifications still holding their body.
+        Index("ix_notification_body_kept", "sent_at", sqlite_where=text("body_enc IS NOT NULL"),
+              postgresql_where=text("body_enc IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -159,7 +163,7 @@ class OutboxMessage(Base):
     patient_id: Mapped[str | None] = mapped_column(String(36), index=True)
     to_enc: Mapped[bytes] = mapped_column(LargeBinary)
     body_enc: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)  # the retention purge's
 
 
 class ApiToken(Base):

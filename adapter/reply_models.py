@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from adapter.db import Base, UTCDateTime
@@ -24,6 +24,9 @@ class WebhookEvent(Base):
     __table_args__ = (
         UniqueConstraint("provider", "dedupe_key", name="uq_webhook_event_dedupe"),
         Index("ix_webhook_event_status_id", "status", "id"),
+        # The retention purge's: only callbacks still holding the request as received.
+        Index("ix_webhook_event_request_kept", "received_at", sqlite_where=text("request_enc IS NOT NULL"),
+              postgresql_where=text("request_enc IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -46,6 +49,9 @@ class PatientReply(Base):
     __table_args__ = (
         UniqueConstraint("provider", "provider_message_id", name="uq_patient_reply_provider_id"),
         Index("ix_patient_reply_status_id", "status", "id"),
+        # The retention purge's: only replies still holding what the patient wrote.
+        Index("ix_patient_reply_text_kept", "received_at", sqlite_where=text("text_enc IS NOT NULL"),
+              postgresql_where=text("text_enc IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -132,3 +132,64 @@ def test_retention_also_purges_stored_callbacks_reply_texts_and_the_sandbox_outb
         assert session.scalar(select(PatientReply.text_enc)) is None
         assert session.scalar(select(OutboxMessage.id)) is None
     container.engine.dispose()
+
+
+def _inbound(container, *, age: timedelta, tag: str, status: str = "processed") -> int:  # noqa: ANN001
+    with transaction(container.sessions) as session:
+        message = InboundMessage(source="hl7", sender="OSP", control_id=tag, received_at=NOW - age, status=status)
+        session.add(message)
+        session.flush()
+        session.add(InboundRaw(message_id=message.id, raw_enc=container.vault.encrypt(session, "system", b"MSH|...")))
+        return message.id
+
+
+def test_raw_messages_go_oldest_first_and_one_waiting_to_be_processed_keeps_its_own(tmp_path):
+    container = migrated_container(settings_for(tmp_path))
+    days = container.gate.policy.retention.inbound_raw_days
+    expired, kept = timedelta(days=days + 1), timedelta(days=days - 1)
+    first = _inbound(container, age=expired, tag="first")
+    waiting = _inbound(container, age=expired, tag="waiting", status="stored")
+    second = _inbound(container, age=expired, tag="second")
+    recent = _inbound(container, age=kept, tag="recent")
+    late = _inbound(container, age=expired, tag="late")  # stored after a newer one: out of order
+
+    assert purge_expired(container, now=NOW).inbound_raw == 2
+    with transaction(container.sessions) as session:
+        assert {i for i in (first, waiting, second, recent, late) if session.get(InboundRaw, i)} == {waiting, recent, late}
+    # Once the newer one has expired too, the one stored out of order goes with it.
+    assert purge_expired(container, now=NOW + timedelta(days=2)).inbound_raw == 2
+    with transaction(container.sessions) as session:
+        assert {i for i in (first, waiting, second, recent, late) if session.get(InboundRaw, i)} == {waiting}
+    container.engine.dispose()
+
+
+def test_a_purge_with_nothing_expired_reads_no_whole_table(tmp_path):
+    """Every minute, in a write transaction ACKs wait for: its work must not grow with
+    what is kept (SQLite steps, 20,000 of each kind of row against one)."""
+    from sqlalchemy import text
+
+    from tests.harness import SqliteSteps
+
+    container = migrated_container(settings_for(tmp_path))
+    steps = SqliteSteps(container.engine)
+    add_rows(container, age=timedelta(days=1), tag="kept")
+    steps.reset()
+    assert not any(vars(purge_expired(container, now=NOW)).values())
+    few = steps.count
+    with container.engine.begin() as connection:
+        for table, copied in (
+            ("inbound_message", "source, sender, control_id || '-' || i, message_type, received_at, status, duplicates"),
+            ("notification", "patient_id, kind, rule_id, subject_ref, scheduled_for, status, urgent,"
+                             " idempotency_key || '-' || i, status_at, created_at, tried_channels, attempts, decision,"
+                             " sent_at, body_enc"),
+        ):
+            columns = copied.replace(" || '-' || i", "")
+            connection.execute(text(f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)"
+                                    f" INSERT INTO {table} ({columns}) SELECT {copied} FROM {table}, n"))
+        connection.execute(text("INSERT INTO inbound_raw (message_id, raw_enc) SELECT m.id, x'00' FROM inbound_message m"
+                                " WHERE m.id NOT IN (SELECT message_id FROM inbound_raw)"))
+        assert connection.scalar(text("SELECT count(*) FROM notification WHERE body_enc IS NOT NULL")) > 20_000
+    steps.reset()
+    assert not any(vars(purge_expired(container, now=NOW)).values())
+    assert few > 0 and steps.count < 2 * few, (few, steps.count)
+    container.engine.dispose()

@@ -7,7 +7,8 @@ consent registry directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from compliance.purposes import CompliancePolicy, load_policy
 from compliance.report_rules import lint_templates, report_notice_allowed
 
 SYSTEM_ACTOR = "adapter"
+_HELD = "compliance_gate.held_audit"  # session.info: drafts waiting for the end of ComplianceGate.audit_held
 
 
 class ScheduledNotice(Protocol):
@@ -136,19 +138,45 @@ class ComplianceGate:
 
     # -- audit of each decision ---------------------------------------------------------
 
+    @contextmanager
+    def audit_held(self, session: Session) -> Iterator[None]:
+        """The audit entries this gate makes in ``session`` inside the block are appended
+        together as it ends, in the order made: one multi-row insert for a round of
+        decisions instead of one each. Nothing is appended when the block raises, and
+        one entry refused (personal data) refuses the block: its caller undoes the
+        block's savepoint and goes again one item at a time. Entries appended straight
+        to the :class:`AuditLog` meanwhile would come first: make them here."""
+        if _HELD in session.info:
+            yield  # already held by an enclosing block
+            return
+        held: list[AuditDraft] = []
+        session.info[_HELD] = held
+        try:
+            yield
+        finally:
+            del session.info[_HELD]
+        self.audit.append_many(session, held)
+
+    def _append(self, session: Session, drafts: list[AuditDraft]) -> None:
+        held = session.info.get(_HELD)
+        if held is None:
+            self.audit.append_many(session, drafts)
+        else:
+            held.extend(drafts)
+
     def received(self, session: Session, patient_id: str, event: ev.Event, *, now: datetime) -> None:
-        self.audit.append_many(session, [self._received(patient_id, event, now)])
+        self._append(session, [self._received(patient_id, event, now)])
 
     def scheduled(self, session: Session, rows: Sequence[ScheduledNotice], *, now: datetime) -> None:
         """One entry per notification just created (scheduled or suppressed), appended together."""
-        self.audit.append_many(session, [self._scheduled(row, now) for row in rows])
+        self._append(session, [self._scheduled(row, now) for row in rows])
 
     def received_and_scheduled(
         self, session: Session, handled: Sequence[tuple[str, ev.Event, Sequence[ScheduledNotice]]], *, now: datetime
     ) -> None:
         """Events applied together, each (patient id, event, its new notifications): the
         entries :meth:`received` and :meth:`scheduled` make for each, in order, in one append."""
-        self.audit.append_many(session, [
+        self._append(session, [
             draft
             for patient_id, event, rows in handled
             for draft in (self._received(patient_id, event, now), *(self._scheduled(row, now) for row in rows))
@@ -166,7 +194,7 @@ class ComplianceGate:
 
     def withdrawn(self, session: Session, withdrawn: Sequence[tuple[int, str]], reason: str, *, now: datetime) -> None:
         """``withdrawn``: (notification id, patient id) of each notification just cancelled."""
-        self.audit.append_many(session, [
+        self._append(session, [
             self._draft("cancelled", patient_id, reason, now, {"notification": notification_id})
             for notification_id, patient_id in withdrawn
         ])
@@ -193,7 +221,7 @@ class ComplianceGate:
 
     def _audit(self, session: Session, action: str, subject: str, reason: str, now: datetime,
                details: dict[str, Any], *, actor: str = SYSTEM_ACTOR, outcome: str = "success") -> None:
-        self.audit.append_many(session, [self._draft(action, subject, reason, now, details, actor=actor, outcome=outcome)])
+        self._append(session, [self._draft(action, subject, reason, now, details, actor=actor, outcome=outcome)])
 
     @staticmethod
     def _draft(action: str, subject: str, reason: str, now: datetime, details: dict[str, Any], *,

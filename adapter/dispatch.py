@@ -237,7 +237,7 @@ class Dispatcher:
         ``others_waiting()``; ``None``, with nothing kept, when one of them raises."""
         done: list[Any] = []
         try:
-            with session.begin_nested():
+            with session.begin_nested(), self.gate.audit_held(session):
                 for item in items:
                     done.append(work(session, item))
                     if self.others_waiting():

@@ -110,7 +110,7 @@ class Pipeline:
         rest = [position for position, outcome in enumerate(outcomes) if outcome is None]
         if len(rest) > 1:
             try:
-                with session.begin_nested():
+                with session.begin_nested(), self.gate.audit_held(session):
                     done = [self.handle(session, messages[position], now=now) for position in rest]
             except Exception:  # noqa: BLE001 - one of them is at fault: each on its own below finds which
                 log.warning("%d messages applied in one savepoint failed; applying them one by one", len(rest))

@@ -72,9 +72,14 @@ def test_a_round_reads_its_notifications_and_patients_once_not_once_each(tmp_pat
                  lambda _c, _cur, statement, *_: reads.append(statement))
     commits: list[int] = []
     event.listen(container.engine, "commit", lambda _conn: commits.append(1))
+    traced: list[str] = []  # also what goes straight to the DB-API cursor (adapter.db.insert_rows)
+    event.listen(container.engine, "before_cursor_execute",
+                 lambda conn, *_: conn.connection.dbapi_connection.set_trace_callback(traced.append))
     sent = asyncio.run(container.dispatcher.run_once())
     savepoints = [s for s in reads if s.startswith("SAVEPOINT")]
     assert 1 <= len(savepoints) <= len(commits) < 20  # one per transaction when none fails, not one per notification
+    audit_inserts = [s for s in traced if s.startswith("INSERT INTO audit_entry")]
+    assert 1 <= len(audit_inserts) <= len(commits)  # the round's "sent" entries appended together, not 20 appends
     by_id = [s for s in reads if s.startswith("SELECT") and ("FROM notification" in s or "FROM patient" in s)]
     assert sent == 20
     assert len(by_id) <= 6  # the claim, then a query per table per transaction: not 3 per notification (62)

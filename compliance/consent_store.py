@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from adapter.events import ConsentChanged
@@ -65,6 +65,12 @@ _CACHE = "consent_records"
 
 def _cache(session: Session) -> dict[str, list[ConsentRecord]]:
     return session.info.setdefault(_CACHE, {})
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_after_undone_savepoint(session: Session, _undone: object) -> None:
+    """A rolled-back savepoint may have written consent that the copy holds: read again."""
+    session.info.pop(_CACHE, None)
 
 
 def records_for(session: Session, patient_id: str) -> list[ConsentRecord]:

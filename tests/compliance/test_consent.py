@@ -175,3 +175,16 @@ def test_a_malformed_consent_statement_is_refused(sessions, kw):
     args = dict(patient_id="p", purpose="*", channel="*", decision="permit", source="api", at=T) | kw
     with pytest.raises(ComplianceError), transaction(sessions) as session:
         record_consent(session, **args)
+
+
+def test_consent_written_in_a_rolled_back_savepoint_is_not_decided_from_afterwards(sessions):
+    """The session's copy of a history read inside a savepoint that is then undone (a
+    batch of messages done again one by one) is read again, without what was undone."""
+    with transaction(sessions) as session:
+        assert decide(session, POLICY, patient_id="p2", kind="reminder", channel="sms", at=T).allowed
+        with pytest.raises(RuntimeError), session.begin_nested():
+            withdraw(session, patient_id="p2", channel="sms", source="reply", at=T)
+            assert not decide(session, POLICY, patient_id="p2", kind="reminder", channel="sms", at=T).allowed
+            raise RuntimeError("another message of the batch failed")
+        assert records_for(session, "p2") == []
+        assert decide(session, POLICY, patient_id="p2", kind="reminder", channel="sms", at=T).allowed

@@ -274,3 +274,21 @@ def test_a_key_made_for_a_new_subject_is_forgotten_when_its_transaction_rolls_ba
         blob = vault.encrypt_str(session, "patient:gone", NAME)
     with transaction(sessions) as session:
         assert Vault.open(sessions, vault.master).decrypt_str(session, blob) == NAME
+
+
+def test_a_key_created_in_a_rolled_back_savepoint_is_not_used_by_the_rest_of_its_transaction(vault, sessions):
+    """A batch undone by its savepoint and done again item by item (the pipeline, the
+    dispatcher): the key made the first time went with the savepoint; sealing again makes
+    and stores another, which a fresh vault finds."""
+    with transaction(sessions) as session:
+        with pytest.raises(RuntimeError), session.begin_nested():
+            vault.create_keys(session, ["patient:again"])
+            vault.encrypt_str(session, "patient:again", NAME)
+            raise RuntimeError("one item of the batch failed")
+        kept_before = vault.encrypt_str(session, "patient:kept", NAME)  # a key staged outside the savepoint stands
+        blob = vault.encrypt_str(session, "patient:again", NAME)
+    fresh = Vault.open(sessions, vault.master)
+    with transaction(sessions) as session:
+        assert fresh.decrypt_str(session, blob) == NAME
+        assert fresh.decrypt_str(session, kept_before) == NAME
+        assert len(session.scalars(select(DataKey).where(DataKey.subject == "patient:again")).all()) == 1

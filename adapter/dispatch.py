@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -129,6 +130,9 @@ class Dispatcher:
         self._throttles = {name: Throttle(rate) for name, rate in (rate_limits or {}).items() if rate > 0}
         # Set by ``serve``: whether an ACK or a FHIR request waits (see adapter/waiting.py).
         self.others_waiting: Callable[[], bool] = lambda: False
+        # Set by ``serve``: before each transaction after a round's first, wait for a pause
+        # in the feeds, told how long the one before took (adapter.runtime.give_way).
+        self.wait_turn: Callable[[float], None] = lambda _took: None
 
     async def run_once(self) -> int:
         """Claim one batch of due notifications and send them; return how many."""
@@ -216,7 +220,11 @@ class Dispatcher:
         failure stays its own."""
         out: list[Any] = []
         window = len(items)
+        took = None
         while len(out) < len(items):
+            if took is not None:
+                self.wait_turn(took)
+            began = time.perf_counter()
             with transaction(self.sessions) as session:
                 batch = items[len(out) : len(out) + window]
                 loaded = prefetch(session, batch) if prefetch is not None else []  # noqa: F841 - held
@@ -227,6 +235,7 @@ class Dispatcher:
                     # as many as this one did (reading the whole round again for each item
                     # held the lock ~11 ms at p50 under a steady feed); grows back when not.
                     window = 2 * len(together) if len(together) < len(batch) else 2 * window
+                    took = time.perf_counter() - began
                     continue
                 for item in batch:
                     try:
@@ -236,6 +245,7 @@ class Dispatcher:
                         out.append(exc)
                     if self.others_waiting():
                         break
+            took = time.perf_counter() - began
         return out
 
     def _together(self, session: Session, items: list, work: Callable[[Session, Any], Any]) -> list[Any] | None:

@@ -132,6 +132,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     container.fhir.on_stored = lambda: loop.call_soon_threadsafe(wake.set)  # from the threadpool
     container.dispatcher.others_waiting = lambda: others_waiting(container)
+    container.dispatcher.wait_turn = lambda took: give_way(container, took)
     drained = threading.Event()
     tasks = [asyncio.create_task(process_inbound_forever(container, wake, stop, drained))]
     if embedded_worker:

@@ -98,11 +98,14 @@ def test_while_acks_wait_a_round_reads_ahead_only_for_what_it_gets_done(tmp_path
     waits = iter([True, True, True])  # an ACK waits after each of the first three items
     container.dispatcher.others_waiting = lambda: next(waits, False)
     read_ahead: list[int] = []
+    turns: list[float] = []  # serve waits here for a pause in the feeds (adapter.runtime.give_way)
+    container.dispatcher.wait_turn = turns.append
     try:
         out = container.dispatcher._each_in_savepoint(
             list(range(20)), lambda _session, item: item * 10,
             prefetch=lambda _session, items: read_ahead.append(len(items)) or [])
         assert out == [item * 10 for item in range(20)]
         assert read_ahead == [20, 2, 2, 2, 4, 8, 3]  # done: 1, 1, 1 (ACKs waiting), then 2, 4, 8 and the last 3
+        assert len(turns) == len(read_ahead) - 1 and all(took > 0 for took in turns)  # before each but the first
     finally:
         container.engine.dispose()

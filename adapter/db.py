@@ -6,16 +6,19 @@ one Alembic history migrates them all.
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, Dialect, Engine, LargeBinary, MetaData, Table, TypeDecorator, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+_log = logging.getLogger(__name__)
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -237,6 +240,41 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A unit of work: commit on success, roll back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+def all_or_each(
+    session: Session, items: Sequence[Any], work: Callable[[Any], Any], *,
+    hold: Callable[[], AbstractContextManager[Any]] = nullcontext, stop: Callable[[], bool] = lambda: False,
+    what: str = "items",
+) -> list[Any]:
+    """``work(item)`` for ``items`` in order, each all or nothing, a failure returned in
+    its place; after each item, ``stop()`` may end the run early (the outcomes returned
+    are then those of the first items). The items first go together in one savepoint,
+    inside ``hold()`` (a savepoint each, with the ORM's flush before it, costs more than
+    many items do); should one of them raise, that savepoint is undone and they go again
+    a savepoint each, so a failure stays its own."""
+    if len(items) > 1:
+        done: list[Any] = []
+        try:
+            with session.begin_nested(), hold():
+                for item in items:
+                    done.append(work(item))
+                    if stop():
+                        break
+        except Exception:  # noqa: BLE001 - one of them is at fault: each on its own, next, finds which
+            _log.warning("%d %s failed together in one savepoint; doing them one by one", len(items), what)
+        else:
+            return done
+    out: list[Any] = []
+    for item in items:
+        try:
+            with session.begin_nested():
+                out.append(work(item))
+        except Exception as exc:  # noqa: BLE001 - the caller records it against its item
+            out.append(exc)
+        if stop():
+            break
+    return out
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapter.clock import Clock
 from adapter.compliance_gate import ComplianceGate
 from adapter.contact_check import load_preferences, ordered_channels
-from adapter.db import transaction
+from adapter.db import all_or_each, transaction
 from adapter.metrics import DISPATCH_OUTCOMES
 from adapter.models import Appointment, Notification, Patient
 from adapter.patients import first_name, load_usable_contacts, reachable
@@ -228,40 +228,16 @@ class Dispatcher:
             with transaction(self.sessions) as session:
                 batch = items[len(out) : len(out) + window]
                 loaded = prefetch(session, batch) if prefetch is not None else []  # noqa: F841 - held
-                together = self._together(session, batch, work)
-                if together is not None:
-                    out.extend(together)
-                    # Cut short by a waiting ACK: the next transaction reads ahead for about
-                    # as many as this one did (reading the whole round again for each item
-                    # held the lock ~11 ms at p50 under a steady feed); grows back when not.
-                    window = 2 * len(together) if len(together) < len(batch) else 2 * window
-                    took = time.perf_counter() - began
-                    continue
-                for item in batch:
-                    try:
-                        with session.begin_nested():
-                            out.append(work(session, item))
-                    except Exception as exc:  # noqa: BLE001 - the caller records it against its item
-                        out.append(exc)
-                    if self.others_waiting():
-                        break
+                done = all_or_each(session, batch, lambda item: work(session, item),
+                                   hold=lambda: self.gate.audit_held(session), stop=self.others_waiting,
+                                   what="notifications of a dispatcher round")
+            out.extend(done)
+            # Cut short by a waiting ACK: the next transaction reads ahead for about as many
+            # as this one did (reading the whole round again for each item held the lock
+            # ~11 ms at p50 under a steady feed); grows back when not.
+            window = 2 * len(done) if len(done) < len(batch) else 2 * window
             took = time.perf_counter() - began
         return out
-
-    def _together(self, session: Session, items: list, work: Callable[[Session, Any], Any]) -> list[Any] | None:
-        """``work(session, item)`` for items in one savepoint, up to the first moment
-        ``others_waiting()``; ``None``, with nothing kept, when one of them raises."""
-        done: list[Any] = []
-        try:
-            with session.begin_nested(), self.gate.audit_held(session):
-                for item in items:
-                    done.append(work(session, item))
-                    if self.others_waiting():
-                        break
-        except Exception:  # noqa: BLE001 - each on its own, next, finds which
-            log.warning("%d items of a dispatcher round failed together; doing them one by one", len(items))
-            return None
-        return done
 
     def _load_round(self, session: Session, ids: list[int]) -> list[Notification | Patient]:
         """What preparing ``ids`` reads for each, read for all at once: the notifications,

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from uuid6 import uuid7
 
 from adapter import events as ev
-from adapter.db import insert_rows
+from adapter.db import all_or_each, insert_rows
 from adapter.models import Appointment, Notification, PatientIdentifier
 from adapter.patients import create_patients, identifier_index, identifier_indexes, merge_patients, upsert_patient
 from adapter.rules import Plan, PlannedNotification, RuleSet, plan_notifications
@@ -108,22 +108,11 @@ class Pipeline:
                 for position, ids in zip(together, created, strict=True):
                     outcomes[position] = ids
         rest = [position for position, outcome in enumerate(outcomes) if outcome is None]
-        if len(rest) > 1:
-            try:
-                with session.begin_nested(), self.gate.audit_held(session):
-                    done = [self.handle(session, messages[position], now=now) for position in rest]
-            except Exception:  # noqa: BLE001 - one of them is at fault: each on its own below finds which
-                log.warning("%d messages applied in one savepoint failed; applying them one by one", len(rest))
-            else:
-                for position, ids in zip(rest, done, strict=True):
-                    outcomes[position] = ids
-        for position, events in enumerate(messages):
-            if outcomes[position] is None:
-                try:
-                    with session.begin_nested():
-                        outcomes[position] = self.handle(session, events, now=now)
-                except Exception as exc:  # noqa: BLE001 - the caller records it against its message
-                    outcomes[position] = exc
+        applied = all_or_each(session, [messages[position] for position in rest],
+                              lambda events: self.handle(session, events, now=now),
+                              hold=lambda: self.gate.audit_held(session), what="messages")
+        for position, outcome in zip(rest, applied, strict=True):
+            outcomes[position] = outcome
         return outcomes  # type: ignore[return-value]
 
     def _independent_new_bookings(self, session: Session, messages: Sequence[Sequence[ev.Event]]) -> list[int]:

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from hl7.errors import HL7Error
-from hl7.header import MessageHeader, Separators, read_header
+from hl7.header import MessageHeader, Separators, read_header_leniently
 from hl7.message import escape
 
 Severity = Literal["E", "W", "I", "F"]  # HL7 table 0516
@@ -151,12 +151,13 @@ def build_ack(
     while msh and msh[-1] == "":
         msh.pop()
     segments = [sep.field.join(msh)]
+    # MSA-2 is MSH-10 as it came, escapes and all (the header keeps it as on the wire).
     if code.is_accept and error is None:
-        segments.append(sep.field.join(["MSA", code.value, _escape(header.control_id, sep)]))
+        segments.append(sep.field.join(["MSA", code.value, header.control_id]))
     else:
         error = error or AckError()
         text = _escape(error.text, sep)
-        msa = ["MSA", code.value, _escape(header.control_id, sep)]
+        msa = ["MSA", code.value, header.control_id]
         if version < (2, 5):
             msa.append(text)  # MSA-3 text message, read by pre-2.5 engines
         segments.append(sep.field.join(msa))
@@ -190,14 +191,18 @@ def build_reject_for_unreadable(
     code: str = "100",
     now: datetime | None = None,
 ) -> bytes:
-    """An AR for bytes whose header cannot be read (HL7 v2.5 §2.9.2). MSA-2 is
-    the control id when one can still be found by position, else empty; the
-    answer uses ``|^~\\&``, v2.5 and UTF-8 unless the header is readable."""
+    """A reject for a message whose header :func:`read_header` refuses (HL7 v2.5
+    §2.9.2): AR, or CR when MSH-15/16 ask for enhanced mode. Whatever MSH still
+    says is used: its separators, sender and receiver (swapped), trigger, control id
+    and version, in UTF-8 (or Latin-1) when MSH-18 is unknown. When MSH-1/MSH-2
+    themselves cannot be read, the answer uses ``|^~\\&``, v2.5 and UTF-8, with
+    MSA-2 the control id if one can still be found by position."""
     try:
-        header = read_header(raw)
+        header = read_header_leniently(raw)
     except HL7Error:
         header = _fallback_header(raw)
-    return build_ack(header, AckCode.AR, error=AckError(code, reason), now=now)
+    reject = AckCode.CR if header.enhanced_mode else AckCode.AR
+    return build_ack(header, reject, error=AckError(code, reason), now=now)
 
 
 def _fallback_header(raw: bytes) -> MessageHeader:

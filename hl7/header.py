@@ -19,12 +19,56 @@ from hl7.errors import CharsetError, HeaderError
 _SEGMENT_ENDS = (b"\r", b"\n")
 _BOM = b"\xef\xbb\xbf"
 
-# HL7 table 0211 (MSH-18) names → Python codecs. Empty/ASCII is handled apart.
+
+def _windows_1252_table() -> str:
+    """Windows-1252 as the WHATWG Encoding Standard reads it: Latin-1, except that
+    0x80-0x9F are the typographic characters Windows puts there (’ “ ” € …), the five
+    bytes Windows leaves undefined reading as Latin-1 does."""
+    chars = []
+    for byte in range(256):
+        try:
+            chars.append(bytes([byte]).decode("cp1252"))
+        except UnicodeDecodeError:
+            chars.append(chr(byte))
+    return "".join(chars)
+
+
+_WIN1252_DECODE = _windows_1252_table()
+_WIN1252_ENCODE = codecs.charmap_build(_WIN1252_DECODE)
+LATIN_1 = "hl7_windows_1252"
+
+
+def _find_latin_1(name: str) -> codecs.CodecInfo | None:
+    if name != LATIN_1:
+        return None
+    return codecs.CodecInfo(
+        name=LATIN_1,
+        encode=lambda text, errors="strict": codecs.charmap_encode(text, errors, _WIN1252_ENCODE),
+        decode=lambda data, errors="strict": codecs.charmap_decode(data, errors, _WIN1252_DECODE),
+    )
+
+
+# ``8859/1`` and undeclared bytes that are not UTF-8 are read as browsers read
+# ISO-8859-1 (WHATWG): Windows programs label their text 8859/1 or nothing, and
+# write D’Alò with 0x92, a control character in ISO-8859-1 proper. Every byte
+# Latin-1 prints reads the same.
+codecs.register(_find_latin_1)
+
+# HL7 table 0211 (MSH-18) names → Python codecs, with the spellings senders use
+# beside the table's. Empty/ASCII is handled apart.
 _CHARSETS: dict[str, str] = {
     "UNICODE UTF-8": "utf-8",
     "UNICODE": "utf-8",
     "UTF-8": "utf-8",
-    "8859/1": "latin-1",
+    "UTF8": "utf-8",
+    "8859/1": LATIN_1,
+    "ISO-8859-1": LATIN_1,
+    "ISO8859-1": LATIN_1,
+    "ISO_8859-1": LATIN_1,
+    "LATIN1": LATIN_1,
+    "LATIN-1": LATIN_1,
+    "WINDOWS-1252": LATIN_1,
+    "CP1252": LATIN_1,
     "8859/2": "iso8859-2",
     "8859/3": "iso8859-3",
     "8859/4": "iso8859-4",
@@ -153,13 +197,33 @@ def read_header(raw: bytes) -> MessageHeader:
     CRLF. Raises ``HeaderError`` when the message does not start with a
     well-formed MSH carrying MSH-9 and MSH-10, ``CharsetError`` for an unknown
     MSH-18."""
+    return _read_header(raw, lenient=False)
+
+
+def read_header_leniently(raw: bytes) -> MessageHeader:
+    """What MSH says, for answering a message :func:`read_header` refuses: an unknown
+    MSH-18 is left out (the fields are read as UTF-8, else Latin-1) and MSH-9 or MSH-10
+    may be empty. Raises ``HeaderError`` only when MSH-1 and MSH-2 cannot be read."""
+    return _read_header(raw, lenient=True)
+
+
+def _read_header(raw: bytes, *, lenient: bool) -> MessageHeader:
     sep = read_separators(raw)
     line = _first_segment(_strip_leading(raw))
+    if b"\x00" in line:  # no HL7 value holds one; PostgreSQL text refuses it
+        if not lenient:
+            raise HeaderError("MSH contains a NUL byte", code="102")
+        line = line.replace(b"\x00", b"")
     fields = line.split(sep.field.encode("latin-1"))
     # fields[0] is "MSH", fields[1] is MSH-2, so MSH-n is fields[n - 1].
     charset_raw = fields[17] if len(fields) > 17 else b""
     charset = charset_raw.decode("latin-1").split(sep.repetition)[0].strip()
-    codec = codec_for(charset)
+    try:
+        codec = codec_for(charset)
+    except CharsetError:
+        if not lenient:
+            raise
+        charset, codec = "", None
     if codec is None:
         codec = _guess_codec(line)
 
@@ -168,10 +232,10 @@ def read_header(raw: bytes) -> MessageHeader:
 
     msh9 = f(9).split(sep.component)
     code = msh9[0].strip()
-    if not code:
+    if not code and not lenient:
         raise HeaderError("MSH-9 message type is empty", code="101")
     control_id = f(10).strip()
-    if not control_id:
+    if not control_id and not lenient:
         raise HeaderError("MSH-10 message control id is empty", code="101")
     return MessageHeader(
         separators=sep,
@@ -197,7 +261,7 @@ def _guess_codec(data: bytes) -> str:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
-        return "latin-1"
+        return LATIN_1
     return "utf-8"
 
 
@@ -205,7 +269,8 @@ def decode(raw: bytes, header: MessageHeader) -> str:
     """The message as text, decoded per MSH-18 (HL7 v2.5 §2.14.9.18):
     ``UNICODE UTF-8`` strictly as UTF-8, ``8859/n`` as ISO 8859-n, and an empty
     (or ``ASCII``) charset as UTF-8 when the bytes are valid UTF-8, else Latin-1 —
-    what Italian hospitals send in practice. Raises ``CharsetError`` when the
+    what Italian hospitals send in practice. Latin-1 is read as Windows-1252 (see
+    ``LATIN_1``). Raises ``CharsetError`` when the
     bytes are not valid in the declared character set.
 
     >>> h = read_header("MSH|^~\\\\&|A|B|||||ADT^A08|1|P|2.5||||||8859/1\\r".encode())
@@ -217,7 +282,7 @@ def decode(raw: bytes, header: MessageHeader) -> str:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            return raw.decode("latin-1")
+            return raw.decode(LATIN_1)
     try:
         return codecs.decode(raw, declared)
     except UnicodeDecodeError as exc:

@@ -17,6 +17,7 @@ simply not read.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -39,7 +40,7 @@ def unescape(text: str, sep: Separators, charset_codec: str = "utf-8") -> str:
     \\E\\`` (and v2.7 ``\\P\\``) to the separators, ``\\Xhh...\\`` to the
     characters those bytes are in the message's character set, ``\\.br\\`` to a
     line break; highlighting and character-set switches are dropped; anything
-    unknown is kept as written."""
+    else (local ``\\Z...\\`` escapes, a stray escape character) is kept as written."""
     esc = sep.escape
     if esc not in text:
         return text
@@ -85,9 +86,12 @@ def _escape_value(seq: str, sep: Separators, codec: str, written: str) -> str:
             return data.decode(codec)
         except UnicodeDecodeError:
             return data.decode("latin-1")
-    if seq[:1] in ("C", "M", "Z"):
-        return ""  # character set switches and local escapes: not representable, dropped
+    if _SWITCH.fullmatch(seq):
+        return ""  # character set switches (\\Cxxyy\\, \\Mxxyyzz\\): not representable, dropped
     return written
+
+
+_SWITCH = re.compile(r"C[0-9A-Fa-f]{4}|M[0-9A-Fa-f]{4}(?:[0-9A-Fa-f]{2})?")
 
 
 def escape(text: str, sep: Separators) -> str:
@@ -104,7 +108,13 @@ def escape(text: str, sep: Separators) -> str:
         out = out.replace(ch, f"{e}{code}{e}")
     if sep.truncation:
         out = out.replace(sep.truncation, f"{e}P{e}")
-    return out.replace("\r\n", "\n").replace("\r", "\n").replace("\n", f"{e}.br{e}")
+    out = out.replace("\r\n", "\n").replace("\r", "\n").replace("\n", f"{e}.br{e}")
+    if _CONTROL.search(out):  # MLLP's block characters among them: they would cut the frame
+        out = _CONTROL.sub(lambda m: f"{e}X{ord(m.group()):02X}{e}", out)
+    return out
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # tab and line breaks aside
 
 
 @dataclass(frozen=True)

@@ -79,3 +79,37 @@ def test_reject_for_unreadable_finds_the_control_id_when_it_can():
 def test_reject_for_garbage_has_an_empty_msa2():
     ack = parse(build_reject_for_unreadable(b"\x00\xffnot hl7", "not HL7").decode())
     assert ack.segment("MSA").value(1) == "AR" and ack.segment("MSA").value(2) == ""
+
+
+def test_a_reject_for_an_unknown_charset_keeps_what_msh_says():
+    """The sender uses its own separators, v2.3.1 and enhanced mode; only MSH-18 is
+    unknown. Its reject is in its separators, to it (MSH-5/6 swapped), in its
+    version's ERR layout, and CR (a commit reject), not a blank-header AR."""
+    raw = b"MSH#$%@!#CUP#OSP#ADAPTER#NOTIFY#20250301101500##ADT$A08$ADT_A01#CID1#P#2.3.1###AL#NE##UNICODE UTF-16\rPID#1\r"
+    ack = build_reject_for_unreadable(raw, "unsupported character set", code="103")
+    msh, msa, err = ack.decode().rstrip("\r").split("\r")
+    assert msh.startswith("MSH#$%@!#ADAPTER#NOTIFY#CUP#OSP#") and "#ACK$A08$ACK#" in msh and "#2.3.1" in msh
+    assert msa == "MSA#CR#CID1#unsupported character set"
+    assert err.startswith("ERR#$$$103!")  # ERR-1 (ELD) before v2.5; ! is its subcomponent separator
+
+
+def test_a_reject_for_an_empty_msh9_still_answers_the_sender_in_its_separators():
+    raw = b"MSH#$%@!#CUP#OSP#ADAPTER#NOTIFY#20250301101500###CID3#P#2.5\rPID#1\r"
+    ack = parse(build_reject_for_unreadable(raw, "MSH-9 message type is empty", code="101").decode())
+    assert ack.msh.value(3) == "ADAPTER" and ack.msh.value(5) == "CUP"
+    assert (ack.segment("MSA").value(1), ack.segment("MSA").value(2)) == ("AR", "CID3")
+
+
+def test_msa2_is_msh10_exactly_as_sent_escapes_included():
+    raw = b"MSH|^~\\&|A|B|C|D|2025||ADT^A08|LAB\\T\\2025-001|P|2.5\r"
+    out = build_ack(read_header(raw), AckCode.AA)
+    assert b"\rMSA|AA|LAB\\T\\2025-001\r" in out
+
+
+def test_control_characters_in_an_error_text_cannot_cut_the_ack_frame():
+    """An error reason may quote the message (its type, say); MLLP's block characters
+    in it would end the frame early. They go as \\Xhh\\."""
+    raw = b"MSH|^~\\&|A|B|C|D|2025||ADT^A08|1|P|2.5\r"
+    out = build_ack(read_header(raw), AckCode.AE, error=AckError("200", "message type X\x1cY\x0bZ"))
+    assert b"\x1c" not in out and b"\x0b" not in out
+    assert parse(out.decode()).segment("ERR").value(8) == "message type X\x1cY\x0bZ"

@@ -66,7 +66,7 @@ def test_header_reader_and_mapper_raise_only_hl7_errors(raw):
     except HL7Error as exc:
         assert exc.code and exc.reason
     ack = build_reject_for_unreadable(raw, "fuzz")
-    assert read_ack_code(ack)[0] is AckCode.AR
+    assert read_ack_code(ack)[0] in (AckCode.AR, AckCode.CR)  # CR when MSH-15/16 are valued
 
 
 @settings(max_examples=300, deadline=None)

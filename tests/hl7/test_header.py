@@ -80,3 +80,26 @@ def test_names_round_trip_through_encode_and_decode_in_utf8_and_latin1():
         text = f"MSH|^~\\&|A|B|C|D|2025||ADT^A08|1|P|2.5||||||{charset}\rPID|1||1||D'Alò^Nicolò\r"
         raw = text.encode(codec)
         assert decode(raw, read_header(raw)) == text
+
+
+@pytest.mark.parametrize("charset", ["", "8859/1"])
+def test_windows_typography_under_latin_1_or_no_charset_reads_as_windows_wrote_it(charset):
+    """Windows programs label their text 8859/1, or nothing, and write ’ as 0x92 and
+    € as 0x80: control characters in ISO 8859-1 proper. They are read as browsers
+    read ISO-8859-1 (WHATWG), so a patient's name holds no control character."""
+    text = f"MSH|^~\\&|A|B|C|D|2025||ADT^A08|1|P|2.5||||||{charset}\rPID|1||1||D’Alò^Nicolò\rZPY|5€\r"
+    raw = text.encode("cp1252")
+    assert decode(raw, read_header(raw)) == text
+
+
+def test_the_usual_spellings_of_latin_1_and_utf_8_are_understood():
+    for charset in ("ISO-8859-1", "ISO8859-1", "LATIN1", "WINDOWS-1252", "UTF8"):
+        header = read_header(f"MSH|^~\\&|A|B|C|D|2025||ADT^A08|1|P|2.5||||||{charset}\r".encode())
+        assert header.charset == charset
+
+
+def test_a_nul_byte_in_msh_is_refused_before_it_reaches_the_database():
+    """PostgreSQL text cannot hold NUL; no HL7 value has one."""
+    with pytest.raises(HeaderError) as caught:
+        read_header(b"MSH|^~\\&|A\x00|B|C|D|2025||ADT^A08|1|P|2.5\r")
+    assert caught.value.code == "102"

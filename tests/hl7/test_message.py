@@ -37,6 +37,10 @@ def test_msh_fields_are_numbered_as_in_the_standard():
         ("a\\E\\b", "a\\b"), ("riga\\.br\\due", "riga\ndue"), ("Nicol\\XC3B2\\", "Nicolò"),
         ("Nicol\\XF2\\", "Nicolò"), ("\\H\\bold\\N\\", "bold"), ("broken\\", "broken\\"),
         ("\\Q\\", "\\Q\\"), ("\\XZZ\\", "\\XZZ\\"),
+        # character-set switches are dropped; a stray escape character keeps its text
+        ("a\\C2842\\b", "ab"), ("a\\M2442\\b", "ab"), ("a\\M244F28\\b", "ab"),
+        ("Reparto \\Cardiologia\\ piano 2", "Reparto \\Cardiologia\\ piano 2"),
+        ("\\Zlocale\\", "\\Zlocale\\"),
     ],
 )
 def test_escape_sequences_are_decoded(written, value):

@@ -19,11 +19,15 @@ TelecomSystem = Literal["phone", "sms", "email", "telegram", "whatsapp", "other"
 class Identifier:
     """An external patient identifier: ``system`` is the assigning authority
     (HL7 CX-4) or the FHIR ``Identifier.system``; ``kind`` is the identifier type
-    (``MR`` hospital record number, ``NNITA``/``TAX`` fiscal code, ...)."""
+    (``MR`` hospital record number, ``NNITA``/``TAX`` fiscal code, ...).
+    ``authority_assumed``: the sender gave no authority, ``system`` is the sending
+    facility's (patients stored before that was done have the identifier with an
+    empty system)."""
 
     system: str
     value: str
     kind: str = ""
+    authority_assumed: bool = False
 
 
 @dataclass(frozen=True)

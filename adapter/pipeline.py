@@ -23,7 +23,14 @@ from uuid6 import uuid7
 from adapter import events as ev
 from adapter.db import all_or_each, insert_rows
 from adapter.models import Appointment, Notification, PatientIdentifier
-from adapter.patients import create_patients, identifier_index, identifier_indexes, merge_patients, upsert_patient
+from adapter.patients import (
+    create_patients,
+    identifier_index,
+    identifier_indexes,
+    legacy_indexes,
+    merge_patients,
+    upsert_patient,
+)
 from adapter.rules import Plan, PlannedNotification, RuleSet, plan_notifications
 from adapter.compliance_gate import ComplianceGate
 from adapter.quiet_hours import SendingWindow
@@ -136,14 +143,17 @@ class Pipeline:
         return [position for position in candidates if not mentions[position] & known]
 
     def _mentions(self, events: Sequence[ev.Event]) -> set[tuple[str, str]]:
-        """The patient identifiers (blind indexes) and appointment or report refs ``events`` touch."""
+        """The patient identifiers (blind indexes, also as stored before identifiers without
+        an authority were qualified) and appointment or report refs ``events`` touch."""
         out: set[tuple[str, str]] = set()
+        vault = self.gate.vault
         for event in events:
             for details in (getattr(event, "patient", None), getattr(event, "surviving", None)):
                 if details is not None:
-                    out |= {("identifier", index) for index in identifier_indexes(self.gate.vault, details)}
+                    out |= {("identifier", index) for index in (*identifier_indexes(vault, details),
+                                                                 *legacy_indexes(vault, details))}
             if isinstance(event, ev.PatientsMerged):
-                out.add(("identifier", identifier_index(self.gate.vault, event.retired)))
+                out.add(("identifier", identifier_index(vault, event.retired)))
             appointment = getattr(event, "appointment", None)
             if appointment is not None:
                 out.add(("ref", appointment.ref))

@@ -34,6 +34,9 @@ Decisions:
   S12, S13, S15 of one appointment whatever namespace a message adds.
 - ``occurred_at``: ADT EVN-6 (else EVN-2), otherwise MSH-7, otherwise
   ``received_at``.
+- A patient identifier (CX) without an assigning authority (CX-4) is qualified
+  by the sending facility (MSH-4, else the whole sender): the same MRN from two
+  hospitals is two patients.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ ADT_PATIENT_UPDATES = frozenset({"A04", "A08", "A28", "A31"})
 class _Context:
     origin: Origin
     sender: str
+    authority: str  # for identifiers sent without an assigning authority (CX-4)
     rule: FacilityRule
     zone: ZoneInfo
     occurred_at: datetime
@@ -131,7 +135,7 @@ def _context(message: Message, facilities: FacilityConfig, received_at: datetime
     if evn is not None:
         occurred = _optional_ts(evn.value(6), zone) or _optional_ts(evn.value(2), zone) or occurred
     origin = Origin(source="hl7", sender=sender, message_ref=msh.value(10).strip())
-    return _Context(origin, sender, rule, zone, occurred or received_at)
+    return _Context(origin, sender, facility or sender, rule, zone, occurred or received_at)
 
 
 def _optional_ts(value: str, zone: ZoneInfo) -> datetime | None:
@@ -158,8 +162,8 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
     reps = [r for r in pid.repetitions(3) if r.component(1).strip()]
     if not reps and pid.value(2):  # v2.3 senders: PID-2 external id
         reps = pid.repetitions(2)
-    identifiers = tuple(identifier_from_cx(r) for r in reps)
-    key = _pick_identifier(reps, context.rule)
+    identifiers = tuple(identifier_from_cx(r, context.authority) for r in reps)
+    key = _pick_identifier(reps, context)
     if key is None:
         kinds = sorted({i.kind or "?" for i in identifiers})
         raise MappingError(
@@ -180,8 +184,8 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
     )
 
 
-def _pick_identifier(reps: list[Repetition], rule: FacilityRule) -> Identifier | None:
-    for wanted in rule.patient_key:
+def _pick_identifier(reps: list[Repetition], context: _Context) -> Identifier | None:
+    for wanted in context.rule.patient_key:
         for cx in reps:
             kind = cx.component(5).strip().upper()
             authorities = {cx.component(4, 1).strip().upper(), cx.component(4, 2).strip().upper()}
@@ -189,7 +193,7 @@ def _pick_identifier(reps: list[Repetition], rule: FacilityRule) -> Identifier |
                 continue
             if wanted.assigning_authority and wanted.assigning_authority.upper() not in authorities:
                 continue
-            return identifier_from_cx(cx)
+            return identifier_from_cx(cx, context.authority)
     return None
 
 
@@ -409,8 +413,8 @@ def _map_merge(message: Message, context: _Context) -> list[AnyEvent]:
                 raise MappingError("MRG segment without a PID before it", "100")
             surviving = _patient(pid, context)
             prior = [r for r in segment.repetitions(1) if r.component(1).strip()]
-            retired = _pick_identifier(prior, context.rule) or (
-                identifier_from_cx(prior[0]) if prior else None
+            retired = _pick_identifier(prior, context) or (
+                identifier_from_cx(prior[0], context.authority) if prior else None
             )
             if retired is None:
                 raise MappingError("MRG-1 (prior patient identifier) is empty", "101")

@@ -136,6 +136,13 @@ def test_default_facility_keys_patients_by_mrn(facilities):
     assert event.appointment.ref == "hl7:CUP^OTHER:FL987654"
 
 
+def test_an_identifier_without_assigning_authority_is_qualified_by_the_sending_facility(facilities):
+    text = text_of("siu_s12_utf8_cr.hl7").replace("OSP_SLUCA|", "OTHER|", 1).replace("^^^OSP_SLUCA^MR", "^^^^MR")
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert event.patient.key == Identifier("OTHER", "0012345", "MR", authority_assumed=True)
+    assert FISCAL in event.patient.identifiers  # an authority given is kept as it is
+
+
 def test_missing_start_time_is_a_mapping_error(facilities):
     text = text_of("siu_s12_latin1_lf.hl7")
     text = text.replace("20250310093000+0100", "").replace("20250310100000+0100", "")

@@ -1,0 +1,135 @@
+"""HL7 v2 messages through the production path (``intake.handle``, then
+``process_pending``) on a real SQLite database: which patients, appointments and
+notices they leave behind, whatever the order or repetition they arrive in."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from adapter import events as ev
+from adapter.bootstrap import Container
+from adapter.clock import FrozenClock
+from adapter.db import transaction
+from adapter.models import Appointment, Contact, Patient
+from tests.harness import migrated_container, settings_for
+
+NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
+START = NOW + timedelta(days=3)
+
+
+def ts(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")
+
+
+def siu(trigger: str, control_id: str, appointment: str, start: datetime = START, *, facility: str = "OSP_TEST",
+        pid3: str = "777^^^OSP_TEST^MR", phone: str = "3331234567", status: str = "Booked") -> bytes:
+    return ("\r".join([
+        f"MSH|^~\\&|CUP|{facility}|ADAPTER|NOTIFY|{ts(NOW)}||SIU^{trigger}^SIU_S12|{control_id}|P|2.5||||||UNICODE UTF-8",
+        f"SCH||{appointment}^{facility}|||||VIS^Visita||30|min|^^^{ts(start)}||||||||||||||{status}",
+        f"PID|1||{pid3}||Rossi^Mario^^^^^L||19800101|M|||||^PRN^CP^^39^{phone[:3]}^{phone[3:]}||it",
+        f"AIS|1||CARD01^Visita^L|{ts(start)}|0|min|30|min",
+    ]) + "\r").encode()
+
+
+@dataclass
+class Adapter:
+    """A real container at a frozen ``NOW`` and the event loop its intake lives in."""
+
+    container: Container
+    loop: asyncio.AbstractEventLoop
+
+    def feed(self, *messages: bytes) -> None:
+        """Each message acknowledged AA and processed before the next arrives."""
+        for message in messages:
+            assert b"MSA|AA|" in self.loop.run_until_complete(self.container.intake.handle(message))
+            self.container.intake.process_pending()
+
+    def owners(self) -> dict[str, str]:
+        """Appointment id as the hospital sent it → the internal id of its patient."""
+        with transaction(self.container.sessions) as session:
+            return {ref.rsplit(":", 1)[1]: patient for ref, patient in session.execute(
+                select(Appointment.ref, Appointment.patient_id))}
+
+    def active_phones(self, patient_id: str) -> list[str]:
+        with transaction(self.container.sessions) as session:
+            return [self.container.vault.decrypt_str(session, contact.address_enc) for contact in session.scalars(
+                select(Contact).where(Contact.patient_id == patient_id, Contact.active.is_(True)))]
+
+    def patient_count(self) -> int:
+        with transaction(self.container.sessions) as session:
+            return len(session.scalars(select(Patient.id)).all())
+
+
+@pytest.fixture
+def adapter(tmp_path):
+    running = Adapter(migrated_container(settings_for(tmp_path), clock=FrozenClock(NOW)), asyncio.new_event_loop())
+    yield running
+    running.loop.run_until_complete(running.container.intake.writer.stop())
+    running.loop.close()
+    running.container.engine.dispose()
+
+
+# ------------------------------------------------------------- patient identity
+
+
+def test_the_same_mrn_without_assigning_authority_from_two_hospitals_is_two_patients(adapter):
+    adapter.feed(
+        siu("S12", "A1", "VISIT-A", facility="OSP_A", pid3="12345^^^^MR", phone="3331111111"),
+        siu("S12", "B1", "VISIT-B", START + timedelta(days=1), facility="OSP_B", pid3="12345^^^^MR",
+            phone="3472222222"))
+    found = adapter.owners()
+    assert found["VISIT-A"] != found["VISIT-B"]
+    assert adapter.active_phones(found["VISIT-A"]) == ["+393331111111"]
+    assert adapter.active_phones(found["VISIT-B"]) == ["+393472222222"]
+
+
+def stored_before_qualifying(container: Container, facility: str, appointment: str | None) -> None:
+    """A patient as the adapter stored an MRN without authority before it qualified such
+    ids by their sender: with an empty system (and an appointment from ``facility``)."""
+    origin = ev.Origin("hl7", f"CUP^{facility}", "OLD1")
+    patient = ev.PatientDetails(key=ev.Identifier("", "12345", "MR"), given_name="Mario",
+                                telecom=(ev.ContactPoint("phone", "+393331111111", "mobile"),))
+    event = (ev.PatientUpdated(origin, NOW, patient) if appointment is None else ev.AppointmentBooked(
+        origin, NOW, patient, ev.Appointment(f"hl7:CUP^{facility}:{appointment}", START)))
+    with transaction(container.sessions) as session:
+        container.pipeline.handle(session, [event], now=NOW)
+
+
+def test_a_patient_stored_before_ids_were_qualified_is_found_by_its_own_hospital_only(adapter):
+    stored_before_qualifying(adapter.container, "OSP_A", "VISIT-A")
+    adapter.feed(
+        siu("S12", "B1", "VISIT-B", facility="OSP_B", pid3="12345^^^^MR", phone="3472222222"),
+        siu("S12", "A2", "VISIT-A2", facility="OSP_A", pid3="12345^^^^MR", phone="3331111111"),
+        siu("S12", "B2", "VISIT-B2", facility="OSP_B", pid3="12345^^^^MR", phone="3472222222"))
+    found = adapter.owners()
+    assert found["VISIT-A2"] == found["VISIT-A"]
+    assert found["VISIT-B"] == found["VISIT-B2"] != found["VISIT-A"]
+    assert adapter.active_phones(found["VISIT-A"]) == ["+393331111111"]
+
+
+def test_a_patient_stored_before_ids_were_qualified_with_no_trace_of_a_sender_goes_to_the_first_that_sends(adapter):
+    stored_before_qualifying(adapter.container, "OSP_A", None)
+    adapter.feed(
+        siu("S12", "A1", "VISIT-A", facility="OSP_A", pid3="12345^^^^MR", phone="3331111111"),
+        siu("S12", "B1", "VISIT-B", facility="OSP_B", pid3="12345^^^^MR", phone="3472222222"))
+    found = adapter.owners()
+    assert found["VISIT-A"] != found["VISIT-B"]
+    assert adapter.patient_count() == 2
+
+
+def a40(control_id: str, surviving_pid3: str, mrg1: str, *, facility: str = "OSP_TEST") -> bytes:
+    return (f"MSH|^~\\&|PAS|{facility}|ADAPTER|NOTIFY|{ts(NOW)}||ADT^A40^ADT_A39|{control_id}|P|2.5||||||UNICODE UTF-8\r"
+            f"EVN|A40|{ts(NOW)}\rPID|1||{surviving_pid3}||Rossi^Mario\rMRG|{mrg1}\r").encode()
+
+
+def test_an_a40_finds_the_retired_patient_stored_before_ids_were_qualified(adapter):
+    stored_before_qualifying(adapter.container, "OSP_A", "VISIT-A")
+    adapter.feed(siu("S12", "A1", "VISIT-A1", facility="OSP_A", pid3="999^^^^MR", phone="3331111111"),
+                 a40("M1", "999^^^^MR", "12345^^^^MR", facility="OSP_A"))
+    found = adapter.owners()
+    assert found["VISIT-A"] == found["VISIT-A1"]

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from uuid6 import uuid7
 
 from adapter import events as ev
+from adapter.appointments import StoredAppointment, change_to_apply
 from adapter.db import all_or_each, insert_rows
 from adapter.models import Appointment, Notification, PatientIdentifier
 from adapter.patients import (
@@ -41,20 +42,15 @@ log = logging.getLogger(__name__)
 _APPOINTMENT = Appointment.__table__
 _NOTIFICATION = Notification.__table__
 # Built once: constructing a statement costs more than running it.
-_FIND_APPOINTMENT = select(_APPOINTMENT.c.status, _APPOINTMENT.c.start).where(
-    _APPOINTMENT.c.ref == bindparam("appointment"))
+_FIND_APPOINTMENT = select(
+    _APPOINTMENT.c.status, _APPOINTMENT.c.start, _APPOINTMENT.c.patient_id, _APPOINTMENT.c.event_at,
+).where(_APPOINTMENT.c.ref == bindparam("appointment"))
 _UPDATE_APPOINTMENT = _APPOINTMENT.update().where(_APPOINTMENT.c.ref == bindparam("appointment"))
 # What a later message may change in a stored appointment (never its ref, source or sender).
-_APPOINTMENT_STATE = ("patient_id", "start", "status", "location", "updated_at")
+_APPOINTMENT_STATE = ("patient_id", "start", "status", "location", "event_at", "updated_at")
 _KNOWN_IDENTIFIERS = select(PatientIdentifier.__table__.c.identifier_index).where(
     PatientIdentifier.__table__.c.identifier_index.in_(bindparam("indexes", expanding=True)))
 _KNOWN_REFS = select(_APPOINTMENT.c.ref).where(_APPOINTMENT.c.ref.in_(bindparam("refs", expanding=True)))
-
-
-@dataclass(frozen=True)
-class _Previous:
-    status: str
-    start: datetime
 
 
 @dataclass(frozen=True)
@@ -208,12 +204,17 @@ class Pipeline:
         appointment = getattr(event, "appointment", None)
         if appointment is None:
             return []
-        previous = self._store_appointment(session, patient_id, event, appointment, now=now)
-        if isinstance(event, ev.AppointmentRescheduled) and previous is not None and previous.status == "booked" and previous.start == appointment.start:
+        found = session.execute(_FIND_APPOINTMENT, {"appointment": appointment.ref}).first()
+        previous = StoredAppointment(found.status, found.start, found.patient_id, found.event_at) if found else None
+        change = change_to_apply(event, previous)
+        if change is None:
+            log.info("%s from %s ignored: stale, or a booking of an appointment no longer booked",
+                     type(event).__name__, event.origin.source)
+            return []
+        event = change
+        self._store_appointment(session, patient_id, event, appointment, known=previous is not None, now=now)
+        if isinstance(event, ev.AppointmentRescheduled) and previous is not None and previous.start == appointment.start:
             return []  # a modification that did not move the start (SIU^S14): nothing to tell
-        if isinstance(event, ev.AppointmentRescheduled) and (previous is None or previous.status != "booked"):
-            # First news of this appointment, or it comes back from a cancellation: a booking.
-            event = ev.AppointmentBooked(event.origin, event.occurred_at, event.patient, appointment)
         plan = self._plan(event, now)
         if plan.withdraw_all or plan.withdraw_timed:
             self._withdraw(session, appointment.ref, timed_only=plan.withdraw_timed, reason=plan.reason, now=now)
@@ -223,9 +224,10 @@ class Pipeline:
         return plan_notifications(event, self.rules, now=now, tz=self.tz)
 
     def _store_appointment(
-        self, session: Session, patient_id: str, event: ev.Event, appointment: ev.Appointment, *, now: datetime
-    ) -> _Previous | None:
-        """Store what the hospital says now; return what we knew before."""
+        self, session: Session, patient_id: str, event: ev.Event, appointment: ev.Appointment, *, known: bool,
+        now: datetime,
+    ) -> None:
+        """Store what the hospital says now (``known``: over what we stored before)."""
         status = {
             ev.AppointmentBooked: "booked",
             ev.AppointmentRescheduled: "booked",
@@ -233,14 +235,12 @@ class Pipeline:
             ev.AppointmentNoShow: "noshow",
             ev.AppointmentFulfilled: "fulfilled",
         }[type(event)]
-        found = session.execute(_FIND_APPOINTMENT, {"appointment": appointment.ref}).first()
         row = _appointment_row(patient_id, event, status, now)
-        if found is None:
+        if not known:
             session.execute(_APPOINTMENT.insert(), row)
-            return None
+            return
         session.execute(_UPDATE_APPOINTMENT, {
             **{column: row[column] for column in _APPOINTMENT_STATE}, "appointment": appointment.ref})
-        return _Previous(found.status, found.start)
 
     def _withdraw(self, session: Session, subject_ref: str, *, timed_only: bool, reason: str, now: datetime) -> None:
         """Cancel what is still waiting for ``subject_ref``. Immediate notices
@@ -338,7 +338,9 @@ def _appointment_row(patient_id: str, event: ev.Event, status: str, now: datetim
     appointment: ev.Appointment = event.appointment  # type: ignore[attr-defined]
     return {"ref": appointment.ref, "source": event.origin.source, "sender": event.origin.sender,
             "patient_id": patient_id, "start": appointment.start, "status": status,
-            "location": appointment.location[:200], "updated_at": now}
+            "location": appointment.location[:200], "updated_at": now,
+            # Orders later HL7 messages about it (adapter.appointments); other sources are not ordered so.
+            "event_at": event.occurred_at if event.origin.source == "hl7" else None}
 
 
 def why_record(

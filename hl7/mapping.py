@@ -3,7 +3,8 @@
 What is mapped (HL7 v2.5 chapters 10, 7 and 3):
 
 ==================  ===================================================
-SIU^S12             AppointmentBooked
+SIU^S12             AppointmentBooked (for an appointment the core already knows, it is
+                    compared with what is stored like an S14: adapter.appointments)
 SIU^S13             AppointmentRescheduled
 SIU^S14             AppointmentRescheduled (a modification: the core compares the start
                     with what it stored and tells the patient only when it moved); when

@@ -15,7 +15,7 @@ from adapter import events as ev
 from adapter.bootstrap import Container
 from adapter.clock import FrozenClock
 from adapter.db import transaction
-from adapter.models import Appointment, Contact, Patient
+from adapter.models import Appointment, Contact, Notification, Patient
 from tests.harness import migrated_container, settings_for
 
 NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
@@ -27,9 +27,11 @@ def ts(moment: datetime) -> str:
 
 
 def siu(trigger: str, control_id: str, appointment: str, start: datetime = START, *, facility: str = "OSP_TEST",
-        pid3: str = "777^^^OSP_TEST^MR", phone: str = "3331234567", status: str = "Booked") -> bytes:
+        pid3: str = "777^^^OSP_TEST^MR", phone: str = "3331234567", status: str = "Booked",
+        sent: datetime = NOW) -> bytes:
+    """An SIU message; ``sent`` is its MSH-7, when the hospital says the event happened."""
     return ("\r".join([
-        f"MSH|^~\\&|CUP|{facility}|ADAPTER|NOTIFY|{ts(NOW)}||SIU^{trigger}^SIU_S12|{control_id}|P|2.5||||||UNICODE UTF-8",
+        f"MSH|^~\\&|CUP|{facility}|ADAPTER|NOTIFY|{ts(sent)}||SIU^{trigger}^SIU_S12|{control_id}|P|2.5||||||UNICODE UTF-8",
         f"SCH||{appointment}^{facility}|||||VIS^Visita||30|min|^^^{ts(start)}||||||||||||||{status}",
         f"PID|1||{pid3}||Rossi^Mario^^^^^L||19800101|M|||||^PRN^CP^^39^{phone[:3]}^{phone[3:]}||it",
         f"AIS|1||CARD01^Visita^L|{ts(start)}|0|min|30|min",
@@ -54,6 +56,19 @@ class Adapter:
         with transaction(self.container.sessions) as session:
             return {ref.rsplit(":", 1)[1]: patient for ref, patient in session.execute(
                 select(Appointment.ref, Appointment.patient_id))}
+
+    def appointments(self) -> dict[str, tuple[str, datetime]]:
+        """Appointment id as the hospital sent it → (status, start)."""
+        with transaction(self.container.sessions) as session:
+            return {ref.rsplit(":", 1)[1]: (status, start) for ref, status, start in session.execute(
+                select(Appointment.ref, Appointment.status, Appointment.start))}
+
+    def notices(self) -> list[tuple[str, str, str, datetime]]:
+        """(appointment or report id, rule, status, scheduled for) of every notification, in order."""
+        with transaction(self.container.sessions) as session:
+            return [(ref.rsplit(":", 1)[1], rule, status, at) for ref, rule, status, at in session.execute(
+                select(Notification.subject_ref, Notification.rule_id, Notification.status,
+                       Notification.scheduled_for).order_by(Notification.id))]
 
     def active_phones(self, patient_id: str) -> list[str]:
         with transaction(self.container.sessions) as session:
@@ -133,3 +148,52 @@ def test_an_a40_finds_the_retired_patient_stored_before_ids_were_qualified(adapt
                  a40("M1", "999^^^^MR", "12345^^^^MR", facility="OSP_A"))
     found = adapter.owners()
     assert found["VISIT-A"] == found["VISIT-A1"]
+
+
+# ------------------------------------------------------------- repeated and out-of-order SIU
+
+
+def booked_notices(appointment: str, start: datetime, status: str = "scheduled") -> list[tuple[str, str, str, datetime]]:
+    """What config/rules.yaml plans for a booking made at ``NOW`` (follow-up: 10:00 Rome the day after)."""
+    follow_up = (start + timedelta(days=1)).replace(hour=9, minute=0)
+    return [(appointment, "booking-confirmation", status, NOW), (appointment, "reminder-24h", status, start - timedelta(hours=24)),
+            (appointment, "reminder-2h", status, start - timedelta(hours=2)), (appointment, "follow-up", status, follow_up)]
+
+
+def test_a_booking_resent_with_a_new_control_id_plans_its_notices_once(adapter):
+    adapter.feed(siu("S12", "M1", "APPT1"), siu("S12", "M2", "APPT1"),
+                 siu("S12", "M3", "APPT1", sent=NOW + timedelta(minutes=5)))
+    assert adapter.notices() == booked_notices("APPT1", START)
+
+
+def test_a_booking_resent_later_with_another_start_is_told_as_a_reschedule(adapter):
+    moved = START + timedelta(days=2)
+    adapter.feed(siu("S12", "M1", "APPT1"), siu("S12", "M2", "APPT1", moved, sent=NOW + timedelta(hours=1)))
+    assert adapter.appointments() == {"APPT1": ("booked", moved)}
+    confirmation, *timed = booked_notices("APPT1", START)
+    assert adapter.notices() == [
+        confirmation, *[(ref, rule, "cancelled", at) for ref, rule, _, at in timed],
+        ("APPT1", "reschedule-notice", "scheduled", NOW), *booked_notices("APPT1", moved)[1:]]
+
+
+def test_a_booking_that_arrives_after_its_cancellation_does_not_revive_it(adapter):
+    adapter.feed(siu("S15", "M2", "APPT1", status="Cancelled"), siu("S12", "M1", "APPT1"))
+    assert adapter.appointments() == {"APPT1": ("cancelled", START)}
+    assert [rule for _, rule, _, _ in adapter.notices()] == ["cancellation-notice"]
+
+
+def test_a_booking_that_arrives_after_its_reschedule_does_not_put_the_old_time_back(adapter):
+    moved = START + timedelta(days=2)
+    adapter.feed(siu("S13", "M2", "APPT1", moved, sent=NOW), siu("S12", "M1", "APPT1", START, sent=NOW - timedelta(hours=1)))
+    assert adapter.appointments() == {"APPT1": ("booked", moved)}
+    assert adapter.notices() == booked_notices("APPT1", moved)
+
+
+def test_an_older_reschedule_arriving_late_does_not_undo_a_newer_one(adapter):
+    early, late = START + timedelta(days=1), START + timedelta(days=2)
+    adapter.feed(siu("S12", "M1", "APPT1", sent=NOW - timedelta(hours=2)),
+                 siu("S13", "M3", "APPT1", late, sent=NOW),
+                 siu("S13", "M2", "APPT1", early, sent=NOW - timedelta(hours=1)))
+    assert adapter.appointments() == {"APPT1": ("booked", late)}
+    assert [at for _, rule, status, at in adapter.notices() if status == "scheduled" and rule == "reminder-24h"] == [
+        late - timedelta(hours=24)]

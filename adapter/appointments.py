@@ -12,9 +12,9 @@ an older HL7 event changes nothing. FHIR and patients' replies are not ordered t
 >>> at = datetime(2026, 3, 10, 9, tzinfo=UTC)
 >>> patient = ev.PatientDetails(ev.Identifier("OSP", "1", "MR"))
 >>> s12 = ev.AppointmentBooked(ev.Origin("hl7", "CUP^OSP", "M2"), at, patient, ev.Appointment("hl7:CUP^OSP:A1", at))
->>> change_to_apply(s12, StoredAppointment("cancelled", at, "p1", at)) is None  # never revives a cancellation
+>>> change_to_apply(s12, StoredAppointment("cancelled", at, "p1", at), "p1") is None  # never revives a cancellation
 True
->>> type(change_to_apply(s12, None)).__name__
+>>> type(change_to_apply(s12, None, "p1")).__name__
 'AppointmentBooked'
 """
 
@@ -36,16 +36,18 @@ class StoredAppointment:
     event_at: datetime | None  # when the HL7 event that last set it happened; None: not known
 
 
-def change_to_apply(event: ev.Event, stored: StoredAppointment | None) -> ev.Event | None:
-    """The event to apply for ``event`` given ``stored``, or None when it changes nothing:
+def change_to_apply(event: ev.Event, stored: StoredAppointment | None, patient_id: str) -> ev.Event | None:
+    """The event to apply for ``event`` (about the patient ``patient_id``) given ``stored``,
+    or None when it changes nothing:
 
     - an HL7 event older than the one that last set the appointment is stale;
     - an HL7 booking (SIU^S12) of an appointment we know is a re-sent or late booking:
       it never brings back a cancelled (no-show, fulfilled) appointment, is stale unless
       newer than what we stored, and otherwise is a modification (as SIU^S14): the
       pipeline compares it with what is stored and tells the patient only of a change;
-    - a modification of an appointment we do not know, or that comes back from a
-      cancellation, is a booking.
+    - a modification of an appointment we do not know, that comes back from a
+      cancellation, or that gives it to another patient, is a booking (of that patient:
+      the pipeline withdraws what the first patient was still to get).
     """
     appointment: ev.Appointment = event.appointment  # type: ignore[attr-defined]
     if stored is not None and _hl7(event) and stored.event_at is not None:
@@ -58,7 +60,8 @@ def change_to_apply(event: ev.Event, stored: StoredAppointment | None) -> ev.Eve
             return None
         return ev.AppointmentRescheduled(event.origin, event.occurred_at, event.patient, appointment,
                                          previous_start=stored.start)
-    if isinstance(event, ev.AppointmentRescheduled) and (stored is None or stored.status != "booked"):
+    if isinstance(event, ev.AppointmentRescheduled) and (
+            stored is None or stored.status != "booked" or stored.patient_id != patient_id):
         return ev.AppointmentBooked(event.origin, event.occurred_at, event.patient, appointment)
     return event
 

@@ -206,13 +206,17 @@ class Pipeline:
             return []
         found = session.execute(_FIND_APPOINTMENT, {"appointment": appointment.ref}).first()
         previous = StoredAppointment(found.status, found.start, found.patient_id, found.event_at) if found else None
-        change = change_to_apply(event, previous)
+        change = change_to_apply(event, previous, patient_id)
         if change is None:
             log.info("%s from %s ignored: stale, or a booking of an appointment no longer booked",
                      type(event).__name__, event.origin.source)
             return []
         event = change
         self._store_appointment(session, patient_id, event, appointment, known=previous is not None, now=now)
+        if previous is not None and previous.patient_id != patient_id:
+            # The hospital gave the appointment to another patient: nothing pending is the first one's any more.
+            self._withdraw(session, appointment.ref, timed_only=False, reason="appointment given to another patient",
+                           now=now)
         if isinstance(event, ev.AppointmentRescheduled) and previous is not None and previous.start == appointment.start:
             return []  # a modification that did not move the start (SIU^S14): nothing to tell
         plan = self._plan(event, now)

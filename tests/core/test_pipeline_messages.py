@@ -197,3 +197,17 @@ def test_an_older_reschedule_arriving_late_does_not_undo_a_newer_one(adapter):
     assert adapter.appointments() == {"APPT1": ("booked", late)}
     assert [at for _, rule, status, at in adapter.notices() if status == "scheduled" and rule == "reminder-24h"] == [
         late - timedelta(hours=24)]
+
+
+@pytest.mark.parametrize("moved", [timedelta(0), timedelta(days=1)], ids=["same start", "new start"])
+def test_a_modification_giving_the_appointment_to_another_patient_moves_the_pending_notices_to_them(adapter, moved):
+    adapter.feed(siu("S12", "M1", "APPT1", pid3="111^^^OSP_TEST^MR"),
+                 siu("S14", "M2", "APPT1", START + moved, pid3="222^^^OSP_TEST^MR", phone="3472222222",
+                     sent=NOW + timedelta(minutes=1)))
+    owner = adapter.owners()["APPT1"]
+    assert adapter.active_phones(owner) == ["+393472222222"]
+    with transaction(adapter.container.sessions) as session:
+        pending = session.execute(select(Notification.patient_id, Notification.rule_id)
+                                  .where(Notification.status == "scheduled").order_by(Notification.id)).all()
+    assert pending == [(owner, rule) for rule in ("booking-confirmation", "reminder-24h", "reminder-2h", "follow-up")]
+    assert [status for _, _, status, _ in adapter.notices()][:4] == ["cancelled"] * 4

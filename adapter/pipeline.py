@@ -76,15 +76,17 @@ class Pipeline:
     def handle(self, session: Session, events: Sequence[ev.Event], *, now: datetime) -> list[int]:
         """Apply ``events`` in order; return the ids of notifications created."""
         created: list[int] = []
-        announced: set[tuple[str, str]] = set()
+        announced: set[tuple[ev.Identifier, str, str]] = set()
         for event in events:
-            if isinstance(event, ev.ReportReady):
-                # One message can carry a panel (several OBRs): one notice per message.
-                key = (event.patient.key.value, f"{event.origin.sender}|{event.origin.message_ref}")
-                if event.origin.message_ref and key in announced:
+            panel: list[ev.ReportReady] = []
+            if isinstance(event, ev.ReportReady) and event.origin.message_ref:
+                # One message can carry a panel (several OBRs) for a patient: decided together, one notice.
+                key = _panel_key(event)
+                if key in announced:
                     continue
                 announced.add(key)
-            created.extend(self._handle_one(session, event, now=now))
+                panel = [other for other in events if isinstance(other, ev.ReportReady) and _panel_key(other) == key]
+            created.extend(self._handle_one(session, event, now=now, panel=panel))
         return created
 
     def handle_many(
@@ -175,7 +177,11 @@ class Pipeline:
         self.gate.received_and_scheduled(session, list(zip(patient_ids, bookings, per_booking, strict=True)), now=now)
         return [[notice.id for notice in notices] for notices in per_booking]
 
-    def _handle_one(self, session: Session, event: ev.Event, *, now: datetime) -> list[int]:
+    def _handle_one(
+        self, session: Session, event: ev.Event, *, now: datetime, panel: Sequence[ev.ReportReady] = ()
+    ) -> list[int]:
+        """Apply ``event``; ``panel``: the reports its message makes available to the
+        patient, ``event`` among them (see :meth:`_announce`)."""
         vault = self.gate.vault
         session.flush()  # what the ORM holds pending is seen by the Core statements below
         if isinstance(event, ev.PatientsMerged):
@@ -197,10 +203,7 @@ class Pipeline:
             self._withdraw(session, event.report_ref, timed_only=False, reason="report withdrawn", now=now)
             return []
         if isinstance(event, ev.ReportReady):
-            allowed, reason = self.gate.report_notice_allowed(session, patient_id, event, now=now)
-            if not allowed:
-                return self._create(session, patient_id, self._plan(event, now), event, now=now, veto=reason)
-            return self._create(session, patient_id, self._plan(event, now), event, now=now)
+            return self._announce(session, patient_id, panel or [event], now=now)
         appointment = getattr(event, "appointment", None)
         if appointment is None:
             return []
@@ -223,6 +226,26 @@ class Pipeline:
         if plan.withdraw_all or plan.withdraw_timed:
             self._withdraw(session, appointment.ref, timed_only=plan.withdraw_timed, reason=plan.reason, now=now)
         return self._create(session, patient_id, plan, event, now=now)
+
+    def _announce(self, session: Session, patient_id: str, reports: Sequence[ev.ReportReady], *,
+                  now: datetime) -> list[int]:
+        """The notice for the reports one message makes available to a patient, whatever
+        their order: each report excluded from online delivery (HIV, genetic: Garante 2009)
+        is recorded as suppressed; the others share one notice, filed under the first of
+        them and listing them all (``reports`` in its why-record), scheduled or suppressed
+        by the patient's consent to online delivery."""
+        decided = [(report, self.gate.report_notice_allowed(session, patient_id, report, now=now)) for report in reports]
+        created: list[int] = []
+        for report, decision in decided:
+            if decision.excluded_code is not None:
+                created += self._create(session, patient_id, self._plan(report, now), report, now=now, veto=decision.reason)
+        online = [(report, decision) for report, decision in decided if decision.excluded_code is None]
+        if online:
+            report, decision = online[0]
+            created += self._create(session, patient_id, self._plan(report, now), report, now=now,
+                                    veto=None if decision.allowed else decision.reason,
+                                    reports=[report.report_ref for report, _ in online])
+        return created
 
     def _plan(self, event: ev.Event, now: datetime) -> Plan:
         return plan_notifications(event, self.rules, now=now, tz=self.tz)
@@ -270,18 +293,20 @@ class Pipeline:
         *,
         now: datetime,
         veto: str | None = None,
+        reports: Sequence[str] = (),
     ) -> list[int]:
         created = self._insert_notifications(session, self._notification_rows(
-            session, patient_id, plan, event, now=now, veto=veto))
+            session, patient_id, plan, event, now=now, veto=veto, reports=reports))
         self.gate.scheduled(session, created, now=now)
         return [notice.id for notice in created]
 
     def _notification_rows(
         self, session: Session, patient_id: str, plan: Plan, event: ev.Event, *, now: datetime,
-        veto: str | None = None,
+        veto: str | None = None, reports: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
         """The planned notifications as rows: moved into the sending window, each with its
-        consent decision (``scheduled`` or ``suppressed`` with the reason) and why-record."""
+        consent decision (``scheduled`` or ``suppressed`` with the reason) and why-record
+        (with the ``reports`` a report notice announces)."""
         rows = []
         for planned in plan.notifications:
             planned = self._in_window(planned, now)
@@ -307,7 +332,8 @@ class Pipeline:
                 "created_at": now,
                 "tried_channels": [],
                 "attempts": 0,
-                "decision": why_record(event, planned, decision.as_dict(), status, reason),
+                "decision": why_record(event, planned, decision.as_dict(), status, reason)
+                | ({"reports": list(reports)} if reports else {}),
             })
         return rows
 
@@ -335,6 +361,10 @@ class Pipeline:
         else:
             moved = self.window.next_open(planned.scheduled_for)
         return replace(planned, scheduled_for=moved)
+
+
+def _panel_key(report: ev.ReportReady) -> tuple[ev.Identifier, str, str]:
+    return report.patient.key, report.origin.sender, report.origin.message_ref
 
 
 def _appointment_row(patient_id: str, event: ev.Event, status: str, now: datetime) -> dict[str, Any]:

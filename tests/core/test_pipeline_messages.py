@@ -16,6 +16,7 @@ from adapter.bootstrap import Container
 from adapter.clock import FrozenClock
 from adapter.db import transaction
 from adapter.models import Appointment, Contact, Notification, Patient
+from compliance.consent_store import record_consent
 from tests.harness import migrated_container, settings_for
 
 NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
@@ -211,3 +212,41 @@ def test_a_modification_giving_the_appointment_to_another_patient_moves_the_pend
                                   .where(Notification.status == "scheduled").order_by(Notification.id)).all()
     assert pending == [(owner, rule) for rule in ("booking-confirmation", "reminder-24h", "reminder-2h", "follow-up")]
     assert [status for _, _, status, _ in adapter.notices()][:4] == ["cancelled"] * 4
+
+
+# ------------------------------------------------------------- ORU panels
+
+ROUTINE = ("OBR|{n}|ORD-{ref}^CUP|{ref}^LIS|24323-8^Pannello metabolico^LN|||20260310080000+0100|||||||||||||||"
+           "20260310120000+0100||CH|{status}\rOBX|1|NM|2345-7^Glucosio^LN||95|mg/dL|70-99|N|||F")
+HIV = ("OBR|{n}|ORD-{ref}^CUP|{ref}^LIS|7917-8^HIV 1 Ab^LN|||20260310080000+0100|||||||||||||||"
+       "20260310120000+0100||SR|{status}\rOBX|1|ST|7917-8^HIV 1 Ab^LN||NEG||||||F")
+
+
+def oru(control_id: str, *orders: tuple[str, str, str]) -> bytes:
+    """An ORU^R01 for patient 501 with one OBR per (template, order id, OBR-25 status)."""
+    obrs = [template.format(n=n, ref=ref, status=status) for n, (template, ref, status) in enumerate(orders, start=1)]
+    return (f"MSH|^~\\&|LIS|LAB_X|ADAPTER|NOTIFY|{ts(NOW)}||ORU^R01^ORU_R01|{control_id}|P|2.5||||||UNICODE UTF-8\r"
+            "PID|1||501^^^LAB_X^MR||Rossi^Mario||19800101|M|||||^PRN^CP^^39^333^1234567||it\r"
+            + "\r".join(obrs) + "\r").encode()
+
+
+def consenting_to_online_reports(adapter: Adapter) -> None:
+    adapter.feed(f"MSH|^~\\&|PAS|LAB_X|ADAPTER|NOTIFY|{ts(NOW)}||ADT^A04^ADT_A01|R1|P|2.5||||||UNICODE UTF-8\r"
+                 f"EVN|A04|{ts(NOW)}\rPID|1||501^^^LAB_X^MR||Rossi^Mario||19800101|M|||||^PRN^CP^^39^333^1234567||it\r"
+                 .encode())
+    with transaction(adapter.container.sessions) as session:
+        [patient_id] = session.scalars(select(Patient.id)).all()
+        record_consent(session, patient_id=patient_id, purpose="report_notice", channel="*", decision="permit",
+                       source="api", at=NOW)
+
+
+@pytest.mark.parametrize("panel", [[(ROUTINE, "LAB-R", "F"), (HIV, "LAB-H", "F")],
+                                   [(HIV, "LAB-H", "F"), (ROUTINE, "LAB-R", "F")]], ids=["routine first", "HIV first"])
+def test_a_panel_with_an_excluded_result_notifies_the_rest_whatever_the_order_of_its_obr(adapter, panel):
+    consenting_to_online_reports(adapter)
+    adapter.feed(oru("O1", *panel))
+    with transaction(adapter.container.sessions) as session:
+        rows = session.execute(select(Notification.subject_ref, Notification.status, Notification.reason)).all()
+    assert sorted((ref.rsplit(":", 1)[1], status, reason) for ref, status, reason in rows) == [
+        ("LAB-H", "suppressed", "excluded from online delivery (hiv rule)"), ("LAB-R", "scheduled", None)]
+

@@ -50,6 +50,10 @@ _UPDATE_APPOINTMENT = _APPOINTMENT.update().where(_APPOINTMENT.c.ref == bindpara
 _APPOINTMENT_STATE = ("patient_id", "start", "status", "location", "event_at", "updated_at")
 _KNOWN_IDENTIFIERS = select(PatientIdentifier.__table__.c.identifier_index).where(
     PatientIdentifier.__table__.c.identifier_index.in_(bindparam("indexes", expanding=True)))
+_PENDING_NOTICES_OF = select(
+    _NOTIFICATION.c.id, _NOTIFICATION.c.subject_ref, _NOTIFICATION.c.decision,
+).where(_NOTIFICATION.c.patient_id == bindparam("patient"), _NOTIFICATION.c.status == "scheduled",
+        _NOTIFICATION.c.rule_id.in_(bindparam("rules", expanding=True)))
 _KNOWN_REFS = select(_APPOINTMENT.c.ref).where(_APPOINTMENT.c.ref.in_(bindparam("refs", expanding=True)))
 
 
@@ -200,7 +204,7 @@ class Pipeline:
             self.gate.consent_changed(session, patient_id, event, now=now)
             return []
         if isinstance(event, ev.ReportWithdrawn):
-            self._withdraw(session, event.report_ref, timed_only=False, reason="report withdrawn", now=now)
+            self._withdraw_report(session, patient_id, event.report_ref, now=now)
             return []
         if isinstance(event, ev.ReportReady):
             return self._announce(session, patient_id, panel or [event], now=now)
@@ -246,6 +250,20 @@ class Pipeline:
                                     veto=None if decision.allowed else decision.reason,
                                     reports=[report.report_ref for report, _ in online])
         return created
+
+    def _withdraw_report(self, session: Session, patient_id: str, report_ref: str, *, now: datetime) -> None:
+        """A report withdrawn (OBR-25 X): a pending notice that also announces other reports
+        stays, for those (filed under one of them); one that announced only this is withdrawn."""
+        rule_ids = [rule.id for rule in self.rules.for_trigger("report.ready")]
+        for notice in session.execute(_PENDING_NOTICES_OF, {"patient": patient_id, "rules": rule_ids}):
+            reports = notice.decision.get("reports") or []
+            remaining = [ref for ref in reports if ref != report_ref]
+            if report_ref not in reports or not remaining:
+                continue
+            subject = remaining[0] if notice.subject_ref == report_ref else notice.subject_ref
+            session.execute(update(_NOTIFICATION).where(_NOTIFICATION.c.id == notice.id).values(
+                subject_ref=subject, decision={**notice.decision, "reports": remaining}))
+        self._withdraw(session, report_ref, timed_only=False, reason="report withdrawn", now=now)
 
     def _plan(self, event: ev.Event, now: datetime) -> Plan:
         return plan_notifications(event, self.rules, now=now, tz=self.tz)

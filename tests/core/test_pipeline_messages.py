@@ -250,3 +250,12 @@ def test_a_panel_with_an_excluded_result_notifies_the_rest_whatever_the_order_of
     assert sorted((ref.rsplit(":", 1)[1], status, reason) for ref, status, reason in rows) == [
         ("LAB-H", "suppressed", "excluded from online delivery (hiv rule)"), ("LAB-R", "scheduled", None)]
 
+
+def test_withdrawing_one_report_of_a_panel_keeps_the_notice_for_the_one_still_final(adapter):
+    consenting_to_online_reports(adapter)
+    adapter.feed(oru("O1", (ROUTINE, "LAB-1", "F"), (ROUTINE, "LAB-2", "F")))
+    assert [(ref, status) for ref, _, status, _ in adapter.notices()] == [("LAB-1", "scheduled")]
+    adapter.feed(oru("O2", (ROUTINE, "LAB-1", "X")))
+    assert [(ref, status) for ref, _, status, _ in adapter.notices()] == [("LAB-2", "scheduled")]
+    adapter.feed(oru("O3", (ROUTINE, "LAB-2", "X")))
+    assert [(ref, status) for ref, _, status, _ in adapter.notices()] == [("LAB-2", "cancelled")]

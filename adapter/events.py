@@ -121,11 +121,14 @@ class PatientUpdated(Event):
 
 @dataclass(frozen=True)
 class PatientsMerged(Event):
-    """HL7 ADT^A40 / FHIR Patient.link replaced-by: ``retired`` is folded into
-    ``surviving``, which takes over appointments, consent and pending notices."""
+    """HL7 ADT^A40 / FHIR Patient.link replaced-by: the patient known by ``retired``
+    (or, failing that, by one of ``retired_also``: the other identifiers the message
+    gives the retired record) is folded into ``surviving``, which takes over
+    appointments, consent and pending notices."""
 
     surviving: PatientDetails
     retired: Identifier
+    retired_also: tuple[Identifier, ...] = ()
 
 
 @dataclass(frozen=True)

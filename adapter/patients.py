@@ -347,18 +347,22 @@ def first_name(session: Session, vault: Vault, patient: Patient) -> str:
 
 
 def merge_patients(
-    session: Session, vault: Vault, surviving: ev.PatientDetails, retired: ev.Identifier, *, now: datetime
+    session: Session, vault: Vault, surviving: ev.PatientDetails, retired: Sequence[ev.Identifier], *, now: datetime
 ) -> tuple[str, str | None]:
-    """HL7 A40: the retired record's identifiers, contacts, appointments and pending
-    notifications move to the survivor; the retired row points at it. Returns the
-    survivor's id and the retired patient's id (None when we never knew them)."""
+    """HL7 A40: the retired record (the first patient other than the survivor that one of
+    ``retired`` names) passes its identifiers, contacts, appointments and pending
+    notifications to the survivor and points at it. Returns the survivor's id and the
+    retired patient's id (None when we never knew them, or they are already the survivor:
+    a repeated merge)."""
     keeper = upsert_patient(session, vault, surviving, now=now).id
-    old_id = _patient_with(session, vault, retired)
+    known = {identifier_index(vault, identifier): (identifier, _patient_with(session, vault, identifier))
+             for identifier in retired}
+    old_id = next((patient_id for _, patient_id in known.values() if patient_id not in (None, keeper)), None)
+    # Identifiers never seen are remembered, so that later messages with them find the survivor.
+    session.add_all(PatientIdentifier(patient_id=keeper, identifier_index=index, kind=identifier.kind)
+                    for index, (identifier, patient_id) in known.items() if patient_id is None)
     old = session.get(Patient, old_id) if old_id is not None else None
-    if old is None or old.id == keeper:
-        if old is None:  # remember the retired identifier so later messages find the survivor
-            index = identifier_index(vault, retired)
-            session.add(PatientIdentifier(patient_id=keeper, identifier_index=index, kind=retired.kind))
+    if old is None:
         return keeper, None
     for table in (PatientIdentifier, Appointment, Notification):
         session.execute(update(table).where(table.patient_id == old.id).values(patient_id=keeper))

@@ -155,7 +155,8 @@ class Pipeline:
                     out |= {("identifier", index) for index in (*identifier_indexes(vault, details),
                                                                  *legacy_indexes(vault, details))}
             if isinstance(event, ev.PatientsMerged):
-                out.add(("identifier", identifier_index(vault, event.retired)))
+                out |= {("identifier", identifier_index(vault, retired))
+                        for retired in (event.retired, *event.retired_also)}
             appointment = getattr(event, "appointment", None)
             if appointment is not None:
                 out.add(("ref", appointment.ref))
@@ -189,7 +190,10 @@ class Pipeline:
         vault = self.gate.vault
         session.flush()  # what the ORM holds pending is seen by the Core statements below
         if isinstance(event, ev.PatientsMerged):
-            keeper_id, retired_id = merge_patients(session, vault, event.surviving, event.retired, now=now)
+            keeper_id, retired_id = merge_patients(session, vault, event.surviving,
+                                                   [event.retired, *event.retired_also], now=now)
+            if retired_id is None:
+                log.info("merge: no patient other than the survivor is known by the retired identifiers")
             self.gate.patients_merged(session, keeper_id, retired_id, event, now=now)
             return []
         details: ev.PatientDetails | None = getattr(event, "patient", None)

@@ -15,7 +15,8 @@ ORU^R01             per OBR: OBR-25 F → ReportReady, C → ReportReady(amended
                     X → ReportWithdrawn, anything else (P, I, R...) → nothing. An empty
                     OBR-25 takes the OBX-11 statuses (all F → F, any C → C).
 ADT^A04/A08/A28/A31 PatientUpdated
-ADT^A40             PatientsMerged per PID/MRG pair (MRG-1 is the retired identifier)
+ADT^A40             PatientsMerged per PID/MRG pair (MRG-1: the retired record's identifiers,
+                    less those the surviving PID-3 also lists)
 ==================  ===================================================
 
 Decisions:
@@ -218,6 +219,10 @@ def _telecom(pid: Segment, region: str) -> tuple[ContactPoint, ...]:
     )
 
 
+def _system_value(identifier: Identifier) -> tuple[str, str]:
+    return identifier.system, identifier.value
+
+
 # ---------------------------------------------------------------- SIU
 
 _SIU_STATUS_EVENTS = {"CANCELLED": "cancelled", "DELETED": "deleted"}
@@ -403,7 +408,10 @@ def _map_adt(message: Message, trigger: str, context: _Context) -> list[AnyEvent
 
 def _map_merge(message: Message, context: _Context) -> list[AnyEvent]:
     """ADT^A40 (HL7 v2.5 §3.3.40): each PID is the surviving patient, the MRG
-    after it names the retired identifier (MRG-1)."""
+    after it names the retired record's identifiers (MRG-1, a list). An identifier the
+    surviving PID-3 also has (a fiscal code both records share) does not name the
+    retired record: the others do, the one the patient key prefers first. An MRG-1
+    with no other identifier is a MappingError: there is nothing to merge."""
     events: list[AnyEvent] = []
     pid: Segment | None = None
     for segment in message.segments:
@@ -414,13 +422,18 @@ def _map_merge(message: Message, context: _Context) -> list[AnyEvent]:
                 raise MappingError("MRG segment without a PID before it", "100")
             surviving = _patient(pid, context)
             prior = [r for r in segment.repetitions(1) if r.component(1).strip()]
-            retired = _pick_identifier(prior, context) or (
-                identifier_from_cx(prior[0], context.authority) if prior else None
-            )
-            if retired is None:
+            if not prior:
                 raise MappingError("MRG-1 (prior patient identifier) is empty", "101")
+            own = {(i.system, i.value) for i in (surviving.key, *surviving.identifiers)}
+            others = [r for r in prior if _system_value(identifier_from_cx(r, context.authority)) not in own]
+            if not others:
+                raise MappingError("MRG-1 lists only identifiers of the surviving patient (PID-3): "
+                                   "no other record to merge", "101")
+            retired = _pick_identifier(others, context) or identifier_from_cx(others[0], context.authority)
+            also = tuple(dict.fromkeys(identifier_from_cx(r, context.authority) for r in others))
             events.append(PatientsMerged(origin=context.origin, occurred_at=context.occurred_at,
-                                         surviving=surviving, retired=retired))
+                                         surviving=surviving, retired=retired,
+                                         retired_also=tuple(i for i in also if i != retired)))
             pid = None
     if not events:
         raise MappingError("ADT^A40 message has no MRG segment", "100")

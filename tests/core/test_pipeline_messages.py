@@ -15,7 +15,7 @@ from adapter import events as ev
 from adapter.bootstrap import Container
 from adapter.clock import FrozenClock
 from adapter.db import transaction
-from adapter.models import Appointment, Contact, Notification, Patient
+from adapter.models import Appointment, Contact, InboundMessage, Notification, Patient
 from compliance.consent_store import record_consent
 from tests.harness import migrated_container, settings_for
 
@@ -259,3 +259,25 @@ def test_withdrawing_one_report_of_a_panel_keeps_the_notice_for_the_one_still_fi
     assert [(ref, status) for ref, _, status, _ in adapter.notices()] == [("LAB-2", "scheduled")]
     adapter.feed(oru("O3", (ROUTINE, "LAB-2", "X")))
     assert [(ref, status) for ref, _, status, _ in adapter.notices()] == [("LAB-2", "cancelled")]
+
+
+# ------------------------------------------------------------- A40 merges
+
+
+def test_an_a40_whose_mrg1_also_lists_the_shared_fiscal_code_merges_the_record_its_mrn_names(adapter):
+    fiscal = "RSSMRA80A01F205X^^^NNITA^NN"  # OSP_SLUCA keys patients by fiscal code first
+    adapter.feed(siu("S12", "A1", "APPT-A", facility="OSP_SLUCA", pid3="111^^^OSP_SLUCA^MR"),
+                 siu("S12", "B1", "APPT-B", facility="OSP_SLUCA", pid3=f"222^^^OSP_SLUCA^MR~{fiscal}"),
+                 a40("M1", f"222^^^OSP_SLUCA^MR~{fiscal}", f"111^^^OSP_SLUCA^MR~{fiscal}", facility="OSP_SLUCA"))
+    found = adapter.owners()
+    assert found["APPT-A"] == found["APPT-B"]
+    with transaction(adapter.container.sessions) as session:
+        assert session.scalar(select(Patient.merged_into).where(Patient.id != found["APPT-B"])) == found["APPT-B"]
+
+
+def test_an_a40_merging_a_patient_into_itself_goes_to_the_error_store_with_the_reason(adapter):
+    adapter.feed(siu("S12", "A1", "APPT1", pid3="111^^^OSP_TEST^MR"), a40("M1", "111^^^OSP_TEST^MR", "111^^^OSP_TEST^MR"))
+    with transaction(adapter.container.sessions) as session:
+        status, error = session.execute(select(InboundMessage.status, InboundMessage.error)
+                                        .where(InboundMessage.control_id == "M1")).one()
+    assert (status, error) == ("error", "MRG-1 lists only identifiers of the surviving patient (PID-3): no other record to merge")

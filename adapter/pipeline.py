@@ -338,6 +338,8 @@ class Pipeline:
                 status, reason = "suppressed", veto
             elif planned.too_late:
                 status, reason = "suppressed", "its time had already passed when the event arrived"
+            elif planned.appointment_started:
+                status, reason = "suppressed", "the appointment had already started when the event arrived"
             elif not decision.allowed:
                 status, reason = "suppressed", decision.reason
             rows.append({
@@ -372,7 +374,8 @@ class Pipeline:
     def _in_window(self, planned: PlannedNotification, now: datetime) -> PlannedNotification:
         """Non-urgent notices avoid quiet hours and holidays: a reminder that would
         fall at night goes out the evening before; anything else waits for morning."""
-        if self.window is None or planned.urgent or planned.too_late or self.window.allows(planned.scheduled_for):
+        if (self.window is None or planned.urgent or planned.too_late or planned.appointment_started
+                or self.window.allows(planned.scheduled_for)):
             return planned
         if planned.ahead_of_start:
             moved = self.window.last_open_before(planned.scheduled_for)

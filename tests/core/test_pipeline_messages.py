@@ -281,3 +281,23 @@ def test_an_a40_merging_a_patient_into_itself_goes_to_the_error_store_with_the_r
         status, error = session.execute(select(InboundMessage.status, InboundMessage.error)
                                         .where(InboundMessage.control_id == "M1")).one()
     assert (status, error) == ("error", "MRG-1 lists only identifiers of the surviving patient (PID-3): no other record to merge")
+
+
+# ------------------------------------------------------------- appointments already started
+
+
+def test_an_appointment_booked_or_cancelled_after_its_start_gets_no_notice_but_its_follow_up(adapter):
+    start = NOW - timedelta(hours=1)  # 09:00 Rome; the follow-up is 10:00 Rome the day after
+    adapter.feed(siu("S12", "M1", "PAST1", start))
+    started = "the appointment had already started when the event arrived"
+    passed = "its time had already passed when the event arrived"
+    with transaction(adapter.container.sessions) as session:
+        rows = session.execute(select(Notification.rule_id, Notification.status, Notification.reason)
+                               .order_by(Notification.id)).all()
+    assert rows == [("booking-confirmation", "suppressed", started), ("reminder-24h", "suppressed", passed),
+                    ("reminder-2h", "suppressed", passed), ("follow-up", "scheduled", None)]
+    adapter.feed(siu("S15", "M2", "PAST1", start, status="Cancelled", sent=NOW + timedelta(minutes=1)))
+    with transaction(adapter.container.sessions) as session:
+        rows = session.execute(select(Notification.rule_id, Notification.status, Notification.reason)
+                               .order_by(Notification.id)).all()
+    assert rows[3:] == [("follow-up", "cancelled", "appointment cancelled"), ("cancellation-notice", "suppressed", started)]

@@ -25,7 +25,7 @@ from compliance import consent_store as registry
 from compliance.audit import AuditDraft, AuditLog
 from compliance.crypto import Vault
 from compliance.purposes import CompliancePolicy, load_policy
-from compliance.report_rules import lint_templates, report_notice_allowed
+from compliance.report_rules import ReportNoticeDecision, lint_templates, report_notice_allowed
 
 SYSTEM_ACTOR = "adapter"
 _HELD = "compliance_gate.held_audit"  # session.info: drafts waiting for the end of ComplianceGate.audit_held
@@ -123,10 +123,11 @@ class ComplianceGate:
                 row.decision = {**row.decision, "withdrawn": decision.as_dict()}
                 self._audit(session, "suppressed", patient_id, row.reason, now, {"notification": row.id})
 
-    def report_notice_allowed(self, session: Session, patient_id: str, event: ev.ReportReady, *, now: datetime) -> tuple[bool, str]:
+    def report_notice_allowed(
+        self, session: Session, patient_id: str, event: ev.ReportReady, *, now: datetime
+    ) -> ReportNoticeDecision:
         online = registry.decide(session, self.policy, patient_id=patient_id, kind="report_ready", channel="*", at=now)
-        verdict = report_notice_allowed(event.codes, online, self.policy.report_rules)
-        return verdict.allowed, verdict.reason
+        return report_notice_allowed(event.codes, online, self.policy.report_rules)
 
     def patients_merged(
         self, session: Session, keeper_id: str, retired_id: str | None, event: ev.PatientsMerged, *, now: datetime

@@ -19,11 +19,15 @@ TelecomSystem = Literal["phone", "sms", "email", "telegram", "whatsapp", "other"
 class Identifier:
     """An external patient identifier: ``system`` is the assigning authority
     (HL7 CX-4) or the FHIR ``Identifier.system``; ``kind`` is the identifier type
-    (``MR`` hospital record number, ``NNITA``/``TAX`` fiscal code, ...)."""
+    (``MR`` hospital record number, ``NNITA``/``TAX`` fiscal code, ...).
+    ``authority_assumed``: the sender gave no authority, ``system`` is the sending
+    facility's (patients stored before that was done have the identifier with an
+    empty system)."""
 
     system: str
     value: str
     kind: str = ""
+    authority_assumed: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,11 +121,14 @@ class PatientUpdated(Event):
 
 @dataclass(frozen=True)
 class PatientsMerged(Event):
-    """HL7 ADT^A40 / FHIR Patient.link replaced-by: ``retired`` is folded into
-    ``surviving``, which takes over appointments, consent and pending notices."""
+    """HL7 ADT^A40 / FHIR Patient.link replaced-by: the patient known by ``retired``
+    (or, failing that, by one of ``retired_also``: the other identifiers the message
+    gives the retired record) is folded into ``surviving``, which takes over
+    appointments, consent and pending notices."""
 
     surviving: PatientDetails
     retired: Identifier
+    retired_also: tuple[Identifier, ...] = ()
 
 
 @dataclass(frozen=True)

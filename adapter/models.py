@@ -77,6 +77,9 @@ class Appointment(Base):
     source: Mapped[str] = mapped_column(String(16))
     sender: Mapped[str] = mapped_column(String(200), default="")
     location: Mapped[str] = mapped_column(String(200), default="")
+    # When the HL7 event that last set it happened (EVN/MSH-7): an older message changes
+    # nothing (adapter.appointments). None when set by another source, or before it was kept.
+    event_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

@@ -7,7 +7,7 @@ else works with the internal id (a pseudonym).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +31,16 @@ _FIND_IDENTIFIERS = (
     .where(_IDENTIFIER.c.identifier_index.in_(bindparam("indexes", expanding=True)))
 )
 _MERGED_INTO = select(_PATIENT.c.merged_into).where(_PATIENT.c.id == bindparam("patient"))
+_APPOINTMENT = Appointment.__table__
+_NOTIFICATION = Notification.__table__
+# Which HL7 senders have told us about a patient: their appointments, and the refs
+# (``hl7:<MSH-3>^<MSH-4>:<id>``) of notices about their reports.
+_HL7_SENDERS_OF = (
+    select(_APPOINTMENT.c.sender).where(_APPOINTMENT.c.patient_id == bindparam("patient"), _APPOINTMENT.c.source == "hl7")
+    .union(select(_NOTIFICATION.c.subject_ref).where(
+        _NOTIFICATION.c.patient_id == bindparam("patient"), _NOTIFICATION.c.subject_ref.like("hl7:%")))
+)
+_REKEY_IDENTIFIER = _IDENTIFIER.update().where(_IDENTIFIER.c.identifier_index == bindparam("legacy"))
 _UPDATE_PATIENT = _PATIENT.update().where(_PATIENT.c.id == bindparam("patient"))
 _CONTACTS_OF = select(_CONTACT.c.id, _CONTACT.c.channel, _CONTACT.c.address_index, _CONTACT.c.active).where(
     _CONTACT.c.patient_id == bindparam("patient"))
@@ -51,6 +61,16 @@ class Reachable:
 
 def identifier_index(vault: Vault, identifier: ev.Identifier) -> str:
     return vault.blind_index("identifier", f"{identifier.system}|{identifier.value}")
+
+
+def legacy_indexes(vault: Vault, details: ev.PatientDetails) -> dict[str, tuple[str, str]]:
+    """For each identifier of ``details`` sent without an assigning authority: the
+    index it was stored under before such identifiers were qualified by their sender
+    (an empty system) → (its index now, the sender that qualifies it)."""
+    return {
+        identifier_index(vault, replace(identifier, system="")): (identifier_index(vault, identifier), identifier.system)
+        for identifier in (details.key, *details.identifiers) if identifier.authority_assumed
+    }
 
 
 def normalise_phone(value: str, region: str = "IT") -> str | None:
@@ -98,11 +118,14 @@ def upsert_patient(
     when the update carries a telecom list. Core statements, no ORM objects."""
     # One look-up for every identifier the message carries; the key wins, then the others in order.
     wanted = identifier_indexes(vault, details)
+    legacy = legacy_indexes(vault, details)
     found = {
         index: (patient_id, merged_into)
-        for index, patient_id, merged_into in session.execute(_FIND_IDENTIFIERS, {"indexes": list(set(wanted))})
+        for index, patient_id, merged_into in session.execute(_FIND_IDENTIFIERS, {"indexes": list({*wanted, *legacy})})
     }
     first = next((found[index] for index in wanted if index in found), None)
+    if first is None:
+        first = _claim_legacy(session, legacy, found)
     if first is None:
         return UpsertedPatient(create_patients(session, vault, [details], now=now)[0], created=True)
     patient_id = _survivor(session, *first)
@@ -113,6 +136,48 @@ def upsert_patient(
     if details.telecom:
         _sync_contacts(session, vault, patient_id, details.telecom, now=now)
     return UpsertedPatient(patient_id, created=False)
+
+
+def _claim_legacy(
+    session: Session, legacy: dict[str, tuple[str, str]], found: dict[str, tuple[str, str | None]]
+) -> tuple[str, str | None] | None:
+    """A patient stored under an identifier without authority before such identifiers
+    were qualified by their sender, if nothing shows that another sender's patient
+    shares it: its identifiers are then re-keyed to the qualified form, so the next
+    message of any other sender does not find it. ``found`` is updated to match."""
+    for legacy_index, (_, sender) in legacy.items():
+        if legacy_index not in found:
+            continue
+        patient_id = _survivor(session, *found[legacy_index])
+        if _hl7_senders(session, patient_id) - {sender}:
+            continue  # also (or only) another hospital's patient: not this sender's to take
+        for other_legacy, (qualified, _) in legacy.items():
+            if other_legacy in found and _survivor(session, *found[other_legacy]) == patient_id:
+                session.execute(_REKEY_IDENTIFIER, {"legacy": other_legacy, "identifier_index": qualified})
+                found[qualified] = found.pop(other_legacy)
+        return patient_id, None
+    return None
+
+
+def _patient_with(session: Session, vault: Vault, identifier: ev.Identifier) -> str | None:
+    """The id of the (surviving) patient known by ``identifier``, also as stored before
+    identifiers without an authority were qualified (see :func:`_claim_legacy`)."""
+    index = identifier_index(vault, identifier)
+    legacy = legacy_indexes(vault, ev.PatientDetails(key=identifier))
+    found = {index: (patient_id, merged_into) for index, patient_id, merged_into
+             in session.execute(_FIND_IDENTIFIERS, {"indexes": [index, *legacy]})}
+    first = found.get(index) or _claim_legacy(session, legacy, found)
+    return _survivor(session, *first) if first is not None else None
+
+
+def _hl7_senders(session: Session, patient_id: str) -> set[str]:
+    """The sending facilities (MSH-4, or the whole sender when it has none) of the HL7
+    messages that created the patient's appointments and report notices."""
+    out: set[str] = set()
+    for (where,) in session.execute(_HL7_SENDERS_OF, {"patient": patient_id}):
+        sender = where.split(":", 2)[1] if where.startswith("hl7:") else where
+        out.add(sender.rpartition("^")[2] or sender)
+    return out
 
 
 def create_patients(
@@ -282,17 +347,22 @@ def first_name(session: Session, vault: Vault, patient: Patient) -> str:
 
 
 def merge_patients(
-    session: Session, vault: Vault, surviving: ev.PatientDetails, retired: ev.Identifier, *, now: datetime
+    session: Session, vault: Vault, surviving: ev.PatientDetails, retired: Sequence[ev.Identifier], *, now: datetime
 ) -> tuple[str, str | None]:
-    """HL7 A40: the retired record's identifiers, contacts, appointments and pending
-    notifications move to the survivor; the retired row points at it. Returns the
-    survivor's id and the retired patient's id (None when we never knew them)."""
+    """HL7 A40: the retired record (the first patient other than the survivor that one of
+    ``retired`` names) passes its identifiers, contacts, appointments and pending
+    notifications to the survivor and points at it. Returns the survivor's id and the
+    retired patient's id (None when we never knew them, or they are already the survivor:
+    a repeated merge)."""
     keeper = upsert_patient(session, vault, surviving, now=now).id
-    old = find_patient(session, vault, retired)
-    if old is None or old.id == keeper:
-        if old is None:  # remember the retired identifier so later messages find the survivor
-            index = identifier_index(vault, retired)
-            session.add(PatientIdentifier(patient_id=keeper, identifier_index=index, kind=retired.kind))
+    known = {identifier_index(vault, identifier): (identifier, _patient_with(session, vault, identifier))
+             for identifier in retired}
+    old_id = next((patient_id for _, patient_id in known.values() if patient_id not in (None, keeper)), None)
+    # Identifiers never seen are remembered, so that later messages with them find the survivor.
+    session.add_all(PatientIdentifier(patient_id=keeper, identifier_index=index, kind=identifier.kind)
+                    for index, (identifier, patient_id) in known.items() if patient_id is None)
+    old = session.get(Patient, old_id) if old_id is not None else None
+    if old is None:
         return keeper, None
     for table in (PatientIdentifier, Appointment, Notification):
         session.execute(update(table).where(table.patient_id == old.id).values(patient_id=keeper))

@@ -21,9 +21,17 @@ from sqlalchemy.orm import Session
 from uuid6 import uuid7
 
 from adapter import events as ev
+from adapter.appointments import StoredAppointment, change_to_apply
 from adapter.db import all_or_each, insert_rows
 from adapter.models import Appointment, Notification, PatientIdentifier
-from adapter.patients import create_patients, identifier_index, identifier_indexes, merge_patients, upsert_patient
+from adapter.patients import (
+    create_patients,
+    identifier_index,
+    identifier_indexes,
+    legacy_indexes,
+    merge_patients,
+    upsert_patient,
+)
 from adapter.rules import Plan, PlannedNotification, RuleSet, plan_notifications
 from adapter.compliance_gate import ComplianceGate
 from adapter.quiet_hours import SendingWindow
@@ -34,20 +42,19 @@ log = logging.getLogger(__name__)
 _APPOINTMENT = Appointment.__table__
 _NOTIFICATION = Notification.__table__
 # Built once: constructing a statement costs more than running it.
-_FIND_APPOINTMENT = select(_APPOINTMENT.c.status, _APPOINTMENT.c.start).where(
-    _APPOINTMENT.c.ref == bindparam("appointment"))
+_FIND_APPOINTMENT = select(
+    _APPOINTMENT.c.status, _APPOINTMENT.c.start, _APPOINTMENT.c.patient_id, _APPOINTMENT.c.event_at,
+).where(_APPOINTMENT.c.ref == bindparam("appointment"))
 _UPDATE_APPOINTMENT = _APPOINTMENT.update().where(_APPOINTMENT.c.ref == bindparam("appointment"))
 # What a later message may change in a stored appointment (never its ref, source or sender).
-_APPOINTMENT_STATE = ("patient_id", "start", "status", "location", "updated_at")
+_APPOINTMENT_STATE = ("patient_id", "start", "status", "location", "event_at", "updated_at")
 _KNOWN_IDENTIFIERS = select(PatientIdentifier.__table__.c.identifier_index).where(
     PatientIdentifier.__table__.c.identifier_index.in_(bindparam("indexes", expanding=True)))
+_PENDING_NOTICES_OF = select(
+    _NOTIFICATION.c.id, _NOTIFICATION.c.subject_ref, _NOTIFICATION.c.decision,
+).where(_NOTIFICATION.c.patient_id == bindparam("patient"), _NOTIFICATION.c.status == "scheduled",
+        _NOTIFICATION.c.rule_id.in_(bindparam("rules", expanding=True)))
 _KNOWN_REFS = select(_APPOINTMENT.c.ref).where(_APPOINTMENT.c.ref.in_(bindparam("refs", expanding=True)))
-
-
-@dataclass(frozen=True)
-class _Previous:
-    status: str
-    start: datetime
 
 
 @dataclass(frozen=True)
@@ -73,15 +80,17 @@ class Pipeline:
     def handle(self, session: Session, events: Sequence[ev.Event], *, now: datetime) -> list[int]:
         """Apply ``events`` in order; return the ids of notifications created."""
         created: list[int] = []
-        announced: set[tuple[str, str]] = set()
+        announced: set[tuple[ev.Identifier, str, str]] = set()
         for event in events:
-            if isinstance(event, ev.ReportReady):
-                # One message can carry a panel (several OBRs): one notice per message.
-                key = (event.patient.key.value, f"{event.origin.sender}|{event.origin.message_ref}")
-                if event.origin.message_ref and key in announced:
+            panel: list[ev.ReportReady] = []
+            if isinstance(event, ev.ReportReady) and event.origin.message_ref:
+                # One message can carry a panel (several OBRs) for a patient: decided together, one notice.
+                key = _panel_key(event)
+                if key in announced:
                     continue
                 announced.add(key)
-            created.extend(self._handle_one(session, event, now=now))
+                panel = [other for other in events if isinstance(other, ev.ReportReady) and _panel_key(other) == key]
+            created.extend(self._handle_one(session, event, now=now, panel=panel))
         return created
 
     def handle_many(
@@ -136,14 +145,18 @@ class Pipeline:
         return [position for position in candidates if not mentions[position] & known]
 
     def _mentions(self, events: Sequence[ev.Event]) -> set[tuple[str, str]]:
-        """The patient identifiers (blind indexes) and appointment or report refs ``events`` touch."""
+        """The patient identifiers (blind indexes, also as stored before identifiers without
+        an authority were qualified) and appointment or report refs ``events`` touch."""
         out: set[tuple[str, str]] = set()
+        vault = self.gate.vault
         for event in events:
             for details in (getattr(event, "patient", None), getattr(event, "surviving", None)):
                 if details is not None:
-                    out |= {("identifier", index) for index in identifier_indexes(self.gate.vault, details)}
+                    out |= {("identifier", index) for index in (*identifier_indexes(vault, details),
+                                                                 *legacy_indexes(vault, details))}
             if isinstance(event, ev.PatientsMerged):
-                out.add(("identifier", identifier_index(self.gate.vault, event.retired)))
+                out |= {("identifier", identifier_index(vault, retired))
+                        for retired in (event.retired, *event.retired_also)}
             appointment = getattr(event, "appointment", None)
             if appointment is not None:
                 out.add(("ref", appointment.ref))
@@ -169,11 +182,18 @@ class Pipeline:
         self.gate.received_and_scheduled(session, list(zip(patient_ids, bookings, per_booking, strict=True)), now=now)
         return [[notice.id for notice in notices] for notices in per_booking]
 
-    def _handle_one(self, session: Session, event: ev.Event, *, now: datetime) -> list[int]:
+    def _handle_one(
+        self, session: Session, event: ev.Event, *, now: datetime, panel: Sequence[ev.ReportReady] = ()
+    ) -> list[int]:
+        """Apply ``event``; ``panel``: the reports its message makes available to the
+        patient, ``event`` among them (see :meth:`_announce`)."""
         vault = self.gate.vault
         session.flush()  # what the ORM holds pending is seen by the Core statements below
         if isinstance(event, ev.PatientsMerged):
-            keeper_id, retired_id = merge_patients(session, vault, event.surviving, event.retired, now=now)
+            keeper_id, retired_id = merge_patients(session, vault, event.surviving,
+                                                   [event.retired, *event.retired_also], now=now)
+            if retired_id is None:
+                log.info("merge: no patient other than the survivor is known by the retired identifiers")
             self.gate.patients_merged(session, keeper_id, retired_id, event, now=now)
             return []
         details: ev.PatientDetails | None = getattr(event, "patient", None)
@@ -188,34 +208,75 @@ class Pipeline:
             self.gate.consent_changed(session, patient_id, event, now=now)
             return []
         if isinstance(event, ev.ReportWithdrawn):
-            self._withdraw(session, event.report_ref, timed_only=False, reason="report withdrawn", now=now)
+            self._withdraw_report(session, patient_id, event.report_ref, now=now)
             return []
         if isinstance(event, ev.ReportReady):
-            allowed, reason = self.gate.report_notice_allowed(session, patient_id, event, now=now)
-            if not allowed:
-                return self._create(session, patient_id, self._plan(event, now), event, now=now, veto=reason)
-            return self._create(session, patient_id, self._plan(event, now), event, now=now)
+            return self._announce(session, patient_id, panel or [event], now=now)
         appointment = getattr(event, "appointment", None)
         if appointment is None:
             return []
-        previous = self._store_appointment(session, patient_id, event, appointment, now=now)
-        if isinstance(event, ev.AppointmentRescheduled) and previous is not None and previous.status == "booked" and previous.start == appointment.start:
+        found = session.execute(_FIND_APPOINTMENT, {"appointment": appointment.ref}).first()
+        previous = StoredAppointment(found.status, found.start, found.patient_id, found.event_at) if found else None
+        change = change_to_apply(event, previous, patient_id)
+        if change is None:
+            log.info("%s from %s ignored: stale, or a booking of an appointment no longer booked",
+                     type(event).__name__, event.origin.source)
+            return []
+        event = change
+        self._store_appointment(session, patient_id, event, appointment, known=previous is not None, now=now)
+        if previous is not None and previous.patient_id != patient_id:
+            # The hospital gave the appointment to another patient: nothing pending is the first one's any more.
+            self._withdraw(session, appointment.ref, timed_only=False, reason="appointment given to another patient",
+                           now=now)
+        if isinstance(event, ev.AppointmentRescheduled) and previous is not None and previous.start == appointment.start:
             return []  # a modification that did not move the start (SIU^S14): nothing to tell
-        if isinstance(event, ev.AppointmentRescheduled) and (previous is None or previous.status != "booked"):
-            # First news of this appointment, or it comes back from a cancellation: a booking.
-            event = ev.AppointmentBooked(event.origin, event.occurred_at, event.patient, appointment)
         plan = self._plan(event, now)
         if plan.withdraw_all or plan.withdraw_timed:
             self._withdraw(session, appointment.ref, timed_only=plan.withdraw_timed, reason=plan.reason, now=now)
         return self._create(session, patient_id, plan, event, now=now)
 
+    def _announce(self, session: Session, patient_id: str, reports: Sequence[ev.ReportReady], *,
+                  now: datetime) -> list[int]:
+        """The notice for the reports one message makes available to a patient, whatever
+        their order: each report excluded from online delivery (HIV, genetic: Garante 2009)
+        is recorded as suppressed; the others share one notice, filed under the first of
+        them and listing them all (``reports`` in its why-record), scheduled or suppressed
+        by the patient's consent to online delivery."""
+        decided = [(report, self.gate.report_notice_allowed(session, patient_id, report, now=now)) for report in reports]
+        created: list[int] = []
+        for report, decision in decided:
+            if decision.excluded_code is not None:
+                created += self._create(session, patient_id, self._plan(report, now), report, now=now, veto=decision.reason)
+        online = [(report, decision) for report, decision in decided if decision.excluded_code is None]
+        if online:
+            report, decision = online[0]
+            created += self._create(session, patient_id, self._plan(report, now), report, now=now,
+                                    veto=None if decision.allowed else decision.reason,
+                                    reports=[report.report_ref for report, _ in online])
+        return created
+
+    def _withdraw_report(self, session: Session, patient_id: str, report_ref: str, *, now: datetime) -> None:
+        """A report withdrawn (OBR-25 X): a pending notice that also announces other reports
+        stays, for those (filed under one of them); one that announced only this is withdrawn."""
+        rule_ids = [rule.id for rule in self.rules.for_trigger("report.ready")]
+        for notice in session.execute(_PENDING_NOTICES_OF, {"patient": patient_id, "rules": rule_ids}):
+            reports = notice.decision.get("reports") or []
+            remaining = [ref for ref in reports if ref != report_ref]
+            if report_ref not in reports or not remaining:
+                continue
+            subject = remaining[0] if notice.subject_ref == report_ref else notice.subject_ref
+            session.execute(update(_NOTIFICATION).where(_NOTIFICATION.c.id == notice.id).values(
+                subject_ref=subject, decision={**notice.decision, "reports": remaining}))
+        self._withdraw(session, report_ref, timed_only=False, reason="report withdrawn", now=now)
+
     def _plan(self, event: ev.Event, now: datetime) -> Plan:
         return plan_notifications(event, self.rules, now=now, tz=self.tz)
 
     def _store_appointment(
-        self, session: Session, patient_id: str, event: ev.Event, appointment: ev.Appointment, *, now: datetime
-    ) -> _Previous | None:
-        """Store what the hospital says now; return what we knew before."""
+        self, session: Session, patient_id: str, event: ev.Event, appointment: ev.Appointment, *, known: bool,
+        now: datetime,
+    ) -> None:
+        """Store what the hospital says now (``known``: over what we stored before)."""
         status = {
             ev.AppointmentBooked: "booked",
             ev.AppointmentRescheduled: "booked",
@@ -223,14 +284,12 @@ class Pipeline:
             ev.AppointmentNoShow: "noshow",
             ev.AppointmentFulfilled: "fulfilled",
         }[type(event)]
-        found = session.execute(_FIND_APPOINTMENT, {"appointment": appointment.ref}).first()
         row = _appointment_row(patient_id, event, status, now)
-        if found is None:
+        if not known:
             session.execute(_APPOINTMENT.insert(), row)
-            return None
+            return
         session.execute(_UPDATE_APPOINTMENT, {
             **{column: row[column] for column in _APPOINTMENT_STATE}, "appointment": appointment.ref})
-        return _Previous(found.status, found.start)
 
     def _withdraw(self, session: Session, subject_ref: str, *, timed_only: bool, reason: str, now: datetime) -> None:
         """Cancel what is still waiting for ``subject_ref``. Immediate notices
@@ -256,18 +315,20 @@ class Pipeline:
         *,
         now: datetime,
         veto: str | None = None,
+        reports: Sequence[str] = (),
     ) -> list[int]:
         created = self._insert_notifications(session, self._notification_rows(
-            session, patient_id, plan, event, now=now, veto=veto))
+            session, patient_id, plan, event, now=now, veto=veto, reports=reports))
         self.gate.scheduled(session, created, now=now)
         return [notice.id for notice in created]
 
     def _notification_rows(
         self, session: Session, patient_id: str, plan: Plan, event: ev.Event, *, now: datetime,
-        veto: str | None = None,
+        veto: str | None = None, reports: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
         """The planned notifications as rows: moved into the sending window, each with its
-        consent decision (``scheduled`` or ``suppressed`` with the reason) and why-record."""
+        consent decision (``scheduled`` or ``suppressed`` with the reason) and why-record
+        (with the ``reports`` a report notice announces)."""
         rows = []
         for planned in plan.notifications:
             planned = self._in_window(planned, now)
@@ -277,6 +338,8 @@ class Pipeline:
                 status, reason = "suppressed", veto
             elif planned.too_late:
                 status, reason = "suppressed", "its time had already passed when the event arrived"
+            elif planned.appointment_started:
+                status, reason = "suppressed", "the appointment had already started when the event arrived"
             elif not decision.allowed:
                 status, reason = "suppressed", decision.reason
             rows.append({
@@ -293,7 +356,8 @@ class Pipeline:
                 "created_at": now,
                 "tried_channels": [],
                 "attempts": 0,
-                "decision": why_record(event, planned, decision.as_dict(), status, reason),
+                "decision": why_record(event, planned, decision.as_dict(), status, reason)
+                | ({"reports": list(reports)} if reports else {}),
             })
         return rows
 
@@ -310,7 +374,8 @@ class Pipeline:
     def _in_window(self, planned: PlannedNotification, now: datetime) -> PlannedNotification:
         """Non-urgent notices avoid quiet hours and holidays: a reminder that would
         fall at night goes out the evening before; anything else waits for morning."""
-        if self.window is None or planned.urgent or planned.too_late or self.window.allows(planned.scheduled_for):
+        if (self.window is None or planned.urgent or planned.too_late or planned.appointment_started
+                or self.window.allows(planned.scheduled_for)):
             return planned
         if planned.ahead_of_start:
             moved = self.window.last_open_before(planned.scheduled_for)
@@ -323,12 +388,18 @@ class Pipeline:
         return replace(planned, scheduled_for=moved)
 
 
+def _panel_key(report: ev.ReportReady) -> tuple[ev.Identifier, str, str]:
+    return report.patient.key, report.origin.sender, report.origin.message_ref
+
+
 def _appointment_row(patient_id: str, event: ev.Event, status: str, now: datetime) -> dict[str, Any]:
     """The ``appointment`` row for what ``event`` says about its appointment."""
     appointment: ev.Appointment = event.appointment  # type: ignore[attr-defined]
     return {"ref": appointment.ref, "source": event.origin.source, "sender": event.origin.sender,
             "patient_id": patient_id, "start": appointment.start, "status": status,
-            "location": appointment.location[:200], "updated_at": now}
+            "location": appointment.location[:200], "updated_at": now,
+            # Orders later HL7 messages about it (adapter.appointments); other sources are not ordered so.
+            "event_at": event.occurred_at if event.origin.source == "hl7" else None}
 
 
 def why_record(

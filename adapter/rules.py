@@ -25,6 +25,7 @@ Trigger = Literal[
     "report.ready",
 ]
 
+_UPCOMING = frozenset({"appointment.booked", "appointment.rescheduled", "appointment.cancelled"})
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -67,6 +68,13 @@ class ReminderRule(BaseModel):
     def timed(self) -> bool:
         """Timed rules follow the appointment's start (moved on reschedule)."""
         return not self.immediately
+
+    @property
+    def about_what_is_to_come(self) -> bool:
+        """It speaks of an appointment still to come: a reminder before the start, or what
+        is said at once of a booking, a move or a cancellation. Rules after the start (a
+        follow-up) are about the visit that took place, as are no-show and fulfilment."""
+        return self.before_start is not None or (self.immediately and self.when in _UPCOMING)
 
 
 class RuleSet(BaseModel):
@@ -112,6 +120,7 @@ class PlannedNotification:
     urgent: bool
     too_late: bool  # its moment has passed: recorded as suppressed, never sent
     ahead_of_start: bool = False  # a reminder: it must go out before the appointment
+    appointment_started: bool = False  # about an appointment to come that has started: suppressed, never sent
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,7 @@ def _planned(
         urgent=rule.urgent,
         too_late=rule.timed and moment < now,
         ahead_of_start=rule.before_start is not None,
+        appointment_started=start is not None and start <= now and rule.about_what_is_to_come,
     )
 
 

@@ -50,11 +50,24 @@ def parse_ts(value: str, local_zone: tzinfo) -> datetime | None:
     return dt.astimezone(timezone.utc)
 
 
-def identifier_from_cx(cx: Repetition) -> Identifier:
+def identifier_from_cx(cx: Repetition, facility: str) -> Identifier:
     """A CX (HL7 v2.5 §2.A.14): CX-1 id, CX-4 assigning authority (HD-1, or
-    HD-2 universal id), CX-5 identifier type code."""
+    HD-2 universal id), CX-5 identifier type code.
+
+    Without CX-4 an id is only unique within the sender that assigned it: two
+    hospitals may both send ``12345^^^^MR`` for different people. Such an id is
+    qualified by ``facility`` (the sender's MSH-4) and marked ``authority_assumed``.
+
+    >>> from hl7.message import parse
+    >>> pid = parse("MSH|^~\\\\&|CUP|OSP_A\\rPID|1||12345^^^^MR").segment("PID")
+    >>> identifier_from_cx(pid.repetitions(3)[0], "OSP_A")
+    Identifier(system='OSP_A', value='12345', kind='MR', authority_assumed=True)
+    """
     authority = cx.component(4, 1) or cx.component(4, 2)
-    return Identifier(system=authority, value=cx.component(1).strip(), kind=cx.component(5))
+    value, kind = cx.component(1).strip(), cx.component(5)
+    if not authority.strip():
+        return Identifier(system=facility, value=value, kind=kind, authority_assumed=True)
+    return Identifier(system=authority, value=value, kind=kind)
 
 
 # XTN-2 telecommunication use code (table 0201) → FHIR ContactPoint.use

@@ -3,7 +3,8 @@
 What is mapped (HL7 v2.5 chapters 10, 7 and 3):
 
 ==================  ===================================================
-SIU^S12             AppointmentBooked
+SIU^S12             AppointmentBooked (for an appointment the core already knows, it is
+                    compared with what is stored like an S14: adapter.appointments)
 SIU^S13             AppointmentRescheduled
 SIU^S14             AppointmentRescheduled (a modification: the core compares the start
                     with what it stored and tells the patient only when it moved); when
@@ -14,7 +15,8 @@ ORU^R01             per OBR: OBR-25 F → ReportReady, C → ReportReady(amended
                     X → ReportWithdrawn, anything else (P, I, R...) → nothing. An empty
                     OBR-25 takes the OBX-11 statuses (all F → F, any C → C).
 ADT^A04/A08/A28/A31 PatientUpdated
-ADT^A40             PatientsMerged per PID/MRG pair (MRG-1 is the retired identifier)
+ADT^A40             PatientsMerged per PID/MRG pair (MRG-1: the retired record's identifiers,
+                    less those the surviving PID-3 also lists)
 ==================  ===================================================
 
 Decisions:
@@ -34,6 +36,9 @@ Decisions:
   S12, S13, S15 of one appointment whatever namespace a message adds.
 - ``occurred_at``: ADT EVN-6 (else EVN-2), otherwise MSH-7, otherwise
   ``received_at``.
+- A patient identifier (CX) without an assigning authority (CX-4) is qualified
+  by the sending facility (MSH-4, else the whole sender): the same MRN from two
+  hospitals is two patients.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ ADT_PATIENT_UPDATES = frozenset({"A04", "A08", "A28", "A31"})
 class _Context:
     origin: Origin
     sender: str
+    authority: str  # for identifiers sent without an assigning authority (CX-4)
     rule: FacilityRule
     zone: ZoneInfo
     occurred_at: datetime
@@ -131,7 +137,7 @@ def _context(message: Message, facilities: FacilityConfig, received_at: datetime
     if evn is not None:
         occurred = _optional_ts(evn.value(6), zone) or _optional_ts(evn.value(2), zone) or occurred
     origin = Origin(source="hl7", sender=sender, message_ref=msh.value(10).strip())
-    return _Context(origin, sender, rule, zone, occurred or received_at)
+    return _Context(origin, sender, facility or sender, rule, zone, occurred or received_at)
 
 
 def _optional_ts(value: str, zone: ZoneInfo) -> datetime | None:
@@ -158,8 +164,8 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
     reps = [r for r in pid.repetitions(3) if r.component(1).strip()]
     if not reps and pid.value(2):  # v2.3 senders: PID-2 external id
         reps = pid.repetitions(2)
-    identifiers = tuple(identifier_from_cx(r) for r in reps)
-    key = _pick_identifier(reps, context.rule)
+    identifiers = tuple(identifier_from_cx(r, context.authority) for r in reps)
+    key = _pick_identifier(reps, context)
     if key is None:
         kinds = sorted({i.kind or "?" for i in identifiers})
         raise MappingError(
@@ -180,8 +186,8 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
     )
 
 
-def _pick_identifier(reps: list[Repetition], rule: FacilityRule) -> Identifier | None:
-    for wanted in rule.patient_key:
+def _pick_identifier(reps: list[Repetition], context: _Context) -> Identifier | None:
+    for wanted in context.rule.patient_key:
         for cx in reps:
             kind = cx.component(5).strip().upper()
             authorities = {cx.component(4, 1).strip().upper(), cx.component(4, 2).strip().upper()}
@@ -189,7 +195,7 @@ def _pick_identifier(reps: list[Repetition], rule: FacilityRule) -> Identifier |
                 continue
             if wanted.assigning_authority and wanted.assigning_authority.upper() not in authorities:
                 continue
-            return identifier_from_cx(cx)
+            return identifier_from_cx(cx, context.authority)
     return None
 
 
@@ -211,6 +217,10 @@ def _telecom(pid: Segment, region: str) -> tuple[ContactPoint, ...]:
     return tuple(
         ContactPoint(c.system, c.value, c.use, rank) for rank, c in enumerate(found, start=1)
     )
+
+
+def _system_value(identifier: Identifier) -> tuple[str, str]:
+    return identifier.system, identifier.value
 
 
 # ---------------------------------------------------------------- SIU
@@ -398,7 +408,10 @@ def _map_adt(message: Message, trigger: str, context: _Context) -> list[AnyEvent
 
 def _map_merge(message: Message, context: _Context) -> list[AnyEvent]:
     """ADT^A40 (HL7 v2.5 §3.3.40): each PID is the surviving patient, the MRG
-    after it names the retired identifier (MRG-1)."""
+    after it names the retired record's identifiers (MRG-1, a list). An identifier the
+    surviving PID-3 also has (a fiscal code both records share) does not name the
+    retired record: the others do, the one the patient key prefers first. An MRG-1
+    with no other identifier is a MappingError: there is nothing to merge."""
     events: list[AnyEvent] = []
     pid: Segment | None = None
     for segment in message.segments:
@@ -409,13 +422,18 @@ def _map_merge(message: Message, context: _Context) -> list[AnyEvent]:
                 raise MappingError("MRG segment without a PID before it", "100")
             surviving = _patient(pid, context)
             prior = [r for r in segment.repetitions(1) if r.component(1).strip()]
-            retired = _pick_identifier(prior, context.rule) or (
-                identifier_from_cx(prior[0]) if prior else None
-            )
-            if retired is None:
+            if not prior:
                 raise MappingError("MRG-1 (prior patient identifier) is empty", "101")
+            own = {(i.system, i.value) for i in (surviving.key, *surviving.identifiers)}
+            others = [r for r in prior if _system_value(identifier_from_cx(r, context.authority)) not in own]
+            if not others:
+                raise MappingError("MRG-1 lists only identifiers of the surviving patient (PID-3): "
+                                   "no other record to merge", "101")
+            retired = _pick_identifier(others, context) or identifier_from_cx(others[0], context.authority)
+            also = tuple(dict.fromkeys(identifier_from_cx(r, context.authority) for r in others))
             events.append(PatientsMerged(origin=context.origin, occurred_at=context.occurred_at,
-                                         surviving=surviving, retired=retired))
+                                         surviving=surviving, retired=retired,
+                                         retired_also=tuple(i for i in also if i != retired)))
             pid = None
     if not events:
         raise MappingError("ADT^A40 message has no MRG segment", "100")

@@ -38,6 +38,15 @@ def test_reminder_whose_time_has_passed_is_marked_too_late():
     assert not by_rule["reminder-2h"].too_late
 
 
+def test_nothing_about_an_appointment_to_come_is_sent_once_it_has_started_but_its_follow_up_is():
+    start = NOW - timedelta(hours=1)
+    cancelled = ev.AppointmentCancelled(ORIGIN, NOW, PATIENT, ev.Appointment("Appointment/a1", start))
+    started = {p.rule_id: p.appointment_started
+               for event in (booked(start), cancelled) for p in plan_notifications(event, RULES, now=NOW, tz=ROME).notifications}
+    assert started == {"booking-confirmation": True, "reminder-24h": True, "reminder-2h": True, "follow-up": False,
+                       "cancellation-notice": True}
+
+
 def test_reschedule_sends_a_notice_and_moves_the_timed_notices():
     new_start = NOW + timedelta(days=5)
     event = ev.AppointmentRescheduled(ORIGIN, NOW, PATIENT, ev.Appointment("Appointment/a1", new_start))

@@ -136,6 +136,13 @@ def test_default_facility_keys_patients_by_mrn(facilities):
     assert event.appointment.ref == "hl7:CUP^OTHER:FL987654"
 
 
+def test_an_identifier_without_assigning_authority_is_qualified_by_the_sending_facility(facilities):
+    text = text_of("siu_s12_utf8_cr.hl7").replace("OSP_SLUCA|", "OTHER|", 1).replace("^^^OSP_SLUCA^MR", "^^^^MR")
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert event.patient.key == Identifier("OTHER", "0012345", "MR", authority_assumed=True)
+    assert FISCAL in event.patient.identifiers  # an authority given is kept as it is
+
+
 def test_missing_start_time_is_a_mapping_error(facilities):
     text = text_of("siu_s12_latin1_lf.hl7")
     text = text.replace("20250310093000+0100", "").replace("20250310100000+0100", "")
@@ -222,6 +229,24 @@ def test_adt_a40_merges_the_mrg1_identifier_into_the_pid_patient(facilities):
     assert isinstance(event, PatientsMerged)
     assert event.retired == Identifier("OSP_SLUCA", "0054321", "MR")
     assert event.surviving.key == Identifier("OSP_SLUCA", "0012345", "MR")
+
+
+SURVIVOR_WITH_FISCAL_CODE = ("PID|1||0012345^^^OSP_SLUCA^MR", "PID|1||0012345^^^OSP_SLUCA^MR~DLANCL80A01F205X^^^NNITA^NN")
+
+
+def test_a40_takes_the_retired_identifier_from_those_of_mrg1_the_survivor_does_not_share(facilities):
+    text = text_of("adt_a40_merge.hl7").replace(*SURVIVOR_WITH_FISCAL_CODE).replace(
+        "MRG|0054321^^^OSP_SLUCA^MR", "MRG|DLANCL80A01F205X^^^NNITA^NN~0054321^^^OSP_SLUCA^MR~X9^^^OLD^PI")
+    [event] = map_message(text, facilities, received_at=RECEIVED)  # OSP_SLUCA keys by fiscal code first
+    assert event.retired == Identifier("OSP_SLUCA", "0054321", "MR")
+    assert event.retired_also == (Identifier("OLD", "X9", "PI"),)
+
+
+def test_a40_whose_mrg1_lists_only_the_survivors_identifiers_is_a_mapping_error(facilities):
+    text = text_of("adt_a40_merge.hl7").replace(*SURVIVOR_WITH_FISCAL_CODE).replace(
+        "MRG|0054321^^^OSP_SLUCA^MR", "MRG|DLANCL80A01F205X^^^NNITA^NN~0012345^^^OSP_SLUCA^MR")
+    with pytest.raises(MappingError, match="only identifiers of the surviving patient"):
+        map_message(text, facilities, received_at=RECEIVED)
 
 
 def test_a40_without_mrg_is_a_mapping_error(facilities):

@@ -1,0 +1,303 @@
+"""HL7 v2 messages through the production path (``intake.handle``, then
+``process_pending``) on a real SQLite database: which patients, appointments and
+notices they leave behind, whatever the order or repetition they arrive in."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from adapter import events as ev
+from adapter.bootstrap import Container
+from adapter.clock import FrozenClock
+from adapter.db import transaction
+from adapter.models import Appointment, Contact, InboundMessage, Notification, Patient
+from compliance.consent_store import record_consent
+from tests.harness import migrated_container, settings_for
+
+NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
+START = NOW + timedelta(days=3)
+
+
+def ts(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")
+
+
+def siu(trigger: str, control_id: str, appointment: str, start: datetime = START, *, facility: str = "OSP_TEST",
+        pid3: str = "777^^^OSP_TEST^MR", phone: str = "3331234567", status: str = "Booked",
+        sent: datetime = NOW) -> bytes:
+    """An SIU message; ``sent`` is its MSH-7, when the hospital says the event happened."""
+    return ("\r".join([
+        f"MSH|^~\\&|CUP|{facility}|ADAPTER|NOTIFY|{ts(sent)}||SIU^{trigger}^SIU_S12|{control_id}|P|2.5||||||UNICODE UTF-8",
+        f"SCH||{appointment}^{facility}|||||VIS^Visita||30|min|^^^{ts(start)}||||||||||||||{status}",
+        f"PID|1||{pid3}||Rossi^Mario^^^^^L||19800101|M|||||^PRN^CP^^39^{phone[:3]}^{phone[3:]}||it",
+        f"AIS|1||CARD01^Visita^L|{ts(start)}|0|min|30|min",
+    ]) + "\r").encode()
+
+
+@dataclass
+class Adapter:
+    """A real container at a frozen ``NOW`` and the event loop its intake lives in."""
+
+    container: Container
+    loop: asyncio.AbstractEventLoop
+
+    def feed(self, *messages: bytes) -> None:
+        """Each message acknowledged AA and processed before the next arrives."""
+        for message in messages:
+            assert b"MSA|AA|" in self.loop.run_until_complete(self.container.intake.handle(message))
+            self.container.intake.process_pending()
+
+    def owners(self) -> dict[str, str]:
+        """Appointment id as the hospital sent it → the internal id of its patient."""
+        with transaction(self.container.sessions) as session:
+            return {ref.rsplit(":", 1)[1]: patient for ref, patient in session.execute(
+                select(Appointment.ref, Appointment.patient_id))}
+
+    def appointments(self) -> dict[str, tuple[str, datetime]]:
+        """Appointment id as the hospital sent it → (status, start)."""
+        with transaction(self.container.sessions) as session:
+            return {ref.rsplit(":", 1)[1]: (status, start) for ref, status, start in session.execute(
+                select(Appointment.ref, Appointment.status, Appointment.start))}
+
+    def notices(self) -> list[tuple[str, str, str, datetime]]:
+        """(appointment or report id, rule, status, scheduled for) of every notification, in order."""
+        with transaction(self.container.sessions) as session:
+            return [(ref.rsplit(":", 1)[1], rule, status, at) for ref, rule, status, at in session.execute(
+                select(Notification.subject_ref, Notification.rule_id, Notification.status,
+                       Notification.scheduled_for).order_by(Notification.id))]
+
+    def active_phones(self, patient_id: str) -> list[str]:
+        with transaction(self.container.sessions) as session:
+            return [self.container.vault.decrypt_str(session, contact.address_enc) for contact in session.scalars(
+                select(Contact).where(Contact.patient_id == patient_id, Contact.active.is_(True)))]
+
+    def patient_count(self) -> int:
+        with transaction(self.container.sessions) as session:
+            return len(session.scalars(select(Patient.id)).all())
+
+
+@pytest.fixture
+def adapter(tmp_path):
+    running = Adapter(migrated_container(settings_for(tmp_path), clock=FrozenClock(NOW)), asyncio.new_event_loop())
+    yield running
+    running.loop.run_until_complete(running.container.intake.writer.stop())
+    running.loop.close()
+    running.container.engine.dispose()
+
+
+# ------------------------------------------------------------- patient identity
+
+
+def test_the_same_mrn_without_assigning_authority_from_two_hospitals_is_two_patients(adapter):
+    adapter.feed(
+        siu("S12", "A1", "VISIT-A", facility="OSP_A", pid3="12345^^^^MR", phone="3331111111"),
+        siu("S12", "B1", "VISIT-B", START + timedelta(days=1), facility="OSP_B", pid3="12345^^^^MR",
+            phone="3472222222"))
+    found = adapter.owners()
+    assert found["VISIT-A"] != found["VISIT-B"]
+    assert adapter.active_phones(found["VISIT-A"]) == ["+393331111111"]
+    assert adapter.active_phones(found["VISIT-B"]) == ["+393472222222"]
+
+
+def stored_before_qualifying(container: Container, facility: str, appointment: str | None) -> None:
+    """A patient as the adapter stored an MRN without authority before it qualified such
+    ids by their sender: with an empty system (and an appointment from ``facility``)."""
+    origin = ev.Origin("hl7", f"CUP^{facility}", "OLD1")
+    patient = ev.PatientDetails(key=ev.Identifier("", "12345", "MR"), given_name="Mario",
+                                telecom=(ev.ContactPoint("phone", "+393331111111", "mobile"),))
+    event = (ev.PatientUpdated(origin, NOW, patient) if appointment is None else ev.AppointmentBooked(
+        origin, NOW, patient, ev.Appointment(f"hl7:CUP^{facility}:{appointment}", START)))
+    with transaction(container.sessions) as session:
+        container.pipeline.handle(session, [event], now=NOW)
+
+
+def test_a_patient_stored_before_ids_were_qualified_is_found_by_its_own_hospital_only(adapter):
+    stored_before_qualifying(adapter.container, "OSP_A", "VISIT-A")
+    adapter.feed(
+        siu("S12", "B1", "VISIT-B", facility="OSP_B", pid3="12345^^^^MR", phone="3472222222"),
+        siu("S12", "A2", "VISIT-A2", facility="OSP_A", pid3="12345^^^^MR", phone="3331111111"),
+        siu("S12", "B2", "VISIT-B2", facility="OSP_B", pid3="12345^^^^MR", phone="3472222222"))
+    found = adapter.owners()
+    assert found["VISIT-A2"] == found["VISIT-A"]
+    assert found["VISIT-B"] == found["VISIT-B2"] != found["VISIT-A"]
+    assert adapter.active_phones(found["VISIT-A"]) == ["+393331111111"]
+
+
+def test_a_patient_stored_before_ids_were_qualified_with_no_trace_of_a_sender_goes_to_the_first_that_sends(adapter):
+    stored_before_qualifying(adapter.container, "OSP_A", None)
+    adapter.feed(
+        siu("S12", "A1", "VISIT-A", facility="OSP_A", pid3="12345^^^^MR", phone="3331111111"),
+        siu("S12", "B1", "VISIT-B", facility="OSP_B", pid3="12345^^^^MR", phone="3472222222"))
+    found = adapter.owners()
+    assert found["VISIT-A"] != found["VISIT-B"]
+    assert adapter.patient_count() == 2
+
+
+def a40(control_id: str, surviving_pid3: str, mrg1: str, *, facility: str = "OSP_TEST") -> bytes:
+    return (f"MSH|^~\\&|PAS|{facility}|ADAPTER|NOTIFY|{ts(NOW)}||ADT^A40^ADT_A39|{control_id}|P|2.5||||||UNICODE UTF-8\r"
+            f"EVN|A40|{ts(NOW)}\rPID|1||{surviving_pid3}||Rossi^Mario\rMRG|{mrg1}\r").encode()
+
+
+def test_an_a40_finds_the_retired_patient_stored_before_ids_were_qualified(adapter):
+    stored_before_qualifying(adapter.container, "OSP_A", "VISIT-A")
+    adapter.feed(siu("S12", "A1", "VISIT-A1", facility="OSP_A", pid3="999^^^^MR", phone="3331111111"),
+                 a40("M1", "999^^^^MR", "12345^^^^MR", facility="OSP_A"))
+    found = adapter.owners()
+    assert found["VISIT-A"] == found["VISIT-A1"]
+
+
+# ------------------------------------------------------------- repeated and out-of-order SIU
+
+
+def booked_notices(appointment: str, start: datetime, status: str = "scheduled") -> list[tuple[str, str, str, datetime]]:
+    """What config/rules.yaml plans for a booking made at ``NOW`` (follow-up: 10:00 Rome the day after)."""
+    follow_up = (start + timedelta(days=1)).replace(hour=9, minute=0)
+    return [(appointment, "booking-confirmation", status, NOW), (appointment, "reminder-24h", status, start - timedelta(hours=24)),
+            (appointment, "reminder-2h", status, start - timedelta(hours=2)), (appointment, "follow-up", status, follow_up)]
+
+
+def test_a_booking_resent_with_a_new_control_id_plans_its_notices_once(adapter):
+    adapter.feed(siu("S12", "M1", "APPT1"), siu("S12", "M2", "APPT1"),
+                 siu("S12", "M3", "APPT1", sent=NOW + timedelta(minutes=5)))
+    assert adapter.notices() == booked_notices("APPT1", START)
+
+
+def test_a_booking_resent_later_with_another_start_is_told_as_a_reschedule(adapter):
+    moved = START + timedelta(days=2)
+    adapter.feed(siu("S12", "M1", "APPT1"), siu("S12", "M2", "APPT1", moved, sent=NOW + timedelta(hours=1)))
+    assert adapter.appointments() == {"APPT1": ("booked", moved)}
+    confirmation, *timed = booked_notices("APPT1", START)
+    assert adapter.notices() == [
+        confirmation, *[(ref, rule, "cancelled", at) for ref, rule, _, at in timed],
+        ("APPT1", "reschedule-notice", "scheduled", NOW), *booked_notices("APPT1", moved)[1:]]
+
+
+def test_a_booking_that_arrives_after_its_cancellation_does_not_revive_it(adapter):
+    adapter.feed(siu("S15", "M2", "APPT1", status="Cancelled"), siu("S12", "M1", "APPT1"))
+    assert adapter.appointments() == {"APPT1": ("cancelled", START)}
+    assert [rule for _, rule, _, _ in adapter.notices()] == ["cancellation-notice"]
+
+
+def test_a_booking_that_arrives_after_its_reschedule_does_not_put_the_old_time_back(adapter):
+    moved = START + timedelta(days=2)
+    adapter.feed(siu("S13", "M2", "APPT1", moved, sent=NOW), siu("S12", "M1", "APPT1", START, sent=NOW - timedelta(hours=1)))
+    assert adapter.appointments() == {"APPT1": ("booked", moved)}
+    assert adapter.notices() == booked_notices("APPT1", moved)
+
+
+def test_an_older_reschedule_arriving_late_does_not_undo_a_newer_one(adapter):
+    early, late = START + timedelta(days=1), START + timedelta(days=2)
+    adapter.feed(siu("S12", "M1", "APPT1", sent=NOW - timedelta(hours=2)),
+                 siu("S13", "M3", "APPT1", late, sent=NOW),
+                 siu("S13", "M2", "APPT1", early, sent=NOW - timedelta(hours=1)))
+    assert adapter.appointments() == {"APPT1": ("booked", late)}
+    assert [at for _, rule, status, at in adapter.notices() if status == "scheduled" and rule == "reminder-24h"] == [
+        late - timedelta(hours=24)]
+
+
+@pytest.mark.parametrize("moved", [timedelta(0), timedelta(days=1)], ids=["same start", "new start"])
+def test_a_modification_giving_the_appointment_to_another_patient_moves_the_pending_notices_to_them(adapter, moved):
+    adapter.feed(siu("S12", "M1", "APPT1", pid3="111^^^OSP_TEST^MR"),
+                 siu("S14", "M2", "APPT1", START + moved, pid3="222^^^OSP_TEST^MR", phone="3472222222",
+                     sent=NOW + timedelta(minutes=1)))
+    owner = adapter.owners()["APPT1"]
+    assert adapter.active_phones(owner) == ["+393472222222"]
+    with transaction(adapter.container.sessions) as session:
+        pending = session.execute(select(Notification.patient_id, Notification.rule_id)
+                                  .where(Notification.status == "scheduled").order_by(Notification.id)).all()
+    assert pending == [(owner, rule) for rule in ("booking-confirmation", "reminder-24h", "reminder-2h", "follow-up")]
+    assert [status for _, _, status, _ in adapter.notices()][:4] == ["cancelled"] * 4
+
+
+# ------------------------------------------------------------- ORU panels
+
+ROUTINE = ("OBR|{n}|ORD-{ref}^CUP|{ref}^LIS|24323-8^Pannello metabolico^LN|||20260310080000+0100|||||||||||||||"
+           "20260310120000+0100||CH|{status}\rOBX|1|NM|2345-7^Glucosio^LN||95|mg/dL|70-99|N|||F")
+HIV = ("OBR|{n}|ORD-{ref}^CUP|{ref}^LIS|7917-8^HIV 1 Ab^LN|||20260310080000+0100|||||||||||||||"
+       "20260310120000+0100||SR|{status}\rOBX|1|ST|7917-8^HIV 1 Ab^LN||NEG||||||F")
+
+
+def oru(control_id: str, *orders: tuple[str, str, str]) -> bytes:
+    """An ORU^R01 for patient 501 with one OBR per (template, order id, OBR-25 status)."""
+    obrs = [template.format(n=n, ref=ref, status=status) for n, (template, ref, status) in enumerate(orders, start=1)]
+    return (f"MSH|^~\\&|LIS|LAB_X|ADAPTER|NOTIFY|{ts(NOW)}||ORU^R01^ORU_R01|{control_id}|P|2.5||||||UNICODE UTF-8\r"
+            "PID|1||501^^^LAB_X^MR||Rossi^Mario||19800101|M|||||^PRN^CP^^39^333^1234567||it\r"
+            + "\r".join(obrs) + "\r").encode()
+
+
+def consenting_to_online_reports(adapter: Adapter) -> None:
+    adapter.feed(f"MSH|^~\\&|PAS|LAB_X|ADAPTER|NOTIFY|{ts(NOW)}||ADT^A04^ADT_A01|R1|P|2.5||||||UNICODE UTF-8\r"
+                 f"EVN|A04|{ts(NOW)}\rPID|1||501^^^LAB_X^MR||Rossi^Mario||19800101|M|||||^PRN^CP^^39^333^1234567||it\r"
+                 .encode())
+    with transaction(adapter.container.sessions) as session:
+        [patient_id] = session.scalars(select(Patient.id)).all()
+        record_consent(session, patient_id=patient_id, purpose="report_notice", channel="*", decision="permit",
+                       source="api", at=NOW)
+
+
+@pytest.mark.parametrize("panel", [[(ROUTINE, "LAB-R", "F"), (HIV, "LAB-H", "F")],
+                                   [(HIV, "LAB-H", "F"), (ROUTINE, "LAB-R", "F")]], ids=["routine first", "HIV first"])
+def test_a_panel_with_an_excluded_result_notifies_the_rest_whatever_the_order_of_its_obr(adapter, panel):
+    consenting_to_online_reports(adapter)
+    adapter.feed(oru("O1", *panel))
+    with transaction(adapter.container.sessions) as session:
+        rows = session.execute(select(Notification.subject_ref, Notification.status, Notification.reason)).all()
+    assert sorted((ref.rsplit(":", 1)[1], status, reason) for ref, status, reason in rows) == [
+        ("LAB-H", "suppressed", "excluded from online delivery (hiv rule)"), ("LAB-R", "scheduled", None)]
+
+
+def test_withdrawing_one_report_of_a_panel_keeps_the_notice_for_the_one_still_final(adapter):
+    consenting_to_online_reports(adapter)
+    adapter.feed(oru("O1", (ROUTINE, "LAB-1", "F"), (ROUTINE, "LAB-2", "F")))
+    assert [(ref, status) for ref, _, status, _ in adapter.notices()] == [("LAB-1", "scheduled")]
+    adapter.feed(oru("O2", (ROUTINE, "LAB-1", "X")))
+    assert [(ref, status) for ref, _, status, _ in adapter.notices()] == [("LAB-2", "scheduled")]
+    adapter.feed(oru("O3", (ROUTINE, "LAB-2", "X")))
+    assert [(ref, status) for ref, _, status, _ in adapter.notices()] == [("LAB-2", "cancelled")]
+
+
+# ------------------------------------------------------------- A40 merges
+
+
+def test_an_a40_whose_mrg1_also_lists_the_shared_fiscal_code_merges_the_record_its_mrn_names(adapter):
+    fiscal = "RSSMRA80A01F205X^^^NNITA^NN"  # OSP_SLUCA keys patients by fiscal code first
+    adapter.feed(siu("S12", "A1", "APPT-A", facility="OSP_SLUCA", pid3="111^^^OSP_SLUCA^MR"),
+                 siu("S12", "B1", "APPT-B", facility="OSP_SLUCA", pid3=f"222^^^OSP_SLUCA^MR~{fiscal}"),
+                 a40("M1", f"222^^^OSP_SLUCA^MR~{fiscal}", f"111^^^OSP_SLUCA^MR~{fiscal}", facility="OSP_SLUCA"))
+    found = adapter.owners()
+    assert found["APPT-A"] == found["APPT-B"]
+    with transaction(adapter.container.sessions) as session:
+        assert session.scalar(select(Patient.merged_into).where(Patient.id != found["APPT-B"])) == found["APPT-B"]
+
+
+def test_an_a40_merging_a_patient_into_itself_goes_to_the_error_store_with_the_reason(adapter):
+    adapter.feed(siu("S12", "A1", "APPT1", pid3="111^^^OSP_TEST^MR"), a40("M1", "111^^^OSP_TEST^MR", "111^^^OSP_TEST^MR"))
+    with transaction(adapter.container.sessions) as session:
+        status, error = session.execute(select(InboundMessage.status, InboundMessage.error)
+                                        .where(InboundMessage.control_id == "M1")).one()
+    assert (status, error) == ("error", "MRG-1 lists only identifiers of the surviving patient (PID-3): no other record to merge")
+
+
+# ------------------------------------------------------------- appointments already started
+
+
+def test_an_appointment_booked_or_cancelled_after_its_start_gets_no_notice_but_its_follow_up(adapter):
+    start = NOW - timedelta(hours=1)  # 09:00 Rome; the follow-up is 10:00 Rome the day after
+    adapter.feed(siu("S12", "M1", "PAST1", start))
+    started = "the appointment had already started when the event arrived"
+    passed = "its time had already passed when the event arrived"
+    with transaction(adapter.container.sessions) as session:
+        rows = session.execute(select(Notification.rule_id, Notification.status, Notification.reason)
+                               .order_by(Notification.id)).all()
+    assert rows == [("booking-confirmation", "suppressed", started), ("reminder-24h", "suppressed", passed),
+                    ("reminder-2h", "suppressed", passed), ("follow-up", "scheduled", None)]
+    adapter.feed(siu("S15", "M2", "PAST1", start, status="Cancelled", sent=NOW + timedelta(minutes=1)))
+    with transaction(adapter.container.sessions) as session:
+        rows = session.execute(select(Notification.rule_id, Notification.status, Notification.reason)
+                               .order_by(Notification.id)).all()
+    assert rows[3:] == [("follow-up", "cancelled", "appointment cancelled"), ("cancellation-notice", "suppressed", started)]

@@ -64,14 +64,20 @@ def queue_application_ack(session: Session, message_id: int, *, now: datetime) -
         existing.status, existing.attempts, existing.next_attempt_at = "pending", 0, now
 
 
-def application_ack(raw: bytes, status: str, error: str | None) -> bytes:
-    """The ACK message for a processed message: AA, AE or AR, with ERR on an error."""
+def verdict(status: str, error: str | None, error_code: str | None) -> tuple[AckCode, AckError | None]:
+    """MSA-1 and ERR for a message's processing result: AA, AE or AR (the reason's
+    own table 0357 code in ERR-3; 207 or 200 when none was recorded)."""
     code = VERDICT.get(status, AckCode.AE)
-    reason = None
     if code is AckCode.AE:
-        reason = AckError("207", (error or "could not be processed")[:200])
-    elif code is AckCode.AR:
-        reason = AckError("200", (error or "unsupported message")[:200])
+        return code, AckError(error_code or "207", (error or "could not be processed")[:200])
+    if code is AckCode.AR:
+        return code, AckError(error_code or "200", (error or "unsupported message")[:200])
+    return code, None
+
+
+def application_ack(raw: bytes, status: str, error: str | None, error_code: str | None = None) -> bytes:
+    """The ACK message for a processed message: AA, AE or AR, with ERR on an error."""
+    code, reason = verdict(status, error, error_code)
     return build_ack(read_header(raw), code, error=reason)
 
 
@@ -114,7 +120,7 @@ class ApplicationAckSender:
                 facility = self.container.facilities.for_facility(read_header(raw).facility)
                 # Leased for a minute: a second sender in another process skips it.
                 ack.next_attempt_at = now + timedelta(minutes=1)
-                out.append((ack.id, facility.writeback, application_ack(raw, message.status, message.error)))
+                out.append((ack.id, facility.writeback, application_ack(raw, message.status, message.error, message.error_code)))
         return out
 
     def _record(self, ack_id: int, error: str | None) -> None:

@@ -28,7 +28,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.clock import Clock
-from adapter.app_acks import queue_application_ack, wants_accept_ack, wants_application_ack
+from adapter.app_acks import queue_application_ack, verdict, wants_accept_ack, wants_application_ack
 from adapter.events import AnyEvent
 from adapter.db import insert_rows_with, placeholder, raw_transaction, read_transaction, transaction
 from adapter.metrics import ACK_LATENCY, MESSAGES_RECEIVED, STORE_BATCH, STORE_SECONDS
@@ -38,7 +38,7 @@ from adapter.stored_work import chunk_for, process_all, stored_ids
 from adapter.waiting import Waiting
 from compliance.crypto import Vault
 from hl7.ack import AckCode, AckError, build_ack, build_reject_for_unreadable
-from hl7.errors import HL7Error, MappingError, UnsupportedMessage
+from hl7.errors import HL7Error
 from hl7.facilities import FacilityConfig
 from hl7.header import MessageHeader, decode, read_header
 from hl7.mapping import map_message
@@ -199,17 +199,25 @@ class GroupCommitWriter:
                 results = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self.write, [(p.header, p.raw) for p in batch]
                 )
-            except Exception as exc:  # nothing is acknowledged when the write fails
-                log.exception("storing a batch of %d inbound messages failed", len(batch))
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
-                self.waiting.end(len(batch))
-                continue
+            except Exception:  # noqa: BLE001 - each message then alone: one cannot fail the rest
+                if len(batch) == 1:
+                    log.exception("storing an inbound message failed")
+                results = [await self._write_alone(pending) for pending in batch] if len(batch) > 1 else [None]
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():
-                    pending.future.set_result(result)
+                    if result is None:  # nothing is acknowledged when the write fails
+                        pending.future.set_exception(RuntimeError("the message could not be stored"))
+                    else:
+                        pending.future.set_result(result)
             self.waiting.end(len(batch))
+
+    async def _write_alone(self, pending: _Pending) -> Stored | None:
+        try:
+            return (await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.write, [(pending.header, pending.raw)]))[0]
+        except Exception:  # noqa: BLE001 - answered AE: the sender keeps it and retries
+            log.exception("storing an inbound message failed")
+            return None
 
     def write(self, items: list[tuple[MessageHeader, bytes]]) -> list[Stored]:
         """Store ``items`` in one transaction with one multi-row
@@ -307,16 +315,19 @@ class HL7Intake:
                 return b""  # MSH-15 NE/ER: no commit ACK wanted on success
             return build_ack(header, accept)
         # ACK after processing: AE/AR carry the mapping's verdict.
-        if not stored.duplicate:
-            await asyncio.to_thread(self.process, stored.message_id)
-        with transaction(self.sessions) as session:
-            row = session.get(InboundMessage, stored.message_id)
-            status, error = (row.status, row.error) if row else ("error", "lost")
-        if status == "error":
-            return build_ack(header, AckCode.AE, error=AckError("207", error or "could not be processed"))
-        if status == "rejected":
-            return build_ack(header, AckCode.AR, error=AckError("200", error or "unsupported message"))
-        return build_ack(header, AckCode.AA)
+        code, error = await asyncio.to_thread(self._processed_verdict, stored)
+        return build_ack(header, code, error=error)
+
+    def _processed_verdict(self, stored: Stored) -> tuple[AckCode, AckError | None]:
+        """Process the message unless that was done (a retransmission of one still
+        waiting, after a crash or while another connection's copy is mapped, is
+        processed or waited for now), then its verdict."""
+        if stored.status == "stored":
+            self.process(stored.message_id)
+        with read_transaction(self.sessions) as session:
+            row = session.execute(select(_INBOUND.c.status, _INBOUND.c.error, _INBOUND.c.error_code)
+                                  .where(_INBOUND.c.id == stored.message_id)).first()
+        return verdict(*row) if row else verdict("error", "the stored message is missing", None)
 
     # -- processing, after the ACK -------------------------------------------------
 
@@ -419,7 +430,8 @@ class HL7Intake:
         if settled:
             session.execute(
                 update(_INBOUND).where(_INBOUND.c.id == bindparam("message_id"))
-                .values(status=bindparam("status"), error=bindparam("error"), processed_at=bindparam("at")),
+                .values(status=bindparam("status"), error=bindparam("error"), error_code=bindparam("error_code"),
+                        processed_at=bindparam("at")),
                 settled,
             )
         return {row["message_id"]: row["status"] for row in settled}
@@ -429,10 +441,9 @@ class HL7Intake:
     ) -> dict[str, Any]:
         """The message's outcome as a row for the status UPDATE; owes the sender
         an application ACK where it asked for one."""
-        if isinstance(failure, UnsupportedMessage):
-            status, error = "rejected", failure.reason[:500]
-        elif isinstance(failure, MappingError | HL7Error):
-            status, error = "error", failure.reason[:500]
+        error_code = None
+        if isinstance(failure, HL7Error):  # unsupported, undecodable: rejected; unmappable: error
+            status, error, error_code = "rejected" if failure.rejects else "error", failure.reason[:500], failure.code
         elif failure is not None:
             log.error("processing inbound message %s failed", message_id, exc_info=failure)
             status, error = "error", f"internal error: {type(failure).__name__}"
@@ -440,7 +451,7 @@ class HL7Intake:
             status, error = "processed", None
         if header is not None and header.enhanced_mode and wants_application_ack(header.application_ack_type, status):
             queue_application_ack(session, message_id, now=now)
-        return {"message_id": message_id, "status": status, "error": error, "at": now}
+        return {"message_id": message_id, "status": status, "error": error, "error_code": error_code, "at": now}
 
     def process_pending(self, *, quiet_s: Callable[[], float] | None = None) -> int:
         """Process everything stored and not yet processed, oldest first; messages

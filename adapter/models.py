@@ -101,6 +101,8 @@ class InboundMessage(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     status: Mapped[str] = mapped_column(String(16))  # stored, processed, error, ignored
     error: Mapped[str | None] = mapped_column(Text)
+    # HL7 table 0357 code of ``error`` (an HL7 message's), for the ACK's ERR-3
+    error_code: Mapped[str | None] = mapped_column(String(8))
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

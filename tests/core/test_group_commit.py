@@ -7,6 +7,7 @@ throughput at 8 connections."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from sqlalchemy import select
 
@@ -113,3 +114,31 @@ def test_operators_see_an_ack_s_commit_waiting_for_a_background_transaction(tmp_
     worker.join()
     assert sample("adapter_hl7_store_seconds_sum", phase="lock_wait") - waited >= 0.2
     assert sample("adapter_hl7_store_seconds_count", phase="write") >= 1
+
+
+def test_a_message_the_database_refuses_fails_alone_not_the_messages_stored_with_it(tmp_path, pg_url):
+    """PostgreSQL refuses a NUL in text. ``read_header`` rejects such an MSH before it
+    gets here; should anything else make one message's insert fail, the batch is
+    written again a message at a time: its neighbours (other hospitals, other
+    connections) are still stored and acknowledged, only that one is not."""
+    container = migrated_container(settings_for(tmp_path, pg_url))
+    writer = container.intake.writer
+    writer.linger_s = 0.0
+    good = [siu(f"G{i}") for i in range(3)]
+    bad = replace(read_header(siu("B1")), control_id="B\x001")
+
+    async def batch():
+        first = asyncio.ensure_future(writer.store(read_header(siu("G-first")), siu("G-first")))
+        await asyncio.sleep(0)  # the writer takes the first; the rest queue behind it, together
+        results = await asyncio.gather(*(writer.store(read_header(raw), raw) for raw in good),
+                                       writer.store(bad, siu("B1")), return_exceptions=True)
+        await first
+        await writer.stop()
+        return results
+
+    results = asyncio.run(batch())
+    assert [isinstance(r, Exception) for r in results] == [False, False, False, True]
+    with read_transaction(container.sessions) as session:
+        stored = set(session.scalars(select(InboundMessage.control_id)))
+    assert stored == {"G-first", "G0", "G1", "G2"}
+    container.engine.dispose()

@@ -26,14 +26,20 @@ from hl7.mllp import FrameDecoder, OversizeFrame, frame
 
 _BATCH_SEGMENTS = ("FHS", "BHS", "BTS", "FTS")
 _LINE_ENDS = re.compile(r"\r\n|\r|\n")
+# What can stand before a segment name in a file: blanks, and the byte order mark of
+# each file glued together (``cat a.hl7 b.hl7``), read as UTF-8 or as Latin-1 bytes.
+_LINE_START = re.compile("^(?:\ufeff|\xef\xbb\xbf|[ \t\f\v])+")
 
 
 def split_messages(text: str) -> list[str]:
     """The messages in a file's text: one or several, separated by blank lines
     or wrapped in FHS/BHS batches (HL7 v2.5 §2.10.3); each starts at an MSH.
-    Segment ends are normalised to CR, and every segment ends with one."""
+    Segment ends are normalised to CR, and every segment ends with one; a byte
+    order mark or blanks at the start of a line are dropped, so an MSH after
+    them still starts a message."""
     messages: list[list[str]] = []
-    for line in _LINE_ENDS.split(text.lstrip("\ufeff")):
+    for line in _LINE_ENDS.split(text):
+        line = _LINE_START.sub("", line)
         if not line.strip() or line[:3] in _BATCH_SEGMENTS:
             continue
         if line.startswith("MSH"):

@@ -30,6 +30,16 @@ def test_a_single_message_file_gives_one_message_with_crlf_normalised():
     assert "\r\n" not in message and message.count("\r") == 5
 
 
+def test_an_msh_after_a_byte_order_mark_or_blanks_starts_a_message_of_its_own():
+    bom_saved = "\ufeffMSH|^~\\&|CUP|OSP|A|B|2025||ADT^A08|A1|P|2.5\r\nPID|1||111\r\n"
+    concatenated = bom_saved + bom_saved.replace("A1", "B1").replace("111", "222")
+    indented = "MSH|^~\\&|X|Y|A|B|2025||ADT^A08|C1|P|2.5\nPID|1\n\n  MSH|^~\\&|X|Y|A|B|2025||ADT^A08|C2|P|2.5\nPID|2\n"
+    for text, ids in ((concatenated, ["A1", "B1"]), (indented, ["C1", "C2"])):
+        messages = split_messages(text)
+        assert [m.split("|")[9] for m in messages] == ids
+        assert all(m.startswith("MSH|") and m.count("MSH") == 1 and m.count("PID") == 1 for m in messages)
+
+
 async def _accept(raw: bytes) -> bytes:
     return build_ack(read_header(raw), AckCode.AA)
 

@@ -49,6 +49,18 @@ def split_messages(text: str) -> list[str]:
     return ["\r".join(segments) + "\r" for segments in messages]
 
 
+def split_file(data: bytes) -> list[bytes]:
+    """``split_messages`` on a file's bytes, whatever its character set: each
+    message keeps the bytes it has in the file (only segment ends become CR and
+    byte order marks and leading blanks go), so what the file says in 8859/1 is
+    sent in 8859/1. Latin-1 maps every byte to one character and back.
+
+    >>> split_file("MSH|^~\\\\&|A\\r\\nPID|1||D'Alò\\r\\n".encode("latin-1"))
+    [b"MSH|^~\\\\&|A\\rPID|1||D'Al\\xf2\\r"]
+    """
+    return [message.encode("latin-1") for message in split_messages(data.decode("latin-1"))]
+
+
 def encode_message(message: str) -> bytes:
     """A message's bytes in the character set its MSH-18 names (UTF-8 when
     empty or unknown)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from hl7.ack import AckCode, build_ack
-from hl7.client import AckResult, send_messages, split_messages
+from hl7.client import AckResult, send_messages, split_file, split_messages
 from hl7.header import read_header
 from hl7.mllp import FrameDecoder, MLLPServer, frame
 
@@ -38,6 +38,14 @@ def test_an_msh_after_a_byte_order_mark_or_blanks_starts_a_message_of_its_own():
         messages = split_messages(text)
         assert [m.split("|")[9] for m in messages] == ids
         assert all(m.startswith("MSH|") and m.count("MSH") == 1 and m.count("PID") == 1 for m in messages)
+
+
+def test_split_file_keeps_each_message_in_the_bytes_of_its_file():
+    latin1 = sample("siu_s12_nocharset_latin1_crlf.hl7")
+    utf8 = "\ufeffMSH|^~\\&|A|B|C|D|2025||ADT^A08|U1|P|2.5||||||UNICODE UTF-8\nPID|1||1||Nicolò\n".encode()
+    first, second = split_file(latin1 + b"\r\n" + utf8)
+    assert first == latin1.replace(b"\r\n", b"\r") and b"\xf2" in first
+    assert second == utf8[3:].replace(b"\n", b"\r") and "ò".encode() in second
 
 
 async def _accept(raw: bytes) -> bytes:

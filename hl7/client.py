@@ -150,13 +150,20 @@ class MLLPConnection:
         self._reader = self._writer = None
 
     async def send(self, payload: bytes) -> bytes:
-        """Send one message and wait for one answer frame. Raises
-        ``ConnectionError`` or ``asyncio.TimeoutError``."""
+        """Send one message and wait for one answer frame, each step for at most
+        ``timeout`` seconds: a listener that stops reading is a time-out too.
+        Raises ``ConnectionError`` or ``asyncio.TimeoutError``."""
         if self._writer is None or self._reader is None:
             await self.open()
         assert self._writer is not None and self._reader is not None
         self._writer.write(frame(payload))
-        await self._writer.drain()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._writer.drain()
+        except TimeoutError:
+            # A plain close would wait to flush what the listener never takes.
+            self._writer.transport.abort()
+            raise
         while not self._pending:
             data = await asyncio.wait_for(self._reader.read(65536), self.timeout)
             if not data:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from hl7.ack import AckCode, build_ack
 from hl7.client import AckResult, send_messages, split_file, split_messages
@@ -141,3 +142,20 @@ def test_an_unreachable_listener_gives_results_with_errors_not_an_exception():
     results = asyncio.run(scenario())
     assert [r.code for r in results] == [None, None]
     assert all(r.error and r.attempts == 2 for r in results)
+
+
+def test_a_listener_that_never_reads_gives_a_time_out_result_instead_of_a_hang():
+    async def scenario():
+        with socket.socket() as listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel accepts, nobody reads
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            big = _messages(1)[0].encode("latin-1") + b"OBX|1|ED|PDF||" + b"A" * 8_000_000 + b"\r"
+            return await asyncio.wait_for(
+                send_messages([big], "127.0.0.1", listener.getsockname()[1], timeout=0.5, retries=1,
+                              retry_delay=0.01),
+                10,
+            )
+
+    [result] = asyncio.run(scenario())
+    assert result.code is None and "TimeoutError" in result.error and result.attempts == 2

@@ -75,8 +75,10 @@ def encode_message(message: str) -> bytes:
 
 @dataclass(frozen=True)
 class AckResult:
-    """What happened to one sent message. ``code`` is ``None`` when no ACK
-    came (``error`` says why); ``latency`` is seconds from send to ACK."""
+    """What happened to one sent message. ``code`` is MSA-1 of the ACK that
+    answered it, ``None`` when none did (``error`` says why: no answer, an
+    unreadable one, or an ACK to another message); ``latency`` is seconds from
+    send to ACK."""
 
     index: int
     control_id: str
@@ -92,7 +94,9 @@ class AckResult:
 
 
 def read_ack_code(ack: bytes) -> tuple[AckCode | None, str]:
-    """MSA-1 and MSA-2 of an ACK (``None`` when MSA-1 is not a known code)."""
+    """MSA-1 and MSA-2 of an ACK (``None`` when MSA-1 is not a known code).
+    MSA-2 is as written, escapes and all: it echoes MSH-10 as sent (HL7 v2.5
+    §2.14.8.2), and that is what it is compared with."""
     try:
         header = read_header(ack)
         message = parse(ack.decode(header.codec, "replace"))
@@ -102,9 +106,9 @@ def read_ack_code(ack: bytes) -> tuple[AckCode | None, str]:
     if msa is None:
         return None, ""
     try:
-        return AckCode(msa.value(1).strip()), msa.value(2).strip()
+        return AckCode(msa.value(1).strip()), msa.field(2).strip()
     except ValueError:
-        return None, msa.value(2).strip()
+        return None, msa.field(2).strip()
 
 
 class MLLPConnection:
@@ -271,9 +275,23 @@ async def _deliver(
             if attempt <= retries:
                 await asyncio.sleep(retry_delay * attempt)
             continue
-        code, _ = read_ack_code(ack)
-        return AckResult(
-            index, control_id, code, time.monotonic() - started, ack,
-            "" if code else "answer is not a readable ACK", attempt,
-        )
+        code, answered = read_ack_code(ack)
+        error = "" if code else "answer is not a readable ACK"
+        if code is not None and not _answers(control_id, code, answered):
+            # A listener that sent one frame too many: every later ACK on this
+            # connection would be taken for the next message's. Start afresh.
+            await conn.close()
+            code, error = None, f"ACK answers MSH-10 {answered or '(empty)'}, not {control_id}"
+        return AckResult(index, control_id, code, time.monotonic() - started, ack, error, attempt)
     return AckResult(index, control_id, None, 0.0, b"", error, retries + 1)
+
+
+def _answers(control_id: str, code: AckCode, answered: str) -> bool:
+    """Whether an ACK whose MSA-2 is ``answered`` answers the message whose
+    MSH-10 is ``control_id`` (both as written). A reject with an empty MSA-2 is
+    a listener's answer to a message whose MSH-10 it could not read
+    (``hl7.ack.build_reject_for_unreadable``); a message whose MSH-10 we cannot
+    read ourselves takes the answer that comes."""
+    if not control_id or answered == control_id:
+        return True
+    return not answered and code in (AckCode.AR, AckCode.CR)

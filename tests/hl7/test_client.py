@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from hl7.ack import AckCode, build_ack
-from hl7.client import AckResult, send_messages, split_file, split_messages
+from hl7.ack import AckCode, build_ack, build_reject_for_unreadable
+from hl7.client import AckResult, read_ack_code, send_messages, split_file, split_messages
 from hl7.header import read_header
 from hl7.mllp import FrameDecoder, MLLPServer, frame
 
@@ -128,6 +128,46 @@ def test_a_dropped_connection_is_reopened_and_the_unacknowledged_message_resent(
     assert all(r.code is AckCode.AA for r in results)
     assert results[2].attempts == 2
     assert received == ["M0", "M1", "M2", "M2", "M3", "M4"]
+
+
+def test_an_ack_to_another_message_is_not_taken_for_this_ones():
+    async def one_frame_too_many(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder()
+        while data := await reader.read(65536):
+            for raw in decoder.feed(data):
+                ack = frame(build_ack(read_header(raw), AckCode.AA))
+                writer.write(ack + ack if read_header(raw).control_id == "M0" else ack)
+                await writer.drain()
+        writer.close()
+
+    async def scenario():
+        server = await asyncio.start_server(one_frame_too_many, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await send_messages(_messages(4), "127.0.0.1", port, timeout=5)
+        finally:
+            server.close()
+
+    results = asyncio.run(scenario())
+    assert [r.accepted for r in results] == [True, False, True, True]
+    assert results[1].code is None and results[1].error == "ACK answers MSH-10 M0, not M1"
+    assert [read_ack_code(r.ack)[1] for r in results] == ["M0", "M0", "M2", "M3"]
+
+
+def test_a_reject_with_an_empty_msa2_answers_a_message_the_listener_could_not_read():
+    async def cannot_read(raw: bytes) -> bytes:
+        return build_reject_for_unreadable(b"\x00garbage", "not HL7")
+
+    async def scenario():
+        server = MLLPServer(cannot_read, host="127.0.0.1", port=0)
+        await server.start()
+        try:
+            return await send_messages(_messages(1), "127.0.0.1", server.port, timeout=5)
+        finally:
+            await server.stop()
+
+    [result] = asyncio.run(scenario())
+    assert result.code is AckCode.AR and result.error == "" and not result.accepted
 
 
 def test_an_unreachable_listener_gives_results_with_errors_not_an_exception():

@@ -36,7 +36,8 @@ def send_files(
     timeout: float, console: Console,
 ) -> int:
     """Send, show progress, print the summary; the exit code is 0 only when every
-    message was accepted (AA or CA)."""
+    message was accepted: AA, or CA in enhanced mode, or sent with MSH-15 NE (no
+    ACK expected) or ER and no error ACK came (``AckResult.accepted``)."""
     try:
         messages = collect(paths)
     except OSError as exc:
@@ -54,7 +55,7 @@ def send_files(
         results = asyncio.run(
             send_messages(messages, host, port, connections=connections, rate=rate, tls=tls, timeout=timeout, on_ack=tick)
         )
-    codes = Counter(result.code.value if result.code else "no ACK" for result in results)
+    codes = Counter(result.outcome for result in results)
     for result in results:
         if not result.accepted:
             why = result.error or (result.code.value if result.code else "")

@@ -48,3 +48,16 @@ def test_latin1_files_reach_the_listener_byte_for_byte(tmp_path):
     code, _ = send(files, recording)
     assert code == 0
     assert received == [re.sub(rb"\r\n|\n", b"\r", file.read_bytes()) for file in files]
+
+
+def test_a_message_sent_with_msh15_ne_counts_as_sent_with_no_ack_expected(tmp_path):
+    async def honouring_ne(raw: bytes) -> bytes:
+        header = read_header(raw)
+        return b"" if header.accept_ack_type == "NE" else build_ack(header, AckCode.CA)
+
+    messages = tmp_path / "enhanced.hl7"
+    messages.write_text("MSH|^~\\&|CUP|OSP|A|B|2025||ADT^A08^ADT_A01|NE1|P|2.5|||NE|NE\rPID|1\r\n\n"
+                        "MSH|^~\\&|CUP|OSP|A|B|2025||ADT^A08^ADT_A01|AL1|P|2.5|||AL|NE\rPID|1\r")
+    code, printed = send([messages], honouring_ne)
+    assert code == 0, printed
+    assert "ACKs: CA 1, no ACK expected 1" in printed

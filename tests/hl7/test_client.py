@@ -170,6 +170,69 @@ def test_a_reject_with_an_empty_msa2_answers_a_message_the_listener_could_not_re
     assert result.code is AckCode.AR and result.error == "" and not result.accepted
 
 
+def _enhanced(control_id: str, accept_ack: str) -> str:
+    """A message in enhanced acknowledgement mode asking for ``accept_ack`` (MSH-15)."""
+    return f"MSH|^~\\&|CUP|OSP|A|B|2025||ADT^A08^ADT_A01|{control_id}|P|2.5|||{accept_ack}|NE\rPID|1||1\r"
+
+
+async def _send_to(handler, messages: list[str], **options) -> list[AckResult]:  # noqa: ANN001 - an MLLP handler
+    server = MLLPServer(handler, host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        return await send_messages(messages, "127.0.0.1", server.port, **options)
+    finally:
+        await server.stop(1)
+
+
+def test_a_message_with_msh15_ne_is_sent_once_and_counted_as_sent_without_an_ack():
+    received: list[str] = []
+
+    async def honouring_ne(raw: bytes) -> bytes:
+        header = read_header(raw)
+        received.append(header.control_id)
+        return b"" if header.accept_ack_type == "NE" else build_ack(header, AckCode.CA)
+
+    ne, al = asyncio.run(_send_to(honouring_ne, [_enhanced("NE1", "NE"), _enhanced("AL1", "AL")], timeout=1,
+                                  retry_delay=0.01))
+    assert (ne.code, ne.no_ack, ne.outcome, ne.accepted, ne.attempts) == (None, "no ACK expected", "no ACK expected",
+                                                                        True, 1)
+    assert al.code is AckCode.CA and al.accepted
+    assert received == ["NE1", "AL1"]
+
+
+def test_acks_to_ne_messages_from_a_listener_that_answers_everything_are_passed_over():
+    async def answering_all(raw: bytes) -> bytes:
+        return build_ack(read_header(raw), AckCode.CA)
+
+    messages = [_enhanced("NE1", "NE"), _enhanced("AL1", "AL"), _enhanced("NE2", "NE"), _enhanced("AL2", "AL")]
+    results = asyncio.run(_send_to(answering_all, messages, timeout=5))
+    assert all(r.accepted for r in results)
+    assert [read_ack_code(r.ack)[1] for r in results if r.ack] == ["AL1", "AL2"]
+
+
+def test_silence_accepts_under_msh15_er_and_rejects_under_su_and_neither_is_sent_again():
+    received: list[str] = []
+
+    async def silent(raw: bytes) -> bytes:
+        received.append(read_header(raw).control_id)
+        return b""  # ER: stored, so no ACK; SU: not stored, so no ACK
+
+    er, su = asyncio.run(_send_to(silent, [_enhanced("ER1", "ER"), _enhanced("SU1", "SU")], timeout=0.3,
+                                  retry_delay=0.01))
+    assert (er.code, er.accepted, er.outcome, er.attempts) == (None, True, "no error ACK (ER)", 1)
+    assert (su.code, su.accepted, su.outcome, su.attempts) == (None, False, "no ACK", 1)
+    assert "MSH-15 SU" in su.error
+    assert received == ["ER1", "SU1"]
+
+
+def test_under_msh15_er_an_error_ack_is_still_read():
+    async def failing(raw: bytes) -> bytes:
+        return build_ack(read_header(raw), AckCode.CE)
+
+    [er] = asyncio.run(_send_to(failing, [_enhanced("ER1", "ER")], timeout=5))
+    assert er.code is AckCode.CE and not er.accepted
+
+
 def test_an_unreachable_listener_gives_results_with_errors_not_an_exception():
     async def scenario():
         server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)

@@ -247,9 +247,11 @@ def hl7_send(
     connections: Annotated[int, typer.Option(min=1, max=64)] = 1,
     rate: Annotated[Optional[float], typer.Option(min=0.01, help="messages per second, all connections")] = None,
     tls: bool = False,
-    timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for each ACK")] = 30.0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for each send and each ACK")] = 30.0,
 ) -> None:
-    """Send messages over MLLP with a progress bar; exit 1 unless every ACK is AA."""
+    """Send messages over MLLP with a progress bar; exit 1 unless every message is
+    accepted: AA, or CA in enhanced mode; one with MSH-15 NE counts as sent (no ACK
+    expected), one with ER as accepted when no error ACK comes."""
     from adapter.hl7_send import send_files
 
     code = send_files(paths, host=host, port=port or get_settings().mllp_port, connections=connections,

@@ -10,11 +10,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from hl7.client import AckResult, send_messages, split_messages
+from hl7.client import AckResult, send_messages, split_file
 
 
-def collect(paths: list[Path]) -> list[str]:
-    """Every message in the given files and (recursively) directories, in order."""
+def collect(paths: list[Path]) -> list[bytes]:
+    """Every message in the given files and (recursively) directories, in order,
+    as the bytes it has in its file: they go on the wire unchanged, in whatever
+    character set MSH-18 names (or none)."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -23,9 +25,9 @@ def collect(paths: list[Path]) -> list[str]:
             files.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such file or directory")
-    messages: list[str] = []
+    messages: list[bytes] = []
     for file in files:
-        messages.extend(split_messages(file.read_bytes().decode("utf-8", "surrogateescape")))
+        messages.extend(split_file(file.read_bytes()))
     return messages
 
 
@@ -34,10 +36,11 @@ def send_files(
     timeout: float, console: Console,
 ) -> int:
     """Send, show progress, print the summary; the exit code is 0 only when every
-    message was accepted (AA or CA)."""
+    message was accepted: AA, or CA in enhanced mode, or sent with MSH-15 NE (no
+    ACK expected) or ER and no error ACK came (``AckResult.accepted``)."""
     try:
         messages = collect(paths)
-    except (OSError, UnicodeError) as exc:
+    except OSError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
     if not messages:
@@ -52,7 +55,7 @@ def send_files(
         results = asyncio.run(
             send_messages(messages, host, port, connections=connections, rate=rate, tls=tls, timeout=timeout, on_ack=tick)
         )
-    codes = Counter(result.code.value if result.code else "no ACK" for result in results)
+    codes = Counter(result.outcome for result in results)
     for result in results:
         if not result.accepted:
             why = result.error or (result.code.value if result.code else "")

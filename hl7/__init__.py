@@ -8,7 +8,7 @@ The public surface, left to right along a message's path:
 - ``hl7.message``: ``parse`` (light parser), ``unescape``, ``escape``
 - ``hl7.mapping``: ``map_message`` (text → adapter events)
 - ``hl7.facilities``: ``load_facilities`` (``config/facilities.yaml``)
-- ``hl7.client``: ``split_messages``, ``send_messages``, ``MLLPConnection``
+- ``hl7.client``: ``split_messages``, ``split_file``, ``send_messages``, ``MLLPConnection``
 - ``hl7.errors``: ``HL7Error`` and its children
 
 Submodules are imported where used, so that reading a header does not load

@@ -184,7 +184,8 @@ class MLLPServer:
     Whatever arrives, every complete frame is answered: an oversize frame with
     AR, an unreadable one with AR, and a handler that raises with AE or AR
     (``answer_for_failure``). Idle connections are closed after
-    ``idle_timeout`` seconds. ``stop(grace)`` stops accepting, lets connections
+    ``idle_timeout`` seconds, and so is one whose peer takes no ACK bytes for
+    as long. ``stop(grace)`` stops accepting, lets connections
     answer the messages already received, closes them, and after ``grace``
     seconds closes whatever is left.
     """
@@ -308,7 +309,14 @@ class MLLPServer:
                     answer = await self._answer(item)
                     if answer:
                         writer.write(frame(answer))
-                        await writer.drain()
+                        try:
+                            # A peer that stops reading its ACKs is idle too; unbounded,
+                            # it would hold the connection, and stop(), for ever.
+                            async with asyncio.timeout(self.idle_timeout):
+                                await writer.drain()
+                        except TimeoutError:
+                            writer.transport.abort()  # a close would wait to flush
+                            return
             finally:
                 state.busy = False
 

@@ -53,6 +53,14 @@ def test_hl7_send_summarises_ack_codes_and_fails_unless_every_message_is_accepte
         assert "AA 1" in result.stdout and "AR 1" in result.stdout
 
 
+def test_hl7_send_help_says_what_counts_as_accepted(tmp_path):
+    result = cli(tmp_path, "hl7", "send", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "exit 1 unless every message is accepted: AA, or CA in enhanced mode" in text
+    assert "MSH-15 NE counts as sent" in text
+
+
 def test_outbox_shows_what_the_sandbox_sent(tmp_path):
     with running_adapter(settings_for(tmp_path)) as adapter:
         ehr = adapter.client("ehr")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
-from hl7.ack import AckCode, build_ack
-from hl7.client import AckResult, send_messages, split_messages
+from hl7.ack import AckCode, build_ack, build_reject_for_unreadable
+from hl7.client import AckResult, read_ack_code, send_messages, split_file, split_messages
 from hl7.header import read_header
 from hl7.mllp import FrameDecoder, MLLPServer, frame
 
@@ -28,6 +29,24 @@ def test_fhs_bhs_batches_are_unwrapped():
 def test_a_single_message_file_gives_one_message_with_crlf_normalised():
     [message] = split_messages(sample("siu_s12_nocharset_latin1_crlf.hl7").decode("latin-1"))
     assert "\r\n" not in message and message.count("\r") == 5
+
+
+def test_an_msh_after_a_byte_order_mark_or_blanks_starts_a_message_of_its_own():
+    bom_saved = "\ufeffMSH|^~\\&|CUP|OSP|A|B|2025||ADT^A08|A1|P|2.5\r\nPID|1||111\r\n"
+    concatenated = bom_saved + bom_saved.replace("A1", "B1").replace("111", "222")
+    indented = "MSH|^~\\&|X|Y|A|B|2025||ADT^A08|C1|P|2.5\nPID|1\n\n  MSH|^~\\&|X|Y|A|B|2025||ADT^A08|C2|P|2.5\nPID|2\n"
+    for text, ids in ((concatenated, ["A1", "B1"]), (indented, ["C1", "C2"])):
+        messages = split_messages(text)
+        assert [m.split("|")[9] for m in messages] == ids
+        assert all(m.startswith("MSH|") and m.count("MSH") == 1 and m.count("PID") == 1 for m in messages)
+
+
+def test_split_file_keeps_each_message_in_the_bytes_of_its_file():
+    latin1 = sample("siu_s12_nocharset_latin1_crlf.hl7")
+    utf8 = "\ufeffMSH|^~\\&|A|B|C|D|2025||ADT^A08|U1|P|2.5||||||UNICODE UTF-8\nPID|1||1||Nicolò\n".encode()
+    first, second = split_file(latin1 + b"\r\n" + utf8)
+    assert first == latin1.replace(b"\r\n", b"\r") and b"\xf2" in first
+    assert second == utf8[3:].replace(b"\n", b"\r") and "ò".encode() in second
 
 
 async def _accept(raw: bytes) -> bytes:
@@ -111,6 +130,109 @@ def test_a_dropped_connection_is_reopened_and_the_unacknowledged_message_resent(
     assert received == ["M0", "M1", "M2", "M2", "M3", "M4"]
 
 
+def test_an_ack_to_another_message_is_not_taken_for_this_ones():
+    async def one_frame_too_many(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder()
+        while data := await reader.read(65536):
+            for raw in decoder.feed(data):
+                ack = frame(build_ack(read_header(raw), AckCode.AA))
+                writer.write(ack + ack if read_header(raw).control_id == "M0" else ack)
+                await writer.drain()
+        writer.close()
+
+    async def scenario():
+        server = await asyncio.start_server(one_frame_too_many, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await send_messages(_messages(4), "127.0.0.1", port, timeout=5)
+        finally:
+            server.close()
+
+    results = asyncio.run(scenario())
+    assert [r.accepted for r in results] == [True, False, True, True]
+    assert results[1].code is None and results[1].error == "ACK answers MSH-10 M0, not M1"
+    assert [read_ack_code(r.ack)[1] for r in results] == ["M0", "M0", "M2", "M3"]
+
+
+def test_a_reject_with_an_empty_msa2_answers_a_message_the_listener_could_not_read():
+    async def cannot_read(raw: bytes) -> bytes:
+        return build_reject_for_unreadable(b"\x00garbage", "not HL7")
+
+    async def scenario():
+        server = MLLPServer(cannot_read, host="127.0.0.1", port=0)
+        await server.start()
+        try:
+            return await send_messages(_messages(1), "127.0.0.1", server.port, timeout=5)
+        finally:
+            await server.stop()
+
+    [result] = asyncio.run(scenario())
+    assert result.code is AckCode.AR and result.error == "" and not result.accepted
+
+
+def _enhanced(control_id: str, accept_ack: str) -> str:
+    """A message in enhanced acknowledgement mode asking for ``accept_ack`` (MSH-15)."""
+    return f"MSH|^~\\&|CUP|OSP|A|B|2025||ADT^A08^ADT_A01|{control_id}|P|2.5|||{accept_ack}|NE\rPID|1||1\r"
+
+
+async def _send_to(handler, messages: list[str], **options) -> list[AckResult]:  # noqa: ANN001 - an MLLP handler
+    server = MLLPServer(handler, host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        return await send_messages(messages, "127.0.0.1", server.port, **options)
+    finally:
+        await server.stop(1)
+
+
+def test_a_message_with_msh15_ne_is_sent_once_and_counted_as_sent_without_an_ack():
+    received: list[str] = []
+
+    async def honouring_ne(raw: bytes) -> bytes:
+        header = read_header(raw)
+        received.append(header.control_id)
+        return b"" if header.accept_ack_type == "NE" else build_ack(header, AckCode.CA)
+
+    ne, al = asyncio.run(_send_to(honouring_ne, [_enhanced("NE1", "NE"), _enhanced("AL1", "AL")], timeout=1,
+                                  retry_delay=0.01))
+    assert (ne.code, ne.no_ack, ne.outcome, ne.accepted, ne.attempts) == (None, "no ACK expected", "no ACK expected",
+                                                                        True, 1)
+    assert al.code is AckCode.CA and al.accepted
+    assert received == ["NE1", "AL1"]
+
+
+def test_acks_to_ne_messages_from_a_listener_that_answers_everything_are_passed_over():
+    async def answering_all(raw: bytes) -> bytes:
+        return build_ack(read_header(raw), AckCode.CA)
+
+    messages = [_enhanced("NE1", "NE"), _enhanced("AL1", "AL"), _enhanced("NE2", "NE"), _enhanced("AL2", "AL")]
+    results = asyncio.run(_send_to(answering_all, messages, timeout=5))
+    assert all(r.accepted for r in results)
+    assert [read_ack_code(r.ack)[1] for r in results if r.ack] == ["AL1", "AL2"]
+
+
+def test_silence_accepts_under_msh15_er_and_rejects_under_su_and_neither_is_sent_again():
+    received: list[str] = []
+
+    async def silent(raw: bytes) -> bytes:
+        received.append(read_header(raw).control_id)
+        return b""  # ER: stored, so no ACK; SU: not stored, so no ACK
+
+    er, su = asyncio.run(_send_to(silent, [_enhanced("ER1", "ER"), _enhanced("SU1", "SU")], timeout=0.3,
+                                  retry_delay=0.01))
+    assert (er.code, er.accepted, er.outcome, er.attempts) == (None, True, "no error ACK (ER)", 1)
+    assert (su.code, su.accepted, su.outcome, su.attempts) == (None, False, "no ACK", 1)
+    assert "MSH-15 SU" in su.error
+    assert received == ["ER1", "SU1"]
+
+
+def test_under_msh15_er_an_error_ack_is_still_read():
+    async def failing(raw: bytes) -> bytes:
+        return build_ack(read_header(raw), AckCode.CE)
+
+    [er] = asyncio.run(_send_to(failing, [_enhanced("ER1", "ER")], timeout=5))
+    assert er.code is AckCode.CE and not er.accepted
+
+
 def test_an_unreachable_listener_gives_results_with_errors_not_an_exception():
     async def scenario():
         server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
@@ -123,3 +245,20 @@ def test_an_unreachable_listener_gives_results_with_errors_not_an_exception():
     results = asyncio.run(scenario())
     assert [r.code for r in results] == [None, None]
     assert all(r.error and r.attempts == 2 for r in results)
+
+
+def test_a_listener_that_never_reads_gives_a_time_out_result_instead_of_a_hang():
+    async def scenario():
+        with socket.socket() as listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel accepts, nobody reads
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            big = _messages(1)[0].encode("latin-1") + b"OBX|1|ED|PDF||" + b"A" * 8_000_000 + b"\r"
+            return await asyncio.wait_for(
+                send_messages([big], "127.0.0.1", listener.getsockname()[1], timeout=0.5, retries=1,
+                              retry_delay=0.01),
+                10,
+            )
+
+    [result] = asyncio.run(scenario())
+    assert result.code is None and "TimeoutError" in result.error and result.attempts == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 
 import pytest
@@ -194,6 +195,33 @@ def test_idle_connection_is_closed_after_the_idle_timeout():
             writer.close()
         finally:
             await server.stop()
+
+    run(scenario())
+
+
+def test_a_peer_that_never_reads_its_acks_is_closed_after_the_idle_timeout():
+    async def scenario():
+        answered = asyncio.Event()
+
+        async def huge_answer(raw: bytes) -> bytes:
+            answered.set()
+            return await accept_all(raw) + b"NTE|1||" + b"x" * 8_000_000 + b"\r"  # more than socket buffers hold
+
+        server = await started(huge_answer, idle_timeout=0.3)
+        try:
+            with socket.socket() as peer:
+                peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                peer.connect(("127.0.0.1", server.port))
+                peer.sendall(frame(message("UNREAD")))
+                await answered.wait()
+                assert server.connection_count == 1
+                for _ in range(100):  # up to 5 s; it hung for ever
+                    if server.connection_count == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert server.connection_count == 0
+        finally:
+            await server.stop(grace=1)
 
     run(scenario())
 

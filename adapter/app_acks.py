@@ -84,14 +84,17 @@ class ApplicationAckSender:
     async def run_once(self) -> int:
         due = await asyncio.to_thread(self._due)
         for ack_id, endpoint, payload in due:
+            error: str | None = None
             try:
                 if endpoint is None:
                     raise WritebackError("the sending facility has no listener configured (writeback)")
                 await deliver_over_mllp(endpoint, payload)
             except WritebackError as exc:
-                await asyncio.to_thread(self._record, ack_id, str(exc))
-            else:
-                await asyncio.to_thread(self._record, ack_id, None)
+                error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - a bug must not leave the attempt unrecorded
+                log.exception("application ACK %s failed", ack_id)
+                error = f"internal: {type(exc).__name__}"
+            await asyncio.to_thread(self._record, ack_id, error)
         return len(due)
 
     def _due(self) -> list[tuple[int, object, bytes]]:

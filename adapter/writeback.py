@@ -37,6 +37,7 @@ from adapter.models import Appointment
 from adapter.reply_models import PatientReply, Writeback
 from hl7.ack import new_control_id
 from hl7.client import MLLPConnection, encode_message, read_ack_code
+from hl7.errors import MLLPClientError
 from hl7.facilities import FacilityRule, WritebackEndpoint
 from hl7.header import Separators
 from hl7.message import escape
@@ -166,12 +167,13 @@ async def send_hl7(appointment: Appointment, rule: FacilityRule, action: Action,
 
 async def deliver_over_mllp(endpoint: WritebackEndpoint, payload: bytes, *, timeout: float = 10.0) -> None:
     """Send one message to a hospital's MLLP listener; done only when it answers
-    AA or CA (else WritebackError, and the caller retries)."""
+    AA or CA (else WritebackError, and the caller retries; an answer too large to
+    be an ACK too)."""
     connection = MLLPConnection(endpoint.host, endpoint.port, timeout=timeout,
                                 ssl_context=client_ssl_context() if endpoint.tls else None)
     try:
         ack = await connection.send(payload)
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (OSError, asyncio.TimeoutError, MLLPClientError) as exc:
         raise WritebackError(f"MLLP: {type(exc).__name__}") from None
     finally:
         await connection.close()

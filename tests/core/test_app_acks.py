@@ -1,0 +1,85 @@
+"""Application ACKs (enhanced mode, HL7 v2.5 §2.9.3) on their way to the sender's
+listener: a real MLLP listener on 127.0.0.1 plays the hospital, time is a FrozenClock."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from adapter.app_acks import ApplicationAckSender
+from adapter.bootstrap import Container
+from adapter.clock import FrozenClock
+from adapter.db import read_transaction
+from adapter.models import ApplicationAck
+from tests.core.test_end_to_end import siu
+from tests.core.test_hl7_flows import enhanced
+from tests.core.test_replies import MllpListener
+from tests.harness import migrated_container, settings_for
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+class OversizeFirst(MllpListener):
+    """Answers the first message with a frame larger than any ACK may be, then AA."""
+
+    async def _handle(self, message: bytes) -> bytes:
+        if not self.received:
+            self.received.append(message.decode())
+            return b"MSH|^~\\&|" + b"x" * (10 * 1024 * 1024 + 1)
+        return await super()._handle(message)
+
+
+def adapter_for(tmp_path: Path, listener_port: int, clock: FrozenClock) -> Container:
+    """A container whose every sender's listener (``writeback``) is on ``listener_port``."""
+    config = tmp_path / "config"
+    shutil.copytree("config", config)
+    (config / "facilities.yaml").write_text(
+        "facilities:\n  default:\n    start_time: [SCH-11]\n"
+        f"    writeback: {{host: 127.0.0.1, port: {listener_port}}}\n"
+    )
+    return migrated_container(settings_for(tmp_path, config_dir=config), clock)
+
+
+def owe_application_acks(container: Container, *control_ids: str) -> None:
+    """The hospital sends bookings asking for an application ACK always (MSH-16 AL);
+    they are stored, acknowledged CA, and processed."""
+    start = NOW + timedelta(days=2)
+
+    async def receive() -> None:
+        for control_id in control_ids:
+            ack = await container.intake.handle(enhanced(siu("S12", control_id, start), "AL", "AL"))
+            assert b"MSA|CA|" in ack
+        await container.intake.writer.stop()
+
+    asyncio.run(receive())
+    container.intake.process_pending()
+
+
+def ack_rows(container: Container) -> list[tuple[str, int, str | None]]:
+    with read_transaction(container.sessions) as session:
+        rows = session.execute(select(ApplicationAck.status, ApplicationAck.attempts, ApplicationAck.last_error)
+                               .order_by(ApplicationAck.id))
+        return [tuple(row) for row in rows]
+
+
+def test_an_answer_too_large_to_be_an_ack_is_a_failed_attempt_retried_later(tmp_path):
+    listener = OversizeFirst()
+    clock = FrozenClock(NOW)
+    try:
+        container = adapter_for(tmp_path, listener.server.port, clock)
+        owe_application_acks(container, "BIG1")
+        sender = ApplicationAckSender(container)
+        assert asyncio.run(sender.run_once()) == 1
+        [(status, attempts, error)] = ack_rows(container)
+        assert (status, attempts) == ("pending", 1) and error.startswith("MLLP: MLLPClientError")
+
+        clock.advance(timedelta(minutes=1))
+        asyncio.run(sender.run_once())
+        assert ack_rows(container) == [("done", 2, None)]
+        assert len(listener.received) == 2
+    finally:
+        listener.stop()

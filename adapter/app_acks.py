@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from adapter.db import transaction
 from adapter.models import ApplicationAck, InboundMessage, InboundRaw
-from adapter.writeback import WritebackError, deliver_over_mllp, settle_attempt
+from adapter.writeback import WritebackError, deliver_over_mllp, requeue, settle_attempt
 from hl7.ack import AckCode, AckError, build_ack
 from hl7.header import read_header
 
@@ -61,7 +61,7 @@ def queue_application_ack(session: Session, message_id: int, *, now: datetime) -
         session.add(ApplicationAck(inbound_message_id=message_id, status="pending", attempts=0,
                                    next_attempt_at=now, created_at=now))
     elif existing.status != "pending":  # a replay changed the verdict: tell the sender again
-        existing.status, existing.attempts, existing.next_attempt_at = "pending", 0, now
+        requeue(existing, now=now)
 
 
 def application_ack(raw: bytes, status: str, error: str | None) -> bytes:
@@ -76,7 +76,8 @@ def application_ack(raw: bytes, status: str, error: str | None) -> bytes:
 
 
 class ApplicationAckSender:
-    """Sends what is owed, oldest first; retries with back-off, then gives up (failed)."""
+    """Sends what is owed, oldest first; retries with back-off for
+    ``ADAPTER_HOSPITAL_RETRY_HOURS``, then gives up (failed)."""
 
     def __init__(self, container) -> None:  # noqa: ANN001 - the Container
         self.container = container
@@ -125,4 +126,5 @@ class ApplicationAckSender:
         with transaction(self.container.sessions) as session:
             ack = session.get(ApplicationAck, ack_id)
             if ack is not None:
-                settle_attempt(ack, error, now=now, what="application ACK")
+                settle_attempt(ack, error, now=now, what="application ACK",
+                               retry_for=timedelta(hours=self.container.settings.hospital_retry_hours))

@@ -2,7 +2,9 @@
 
 Outbox pattern: :func:`queue_writebacks` adds ``writeback`` rows in the transaction that
 records the reply; :class:`WritebackSender` (run by the in-process worker) delivers them
-with retries and backoff until they succeed or :data:`MAX_ATTEMPTS` is reached.
+with retries and backoff (at most 10 minutes apart) until they succeed, or until
+``ADAPTER_HOSPITAL_RETRY_HOURS`` have passed since they were queued: a hospital's
+interface engine down for a night is normal.
 
 Targets, per source of the appointment:
 - HL7 v2 over an outbound MLLP connection, when the facility (``config/facilities.yaml``)
@@ -45,7 +47,6 @@ from hl7.mllp import client_ssl_context
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 12
 LEASE = timedelta(seconds=60)
 FHIR_JSON = "application/fhir+json"
 WRITEBACK_ID_SYSTEM = "urn:adapter:writeback"
@@ -233,23 +234,34 @@ async def send_fhir(http: httpx.AsyncClient, base: str, appointment: Appointment
 
 
 def retry_delay(attempts: int) -> float:
-    """Exponential backoff with jitter, from 2 s to at most 10 minutes."""
-    return random.uniform(0.5, 1.0) * min(600.0, 2.0 ** attempts)
+    """Exponential backoff with jitter, from 2 s to at most 10 minutes.
+
+    >>> 300.0 <= retry_delay(5000) <= 600.0
+    True
+    """
+    return random.uniform(0.5, 1.0) * min(600.0, 2.0 ** min(attempts, 10))
 
 
-def settle_attempt(row: Any, error: str | None, *, now: datetime, what: str) -> None:
+def settle_attempt(row: Any, error: str | None, *, now: datetime, what: str, retry_for: timedelta) -> None:
     """Record one delivery attempt of an outbox row (write-back, application ACK):
-    done, or the next try after a back-off, or failed for good after MAX_ATTEMPTS."""
+    done, or the next try after a back-off, or failed for good once ``retry_for``
+    has passed since the row was queued (``created_at``)."""
     row.attempts += 1
     if error is None:
         row.status, row.done_at, row.last_error = "done", now, None
         return
     row.last_error = error[:200]
-    if row.attempts >= MAX_ATTEMPTS:
+    if now - row.created_at >= retry_for:
         row.status = "failed"
         log.warning("%s %s failed for good after %s attempts", what, row.id, row.attempts)
     else:
         row.next_attempt_at = now + timedelta(seconds=retry_delay(row.attempts))
+
+
+def requeue(row: Any, *, now: datetime) -> None:
+    """Owe an outbox row (write-back, application ACK) again from ``now``: due at
+    once, back-off and retry period starting afresh."""
+    row.status, row.attempts, row.next_attempt_at, row.created_at = "pending", 0, now, now
 
 
 class WritebackSender:
@@ -316,4 +328,5 @@ class WritebackSender:
         with transaction(self.container.sessions) as session:
             row = session.get(Writeback, writeback_id)
             if row is not None:
-                settle_attempt(row, error, now=now, what="write-back")
+                settle_attempt(row, error, now=now, what="write-back",
+                               retry_for=timedelta(hours=self.container.settings.hospital_retry_hours))

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -33,15 +35,23 @@ class OversizeFirst(MllpListener):
         return await super()._handle(message)
 
 
-def adapter_for(tmp_path: Path, listener_port: int, clock: FrozenClock) -> Container:
-    """A container whose every sender's listener (``writeback``) is on ``listener_port``."""
+def free_port() -> int:
+    """A port nothing listens on (the hospital's listener is down)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def adapter_for(tmp_path: Path, listener_port: int, clock: FrozenClock, **settings: object) -> Container:
+    """A container whose every sender's listener (``writeback``, also for a patient's
+    cancellation, as SIU^S15) is on ``listener_port``."""
     config = tmp_path / "config"
     shutil.copytree("config", config)
     (config / "facilities.yaml").write_text(
-        "facilities:\n  default:\n    start_time: [SCH-11]\n"
+        "facilities:\n  default:\n    start_time: [SCH-11]\n    cancellation_writeback: SIU^S15\n"
         f"    writeback: {{host: 127.0.0.1, port: {listener_port}}}\n"
     )
-    return migrated_container(settings_for(tmp_path, config_dir=config), clock)
+    return migrated_container(settings_for(tmp_path, config_dir=config, **settings), clock)
 
 
 def owe_application_acks(container: Container, *control_ids: str) -> None:
@@ -57,6 +67,24 @@ def owe_application_acks(container: Container, *control_ids: str) -> None:
 
     asyncio.run(receive())
     container.intake.process_pending()
+
+
+def retry_while_down(container: Container, clock: FrozenClock, *, until: datetime,
+                     sender: Any = None, outbox: Any = ApplicationAck) -> list[timedelta]:
+    """Run ``sender`` (the application ACK sender by default) at each next attempt of
+    its ``outbox`` table until ``until`` or until none is pending; the gaps between
+    attempts."""
+    sender, gaps = sender or ApplicationAckSender(container), []
+    while clock.now() < until:
+        with read_transaction(container.sessions) as session:
+            due = session.scalar(select(outbox.next_attempt_at).where(outbox.status == "pending")
+                                 .order_by(outbox.next_attempt_at).limit(1))
+        if due is None:
+            break
+        gaps.append(max(due, clock.now()) - clock.now())
+        clock.set(max(due, clock.now()))
+        asyncio.run(sender.run_once())
+    return gaps
 
 
 def ack_rows(container: Container) -> list[tuple[str, int, str | None]]:
@@ -83,3 +111,36 @@ def test_an_answer_too_large_to_be_an_ack_is_a_failed_attempt_retried_later(tmp_
         assert len(listener.received) == 2
     finally:
         listener.stop()
+
+
+def test_an_application_ack_is_retried_through_a_night_of_listener_downtime_then_delivered(tmp_path):
+    port = free_port()
+    clock = FrozenClock(NOW)
+    container = adapter_for(tmp_path, port, clock)
+    owe_application_acks(container, "NIGHT1")
+
+    gaps = retry_while_down(container, clock, until=NOW + timedelta(hours=14))
+    [(status, attempts, error)] = ack_rows(container)
+    assert (status, error) == ("pending", "MLLP: ConnectionRefusedError")
+    assert attempts > 80 and max(gaps) <= timedelta(minutes=10)
+
+    listener = MllpListener(port=port)  # the interface engine is back in the morning
+    try:
+        retry_while_down(container, clock, until=clock.now() + timedelta(minutes=11))
+        assert ack_rows(container) == [("done", attempts + 1, None)]
+        assert len(listener.received) == 1 and "MSA|AA|NIGHT1" in listener.received[0]
+    finally:
+        listener.stop()
+
+
+def test_an_application_ack_is_given_up_only_after_the_configured_retry_period(tmp_path):
+    clock = FrozenClock(NOW)
+    container = adapter_for(tmp_path, free_port(), clock, hospital_retry_hours=2)
+    owe_application_acks(container, "GONE1")
+
+    retry_while_down(container, clock, until=NOW + timedelta(hours=1, minutes=50))
+    assert ack_rows(container)[0][0] == "pending"
+    retry_while_down(container, clock, until=NOW + timedelta(hours=3))
+    [(status, _, error)] = ack_rows(container)
+    assert status == "failed" and error == "MLLP: ConnectionRefusedError"
+    assert NOW + timedelta(hours=2) <= clock.now() <= NOW + timedelta(hours=2, minutes=10)

@@ -4,7 +4,9 @@ Outbox pattern: :func:`queue_writebacks` adds ``writeback`` rows in the transact
 records the reply; :class:`WritebackSender` (run by the in-process worker) delivers them
 with retries and backoff (at most 10 minutes apart) until they succeed, or until
 ``ADAPTER_HOSPITAL_RETRY_HOURS`` have passed since they were queued: a hospital's
-interface engine down for a night is normal.
+interface engine down for a night is normal. An operator sees them with
+``python -m adapter writebacks`` and queues them again with ``writebacks resend``
+(:func:`resend`).
 
 Targets, per source of the appointment:
 - HL7 v2 over an outbound MLLP connection, when the facility (``config/facilities.yaml``)
@@ -262,6 +264,26 @@ def requeue(row: Any, *, now: datetime) -> None:
     """Owe an outbox row (write-back, application ACK) again from ``now``: due at
     once, back-off and retry period starting afresh."""
     row.status, row.attempts, row.next_attempt_at, row.created_at = "pending", 0, now, now
+
+
+def resend(session: Session, outbox: type[Any], ids: list[int], *, now: datetime) -> dict[int, str]:
+    """An operator's resend: queue the given rows of ``outbox`` (:class:`Writeback`,
+    ``ApplicationAck``) again, given up or done; a pending one is left to its sender
+    (it may be on the wire). Returns what became of each id."""
+    outcome = {}
+    for row_id in ids:
+        row = session.get(outbox, row_id, with_for_update=True)
+        if row is None:
+            outcome[row_id] = "no such id"
+        elif row.status == "pending":
+            outcome[row_id] = "already pending"
+        else:
+            requeue(row, now=now)
+            outcome[row_id] = "queued again"
+    queued = [row_id for row_id, what in outcome.items() if what == "queued again"]
+    if queued:
+        log.info("%s rows queued again by an operator", outbox.__tablename__, extra={"fields": {"ids": queued}})
+    return outcome
 
 
 class WritebackSender:

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from adapter.db import transaction
 from adapter.models import ApplicationAck, InboundMessage, InboundRaw
-from adapter.writeback import WritebackError, deliver_over_mllp, requeue, settle_attempt
+from adapter.writeback import (ATTEMPT_TIMEOUT, LEASE, WritebackError, deliver_over_mllp, lease_lasts_an_attempt,
+                               requeue, settle_attempt)
 from hl7.ack import AckCode, AckError, build_ack
 from hl7.header import read_header
 
@@ -83,22 +84,28 @@ class ApplicationAckSender:
         self.container = container
 
     async def run_once(self) -> int:
-        due = await asyncio.to_thread(self._due)
+        due, leased_until = await asyncio.to_thread(self._due)
         for ack_id, endpoint, payload in due:
+            if not lease_lasts_an_attempt(self.container.clock.now(), leased_until):
+                break
             error: str | None = None
             try:
                 if endpoint is None:
                     raise WritebackError("the sending facility has no listener configured (writeback)")
-                await deliver_over_mllp(endpoint, payload)
+                async with asyncio.timeout(ATTEMPT_TIMEOUT.total_seconds()):
+                    await deliver_over_mllp(endpoint, payload)
             except WritebackError as exc:
                 error = str(exc)
+            except TimeoutError:
+                error = f"no answer within {ATTEMPT_TIMEOUT.total_seconds():.0f} s"
             except Exception as exc:  # noqa: BLE001 - a bug must not leave the attempt unrecorded
                 log.exception("application ACK %s failed", ack_id)
                 error = f"internal: {type(exc).__name__}"
             await asyncio.to_thread(self._record, ack_id, error)
         return len(due)
 
-    def _due(self) -> list[tuple[int, object, bytes]]:
+    def _due(self) -> tuple[list[tuple[int, object, bytes]], datetime]:
+        """Claim a batch of due ACKs (see ``adapter.writeback.LEASE``) and build them."""
         now = self.container.clock.now()
         out = []
         with transaction(self.container.sessions) as session:
@@ -109,6 +116,7 @@ class ApplicationAckSender:
                 .where(ApplicationAck.status == "pending", ApplicationAck.next_attempt_at <= now)
                 .order_by(ApplicationAck.id)
                 .limit(20)
+                .with_for_update(skip_locked=True, of=ApplicationAck)  # PostgreSQL; SQLite needs none
             ).all()
             for ack, message, raw_enc in rows:
                 if raw_enc is None:  # purged by retention before we could answer
@@ -116,10 +124,9 @@ class ApplicationAckSender:
                     continue
                 raw = self.container.vault.decrypt(session, raw_enc)
                 facility = self.container.facilities.for_facility(read_header(raw).facility)
-                # Leased for a minute: a second sender in another process skips it.
-                ack.next_attempt_at = now + timedelta(minutes=1)
+                ack.next_attempt_at = now + LEASE
                 out.append((ack.id, facility.writeback, application_ack(raw, message.status, message.error)))
-        return out
+        return out, now + LEASE
 
     def _record(self, ack_id: int, error: str | None) -> None:
         now = self.container.clock.now()

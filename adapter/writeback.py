@@ -49,7 +49,12 @@ from hl7.mllp import client_ssl_context
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(seconds=60)
+# A sender claims a batch of due rows (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite
+# serialises writers) for LEASE: another sender, in this process or another, skips
+# them until then. Each attempt ends within ATTEMPT_TIMEOUT, and a sender starts one
+# only while its lease has that long left, so no row is ever on the wire twice.
+LEASE = timedelta(minutes=2)
+ATTEMPT_TIMEOUT = timedelta(seconds=30)
 FHIR_JSON = "application/fhir+json"
 WRITEBACK_ID_SYSTEM = "urn:adapter:writeback"
 Action = Literal["confirm", "cancel"]
@@ -260,6 +265,12 @@ def settle_attempt(row: Any, error: str | None, *, now: datetime, what: str, ret
         row.next_attempt_at = now + timedelta(seconds=retry_delay(row.attempts))
 
 
+def lease_lasts_an_attempt(now: datetime, leased_until: datetime) -> bool:
+    """Whether an attempt started ``now`` ends before the batch's lease does (the rest
+    of the batch is due again when the lease ends, for whichever sender is free)."""
+    return now + ATTEMPT_TIMEOUT <= leased_until
+
+
 def requeue(row: Any, *, now: datetime) -> None:
     """Owe an outbox row (write-back, application ACK) again from ``now``: due at
     once, back-off and retry period starting afresh."""
@@ -298,21 +309,24 @@ class WritebackSender:
         await self.http.aclose()
 
     async def run_once(self) -> int:
-        ids = await asyncio.to_thread(self._claim)
+        ids, leased_until = await asyncio.to_thread(self._claim)
         for writeback_id in ids:
+            if not lease_lasts_an_attempt(self.container.clock.now(), leased_until):
+                break
             await self._deliver(writeback_id)
         return len(ids)
 
-    def _claim(self) -> list[int]:
+    def _claim(self) -> tuple[list[int], datetime]:
         now = self.container.clock.now()
         with transaction(self.container.sessions) as session:
             rows = list(session.scalars(
                 select(Writeback).where(Writeback.status == "pending", Writeback.next_attempt_at <= now)
                 .order_by(Writeback.next_attempt_at, Writeback.id).limit(self.batch_size)
+                .with_for_update(skip_locked=True)  # PostgreSQL; SQLite renders none and needs none
             ))
             for row in rows:
                 row.next_attempt_at = now + LEASE
-            return [row.id for row in rows]
+            return [row.id for row in rows], now + LEASE
 
     def _load(self, writeback_id: int) -> tuple[Writeback, Appointment] | None:
         with transaction(self.container.sessions) as session:
@@ -332,18 +346,24 @@ class WritebackSender:
         row, appointment = loaded
         error: str | None = None
         try:
-            if row.target == "hl7":
-                rule = self.container.facilities.for_facility(source_key(appointment))
-                await send_hl7(appointment, rule, row.action, now=self.container.clock.now())  # type: ignore[arg-type]
-            else:
-                base = load_targets(self.container.settings.config_dir).for_source(source_key(appointment)).fhir_base
-                await send_fhir(self.http, base, appointment, row.action, row.id)  # type: ignore[arg-type]
+            async with asyncio.timeout(ATTEMPT_TIMEOUT.total_seconds()):
+                await self._send(row, appointment)
         except WritebackError as exc:
             error = str(exc)
+        except TimeoutError:
+            error = f"no answer within {ATTEMPT_TIMEOUT.total_seconds():.0f} s"
         except Exception as exc:  # noqa: BLE001 - a bug must not lose the write-back
             log.exception("write-back %s failed", writeback_id)
             error = f"internal: {type(exc).__name__}"
         await asyncio.to_thread(self._record, writeback_id, error)
+
+    async def _send(self, row: Writeback, appointment: Appointment) -> None:
+        if row.target == "hl7":
+            rule = self.container.facilities.for_facility(source_key(appointment))
+            await send_hl7(appointment, rule, row.action, now=self.container.clock.now())  # type: ignore[arg-type]
+        else:
+            base = load_targets(self.container.settings.config_dir).for_source(source_key(appointment)).fhir_base
+            await send_fhir(self.http, base, appointment, row.action, row.id)  # type: ignore[arg-type]
 
     def _record(self, writeback_id: int, error: str | None) -> None:
         now = self.container.clock.now()

@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from adapter.app_acks import ApplicationAckSender
-from adapter.bootstrap import Container
+from adapter.bootstrap import Container, build
 from adapter.clock import FrozenClock
 from adapter.db import read_transaction
 from adapter.models import ApplicationAck
+from adapter.writeback import LEASE
 from tests.core.test_end_to_end import siu
 from tests.core.test_hl7_flows import enhanced
 from tests.core.test_replies import MllpListener
@@ -32,6 +35,19 @@ class OversizeFirst(MllpListener):
         if not self.received:
             self.received.append(message.decode())
             return b"MSH|^~\\&|" + b"x" * (10 * 1024 * 1024 + 1)
+        return await super()._handle(message)
+
+
+class SlowHospital(MllpListener):
+    """Takes a whole claim lease (``LEASE`` on ``clock``) to answer its first message."""
+
+    def __init__(self, clock: FrozenClock) -> None:
+        self.clock = clock
+        super().__init__()
+
+    async def _handle(self, message: bytes) -> bytes:
+        if not self.received:
+            self.clock.advance(LEASE)
         return await super()._handle(message)
 
 
@@ -144,3 +160,66 @@ def test_an_application_ack_is_given_up_only_after_the_configured_retry_period(t
     [(status, _, error)] = ack_rows(container)
     assert status == "failed" and error == "MLLP: ConnectionRefusedError"
     assert NOW + timedelta(hours=2) <= clock.now() <= NOW + timedelta(hours=2, minutes=10)
+
+
+def claimed_at_once(first: Container, second: Container, table: str, run: Callable[[Container], None],
+                    *, or_when: Callable[[], bool] = lambda: False) -> None:
+    """``run(first)`` and ``run(second)`` (two senders, as in two worker processes) at the
+    worst moment: ``first`` stops right after it read what is due from ``table`` and
+    waits there until ``second`` has finished its round (or ``or_when()``)."""
+    first_read, second_done = threading.Event(), threading.Event()
+
+    def pause_after_reading_due(conn, cursor, statement: str, *_: object) -> None:  # noqa: ANN001
+        if (statement.lstrip().startswith("SELECT") and f"{table}.next_attempt_at <=" in statement
+                and not first_read.is_set()):
+            first_read.set()
+            for _ in range(1000):
+                if second_done.wait(0.01) or or_when():
+                    return
+
+    def run_second() -> None:
+        try:
+            run(second)
+        finally:
+            second_done.set()
+
+    event.listen(first.engine, "after_cursor_execute", pause_after_reading_due)
+    threads = [threading.Thread(target=run, args=(first,)), threading.Thread(target=run_second)]
+    threads[0].start()
+    assert first_read.wait(10)
+    threads[1].start()
+    for thread in threads:
+        thread.join(30)
+
+
+def test_two_senders_on_postgresql_never_send_the_same_application_ack(tmp_path, pg_url):
+    listener = MllpListener()
+    try:
+        clock = FrozenClock(NOW)
+        first = adapter_for(tmp_path, listener.server.port, clock, database_url=pg_url)
+        second = build(first.settings, clock=clock)
+        owe_application_acks(first, "ONCE1", "ONCE2")
+
+        claimed_at_once(first, second, "application_ack", lambda c: asyncio.run(ApplicationAckSender(c).run_once()))
+        assert sorted(m.split("MSA|")[1].split("\r")[0] for m in listener.received) == ["AA|ONCE1", "AA|ONCE2"]
+        assert ack_rows(first) == [("done", 1, None), ("done", 1, None)]
+    finally:
+        listener.stop()
+
+
+def test_a_sender_starts_no_attempt_its_claim_may_not_outlast(tmp_path):
+    clock = FrozenClock(NOW)
+    listener = SlowHospital(clock)
+    try:
+        container = adapter_for(tmp_path, listener.server.port, clock)
+        owe_application_acks(container, "SLOW1", "SLOW2")
+        sender = ApplicationAckSender(container)
+        asyncio.run(sender.run_once())
+        # The first answer took the whole lease: SLOW2 may be another sender's by now.
+        assert len(listener.received) == 1
+        assert ack_rows(container) == [("done", 1, None), ("pending", 0, None)]
+        asyncio.run(sender.run_once())  # its lease is over: due again at once
+        assert ack_rows(container) == [("done", 1, None), ("done", 1, None)]
+        assert len(listener.received) == 2
+    finally:
+        listener.stop()

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from adapter.bootstrap import Container
+from adapter.bootstrap import Container, build
 from adapter.clock import FrozenClock
 from adapter.db import read_transaction
 from adapter.reply_models import Writeback
@@ -17,7 +17,7 @@ from adapter.webhooks import process, store
 from adapter.writeback import WritebackSender
 from channels.base import WebhookRequest
 from channels.sandbox import LOCAL_DEVELOPMENT_SECRET, SIGNATURE_HEADER, sign
-from tests.core.test_app_acks import NOW, adapter_for, free_port, retry_while_down
+from tests.core.test_app_acks import NOW, adapter_for, claimed_at_once, free_port, retry_while_down
 from tests.core.test_end_to_end import siu
 from tests.core.test_replies import PHONE, MllpListener
 
@@ -73,3 +73,39 @@ def test_a_cancellation_is_written_back_after_a_night_of_listener_downtime(tmp_p
             listener.stop()
     finally:
         asyncio.run(sender.aclose())
+
+
+class HoldingHospital(MllpListener):
+    """Answers a message only once a second one has arrived, or after two seconds."""
+
+    async def _handle(self, message: bytes) -> bytes:
+        answer = await super()._handle(message)
+        for _ in range(200):
+            if len(self.received) > 1:
+                break
+            await asyncio.sleep(0.01)
+        return answer
+
+
+def test_two_senders_on_postgresql_never_send_the_same_write_back(tmp_path, pg_url):
+    listener = HoldingHospital()
+    try:
+        clock = FrozenClock(NOW)
+        first = adapter_for(tmp_path, listener.server.port, clock, database_url=pg_url)
+        second = build(first.settings, clock=clock)
+        cancelled_by_the_patient(first)
+
+        async def send(container: Container) -> None:
+            sender = WritebackSender(container)
+            try:
+                await sender.run_once()
+            finally:
+                await sender.aclose()
+
+        # The first sender goes on once the second is done or its write-back is on the wire.
+        claimed_at_once(first, second, "writeback", lambda c: asyncio.run(send(c)),
+                        or_when=lambda: bool(listener.received))
+        assert len(listener.received) == 1
+        assert writeback_rows(first) == [("cancel", "done", 1, None)]
+    finally:
+        listener.stop()

@@ -119,7 +119,8 @@ def worker(
     pool: Annotated[str, typer.Option(help="Celery pool: prefork or solo")] = "prefork",
 ) -> None:
     """A Celery worker (production mode, ADAPTER_BROKER_URL set): sends due
-    notifications and processes stored inbound messages. Run as many as needed."""
+    notifications, processes stored inbound messages, and sends hospitals their
+    write-backs and application ACKs. Run as many as needed."""
     settings = get_settings()
     if not settings.broker_url:
         err.print(

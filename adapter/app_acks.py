@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from adapter.db import transaction
 from adapter.models import ApplicationAck, InboundMessage, InboundRaw
-from adapter.writeback import WritebackError, deliver_over_mllp, settle_attempt
+from adapter.writeback import (ATTEMPT_TIMEOUT, LEASE, WritebackError, deliver_over_mllp, lease_lasts_an_attempt,
+                               requeue, settle_attempt)
 from hl7.ack import AckCode, AckError, build_ack
 from hl7.header import read_header
 
@@ -61,7 +62,7 @@ def queue_application_ack(session: Session, message_id: int, *, now: datetime) -
         session.add(ApplicationAck(inbound_message_id=message_id, status="pending", attempts=0,
                                    next_attempt_at=now, created_at=now))
     elif existing.status != "pending":  # a replay changed the verdict: tell the sender again
-        existing.status, existing.attempts, existing.next_attempt_at = "pending", 0, now
+        requeue(existing, now=now)
 
 
 def verdict(status: str, error: str | None, error_code: str | None) -> tuple[AckCode, AckError | None]:
@@ -82,25 +83,35 @@ def application_ack(raw: bytes, status: str, error: str | None, error_code: str 
 
 
 class ApplicationAckSender:
-    """Sends what is owed, oldest first; retries with back-off, then gives up (failed)."""
+    """Sends what is owed, oldest first; retries with back-off for
+    ``ADAPTER_HOSPITAL_RETRY_HOURS``, then gives up (failed)."""
 
     def __init__(self, container) -> None:  # noqa: ANN001 - the Container
         self.container = container
 
     async def run_once(self) -> int:
-        due = await asyncio.to_thread(self._due)
+        due, leased_until = await asyncio.to_thread(self._due)
         for ack_id, endpoint, payload in due:
+            if not lease_lasts_an_attempt(self.container.clock.now(), leased_until):
+                break
+            error: str | None = None
             try:
                 if endpoint is None:
                     raise WritebackError("the sending facility has no listener configured (writeback)")
-                await deliver_over_mllp(endpoint, payload)
+                async with asyncio.timeout(ATTEMPT_TIMEOUT.total_seconds()):
+                    await deliver_over_mllp(endpoint, payload)
             except WritebackError as exc:
-                await asyncio.to_thread(self._record, ack_id, str(exc))
-            else:
-                await asyncio.to_thread(self._record, ack_id, None)
+                error = str(exc)
+            except TimeoutError:
+                error = f"no answer within {ATTEMPT_TIMEOUT.total_seconds():.0f} s"
+            except Exception as exc:  # noqa: BLE001 - a bug must not leave the attempt unrecorded
+                log.exception("application ACK %s failed", ack_id)
+                error = f"internal: {type(exc).__name__}"
+            await asyncio.to_thread(self._record, ack_id, error)
         return len(due)
 
-    def _due(self) -> list[tuple[int, object, bytes]]:
+    def _due(self) -> tuple[list[tuple[int, object, bytes]], datetime]:
+        """Claim a batch of due ACKs (see ``adapter.writeback.LEASE``) and build them."""
         now = self.container.clock.now()
         out = []
         with transaction(self.container.sessions) as session:
@@ -111,6 +122,7 @@ class ApplicationAckSender:
                 .where(ApplicationAck.status == "pending", ApplicationAck.next_attempt_at <= now)
                 .order_by(ApplicationAck.id)
                 .limit(20)
+                .with_for_update(skip_locked=True, of=ApplicationAck)  # PostgreSQL; SQLite needs none
             ).all()
             for ack, message, raw_enc in rows:
                 if raw_enc is None:  # purged by retention before we could answer
@@ -118,14 +130,15 @@ class ApplicationAckSender:
                     continue
                 raw = self.container.vault.decrypt(session, raw_enc)
                 facility = self.container.facilities.for_facility(read_header(raw).facility)
-                # Leased for a minute: a second sender in another process skips it.
-                ack.next_attempt_at = now + timedelta(minutes=1)
-                out.append((ack.id, facility.writeback, application_ack(raw, message.status, message.error, message.error_code)))
-        return out
+                ack.next_attempt_at = now + LEASE
+                out.append((ack.id, facility.writeback,
+                            application_ack(raw, message.status, message.error, message.error_code)))
+        return out, now + LEASE
 
     def _record(self, ack_id: int, error: str | None) -> None:
         now = self.container.clock.now()
         with transaction(self.container.sessions) as session:
             ack = session.get(ApplicationAck, ack_id)
             if ack is not None:
-                settle_attempt(ack, error, now=now, what="application ACK")
+                settle_attempt(ack, error, now=now, what="application ACK",
+                               retry_for=timedelta(hours=self.container.settings.hospital_retry_hours))

@@ -8,8 +8,10 @@ What runs where:
 - ``python -m adapter worker`` (any number of them) runs a Celery worker. Its main
   process also runs a *claim loop* (:class:`ClaimLoop`): it claims a batch of due
   notifications (``FOR UPDATE SKIP LOCKED``, with a lease) and publishes one
-  ``adapter.dispatch.send_batch`` task for it; and when inbound messages wait in the
-  store (HL7 messages, FHIR versions), it publishes ``adapter.inbound.process_pending``.
+  ``adapter.dispatch.send_batch`` task for it; when inbound messages wait in the
+  store (HL7 messages, FHIR versions), it publishes ``adapter.inbound.process_pending``;
+  and when the way back has work (write-backs and application ACKs due to hospitals,
+  provider callbacks to try again), it publishes ``adapter.way_back.send_pending``.
 
 Why a claim loop in every worker rather than Celery beat: beat is a singleton. Run
 two and every tick fires twice; run none and nothing is sent; and it is one more
@@ -33,6 +35,10 @@ Why nothing is lost or sent twice:
 - Inbound processing runs one worker at a time (a PostgreSQL advisory lock), oldest
   message first, so a feed's messages are applied in order; ``HL7Intake.process``
   locks each row, so a ``serve`` process processing too never applies one twice.
+- The way back also runs one worker at a time (another advisory lock), so a hospital
+  slow to answer holds one pool process, not all; each write-back and application ACK
+  is moreover claimed with a lease (``FOR UPDATE SKIP LOCKED``, see
+  ``adapter/writeback.py``), so no sender ever has one on the wire twice.
 
 There is no result backend: nothing reads task results.
 """
@@ -54,6 +60,7 @@ log = logging.getLogger(__name__)
 
 SEND_BATCH = "adapter.dispatch.send_batch"
 PROCESS_INBOUND = "adapter.inbound.process_pending"
+SEND_WAY_BACK = "adapter.way_back.send_pending"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -120,6 +127,7 @@ class ClaimLoop(threading.Thread):
         self.stop_event = threading.Event()
         self._conn: Connection | None = None
         self._inbound_published = 0.0
+        self._way_back_published = 0.0
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -140,6 +148,7 @@ class ClaimLoop(threading.Thread):
     def tick(self) -> bool:
         """One round; True when it published dispatch work (so go again at once)."""
         self._maybe_process_inbound()
+        self._maybe_send_way_back()
         if self.backlog() >= self.settings.dispatch_queue_high_water:
             return False
         from adapter.db import transaction
@@ -169,6 +178,14 @@ class ClaimLoop(threading.Thread):
             return
         self.app.send_task(PROCESS_INBOUND, queue=self.settings.celery_queue)
         self._inbound_published = time.monotonic()
+
+    def _maybe_send_way_back(self) -> None:
+        from adapter.webhooks import way_back_due
+
+        if time.monotonic() - self._way_back_published < 1.0 or not way_back_due(self.container):
+            return
+        self.app.send_task(SEND_WAY_BACK, queue=self.settings.celery_queue)
+        self._way_back_published = time.monotonic()
 
     def backlog(self) -> int:
         """Messages waiting in our queue (not counting those being worked on)."""

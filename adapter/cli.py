@@ -18,7 +18,7 @@ from adapter.db import LARGEST_INTEGER
 from adapter.settings import Settings, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="The adapter: hospital events to patients' phones.")
-hl7_app = typer.Typer(no_args_is_help=True, help="HL7 v2: send, error store, replay.")
+hl7_app = typer.Typer(no_args_is_help=True, help="HL7 v2: send, error store, replay, application ACKs.")
 tokens_app = typer.Typer(no_args_is_help=True, help="API tokens.")
 app.add_typer(hl7_app, name="hl7")
 app.add_typer(tokens_app, name="tokens")
@@ -29,8 +29,11 @@ app.add_typer(gdpr_app, name="gdpr")
 
 def _register_subcommands() -> None:
     from adapter.cli_fhir import fhir_app
+    from adapter.cli_hospital import acks_app, writebacks_app
 
     app.add_typer(fhir_app, name="fhir")
+    hl7_app.add_typer(acks_app, name="acks")
+    app.add_typer(writebacks_app, name="writebacks")
 
 
 _register_subcommands()
@@ -116,7 +119,8 @@ def worker(
     pool: Annotated[str, typer.Option(help="Celery pool: prefork or solo")] = "prefork",
 ) -> None:
     """A Celery worker (production mode, ADAPTER_BROKER_URL set): sends due
-    notifications and processes stored inbound messages. Run as many as needed."""
+    notifications, processes stored inbound messages, and sends hospitals their
+    write-backs and application ACKs. Run as many as needed."""
     settings = get_settings()
     if not settings.broker_url:
         err.print(

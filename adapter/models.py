@@ -151,7 +151,7 @@ class Notification(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     status_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)  # queued, or queued again (a resend)
     segments: Mapped[int | None] = mapped_column(Integer)
     cost: Mapped[float | None] = mapped_column()
     body_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # purged after retention

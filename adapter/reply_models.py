@@ -109,5 +109,5 @@ class Writeback(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)  # queued, or queued again (a resend)
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

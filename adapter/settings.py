@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     worker_concurrency: Count = 2  # pool processes per `python -m adapter worker`
     dispatch_queue_high_water: Count = 4  # batches waiting in the queue before claiming pauses
     broker_visibility_timeout_s: Positive = 300.0  # Redis: an unacknowledged task is redelivered after this
+    # Write-backs and application ACKs to a hospital whose listener is down are retried
+    # (at most 10 minutes apart) this long after they were queued, then given up.
+    hospital_retry_hours: Positive = 72.0
     log_level: str = "INFO"
     log_json: bool = True  # structured JSON logs on stderr (serve and worker)
 

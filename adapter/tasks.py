@@ -8,6 +8,11 @@ on first use (after the fork) and keeps one event loop for the channels' HTTP cl
 - ``adapter.inbound.process_pending()``: map stored inbound messages (HL7, and FHIR
   versions stored by ``serve``) to events, one worker at a time (PostgreSQL
   advisory lock), oldest first.
+- ``adapter.way_back.send_pending()``: the way back (:class:`~adapter.webhooks.WayBack`):
+  provider callbacks left unprocessed, due write-backs and application ACKs to
+  hospitals, for up to ``WAY_BACK_BUDGET_S``. One worker at a time (PostgreSQL
+  advisory lock), so a hospital that is slow to answer holds one pool process, never
+  all of them; each row is claimed all the same, so nothing goes out twice.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import zlib
+from collections.abc import Callable
 
 from celery import Celery
 from sqlalchemy import text
@@ -23,8 +30,12 @@ from sqlalchemy.exc import DBAPIError
 
 log = logging.getLogger(__name__)
 
-# pg_try_advisory_lock key for "processing inbound messages"
+# pg_try_advisory_lock keys for "processing inbound messages" and "the way back"
 INBOUND_LOCK = zlib.crc32(b"adapter.inbound.process_pending")
+WAY_BACK_LOCK = zlib.crc32(b"adapter.way_back.send_pending")
+# A way-back task goes on while there is work, at most this long (the claim loop
+# publishes another when more is due): then its pool process is free for sending.
+WAY_BACK_BUDGET_S = 10.0
 
 _local = threading.local()
 _build_lock = threading.Lock()
@@ -57,21 +68,49 @@ def send_batch(ids: list[int]) -> int:
     return len(notification_ids)
 
 
-def process_inbound() -> int:
+def _one_worker_at_a_time(lock: int, work: Callable[[], int]) -> int:
+    """``work()`` unless another worker holds ``lock`` (then 0); SQLite: one writer anyway."""
     c = container()
-    if c.settings.is_sqlite:  # one writer at a time anyway
-        return c.intake.process_pending() + c.fhir.process_pending()
+    if c.settings.is_sqlite:
+        return work()
     with c.engine.connect() as conn:
-        if not conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": INBOUND_LOCK}):
+        if not conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock}):
             return 0  # another worker is at it
         try:
             conn.commit()
-            done = c.intake.process_pending() + c.fhir.process_pending()
+            return work()
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": INBOUND_LOCK})
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock})
             conn.commit()
+
+
+def process_inbound() -> int:
+    c = container()
+    done = _one_worker_at_a_time(INBOUND_LOCK, lambda: c.intake.process_pending() + c.fhir.process_pending())
     if done:
         log.info("processed inbound messages", extra={"fields": {"messages": done}})
+    return done
+
+
+async def _way_back_rounds() -> int:
+    from adapter.webhooks import WayBack
+
+    way_back, done, began = WayBack(container()), 0, time.monotonic()
+    try:
+        while time.monotonic() - began < WAY_BACK_BUDGET_S:
+            busy = await way_back.run_once()
+            done += busy
+            if not busy:
+                break
+    finally:
+        await way_back.aclose()
+    return done
+
+
+def send_way_back() -> int:
+    done = _one_worker_at_a_time(WAY_BACK_LOCK, lambda: _run(_way_back_rounds()))
+    if done:
+        log.info("sent to hospitals", extra={"fields": {"writebacks_and_acks": done}})
     return done
 
 
@@ -81,3 +120,4 @@ def register(app: Celery) -> None:
     retry = {"autoretry_for": (DBAPIError,), "retry_backoff": 1, "retry_backoff_max": 30, "max_retries": None}
     app.task(name="adapter.dispatch.send_batch", **retry)(send_batch)
     app.task(name="adapter.inbound.process_pending", **retry)(process_inbound)
+    app.task(name="adapter.way_back.send_pending", **retry)(send_way_back)

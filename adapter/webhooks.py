@@ -19,12 +19,12 @@ from datetime import datetime, timedelta
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import PlainTextResponse
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, and_, exists, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from adapter.bootstrap import Container
-from adapter.db import transaction
+from adapter.db import read_transaction, transaction
 from adapter.models import Notification
 from adapter.replies_flow import handle_reply
 from adapter.telegram_link import accept_link
@@ -126,7 +126,8 @@ def process(container: Container, event_id: int, parsed: Parsed | None = None) -
     """Apply a stored callback in one transaction; returns its new status."""
     now = container.clock.now()
     with transaction(container.sessions) as session:
-        row = session.get(WebhookEvent, event_id)
+        # Locked: the route and a worker's retry of what it left may reach it together.
+        row = session.get(WebhookEvent, event_id, with_for_update=True)
         if row is None or row.status == "processed":
             return "processed"
         row.attempts += 1
@@ -144,15 +145,18 @@ def process(container: Container, event_id: int, parsed: Parsed | None = None) -
         return row.status
 
 
-def process_pending(container: Container, limit: int = 100) -> int:
-    """Retry callbacks left stored (a crash) or unmatched (status before send recorded)."""
-    now = container.clock.now()
-    due = or_(
+def _to_retry(now: datetime) -> ColumnElement[bool]:
+    return or_(
         and_(WebhookEvent.status == "stored", WebhookEvent.received_at < now - STORED_GRACE),
         and_(WebhookEvent.status == "unmatched", WebhookEvent.processed_at < now - UNMATCHED_RETRY_EVERY),
     )
+
+
+def process_pending(container: Container, limit: int = 100) -> int:
+    """Retry callbacks left stored (a crash) or unmatched (status before send recorded)."""
     with transaction(container.sessions) as session:
-        ids = list(session.scalars(select(WebhookEvent.id).where(due).order_by(WebhookEvent.id).limit(limit)))
+        ids = list(session.scalars(select(WebhookEvent.id).where(_to_retry(container.clock.now()))
+                                   .order_by(WebhookEvent.id).limit(limit)))
     for event_id in ids:
         try:
             process(container, event_id)
@@ -225,21 +229,56 @@ def webhooks_router(container: Container) -> APIRouter:
     return router
 
 
-async def run_way_back_forever(container: Container, *, stop: asyncio.Event, interval: float = 1.0) -> None:
-    """The in-process worker's share of the way back: callbacks left unprocessed, then
-    due write-backs and application ACKs to the hospital, until ``stop`` is set."""
-    from adapter.app_acks import ApplicationAckSender
-    from adapter.writeback import WritebackSender
+# -- the way back: what the in-process worker, or a Celery task, runs ------------------------
 
-    sender = WritebackSender(container)
-    app_acks = ApplicationAckSender(container)
+
+def way_back_due(container: Container) -> bool:
+    """A callback waits to be tried again, or a write-back or an application ACK is due."""
+    from adapter.models import ApplicationAck
+    from adapter.reply_models import Writeback
+
+    now = container.clock.now()
+    with read_transaction(container.sessions) as session:
+        return any(session.scalar(select(exists().where(where))) for where in (
+            _to_retry(now),
+            and_(Writeback.status == "pending", Writeback.next_attempt_at <= now),
+            and_(ApplicationAck.status == "pending", ApplicationAck.next_attempt_at <= now),
+        ))
+
+
+class WayBack:
+    """One sender's way back: callbacks left unprocessed, then due write-backs and
+    application ACKs to the hospital. Any number may run, in any processes: each
+    claims what it sends (``adapter.writeback.LEASE``)."""
+
+    def __init__(self, container: Container) -> None:
+        from adapter.app_acks import ApplicationAckSender
+        from adapter.writeback import WritebackSender
+
+        self.container = container
+        self.writebacks = WritebackSender(container)
+        self.app_acks = ApplicationAckSender(container)
+
+    async def run_once(self) -> int:
+        """One round; how many write-backs and ACKs it claimed (callbacks left
+        unmatched are tried every few seconds: they do not count)."""
+        await asyncio.to_thread(process_pending, self.container)
+        busy = await self.writebacks.run_once()
+        return busy + await self.app_acks.run_once()
+
+    async def aclose(self) -> None:
+        await self.writebacks.aclose()
+
+
+async def run_way_back_forever(container: Container, *, stop: asyncio.Event, interval: float = 1.0) -> None:
+    """The in-process worker's share of the way back (:class:`WayBack`), until
+    ``stop`` is set."""
+    way_back = WayBack(container)
     try:
         while not stop.is_set():
             busy = 0
             try:
-                await asyncio.to_thread(process_pending, container)
-                busy = await sender.run_once()
-                busy += await app_acks.run_once()
+                busy = await way_back.run_once()
             except Exception:
                 log.exception("way-back round failed; retrying")
             if not busy:
@@ -248,4 +287,4 @@ async def run_way_back_forever(container: Container, *, stop: asyncio.Event, int
                 except TimeoutError:
                     pass
     finally:
-        await sender.aclose()
+        await way_back.aclose()

@@ -2,7 +2,11 @@
 
 Outbox pattern: :func:`queue_writebacks` adds ``writeback`` rows in the transaction that
 records the reply; :class:`WritebackSender` (run by the in-process worker) delivers them
-with retries and backoff until they succeed or :data:`MAX_ATTEMPTS` is reached.
+with retries and backoff (at most 10 minutes apart) until they succeed, or until
+``ADAPTER_HOSPITAL_RETRY_HOURS`` have passed since they were queued: a hospital's
+interface engine down for a night is normal. An operator sees them with
+``python -m adapter writebacks`` and queues them again with ``writebacks resend``
+(:func:`resend`).
 
 Targets, per source of the appointment:
 - HL7 v2 over an outbound MLLP connection, when the facility (``config/facilities.yaml``)
@@ -37,6 +41,7 @@ from adapter.models import Appointment
 from adapter.reply_models import PatientReply, Writeback
 from hl7.ack import new_control_id
 from hl7.client import MLLPConnection, encode_message, read_ack_code
+from hl7.errors import MLLPClientError
 from hl7.facilities import FacilityRule, WritebackEndpoint
 from hl7.header import Separators
 from hl7.message import escape
@@ -44,8 +49,12 @@ from hl7.mllp import client_ssl_context
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 12
-LEASE = timedelta(seconds=60)
+# A sender claims a batch of due rows (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite
+# serialises writers) for LEASE: another sender, in this process or another, skips
+# them until then. Each attempt ends within ATTEMPT_TIMEOUT, and a sender starts one
+# only while its lease has that long left, so no row is ever on the wire twice.
+LEASE = timedelta(minutes=2)
+ATTEMPT_TIMEOUT = timedelta(seconds=30)
 FHIR_JSON = "application/fhir+json"
 WRITEBACK_ID_SYSTEM = "urn:adapter:writeback"
 Action = Literal["confirm", "cancel"]
@@ -166,12 +175,13 @@ async def send_hl7(appointment: Appointment, rule: FacilityRule, action: Action,
 
 async def deliver_over_mllp(endpoint: WritebackEndpoint, payload: bytes, *, timeout: float = 10.0) -> None:
     """Send one message to a hospital's MLLP listener; done only when it answers
-    AA or CA (else WritebackError, and the caller retries)."""
+    AA or CA (else WritebackError, and the caller retries; an answer too large to
+    be an ACK too)."""
     connection = MLLPConnection(endpoint.host, endpoint.port, timeout=timeout,
                                 ssl_context=client_ssl_context() if endpoint.tls else None)
     try:
         ack = await connection.send(payload)
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (OSError, asyncio.TimeoutError, MLLPClientError) as exc:
         raise WritebackError(f"MLLP: {type(exc).__name__}") from None
     finally:
         await connection.close()
@@ -231,23 +241,60 @@ async def send_fhir(http: httpx.AsyncClient, base: str, appointment: Appointment
 
 
 def retry_delay(attempts: int) -> float:
-    """Exponential backoff with jitter, from 2 s to at most 10 minutes."""
-    return random.uniform(0.5, 1.0) * min(600.0, 2.0 ** attempts)
+    """Exponential backoff with jitter, from 2 s to at most 10 minutes.
+
+    >>> 300.0 <= retry_delay(5000) <= 600.0
+    True
+    """
+    return random.uniform(0.5, 1.0) * min(600.0, 2.0 ** min(attempts, 10))
 
 
-def settle_attempt(row: Any, error: str | None, *, now: datetime, what: str) -> None:
+def settle_attempt(row: Any, error: str | None, *, now: datetime, what: str, retry_for: timedelta) -> None:
     """Record one delivery attempt of an outbox row (write-back, application ACK):
-    done, or the next try after a back-off, or failed for good after MAX_ATTEMPTS."""
+    done, or the next try after a back-off, or failed for good once ``retry_for``
+    has passed since the row was queued (``created_at``)."""
     row.attempts += 1
     if error is None:
         row.status, row.done_at, row.last_error = "done", now, None
         return
     row.last_error = error[:200]
-    if row.attempts >= MAX_ATTEMPTS:
+    if now - row.created_at >= retry_for:
         row.status = "failed"
         log.warning("%s %s failed for good after %s attempts", what, row.id, row.attempts)
     else:
         row.next_attempt_at = now + timedelta(seconds=retry_delay(row.attempts))
+
+
+def lease_lasts_an_attempt(now: datetime, leased_until: datetime) -> bool:
+    """Whether an attempt started ``now`` ends before the batch's lease does (the rest
+    of the batch is due again when the lease ends, for whichever sender is free)."""
+    return now + ATTEMPT_TIMEOUT <= leased_until
+
+
+def requeue(row: Any, *, now: datetime) -> None:
+    """Owe an outbox row (write-back, application ACK) again from ``now``: due at
+    once, back-off and retry period starting afresh."""
+    row.status, row.attempts, row.next_attempt_at, row.created_at = "pending", 0, now, now
+
+
+def resend(session: Session, outbox: type[Any], ids: list[int], *, now: datetime) -> dict[int, str]:
+    """An operator's resend: queue the given rows of ``outbox`` (:class:`Writeback`,
+    ``ApplicationAck``) again, given up or done; a pending one is left to its sender
+    (it may be on the wire). Returns what became of each id."""
+    outcome = {}
+    for row_id in ids:
+        row = session.get(outbox, row_id, with_for_update=True)
+        if row is None:
+            outcome[row_id] = "no such id"
+        elif row.status == "pending":
+            outcome[row_id] = "already pending"
+        else:
+            requeue(row, now=now)
+            outcome[row_id] = "queued again"
+    queued = [row_id for row_id, what in outcome.items() if what == "queued again"]
+    if queued:
+        log.info("%s rows queued again by an operator", outbox.__tablename__, extra={"fields": {"ids": queued}})
+    return outcome
 
 
 class WritebackSender:
@@ -262,21 +309,24 @@ class WritebackSender:
         await self.http.aclose()
 
     async def run_once(self) -> int:
-        ids = await asyncio.to_thread(self._claim)
+        ids, leased_until = await asyncio.to_thread(self._claim)
         for writeback_id in ids:
+            if not lease_lasts_an_attempt(self.container.clock.now(), leased_until):
+                break
             await self._deliver(writeback_id)
         return len(ids)
 
-    def _claim(self) -> list[int]:
+    def _claim(self) -> tuple[list[int], datetime]:
         now = self.container.clock.now()
         with transaction(self.container.sessions) as session:
             rows = list(session.scalars(
                 select(Writeback).where(Writeback.status == "pending", Writeback.next_attempt_at <= now)
                 .order_by(Writeback.next_attempt_at, Writeback.id).limit(self.batch_size)
+                .with_for_update(skip_locked=True)  # PostgreSQL; SQLite renders none and needs none
             ))
             for row in rows:
                 row.next_attempt_at = now + LEASE
-            return [row.id for row in rows]
+            return [row.id for row in rows], now + LEASE
 
     def _load(self, writeback_id: int) -> tuple[Writeback, Appointment] | None:
         with transaction(self.container.sessions) as session:
@@ -296,22 +346,29 @@ class WritebackSender:
         row, appointment = loaded
         error: str | None = None
         try:
-            if row.target == "hl7":
-                rule = self.container.facilities.for_facility(source_key(appointment))
-                await send_hl7(appointment, rule, row.action, now=self.container.clock.now())  # type: ignore[arg-type]
-            else:
-                base = load_targets(self.container.settings.config_dir).for_source(source_key(appointment)).fhir_base
-                await send_fhir(self.http, base, appointment, row.action, row.id)  # type: ignore[arg-type]
+            async with asyncio.timeout(ATTEMPT_TIMEOUT.total_seconds()):
+                await self._send(row, appointment)
         except WritebackError as exc:
             error = str(exc)
+        except TimeoutError:
+            error = f"no answer within {ATTEMPT_TIMEOUT.total_seconds():.0f} s"
         except Exception as exc:  # noqa: BLE001 - a bug must not lose the write-back
             log.exception("write-back %s failed", writeback_id)
             error = f"internal: {type(exc).__name__}"
         await asyncio.to_thread(self._record, writeback_id, error)
+
+    async def _send(self, row: Writeback, appointment: Appointment) -> None:
+        if row.target == "hl7":
+            rule = self.container.facilities.for_facility(source_key(appointment))
+            await send_hl7(appointment, rule, row.action, now=self.container.clock.now())  # type: ignore[arg-type]
+        else:
+            base = load_targets(self.container.settings.config_dir).for_source(source_key(appointment)).fhir_base
+            await send_fhir(self.http, base, appointment, row.action, row.id)  # type: ignore[arg-type]
 
     def _record(self, writeback_id: int, error: str | None) -> None:
         now = self.container.clock.now()
         with transaction(self.container.sessions) as session:
             row = session.get(Writeback, writeback_id)
             if row is not None:
-                settle_attempt(row, error, now=now, what="write-back")
+                settle_attempt(row, error, now=now, what="write-back",
+                               retry_for=timedelta(hours=self.container.settings.hospital_retry_hours))

@@ -151,3 +151,64 @@ def test_settings_out_of_range_stop_the_start_naming_the_variable_not_its_value(
     for variable in ("ADAPTER_MLLP_PORT", "ADAPTER_CLAIM_BATCH_SIZE", "ADAPTER_SMTP_PORT"):
         assert f"configuration error: {variable}" in said
     assert env_secret not in settings.stderr and "Traceback" not in settings.stderr
+
+
+def test_hl7_acks_lists_given_up_application_acks_and_resend_queues_them_again(tmp_path):
+    from adapter.clock import FrozenClock
+    from tests.core.test_app_acks import NOW, ack_rows, adapter_for, free_port, owe_application_acks, retry_while_down
+    from tests.core.test_replies import MllpListener
+
+    port, clock = free_port(), FrozenClock(NOW)
+    container = adapter_for(tmp_path, port, clock, hospital_retry_hours=1)
+    owe_application_acks(container, "LOST1", "LOST2")
+    retry_while_down(container, clock, until=NOW + timedelta(hours=2))
+    assert [row[0] for row in ack_rows(container)] == ["failed", "failed"]
+
+    listing = cli(tmp_path, "hl7", "acks", "--failed")
+    assert listing.returncode == 0, listing.stderr
+    assert "LOST1" in listing.stdout and "LOST2" in listing.stdout and "ConnectionRefusedError" in listing.stdout
+    resend = cli(tmp_path, "hl7", "acks", "resend", "1", "99")
+    assert resend.returncode == 1  # not every id could be queued
+    assert "1: queued again" in resend.stdout and "99: no such id" in resend.stdout
+    assert ack_rows(container) == [("pending", 0, "MLLP: ConnectionRefusedError"), ack_rows(container)[1]]
+    assert "LOST1" not in cli(tmp_path, "hl7", "acks", "--failed").stdout
+
+    listener = MllpListener(port=port)
+    try:
+        retry_while_down(container, clock, until=clock.now() + timedelta(minutes=1))
+        assert [row[0] for row in ack_rows(container)] == ["done", "failed"]
+        [ack] = listener.received
+        assert "MSA|AA|LOST1" in ack
+    finally:
+        listener.stop()
+
+
+def test_writebacks_lists_a_given_up_cancellation_and_resend_delivers_it(tmp_path):
+    from adapter.clock import FrozenClock
+    from adapter.reply_models import Writeback
+    from adapter.writeback import WritebackSender
+    from tests.core.test_app_acks import NOW, adapter_for, free_port, retry_while_down
+    from tests.core.test_replies import MllpListener
+    from tests.core.test_writeback import cancelled_by_the_patient, writeback_rows
+
+    port, clock = free_port(), FrozenClock(NOW)
+    container = adapter_for(tmp_path, port, clock, hospital_retry_hours=1)
+    cancelled_by_the_patient(container)
+    sender = WritebackSender(container)
+    retry_while_down(container, clock, until=NOW + timedelta(hours=2), sender=sender, outbox=Writeback)
+    assert writeback_rows(container)[0][:2] == ("cancel", "failed")
+
+    listing = cli(tmp_path, "writebacks", "--failed")
+    assert listing.returncode == 0, listing.stderr
+    assert "cancel" in listing.stdout and "ConnectionRefusedError" in listing.stdout
+    resend = cli(tmp_path, "writebacks", "resend", "1")
+    assert resend.returncode == 0 and "1: queued again" in resend.stdout
+
+    listener = MllpListener(port=port)
+    try:
+        retry_while_down(container, clock, until=clock.now() + timedelta(minutes=1), sender=sender, outbox=Writeback)
+        assert writeback_rows(container) == [("cancel", "done", 1, None)]
+        [s15] = listener.received
+        assert "SIU^S15^SIU_S12" in s15
+    finally:
+        listener.stop()

@@ -38,13 +38,13 @@ PHONE = "+393331234567"
 
 class MllpListener:
     """The hospital's write-back listener: answers AE to the first ``refuse`` messages
-    (to prove retries), AA after."""
+    (to prove retries), AA after. On ``port``, or any free one."""
 
-    def __init__(self, refuse: int = 0) -> None:
+    def __init__(self, refuse: int = 0, *, port: int = 0) -> None:
         self.received: list[str] = []
         self.refuse = refuse
         self.loop = asyncio.new_event_loop()
-        self.server = MLLPServer(self._handle, host="127.0.0.1", port=0)
+        self.server = MLLPServer(self._handle, host="127.0.0.1", port=port)
         ready = threading.Event()
 
         def run() -> None:

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from adapter.cli_compliance import audit_app, gdpr_app, keys_app
 from adapter.db import LARGEST_INTEGER
@@ -206,26 +206,41 @@ def outbox(limit: Annotated[int, typer.Option(min=1, max=10_000, help="how many,
 
 
 @hl7_app.command("errors")
-def hl7_errors(limit: Annotated[int, typer.Option(min=1, max=10_000, help="how many, oldest first")] = 100) -> None:
-    """Messages that could not be processed, with the reason."""
+def hl7_errors(
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="how many to show")] = 100,
+    newest: Annotated[bool, typer.Option("--newest", help="the most recent first (default: oldest first)")] = False,
+) -> None:
+    """Messages that could not be processed, with the reason; says how many there are in
+    all, and which can no longer be replayed (raw message deleted after retention)."""
     from adapter.db import transaction
-    from adapter.models import InboundMessage
+    from adapter.models import InboundMessage, InboundRaw
 
     container = _container()
-    table = Table("id", "received (UTC)", "sender", "control id", "type", "status", "reason")
+    in_store = InboundMessage.status.in_(("error", "rejected"))
+    table = Table("id", "received (UTC)", "sender", "control id", "type", "status", "reason", "replay")
     with transaction(container.sessions) as session:
-        rows = session.scalars(
-            select(InboundMessage)
-            .where(InboundMessage.status.in_(("error", "rejected")))
-            .order_by(InboundMessage.id)
+        total = session.scalar(select(func.count()).select_from(InboundMessage).where(in_store)) or 0
+        held = select(InboundRaw.message_id).where(InboundRaw.message_id == InboundMessage.id).exists()
+        rows = session.execute(
+            select(InboundMessage, held | (InboundMessage.source != "hl7"))
+            .where(in_store)
+            .order_by(InboundMessage.id.desc() if newest else InboundMessage.id)
             .limit(limit)
-        )
-        count = 0
-        for row in rows:
-            count += 1
+        ).all()
+        for row, replayable in rows:
             table.add_row(str(row.id), row.received_at.strftime("%Y-%m-%d %H:%M:%S"), row.sender,
-                          row.control_id, row.message_type, row.status, row.error or "")
-    console.print(table if count else "the error store is empty")
+                          row.control_id, row.message_type, row.status, row.error or "",
+                          "yes" if replayable else "no: raw deleted after retention")
+    if not total:
+        console.print("the error store is empty")
+        return
+    console.print(table)
+    if total > len(rows):
+        order = "most recent" if newest else "oldest"
+        console.print(f"{len(rows)} of {total} shown, the {order} first: --limit N shows more"
+                      + ("" if newest else ", --newest the most recent first"))
+    else:
+        console.print(f"{total} in the error store")
 
 
 @hl7_app.command("replay")

@@ -46,6 +46,8 @@ from hl7.mapping import map_message
 log = logging.getLogger(__name__)
 
 SYSTEM = "system"
+# What replay answers for a message retention has emptied: nothing is left to map.
+PURGED = "not replayable: its raw message was deleted after retention; ask the sender to send it again"
 _PROCESSABLE = ("stored", "error", "rejected")  # replay takes errors and rejections again
 _MSA = re.compile(rb"MSA.(\w\w)")
 _INBOUND = InboundMessage.__table__
@@ -460,5 +462,14 @@ class HL7Intake:
                            lambda took: self.writer.waiting.wait_quiet(after=took))
 
     def replay(self, message_ids: list[int]) -> dict[int, str]:
-        """Process error-store messages again (after a config fix)."""
-        return {message_id: self.process(message_id) for message_id in message_ids}
+        """Process error-store messages again (after a config fix). A message whose raw
+        bytes were purged after retention cannot be: it is answered ``PURGED``."""
+        purged = set(self.purged(message_ids))
+        return {message_id: PURGED if message_id in purged else self.process(message_id) for message_id in message_ids}
+
+    def purged(self, message_ids: list[int]) -> list[int]:
+        """The HL7 messages among ``message_ids`` whose raw bytes retention has deleted."""
+        with read_transaction(self.sessions) as session:
+            return list(session.scalars(select(_INBOUND.c.id).where(
+                _INBOUND.c.id.in_(message_ids), _INBOUND.c.source == "hl7",
+                ~select(_RAW.c.message_id).where(_RAW.c.message_id == _INBOUND.c.id).exists())))

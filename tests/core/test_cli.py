@@ -212,3 +212,38 @@ def test_writebacks_lists_a_given_up_cancellation_and_resend_delivers_it(tmp_pat
         assert "SIU^S15^SIU_S12" in s15
     finally:
         listener.stop()
+
+
+def test_hl7_errors_says_how_many_there_are_and_which_can_no_longer_be_replayed(tmp_path):
+    """Three messages in the error store, the first received long ago: retention has
+    since deleted its raw bytes. The listing says how many there are beyond those it
+    shows, shows the most recent first on request, and says which cannot be replayed;
+    replaying that one says why, in the operator's terms."""
+    from adapter.clock import FrozenClock
+    from adapter.housekeeping import purge_expired
+    from hl7.header import read_header
+    from tests.harness import migrated_container
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    clock = FrozenClock(now - timedelta(days=400))
+    container = migrated_container(settings_for(tmp_path), clock=clock)
+    start = now + timedelta(days=2)
+    ts = start.strftime("%Y%m%d%H%M%S+0000").encode()
+    for control_id in ("OLD1", "NEW1", "NEW2"):
+        no_start = siu("S12", control_id, start).replace(b"|^^^" + ts + b"|", b"||").replace(b"|" + ts + b"|", b"||")
+        container.intake.writer.write([(read_header(no_start), no_start)])
+        container.intake.process_pending()
+        clock.set(now)
+    purge_expired(container, now=now)
+    container.engine.dispose()
+
+    shown = cli(tmp_path, "hl7", "errors", "--limit", "2")
+    assert shown.returncode == 0, shown.stderr
+    assert "OLD1" in shown.stdout and "NEW1" in shown.stdout and "NEW2" not in shown.stdout
+    assert "2 of 3 shown, the oldest first" in shown.stdout
+    assert "no: raw deleted after retention" in shown.stdout
+    newest = cli(tmp_path, "hl7", "errors", "--limit", "1", "--newest")
+    assert "NEW2" in newest.stdout and "OLD1" not in newest.stdout and "1 of 3 shown, the most recent first" in newest.stdout
+    replay = cli(tmp_path, "hl7", "replay", "1")
+    assert replay.returncode == 1
+    assert "not replayable: its raw message was deleted after retention" in " ".join(replay.stdout.split())

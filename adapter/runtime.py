@@ -147,7 +147,9 @@ async def serve(
             )
         )
         tasks.append(asyncio.create_task(run_way_back_forever(container, stop=stop, interval=settings.worker_poll_interval_s)))
-        tasks.append(asyncio.create_task(run_housekeeping_forever(container, stop=stop)))
+    # With Celery workers too: every deployment has a serve, and these jobs (signing the
+    # audit log's tree heads, the retention purge, adopting a rotated master key) must run.
+    tasks.append(asyncio.create_task(run_housekeeping_forever(container, stop=stop)))
     ssl_context = None
     if settings.mllp_tls_cert:
         ssl_context = server_ssl_context(settings.mllp_tls_cert, settings.mllp_tls_key, settings.mllp_tls_client_ca or None)

@@ -133,7 +133,7 @@ class RunningAdapter:
 
 
 @contextmanager
-def running_adapter(settings: Settings, clock: Clock | None = None) -> Iterator[RunningAdapter]:
+def running_adapter(settings: Settings, clock: Clock | None = None, *, embedded_worker: bool = True) -> Iterator[RunningAdapter]:
     container = migrated_container(settings, clock)
     tokens = {}
     with transaction(container.sessions) as session:
@@ -153,7 +153,8 @@ def running_adapter(settings: Settings, clock: Clock | None = None) -> Iterator[
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(
-                serve(container, http_port=0, mllp_port=0, shutdown=shutdown, on_ready=on_ready)
+                serve(container, http_port=0, mllp_port=0, embedded_worker=embedded_worker, shutdown=shutdown,
+                      on_ready=on_ready)
             )
         except BaseException as exc:  # surfaced to the test below
             failure.append(exc)

@@ -193,3 +193,21 @@ def test_a_purge_with_nothing_expired_reads_no_whole_table(tmp_path):
     assert not any(vars(purge_expired(container, now=NOW)).values())
     assert few > 0 and steps.count < 2 * few, (few, steps.count)
     container.engine.dispose()
+
+
+def test_serve_with_celery_workers_still_runs_the_retention_purge(tmp_path):
+    """``serve --workers celery`` runs no in-process worker; the minute jobs (the
+    purge, tree heads, a rotated master key) used to run only with that worker, so a
+    Celery deployment kept raw messages forever. Every deployment has a serve."""
+    from tests.core.test_end_to_end import wait_for
+    from tests.harness import running_adapter
+
+    settings = settings_for(tmp_path)
+    container = migrated_container(settings, clock=FrozenClock(NOW))
+    old = add_rows(container, age=timedelta(days=container.gate.policy.retention.sent_body_days + 1), tag="old")
+    container.engine.dispose()
+    with running_adapter(settings, clock=FrozenClock(NOW), embedded_worker=False) as adapter:
+        def purged() -> bool:
+            with transaction(adapter.container.sessions) as session:
+                return session.get(InboundRaw, old[0]) is None
+        assert wait_for(purged)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -265,16 +266,27 @@ def hl7_send(
     port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="default ADAPTER_MLLP_PORT")] = None,
     connections: Annotated[int, typer.Option(min=1, max=64)] = 1,
     rate: Annotated[Optional[float], typer.Option(min=0.01, help="messages per second, all connections")] = None,
-    tls: bool = False,
+    tls: Annotated[bool, typer.Option(help="TLS, trusting the system's certificate authorities")] = False,
+    tls_ca: Annotated[Optional[Path], typer.Option(help="TLS, trusting this CA (PEM) for the listener's certificate")] = None,
+    tls_cert: Annotated[Optional[Path], typer.Option(help="mutual TLS: our client certificate (PEM)")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option(help="mutual TLS: its private key (PEM), if not in --tls-cert")] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for each send and each ACK")] = 30.0,
 ) -> None:
     """Send messages over MLLP with a progress bar; exit 1 unless every message is
     accepted: AA, or CA in enhanced mode; one with MSH-15 NE counts as sent (no ACK
     expected), one with ER as accepted when no error ACK comes."""
     from adapter.hl7_send import send_files
+    from hl7.mllp import client_ssl_context
 
+    ssl_context = None
+    if tls or tls_ca or tls_cert:
+        try:
+            ssl_context = client_ssl_context(tls_ca, tls_cert, tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            err.print(f"[red]TLS files could not be read[/red]: {exc}")
+            raise typer.Exit(2) from None
     code = send_files(paths, host=host, port=port or get_settings().mllp_port, connections=connections,
-                      rate=rate, tls=tls, timeout=timeout, console=console)
+                      rate=rate, ssl_context=ssl_context, timeout=timeout, console=console)
     raise typer.Exit(code)
 
 

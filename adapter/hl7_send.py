@@ -4,6 +4,7 @@ with a progress bar and a summary of ACK codes."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import Counter
 from pathlib import Path
 
@@ -32,8 +33,8 @@ def collect(paths: list[Path]) -> list[bytes]:
 
 
 def send_files(
-    paths: list[Path], *, host: str, port: int, connections: int, rate: float | None, tls: bool,
-    timeout: float, console: Console,
+    paths: list[Path], *, host: str, port: int, connections: int, rate: float | None,
+    ssl_context: ssl.SSLContext | None = None, timeout: float, console: Console,
 ) -> int:
     """Send, show progress, print the summary; the exit code is 0 only when every
     message was accepted: AA, or CA in enhanced mode, or sent with MSH-15 NE (no
@@ -53,7 +54,8 @@ def send_files(
             bar.advance(task)
 
         results = asyncio.run(
-            send_messages(messages, host, port, connections=connections, rate=rate, tls=tls, timeout=timeout, on_ack=tick)
+            send_messages(messages, host, port, connections=connections, rate=rate, ssl_context=ssl_context, timeout=timeout,
+                          on_ack=tick)
         )
     codes = Counter(result.outcome for result in results)
     for result in results:

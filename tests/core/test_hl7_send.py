@@ -26,7 +26,7 @@ def send(paths: list[Path], handler) -> tuple[int, str]:  # noqa: ANN001 - an ML
         await server.start()
         try:
             return await asyncio.to_thread(send_files, paths, host="127.0.0.1", port=server.port, connections=1,
-                                           rate=None, tls=False, timeout=5, console=Console(file=out, width=200))
+                                           rate=None, timeout=5, console=Console(file=out, width=200))
         finally:
             await server.stop(1)
 

@@ -321,3 +321,35 @@ def test_mutual_tls_accepts_a_trusted_client_and_refuses_an_unknown_one(pki):
             await server.stop()
 
     run(scenario())
+
+
+def test_hl7_send_reaches_a_mutual_tls_listener_with_its_own_ca_and_client_certificate(pki, tmp_path):
+    """``python -m adapter hl7 send --tls-ca --tls-cert --tls-key``: what an integration
+    engineer needs to try a listener whose certificate comes from the hospital's own
+    CA and which asks for a client certificate (--tls alone trusts the system's CAs)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    feed = tmp_path / "feed.hl7"
+    feed.write_bytes(message("CLI-MTLS"))
+    root = Path(__file__).resolve().parents[2]
+
+    async def scenario():
+        server = await started(ssl_context=server_ssl_context(pki.server_cert, pki.server_key, client_ca=pki.ca))
+        try:
+            def send(*tls: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run([sys.executable, "-m", "adapter", "hl7", "send", str(feed), "--port",
+                                       str(server.port), "--timeout", "3", *tls], cwd=root, capture_output=True,
+                                      text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+            trusted = await asyncio.to_thread(send, "--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert),
+                                              "--tls-key", str(pki.client_key))
+            anonymous = await asyncio.to_thread(send, "--tls-ca", str(pki.ca))
+            return trusted, anonymous
+        finally:
+            await server.stop()
+
+    trusted, anonymous = asyncio.run(asyncio.wait_for(scenario(), 90))
+    assert trusted.returncode == 0 and "AA 1" in trusted.stdout, trusted.stdout + trusted.stderr
+    assert anonymous.returncode == 1 and "AA" not in anonymous.stdout

@@ -25,6 +25,7 @@ from compliance.consent import ConsentDecision
 from compliance.purposes import ReportRules, TemplateLint
 
 REPORT_KINDS = frozenset({"report_ready"})
+EXCLUDED_REASON = "excluded from online delivery (report rules, config/purposes.yaml)"
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,12 @@ def excluded_code(codes: Iterable[str], rules: ReportRules) -> tuple[str, str] |
 
 def report_notice_allowed(codes: Iterable[str], consent: ConsentDecision, rules: ReportRules) -> ReportNoticeDecision:
     """Whether a report-ready notice may be sent. Exclusion comes first: an excluded result
-    produces no notice whatever the consent. The reason never names the exam."""
+    produces no notice whatever the consent. The reason never names the exam, nor which
+    category excluded it: it is kept with the notification and in the audit log, and "HIV"
+    beside a patient's pseudonym would say what the notice was kept from saying."""
     hit = excluded_code(codes, rules)
     if hit is not None:
-        return ReportNoticeDecision(False, f"excluded from online delivery ({hit[1]} rule)", hit[0])
+        return ReportNoticeDecision(False, EXCLUDED_REASON, hit[0])
     if not consent.allowed:
         return ReportNoticeDecision(False, f"no consent to online delivery: {consent.reason}")
     return ReportNoticeDecision(True, f"online delivery consented: {consent.reason}")

@@ -21,6 +21,8 @@ def test_hiv_and_genetic_results_never_produce_a_notice_even_with_consent(codes)
     decision = report_notice_allowed(codes, YES, RULES)
     assert not decision.allowed and decision.excluded_code in codes
     assert "excluded from online delivery" in decision.reason
+    # kept with the notification and in the audit log: it must not say which category
+    assert not {"hiv", "genetic", "gen-"} & set(decision.reason.lower().replace("(", " ").split())
 
 
 def test_a_code_from_another_system_with_the_same_value_is_not_excluded():

@@ -15,6 +15,7 @@ from adapter import events as ev
 from adapter.bootstrap import Container
 from adapter.clock import FrozenClock
 from adapter.db import transaction
+from compliance.report_rules import EXCLUDED_REASON
 from adapter.models import Appointment, Contact, InboundMessage, Notification, Patient
 from compliance.consent_store import record_consent
 from tests.harness import migrated_container, settings_for
@@ -248,7 +249,7 @@ def test_a_panel_with_an_excluded_result_notifies_the_rest_whatever_the_order_of
     with transaction(adapter.container.sessions) as session:
         rows = session.execute(select(Notification.subject_ref, Notification.status, Notification.reason)).all()
     assert sorted((ref.rsplit(":", 1)[1], status, reason) for ref, status, reason in rows) == [
-        ("LAB-H", "suppressed", "excluded from online delivery (hiv rule)"), ("LAB-R", "scheduled", None)]
+        ("LAB-H", "suppressed", EXCLUDED_REASON), ("LAB-R", "scheduled", None)]
 
 
 def test_withdrawing_one_report_of_a_panel_keeps_the_notice_for_the_one_still_final(adapter):

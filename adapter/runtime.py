@@ -160,6 +160,7 @@ async def serve(
         max_message_bytes=settings.mllp_max_message_bytes,
         idle_timeout=settings.mllp_idle_timeout_s,
         ssl_context=ssl_context,
+        max_connections=settings.mllp_max_connections,
     )
     await mllp.start()
     app = create_app(container)

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     mllp_port: Port = 2575
     mllp_max_message_bytes: Count = 10 * 1024 * 1024
     mllp_idle_timeout_s: Positive = 300.0
+    mllp_max_connections: Count = 256  # open at once; more are closed as soon as accepted
     mllp_tls_cert: str = ""
     mllp_tls_key: str = ""
     mllp_tls_client_ca: str = ""  # set to require client certificates (mutual TLS)

@@ -185,7 +185,8 @@ class MLLPServer:
     AR, an unreadable one with AR, and a handler that raises with AE or AR
     (``answer_for_failure``). Idle connections are closed after
     ``idle_timeout`` seconds, and so is one whose peer takes no ACK bytes for
-    as long. ``stop(grace)`` stops accepting, lets connections
+    as long; beyond ``max_connections`` open at once, a new connection is closed
+    as soon as it is accepted. ``stop(grace)`` stops accepting, lets connections
     answer the messages already received, closes them, and after ``grace``
     seconds closes whatever is left.
     """
@@ -200,6 +201,7 @@ class MLLPServer:
         idle_timeout: float = 300.0,
         ssl_context: ssl.SSLContext | None = None,
         read_size: int = 64 * 1024,
+        max_connections: int = 256,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -208,6 +210,7 @@ class MLLPServer:
         self.idle_timeout = idle_timeout
         self.ssl_context = ssl_context
         self.read_size = read_size
+        self.max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], _ConnectionState] = {}
         self._stopping = False
@@ -269,6 +272,13 @@ class MLLPServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._connections) >= self.max_connections:
+            # A sender that opens connections without end (a reconnect loop) would
+            # otherwise take every file descriptor, the database's and the other
+            # hospitals' connections with them. It is closed before it sends anything.
+            log.warning("MLLP connection closed at once: %d are open, the limit", len(self._connections))
+            writer.close()
+            return
         state = _ConnectionState()
         self._connections[task] = state
         try:

@@ -353,3 +353,35 @@ def test_hl7_send_reaches_a_mutual_tls_listener_with_its_own_ca_and_client_certi
     trusted, anonymous = asyncio.run(asyncio.wait_for(scenario(), 90))
     assert trusted.returncode == 0 and "AA 1" in trusted.stdout, trusted.stdout + trusted.stderr
     assert anonymous.returncode == 1 and "AA" not in anonymous.stdout
+
+
+def test_beyond_max_connections_a_new_connection_is_closed_and_the_open_ones_keep_working():
+    """A sender stuck in a reconnect loop must not take every file descriptor."""
+    async def scenario():
+        server = await started(max_connections=2)
+        try:
+            first = MLLPConnection("127.0.0.1", server.port, timeout=5)
+            second = MLLPConnection("127.0.0.1", server.port, timeout=5)
+            for conn, tag in ((first, "C1"), (second, "C2")):
+                assert read_ack_code(await conn.send(message(tag)))[0] == AckCode.AA
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(frame(message("C3")))
+            try:
+                answered = await asyncio.wait_for(reader.read(), 5)
+            except ConnectionResetError:  # closed with the message unread
+                answered = b""
+            assert answered == b""  # closed, nothing answered
+            writer.close()
+            assert read_ack_code(await first.send(message("C1b")))[0] == AckCode.AA
+            await second.close()
+            for _ in range(100):  # the server notices the close
+                if server.connection_count < 2:
+                    break
+                await asyncio.sleep(0.02)
+            async with MLLPConnection("127.0.0.1", server.port, timeout=5) as again:
+                assert read_ack_code(await again.send(message("C4")))[0] == AckCode.AA
+            await first.close()
+        finally:
+            await server.stop()
+
+    run(scenario())

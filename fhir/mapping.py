@@ -88,15 +88,20 @@ def patient_details(
     patient: dict[str, Any], patient_id: str, key_systems: tuple[str, ...] = ()
 ) -> PatientDetails:
     """PatientDetails of a FHIR Patient. The key is the first identifier whose
-    system is in ``key_systems`` (in that order), else ``fhir:Patient|<id>``."""
+    system is in ``key_systems`` (in that order), else ``fhir:Patient|<id>``.
+
+    An identifier without a ``system`` is left out: its value is unique only within
+    whoever assigned it, and two EHRs may both send ``{"value": "12345"}`` for
+    different people. Patients are matched on their identifiers, so it would make
+    one patient of two (the HL7 side qualifies such an id by its sender instead)."""
     identifiers = tuple(
         Identifier(
-            system=i.get("system", ""),
-            value=i.get("value", ""),
+            system=i["system"],
+            value=i["value"],
             kind=_first_code(i.get("type")),
         )
         for i in patient.get("identifier") or []
-        if i.get("value")
+        if i.get("value") and i.get("system")
     )
     key = Identifier(LOCAL_PATIENT_SYSTEM, patient_id)
     for system in key_systems:

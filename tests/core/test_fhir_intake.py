@@ -7,10 +7,10 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 
 from adapter.db import transaction
-from adapter.models import InboundMessage
+from adapter.models import InboundMessage, Notification, Patient
 from adapter.subject_rights import erase_patient, find_patient_id
 from tests.core.test_end_to_end import FHIR, appointment, notifications, patient
 from tests.harness import migrated_container, running_adapter, settings_for
@@ -243,3 +243,31 @@ def test_a_transaction_creating_patients_seals_everything_before_it_takes_the_wr
         assert "seal" not in steps[write:]
         assert steps[write + 1] == "INSERT INTO data_key"  # the new patient's key, with the rest
         assert all(s.startswith("INSERT INTO") for s in steps[write + 1:])
+
+
+def test_patients_whose_identifier_has_no_system_are_never_fused(tmp_path):
+    """An identifier without a system is unique only within whoever assigned it: two
+    EHRs (or two wards) may both send ``{"value": "12345"}`` for different people.
+    Matching on it made one patient of two, and one's reminders went to the other's
+    phone. It is not used to match: each stays their own patient."""
+    from tests.core.test_end_to_end import wait_for
+
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr = adapter.client("ehr")
+        start = datetime.now(UTC) + timedelta(days=3)
+        for pid, phone in (("pa", "+393331111111"), ("pb", "+393332222222")):
+            body = patient(pid, phone=phone)
+            body["identifier"] = [{"value": "12345"}]
+            assert ehr.put(f"/fhir/R4/Patient/{pid}", json=body, headers=FHIR).status_code in (200, 201)
+            booked = ehr.put(f"/fhir/R4/Appointment/a-{pid}", json=appointment(f"a-{pid}", pid, start), headers=FHIR)
+            assert booked.status_code in (200, 201), booked.text
+
+        def owners() -> set[str]:
+            with transaction(adapter.container.sessions) as session:
+                return set(session.scalars(select(Notification.patient_id).where(
+                    Notification.kind == "booking_confirmation")))
+        wait_for(lambda: len(fhir_messages(adapter)) >= 4 and all(
+            m["status"] != "stored" for m in fhir_messages(adapter)))
+        with transaction(adapter.container.sessions) as session:
+            assert session.scalar(select(func.count()).select_from(Patient).where(Patient.merged_into.is_(None))) == 2
+        assert len(owners()) == 2

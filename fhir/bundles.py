@@ -49,9 +49,20 @@ def parse_bundle(data: dict[str, Any]) -> tuple[str, list[Entry]]:
     if kind not in ("transaction", "batch"):
         raise invalid(f"POST / takes a transaction or batch Bundle, not {kind!r}", "Bundle.type",
                       code="not-supported" if kind else "required")
+    raw_entries = data.get("entry") or []
+    if not isinstance(raw_entries, list):
+        raise invalid("Bundle.entry must be a list of entries", "Bundle.entry", code="structure")
     entries = []
-    for i, raw in enumerate(data.get("entry") or []):
-        request = raw.get("request") or {}
+    for i, raw in enumerate(raw_entries):
+        request = raw.get("request") if isinstance(raw, dict) else None
+        if not isinstance(request or {}, dict) or not isinstance(raw, dict):
+            raise invalid("An entry must be an object with a request object", f"Bundle.entry[{i}]",
+                          code="structure")
+        request = request or {}
+        for field in ("url", "ifNoneExist", "ifMatch"):
+            if request.get(field) is not None and not isinstance(request[field], str):
+                raise invalid(f"request.{field} must be a string", f"Bundle.entry[{i}].request.{field}",
+                              code="structure")
         method = str(request.get("method", "")).upper()
         if method not in _METHOD_ORDER:
             raise invalid(f"Entry method {method or 'missing'!r} is not supported "
@@ -63,7 +74,26 @@ def parse_bundle(data: dict[str, Any]) -> tuple[str, list[Entry]]:
         entries.append(Entry(i, method, str(request.get("url", "")), str(raw.get("fullUrl", "")),
                              raw.get("resource"), request.get("ifNoneExist"),
                              request.get("ifMatch")))
+    if kind == "transaction":
+        _one_entry_per_resource(entries)
     return kind, entries
+
+
+def _one_entry_per_resource(entries: list[Entry]) -> None:
+    """A transaction may not touch one resource twice (R4 §3.1.0.11.2: the transaction
+    SHALL fail): which write would win depends on processing order, and a patient could
+    be told of an appointment that became another's within the same Bundle."""
+    seen: dict[str, int] = {}
+    for entry in entries:
+        if entry.method != "PUT":
+            continue
+        target = entry.url.split("?", 1)[0].strip("/")
+        if "/" not in target:
+            continue  # a conditional update (Type?criteria): resolved when applied
+        if target in seen:
+            raise invalid(f"{target} is the target of entries {seen[target]} and {entry.index}: a transaction "
+                          "may touch a resource once", f"Bundle.entry[{entry.index}].request.url", code="business-rule")
+        seen[target] = entry.index
 
 
 def run_transaction(service: FhirService, session: Session, entries: list[Entry],

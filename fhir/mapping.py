@@ -24,7 +24,7 @@ Consent
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapter.events import (
@@ -52,6 +52,8 @@ CHANNEL_EXTENSION = "https://adapter.example.org/fhir/StructureDefinition/consen
 CHANNEL_CODESYSTEM = "https://adapter.example.org/fhir/CodeSystem/channel"
 _TELECOM = {"phone": "phone", "sms": "sms", "email": "email"}
 _CANCELLED = frozenset({"cancelled", "entered-in-error"})
+# Statuses in which the patient has been told of the appointment (a booking confirmation).
+_ANNOUNCED = frozenset({"booked", "arrived", "checked-in"})
 _REPORT_ANNOUNCED = frozenset({"final", "amended", "corrected", "appended"})
 
 
@@ -70,7 +72,7 @@ def events_for(
     if patient is None:
         patient_id = resource_patient_id(new) or ""
         patient = (
-            patient_details(new, patient_id) if resource_type == "Patient"
+            patient_details(new, patient_id, now=now) if resource_type == "Patient"
             else PatientDetails(key=Identifier(LOCAL_PATIENT_SYSTEM, patient_id))
         )
     if resource_type == "Appointment":
@@ -85,7 +87,7 @@ def events_for(
 
 
 def patient_details(
-    patient: dict[str, Any], patient_id: str, key_systems: tuple[str, ...] = ()
+    patient: dict[str, Any], patient_id: str, key_systems: tuple[str, ...] = (), *, now: datetime | None = None
 ) -> PatientDetails:
     """PatientDetails of a FHIR Patient. The key is the first identifier whose
     system is in ``key_systems`` (in that order), else ``fhir:Patient|<id>``.
@@ -115,7 +117,7 @@ def patient_details(
         identifiers=identifiers,
         given_name=" ".join(name.get("given") or []),
         family_name=name.get("family", ""),
-        telecom=_telecom(patient.get("telecom") or []),
+        telecom=_telecom(patient.get("telecom") or [], now or datetime.now(UTC)),
         language=_language(patient.get("communication") or []),
     )
 
@@ -128,12 +130,15 @@ def _official_name(names: list[dict[str, Any]]) -> dict[str, Any]:
     return names[0] if names else {}
 
 
-def _telecom(items: list[dict[str, Any]]) -> tuple[ContactPoint, ...]:
+def _telecom(items: list[dict[str, Any]], now: datetime) -> tuple[ContactPoint, ...]:
+    """The contact points in use ``now``: not ``use: old``, not past their ``period.end``
+    (a number valid until a date still in the future is in use)."""
     points = []
     for item in items:
         if not item.get("value") or item.get("use") == "old":
             continue
-        if item.get("period", {}).get("end"):
+        ended = parse_instant((item.get("period") or {}).get("end"), end=True)
+        if ended is not None and ended <= now:
             continue
         points.append(ContactPoint(
             system=_TELECOM.get(item.get("system", ""), "other"),  # type: ignore[arg-type]
@@ -162,13 +167,27 @@ def _first_code(concept: Any) -> str:
     return ""
 
 
-def parse_instant(value: str | None) -> datetime | None:
-    """A FHIR instant/dateTime as an aware UTC datetime (dates count from 00:00 UTC)."""
+def parse_instant(value: str | None, *, end: bool = False) -> datetime | None:
+    """A FHIR instant/dateTime as an aware UTC datetime. A dateTime may be a year, a
+    month or a day (``2025``, ``2025-01``, ``2025-01-31``): it stands for that whole
+    span, from 00:00 UTC on its first day, or with ``end`` (the end of a Period,
+    compared as "before it") until 00:00 UTC the day after its last.
+
+    >>> parse_instant("2025-01", end=True).isoformat()
+    '2025-02-01T00:00:00+00:00'
+    """
     if not value:
         return None
+    if len(value) in (4, 7):  # a year or a month (FHIR dateTime, R4 §2.24.0.1)
+        year, month = int(value[:4]), int(value[5:7]) if len(value) == 7 else 1
+        if end:
+            year, month = (year + 1, month) if len(value) == 4 else (year + month // 12, month % 12 + 1)
+        return datetime(year, month, 1, tzinfo=UTC)
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
+    if end and len(value) == 10:  # a day: all of it
+        parsed += timedelta(days=1)
     return parsed.astimezone(UTC)
 
 
@@ -206,11 +225,13 @@ def _appointment_events(new, previous, origin, now, patient) -> list[AnyEvent]:
     if status == "booked":
         if before != "booked":
             return [AppointmentBooked(**common)]
-        if prev_start != appointment.start:
+        if prev_start != appointment.start or resource_patient_id(previous) != resource_patient_id(new):
+            # Moved, or given to another patient: the core tells the one it now belongs
+            # to, and withdraws what the first was still to get.
             return [AppointmentRescheduled(**common, previous_start=prev_start)]
         return []
     if status in _CANCELLED:
-        if previous is None or before in _CANCELLED:
+        if before not in _ANNOUNCED:  # never announced as booked: nothing to call off
             return []
         return [AppointmentCancelled(**common, reason=status)]
     if status == "noshow":
@@ -240,12 +261,12 @@ def _report_events(new, previous, origin, now, patient) -> list[AnyEvent]:
 
 
 def _patient_events(new, previous, origin, now, patient) -> list[AnyEvent]:
-    telecom, language = _telecom(new.get("telecom") or []), _language(new.get("communication") or [])
+    telecom, language = _telecom(new.get("telecom") or [], now), _language(new.get("communication") or [])
     if previous is None:
         changed = bool(telecom or language)
     else:
         changed = (telecom, language) != (
-            _telecom(previous.get("telecom") or []),
+            _telecom(previous.get("telecom") or [], now),
             _language(previous.get("communication") or []),
         )
     return [PatientUpdated(origin=origin, occurred_at=now, patient=patient)] if changed else []
@@ -291,7 +312,7 @@ def _flatten(provision, decision, purposes, channels, start, end, out) -> None:
     purposes = tuple(c["code"] for c in provision.get("purpose") or [] if c.get("code")) or purposes
     channels = _channels(provision) or channels
     period = provision.get("period") or {}
-    p_start, p_end = parse_instant(period.get("start")), parse_instant(period.get("end"))
+    p_start, p_end = parse_instant(period.get("start")), parse_instant(period.get("end"), end=True)
     start = max(filter(None, (start, p_start)), default=None)
     end = min(filter(None, (end, p_end)), default=None)
     for purpose in purposes:

@@ -217,3 +217,34 @@ def test_the_ids_the_server_assigns_are_time_ordered_uuids_in_the_order_of_the_e
     assert ids == sorted(ids) and len(set(ids)) == 21
     created = adapter.post("/Patient", {"resourceType": "Patient", "name": [{"family": "Bertè"}]})
     assert created.json()["id"] > ids[-1]
+
+
+def test_a_transaction_that_writes_one_resource_twice_is_refused_whole(adapter):
+    """R4 §3.1.0.11.2: such a transaction SHALL fail. Both entries were applied, the
+    second over the first, and a patient could be told of an appointment that had
+    become another's in the same Bundle."""
+    pid = create_patient(adapter)
+    appointment = {**booked(pid), "id": "twice"}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": appointment, "request": {"method": "PUT", "url": "Appointment/twice"}},
+        {"resource": {**appointment, "status": "cancelled"}, "request": {"method": "PUT", "url": "Appointment/twice"}},
+    ]}
+    adapter.events.clear()
+    response = adapter.post("/", bundle)
+    assert response.status_code == 400
+    assert issue(response)["expression"] == ["Bundle.entry[1].request.url"]
+    assert adapter.events == []
+    assert adapter.get("/Appointment/twice").status_code == 404
+
+
+@pytest.mark.parametrize("entries, where", [
+    (["x"], "Bundle.entry[0]"),
+    ({"a": 1}, "Bundle.entry"),
+    ([{"request": "x"}], "Bundle.entry[0]"),
+    ([{"request": {"method": "PUT", "url": "Patient/p", "ifMatch": 5}, "resource": {"resourceType": "Patient"}}],
+     "Bundle.entry[0].request.ifMatch"),
+])
+def test_a_malformed_bundle_gets_a_400_operation_outcome_not_a_500(adapter, entries, where):
+    response = adapter.post("/", {"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert response.status_code == 400, response.text
+    assert issue(response)["expression"] == [where]

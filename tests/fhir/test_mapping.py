@@ -105,3 +105,43 @@ def test_the_database_refuses_the_same_source_version_twice(tmp_path):
                                     validate])
 def test_the_docstring_examples_hold(module):
     assert doctest.testmod(module).failed == 0
+
+
+def test_a_proposed_appointment_cancelled_before_it_was_booked_tells_nobody():
+    """No confirmation went out for it: a cancellation notice would be the patient's
+    first word of an appointment they never had."""
+    assert kinds(appt("cancelled"), appt("proposed")) == []
+    assert kinds(appt("cancelled"), appt("pending")) == []
+    assert kinds(appt("cancelled"), appt("booked")) == ["AppointmentCancelled"]
+
+
+def test_a_booked_appointment_given_to_another_patient_is_announced_for_them():
+    """Same start, same status, another Patient participant: the core withdraws what
+    the first was still to get and books it for the second (it did nothing)."""
+    other = appt("booked")
+    other["participant"] = [{"actor": {"reference": "Patient/q"}, "status": "accepted"}]
+    assert kinds(other, appt("booked")) == ["AppointmentRescheduled"]
+    assert kinds(appt("booked"), appt("booked")) == []
+
+
+@pytest.mark.parametrize("end, in_use", [("2099-12-31", True), ("2020-01-01T00:00:00Z", False),
+                                         (NOW.strftime("%Y-%m-%d"), True)])
+def test_a_phone_is_in_use_until_its_period_ends(end, in_use):
+    patient = {"resourceType": "Patient", "id": "p",
+               "telecom": [{"system": "phone", "use": "mobile", "value": "+393331234567", "period": {"end": end}}]}
+    details = mapping.patient_details(patient, "p", now=NOW)
+    assert [t.value for t in details.telecom] == (["+393331234567"] if in_use else [])
+
+
+@pytest.mark.parametrize("start, end, first, last", [
+    ("2030-01", "2030-12", datetime(2030, 1, 1, tzinfo=UTC), datetime(2031, 1, 1, tzinfo=UTC)),
+    ("2030", "2030", datetime(2030, 1, 1, tzinfo=UTC), datetime(2031, 1, 1, tzinfo=UTC)),
+    ("2030-11-20", "2030-11-20", datetime(2030, 11, 20, tzinfo=UTC), datetime(2030, 11, 21, tzinfo=UTC)),
+])
+def test_a_consent_period_given_as_a_year_a_month_or_a_day_covers_all_of_it(start, end, first, last):
+    """Valid R4 dateTimes: a deny "from 2030-01" made the processing fail and the
+    patient got the messages the Consent refused."""
+    consent = {"resourceType": "Consent", "status": "active", "patient": {"reference": "Patient/p"},
+               "provision": {"type": "deny", "period": {"start": start, "end": end}}}
+    (provision,) = mapping.flatten_consent(consent)
+    assert (provision.start, provision.end) == (first, last)

@@ -93,38 +93,39 @@ def sender_contacts(session: Session, container: Container, reply: InboundReply,
     if medium == "phone":
         address = normalise_phone(address) or address
     index = container.vault.blind_index(medium, address)
+    # Only contacts in use: a number the hospital has dropped may now be someone
+    # else's, who must not cancel the patient's appointment or stop their messages.
     return list(session.scalars(
-        select(Contact).where(Contact.channel == medium, Contact.address_index == index).order_by(Contact.id)
+        select(Contact).where(Contact.channel == medium, Contact.address_index == index, Contact.active.is_(True))
+        .order_by(Contact.id)
     ))
 
 
 def find_sender(session: Session, container: Container, reply: InboundReply, channel: str) -> Sender:
-    """Match by blind index; of the patients sharing the address, the one asked last."""
+    """Match by blind index; of the patients sharing the address, the one written to
+    last. A reply answers the last message sent on that channel, and only when it asked
+    something ("1 to confirm, 2 to cancel") about an appointment still booked: a "No"
+    to a later cancellation notice must not cancel the appointment an older
+    confirmation asked about. Anything else goes to the operators' queue."""
     contacts = sender_contacts(session, container, reply, channel)
     patient_ids = sorted({c.patient_id for c in contacts})
     if not patient_ids:
         return Sender([], None, None)
-    question = session.scalar(
+    last = session.scalar(
         select(Notification)
-        .join(Appointment, Appointment.ref == Notification.subject_ref)
         .where(
             Notification.patient_id.in_(patient_ids),
-            Notification.kind.in_(QUESTION_KINDS),
             Notification.status.in_(("sent", "delivered", "read")),
             Notification.channel == channel,
-            Appointment.status == "booked",
         )
         .order_by(Notification.sent_at.desc(), Notification.id.desc())
         .limit(1)
     )
-    if question is not None:
-        patient_id = question.patient_id
-    else:
-        patient_id = session.scalar(
-            select(Notification.patient_id).where(Notification.patient_id.in_(patient_ids), Notification.channel == channel)
-            .order_by(Notification.sent_at.desc(), Notification.id.desc()).limit(1)
-        ) or patient_ids[0]
-    return Sender(contacts, session.get(Patient, patient_id), question)
+    if last is None:
+        return Sender(contacts, session.get(Patient, patient_ids[0]), None)
+    asks = last.kind in QUESTION_KINDS and session.scalar(
+        select(Appointment.status).where(Appointment.ref == last.subject_ref)) == "booked"
+    return Sender(contacts, session.get(Patient, last.patient_id), last if asks else None)
 
 
 def handle_reply(session: Session, container: Container, reply: InboundReply, channel: str, *, now: datetime) -> PatientReply:

@@ -396,9 +396,15 @@ class Dispatcher:
             self._end(session, row, "failed", f"undetermined: a time-out left it unclear whether {channel} "
                       "delivered it, so it is not sent again by another channel", now)
             return
+        self.fail_over(session, row, channel, error, now=now)
+
+    def fail_over(self, session: Session, row: Notification, channel: str, error: str, *, now: datetime) -> None:
+        """A final error on ``channel``, answered to the send (``row`` claimed) or reported
+        later by the provider's status callback (``row`` sent): the patient's next channel
+        is tried at once by the next claim; with none left, :meth:`_prepare` ends it failed."""
+        row.last_error = error[:200]
         row.tried_channels = [*row.tried_channels, channel]
-        # Fail over: the next channel is tried at once by the next claim.
-        release(session, row.id, at=now, now=now, error=error)
+        release(session, row.id, at=now, now=now, error=error, was=row.status)
         self.gate.attempt_failed(session, row, error, now=now)
 
     def _end(self, session: Session, row: Notification, status: str, reason: str, now: datetime) -> None:

@@ -29,6 +29,7 @@ from adapter.metrics import DISPATCH_OUTCOMES
 from adapter.models import Appointment, Notification, Patient
 from adapter.patients import first_name, load_usable_contacts, reachable
 from adapter.quiet_hours import SendingWindow
+from adapter.rules import RuleSet, moot_at_send
 from adapter.scheduler import claim_due, release
 from adapter.reply_models import PatientReply
 from adapter.templates import TemplateBook, when_text
@@ -110,6 +111,7 @@ class Dispatcher:
         preference: list[str],
         clock: Clock,
         clinic: Clinic,
+        rules: RuleSet,
         batch_size: int = 50,
         lease: timedelta = timedelta(minutes=2),
         concurrency: int = 32,
@@ -123,6 +125,7 @@ class Dispatcher:
         self.preference = [name for name in preference if name in channels]
         self.clock = clock
         self.clinic = clinic
+        self.rules = rules
         self.batch_size = batch_size
         self.lease = lease
         self._limit = asyncio.Semaphore(concurrency)
@@ -261,6 +264,11 @@ class Dispatcher:
         row = session.get(Notification, notification_id)
         if row is None or row.status != "claimed":
             return None
+        moot = self._moot(session, row, now)
+        if moot is not None:
+            row.decision = {**row.decision, "at_send": {"appointment": moot}}
+            self._end(session, row, "suppressed", moot, now)
+            return None
         if self.window is not None and not row.urgent and not self.window.allows(now):
             # Quiet hours or a public holiday: back to the queue until the window opens.
             release(session, row.id, at=self.window.next_open(now), now=now, error="waiting for the sending window")
@@ -326,10 +334,23 @@ class Dispatcher:
             params.append(when_text(start, language, self.templates.tz))
         return {"template": row.kind, "template_params": tuple(params), "last_inbound_at": last}
 
-    def _context(self, session: Session, patient: Patient, row: Notification) -> dict:
+    def _moot(self, session: Session, row: Notification, now: datetime) -> str | None:
+        """Why the notice no longer makes sense (its appointment has started, or was
+        cancelled), or None; checked at send time as at scheduling time."""
+        appointment = self._appointment(session, row)
+        if appointment is None:
+            return None
+        return moot_at_send(self.rules.by_id(row.rule_id), start=appointment.start, status=appointment.status, now=now)
+
+    @staticmethod
+    def _appointment(session: Session, row: Notification) -> Appointment | None:
         loaded = session.info.get(_APPOINTMENTS, {})
-        appointment = (loaded[row.subject_ref] if row.subject_ref in loaded
-                       else session.scalar(select(Appointment).where(Appointment.ref == row.subject_ref)))
+        if row.subject_ref in loaded:
+            return loaded[row.subject_ref]
+        return session.scalar(select(Appointment).where(Appointment.ref == row.subject_ref))
+
+    def _context(self, session: Session, patient: Patient, row: Notification) -> dict:
+        appointment = self._appointment(session, row)
         return {
             "patient": {"first_name": first_name(session, self.gate.vault, patient)},
             "clinic": {"name": self.clinic.name, "phone": self.clinic.phone},
@@ -375,9 +396,15 @@ class Dispatcher:
             self._end(session, row, "failed", f"undetermined: a time-out left it unclear whether {channel} "
                       "delivered it, so it is not sent again by another channel", now)
             return
+        self.fail_over(session, row, channel, error, now=now)
+
+    def fail_over(self, session: Session, row: Notification, channel: str, error: str, *, now: datetime) -> None:
+        """A final error on ``channel``, answered to the send (``row`` claimed) or reported
+        later by the provider's status callback (``row`` sent): the patient's next channel
+        is tried at once by the next claim; with none left, :meth:`_prepare` ends it failed."""
+        row.last_error = error[:200]
         row.tried_channels = [*row.tried_channels, channel]
-        # Fail over: the next channel is tried at once by the next claim.
-        release(session, row.id, at=now, now=now, error=error)
+        release(session, row.id, at=now, now=now, error=error, was=row.status)
         self.gate.attempt_failed(session, row, error, now=now)
 
     def _end(self, session: Session, row: Notification, status: str, reason: str, now: datetime) -> None:

@@ -94,6 +94,33 @@ class RuleSet(BaseModel):
     def for_trigger(self, trigger: str) -> list[ReminderRule]:
         return [rule for rule in self.rules if rule.when == trigger]
 
+    def by_id(self, rule_id: str) -> ReminderRule | None:
+        return next((rule for rule in self.rules if rule.id == rule_id), None)
+
+
+def moot_at_send(rule: ReminderRule | None, *, start: datetime, status: str, now: datetime) -> str | None:
+    """Why a notice of ``rule`` about an appointment (``start``, stored ``status``) must
+    not go out at ``now`` though it was due: quiet hours, a provider's Retry-After or a
+    backlog can hold it past the start. None when it may go. Only what speaks of an
+    appointment to come is moot (a follow-up still goes); a cancellation notice is what
+    a cancelled appointment calls for. A rule no longer configured is not second-guessed.
+
+    >>> from datetime import UTC
+    >>> rule = ReminderRule(id="r", when="appointment.booked", kind="reminder", before_start="2h")
+    >>> at = datetime(2026, 3, 10, 8, tzinfo=UTC)
+    >>> moot_at_send(rule, start=at, status="booked", now=at)
+    'the appointment had already started when it was due to be sent'
+    >>> moot_at_send(rule, start=at, status="booked", now=at - timedelta(minutes=1)) is None
+    True
+    """
+    if rule is None or not rule.about_what_is_to_come:
+        return None
+    if start <= now:
+        return "the appointment had already started when it was due to be sent"
+    if status == "cancelled" and rule.when != "appointment.cancelled":
+        return "the appointment had been cancelled when it was due to be sent"
+    return None
+
 
 def load_rules(path: Path) -> RuleSet:
     """Load and validate the rules file; a bad file raises ConfigError naming it

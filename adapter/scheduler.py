@@ -51,10 +51,12 @@ def claim_due(session: Session, *, now: datetime, limit: int, lease: timedelta) 
     return sorted(claimed)
 
 
-def release(session: Session, notification_id: int, *, at: datetime, now: datetime, error: str) -> None:
-    """Put a claimed notification back for a later attempt."""
+def release(session: Session, notification_id: int, *, at: datetime, now: datetime, error: str,
+            was: str = "claimed") -> None:
+    """Put a claimed notification (or one ``was``: a ``sent`` one its provider then
+    reported failed) back for a later attempt."""
     session.execute(
         update(Notification)
-        .where(Notification.id == notification_id, Notification.status == "claimed")
+        .where(Notification.id == notification_id, Notification.status == was)
         .values(status="scheduled", scheduled_for=at, claimed_until=None, last_error=error[:200], status_at=now)
     )

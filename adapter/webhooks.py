@@ -44,18 +44,24 @@ UNMATCHED_RETRY_FOR = timedelta(minutes=10)
 UNMATCHED_RETRY_EVERY = timedelta(seconds=2)
 STORED_GRACE = timedelta(seconds=2)  # the route processes inline; the worker picks up what it left
 
-# Forward order of a notification once handed to a provider; failed ends it.
-_RANK = {"scheduled": 0, "claimed": 1, "sent": 2, "delivered": 3, "read": 4}
+# Forward order of a notification once handed to a provider. A failure reported of a sent
+# one fails it over (adapter.dispatch); one back in the queue, or sent again by another
+# channel, is no longer the message the provider reports on.
+_RANK = {"sent": 2, "delivered": 3, "read": 4}
 
 
 def next_status(current: str, reported: DeliveryStatus) -> str | None:
     """The status a notification moves to on a provider's report, or None to ignore it.
-    Never backwards: delivered after read is ignored, failed only follows sent.
+    Never backwards: delivered after read is ignored, failed only follows sent (a failure
+    reported after the delivery, out of order, is not one), and nothing moves a notification
+    that is not with a provider (back in the queue after a failure, to be failed over).
 
     >>> next_status("delivered", DeliveryStatus.READ), next_status("read", DeliveryStatus.DELIVERED)
     ('read', None)
     >>> next_status("sent", DeliveryStatus.FAILED), next_status("delivered", DeliveryStatus.FAILED)
     ('failed', None)
+    >>> next_status("scheduled", DeliveryStatus.SENT), next_status("claimed", DeliveryStatus.DELIVERED)
+    (None, None)
     """
     if current not in _RANK:
         return None
@@ -65,18 +71,20 @@ def next_status(current: str, reported: DeliveryStatus) -> str | None:
 
 
 def apply_status(session: Session, container: Container, update: StatusUpdate, *, now: datetime) -> bool:
-    """Apply one update; False when no notification has that provider message id."""
+    """Apply one update; False when no notification has that provider message id.
+    A final failure reported after the provider accepted the message fails over to the
+    patient's next channel, as a final error answered to the send does."""
     row = session.scalar(
         select(Notification).where(Notification.provider_message_id == update.provider_message_id)
     )
     if row is None:
         return False
     moved = next_status(row.status, update.status)
-    if moved is not None:
+    if moved == "failed":
+        error = f"provider reported failure {update.error_code or ''} {update.error_text or ''}".strip()
+        container.dispatcher.fail_over(session, row, row.channel or "", error, now=now)
+    elif moved is not None:
         row.status, row.status_at = moved, now
-        if moved == "failed":
-            row.reason = f"provider reported failure {update.error_code or ''}".strip()[:200]
-            row.last_error = (update.error_text or update.error_code or "")[:200] or None
         container.gate.status_changed(session, row, now=now)
     return True
 

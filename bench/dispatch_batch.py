@@ -79,7 +79,7 @@ def run_case(fake: FakeTwilio, count: int, concurrency: int | None) -> tuple[int
                 d = dispatcher
                 dispatcher = Dispatcher(
                     sessions=d.sessions, gate=d.gate, templates=d.templates, channels=d.channels,
-                    preference=d.preference, clock=d.clock, clinic=d.clinic, batch_size=d.batch_size,
+                    preference=d.preference, clock=d.clock, clinic=d.clinic, rules=d.rules, batch_size=d.batch_size,
                     lease=d.lease, concurrency=concurrency, window=d.window,
                     rate_limits=settings.channel_rate_limits,
                 )

@@ -1,0 +1,143 @@
+"""What the dispatcher checks again at send time, beyond consent: a notice about an
+appointment to come is not sent once the appointment has started or been cancelled,
+however it came to be held back (quiet hours, a provider's Retry-After, a backlog).
+
+Real pipeline, dispatcher, TwilioChannel against :class:`FakeTwilio`, SQLite; a
+FrozenClock moved to the next due time."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import httpx
+from sqlalchemy import func, select
+
+from adapter import events as ev
+from adapter.bootstrap import Container
+from adapter.clock import FrozenClock
+from adapter.db import transaction
+from adapter.models import Notification
+from channels.fakes import FakeTwilio
+from channels.twilio import TwilioChannel
+from tests.harness import migrated_container, settings_for
+
+ROME = ZoneInfo("Europe/Rome")
+FROM = "+390200000000"
+NUMBER = "+393331234567"
+ORIGIN = ev.Origin("api", "send-time-test", "B1")
+PATIENT = ev.PatientDetails(key=ev.Identifier("urn:oid:send-time", "MRN1", "MR"), given_name="Nicolò",
+                            family_name="Rossi", language="it",
+                            telecom=(ev.ContactPoint("phone", NUMBER, "mobile", 1),))
+
+
+def rig(tmp_path, twilio: FakeTwilio, clock: FrozenClock) -> Container:
+    settings = settings_for(tmp_path, channels=["sms"], twilio_api_base=twilio.base_url,
+                            twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
+                            twilio_from=FROM, sending_window_start=time(8), sending_window_end=time(21),
+                            send_on_holidays=False)
+    container = migrated_container(settings, clock)
+    container.dispatcher.channels["sms"] = TwilioChannel.from_settings(settings, client=httpx.AsyncClient(timeout=5))
+    return container
+
+
+def book(container: Container, clock: FrozenClock, start: datetime) -> None:
+    with transaction(container.sessions) as session:
+        container.pipeline.handle(session, [ev.AppointmentBooked(
+            ORIGIN, clock.now(), PATIENT, ev.Appointment("send-time/A1", start.astimezone(UTC), "Prelievi"))],
+            now=clock.now())
+
+
+async def drain(container: Container, clock: FrozenClock, until: datetime) -> None:
+    """Run the dispatcher, moving the clock to the next due time, up to ``until``."""
+    while True:
+        if await container.dispatcher.run_once():
+            continue
+        with transaction(container.sessions) as session:
+            due = session.scalar(select(func.min(Notification.scheduled_for))
+                                 .where(Notification.status == "scheduled"))
+        if due is None or due > until:
+            return
+        clock.set(max(due, clock.now()) + timedelta(seconds=1))
+
+
+def notices(container: Container) -> dict[str, Notification]:
+    with transaction(container.sessions) as session:
+        rows = {row.rule_id: row for row in session.scalars(select(Notification))}
+        session.expunge_all()
+    return rows
+
+
+def audited(container: Container, action: str) -> list[str]:
+    with transaction(container.sessions) as session:
+        return [entry.reason for entry in container.audit.entries(session) if entry.action == action]
+
+
+def test_a_reminder_held_past_the_start_by_quiet_hours_and_a_retry_after_is_suppressed_not_sent(tmp_path):
+    # Booked Monday 10:00 for Tuesday 07:30: the 2-hour reminder (05:30, at night) is moved
+    # to Monday 20:59; Twilio answers it 429 with Retry-After 90 s, which lands in quiet
+    # hours, and the window opens again Tuesday 08:00, after the start.
+    clock = FrozenClock(datetime(2026, 3, 9, 10, 0, tzinfo=ROME))
+    start = datetime(2026, 3, 10, 7, 30, tzinfo=ROME)
+    with FakeTwilio(retry_after_s=90) as twilio:
+        container = rig(tmp_path, twilio, clock)
+        try:
+            book(container, clock, start)
+
+            async def scenario() -> None:
+                await container.dispatcher.run_once()  # the booking confirmation
+                twilio.fail_next("429")
+                await drain(container, clock, until=start.astimezone(UTC) + timedelta(days=2))
+                await container.dispatcher.channels["sms"].aclose()
+
+            asyncio.run(scenario())
+            rows = notices(container)
+            suppressed = audited(container, "suppressed")
+        finally:
+            container.engine.dispose()
+    reminder = rows["reminder-2h"]
+    assert reminder.status == "suppressed", (reminder.status, reminder.sent_at)
+    assert reminder.reason == "the appointment had already started when it was due to be sent"
+    assert reminder.decision["at_send"] == {"appointment": reminder.reason}
+    assert reminder.reason in suppressed
+    assert twilio.deliveries[reminder.idempotency_key] == 0
+    # The follow-up speaks of the visit that took place: it still goes.
+    assert rows["follow-up"].status == "sent"
+    assert twilio.deliveries[rows["follow-up"].idempotency_key] == 1
+
+
+def test_a_reminder_claimed_before_its_appointment_was_cancelled_is_suppressed_not_sent(tmp_path):
+    clock = FrozenClock(datetime(2026, 3, 10, 10, 0, tzinfo=ROME))
+    start = datetime(2026, 3, 20, 10, 0, tzinfo=ROME)
+    with FakeTwilio() as twilio:
+        container = rig(tmp_path, twilio, clock)
+        try:
+            book(container, clock, start)
+
+            async def scenario() -> list[int]:
+                await drain(container, clock, until=clock.now())  # the booking confirmation
+                clock.set(start - timedelta(hours=24))
+                claimed = container.dispatcher._claim(clock.now())  # a worker has claimed the reminder...
+                with transaction(container.sessions) as session:  # ...when the cancellation comes
+                    container.pipeline.handle(session, [ev.AppointmentCancelled(
+                        ORIGIN, clock.now(), PATIENT, ev.Appointment("send-time/A1", start.astimezone(UTC)))],
+                        now=clock.now())
+                await container.dispatcher.deliver(claimed)
+                await drain(container, clock, until=clock.now() + timedelta(minutes=5))
+                await container.dispatcher.channels["sms"].aclose()
+                return claimed
+
+            ids = asyncio.run(scenario())
+            rows = notices(container)
+        finally:
+            container.engine.dispose()
+    reminder = rows["reminder-24h"]
+    assert ids == [reminder.id]
+    assert rows["reminder-2h"].status == "cancelled"  # still waiting: withdrawn by the cancellation
+    assert reminder.status == "suppressed"
+    assert reminder.reason == "the appointment had been cancelled when it was due to be sent"
+    assert twilio.deliveries[reminder.idempotency_key] == 0
+    # The cancellation notice is what a cancelled appointment calls for: it goes.
+    assert rows["cancellation-notice"].status == "sent"
+    assert twilio.deliveries[rows["cancellation-notice"].idempotency_key] == 1

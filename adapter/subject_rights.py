@@ -174,26 +174,43 @@ def export_bundle(data: dict[str, Any]) -> dict[str, Any]:
 
 def erase_patient(session: Session, container: Container, patient_id: str, *, actor: str, now: datetime) -> ErasureReport:
     """Destroy the patient's data keys (crypto-shredding every copy of their data) and
-    delete their rows; the audit log keeps its pseudonymous entries and still verifies."""
+    delete their rows; the audit log keeps its pseudonymous entries and still verifies.
+    The records merged into the patient (HL7 A40, at any depth) are the same person's
+    and are erased with them: their rows deleted, their keys destroyed."""
     patient_or_raise(session, patient_id)
-    fhir_ids = _fhir_patient_ids(session, container, patient_id)
+    merged = _merged_into(session, patient_id)
+    patient_ids = [patient_id, *merged]
+    fhir_ids = set().union(*(_fhir_patient_ids(session, container, pid) for pid in patient_ids))
     deleted: dict[str, int] = {}
     for table in _tables_with_patient_id(session):
-        result = session.execute(delete(table).where(table.c.patient_id == patient_id))
+        result = session.execute(delete(table).where(table.c.patient_id.in_(patient_ids)))
         if result.rowcount:
             deleted[table.name] = result.rowcount
     deleted.update(_erase_fhir(session, fhir_ids))
-    merged = session.scalars(select(Patient).where(Patient.merged_into == patient_id)).all()
-    for row in merged:
-        row.merged_into = None
-    session.execute(delete(Patient).where(Patient.id == patient_id))
-    deleted["patient"] = 1
+    session.execute(delete(Patient).where(Patient.id.in_(patient_ids)))
+    deleted["patient"] = len(patient_ids)
     destroyed = sum(container.vault.destroy(session, f"patient:{pid}", at=now)
-                    for pid in {patient_id, *fhir_ids})
+                    for pid in {*patient_ids, *fhir_ids})
+    for pid in merged:
+        container.audit.append(session, action="erased", actor=actor, subject_pseudonym=f"patient:{pid}",
+                               reason="data-subject erasure (art. 17) of the patient this record was merged into",
+                               details={"merged_into": f"patient:{patient_id}"}, at=now)
     container.audit.append(session, action="erased", actor=actor, subject_pseudonym=f"patient:{patient_id}",
                            reason="data-subject erasure (art. 17)",
-                           details={"rows": sum(deleted.values()), "keys_destroyed": destroyed}, at=now)
+                           details={"rows": sum(deleted.values()), "keys_destroyed": destroyed,
+                                    "merged_records": len(merged)}, at=now)
     return ErasureReport(patient_id, deleted, destroyed)
+
+
+def _merged_into(session: Session, patient_id: str) -> list[str]:
+    """The ids of the records merged into this patient, directly or through another merged record."""
+    found: list[str] = []
+    frontier = [patient_id]
+    while frontier:
+        frontier = [pid for pid in session.scalars(select(Patient.id).where(Patient.merged_into.in_(frontier)))
+                    if pid != patient_id and pid not in found]
+        found.extend(frontier)
+    return found
 
 
 # -- consent and objection (art. 7, 21) ---------------------------------------------------

@@ -13,8 +13,8 @@ from adapter.contact_models import ContactPreference, TelegramLink
 from adapter.db import transaction
 from adapter.models import OutboxMessage, Patient
 from adapter.patients import merge_patients, upsert_patient
-from adapter.reply_models import PatientReply
-from adapter.subject_rights import erase_patient
+from adapter.reply_models import Incident, PatientReply, Writeback
+from adapter.subject_rights import erase_patient, export_patient
 from compliance.errors import CryptoError
 from tests.harness import migrated_container, settings_for
 
@@ -69,4 +69,34 @@ def test_erasing_the_survivor_of_a_merge_erases_the_retired_record_and_what_it_h
         assert container.audit.verify(session).ok
         erased = [e.subject for e in container.audit.entries(session) if e.action == "erased"]
     assert set(erased) == {f"patient:{keeper}", f"patient:{old_id}"}
+    container.engine.dispose()
+
+
+def test_the_export_holds_what_the_patient_wrote_and_every_record_erasure_treats_as_theirs(tmp_path):
+    container = migrated_container(settings_for(tmp_path))
+    with transaction(container.sessions) as session:
+        old_id = upsert_patient(session, container.vault, details(OLD), now=NOW).id
+        add_patient_records(container, session, old_id)
+        keeper = upsert_patient(session, container.vault, details(NEW), now=NOW).id
+        add_patient_records(container, session, keeper)
+        reply = session.scalar(select(PatientReply.id).where(PatientReply.patient_id == keeper))
+        session.add_all([
+            Incident(kind="wrong_number", patient_id=keeper, reply_id=reply, channel="sms", status="open",
+                     opened_at=NOW, deadline_at=NOW),
+            Writeback(reply_id=reply, appointment_ref="Appointment/1", patient_id=keeper, action="cancel",
+                      target="fhir", status="pending", next_attempt_at=NOW, created_at=NOW),
+        ])
+    with transaction(container.sessions) as session:
+        merge_patients(session, container.vault, details(NEW), [OLD], now=NOW)
+
+    with transaction(container.sessions) as session:
+        exported = export_patient(session, container, keeper, actor="officer", now=NOW)
+
+    assert exported["patient"]["merged_records"] == [old_id]
+    assert [r["text"] for r in exported["replies"]] == ["non posso venire, sono in ospedale"] * 2
+    assert [p["channel"] for p in exported["contact_preference"]] == ["email", "email"]
+    assert len(exported["telegram_links"]) == 2 and all("digest" not in link for link in exported["telegram_links"])
+    assert [i["kind"] for i in exported["incidents"]] == ["wrong_number"]
+    assert [w["action"] for w in exported["writebacks"]] == ["cancel"]
+    assert len(exported["messages_sent_in_sandbox"]) == 2
     container.engine.dispose()

@@ -7,7 +7,7 @@ data leaves the vault only in an export, for the officer who asked for it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import MetaData, Table, delete, select
@@ -49,6 +49,8 @@ class ErasureReport:
     patient_id: str
     rows_deleted: dict[str, int]
     keys_destroyed: int
+    # What erasure does not reach, and until when it is kept (said, not hidden).
+    kept: tuple[str, ...] = ()
 
 
 def patient_or_raise(session: Session, patient_id: str) -> Patient:
@@ -209,8 +211,24 @@ def erase_patient(session: Session, container: Container, patient_id: str, *, ac
     container.audit.append(session, action="erased", actor=actor, subject_pseudonym=f"patient:{patient_id}",
                            reason="data-subject erasure (art. 17)",
                            details={"rows": sum(deleted.values()), "keys_destroyed": destroyed,
-                                    "merged_records": len(merged)}, at=now)
-    return ErasureReport(patient_id, deleted, destroyed)
+                                    "merged_records": len(merged),
+                                    "raw_messages_kept_days": container.gate.policy.retention.inbound_raw_days},
+                           at=now)
+    return ErasureReport(patient_id, deleted, destroyed, _kept_after_erasure(container, now))
+
+
+def _kept_after_erasure(container: Container, now: datetime) -> tuple[str, ...]:
+    """Raw messages are sealed with the system key and carry no patient link, so erasure
+    cannot tell which hold this patient: they stay until the retention purge."""
+    retention = container.gate.policy.retention
+    raw_until = (now + timedelta(days=retention.inbound_raw_days)).date().isoformat()
+    return (
+        f"HL7 v2 messages and provider callbacks as received (names, identifiers, addresses, reply texts), "
+        f"sealed with the system key and not linked to patients: deleted by the retention purge "
+        f"{retention.inbound_raw_days} days after receipt (config/purposes.yaml, retention.inbound_raw_days), "
+        f"by {raw_until} for what is already held",
+        f"audit entries: pseudonymous, kept {retention.audit_years} years (retention.audit_years)",
+    )
 
 
 def _merged_into(session: Session, patient_id: str) -> list[str]:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -99,4 +99,18 @@ def test_the_export_holds_what_the_patient_wrote_and_every_record_erasure_treats
     assert [i["kind"] for i in exported["incidents"]] == ["wrong_number"]
     assert [w["action"] for w in exported["writebacks"]] == ["cancel"]
     assert len(exported["messages_sent_in_sandbox"]) == 2
+    container.engine.dispose()
+
+
+def test_the_erasure_report_says_the_raw_messages_stay_until_the_retention_purge(tmp_path):
+    container = migrated_container(settings_for(tmp_path))
+    with transaction(container.sessions) as session:
+        patient_id = upsert_patient(session, container.vault, details(NEW), now=NOW).id
+    with transaction(container.sessions) as session:
+        report = erase_patient(session, container, patient_id, actor="officer", now=NOW)
+
+    days = container.gate.policy.retention.inbound_raw_days
+    raw = next(line for line in report.kept if line.startswith("HL7 v2 messages"))
+    assert f"{days} days after receipt" in raw
+    assert (NOW + timedelta(days=days)).date().isoformat() in raw
     container.engine.dispose()

@@ -170,3 +170,5 @@ def gdpr_erase(
         raise typer.Exit(1) from exc
     console.print(f"erased {patient}: {report.keys_destroyed} keys destroyed, rows deleted: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(report.rows_deleted.items())))
+    for kept in report.kept:
+        console.print(f"kept: {kept}")

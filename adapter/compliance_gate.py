@@ -22,12 +22,11 @@ from adapter.errors import ConfigError
 from adapter.models import Notification
 from adapter.templates import TemplateBook
 from compliance import consent_store as registry
-from compliance.audit import AuditDraft, AuditLog
+from compliance.audit import SYSTEM_ACTOR, AuditDraft, AuditLog
 from compliance.crypto import Vault
 from compliance.purposes import CompliancePolicy, load_policy
 from compliance.report_rules import ReportNoticeDecision, lint_templates, report_notice_allowed
 
-SYSTEM_ACTOR = "adapter"
 _HELD = "compliance_gate.held_audit"  # session.info: drafts waiting for the end of ComplianceGate.audit_held
 
 

@@ -17,7 +17,7 @@ from adapter.db import transaction
 from adapter.key_rotation import adopt_master_key_if_changed
 from adapter.models import InboundMessage, InboundRaw, Notification, OutboxMessage
 from adapter.reply_models import PatientReply, WebhookEvent
-from compliance.audit import TreeHead
+from compliance.audit import SYSTEM_ACTOR, TreeHead
 from compliance.errors import AuditIntegrityError
 from compliance.records import retention_cutoffs
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 TREE_HEAD_EVERY = timedelta(minutes=1)
 HOUSEKEEPING_EVERY_S = 60.0
 KEY_CHECK_EVERY_S = 5.0
-HOUSEKEEPER = "adapter:housekeeping"
+HOUSEKEEPER = f"{SYSTEM_ACTOR}:housekeeping"
 
 
 @dataclass(frozen=True)

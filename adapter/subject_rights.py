@@ -7,7 +7,7 @@ data leaves the vault only in an export, for the officer who asked for it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import MetaData, Table, delete, select
@@ -25,6 +25,13 @@ from compliance.models import ConsentRecord
 import fhir.models  # noqa: F401 - the FHIR store's tables, exported and erased with the patient
 
 FHIR_PATIENT_SYSTEM = "fhir:Patient"
+# The tables export_patient() reads with a section of its own; every other table that
+# erasure deletes as the patient's is exported row by row under EXPORT_SECTIONS' name
+# (the table's own name when it has none), its sealed columns decrypted.
+EXPORTED_BY_NAME = frozenset({"patient_identifier", "contact", "appointment", "notification", "outbox_message",
+                              "consent_record"})
+EXPORT_SECTIONS = {"patient_reply": "replies", "contact_preference": "contact_preference",
+                   "incident": "incidents", "writeback": "writebacks", "telegram_link": "telegram_links"}
 # Kept on erasure: the audit log holds pseudonyms only, and verifies afterwards.
 KEPT_TABLES = frozenset({"audit_entry", "audit_node", "audit_tree_head", "data_key"})
 
@@ -42,6 +49,8 @@ class ErasureReport:
     patient_id: str
     rows_deleted: dict[str, int]
     keys_destroyed: int
+    # What erasure does not reach, and until when it is kept (said, not hidden).
+    kept: tuple[str, ...] = ()
 
 
 def patient_or_raise(session: Session, patient_id: str) -> Patient:
@@ -76,8 +85,10 @@ def find_patient_id(session: Session, container: Container, *, phone: str = "", 
 
 def export_patient(session: Session, container: Container, patient_id: str, *, actor: str, now: datetime,
                    fmt: str = "json") -> dict[str, Any]:
-    """Everything held on the patient, decrypted; audited ``exported``."""
+    """Everything held on the patient, decrypted; audited ``exported``. What erasure deletes
+    as theirs is here, the records merged into them (HL7 A40) included."""
     patient = patient_or_raise(session, patient_id)
+    patient_ids = [patient_id, *_merged_into(session, patient_id)]
     reveal = _Revealer(session, container)
     fhir_ids = _fhir_patient_ids(session, container, patient_id)
     data: dict[str, Any] = {
@@ -89,6 +100,7 @@ def export_patient(session: Session, container: Container, patient_id: str, *, a
             "created_at": patient.created_at.isoformat(),
             "updated_at": patient.updated_at.isoformat(),
             "fhir_ids": sorted(fhir_ids),
+            "merged_records": patient_ids[1:],
         },
         "identifiers": [
             {"kind": row.kind, "stored_as": "blind index (HMAC-SHA256)", "index": row.identifier_index}
@@ -113,9 +125,10 @@ def export_patient(session: Session, container: Container, patient_id: str, *, a
         ],
         "messages_sent_in_sandbox": [
             {"to": reveal(row.to_enc), "body": reveal(row.body_enc), "at": row.created_at.isoformat()}
-            for row in session.scalars(select(OutboxMessage).where(OutboxMessage.patient_id == patient_id))
+            for row in session.scalars(select(OutboxMessage).where(OutboxMessage.patient_id.in_(patient_ids)))
         ],
         "consents": [consent_view(row) for row in consent_store.records_for(session, patient_id)],
+        **{section: _table_rows(session, reveal, table, patient_ids) for section, table in _other_tables(session)},
         "fhir_resources": _fhir_resources(session, reveal, fhir_ids),
         "audit": [
             {"seq": r.seq, "at": r.at.isoformat(), "action": r.action, "reason": r.reason}
@@ -174,26 +187,59 @@ def export_bundle(data: dict[str, Any]) -> dict[str, Any]:
 
 def erase_patient(session: Session, container: Container, patient_id: str, *, actor: str, now: datetime) -> ErasureReport:
     """Destroy the patient's data keys (crypto-shredding every copy of their data) and
-    delete their rows; the audit log keeps its pseudonymous entries and still verifies."""
+    delete their rows; the audit log keeps its pseudonymous entries and still verifies.
+    The records merged into the patient (HL7 A40, at any depth) are the same person's
+    and are erased with them: their rows deleted, their keys destroyed."""
     patient_or_raise(session, patient_id)
-    fhir_ids = _fhir_patient_ids(session, container, patient_id)
+    merged = _merged_into(session, patient_id)
+    patient_ids = [patient_id, *merged]
+    fhir_ids = set().union(*(_fhir_patient_ids(session, container, pid) for pid in patient_ids))
     deleted: dict[str, int] = {}
     for table in _tables_with_patient_id(session):
-        result = session.execute(delete(table).where(table.c.patient_id == patient_id))
+        result = session.execute(delete(table).where(table.c.patient_id.in_(patient_ids)))
         if result.rowcount:
             deleted[table.name] = result.rowcount
     deleted.update(_erase_fhir(session, fhir_ids))
-    merged = session.scalars(select(Patient).where(Patient.merged_into == patient_id)).all()
-    for row in merged:
-        row.merged_into = None
-    session.execute(delete(Patient).where(Patient.id == patient_id))
-    deleted["patient"] = 1
+    session.execute(delete(Patient).where(Patient.id.in_(patient_ids)))
+    deleted["patient"] = len(patient_ids)
     destroyed = sum(container.vault.destroy(session, f"patient:{pid}", at=now)
-                    for pid in {patient_id, *fhir_ids})
+                    for pid in {*patient_ids, *fhir_ids})
+    for pid in merged:
+        container.audit.append(session, action="erased", actor=actor, subject_pseudonym=f"patient:{pid}",
+                               reason="data-subject erasure (art. 17) of the patient this record was merged into",
+                               details={"merged_into": f"patient:{patient_id}"}, at=now)
     container.audit.append(session, action="erased", actor=actor, subject_pseudonym=f"patient:{patient_id}",
                            reason="data-subject erasure (art. 17)",
-                           details={"rows": sum(deleted.values()), "keys_destroyed": destroyed}, at=now)
-    return ErasureReport(patient_id, deleted, destroyed)
+                           details={"rows": sum(deleted.values()), "keys_destroyed": destroyed,
+                                    "merged_records": len(merged),
+                                    "raw_messages_kept_days": container.gate.policy.retention.inbound_raw_days},
+                           at=now)
+    return ErasureReport(patient_id, deleted, destroyed, _kept_after_erasure(container, now))
+
+
+def _kept_after_erasure(container: Container, now: datetime) -> tuple[str, ...]:
+    """Raw messages are sealed with the system key and carry no patient link, so erasure
+    cannot tell which hold this patient: they stay until the retention purge."""
+    retention = container.gate.policy.retention
+    raw_until = (now + timedelta(days=retention.inbound_raw_days)).date().isoformat()
+    return (
+        f"HL7 v2 messages and provider callbacks as received (names, identifiers, addresses, reply texts), "
+        f"sealed with the system key and not linked to patients: deleted by the retention purge "
+        f"{retention.inbound_raw_days} days after receipt (config/purposes.yaml, retention.inbound_raw_days), "
+        f"by {raw_until} for what is already held",
+        f"audit entries: pseudonymous, kept {retention.audit_years} years (retention.audit_years)",
+    )
+
+
+def _merged_into(session: Session, patient_id: str) -> list[str]:
+    """The ids of the records merged into this patient, directly or through another merged record."""
+    found: list[str] = []
+    frontier = [patient_id]
+    while frontier:
+        frontier = [pid for pid in session.scalars(select(Patient.id).where(Patient.merged_into.in_(frontier)))
+                    if pid != patient_id and pid not in found]
+        found.extend(frontier)
+    return found
 
 
 # -- consent and objection (art. 7, 21) ---------------------------------------------------
@@ -273,6 +319,37 @@ def _tables_with_patient_id(session: Session) -> list[Table]:
     metadata.reflect(bind=session.connection())
     return [t for t in reversed(metadata.sorted_tables)
             if "patient_id" in t.c and t.name not in KEPT_TABLES | {"patient", "fhir_resource"}]
+
+
+def _other_tables(session: Session) -> list[tuple[str, Table]]:
+    """The tables erasure deletes as the patient's that no named export section covers."""
+    tables = sorted((t for t in _tables_with_patient_id(session) if t.name not in EXPORTED_BY_NAME),
+                    key=lambda t: t.name)
+    # The declared table when there is one: its column types read times back in UTC.
+    return [(EXPORT_SECTIONS.get(t.name, t.name), Base.metadata.tables.get(t.name, t)) for t in tables]
+
+
+def _table_rows(session: Session, reveal: _Revealer, table: Table, patient_ids: list[str]) -> list[dict[str, Any]]:
+    """The patient's rows of ``table``: ``<name>_enc`` columns decrypted under ``<name>``,
+    times in ISO 8601. Left out: the patient id, and a Telegram link's digest (the hash
+    of a one-time credential, not data about the patient)."""
+    order = list(table.primary_key.columns)
+    out: list[dict[str, Any]] = []
+    for row in session.execute(select(table).where(table.c.patient_id.in_(patient_ids)).order_by(*order)).mappings():
+        item: dict[str, Any] = {}
+        for name, value in row.items():
+            if name in ("patient_id", "digest"):
+                continue
+            if name.endswith("_enc"):
+                item[name.removesuffix("_enc")] = reveal(value)
+            elif isinstance(value, datetime):
+                item[name] = value.isoformat()
+            elif isinstance(value, bytes):
+                item[name] = value.hex()
+            else:
+                item[name] = value
+        out.append(item)
+    return out
 
 
 def _fhir_patient_ids(session: Session, container: Container, patient_id: str) -> set[str]:

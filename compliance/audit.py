@@ -49,6 +49,15 @@ AuditAction = Literal[
 ACTIONS: frozenset[str] = frozenset(AuditAction.__args__)  # type: ignore[attr-defined]
 Outcome = Literal["success", "minor_failure", "serious_failure", "major_failure"]
 OUTCOMES: frozenset[str] = frozenset(Outcome.__args__)  # type: ignore[attr-defined]
+# The adapter acting on its own (a message received, a notice scheduled, a retention purge):
+# "adapter", or "adapter:<job>". People act as "token:<id>:<role>" or "cli".
+SYSTEM_ACTOR = "adapter"
+
+
+def is_system_actor(actor: str) -> bool:
+    """Whether an entry was made by the adapter itself, not at someone's request."""
+    return actor == SYSTEM_ACTOR or actor.startswith(f"{SYSTEM_ACTOR}:")
+
 
 _ADVISORY_LOCK = 0x61756469  # "audi"
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[A-Za-z]{2,}")

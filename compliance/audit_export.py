@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from compliance.audit import AuditLog, AuditRecord
+from compliance.audit import AuditLog, AuditRecord, is_system_actor
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 ACTION_SYSTEM = "https://adapter.example.org/fhir/CodeSystem/audit-action"
@@ -70,7 +70,7 @@ def as_audit_event(r: AuditRecord) -> dict[str, Any]:
         "action": action,
         "recorded": _instant(r.at),
         "outcome": OUTCOME_CODES[r.outcome],
-        "agent": [{"who": {"identifier": {"value": r.actor}}, "requestor": not r.actor.startswith("system")}],
+        "agent": [{"who": {"identifier": {"value": r.actor}}, "requestor": not is_system_actor(r.actor)}],
         "source": {"observer": {"display": "adapter"},
                    "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type",
                              "code": "4", "display": "Application Server"}]},

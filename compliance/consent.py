@@ -8,7 +8,10 @@ The rules, in order (GDPR art. 4(11), 6, 7(3), 9, 21):
 1. A FHIR Consent is a *set* of statements: only the newest set recorded from a given
    ``source_ref`` counts, and a set whose Consent became inactive counts for nothing.
 2. A statement applies when its purpose and channel are the asked ones or ``"*"`` and its
-   period contains ``at``.
+   period contains ``at``. Asked for channel ``"*"`` (at scheduling, before a channel is
+   chosen), the answer is whether the purpose is allowed on at least one channel: each
+   channel a statement names is decided as if asked for it, and so is any other channel
+   (where only ``"*"`` statements apply); the first allowed answer is given.
 3. Consent must be *specific*: for a purpose that needs explicit consent, a permit for
    ``"*"`` (a START reply, a blanket permit) does not count; a deny for ``"*"`` does.
 4. A newer statement that covers an older one replaces it (a STOP on SMS replaces an earlier
@@ -98,7 +101,18 @@ def current(records: Iterable[ConsentStatement]) -> list[ConsentStatement]:
 def evaluate(
     records: Iterable[ConsentStatement], *, purpose: str, channel: str, at: datetime, basis: LawfulBasis
 ) -> ConsentDecision:
-    applicable = [r for r in current(records) if _applies(r, purpose, channel, at)]
+    in_force = current(records)
+    if channel != ANY:
+        return _evaluate_on(in_force, purpose=purpose, channel=channel, at=at, basis=basis)
+    named = sorted({r.channel for r in in_force if r.channel != ANY and _applies(r, purpose, r.channel, at)})
+    decisions = [_evaluate_on(in_force, purpose=purpose, channel=c, at=at, basis=basis) for c in (*named, ANY)]
+    return next((d for d in decisions if d.allowed), decisions[-1])
+
+
+def _evaluate_on(
+    in_force: list[ConsentStatement], *, purpose: str, channel: str, at: datetime, basis: LawfulBasis
+) -> ConsentDecision:
+    applicable = [r for r in in_force if _applies(r, purpose, channel, at)]
     if basis.explicit_consent:
         applicable = [r for r in applicable if not (r.decision == "permit" and r.purpose == ANY)]
     standing = [r for r in applicable if not any(_replaces(s, r) for s in applicable)]

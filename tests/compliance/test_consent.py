@@ -61,6 +61,17 @@ CASES = [
     ("an inactive Consent leaves nothing in force",
      [s("marketing", "*", "permit", 1, source_ref="Consent/1"),
       s("*", "*", "deny", 5, source_ref="Consent/1", active=False)], "marketing", "sms", False, None),
+    # Channel "*": at scheduling, before a channel is chosen.
+    ("at scheduling a permit on one channel is enough",
+     [s("report_notice", "email", "permit", 1)], "report_notice", "*", True, 1),
+    ("at scheduling a deny on one channel does not block a permit on another",
+     [s("marketing", "email", "permit", 1), s("marketing", "sms", "deny", 2)], "marketing", "*", True, 1),
+    ("at scheduling a deny on every channel still blocks",
+     [s("marketing", "email", "permit", 1), s("*", "*", "deny", 2)], "marketing", "*", False, 2),
+    ("at scheduling a deny on one channel alone is no consent",
+     [s("marketing", "sms", "deny", 1)], "marketing", "*", False, None),
+    ("at scheduling a STOP on sms leaves care reminders to other channels",
+     [STOP_SMS], "care_reminder", "*", True, None),
 ]
 
 

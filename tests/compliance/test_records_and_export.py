@@ -3,11 +3,14 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 
+from adapter.compliance_gate import SYSTEM_ACTOR
 from adapter.db import transaction
-from compliance.audit import AuditLog
-from compliance.audit_export import EVENT_TYPES, export
+from adapter.housekeeping import HOUSEKEEPER
+from compliance.audit import AuditLog, AuditRecord
+from compliance.audit_export import EVENT_TYPES, as_audit_event, export
 from compliance.purposes import load_policy
 from compliance.records import record_of_processing, retention_cutoffs
 from compliance.signing import AuditSigner
@@ -38,7 +41,7 @@ def test_every_action_exports_as_a_valid_fhir_audit_event_and_as_jsonl(sessions)
     log = AuditLog(sessions, AuditSigner.generate())
     with transaction(sessions) as session:
         for i, action in enumerate(EVENT_TYPES):
-            log.append(session, action=action, actor="user:officer1" if i % 2 else "system:worker",
+            log.append(session, action=action, actor="token:1:officer" if i % 2 else SYSTEM_ACTOR,
                        subject_pseudonym="patient:3f2a" if i % 3 else "", reason="why" if i % 2 else "",
                        details={"n": i}, at=T0 + timedelta(seconds=i),
                        outcome="minor_failure" if action == "auth_failed" else "success")
@@ -53,3 +56,12 @@ def test_every_action_exports_as_a_valid_fhir_audit_event_and_as_jsonl(sessions)
     assert failed["outcome"] == "4" and failed["type"]["code"] == "110114"
     assert jsonl[0]["seq"] == 0 and len(jsonl[0]["leaf_hash"]) == 64
     assert all("patient:" in (e["subject"] or "patient:") for e in jsonl)
+
+
+@pytest.mark.parametrize("actor, requestor", [
+    (SYSTEM_ACTOR, False), (HOUSEKEEPER, False), ("token:7:officer", True), ("cli", True),
+    ("adapterish", True),
+])
+def test_an_audit_event_names_a_requestor_only_when_a_person_asked(actor, requestor):
+    record = AuditRecord(0, T0, "sent", "success", actor, "patient:3f2a", "sent by sms", {}, bytes(32))
+    assert as_audit_event(record)["agent"][0]["requestor"] is requestor

@@ -319,6 +319,8 @@ class MLLPServer:
                     answer = await self._answer(item)
                     if answer:
                         writer.write(frame(answer))
+                        if not writer.transport.get_write_buffer_size():
+                            continue  # all taken by the kernel: nothing to wait for (and no timer to arm)
                         try:
                             # A peer that stops reading its ACKs is idle too; unbounded,
                             # it would hold the connection, and stop(), for ever.

@@ -55,6 +55,11 @@ _PENDING_NOTICES_OF = select(
 ).where(_NOTIFICATION.c.patient_id == bindparam("patient"), _NOTIFICATION.c.status == "scheduled",
         _NOTIFICATION.c.rule_id.in_(bindparam("rules", expanding=True)))
 _KNOWN_REFS = select(_APPOINTMENT.c.ref).where(_APPOINTMENT.c.ref.in_(bindparam("refs", expanding=True)))
+# Report notices of a patient that are going, or went, out.
+_LIVE_REPORT_NOTICES_OF = select(_NOTIFICATION.c.subject_ref, _NOTIFICATION.c.decision).where(
+    _NOTIFICATION.c.patient_id == bindparam("patient"),
+    _NOTIFICATION.c.status.in_(("scheduled", "claimed", "sent", "delivered", "read")),
+    _NOTIFICATION.c.rule_id.in_(bindparam("rules", expanding=True)))
 
 
 @dataclass(frozen=True)
@@ -241,7 +246,10 @@ class Pipeline:
         their order: each report excluded from online delivery (HIV, genetic: Garante 2009)
         is recorded as suppressed; the others share one notice, filed under the first of
         them and listing them all (``reports`` in its why-record), scheduled or suppressed
-        by the patient's consent to online delivery."""
+        by the patient's consent to online delivery. A report announced already (final
+        again after a preliminary version, or sent again) is not announced twice; an
+        amended one is, by its own notice."""
+        reports = self._not_yet_announced(session, patient_id, reports)
         decided = [(report, self.gate.report_notice_allowed(session, patient_id, report, now=now)) for report in reports]
         created: list[int] = []
         for report, decision in decided:
@@ -254,6 +262,17 @@ class Pipeline:
                                     veto=None if decision.allowed else decision.reason,
                                     reports=[report.report_ref for report, _ in online])
         return created
+
+    def _not_yet_announced(self, session: Session, patient_id: str,
+                           reports: Sequence[ev.ReportReady]) -> list[ev.ReportReady]:
+        if all(report.amended for report in reports):
+            return list(reports)
+        rule_ids = [rule.id for rule in self.rules.for_trigger("report.ready")]
+        announced: set[str] = set()
+        for subject_ref, decision in session.execute(_LIVE_REPORT_NOTICES_OF, {"patient": patient_id, "rules": rule_ids}):
+            announced.add(subject_ref)
+            announced.update((decision or {}).get("reports") or [])
+        return [report for report in reports if report.amended or report.report_ref not in announced]
 
     def _withdraw_report(self, session: Session, patient_id: str, report_ref: str, *, now: datetime) -> None:
         """A report withdrawn (OBR-25 X): a pending notice that also announces other reports

@@ -76,3 +76,23 @@ def test_a_notice_template_naming_a_clinical_field_is_refused_at_start_up(tmp_pa
         migrated_container(settings)
 
     assert "it/report_ready" in str(refused.value) and "report.result" in str(refused.value)
+
+
+def test_a_report_final_again_after_a_preliminary_version_is_announced_once(tmp_path):
+    """final → preliminary → final (a report reopened and signed again): the patient was
+    told when it was first final; a second "your report is ready" would be a duplicate.
+    (An amended report is announced again: that is its own, switchable, notice.)"""
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr, officer = adapter.client("ehr"), adapter.client("officer")
+        ehr.put("/fhir/R4/Patient/p5", json=rich_patient("p5"), headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
+        patient = internal_id(adapter, "p5")
+        officer.post("/api/consents", json={"patient": patient, "purpose": "report_notice", "decision": "permit"}).raise_for_status()
+        final = report("r5", "p5", "58410-2", "CBC panel")
+        for status in ("final", "preliminary", "final"):
+            ehr.put("/fhir/R4/DiagnosticReport/r5", json={**final, "status": status}, headers=FHIR).raise_for_status()
+            adapter.fhir_processed()
+        wait_for(lambda: [n for n in report_notices(officer, patient) if n["status"] == "sent"])
+        adapter.fhir_processed()
+        live = [n for n in report_notices(officer, patient) if n["status"] not in ("cancelled", "suppressed")]
+        assert len(live) == 1, live

@@ -50,16 +50,14 @@ _UPDATE_APPOINTMENT = _APPOINTMENT.update().where(_APPOINTMENT.c.ref == bindpara
 _APPOINTMENT_STATE = ("patient_id", "start", "status", "location", "event_at", "updated_at")
 _KNOWN_IDENTIFIERS = select(PatientIdentifier.__table__.c.identifier_index).where(
     PatientIdentifier.__table__.c.identifier_index.in_(bindparam("indexes", expanding=True)))
-_PENDING_NOTICES_OF = select(
-    _NOTIFICATION.c.id, _NOTIFICATION.c.subject_ref, _NOTIFICATION.c.decision,
-).where(_NOTIFICATION.c.patient_id == bindparam("patient"), _NOTIFICATION.c.status == "scheduled",
-        _NOTIFICATION.c.rule_id.in_(bindparam("rules", expanding=True)))
 _KNOWN_REFS = select(_APPOINTMENT.c.ref).where(_APPOINTMENT.c.ref.in_(bindparam("refs", expanding=True)))
-# Report notices of a patient that are going, or went, out.
-_LIVE_REPORT_NOTICES_OF = select(_NOTIFICATION.c.subject_ref, _NOTIFICATION.c.decision).where(
-    _NOTIFICATION.c.patient_id == bindparam("patient"),
-    _NOTIFICATION.c.status.in_(("scheduled", "claimed", "sent", "delivered", "read")),
-    _NOTIFICATION.c.rule_id.in_(bindparam("rules", expanding=True)))
+# A patient's notifications of some rules (the report notices) in some statuses.
+_NOTICES_OF = select(
+    _NOTIFICATION.c.id, _NOTIFICATION.c.subject_ref, _NOTIFICATION.c.decision,
+).where(_NOTIFICATION.c.patient_id == bindparam("patient"),
+        _NOTIFICATION.c.status.in_(bindparam("statuses", expanding=True)),
+        _NOTIFICATION.c.rule_id.in_(bindparam("rules", expanding=True)))
+_GOING_OR_GONE = ("scheduled", "claimed", "sent", "delivered", "read")
 
 
 @dataclass(frozen=True)
@@ -267,18 +265,20 @@ class Pipeline:
                            reports: Sequence[ev.ReportReady]) -> list[ev.ReportReady]:
         if all(report.amended for report in reports):
             return list(reports)
-        rule_ids = [rule.id for rule in self.rules.for_trigger("report.ready")]
         announced: set[str] = set()
-        for subject_ref, decision in session.execute(_LIVE_REPORT_NOTICES_OF, {"patient": patient_id, "rules": rule_ids}):
-            announced.add(subject_ref)
-            announced.update((decision or {}).get("reports") or [])
+        for notice in self._report_notices(session, patient_id, _GOING_OR_GONE):
+            announced.add(notice.subject_ref)
+            announced.update((notice.decision or {}).get("reports") or [])
         return [report for report in reports if report.amended or report.report_ref not in announced]
+
+    def _report_notices(self, session: Session, patient_id: str, statuses: Sequence[str]):  # noqa: ANN202 - rows
+        rule_ids = [rule.id for rule in self.rules.for_trigger("report.ready")]
+        return session.execute(_NOTICES_OF, {"patient": patient_id, "statuses": list(statuses), "rules": rule_ids})
 
     def _withdraw_report(self, session: Session, patient_id: str, report_ref: str, *, now: datetime) -> None:
         """A report withdrawn (OBR-25 X): a pending notice that also announces other reports
         stays, for those (filed under one of them); one that announced only this is withdrawn."""
-        rule_ids = [rule.id for rule in self.rules.for_trigger("report.ready")]
-        for notice in session.execute(_PENDING_NOTICES_OF, {"patient": patient_id, "rules": rule_ids}):
+        for notice in self._report_notices(session, patient_id, ("scheduled",)):
             reports = notice.decision.get("reports") or []
             remaining = [ref for ref in reports if ref != report_ref]
             if report_ref not in reports or not remaining:

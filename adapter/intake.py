@@ -201,13 +201,15 @@ class GroupCommitWriter:
                 results = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self.write, [(p.header, p.raw) for p in batch]
                 )
-            except Exception:  # noqa: BLE001 - each message then alone: one cannot fail the rest
-                if len(batch) == 1:
+            except Exception:  # noqa: BLE001 - nothing is acknowledged when the write fails
+                if len(batch) > 1:  # each then alone: one message the database refuses fails alone
+                    results = [await self._write_alone(pending) for pending in batch]
+                else:
                     log.exception("storing an inbound message failed")
-                results = [await self._write_alone(pending) for pending in batch] if len(batch) > 1 else [None]
+                    results = [None]
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():
-                    if result is None:  # nothing is acknowledged when the write fails
+                    if result is None:
                         pending.future.set_exception(RuntimeError("the message could not be stored"))
                     else:
                         pending.future.set_result(result)

@@ -14,7 +14,7 @@ SIU^S26             AppointmentNoShow
 ORU^R01             per OBR: OBR-25 F → ReportReady, C → ReportReady(amended=True),
                     X → ReportWithdrawn, anything else (P, I, R...) → nothing. An empty
                     OBR-25 takes the OBX-11 statuses (all F → F, any C → C).
-ADT^A04/A08/A28/A31 PatientUpdated
+ADT^A04/A08/A28/A31 PatientUpdated (telecom from PID-40, PID-13, PID-14)
 ADT^A40             PatientsMerged per PID/MRG pair (MRG-1: the retired record's identifiers,
                     less those the surviving PID-3 also lists)
 ==================  ===================================================
@@ -208,8 +208,11 @@ def _legal_name(pid: Segment) -> Repetition | None:
 
 
 def _telecom(pid: Segment, region: str) -> tuple[ContactPoint, ...]:
+    """PID-40 (v2.7+: every telecom, its use code says home or work), then PID-13 (home)
+    and PID-14 (business), which v2.7 keeps for backward compatibility only: a v2.7+
+    sender may fill PID-40 alone. A number listed twice counts once, where first seen."""
     found: list[ContactPoint] = []
-    for field, business in ((13, False), (14, True)):
+    for field, business in ((40, False), (13, False), (14, True)):
         for xtn in pid.repetitions(field):
             contact = contact_from_xtn(xtn, business=business, region=region)
             if contact is not None and all(c.value != contact.value for c in found):

@@ -152,6 +152,23 @@ def test_an_a40_finds_the_retired_patient_stored_before_ids_were_qualified(adapt
     assert found["VISIT-A"] == found["VISIT-A1"]
 
 
+# ------------------------------------------------------------- patient contacts
+
+
+def adt(trigger: str, control_id: str, *, version: str = "2.5", pid13: str = "", pid14: str = "", pid15: str = "it",
+        pid40: str = "", pid3: str = "777^^^OSP_TEST^MR", sent: datetime = NOW) -> bytes:
+    """An ADT message about one patient; PID-40 (v2.7+ telecom) is written only when given."""
+    pid = f"PID|1||{pid3}||Rossi^Mario^^^^^L||19800101|M|||||{pid13}|{pid14}|{pid15}" + ("|" * 25 + pid40 if pid40 else "")
+    return (f"MSH|^~\\&|PAS|OSP_TEST|ADAPTER|NOTIFY|{ts(sent)}||ADT^{trigger}^ADT_A01|{control_id}|P|{version}"
+            f"||||||UNICODE UTF-8\rEVN|{trigger}|{ts(sent)}\r{pid}\r").encode()
+
+
+def test_a_v2_8_update_with_the_new_mobile_in_pid_40_replaces_the_old_one(adapter):
+    adapter.feed(siu("S12", "M1", "APPT1"),
+                 adt("A08", "U1", version="2.8", pid40="^PRN^CP^^^^^^^^^+39 347 555 1234", sent=NOW + timedelta(minutes=1)))
+    assert adapter.active_phones(adapter.owners()["APPT1"]) == ["+393475551234"]
+
+
 # ------------------------------------------------------------- repeated and out-of-order SIU
 
 

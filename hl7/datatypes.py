@@ -81,7 +81,9 @@ def contact_from_xtn(xtn: Repetition, *, business: bool, region: str) -> Contact
     (older senders put it in XTN-1). Otherwise a phone: XTN-12 unformatted, or
     XTN-5/6/7 (+country, area, local), or XTN-1; ``CP`` equipment (table 0202)
     makes it ``mobile``, and so does a number ``phonenumbers`` knows to be
-    mobile when the equipment is not given. Numbers are E.164 where possible."""
+    mobile when the equipment is ``PH`` (telephone: mobile or fixed, it does not
+    say; many PAS record every number so) or not given. Numbers are E.164 where
+    possible."""
     use_code = xtn.component(2).upper()
     equipment = xtn.component(3).upper()
     if use_code == "NET" or equipment in ("INTERNET", "X.400"):
@@ -93,7 +95,7 @@ def contact_from_xtn(xtn: Repetition, *, business: bool, region: str) -> Contact
     if not number:
         return None
     e164, is_mobile = _normalise_phone(number, region)
-    if equipment == "CP" or (not equipment and is_mobile):
+    if equipment == "CP" or (equipment in ("", "PH") and is_mobile):
         use = "mobile"
     elif equipment == "FX":
         return ContactPoint(system="other", value=e164, use="work" if business else "home")

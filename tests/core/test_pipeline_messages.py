@@ -169,6 +169,13 @@ def test_a_v2_8_update_with_the_new_mobile_in_pid_40_replaces_the_old_one(adapte
     assert adapter.active_phones(adapter.owners()["APPT1"]) == ["+393475551234"]
 
 
+def test_a_mobile_number_sent_with_the_generic_telephone_equipment_ph_is_messaged_and_a_landline_is_not(adapter):
+    adapter.feed(siu("S12", "M1", "APPT1"),
+                 adt("A08", "U1", pid13="^PRN^PH^^^^^^^^^06 1234 5678~^PRN^PH^^^^^^^^^347 555 1234",
+                     sent=NOW + timedelta(minutes=1)))
+    assert adapter.active_phones(adapter.owners()["APPT1"]) == ["+393475551234"]
+
+
 # ------------------------------------------------------------- repeated and out-of-order SIU
 
 

@@ -67,10 +67,12 @@ class Origin:
 class Appointment:
     """An appointment as the hospital describes it. ``ref`` is stable across
     updates from the same source (FHIR ``Appointment/{id}`` or HL7 placer/filler
-    id qualified by the sender)."""
+    id qualified by the sender). ``start`` is ``None`` only in an HL7 cancellation,
+    deletion or no-show that names the appointment without its time: the time
+    stored for it stands."""
 
     ref: str
-    start: datetime
+    start: datetime | None
     end: datetime | None = None
     location: str = ""
     service: str = ""  # a non-clinical label, e.g. "Visita ambulatoriale"

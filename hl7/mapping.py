@@ -10,7 +10,8 @@ SIU^S14             AppointmentRescheduled (a modification: the core compares th
                     with what it stored and tells the patient only when it moved); when
                     SCH-25 says Cancelled/Deleted/Noshow/Complete, the matching event
 SIU^S15 / S17       AppointmentCancelled, reason "cancelled" / "deleted"
-SIU^S26             AppointmentNoShow
+SIU^S26             AppointmentNoShow (these, and an S14 that closes the appointment, may
+                    leave its time out: the core keeps the one it stored)
 ORU^R01             per OBR: OBR-25 F → ReportReady, C → ReportReady(amended=True),
                     X → ReportWithdrawn, anything else (P, I, R...) → nothing. An empty
                     OBR-25 takes the OBX-11 statuses (all F → F, any C → C).
@@ -239,10 +240,12 @@ def _map_siu(message: Message, trigger: str, context: _Context) -> list[AnyEvent
     if sch is None:
         raise MappingError("SIU message has no SCH segment", "100")
     patient = _patient(message.segment("PID"), context)
-    appointment = _appointment(message, sch, context)
+    status = sch.value(25, 1).strip().upper()
+    closing = trigger in ("S15", "S17", "S26") or (
+        trigger == "S14" and (status in _SIU_STATUS_EVENTS or status in ("NOSHOW", "COMPLETE")))
+    appointment = _appointment(message, sch, context, start_required=not closing)
     base = {"origin": context.origin, "occurred_at": context.occurred_at, "patient": patient,
             "appointment": appointment}
-    status = sch.value(25, 1).strip().upper()
     if trigger == "S12":
         return [AppointmentBooked(**base)]
     if trigger == "S13":
@@ -260,12 +263,15 @@ def _map_siu(message: Message, trigger: str, context: _Context) -> list[AnyEvent
     return [AppointmentCancelled(**base, reason="cancelled" if trigger == "S15" else "deleted")]
 
 
-def _appointment(message: Message, sch: Segment, context: _Context) -> Appointment:
+def _appointment(message: Message, sch: Segment, context: _Context, *, start_required: bool) -> Appointment:
+    """The SCH's appointment. A message that only closes it (cancellation, deletion,
+    no-show, completion) may leave its time out: SCH-11 is withdrawn in v2.7 and the
+    resource segments are optional, and the time stored for it stands (``start`` None)."""
     placer, filler = sch.value(1, 1).strip(), sch.value(2, 1).strip()
     ident = (filler or placer) if context.rule.appointment_id == "filler" else (placer or filler)
     if not ident:
         raise MappingError("SCH-1 and SCH-2 (appointment ids) are both empty", "101")
-    start, end = _start_end(message, sch, context)
+    start, end = _start_end(message, sch, context, required=start_required)
     ais = message.segment("AIS")
     service = ais.value(3, 2) if ais is not None else ""
     return Appointment(
@@ -277,7 +283,9 @@ def _appointment(message: Message, sch: Segment, context: _Context) -> Appointme
     )
 
 
-def _start_end(message: Message, sch: Segment, context: _Context) -> tuple[datetime, datetime | None]:
+def _start_end(
+    message: Message, sch: Segment, context: _Context, *, required: bool
+) -> tuple[datetime | None, datetime | None]:
     zone = context.zone
     for where in context.rule.start_time:
         if where == "SCH-11":
@@ -297,6 +305,8 @@ def _start_end(message: Message, sch: Segment, context: _Context) -> tuple[datet
             if start is not None:
                 assert tq1 is not None
                 return start, _required_ts(tq1.value(8, 1), zone, "TQ1-8")
+    if not required:
+        return None, None
     tried = ", ".join(context.rule.start_time)
     raise MappingError(f"no appointment start time in {tried}", "101")
 

@@ -225,6 +225,35 @@ def test_an_older_reschedule_arriving_late_does_not_undo_a_newer_one(adapter):
         late - timedelta(hours=24)]
 
 
+def without_times(message: bytes, start: datetime = START) -> bytes:
+    """``message`` with no appointment time left (SCH-11 empty, no AIS): a cancellation that only names
+    the appointment, as senders write them (SCH-11 is withdrawn in v2.7, the resource segments optional)."""
+    segments = [segment for segment in message.split(b"\r") if not segment.startswith(b"AIS|")]
+    return b"\r".join(segments).replace(f"|^^^{ts(start)}|".encode(), b"||")
+
+
+@pytest.mark.parametrize(("trigger", "status", "stored", "reason"), [
+    ("S15", "Cancelled", "cancelled", "appointment cancelled"), ("S17", "Deleted", "cancelled", "appointment deleted"),
+    ("S26", "Noshow", "noshow", "patient did not show")])
+def test_a_cancellation_deletion_or_no_show_that_names_the_appointment_without_its_time_applies_to_it(
+        adapter, trigger, status, stored, reason):
+    adapter.feed(siu("S12", "M1", "APPT1"),
+                 without_times(siu(trigger, "M2", "APPT1", status=status, sent=NOW + timedelta(minutes=1))))
+    assert adapter.appointments() == {"APPT1": (stored, START)}
+    with transaction(adapter.container.sessions) as session:
+        rows = session.execute(select(Notification.rule_id, Notification.status, Notification.reason)
+                               .order_by(Notification.id)).all()
+    assert rows[:4] == [(rule, "cancelled", reason) for rule in ("booking-confirmation", "reminder-24h", "reminder-2h",
+                                                                 "follow-up")]
+
+
+def test_a_cancellation_without_a_time_of_an_appointment_never_booked_here_tells_nobody(adapter):
+    adapter.feed(without_times(siu("S15", "M1", "APPT1", status="Cancelled")))
+    assert adapter.appointments() == {} and adapter.notices() == []
+    with transaction(adapter.container.sessions) as session:
+        assert session.scalar(select(InboundMessage.status)) == "processed"
+
+
 @pytest.mark.parametrize("moved", [timedelta(0), timedelta(days=1)], ids=["same start", "new start"])
 def test_a_modification_giving_the_appointment_to_another_patient_moves_the_pending_notices_to_them(adapter, moved):
     adapter.feed(siu("S12", "M1", "APPT1", pid3="111^^^OSP_TEST^MR"),

@@ -294,11 +294,14 @@ def _start_end(
                 end = _required_ts(sch.value(11, 5, 1), zone, "SCH-11.5")
                 return start, end or _plus_duration(start, sch.value(9), sch.value(10, 1))
         elif where == "AIS-4":
-            ais = message.segment("AIS")
-            start = _required_ts(ais.value(4, 1), zone, "AIS-4") if ais is not None else None
-            if start is not None:
-                assert ais is not None
-                return start, _plus_duration(start, ais.value(7), ais.value(8, 1))
+            # One AIS per service booked (a blood test, then the visit), in no promised order:
+            # the appointment starts with the earliest and ends with the last.
+            services = [(start, _plus_duration(start, ais.value(7), ais.value(8, 1)))
+                        for ais in message.all("AIS")
+                        if (start := _required_ts(ais.value(4, 1), zone, "AIS-4")) is not None]
+            if services:
+                ends = [end for _, end in services if end is not None]
+                return min(start for start, _ in services), max(ends) if ends else None
         else:
             tq1 = message.segment("TQ1")
             start = _required_ts(tq1.value(7, 1), zone, "TQ1-7") if tq1 is not None else None

@@ -254,6 +254,16 @@ def test_a_cancellation_without_a_time_of_an_appointment_never_booked_here_tells
         assert session.scalar(select(InboundMessage.status)) == "processed"
 
 
+def test_an_appointment_of_several_services_starts_at_the_earliest_whatever_the_order_of_its_ais(adapter):
+    # OSP_SLUCA reads the start in AIS-4 first; SCH-11 is left empty, as v2.7 withdrew it.
+    services = ["AIS|1||PREP^Accettazione^L", f"AIS|2||ECG^Elettrocardiogramma^L|{ts(START + timedelta(minutes=30))}",
+                f"AIS|3||CARD01^Visita^L|{ts(START)}|0|min|30|min"]
+    booking = siu("S12", "M1", "APPT1", facility="OSP_SLUCA").replace(f"|^^^{ts(START)}|".encode(), b"||")
+    booking = booking.replace(f"AIS|1||CARD01^Visita^L|{ts(START)}|0|min|30|min".encode(), "\r".join(services).encode())
+    adapter.feed(booking)
+    assert adapter.appointments() == {"APPT1": ("booked", START)}
+
+
 @pytest.mark.parametrize("moved", [timedelta(0), timedelta(days=1)], ids=["same start", "new start"])
 def test_a_modification_giving_the_appointment_to_another_patient_moves_the_pending_notices_to_them(adapter, moved):
     adapter.feed(siu("S12", "M1", "APPT1", pid3="111^^^OSP_TEST^MR"),

@@ -71,7 +71,11 @@ def identifier_from_cx(cx: Repetition, facility: str) -> Identifier:
 
 
 # XTN-2 telecommunication use code (table 0201) → FHIR ContactPoint.use
-_USE = {"PRN": "home", "ORN": "home", "VHN": "temp", "WPN": "work", "EMR": "", "ASN": "", "BPN": ""}
+_USE = {"PRN": "home", "ORN": "home", "VHN": "temp", "WPN": "work", "BPN": ""}
+# Numbers that reach someone else for the patient (a relative to call in an emergency,
+# an answering service): telling them of a visit would tell a third party of the
+# patient's care, so they are no way to message the patient.
+_SOMEONE_ELSE = frozenset({"EMR", "ASN"})
 
 
 def contact_from_xtn(xtn: Repetition, *, business: bool, region: str) -> ContactPoint | None:
@@ -83,9 +87,12 @@ def contact_from_xtn(xtn: Repetition, *, business: bool, region: str) -> Contact
     makes it ``mobile``, and so does a number ``phonenumbers`` knows to be
     mobile when the equipment is ``PH`` (telephone: mobile or fixed, it does not
     say; many PAS record every number so) or not given. Numbers are E.164 where
-    possible."""
+    possible. An emergency (``EMR``) or answering service (``ASN``) number is
+    someone else's: ``None``."""
     use_code = xtn.component(2).upper()
     equipment = xtn.component(3).upper()
+    if use_code in _SOMEONE_ELSE:
+        return None
     if use_code == "NET" or equipment in ("INTERNET", "X.400"):
         address = (xtn.component(4) or xtn.component(1)).strip()
         if "@" not in address:

@@ -176,6 +176,14 @@ def test_a_mobile_number_sent_with_the_generic_telephone_equipment_ph_is_message
     assert adapter.active_phones(adapter.owners()["APPT1"]) == ["+393475551234"]
 
 
+def test_an_emergency_or_answering_service_number_is_not_used_to_message_the_patient(adapter):
+    # A landline at home, and a relative's mobile to call in an emergency: nothing about the visit goes to the relative.
+    adapter.feed(adt("A04", "R1", pid13="^PRN^PH^^^^^^^^^06 1234 5678~^EMR^CP^^^^^^^^^347 555 1234~"
+                                        "^ASN^CP^^^^^^^^^348 555 1234"),
+                 siu("S12", "M1", "APPT1", phone="", sent=NOW + timedelta(minutes=1)))
+    assert adapter.active_phones(adapter.owners()["APPT1"]) == []
+
+
 # ------------------------------------------------------------- repeated and out-of-order SIU
 
 

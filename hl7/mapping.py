@@ -86,6 +86,7 @@ class _Context:
     rule: FacilityRule
     zone: ZoneInfo
     occurred_at: datetime
+    received_at: datetime
 
 
 def map_message(text: str, facilities: FacilityConfig, *, received_at: datetime) -> list[AnyEvent]:
@@ -138,7 +139,7 @@ def _context(message: Message, facilities: FacilityConfig, received_at: datetime
     if evn is not None:
         occurred = _optional_ts(evn.value(6), zone) or _optional_ts(evn.value(2), zone) or occurred
     origin = Origin(source="hl7", sender=sender, message_ref=msh.value(10).strip())
-    return _Context(origin, sender, facility or sender, rule, zone, occurred or received_at)
+    return _Context(origin, sender, facility or sender, rule, zone, occurred or received_at, received_at)
 
 
 def _optional_ts(value: str, zone: ZoneInfo) -> datetime | None:
@@ -175,7 +176,7 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
             "101",
         )
     name = _legal_name(pid)
-    telecom = _telecom(pid, context.rule.phone_region)
+    telecom = _telecom(pid, context)
     language = language_from_ce(pid.value(15, 1), pid.value(15, 2))
     return PatientDetails(
         key=key,
@@ -208,14 +209,19 @@ def _legal_name(pid: Segment) -> Repetition | None:
     return names[0] if names else None
 
 
-def _telecom(pid: Segment, region: str) -> tuple[ContactPoint, ...]:
+def _telecom(pid: Segment, context: _Context) -> tuple[ContactPoint, ...]:
     """PID-40 (v2.7+: every telecom, its use code says home or work), then PID-13 (home)
     and PID-14 (business), which v2.7 keeps for backward compatibility only: a v2.7+
-    sender may fill PID-40 alone. A number listed twice counts once, where first seen."""
+    sender may fill PID-40 alone. A number listed twice counts once, where first seen;
+    one whose expiration date (XTN-14) had come when the message arrived is no longer
+    in use, as a hospital that keeps the history of numbers says."""
     found: list[ContactPoint] = []
     for field, business in ((40, False), (13, False), (14, True)):
         for xtn in pid.repetitions(field):
-            contact = contact_from_xtn(xtn, business=business, region=region)
+            expires = _optional_ts(xtn.component(14), context.zone)
+            if expires is not None and expires <= context.received_at:
+                continue
+            contact = contact_from_xtn(xtn, business=business, region=context.rule.phone_region)
             if contact is not None and all(c.value != contact.value for c in found):
                 found.append(contact)
     return tuple(

@@ -169,6 +169,14 @@ def test_a_v2_8_update_with_the_new_mobile_in_pid_40_replaces_the_old_one(adapte
     assert adapter.active_phones(adapter.owners()["APPT1"]) == ["+393475551234"]
 
 
+def test_a_number_past_its_expiration_date_xtn_14_is_no_longer_messaged(adapter):
+    adapter.feed(siu("S12", "M1", "APPT1"),
+                 adt("A08", "U1", version="2.8", sent=NOW + timedelta(minutes=1),
+                     pid40="^PRN^CP^^^^^^^^^3331234567^20200101^20260301~^PRN^CP^^^^^^^^^3475551234^20260301~"
+                           "^PRN^CP^^^^^^^^^3485551234^20260301^20271231"))
+    assert sorted(adapter.active_phones(adapter.owners()["APPT1"])) == ["+393475551234", "+393485551234"]
+
+
 def test_a_mobile_number_sent_with_the_generic_telephone_equipment_ph_is_messaged_and_a_landline_is_not(adapter):
     adapter.feed(siu("S12", "M1", "APPT1"),
                  adt("A08", "U1", pid13="^PRN^PH^^^^^^^^^06 1234 5678~^PRN^PH^^^^^^^^^347 555 1234",

@@ -51,6 +51,10 @@ class PatientDetails:
     given_name: str = ""
     family_name: str = ""
     telecom: tuple[ContactPoint, ...] = ()
+    # The hospital listed the patient's contacts, even if none of them is in use (all expired,
+    # or someone else's): those it no longer lists are dropped. An empty ``telecom`` alone
+    # says nothing of them.
+    telecom_listed: bool = False
     language: str = ""  # BCP-47 primary tag, "it" or "en"; "" = clinic default
 
 

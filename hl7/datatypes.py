@@ -87,12 +87,9 @@ def contact_from_xtn(xtn: Repetition, *, business: bool, region: str) -> Contact
     makes it ``mobile``, and so does a number ``phonenumbers`` knows to be
     mobile when the equipment is ``PH`` (telephone: mobile or fixed, it does not
     say; many PAS record every number so) or not given. Numbers are E.164 where
-    possible. An emergency (``EMR``) or answering service (``ASN``) number is
-    someone else's: ``None``."""
+    possible."""
     use_code = xtn.component(2).upper()
     equipment = xtn.component(3).upper()
-    if use_code in _SOMEONE_ELSE:
-        return None
     if use_code == "NET" or equipment in ("INTERNET", "X.400"):
         address = (xtn.component(4) or xtn.component(1)).strip()
         if "@" not in address:
@@ -109,6 +106,12 @@ def contact_from_xtn(xtn: Repetition, *, business: bool, region: str) -> Contact
     else:
         use = "work" if business else _USE.get(use_code, "home")
     return ContactPoint(system="phone", value=e164, use=use)
+
+
+def reaches_someone_else(xtn: Repetition) -> bool:
+    """An emergency (XTN-2 ``EMR``) or answering service (``ASN``) number: someone
+    else's, to reach the patient through, not the patient's own."""
+    return xtn.component(2).upper() in _SOMEONE_ELSE
 
 
 def _phone_number(xtn: Repetition) -> str:

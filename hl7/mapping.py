@@ -67,7 +67,7 @@ from adapter.events import (
     ReportReady,
     ReportWithdrawn,
 )
-from hl7.datatypes import contact_from_xtn, identifier_from_cx, language_from_ce, parse_ts
+from hl7.datatypes import contact_from_xtn, identifier_from_cx, language_from_ce, parse_ts, reaches_someone_else
 from hl7.errors import CharsetError, MappingError, UnsupportedMessage
 from hl7.facilities import FacilityConfig, FacilityRule
 from hl7.header import codec_for
@@ -176,7 +176,7 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
             "101",
         )
     name = _legal_name(pid)
-    telecom = _telecom(pid, context)
+    telecom, telecom_listed = _telecom(pid, context)
     language = language_from_ce(pid.value(15, 1), pid.value(15, 2))
     return PatientDetails(
         key=key,
@@ -184,6 +184,7 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
         given_name=name.component(2, 1) if name else "",
         family_name=name.component(1, 1) if name else "",
         telecom=telecom,
+        telecom_listed=telecom_listed,
         language=language,
     )
 
@@ -209,24 +210,34 @@ def _legal_name(pid: Segment) -> Repetition | None:
     return names[0] if names else None
 
 
-def _telecom(pid: Segment, context: _Context) -> tuple[ContactPoint, ...]:
-    """PID-40 (v2.7+: every telecom, its use code says home or work), then PID-13 (home)
+def _telecom(pid: Segment, context: _Context) -> tuple[tuple[ContactPoint, ...], bool]:
+    """The patient's own numbers and addresses in use, and whether the PID lists any
+    (``PatientDetails.telecom_listed``).
+
+    PID-40 (v2.7+: every telecom, its use code says home or work), then PID-13 (home)
     and PID-14 (business), which v2.7 keeps for backward compatibility only: a v2.7+
-    sender may fill PID-40 alone. A number listed twice counts once, where first seen;
-    one whose expiration date (XTN-14) had come when the message arrived is no longer
-    in use, as a hospital that keeps the history of numbers says."""
+    sender may fill PID-40 alone. A number listed twice counts once, where first seen.
+    Listed but not in use: one whose expiration date (XTN-14) had come when the message
+    arrived, as a hospital that keeps the history of numbers says, and someone else's
+    (an emergency number); the HL7 null ``""`` lists none (HL7 v2.5 §2.5.3)."""
     found: list[ContactPoint] = []
+    listed = False
     for field, business in ((40, False), (13, False), (14, True)):
         for xtn in pid.repetitions(field):
-            expires = _optional_ts(xtn.component(14), context.zone)
-            if expires is not None and expires <= context.received_at:
+            if xtn.raw == '""':
+                listed = True
                 continue
             contact = contact_from_xtn(xtn, business=business, region=context.rule.phone_region)
-            if contact is not None and all(c.value != contact.value for c in found):
+            if contact is None:
+                continue
+            listed = True
+            expires = _optional_ts(xtn.component(14), context.zone)
+            if reaches_someone_else(xtn) or (expires is not None and expires <= context.received_at):
+                continue
+            if all(c.value != contact.value for c in found):
                 found.append(contact)
-    return tuple(
-        ContactPoint(c.system, c.value, c.use, rank) for rank, c in enumerate(found, start=1)
-    )
+    points = tuple(ContactPoint(c.system, c.value, c.use, rank) for rank, c in enumerate(found, start=1))
+    return points, listed
 
 
 def _system_value(identifier: Identifier) -> tuple[str, str]:

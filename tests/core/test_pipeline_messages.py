@@ -177,6 +177,19 @@ def test_a_number_past_its_expiration_date_xtn_14_is_no_longer_messaged(adapter)
     assert sorted(adapter.active_phones(adapter.owners()["APPT1"])) == ["+393475551234", "+393485551234"]
 
 
+@pytest.mark.parametrize("pid13", ['""', "^PRN^CP^^^^^^^^^3331234567^20200101^20260301", "^EMR^CP^^^^^^^^^3475551234"],
+                         ids=["HL7 null", "expired", "emergency number only"])
+def test_an_update_listing_no_number_of_the_patients_own_in_use_leaves_none_in_use(adapter, pid13):
+    adapter.feed(siu("S12", "M1", "APPT1"), adt("A08", "U1", pid13=pid13, sent=NOW + timedelta(minutes=1)))
+    assert adapter.active_phones(adapter.owners()["APPT1"]) == []
+
+
+def test_an_update_without_numbers_or_with_an_empty_template_keeps_those_in_use(adapter):
+    adapter.feed(siu("S12", "M1", "APPT1"), adt("A08", "U1", sent=NOW + timedelta(minutes=1)),
+                 adt("A08", "U2", pid13="^PRN^CP", sent=NOW + timedelta(minutes=2)))
+    assert adapter.active_phones(adapter.owners()["APPT1"]) == ["+393331234567"]
+
+
 def test_a_mobile_number_sent_with_the_generic_telephone_equipment_ph_is_messaged_and_a_landline_is_not(adapter):
     adapter.feed(siu("S12", "M1", "APPT1"),
                  adt("A08", "U1", pid13="^PRN^PH^^^^^^^^^06 1234 5678~^PRN^PH^^^^^^^^^347 555 1234",

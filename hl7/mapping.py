@@ -190,10 +190,14 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
 
 
 def _pick_identifier(reps: list[Repetition], context: _Context) -> Identifier | None:
+    """The first of ``reps`` the facility's patient key rules match, rule by rule. An
+    identifier without CX-4 is the sender's own (``identifier_from_cx``): a rule naming
+    the sender as the authority matches it."""
     for wanted in context.rule.patient_key:
         for cx in reps:
             kind = cx.component(5).strip().upper()
-            authorities = {cx.component(4, 1).strip().upper(), cx.component(4, 2).strip().upper()}
+            authorities = {cx.component(4, 1).strip().upper(), cx.component(4, 2).strip().upper()} - {""}
+            authorities = authorities or {context.authority.upper()}
             if wanted.identifier_type and kind != wanted.identifier_type.upper():
                 continue
             if wanted.assigning_authority and wanted.assigning_authority.upper() not in authorities:

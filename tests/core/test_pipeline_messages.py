@@ -5,8 +5,12 @@ notices they leave behind, whatever the order or repetition they arrive in."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -82,13 +86,28 @@ class Adapter:
             return len(session.scalars(select(Patient.id)).all())
 
 
+@contextmanager
+def running_adapter(tmp_path: Path, facilities: str | None = None) -> Iterator[Adapter]:
+    """An :class:`Adapter`; ``facilities``: a config/facilities.yaml of its own."""
+    settings = settings_for(tmp_path)
+    if facilities is not None:
+        config = tmp_path / "config"
+        shutil.copytree(settings.config_dir, config)
+        (config / "facilities.yaml").write_text(facilities)
+        settings = settings_for(tmp_path, config_dir=config)
+    running = Adapter(migrated_container(settings, clock=FrozenClock(NOW)), asyncio.new_event_loop())
+    try:
+        yield running
+    finally:
+        running.loop.run_until_complete(running.container.intake.writer.stop())
+        running.loop.close()
+        running.container.engine.dispose()
+
+
 @pytest.fixture
 def adapter(tmp_path):
-    running = Adapter(migrated_container(settings_for(tmp_path), clock=FrozenClock(NOW)), asyncio.new_event_loop())
-    yield running
-    running.loop.run_until_complete(running.container.intake.writer.stop())
-    running.loop.close()
-    running.container.engine.dispose()
+    with running_adapter(tmp_path) as running:
+        yield running
 
 
 # ------------------------------------------------------------- patient identity
@@ -103,6 +122,16 @@ def test_the_same_mrn_without_assigning_authority_from_two_hospitals_is_two_pati
     assert found["VISIT-A"] != found["VISIT-B"]
     assert adapter.active_phones(found["VISIT-A"]) == ["+393331111111"]
     assert adapter.active_phones(found["VISIT-B"]) == ["+393472222222"]
+
+
+def test_a_patient_key_rule_naming_the_sending_facility_as_authority_matches_its_ids_sent_without_one(tmp_path):
+    # The same hospital's PAS writes CX-4, its CUP leaves it out: both are the hospital's MRN.
+    own_mrn = "facilities:\n  default: {}\n  OSP_TEST:\n    patient_key:\n      - {identifier_type: MR, assigning_authority: OSP_TEST}\n"
+    with running_adapter(tmp_path, own_mrn) as adapter:
+        adapter.feed(siu("S12", "M1", "APPT1", pid3="777^^^OSP_TEST^MR"),
+                     siu("S12", "M2", "APPT2", START + timedelta(days=1), pid3="777^^^^MR"))
+        found = adapter.owners()
+        assert found["APPT1"] == found["APPT2"]
 
 
 def stored_before_qualifying(container: Container, facility: str, appointment: str | None) -> None:

@@ -82,7 +82,8 @@ def contact_from_xtn(xtn: Repetition, *, business: bool, region: str) -> Contact
     """An XTN (HL7 v2.5 §2.A.89) as a ContactPoint, or ``None`` when empty.
 
     XTN-2 ``NET`` or XTN-3 ``Internet``/``X.400`` is an e-mail in XTN-4
-    (older senders put it in XTN-1). Otherwise a phone: XTN-12 unformatted, or
+    (older senders put it in XTN-1), and so is an address in XTN-4 of an XTN
+    that gives no number. Otherwise a phone: XTN-12 unformatted, or
     XTN-5/6/7 (+country, area, local), or XTN-1; ``CP`` equipment (table 0202)
     makes it ``mobile``, and so does a number ``phonenumbers`` knows to be
     mobile when the equipment is ``PH`` (telephone: mobile or fixed, it does not
@@ -97,7 +98,10 @@ def contact_from_xtn(xtn: Repetition, *, business: bool, region: str) -> Contact
         return ContactPoint(system="email", value=address, use="work" if business else "home")
     number = _phone_number(xtn)
     if not number:
-        return None
+        address = xtn.component(4).strip()  # an address without the codes (optional before v2.7)
+        if "@" not in address:
+            return None
+        return ContactPoint(system="email", value=address, use="work" if business else "home")
     e164, is_mobile = _normalise_phone(number, region)
     if equipment == "CP" or (equipment in ("", "PH") and is_mobile):
         use = "mobile"

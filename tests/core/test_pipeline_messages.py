@@ -219,6 +219,15 @@ def test_an_update_without_numbers_or_with_an_empty_template_keeps_those_in_use(
     assert adapter.active_phones(adapter.owners()["APPT1"]) == ["+393331234567"]
 
 
+def test_an_e_mail_address_in_xtn_4_without_the_net_or_internet_codes_is_kept(adapter):
+    # v2.5 makes XTN-2 and XTN-3 optional: PRN by habit, no equipment, the address in XTN-4.
+    adapter.feed(siu("S12", "M1", "APPT1"),
+                 adt("A08", "U1", pid13="^PRN^CP^^^^^^^^^3331234567~^PRN^^Mario.Rossi@example.it~^^^m.rossi@example.org",
+                     sent=NOW + timedelta(minutes=1)))
+    assert sorted(adapter.active_phones(adapter.owners()["APPT1"])) == [
+        "+393331234567", "m.rossi@example.org", "mario.rossi@example.it"]
+
+
 def test_a_mobile_number_sent_with_the_generic_telephone_equipment_ph_is_messaged_and_a_landline_is_not(adapter):
     adapter.feed(siu("S12", "M1", "APPT1"),
                  adt("A08", "U1", pid13="^PRN^PH^^^^^^^^^06 1234 5678~^PRN^PH^^^^^^^^^347 555 1234",

@@ -251,6 +251,8 @@ def _system_value(identifier: Identifier) -> tuple[str, str]:
 # ---------------------------------------------------------------- SIU
 
 _SIU_STATUS_EVENTS = {"CANCELLED": "cancelled", "DELETED": "deleted"}
+# SCH-25 filler statuses (table 0278) with which an S14 closes the appointment.
+_SIU_CLOSING_STATUSES = frozenset({*_SIU_STATUS_EVENTS, "NOSHOW", "COMPLETE"})
 
 
 def _map_siu(message: Message, trigger: str, context: _Context) -> list[AnyEvent]:
@@ -262,8 +264,7 @@ def _map_siu(message: Message, trigger: str, context: _Context) -> list[AnyEvent
         raise MappingError("SIU message has no SCH segment", "100")
     patient = _patient(message.segment("PID"), context)
     status = sch.value(25, 1).strip().upper()
-    closing = trigger in ("S15", "S17", "S26") or (
-        trigger == "S14" and (status in _SIU_STATUS_EVENTS or status in ("NOSHOW", "COMPLETE")))
+    closing = trigger in ("S15", "S17", "S26") or (trigger == "S14" and status in _SIU_CLOSING_STATUSES)
     appointment = _appointment(message, sch, context, start_required=not closing)
     base = {"origin": context.origin, "occurred_at": context.occurred_at, "patient": patient,
             "appointment": appointment}

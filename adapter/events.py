@@ -51,6 +51,10 @@ class PatientDetails:
     given_name: str = ""
     family_name: str = ""
     telecom: tuple[ContactPoint, ...] = ()
+    # The hospital listed the patient's contacts, even if none of them is in use (all expired,
+    # or someone else's): those it no longer lists are dropped. An empty ``telecom`` alone
+    # says nothing of them.
+    telecom_listed: bool = False
     language: str = ""  # BCP-47 primary tag, "it" or "en"; "" = clinic default
 
 
@@ -67,10 +71,12 @@ class Origin:
 class Appointment:
     """An appointment as the hospital describes it. ``ref`` is stable across
     updates from the same source (FHIR ``Appointment/{id}`` or HL7 placer/filler
-    id qualified by the sender)."""
+    id qualified by the sender). ``start`` is ``None`` only in an HL7 cancellation,
+    deletion or no-show that names the appointment without its time: the time
+    stored for it stands."""
 
     ref: str
-    start: datetime
+    start: datetime | None
     end: datetime | None = None
     location: str = ""
     service: str = ""  # a non-clinical label, e.g. "Visita ambulatoriale"

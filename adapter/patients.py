@@ -115,7 +115,8 @@ def upsert_patient(
 ) -> UpsertedPatient:
     """Create or update the patient ``details`` describes. Identifiers are
     added, never removed; contacts the hospital no longer lists are deactivated
-    when the update carries a telecom list. Core statements, no ORM objects."""
+    when the update carries a telecom list (``telecom``, or ``telecom_listed``: a list
+    of which none is in use). Core statements, no ORM objects."""
     # One look-up for every identifier the message carries; the key wins, then the others in order.
     wanted = identifier_indexes(vault, details)
     legacy = legacy_indexes(vault, details)
@@ -133,7 +134,7 @@ def upsert_patient(
     new_identifiers = {index: kind for index, kind in wanted.items() if index not in found}
     if new_identifiers:
         session.execute(_IDENTIFIER.insert(), _identifier_rows(patient_id, new_identifiers))
-    if details.telecom:
+    if details.telecom or details.telecom_listed:
         _sync_contacts(session, vault, patient_id, details.telecom, now=now)
     return UpsertedPatient(patient_id, created=False)
 

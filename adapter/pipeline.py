@@ -220,6 +220,13 @@ class Pipeline:
             return []
         found = session.execute(_FIND_APPOINTMENT, {"appointment": appointment.ref}).first()
         previous = StoredAppointment(found.status, found.start, found.patient_id, found.event_at) if found else None
+        if appointment.start is None:  # an HL7 cancellation or no-show naming the appointment only
+            if previous is None:
+                log.info("%s from %s without the appointment's time, about one never booked here: nothing to apply",
+                         type(event).__name__, event.origin.source)
+                return []
+            appointment = replace(appointment, start=previous.start)
+            event = replace(event, appointment=appointment)  # type: ignore[call-arg]
         change = change_to_apply(event, previous, patient_id)
         if change is None:
             log.info("%s from %s ignored: stale, or a booking of an appointment no longer booked",

@@ -71,17 +71,24 @@ def identifier_from_cx(cx: Repetition, facility: str) -> Identifier:
 
 
 # XTN-2 telecommunication use code (table 0201) → FHIR ContactPoint.use
-_USE = {"PRN": "home", "ORN": "home", "VHN": "temp", "WPN": "work", "EMR": "", "ASN": "", "BPN": ""}
+_USE = {"PRN": "home", "ORN": "home", "VHN": "temp", "WPN": "work", "BPN": ""}
+# Numbers that reach someone else for the patient (a relative to call in an emergency,
+# an answering service): telling them of a visit would tell a third party of the
+# patient's care, so they are no way to message the patient.
+_SOMEONE_ELSE = frozenset({"EMR", "ASN"})
 
 
 def contact_from_xtn(xtn: Repetition, *, business: bool, region: str) -> ContactPoint | None:
     """An XTN (HL7 v2.5 §2.A.89) as a ContactPoint, or ``None`` when empty.
 
     XTN-2 ``NET`` or XTN-3 ``Internet``/``X.400`` is an e-mail in XTN-4
-    (older senders put it in XTN-1). Otherwise a phone: XTN-12 unformatted, or
+    (older senders put it in XTN-1), and so is an address in XTN-4 of an XTN
+    that gives no number. Otherwise a phone: XTN-12 unformatted, or
     XTN-5/6/7 (+country, area, local), or XTN-1; ``CP`` equipment (table 0202)
     makes it ``mobile``, and so does a number ``phonenumbers`` knows to be
-    mobile when the equipment is not given. Numbers are E.164 where possible."""
+    mobile when the equipment is ``PH`` (telephone: mobile or fixed, it does not
+    say; many PAS record every number so) or not given. Numbers are E.164 where
+    possible."""
     use_code = xtn.component(2).upper()
     equipment = xtn.component(3).upper()
     if use_code == "NET" or equipment in ("INTERNET", "X.400"):
@@ -91,15 +98,24 @@ def contact_from_xtn(xtn: Repetition, *, business: bool, region: str) -> Contact
         return ContactPoint(system="email", value=address, use="work" if business else "home")
     number = _phone_number(xtn)
     if not number:
-        return None
+        address = xtn.component(4).strip()  # an address without the codes (optional before v2.7)
+        if "@" not in address:
+            return None
+        return ContactPoint(system="email", value=address, use="work" if business else "home")
     e164, is_mobile = _normalise_phone(number, region)
-    if equipment == "CP" or (not equipment and is_mobile):
+    if equipment == "CP" or (equipment in ("", "PH") and is_mobile):
         use = "mobile"
     elif equipment == "FX":
         return ContactPoint(system="other", value=e164, use="work" if business else "home")
     else:
         use = "work" if business else _USE.get(use_code, "home")
     return ContactPoint(system="phone", value=e164, use=use)
+
+
+def reaches_someone_else(xtn: Repetition) -> bool:
+    """An emergency (XTN-2 ``EMR``) or answering service (``ASN``) number: someone
+    else's, to reach the patient through, not the patient's own."""
+    return xtn.component(2).upper() in _SOMEONE_ELSE
 
 
 def _phone_number(xtn: Repetition) -> str:

@@ -61,7 +61,8 @@ class FacilityRule(BaseModel):
     )
     """PID-3 repetitions to use as the patient key, tried in order."""
     start_time: list[StartTimeField] = Field(default_factory=lambda: ["SCH-11", "AIS-4"], min_length=1)
-    """Where the appointment start is, tried in order (SCH-11.4 TQ start, AIS-4, TQ1-7)."""
+    """Where the appointment start is, tried in order (SCH-11.4 TQ start, AIS-4 of the earliest
+    AIS, TQ1-7)."""
     appointment_id: Literal["filler", "placer"] = "filler"
     """Which id names an appointment: SCH-2 filler (falls back to SCH-1) or SCH-1 placer
     (falls back to SCH-2)."""

@@ -10,11 +10,12 @@ SIU^S14             AppointmentRescheduled (a modification: the core compares th
                     with what it stored and tells the patient only when it moved); when
                     SCH-25 says Cancelled/Deleted/Noshow/Complete, the matching event
 SIU^S15 / S17       AppointmentCancelled, reason "cancelled" / "deleted"
-SIU^S26             AppointmentNoShow
+SIU^S26             AppointmentNoShow (these, and an S14 that closes the appointment, may
+                    leave its time out: the core keeps the one it stored)
 ORU^R01             per OBR: OBR-25 F → ReportReady, C → ReportReady(amended=True),
                     X → ReportWithdrawn, anything else (P, I, R...) → nothing. An empty
                     OBR-25 takes the OBX-11 statuses (all F → F, any C → C).
-ADT^A04/A08/A28/A31 PatientUpdated
+ADT^A04/A08/A28/A31 PatientUpdated (telecom from PID-40, PID-13, PID-14)
 ADT^A40             PatientsMerged per PID/MRG pair (MRG-1: the retired record's identifiers,
                     less those the surviving PID-3 also lists)
 ==================  ===================================================
@@ -66,7 +67,7 @@ from adapter.events import (
     ReportReady,
     ReportWithdrawn,
 )
-from hl7.datatypes import contact_from_xtn, identifier_from_cx, language_from_ce, parse_ts
+from hl7.datatypes import contact_from_xtn, identifier_from_cx, language_from_ce, parse_ts, reaches_someone_else
 from hl7.errors import CharsetError, MappingError, UnsupportedMessage
 from hl7.facilities import FacilityConfig, FacilityRule
 from hl7.header import codec_for
@@ -85,6 +86,7 @@ class _Context:
     rule: FacilityRule
     zone: ZoneInfo
     occurred_at: datetime
+    received_at: datetime
 
 
 def map_message(text: str, facilities: FacilityConfig, *, received_at: datetime) -> list[AnyEvent]:
@@ -137,7 +139,7 @@ def _context(message: Message, facilities: FacilityConfig, received_at: datetime
     if evn is not None:
         occurred = _optional_ts(evn.value(6), zone) or _optional_ts(evn.value(2), zone) or occurred
     origin = Origin(source="hl7", sender=sender, message_ref=msh.value(10).strip())
-    return _Context(origin, sender, facility or sender, rule, zone, occurred or received_at)
+    return _Context(origin, sender, facility or sender, rule, zone, occurred or received_at, received_at)
 
 
 def _optional_ts(value: str, zone: ZoneInfo) -> datetime | None:
@@ -174,7 +176,7 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
             "101",
         )
     name = _legal_name(pid)
-    telecom = _telecom(pid, context.rule.phone_region)
+    telecom, telecom_listed = _telecom(pid, context)
     language = language_from_ce(pid.value(15, 1), pid.value(15, 2))
     return PatientDetails(
         key=key,
@@ -182,15 +184,20 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
         given_name=name.component(2, 1) if name else "",
         family_name=name.component(1, 1) if name else "",
         telecom=telecom,
+        telecom_listed=telecom_listed,
         language=language,
     )
 
 
 def _pick_identifier(reps: list[Repetition], context: _Context) -> Identifier | None:
+    """The first of ``reps`` the facility's patient key rules match, rule by rule. An
+    identifier without CX-4 is the sender's own (``identifier_from_cx``): a rule naming
+    the sender as the authority matches it."""
     for wanted in context.rule.patient_key:
         for cx in reps:
             kind = cx.component(5).strip().upper()
-            authorities = {cx.component(4, 1).strip().upper(), cx.component(4, 2).strip().upper()}
+            authorities = {cx.component(4, 1).strip().upper(), cx.component(4, 2).strip().upper()} - {""}
+            authorities = authorities or {context.authority.upper()}
             if wanted.identifier_type and kind != wanted.identifier_type.upper():
                 continue
             if wanted.assigning_authority and wanted.assigning_authority.upper() not in authorities:
@@ -207,16 +214,34 @@ def _legal_name(pid: Segment) -> Repetition | None:
     return names[0] if names else None
 
 
-def _telecom(pid: Segment, region: str) -> tuple[ContactPoint, ...]:
+def _telecom(pid: Segment, context: _Context) -> tuple[tuple[ContactPoint, ...], bool]:
+    """The patient's own numbers and addresses in use, and whether the PID lists any
+    (``PatientDetails.telecom_listed``).
+
+    PID-40 (v2.7+: every telecom, its use code says home or work), then PID-13 (home)
+    and PID-14 (business), which v2.7 keeps for backward compatibility only: a v2.7+
+    sender may fill PID-40 alone. A number listed twice counts once, where first seen.
+    Listed but not in use: one whose expiration date (XTN-14) had come when the message
+    arrived, as a hospital that keeps the history of numbers says, and someone else's
+    (an emergency number); the HL7 null ``""`` lists none (HL7 v2.5 §2.5.3)."""
     found: list[ContactPoint] = []
-    for field, business in ((13, False), (14, True)):
+    listed = False
+    for field, business in ((40, False), (13, False), (14, True)):
         for xtn in pid.repetitions(field):
-            contact = contact_from_xtn(xtn, business=business, region=region)
-            if contact is not None and all(c.value != contact.value for c in found):
+            if xtn.raw == '""':
+                listed = True
+                continue
+            contact = contact_from_xtn(xtn, business=business, region=context.rule.phone_region)
+            if contact is None:
+                continue
+            listed = True
+            expires = _optional_ts(xtn.component(14), context.zone)
+            if reaches_someone_else(xtn) or (expires is not None and expires <= context.received_at):
+                continue
+            if all(c.value != contact.value for c in found):
                 found.append(contact)
-    return tuple(
-        ContactPoint(c.system, c.value, c.use, rank) for rank, c in enumerate(found, start=1)
-    )
+    points = tuple(ContactPoint(c.system, c.value, c.use, rank) for rank, c in enumerate(found, start=1))
+    return points, listed
 
 
 def _system_value(identifier: Identifier) -> tuple[str, str]:
@@ -226,6 +251,8 @@ def _system_value(identifier: Identifier) -> tuple[str, str]:
 # ---------------------------------------------------------------- SIU
 
 _SIU_STATUS_EVENTS = {"CANCELLED": "cancelled", "DELETED": "deleted"}
+# SCH-25 filler statuses (table 0278) with which an S14 closes the appointment.
+_SIU_CLOSING_STATUSES = frozenset({*_SIU_STATUS_EVENTS, "NOSHOW", "COMPLETE"})
 
 
 def _map_siu(message: Message, trigger: str, context: _Context) -> list[AnyEvent]:
@@ -236,10 +263,11 @@ def _map_siu(message: Message, trigger: str, context: _Context) -> list[AnyEvent
     if sch is None:
         raise MappingError("SIU message has no SCH segment", "100")
     patient = _patient(message.segment("PID"), context)
-    appointment = _appointment(message, sch, context)
+    status = sch.value(25, 1).strip().upper()
+    closing = trigger in ("S15", "S17", "S26") or (trigger == "S14" and status in _SIU_CLOSING_STATUSES)
+    appointment = _appointment(message, sch, context, start_required=not closing)
     base = {"origin": context.origin, "occurred_at": context.occurred_at, "patient": patient,
             "appointment": appointment}
-    status = sch.value(25, 1).strip().upper()
     if trigger == "S12":
         return [AppointmentBooked(**base)]
     if trigger == "S13":
@@ -257,12 +285,15 @@ def _map_siu(message: Message, trigger: str, context: _Context) -> list[AnyEvent
     return [AppointmentCancelled(**base, reason="cancelled" if trigger == "S15" else "deleted")]
 
 
-def _appointment(message: Message, sch: Segment, context: _Context) -> Appointment:
+def _appointment(message: Message, sch: Segment, context: _Context, *, start_required: bool) -> Appointment:
+    """The SCH's appointment. A message that only closes it (cancellation, deletion,
+    no-show, completion) may leave its time out: SCH-11 is withdrawn in v2.7 and the
+    resource segments are optional, and the time stored for it stands (``start`` None)."""
     placer, filler = sch.value(1, 1).strip(), sch.value(2, 1).strip()
     ident = (filler or placer) if context.rule.appointment_id == "filler" else (placer or filler)
     if not ident:
         raise MappingError("SCH-1 and SCH-2 (appointment ids) are both empty", "101")
-    start, end = _start_end(message, sch, context)
+    start, end = _start_end(message, sch, context, required=start_required)
     ais = message.segment("AIS")
     service = ais.value(3, 2) if ais is not None else ""
     return Appointment(
@@ -274,7 +305,9 @@ def _appointment(message: Message, sch: Segment, context: _Context) -> Appointme
     )
 
 
-def _start_end(message: Message, sch: Segment, context: _Context) -> tuple[datetime, datetime | None]:
+def _start_end(
+    message: Message, sch: Segment, context: _Context, *, required: bool
+) -> tuple[datetime | None, datetime | None]:
     zone = context.zone
     for where in context.rule.start_time:
         if where == "SCH-11":
@@ -283,17 +316,22 @@ def _start_end(message: Message, sch: Segment, context: _Context) -> tuple[datet
                 end = _required_ts(sch.value(11, 5, 1), zone, "SCH-11.5")
                 return start, end or _plus_duration(start, sch.value(9), sch.value(10, 1))
         elif where == "AIS-4":
-            ais = message.segment("AIS")
-            start = _required_ts(ais.value(4, 1), zone, "AIS-4") if ais is not None else None
-            if start is not None:
-                assert ais is not None
-                return start, _plus_duration(start, ais.value(7), ais.value(8, 1))
+            # One AIS per service booked (a blood test, then the visit), in no promised order:
+            # the appointment starts with the earliest and ends with the last.
+            services = [(start, _plus_duration(start, ais.value(7), ais.value(8, 1)))
+                        for ais in message.all("AIS")
+                        if (start := _required_ts(ais.value(4, 1), zone, "AIS-4")) is not None]
+            if services:
+                ends = [end for _, end in services if end is not None]
+                return min(start for start, _ in services), max(ends) if ends else None
         else:
             tq1 = message.segment("TQ1")
             start = _required_ts(tq1.value(7, 1), zone, "TQ1-7") if tq1 is not None else None
             if start is not None:
                 assert tq1 is not None
                 return start, _required_ts(tq1.value(8, 1), zone, "TQ1-8")
+    if not required:
+        return None, None
     tried = ", ".join(context.rule.start_time)
     raise MappingError(f"no appointment start time in {tried}", "101")
 

@@ -5,8 +5,12 @@ notices they leave behind, whatever the order or repetition they arrive in."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -82,13 +86,28 @@ class Adapter:
             return len(session.scalars(select(Patient.id)).all())
 
 
+@contextmanager
+def running_adapter(tmp_path: Path, facilities: str | None = None) -> Iterator[Adapter]:
+    """An :class:`Adapter`; ``facilities``: a config/facilities.yaml of its own."""
+    settings = settings_for(tmp_path)
+    if facilities is not None:
+        config = tmp_path / "config"
+        shutil.copytree(settings.config_dir, config)
+        (config / "facilities.yaml").write_text(facilities)
+        settings = settings_for(tmp_path, config_dir=config)
+    running = Adapter(migrated_container(settings, clock=FrozenClock(NOW)), asyncio.new_event_loop())
+    try:
+        yield running
+    finally:
+        running.loop.run_until_complete(running.container.intake.writer.stop())
+        running.loop.close()
+        running.container.engine.dispose()
+
+
 @pytest.fixture
 def adapter(tmp_path):
-    running = Adapter(migrated_container(settings_for(tmp_path), clock=FrozenClock(NOW)), asyncio.new_event_loop())
-    yield running
-    running.loop.run_until_complete(running.container.intake.writer.stop())
-    running.loop.close()
-    running.container.engine.dispose()
+    with running_adapter(tmp_path) as running:
+        yield running
 
 
 # ------------------------------------------------------------- patient identity
@@ -103,6 +122,16 @@ def test_the_same_mrn_without_assigning_authority_from_two_hospitals_is_two_pati
     assert found["VISIT-A"] != found["VISIT-B"]
     assert adapter.active_phones(found["VISIT-A"]) == ["+393331111111"]
     assert adapter.active_phones(found["VISIT-B"]) == ["+393472222222"]
+
+
+def test_a_patient_key_rule_naming_the_sending_facility_as_authority_matches_its_ids_sent_without_one(tmp_path):
+    # The same hospital's PAS writes CX-4, its CUP leaves it out: both are the hospital's MRN.
+    own_mrn = "facilities:\n  default: {}\n  OSP_TEST:\n    patient_key:\n      - {identifier_type: MR, assigning_authority: OSP_TEST}\n"
+    with running_adapter(tmp_path, own_mrn) as adapter:
+        adapter.feed(siu("S12", "M1", "APPT1", pid3="777^^^OSP_TEST^MR"),
+                     siu("S12", "M2", "APPT2", START + timedelta(days=1), pid3="777^^^^MR"))
+        found = adapter.owners()
+        assert found["APPT1"] == found["APPT2"]
 
 
 def stored_before_qualifying(container: Container, facility: str, appointment: str | None) -> None:
@@ -152,6 +181,68 @@ def test_an_a40_finds_the_retired_patient_stored_before_ids_were_qualified(adapt
     assert found["VISIT-A"] == found["VISIT-A1"]
 
 
+# ------------------------------------------------------------- patient contacts
+
+
+def adt(trigger: str, control_id: str, *, version: str = "2.5", pid13: str = "", pid14: str = "", pid15: str = "it",
+        pid40: str = "", pid3: str = "777^^^OSP_TEST^MR", sent: datetime = NOW) -> bytes:
+    """An ADT message about one patient; PID-40 (v2.7+ telecom) is written only when given."""
+    pid = f"PID|1||{pid3}||Rossi^Mario^^^^^L||19800101|M|||||{pid13}|{pid14}|{pid15}" + ("|" * 25 + pid40 if pid40 else "")
+    return (f"MSH|^~\\&|PAS|OSP_TEST|ADAPTER|NOTIFY|{ts(sent)}||ADT^{trigger}^ADT_A01|{control_id}|P|{version}"
+            f"||||||UNICODE UTF-8\rEVN|{trigger}|{ts(sent)}\r{pid}\r").encode()
+
+
+def test_a_v2_8_update_with_the_new_mobile_in_pid_40_replaces_the_old_one(adapter):
+    adapter.feed(siu("S12", "M1", "APPT1"),
+                 adt("A08", "U1", version="2.8", pid40="^PRN^CP^^^^^^^^^+39 347 555 1234", sent=NOW + timedelta(minutes=1)))
+    assert adapter.active_phones(adapter.owners()["APPT1"]) == ["+393475551234"]
+
+
+def test_a_number_past_its_expiration_date_xtn_14_is_no_longer_messaged(adapter):
+    adapter.feed(siu("S12", "M1", "APPT1"),
+                 adt("A08", "U1", version="2.8", sent=NOW + timedelta(minutes=1),
+                     pid40="^PRN^CP^^^^^^^^^3331234567^20200101^20260301~^PRN^CP^^^^^^^^^3475551234^20260301~"
+                           "^PRN^CP^^^^^^^^^3485551234^20260301^20271231"))
+    assert sorted(adapter.active_phones(adapter.owners()["APPT1"])) == ["+393475551234", "+393485551234"]
+
+
+@pytest.mark.parametrize("pid13", ['""', "^PRN^CP^^^^^^^^^3331234567^20200101^20260301", "^EMR^CP^^^^^^^^^3475551234"],
+                         ids=["HL7 null", "expired", "emergency number only"])
+def test_an_update_listing_no_number_of_the_patients_own_in_use_leaves_none_in_use(adapter, pid13):
+    adapter.feed(siu("S12", "M1", "APPT1"), adt("A08", "U1", pid13=pid13, sent=NOW + timedelta(minutes=1)))
+    assert adapter.active_phones(adapter.owners()["APPT1"]) == []
+
+
+def test_an_update_without_numbers_or_with_an_empty_template_keeps_those_in_use(adapter):
+    adapter.feed(siu("S12", "M1", "APPT1"), adt("A08", "U1", sent=NOW + timedelta(minutes=1)),
+                 adt("A08", "U2", pid13="^PRN^CP", sent=NOW + timedelta(minutes=2)))
+    assert adapter.active_phones(adapter.owners()["APPT1"]) == ["+393331234567"]
+
+
+def test_an_e_mail_address_in_xtn_4_without_the_net_or_internet_codes_is_kept(adapter):
+    # v2.5 makes XTN-2 and XTN-3 optional: PRN by habit, no equipment, the address in XTN-4.
+    adapter.feed(siu("S12", "M1", "APPT1"),
+                 adt("A08", "U1", pid13="^PRN^CP^^^^^^^^^3331234567~^PRN^^Mario.Rossi@example.it~^^^m.rossi@example.org",
+                     sent=NOW + timedelta(minutes=1)))
+    assert sorted(adapter.active_phones(adapter.owners()["APPT1"])) == [
+        "+393331234567", "m.rossi@example.org", "mario.rossi@example.it"]
+
+
+def test_a_mobile_number_sent_with_the_generic_telephone_equipment_ph_is_messaged_and_a_landline_is_not(adapter):
+    adapter.feed(siu("S12", "M1", "APPT1"),
+                 adt("A08", "U1", pid13="^PRN^PH^^^^^^^^^06 1234 5678~^PRN^PH^^^^^^^^^347 555 1234",
+                     sent=NOW + timedelta(minutes=1)))
+    assert adapter.active_phones(adapter.owners()["APPT1"]) == ["+393475551234"]
+
+
+def test_an_emergency_or_answering_service_number_is_not_used_to_message_the_patient(adapter):
+    # A landline at home, and a relative's mobile to call in an emergency: nothing about the visit goes to the relative.
+    adapter.feed(adt("A04", "R1", pid13="^PRN^PH^^^^^^^^^06 1234 5678~^EMR^CP^^^^^^^^^347 555 1234~"
+                                        "^ASN^CP^^^^^^^^^348 555 1234"),
+                 siu("S12", "M1", "APPT1", phone="", sent=NOW + timedelta(minutes=1)))
+    assert adapter.active_phones(adapter.owners()["APPT1"]) == []
+
+
 # ------------------------------------------------------------- repeated and out-of-order SIU
 
 
@@ -199,6 +290,45 @@ def test_an_older_reschedule_arriving_late_does_not_undo_a_newer_one(adapter):
     assert adapter.appointments() == {"APPT1": ("booked", late)}
     assert [at for _, rule, status, at in adapter.notices() if status == "scheduled" and rule == "reminder-24h"] == [
         late - timedelta(hours=24)]
+
+
+def without_times(message: bytes, start: datetime = START) -> bytes:
+    """``message`` with no appointment time left (SCH-11 empty, no AIS): a cancellation that only names
+    the appointment, as senders write them (SCH-11 is withdrawn in v2.7, the resource segments optional)."""
+    segments = [segment for segment in message.split(b"\r") if not segment.startswith(b"AIS|")]
+    return b"\r".join(segments).replace(f"|^^^{ts(start)}|".encode(), b"||")
+
+
+@pytest.mark.parametrize(("trigger", "status", "stored", "reason"), [
+    ("S15", "Cancelled", "cancelled", "appointment cancelled"), ("S17", "Deleted", "cancelled", "appointment deleted"),
+    ("S26", "Noshow", "noshow", "patient did not show")])
+def test_a_cancellation_deletion_or_no_show_that_names_the_appointment_without_its_time_applies_to_it(
+        adapter, trigger, status, stored, reason):
+    adapter.feed(siu("S12", "M1", "APPT1"),
+                 without_times(siu(trigger, "M2", "APPT1", status=status, sent=NOW + timedelta(minutes=1))))
+    assert adapter.appointments() == {"APPT1": (stored, START)}
+    with transaction(adapter.container.sessions) as session:
+        rows = session.execute(select(Notification.rule_id, Notification.status, Notification.reason)
+                               .order_by(Notification.id)).all()
+    assert rows[:4] == [(rule, "cancelled", reason) for rule in ("booking-confirmation", "reminder-24h", "reminder-2h",
+                                                                 "follow-up")]
+
+
+def test_a_cancellation_without_a_time_of_an_appointment_never_booked_here_tells_nobody(adapter):
+    adapter.feed(without_times(siu("S15", "M1", "APPT1", status="Cancelled")))
+    assert adapter.appointments() == {} and adapter.notices() == []
+    with transaction(adapter.container.sessions) as session:
+        assert session.scalar(select(InboundMessage.status)) == "processed"
+
+
+def test_an_appointment_of_several_services_starts_at_the_earliest_whatever_the_order_of_its_ais(adapter):
+    # OSP_SLUCA reads the start in AIS-4 first; SCH-11 is left empty, as v2.7 withdrew it.
+    services = ["AIS|1||PREP^Accettazione^L", f"AIS|2||ECG^Elettrocardiogramma^L|{ts(START + timedelta(minutes=30))}",
+                f"AIS|3||CARD01^Visita^L|{ts(START)}|0|min|30|min"]
+    booking = siu("S12", "M1", "APPT1", facility="OSP_SLUCA").replace(f"|^^^{ts(START)}|".encode(), b"||")
+    booking = booking.replace(f"AIS|1||CARD01^Visita^L|{ts(START)}|0|min|30|min".encode(), "\r".join(services).encode())
+    adapter.feed(booking)
+    assert adapter.appointments() == {"APPT1": ("booked", START)}
 
 
 @pytest.mark.parametrize("moved", [timedelta(0), timedelta(days=1)], ids=["same start", "new start"])

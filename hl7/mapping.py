@@ -8,7 +8,9 @@ SIU^S12             AppointmentBooked (for an appointment the core already knows
 SIU^S13             AppointmentRescheduled
 SIU^S14             AppointmentRescheduled (a modification: the core compares the start
                     with what it stored and tells the patient only when it moved); when
-                    SCH-25 says Cancelled/Deleted/Noshow/Complete, the matching event
+                    SCH-25 says Cancelled/Deleted/Noshow/Complete, the matching event.
+                    S12/S13/S14 whose SCH-25 says Pending or Waitlist: nothing (not booked;
+                    the S14 that books it is taken for the booking)
 SIU^S15 / S17       AppointmentCancelled, reason "cancelled" / "deleted"
 SIU^S26             AppointmentNoShow (these, and an S14 that closes the appointment, may
                     leave its time out: the core keeps the one it stored)
@@ -253,6 +255,9 @@ def _system_value(identifier: Identifier) -> tuple[str, str]:
 _SIU_STATUS_EVENTS = {"CANCELLED": "cancelled", "DELETED": "deleted"}
 # SCH-25 filler statuses (table 0278) with which an S14 closes the appointment.
 _SIU_CLOSING_STATUSES = frozenset({*_SIU_STATUS_EVENTS, "NOSHOW", "COMPLETE"})
+# SCH-25 statuses of a request not yet booked (table 0278): nothing to tell the patient
+# until a message says Booked, which the core then takes for the booking.
+_SIU_NOT_BOOKED = frozenset({"PENDING", "WAITLIST"})
 
 
 def _map_siu(message: Message, trigger: str, context: _Context) -> list[AnyEvent]:
@@ -262,8 +267,10 @@ def _map_siu(message: Message, trigger: str, context: _Context) -> list[AnyEvent
     sch = message.segment("SCH")
     if sch is None:
         raise MappingError("SIU message has no SCH segment", "100")
-    patient = _patient(message.segment("PID"), context)
     status = sch.value(25, 1).strip().upper()
+    if trigger in ("S12", "S13", "S14") and status in _SIU_NOT_BOOKED:
+        return []  # a request (often without a time yet): told once a message says Booked
+    patient = _patient(message.segment("PID"), context)
     closing = trigger in ("S15", "S17", "S26") or (trigger == "S14" and status in _SIU_CLOSING_STATUSES)
     appointment = _appointment(message, sch, context, start_required=not closing)
     base = {"origin": context.origin, "occurred_at": context.occurred_at, "patient": patient,

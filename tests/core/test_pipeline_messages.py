@@ -432,3 +432,19 @@ def test_an_appointment_booked_or_cancelled_after_its_start_gets_no_notice_but_i
         rows = session.execute(select(Notification.rule_id, Notification.status, Notification.reason)
                                .order_by(Notification.id)).all()
     assert rows[3:] == [("follow-up", "cancelled", "appointment cancelled"), ("cancellation-notice", "suppressed", started)]
+
+
+@pytest.mark.parametrize("status", ["Pending", "Waitlist"])
+def test_a_request_still_pending_or_on_the_waiting_list_is_not_announced_until_the_hospital_books_it(adapter, status):
+    adapter.feed(siu("S12", "M1", "APPT1", status=status),
+                 siu("S14", "M2", "APPT1", status=status, sent=NOW + timedelta(minutes=5)))
+    assert adapter.notices() == []
+    adapter.feed(siu("S14", "M3", "APPT1", status="Booked", sent=NOW + timedelta(minutes=10)))
+    assert [rule for _, rule, _, _ in adapter.notices()] == [rule for _, rule, _, _ in booked_notices("APPT1", START)]
+
+
+def test_a_waiting_list_entry_without_a_time_yet_is_processed_and_tells_nobody(adapter):
+    adapter.feed(without_times(siu("S12", "M1", "APPT1", status="Waitlist")))
+    with transaction(adapter.container.sessions) as session:
+        assert list(session.scalars(select(InboundMessage.status))) == ["processed"]
+    assert adapter.notices() == []

@@ -5,9 +5,12 @@ one, never from the write itself: re-sending an unchanged booked Appointment
 announces nothing.
 
 Appointment (R4 AppointmentStatus)
+    The status as it concerns the patient: ``declined`` when the Patient participant
+    declined (R4 ParticipationStatus: will not attend) an appointment not cancelled.
     booked, first seen or from another status → AppointmentBooked;
     booked → booked with another ``start`` → AppointmentRescheduled;
-    → cancelled / entered-in-error from a live status → AppointmentCancelled(reason=status);
+    → cancelled / entered-in-error / declined from a status announced as booked →
+    AppointmentCancelled(reason=status);
     → noshow → AppointmentNoShow; → fulfilled → AppointmentFulfilled.
 DiagnosticReport (R4 DiagnosticReportStatus)
     → final → ReportReady; → amended / corrected after a final one →
@@ -45,7 +48,7 @@ from adapter.events import (
     ReportReady,
     ReportWithdrawn,
 )
-from fhir.validate import resource_patient_id
+from fhir.validate import patient_id_of, resource_patient_id
 
 LOCAL_PATIENT_SYSTEM = "fhir:Patient"
 CHANNEL_EXTENSION = "https://adapter.example.org/fhir/StructureDefinition/consent-channel"
@@ -215,8 +218,27 @@ def _appointment(data: dict[str, Any], fallback_start: datetime | None) -> Appoi
     )
 
 
+def _status_for_patient(data: dict[str, Any] | None) -> str | None:
+    """The appointment's status as it concerns its patient (the participant
+    :func:`resource_patient_id` names): ``declined`` when that participant declined
+    an appointment that is not cancelled, the appointment's status otherwise.
+
+    >>> _status_for_patient({"resourceType": "Appointment", "status": "booked", "participant": [
+    ...     {"actor": {"reference": "Patient/p1"}, "status": "declined"}]})
+    'declined'
+    """
+    if data is None:
+        return None
+    status, patient_id = data.get("status"), resource_patient_id(data)
+    if status in _CANCELLED or patient_id is None:
+        return status
+    declined = any(patient_id_of(part.get("actor")) == patient_id and part.get("status") == "declined"
+                   for part in data.get("participant") or [])
+    return "declined" if declined else status
+
+
 def _appointment_events(new, previous, origin, now, patient) -> list[AnyEvent]:
-    status, before = new.get("status"), (previous or {}).get("status")
+    status, before = _status_for_patient(new), _status_for_patient(previous)
     prev_start = parse_instant((previous or {}).get("start"))
     appointment = _appointment(new, prev_start)
     if appointment is None or status == before and status != "booked":
@@ -230,7 +252,7 @@ def _appointment_events(new, previous, origin, now, patient) -> list[AnyEvent]:
             # to, and withdraws what the first was still to get.
             return [AppointmentRescheduled(**common, previous_start=prev_start)]
         return []
-    if status in _CANCELLED:
+    if status in _CANCELLED or status == "declined":
         if before not in _ANNOUNCED:  # never announced as booked: nothing to call off
             return []
         return [AppointmentCancelled(**common, reason=status)]

@@ -169,3 +169,24 @@ def test_any_other_publish_failure_rolls_back_and_answers_500(adapter):
     adapter.fail_publish.clear()
     assert adapter.get("/Appointment/a1").status_code == 404
     assert put_appointment(adapter, "a1", pid).status_code == 201
+
+
+def participants(pid: str, patient_status: str) -> list[dict]:
+    return [{"actor": {"reference": f"Patient/{pid}"}, "status": patient_status},
+            {"actor": {"reference": "Location/amb-3", "display": "Ambulatorio 3"}, "status": "accepted"}]
+
+
+def test_a_patient_who_declined_a_booked_appointment_is_not_told_of_it_and_a_decline_calls_off_what_was_planned(
+        adapter):
+    pid = create_patient(adapter)
+    adapter.events.clear()
+    put_appointment(adapter, "d1", pid, participant=participants(pid, "declined"))
+    assert adapter.kinds() == []  # R4 ParticipationStatus declined: will not attend
+
+    put_appointment(adapter, "d2", pid)
+    put_appointment(adapter, "d2", pid, participant=participants(pid, "declined"))
+    assert adapter.kinds() == ["AppointmentBooked", "AppointmentCancelled"]
+    assert adapter.events[-1].reason == "declined"
+
+    put_appointment(adapter, "d2", pid)  # the patient changed their mind
+    assert adapter.kinds()[-1] == "AppointmentBooked"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -201,8 +202,22 @@ def export_bundle(data: dict[str, Any]) -> dict[str, Any]:
             "data": base64.b64encode(json.dumps(data, ensure_ascii=False, sort_keys=True, default=str).encode()).decode()}}],
     })
     return {"resourceType": "Bundle", "type": "collection",
-            "entry": [{"fullUrl": f"urn:uuid:{r['resourceType']}-{r.get('id', i)}", "resource": r}
-                      for i, r in enumerate(resources)]}
+            "entry": [{"fullUrl": _full_url(r, i), "resource": r} for i, r in enumerate(resources)]}
+
+
+# The namespace of the export Bundle's fullUrls (UUID version 5, RFC 4122 §4.3).
+EXPORT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://adapter.example.org/fhir/data-subject-export")
+
+
+def _full_url(resource: dict[str, Any], index: int) -> str:
+    """An entry's fullUrl: a ``urn:uuid:`` needs an RFC 4122 UUID (R4 §2.24.0.8), so one
+    derived from the resource's type and id, the same for every version of it (bdl-7).
+
+    >>> _full_url({"resourceType": "Patient", "id": "p1"}, 0) == _full_url({"resourceType": "Patient", "id": "p1"}, 3)
+    True
+    """
+    name = f"{resource['resourceType']}/{resource.get('id', index)}"
+    return f"urn:uuid:{uuid.uuid5(EXPORT_NAMESPACE, name)}"
 
 
 def _communication(cid: str, patient: dict[str, str], text: str | None, *, medium: str | None,
@@ -448,6 +463,8 @@ def _appointment_status(status: str) -> str:
 
 
 def _communication_status(status: str) -> str:
-    return {"sent": "completed", "delivered": "completed", "read": "completed", "failed": "entered-in-error",
+    """R4 EventStatus of a notification. A failed one was not done: entered-in-error
+    would say the record itself is a mistake, and readers hide such records."""
+    return {"sent": "completed", "delivered": "completed", "read": "completed", "failed": "not-done",
             "suppressed": "not-done", "cancelled": "not-done", "scheduled": "preparation",
             "claimed": "in-progress"}.get(status, "unknown")

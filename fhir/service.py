@@ -29,7 +29,7 @@ from fhir.mapping import events_for, parse_instant, patient_details
 from fhir.settings import FhirSettings
 from fhir.store import RecordCodec, StoredVersion
 from fhir.validation_pool import ValidationPool
-from fhir.validate import resource_patient_id
+from fhir.validate import appointment_patient_ids, resource_patient_id
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,8 @@ class FhirService:
         origin = Origin("fhir", sender, f"{stored.ref}/_history/{stored.version_id}")
         events = events_for(stored.resource_type, stored.resource, previous,  # type: ignore[arg-type]
                             origin=origin, now=stored.last_updated,
-                            patient=self._patient(session, stored.resource))
+                            patient=self._patient(session, stored.resource),
+                            others=self._other_patients(session, stored.resource, previous))  # type: ignore[arg-type]
         if not self.settings.announce_amended_reports:
             events = [e for e in events if not (isinstance(e, ReportReady) and e.amended)]
         return events
@@ -264,6 +265,21 @@ class FhirService:
         patient_id = resource_patient_id(resource)
         found = patient_id and store.current(session, self.codec, "Patient", patient_id)
         return patient_details(found.resource, patient_id, keys) if found else None
+
+    def _other_patients(self, session: Session, resource: dict[str, Any], previous: dict[str, Any] | None
+                        ) -> dict[str, PatientDetails]:
+        """An Appointment's Patient participants after the first, of this version and the
+        one before, resolved from the stored Patients (each is told of it on their own)."""
+        if resource["resourceType"] != "Appointment":
+            return {}
+        ids = dict.fromkeys([*appointment_patient_ids(resource)[1:],
+                             *(appointment_patient_ids(previous)[1:] if previous else [])])
+        keys, out = self.settings.patient_key_systems, {}
+        for patient_id in ids:
+            found = store.current(session, self.codec, "Patient", patient_id)
+            if found:
+                out[patient_id] = patient_details(found.resource, patient_id, keys)
+        return out
 
     def _publish(self, session: Session, events: list[AnyEvent]) -> None:
         if not events:

@@ -254,6 +254,17 @@ def patient_appointment_ref(appointment_id: str, patient_id: str | None = None) 
     return f"Appointment/{appointment_id}" + (f"#Patient/{patient_id}" if patient_id else "")
 
 
+def split_appointment_ref(ref: str) -> tuple[str, str | None]:
+    """:func:`patient_appointment_ref` undone: the Appointment's reference, and the
+    patient the ref names (None: the first Patient participant).
+
+    >>> split_appointment_ref("Appointment/g1#Patient/p2"), split_appointment_ref("Appointment/g1")
+    (('Appointment/g1', 'p2'), ('Appointment/g1', None))
+    """
+    appointment, _, patient = ref.partition("#Patient/")
+    return appointment, patient or None
+
+
 def _appointment_events(new, previous, origin, now, patient, others) -> list[AnyEvent]:
     """The first Patient participant's events under the Appointment's own ref (and when
     the first is another patient than before, the appointment is theirs now: the core

@@ -299,3 +299,25 @@ def test_a_patient_who_cancels_a_group_appointment_by_reply_declines_only_their_
         assert updated["status"] == "booked" and updated["participant"][0]["status"] == "accepted"
         first = [i for i in w.notifications() if i["subject"] == "Appointment/group-1" and i["kind"] == "reminder"]
         assert first and all(i["status"] == "scheduled" for i in first)
+
+
+def test_a_cancellation_the_hospital_sends_back_after_the_patient_cancelled_by_reply_is_not_announced_twice(tmp_path):
+    with world(tmp_path) as w:
+        booked = {"resourceType": "Appointment", "id": "visit-1", "status": "booked",
+                  "start": (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0).isoformat(),
+                  "participant": [{"actor": {"reference": "Patient/p1"}, "status": "accepted"}]}
+        w.fhir.appointments["visit-1"] = booked
+        ehr = w.adapter.client("ehr")
+        ehr.put("/fhir/R4/Patient/p1", json=patient("p1", PHONE), headers=FHIR).raise_for_status()
+        ehr.put("/fhir/R4/Appointment/visit-1", json=booked, headers=FHIR).raise_for_status()
+        wait_for(lambda: len(w.sent_sms()) == 1)
+
+        w.reply("2")
+        cancelled = wait_for(lambda: w.fhir.appointments["visit-1"]["status"] == "cancelled"
+                             and w.fhir.appointments["visit-1"])
+        wait_for(lambda: len(w.sent_sms()) == 2)  # the cancellation notice
+        # The EHR tells its subscribers, the adapter among them, of the change it was sent.
+        ehr.put("/fhir/R4/Appointment/visit-1", json=cancelled, headers=FHIR).raise_for_status()
+        w.adapter.fhir_processed()
+        assert [i["status"] for i in w.notifications(kind="cancellation_notice")] == ["sent"]
+        assert len(w.sent_sms()) == 2

@@ -236,6 +236,20 @@ def appointment_patient_id(data: dict[str, Any]) -> str | None:
     return next(iter(appointment_patient_ids(data)), None)
 
 
+def resource_patient_ids(data: dict[str, Any]) -> list[str]:
+    """The ids of the Patients a resource is about, other than a Patient itself: each
+    Patient participant of an Appointment, the subject of a report, the patient of a
+    Consent.
+
+    >>> resource_patient_ids({"resourceType": "DiagnosticReport", "subject": {"reference": "Patient/p1"}})
+    ['p1']
+    """
+    if data.get("resourceType") == "Appointment":
+        return appointment_patient_ids(data)
+    found = resource_patient_id(data) if data.get("resourceType") != "Patient" else None
+    return [found] if found else []
+
+
 def resource_patient_id(data: dict[str, Any]) -> str | None:
     """The logical id of the Patient a resource is about (the Patient's own id)."""
     kind = data.get("resourceType")

@@ -149,6 +149,13 @@ class FhirService:
                            sender: str | None = None) -> WriteResult:
         """``PUT /Type?identifier=...`` (FHIR R4 §3.1.0.4.3): no match creates,
         one match updates it, several are a 412."""
+        target = self.conditional_target(session, resource, query)
+        return self.write(session, {**resource, "id": target}, sender=sender)
+
+    def conditional_target(self, session: Session, resource: dict[str, Any], query: str, *,
+                           new: str | None = None) -> str:
+        """The id a conditional update of ``resource`` writes: the one match, else the
+        body's id, else ``new`` (one assigned already, for a Bundle's urn:uuid) or a new one."""
         kind = resource["resourceType"]
         matches = self.conditional_matches(session, kind, query, "the search")
         if len(matches) > 1:
@@ -157,8 +164,7 @@ class FhirService:
         if matches and body_id and body_id != matches[0]:
             raise invalid(f"The body's id {body_id!r} differs from the match {matches[0]!r}",
                           f"{kind}.id")
-        target = matches[0] if matches else (body_id or new_id())
-        return self.write(session, {**resource, "id": target}, sender=sender)
+        return matches[0] if matches else (body_id or new or new_id())
 
     def conditional_matches(self, session: Session, kind: str, query: str, what: str) -> list[str]:
         params = dict(p.partition("=")[::2] for p in query.lstrip("?").split("&") if p)

@@ -45,6 +45,8 @@ def change_to_apply(event: ev.Event, stored: StoredAppointment | None, patient_i
       it never brings back a cancelled (no-show, fulfilled) appointment, is stale unless
       newer than what we stored, and otherwise is a modification (as SIU^S14): the
       pipeline compares it with what is stored and tells the patient only of a change;
+    - a cancellation of an appointment already cancelled changes nothing: the hospital
+      echoing the cancellation the patient made by reply, or a cancellation sent again;
     - a modification of an appointment we do not know, that comes back from a
       cancellation, or that gives it to another patient, is a booking (of that patient:
       the pipeline withdraws what the first patient was still to get).
@@ -55,6 +57,9 @@ def change_to_apply(event: ev.Event, stored: StoredAppointment | None, patient_i
             return None
         if isinstance(event, ev.AppointmentBooked) and event.occurred_at == stored.event_at:
             return None  # the booking comes first: at the same moment, what we stored follows it
+    if isinstance(event, ev.AppointmentCancelled) and stored is not None and stored.status == "cancelled" \
+            and stored.patient_id == patient_id:
+        return None  # cancelled already (the patient's reply, which the hospital now echoes): told once
     if isinstance(event, ev.AppointmentBooked) and stored is not None and _hl7(event):
         if stored.status != "booked":
             return None

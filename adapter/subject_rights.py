@@ -6,6 +6,9 @@ data leaves the vault only in an export, for the officer who asked for it.
 
 from __future__ import annotations
 
+import base64
+import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -141,7 +144,12 @@ def export_patient(session: Session, container: Container, patient_id: str, *, a
 
 
 def export_bundle(data: dict[str, Any]) -> dict[str, Any]:
-    """The export as a FHIR R4 ``collection`` Bundle (art. 20: machine-readable)."""
+    """The export as a FHIR R4 ``collection`` Bundle (art. 20: machine-readable): the
+    patient, their appointments and consents, every message as a Communication (the
+    notices, what the sandbox sent, and the replies the patient wrote), the FHIR
+    resources stored for them, and the JSON export itself as a DocumentReference, so
+    that what no FHIR resource here carries (identifiers, channel preference,
+    incidents, write-backs, the audit trail, a table added later) is in it too."""
     pid = data["patient"]["id"]
     ref = {"reference": f"Patient/{pid}"}
     patient: dict[str, Any] = {"resourceType": "Patient", "id": pid,
@@ -176,10 +184,61 @@ def export_bundle(data: dict[str, Any]) -> dict[str, Any]:
         if n["reason"]:
             comm["statusReason"] = {"text": n["reason"]}
         resources.append(comm)
+    for i, m in enumerate(data["messages_sent_in_sandbox"]):
+        resources.append(_communication(f"sandbox-message-{i + 1}", ref, m["body"], recipient=ref, sent=m["at"],
+                                        medium="sandbox"))
+    for r in data.get(EXPORT_SECTIONS["patient_reply"], []):
+        reply = _communication(f"reply-{r['id']}", ref, r.get("text"), sender=ref, received=r.get("received_at"),
+                               medium=r.get("channel"))
+        if r.get("notification_id"):
+            reply["inResponseTo"] = [{"reference": f"Communication/notification-{r['notification_id']}"}]
+        resources.append(reply)
     resources.extend(r for r in data["fhir_resources"] if isinstance(r, dict) and r.get("resourceType"))
+    resources.append({
+        "resourceType": "DocumentReference", "id": "data-subject-export", "status": "current", "subject": ref,
+        "description": "Everything held on the patient (GDPR art. 15, 20), as the adapter's JSON export",
+        "content": [{"attachment": {
+            "contentType": "application/json", "title": "export.json",
+            "data": base64.b64encode(json.dumps(data, ensure_ascii=False, sort_keys=True, default=str).encode()).decode()}}],
+    })
     return {"resourceType": "Bundle", "type": "collection",
-            "entry": [{"fullUrl": f"urn:uuid:{r['resourceType']}-{r.get('id', i)}", "resource": r}
-                      for i, r in enumerate(resources)]}
+            "entry": [{"fullUrl": _full_url(r, i), "resource": r} for i, r in enumerate(resources)]}
+
+
+# The namespace of the export Bundle's fullUrls (UUID version 5, RFC 4122 §4.3).
+EXPORT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://adapter.example.org/fhir/data-subject-export")
+
+
+def _full_url(resource: dict[str, Any], index: int) -> str:
+    """An entry's fullUrl: a ``urn:uuid:`` needs an RFC 4122 UUID (R4 §2.24.0.8), so one
+    derived from the resource's type and id, the same for every version of it (bdl-7).
+
+    >>> _full_url({"resourceType": "Patient", "id": "p1"}, 0) == _full_url({"resourceType": "Patient", "id": "p1"}, 3)
+    True
+    """
+    name = f"{resource['resourceType']}/{resource.get('id', index)}"
+    return f"urn:uuid:{uuid.uuid5(EXPORT_NAMESPACE, name)}"
+
+
+def _communication(cid: str, patient: dict[str, str], text: str | None, *, medium: str | None,
+                   sender: dict[str, str] | None = None, recipient: dict[str, str] | None = None,
+                   sent: str | None = None, received: str | None = None) -> dict[str, Any]:
+    """A message to or from the patient as a completed R4 Communication; a text the
+    retention purge or a destroyed key took away leaves no payload."""
+    comm: dict[str, Any] = {"resourceType": "Communication", "id": cid, "status": "completed", "subject": patient}
+    if medium:
+        comm["medium"] = [{"text": medium}]
+    if sender:
+        comm["sender"] = sender
+    if recipient:
+        comm["recipient"] = [recipient]
+    if sent:
+        comm["sent"] = sent
+    if received:
+        comm["received"] = received
+    if text is not None:
+        comm["payload"] = [{"contentString": text}]
+    return comm
 
 
 # -- erasure (art. 17) --------------------------------------------------------------------
@@ -365,8 +424,6 @@ def _fhir_patient_ids(session: Session, container: Container, patient_id: str) -
 
 
 def _fhir_resources(session: Session, reveal: _Revealer, fhir_ids: set[str]) -> list[Any]:
-    import json
-
     table = Base.metadata.tables.get("fhir_resource")
     if table is None or not fhir_ids:
         return []
@@ -406,6 +463,8 @@ def _appointment_status(status: str) -> str:
 
 
 def _communication_status(status: str) -> str:
-    return {"sent": "completed", "delivered": "completed", "read": "completed", "failed": "entered-in-error",
+    """R4 EventStatus of a notification. A failed one was not done: entered-in-error
+    would say the record itself is a mistake, and readers hide such records."""
+    return {"sent": "completed", "delivered": "completed", "read": "completed", "failed": "not-done",
             "suppressed": "not-done", "cancelled": "not-done", "scheduled": "preparation",
             "claimed": "in-progress"}.get(status, "unknown")

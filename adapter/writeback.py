@@ -17,7 +17,9 @@ Targets, per source of the appointment:
   identifier: the appointment id (SCH-1/SCH-2, ARQ-1/ARQ-2) names what changed.
 - FHIR R4, when ``config/writeback.yaml`` names a ``fhir_base`` for the source: an
   ``AppointmentResponse`` (accepted / declined, created once per write-back through
-  ``If-None-Exist``) and, for a cancellation, the ``Appointment`` updated to ``cancelled``.
+  ``If-None-Exist``) from the patient the notice went to and, for a cancellation, the
+  ``Appointment`` updated to ``cancelled``, or, when it has other Patient participants (a
+  group session), that patient's participant updated to ``declined``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from sqlalchemy.orm import Session
 from adapter.db import transaction
 from adapter.errors import ConfigError
 from adapter.models import Appointment
+from fhir.mapping import split_appointment_ref
+from fhir.validate import patient_id_of
 from adapter.reply_models import PatientReply, Writeback
 from hl7.ack import new_control_id
 from hl7.client import MLLPConnection, encode_message, read_ack_code
@@ -208,8 +212,9 @@ async def send_fhir(http: httpx.AsyncClient, base: str, appointment: Appointment
             raise WritebackError(f"FHIR {method} {url.split('?')[0]}: {response.status_code}")
         return response.json() if response.content else {}
 
-    if appointment.source == "fhir" and appointment.ref.startswith("Appointment/"):
-        resource = await call("GET", appointment.ref)
+    appointment_ref, patient_id = split_appointment_ref(appointment.ref)
+    if appointment.source == "fhir" and appointment_ref.startswith("Appointment/"):
+        resource = await call("GET", appointment_ref)
     else:
         found = await call("GET", "Appointment", params={"identifier": hl7_ident(appointment)})
         entries = [e.get("resource") for e in found.get("entry") or [] if e.get("resource")]
@@ -217,8 +222,9 @@ async def send_fhir(http: httpx.AsyncClient, base: str, appointment: Appointment
             raise WritebackError("FHIR: the appointment is not on the server")
         resource = entries[0]
     reference = f"Appointment/{resource['id']}"
-    patient = next((p.get("actor") for p in resource.get("participant") or []
-                    if str((p.get("actor") or {}).get("reference", "")).startswith("Patient/")), None)
+    patients = [p for p in resource.get("participant") or [] if patient_id_of(p.get("actor"))]
+    own = next((p for p in patients if patient_id is None or patient_id_of(p.get("actor")) == patient_id), None)
+    patient = own.get("actor") if own else None
     response_resource = {
         "resourceType": "AppointmentResponse",
         "identifier": [{"system": WRITEBACK_ID_SYSTEM, "value": str(writeback_id)}],
@@ -229,7 +235,13 @@ async def send_fhir(http: httpx.AsyncClient, base: str, appointment: Appointment
     }
     await call("POST", "AppointmentResponse", json=response_resource,
                headers={"If-None-Exist": f"identifier={WRITEBACK_ID_SYSTEM}|{writeback_id}"})
-    if action == "cancel" and resource.get("status") != "cancelled":
+    if action == "cancel" and own is not None and len(patients) > 1:
+        # A group appointment goes ahead for the others: this patient declines their place.
+        if own.get("status") != "declined":
+            updated = {**resource, "participant": [{**p, "status": "declined"} if p is own else p
+                                                   for p in resource.get("participant") or []]}
+            await call("PUT", reference, json=updated)
+    elif action == "cancel" and resource.get("status") != "cancelled":
         updated = {**resource, "status": "cancelled",
                    "cancelationReason": {"coding": [{
                        "system": "http://terminology.hl7.org/CodeSystem/appointment-cancellation-reason",

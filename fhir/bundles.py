@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+import re
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -27,6 +28,7 @@ from fhir.validate import SUPPORTED_TYPES
 _METHOD_ORDER = {"POST": 1, "PUT": 2, "GET": 3}
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created"}
 _T = TypeVar("_T")
+_SEARCH = re.compile(r"^[A-Z][A-Za-z]+\?")  # a conditional reference: Type?criteria
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,8 @@ def run_transaction(service: FhirService, session: Session, entries: list[Entry]
     without their resource (status, location, ETag only)."""
     ids = _assign_ids(entries)
     ordered = sorted(entries, key=_order)
-    # Everything that needs no database first (validation, urn:uuid resolution),
+    ids.update(_conditional_references(service, session, ordered, ids))
+    # Everything that needs no database write first (validation, urn:uuid resolution),
     # so that the write transaction, SQLite's one writer, is short.
     checked = _prepare_all(service, [(entry, _resolve(entry.resource, ids)) for entry in ordered])
     refused = next((p for p in checked if isinstance(p, FhirError)), None)
@@ -112,6 +115,7 @@ def run_transaction(service: FhirService, session: Session, entries: list[Entry]
     prepared = [p for p in checked if isinstance(p, _Prepared)]
     with store.staged_inserts(session):
         moved = _conditional_creates(service, session, prepared, ids)
+        prepared = [_conditional_update_target(service, session, p, ids, moved) for p in prepared]
         if moved:  # a urn:uuid names an existing resource: references follow it
             prepared = [replace(p, resource=_resolve(p.resource, moved)) for p in prepared]
         service.codec.new_subjects([store.subject_for(ids[p.entry.full_url].split("/", 1)[1])
@@ -162,6 +166,87 @@ def _conditional_creates(service: FhirService, session: Session, prepared: list[
     return moved
 
 
+def _conditional_update_target(service: FhirService, session: Session, prepared: _Prepared,
+                               ids: dict[str, str], moved: dict[str, str]) -> _Prepared:
+    """A conditional update (``PUT Type?identifier=...``) made an update of the resource it
+    writes: the one match, else the id assigned to it in advance. When a match is not
+    the assigned id, its fullUrl and criteria name the match (recorded in ``moved``)."""
+    entry = prepared.entry
+    if entry.method != "PUT" or len(prepared.path) != 1 or prepared.resource is None:
+        return prepared
+    assigned = ids.get(_key(entry), "").split("/", 1)[-1] or None
+    target = _in_entry(entry, lambda: service.conditional_target(session, prepared.resource, prepared.query,
+                                                                 new=assigned))
+    if assigned and target != assigned:
+        moved[ids[_key(entry)]] = ids[_key(entry)] = f"{prepared.kind}/{target}"
+    return replace(prepared, path=[prepared.kind, target], query="")
+
+
+def _conditional_references(service: FhirService, session: Session, entries: list[Entry],
+                            ids: dict[str, str]) -> dict[str, str]:
+    """R4 §3.1.0.11.2: in a transaction, a reference may be a search (``Patient?identifier=
+    system|value``) naming the one resource it matches: one the Bundle creates or updates
+    under those criteria, else one stored. None or several fail the transaction (404,
+    412). Returns each such reference → ``Type/id``."""
+    found: dict[str, str] = {}
+    for entry in entries:
+        for path, reference in _search_references(entry.resource):
+            if reference in found or reference in ids:
+                continue
+            kind, _, query = reference.partition("?")
+            criteria = _criteria(kind, query)
+            if criteria in ids:
+                found[reference] = ids[criteria]
+                continue
+            where = f"{entry.path}.resource{path}"
+            if kind not in SUPPORTED_TYPES:
+                raise FhirError(400, Issue("not-supported", f"The conditional reference {reference!r} searches "
+                                           f"a type not stored here", where))
+            try:
+                matches = service.conditional_matches(session, kind, query, "A conditional reference")
+            except FhirError as exc:
+                raise FhirError(exc.status, [Issue(i.code, i.diagnostics, where) for i in exc.issues]) from None
+            if len(matches) != 1:
+                raise FhirError(404 if not matches else 412, Issue(
+                    "not-found" if not matches else "multiple-matches",
+                    f"The conditional reference {reference!r} matches {len(matches) or 'no'} {kind}", where))
+            found[reference] = f"{kind}/{matches[0]}"
+    return found
+
+
+def _search_references(value: Any, path: str = "") -> list[tuple[str, str]]:
+    """Each ``reference`` in ``value`` that is a search (``Type?criteria``), with its FHIRPath.
+
+    >>> _search_references({"subject": {"reference": "Patient?identifier=s|1"}, "basedOn": [{"reference": "X/2"}]})
+    [('.subject.reference', 'Patient?identifier=s|1')]
+    """
+    out: list[tuple[str, str]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "reference" and isinstance(item, str) and _SEARCH.match(item):
+                out.append((f"{path}.{key}", item))
+            elif isinstance(item, (dict, list)):
+                out.extend(_search_references(item, f"{path}.{key}"))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            out.extend(_search_references(item, f"{path}[{i}]"))
+    return out
+
+
+def _criteria(kind: str, query: str) -> str:
+    """A conditional operation's criteria in one spelling, to find the entry they name."""
+    return f"{kind}?{unquote(query.lstrip('?'))}"
+
+
+def _key(entry: Entry) -> str:
+    """What names the resource an entry writes in ``ids``: its fullUrl, else (a
+    conditional update) its criteria."""
+    if entry.full_url:
+        return entry.full_url
+    parts = urlsplit(entry.url)
+    return _criteria(parts.path.strip("/"), parts.query)
+
+
 def _creates_patient(prepared: _Prepared, ids: dict[str, str]) -> bool:
     """A POST of a Patient under an id assigned here: a subject nobody has used."""
     entry = prepared.entry
@@ -182,7 +267,11 @@ def _refused(error: FhirError) -> dict[str, Any]:
 
 
 def _order(entry: Entry) -> tuple[int, int, int]:
-    return (_METHOD_ORDER[entry.method], 0 if _type_of(entry) == "Patient" else 1, entry.index)
+    """Patients' writes first (POST before PUT), so that what names them finds them
+    stored; then the others' by method (R4 §3.1.0.11.2), a GET last. No resource is
+    touched twice (:func:`_one_entry_per_resource`), so no write depends on another's order."""
+    patient = _type_of(entry) == "Patient" and entry.method != "GET"
+    return (0 if patient else 1, _METHOD_ORDER[entry.method], entry.index)
 
 
 def _type_of(entry: Entry) -> str:
@@ -192,19 +281,35 @@ def _type_of(entry: Entry) -> str:
 
 
 def _assign_ids(entries: list[Entry]) -> dict[str, str]:
-    """fullUrl (``urn:uuid:...``) → ``Type/id`` for entries that create or update."""
+    """fullUrl (``urn:uuid:...``) → ``Type/id`` for entries that create or update, in
+    their order; a conditional update's criteria too (``Type?criteria``, which a
+    conditional reference may repeat), with the id it writes if nothing matches."""
     ids: dict[str, str] = {}
     for entry in entries:
-        if not entry.resource or not entry.full_url:
+        if not entry.resource:
             continue
         kind = _type_of(entry)
-        if entry.method == "POST":
+        if _conditional_update(entry):
+            assigned = f"{kind}/{entry.resource.get('id') or new_id()}"
+            parts = urlsplit(entry.url)
+            ids[_criteria(parts.path.strip("/"), parts.query)] = assigned
+            if entry.full_url:
+                ids[entry.full_url] = assigned
+        elif not entry.full_url:
+            continue
+        elif entry.method == "POST":
             ids[entry.full_url] = f"{kind}/{new_id()}"
         elif entry.method == "PUT":
             target = urlsplit(entry.url).path.strip("/").split("/")
             if len(target) == 2:
                 ids[entry.full_url] = f"{target[0]}/{target[1]}"
     return ids
+
+
+def _conditional_update(entry: Entry) -> bool:
+    """``PUT Type?criteria``."""
+    parts = urlsplit(entry.url)
+    return entry.method == "PUT" and bool(parts.query) and "/" not in parts.path.strip("/")
 
 
 def _resolve(value: Any, ids: dict[str, str]) -> Any:

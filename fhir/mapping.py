@@ -5,9 +5,15 @@ one, never from the write itself: re-sending an unchanged booked Appointment
 announces nothing.
 
 Appointment (R4 AppointmentStatus)
+    Per Patient participant (a group appointment has one for each patient), the first
+    under ``Appointment/{id}``, each other under ``Appointment/{id}#Patient/{pid}``, from
+    the status as it concerns that patient: ``declined`` when they declined (R4
+    ParticipationStatus: will not attend) an appointment not cancelled; a patient no
+    longer among the participants is cancelled (reason ``removed``).
     booked, first seen or from another status → AppointmentBooked;
     booked → booked with another ``start`` → AppointmentRescheduled;
-    → cancelled / entered-in-error from a live status → AppointmentCancelled(reason=status);
+    → cancelled / entered-in-error / declined from a status announced as booked →
+    AppointmentCancelled(reason=status);
     → noshow → AppointmentNoShow; → fulfilled → AppointmentFulfilled.
 DiagnosticReport (R4 DiagnosticReportStatus)
     → final → ReportReady; → amended / corrected after a final one →
@@ -24,6 +30,7 @@ Consent
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,7 +52,7 @@ from adapter.events import (
     ReportReady,
     ReportWithdrawn,
 )
-from fhir.validate import resource_patient_id
+from fhir.validate import appointment_patient_ids, patient_id_of, resource_patient_id
 
 LOCAL_PATIENT_SYSTEM = "fhir:Patient"
 CHANNEL_EXTENSION = "https://adapter.example.org/fhir/StructureDefinition/consent-channel"
@@ -65,10 +72,13 @@ def events_for(
     origin: Origin,
     now: datetime,
     patient: PatientDetails | None,
+    others: Mapping[str, PatientDetails] | None = None,
 ) -> list[AnyEvent]:
     """The events a new version of a resource announces, given the version it
     replaces (``None`` when first seen). ``patient`` is the resolved patient the
-    resource is about; without it the key falls back to ``fhir:Patient|<id>``."""
+    resource is about; without it the key falls back to ``fhir:Patient|<id>``.
+    ``others``: an Appointment's other Patient participants (of either version),
+    resolved, by FHIR id; one missing there falls back the same way."""
     if patient is None:
         patient_id = resource_patient_id(new) or ""
         patient = (
@@ -76,7 +86,7 @@ def events_for(
             else PatientDetails(key=Identifier(LOCAL_PATIENT_SYSTEM, patient_id))
         )
     if resource_type == "Appointment":
-        return _appointment_events(new, previous, origin, now, patient)
+        return _appointment_events(new, previous, origin, now, patient, others or {})
     if resource_type == "DiagnosticReport":
         return _report_events(new, previous, origin, now, patient)
     if resource_type == "Patient":
@@ -191,7 +201,7 @@ def parse_instant(value: str | None, *, end: bool = False) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def _appointment(data: dict[str, Any], fallback_start: datetime | None) -> Appointment | None:
+def _appointment(data: dict[str, Any], fallback_start: datetime | None, appointment_ref: str) -> Appointment | None:
     start = parse_instant(data.get("start")) or fallback_start
     if start is None:
         return None
@@ -207,7 +217,7 @@ def _appointment(data: dict[str, Any], fallback_start: datetime | None) -> Appoi
         if service:
             break
     return Appointment(
-        ref=f"Appointment/{data.get('id', '')}",
+        ref=appointment_ref,
         start=start,
         end=parse_instant(data.get("end")),
         location=location,
@@ -215,25 +225,94 @@ def _appointment(data: dict[str, Any], fallback_start: datetime | None) -> Appoi
     )
 
 
-def _appointment_events(new, previous, origin, now, patient) -> list[AnyEvent]:
-    status, before = new.get("status"), (previous or {}).get("status")
+def _status_for_patient(data: dict[str, Any] | None, patient_id: str | None) -> str | None:
+    """The appointment's status as it concerns one of its patients: None when they are
+    not a participant of it, ``declined`` when they declined an appointment that is
+    not cancelled, the appointment's status otherwise.
+
+    >>> _status_for_patient({"resourceType": "Appointment", "status": "booked", "participant": [
+    ...     {"actor": {"reference": "Patient/p1"}, "status": "declined"}]}, "p1")
+    'declined'
+    """
+    if data is None or patient_id not in appointment_patient_ids(data):
+        return None
+    status = data.get("status")
+    if status in _CANCELLED:
+        return status
+    declined = any(patient_id_of(part.get("actor")) == patient_id and part.get("status") == "declined"
+                   for part in data.get("participant") or [])
+    return "declined" if declined else status
+
+
+def patient_appointment_ref(appointment_id: str, patient_id: str | None = None) -> str:
+    """The adapter's ref of an Appointment as it concerns one patient: the first Patient
+    participant's is the Appointment's own; another's names them after ``#``.
+
+    >>> patient_appointment_ref("g1"), patient_appointment_ref("g1", "p2")
+    ('Appointment/g1', 'Appointment/g1#Patient/p2')
+    """
+    return f"Appointment/{appointment_id}" + (f"#Patient/{patient_id}" if patient_id else "")
+
+
+def split_appointment_ref(ref: str) -> tuple[str, str | None]:
+    """:func:`patient_appointment_ref` undone: the Appointment's reference, and the
+    patient the ref names (None: the first Patient participant).
+
+    >>> split_appointment_ref("Appointment/g1#Patient/p2"), split_appointment_ref("Appointment/g1")
+    (('Appointment/g1', 'p2'), ('Appointment/g1', None))
+    """
+    appointment, _, patient = ref.partition("#Patient/")
+    return appointment, patient or None
+
+
+def _appointment_events(new, previous, origin, now, patient, others) -> list[AnyEvent]:
+    """The first Patient participant's events under the Appointment's own ref (and when
+    the first is another patient than before, the appointment is theirs now: the core
+    withdraws what the former one was still to get); and for each other Patient
+    participant, of either version, their own events under their own ref. A patient
+    who no longer has a ref (removed, or now the first) hears of that first, so that
+    the last word a patient gets is where they stand now."""
+    first, first_before = resource_patient_id(new), previous and resource_patient_id(previous)
+    aid = new.get("id", "")
+    own = _participant_events(
+        new, previous, _status_for_patient(new, first), _status_for_patient(previous, first_before),
+        patient_appointment_ref(aid), given_away=previous is not None and first != first_before,
+        origin=origin, now=now, patient=patient)
+    others_now = appointment_patient_ids(new)[1:]
+    others_before = appointment_patient_ids(previous)[1:] if previous else []
+    removed: list[AnyEvent] = []
+    staying: list[AnyEvent] = []
+    for pid in dict.fromkeys([*others_now, *others_before]):
+        status = _status_for_patient(new, pid) if pid in others_now else None
+        before = _status_for_patient(previous, pid) if pid in others_before else None
+        found = _participant_events(
+            new, previous, status, before, patient_appointment_ref(aid, pid), given_away=False,
+            origin=origin, now=now,
+            patient=others.get(pid) or PatientDetails(key=Identifier(LOCAL_PATIENT_SYSTEM, pid)))
+        (staying if status else removed).extend(found)
+    return [*removed, *own, *staying]
+
+
+def _participant_events(new, previous, status, before, ref, *, given_away, origin, now, patient) -> list[AnyEvent]:
+    """One patient's events, from the appointment's status as it concerns them before
+    (``before``) and now (``status``; None: no longer a participant)."""
     prev_start = parse_instant((previous or {}).get("start"))
-    appointment = _appointment(new, prev_start)
+    appointment = _appointment(new, prev_start, ref)
     if appointment is None or status == before and status != "booked":
         return []
     common = dict(origin=origin, occurred_at=now, patient=patient, appointment=appointment)
     if status == "booked":
         if before != "booked":
             return [AppointmentBooked(**common)]
-        if prev_start != appointment.start or resource_patient_id(previous) != resource_patient_id(new):
+        if prev_start != appointment.start or given_away:
             # Moved, or given to another patient: the core tells the one it now belongs
             # to, and withdraws what the first was still to get.
             return [AppointmentRescheduled(**common, previous_start=prev_start)]
         return []
-    if status in _CANCELLED:
+    if status is None or status in _CANCELLED or status == "declined":
         if before not in _ANNOUNCED:  # never announced as booked: nothing to call off
             return []
-        return [AppointmentCancelled(**common, reason=status)]
+        return [AppointmentCancelled(**common, reason=status or "removed")]
     if status == "noshow":
         return [AppointmentNoShow(**common)]
     if status == "fulfilled":

@@ -29,7 +29,7 @@ from fhir.mapping import events_for, parse_instant, patient_details
 from fhir.settings import FhirSettings
 from fhir.store import RecordCodec, StoredVersion
 from fhir.validation_pool import ValidationPool
-from fhir.validate import resource_patient_id
+from fhir.validate import appointment_patient_ids, resource_patient_id
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,13 @@ class FhirService:
                            sender: str | None = None) -> WriteResult:
         """``PUT /Type?identifier=...`` (FHIR R4 §3.1.0.4.3): no match creates,
         one match updates it, several are a 412."""
+        target = self.conditional_target(session, resource, query)
+        return self.write(session, {**resource, "id": target}, sender=sender)
+
+    def conditional_target(self, session: Session, resource: dict[str, Any], query: str, *,
+                           new: str | None = None) -> str:
+        """The id a conditional update of ``resource`` writes: the one match, else the
+        body's id, else ``new`` (one assigned already, for a Bundle's urn:uuid) or a new one."""
         kind = resource["resourceType"]
         matches = self.conditional_matches(session, kind, query, "the search")
         if len(matches) > 1:
@@ -157,8 +164,7 @@ class FhirService:
         if matches and body_id and body_id != matches[0]:
             raise invalid(f"The body's id {body_id!r} differs from the match {matches[0]!r}",
                           f"{kind}.id")
-        target = matches[0] if matches else (body_id or new_id())
-        return self.write(session, {**resource, "id": target}, sender=sender)
+        return matches[0] if matches else (body_id or new or new_id())
 
     def conditional_matches(self, session: Session, kind: str, query: str, what: str) -> list[str]:
         params = dict(p.partition("=")[::2] for p in query.lstrip("?").split("&") if p)
@@ -242,7 +248,8 @@ class FhirService:
         origin = Origin("fhir", sender, f"{stored.ref}/_history/{stored.version_id}")
         events = events_for(stored.resource_type, stored.resource, previous,  # type: ignore[arg-type]
                             origin=origin, now=stored.last_updated,
-                            patient=self._patient(session, stored.resource))
+                            patient=self._patient(session, stored.resource),
+                            others=self._other_patients(session, stored.resource, previous))  # type: ignore[arg-type]
         if not self.settings.announce_amended_reports:
             events = [e for e in events if not (isinstance(e, ReportReady) and e.amended)]
         return events
@@ -264,6 +271,21 @@ class FhirService:
         patient_id = resource_patient_id(resource)
         found = patient_id and store.current(session, self.codec, "Patient", patient_id)
         return patient_details(found.resource, patient_id, keys) if found else None
+
+    def _other_patients(self, session: Session, resource: dict[str, Any], previous: dict[str, Any] | None
+                        ) -> dict[str, PatientDetails]:
+        """An Appointment's Patient participants after the first, of this version and the
+        one before, resolved from the stored Patients (each is told of it on their own)."""
+        if resource["resourceType"] != "Appointment":
+            return {}
+        ids = dict.fromkeys([*appointment_patient_ids(resource)[1:],
+                             *(appointment_patient_ids(previous)[1:] if previous else [])])
+        keys, out = self.settings.patient_key_systems, {}
+        for patient_id in ids:
+            found = store.current(session, self.codec, "Patient", patient_id)
+            if found:
+                out[patient_id] = patient_details(found.resource, patient_id, keys)
+        return out
 
     def _publish(self, session: Session, events: list[AnyEvent]) -> None:
         if not events:

@@ -33,6 +33,7 @@ from fhir.models import FhirSubscription
 from fhir.outcome import information
 from fhir.service import FhirService
 from fhir.settings import FhirSettings
+from fhir.upstream import patients_of
 from fhir.validate import SUPPORTED_TYPES
 
 log = logging.getLogger(__name__)
@@ -206,10 +207,11 @@ class SubscriptionReceiver:
                 resources += found
             for event in note.events:
                 resources.append((await self._resource(client, sub, note, event), sub.server))
+            patients = await self._patients(client, sub, note, [r for r, _ in resources])
         numbers = [e.number for e in note.events if e.number is not None]
         newest = max([last, *numbers, note.events_since_start or 0])
         timestamps = [e.timestamp for e in note.events if e.timestamp]
-        await run_in_threadpool(self._apply, sub.url, note, resources, newest,
+        await run_in_threadpool(self._apply, sub.url, note, [*patients, *resources], newest,
                                 max(timestamps) if timestamps else None, recovered)
         return information(f"{note.kind} for {sub.url}: {len(note.events)} event(s), "
                            f"{recovered} recovered")
@@ -247,6 +249,24 @@ class SubscriptionReceiver:
         except UpstreamError as exc:
             raise FhirError(502 if exc.status is None else 424, Issue(
                 "transient", f"Could not fetch {event.focus} from {sub.server}: {exc}")) from exc
+
+    async def _patients(self, client: FhirClient, sub: FhirSubscription, note: Notification,
+                        resources: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+        """The Patients the notified resources are about, valid ones only (one the adapter
+        refuses is logged; the resources naming it are stored without its details): those
+        the notification carries, the others read from the source server."""
+        carried = {f"Patient/{r.get('id')}": r for r in note.resources.values() if r.get("resourceType") == "Patient"}
+        try:
+            patients = await patients_of(client, resources, carried=carried)
+        except UpstreamError as exc:
+            raise FhirError(502 if exc.status is None else 424, Issue(
+                "transient", f"Could not fetch the patients of the notified resources from {sub.server}: {exc}"
+            )) from exc
+        refused = await run_in_threadpool(self.service.validator.validate, patients)
+        for patient, error in zip(patients, refused, strict=True):
+            if error:
+                log.warning("%s: Patient/%s refused: %s", sub.server, patient.get("id"), error)
+        return [(patient, sub.server) for patient, error in zip(patients, refused, strict=True) if not error]
 
     async def _recover(self, client: FhirClient, sub: FhirSubscription, gap: tuple[int, int]
                        ) -> list[tuple[dict[str, Any], str]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from sqlalchemy import select
@@ -18,7 +19,7 @@ from fhir.errors import FhirError, UpstreamError
 from fhir.mapping import parse_instant
 from fhir.models import FhirPollCursor, FhirSubscription
 from fhir.service import FhirService
-from fhir.validate import parse_data
+from fhir.validate import parse_data, resource_patient_ids
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,55 @@ async def subscribe(
     return created
 
 
+# A Patient the source server will not give us: the resource is stored without its details.
+_NOT_GIVEN = frozenset({401, 403, 404, 410})
+
+
+async def patients_of(client: FhirClient, resources: list[dict[str, Any]], *,
+                      carried: Mapping[str, dict[str, Any]] | None = None,
+                      skip: set[str] | None = None) -> list[dict[str, Any]]:
+    """The Patients ``resources`` are about (:func:`fhir.validate.resource_patient_ids`),
+    each once: a pulled Appointment or report only names its patient, whose contacts and
+    language are on the Patient. Taken from ``carried`` (``Patient/id`` → resource: what
+    a notification brings along), else read from the source server; ids in ``skip``
+    (read already this round) are left out, and those read are added to it. A Patient
+    the server does not give (401, 403, 404, 410) is left out; any other failure raises
+    :class:`UpstreamError`, for the caller to try again."""
+    skip = set() if skip is None else skip
+    carried = carried or {}
+    found = []
+    for patient_id in dict.fromkeys(pid for r in resources for pid in resource_patient_ids(r)):
+        if patient_id in skip:
+            continue
+        ref = f"Patient/{patient_id}"
+        try:
+            patient = carried.get(ref) or await client.read(ref)
+        except UpstreamError as exc:
+            if exc.status not in _NOT_GIVEN:
+                raise
+            log.warning("%s did not give %s (%s): stored without the patient's details", client.base, ref,
+                        exc.status)
+            patient = None
+        skip.add(patient_id)
+        if patient is not None and patient.get("resourceType") == "Patient":
+            found.append(patient)
+    return found
+
+
+def store_patients(sessions: sessionmaker[Session], service: FhirService, patients: list[dict[str, Any]],
+                   sender: str) -> None:
+    """Store Patients read from a source server, each on its own: one the adapter refuses
+    (invalid) is logged and left out, not the resources that name it."""
+    for patient in patients:
+        try:
+            with transaction(sessions) as session:
+                service.write(session, parse_data(patient), sender=sender)
+        except FhirError as exc:
+            if exc.status >= 500:
+                raise
+            log.warning("%s: Patient/%s refused: %s", sender, patient.get("id"), exc)
+
+
 @dataclass
 class PollResult:
     stored: int = 0
@@ -91,6 +141,7 @@ async def poll_once(
     recognised as a duplicate by its version. A resource that fails validation
     is reported and skipped, not retried forever."""
     result = PollResult()
+    read: set[str] = set()  # Patients read this round
     async with FhirClient(server, auth=auth, http=http) as client:
         for kind in resource_types:
             with transaction(sessions) as session:
@@ -100,6 +151,13 @@ async def poll_once(
             async for resource in client.updated_since(kind, since, page_size=page_size):
                 updated = parse_instant((resource.get("meta") or {}).get("lastUpdated"))
                 ref = f"{resource.get('resourceType')}/{resource.get('id')}"
+                try:
+                    store_patients(sessions, service, await patients_of(client, [resource], skip=read),
+                                   client.base)
+                except UpstreamError as exc:  # the server's, for now: retry next round
+                    log.error("polling %s stopped at %s: %s", client.base, ref, exc)
+                    result.failed = True
+                    break
                 try:
                     with transaction(sessions) as session:
                         outcome = service.write(session, parse_data(resource),
@@ -127,4 +185,5 @@ async def poll_once(
     return result
 
 
-__all__ = ["CreatedSubscription", "PollResult", "UpstreamError", "poll_once", "subscribe"]
+__all__ = ["CreatedSubscription", "PollResult", "UpstreamError", "patients_of", "poll_once", "store_patients",
+           "subscribe"]

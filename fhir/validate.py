@@ -219,12 +219,35 @@ def patient_id_of(reference: Any) -> str | None:
     return match.group(1) if match else None
 
 
+def appointment_patient_ids(data: dict[str, Any]) -> list[str]:
+    """The ids of an Appointment's Patient participants, in their order, each once
+    (R4: a group appointment has a participant for each patient).
+
+    >>> appointment_patient_ids({"participant": [{"actor": {"reference": "Patient/p2"}},
+    ...     {"actor": {"reference": "Location/l1"}}, {"actor": {"reference": "Patient/p1"}}]})
+    ['p2', 'p1']
+    """
+    found = (patient_id_of(part.get("actor")) for part in data.get("participant") or [])
+    return list(dict.fromkeys(pid for pid in found if pid))
+
+
 def appointment_patient_id(data: dict[str, Any]) -> str | None:
-    for part in data.get("participant") or []:
-        found = patient_id_of(part.get("actor"))
-        if found:
-            return found
-    return None
+    """The first Patient participant: the patient the stored Appointment is filed under."""
+    return next(iter(appointment_patient_ids(data)), None)
+
+
+def resource_patient_ids(data: dict[str, Any]) -> list[str]:
+    """The ids of the Patients a resource is about, other than a Patient itself: each
+    Patient participant of an Appointment, the subject of a report, the patient of a
+    Consent.
+
+    >>> resource_patient_ids({"resourceType": "DiagnosticReport", "subject": {"reference": "Patient/p1"}})
+    ['p1']
+    """
+    if data.get("resourceType") == "Appointment":
+        return appointment_patient_ids(data)
+    found = resource_patient_id(data) if data.get("resourceType") != "Patient" else None
+    return [found] if found else []
 
 
 def resource_patient_id(data: dict[str, Any]) -> str | None:

@@ -292,3 +292,44 @@ def test_export_then_erasure_leaves_nothing_readable_and_a_clean_audit_verify(tm
         assert "exported" in actions and actions[-1] == "erased"
         assert cli(settings, "audit", "sign")[0] == 0
         assert cli(settings, "audit", "verify")[0] == 0
+
+
+def sandbox_reply(adapter, text: str, message_id: str) -> None:
+    """The patient's reply, as the sandbox provider posts it (signed) to the running adapter."""
+    from channels.sandbox import LOCAL_DEVELOPMENT_SECRET, SIGNATURE_HEADER, sign
+
+    body = json.dumps({"messages": [{"message_id": message_id, "from": PHONE, "text": text}]}).encode()
+    with adapter.client("ehr") as http:
+        response = http.post("/webhooks/sandbox/inbound", content=body, headers={
+            SIGNATURE_HEADER: sign(body, LOCAL_DEVELOPMENT_SECRET), "Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+
+
+def test_the_fhir_bundle_export_holds_what_the_json_export_holds_the_patient_s_replies_included(tmp_path):
+    import base64
+
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr, officer = adapter.client("ehr"), adapter.client("officer")
+        ehr.put("/fhir/R4/Patient/p7", json=rich_patient("p7"), headers=FHIR).raise_for_status()
+        start = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+        ehr.put("/fhir/R4/Appointment/a7", json=appointment("a7", "p7", start), headers=FHIR).raise_for_status()
+        wait_for(lambda: outbox_count(adapter) >= 1)
+        sandbox_reply(adapter, "non posso venire, sono in ospedale", "reply-7")
+        patient = internal_id(adapter, "p7")
+        wait_for(lambda: officer.get(f"/api/patients/{patient}/export").json()["replies"])
+
+        exported = officer.get(f"/api/patients/{patient}/export").json()
+        bundle = officer.get(f"/api/patients/{patient}/export", params={"format": "fhir"}).json()
+
+    resources = [e["resource"] for e in bundle["entry"]]
+    replies = [r for r in resources if r["resourceType"] == "Communication" and r.get("sender")]
+    assert [r["payload"][0]["contentString"] for r in replies] == ["non posso venire, sono in ospedale"]
+    assert replies[0]["sender"] == {"reference": f"Patient/{patient}"} and replies[0]["received"]
+    sent = [r for r in resources if r["resourceType"] == "Communication" and r.get("recipient")]
+    assert {r["payload"][0]["contentString"] for r in sent} == {m["body"] for m in exported["messages_sent_in_sandbox"]}
+    # What has no FHIR resource of its own (identifiers, audit entries, incidents, write-backs,
+    # a table added later) travels as the JSON export itself, attached.
+    document = next(r for r in resources if r["resourceType"] == "DocumentReference")
+    attached = json.loads(base64.b64decode(document["content"][0]["attachment"]["data"]))
+    assert set(attached) == set(exported)
+    assert attached["replies"] == exported["replies"] and attached["identifiers"] == exported["identifiers"]

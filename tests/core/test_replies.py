@@ -29,7 +29,7 @@ from hl7.ack import AckCode, build_ack
 from hl7.client import send_messages
 from hl7.header import read_header
 from hl7.mllp import MLLPServer
-from tests.core.test_end_to_end import notifications, siu, wait_for
+from tests.core.test_end_to_end import FHIR, notifications, patient, siu, wait_for
 from tests.harness import RunningAdapter, running_adapter, settings_for
 
 PUBLIC = "https://adapter.example.org"
@@ -156,7 +156,8 @@ def world(tmp_path: Path, refuse_hl7: int = 0) -> Iterator[World]:
     with (config / "facilities.yaml").open("a") as facilities:
         facilities.write("\n  OSP_TEST:\n    cancellation_writeback: SIU^S15\n"
                          f"    writeback: {{host: 127.0.0.1, port: {listener.server.port}}}\n")
-    (config / "writeback.yaml").write_text(f"sources:\n  OSP_TEST:\n    fhir_base: {fhir_url}/fhir\n")
+    (config / "writeback.yaml").write_text(f"sources:\n  OSP_TEST:\n    fhir_base: {fhir_url}/fhir\n"
+                                           f"  fhir-rest:\n    fhir_base: {fhir_url}/fhir\n")
     settings = settings_for(
         tmp_path, channels=["sms"], config_dir=config, public_base_url=PUBLIC,
         twilio_api_base=twilio_url, twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
@@ -273,3 +274,50 @@ def test_confirmation_operator_queue_and_wrong_number_incident(tmp_path):
         wait_for(lambda: [i for i in w.notifications(kind="booking_confirmation")
                           if i["subject"].endswith(":FL2") and i["status"] == "suppressed"])
         assert w.sent_sms() == before
+
+
+def test_a_patient_who_cancels_a_group_appointment_by_reply_declines_only_their_own_place_at_the_hospital(tmp_path):
+    other = "+393339876543"
+    with world(tmp_path) as w:
+        group = {"resourceType": "Appointment", "id": "group-1", "status": "booked",
+                 "start": (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0).isoformat(),
+                 "participant": [{"actor": {"reference": "Patient/p1"}, "status": "accepted"},
+                                 {"actor": {"reference": "Patient/p2"}, "status": "accepted"}]}
+        w.fhir.appointments["group-1"] = group
+        ehr = w.adapter.client("ehr")
+        for pid, phone in (("p1", PHONE), ("p2", other)):
+            ehr.put(f"/fhir/R4/Patient/{pid}", json=patient(pid, phone), headers=FHIR).raise_for_status()
+        ehr.put("/fhir/R4/Appointment/group-1", json=group, headers=FHIR).raise_for_status()
+        wait_for(lambda: len(w.sent_sms()) == 2)
+
+        w.reply("2", sender=other)
+        wait_for(lambda: w.fhir.responses)
+        assert [(r["participantStatus"], r["actor"]) for r in w.fhir.responses] == [
+            ("declined", {"reference": "Patient/p2"})]
+        updated = wait_for(lambda: w.fhir.appointments["group-1"]["participant"][1]["status"] == "declined"
+                           and w.fhir.appointments["group-1"])
+        assert updated["status"] == "booked" and updated["participant"][0]["status"] == "accepted"
+        first = [i for i in w.notifications() if i["subject"] == "Appointment/group-1" and i["kind"] == "reminder"]
+        assert first and all(i["status"] == "scheduled" for i in first)
+
+
+def test_a_cancellation_the_hospital_sends_back_after_the_patient_cancelled_by_reply_is_not_announced_twice(tmp_path):
+    with world(tmp_path) as w:
+        booked = {"resourceType": "Appointment", "id": "visit-1", "status": "booked",
+                  "start": (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0).isoformat(),
+                  "participant": [{"actor": {"reference": "Patient/p1"}, "status": "accepted"}]}
+        w.fhir.appointments["visit-1"] = booked
+        ehr = w.adapter.client("ehr")
+        ehr.put("/fhir/R4/Patient/p1", json=patient("p1", PHONE), headers=FHIR).raise_for_status()
+        ehr.put("/fhir/R4/Appointment/visit-1", json=booked, headers=FHIR).raise_for_status()
+        wait_for(lambda: len(w.sent_sms()) == 1)
+
+        w.reply("2")
+        cancelled = wait_for(lambda: w.fhir.appointments["visit-1"]["status"] == "cancelled"
+                             and w.fhir.appointments["visit-1"])
+        wait_for(lambda: len(w.sent_sms()) == 2)  # the cancellation notice
+        # The EHR tells its subscribers, the adapter among them, of the change it was sent.
+        ehr.put("/fhir/R4/Appointment/visit-1", json=cancelled, headers=FHIR).raise_for_status()
+        w.adapter.fhir_processed()
+        assert [i["status"] for i in w.notifications(kind="cancellation_notice")] == ["sent"]
+        assert len(w.sent_sms()) == 2

@@ -72,6 +72,25 @@ def test_erasing_the_survivor_of_a_merge_erases_the_retired_record_and_what_it_h
     container.engine.dispose()
 
 
+def test_the_fhir_export_names_its_entries_by_valid_uuid_urns_and_a_failed_message_is_not_marked_entered_in_error():
+    import uuid
+
+    from adapter.subject_rights import export_bundle
+
+    data = {"patient": {"id": "p-1", "given_name": "Ermenegilda", "family_name": "Pazzaglini", "language": "it"},
+            "contacts": [], "appointments": [], "consents": [], "messages_sent_in_sandbox": [], "fhir_resources": [],
+            "notifications": [{"id": 1, "kind": "reminder", "status": "failed", "sent_at": None, "body": "Gentile",
+                               "reason": "undelivered"}]}
+    bundle = export_bundle(data)
+
+    for entry in bundle["entry"]:  # R4 §2.1.0.3 uuid: urn:uuid: and an RFC 4122 UUID, lower case
+        prefix, _, value = entry["fullUrl"].partition("urn:uuid:")
+        assert prefix == "" and str(uuid.UUID(value)) == value, entry["fullUrl"]
+    assert len({e["fullUrl"] for e in bundle["entry"]}) == len(bundle["entry"])
+    failed = next(e["resource"] for e in bundle["entry"] if e["resource"]["id"] == "notification-1")
+    assert failed["status"] == "not-done" and failed["statusReason"] == {"text": "undelivered"}
+
+
 def test_the_export_holds_what_the_patient_wrote_and_every_record_erasure_treats_as_theirs(tmp_path):
     container = migrated_container(settings_for(tmp_path))
     with transaction(container.sessions) as session:

@@ -248,3 +248,49 @@ def test_a_malformed_bundle_gets_a_400_operation_outcome_not_a_500(adapter, entr
     response = adapter.post("/", {"resourceType": "Bundle", "type": "transaction", "entry": entries})
     assert response.status_code == 400, response.text
     assert issue(response)["expression"] == [where]
+
+
+MRN = "identifier=https://hospital.example.org/mrn|MRN-0001"
+
+
+def _conditional_update_then_appointment() -> dict:
+    """An interface engine's booking: the Patient upserted by MRN (a conditional update)
+    under a urn:uuid, and an Appointment for it."""
+    urn = "urn:uuid:7f0c5a0e-0000-4000-8000-0000000000d1"
+    appointment = booked("placeholder")
+    appointment["participant"][0]["actor"]["reference"] = urn
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": urn, "resource": sample("patient.json"), "request": {"method": "PUT", "url": f"Patient?{MRN}"}},
+        {"resource": appointment, "request": {"method": "POST", "url": "Appointment"}},
+    ]}
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["patient known", "patient new"])
+def test_a_urn_uuid_of_a_conditional_update_names_the_patient_it_updates_or_creates(adapter, known):
+    existing = create_patient(adapter) if known else None
+    response = adapter.post("/", _conditional_update_then_appointment())
+    assert response.status_code == 200, response.text
+    patient_entry, appointment_entry = response.json()["entry"]
+    pid = patient_entry["resource"]["id"]
+    assert pid == existing if known else patient_entry["response"]["status"] == "201 Created"
+    assert appointment_entry["resource"]["participant"][0]["actor"]["reference"] == f"Patient/{pid}"
+    assert adapter.kinds()[-1] == "AppointmentBooked"
+    assert adapter.events[-1].patient.telecom[0].value == "+393331234567"
+
+
+def test_a_conditional_reference_in_a_transaction_is_resolved_by_its_search(adapter):
+    """R4 §3.1.0.11.2: a reference ``Patient?identifier=...`` names the one match."""
+    pid = create_patient(adapter)
+    appointment = booked("placeholder")
+    appointment["participant"][0]["actor"]["reference"] = f"Patient?{MRN}"
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": appointment, "request": {"method": "POST", "url": "Appointment"}}]}
+    response = adapter.post("/", bundle)
+    assert response.status_code == 200, response.text
+    assert response.json()["entry"][0]["resource"]["participant"][0]["actor"]["reference"] == f"Patient/{pid}"
+    assert adapter.events[-1].patient.telecom[0].value == "+393331234567"
+
+    appointment["participant"][0]["actor"]["reference"] = "Patient?identifier=https://hospital.example.org/mrn|NONE"
+    refused = adapter.post("/", bundle)
+    assert refused.status_code == 404
+    assert issue(refused)["expression"] == ["Bundle.entry[0].resource.participant[0].actor.reference"]

@@ -169,3 +169,66 @@ def test_any_other_publish_failure_rolls_back_and_answers_500(adapter):
     adapter.fail_publish.clear()
     assert adapter.get("/Appointment/a1").status_code == 404
     assert put_appointment(adapter, "a1", pid).status_code == 201
+
+
+def participants(pid: str, patient_status: str) -> list[dict]:
+    return [{"actor": {"reference": f"Patient/{pid}"}, "status": patient_status},
+            {"actor": {"reference": "Location/amb-3", "display": "Ambulatorio 3"}, "status": "accepted"}]
+
+
+def test_a_patient_who_declined_a_booked_appointment_is_not_told_of_it_and_a_decline_calls_off_what_was_planned(
+        adapter):
+    pid = create_patient(adapter)
+    adapter.events.clear()
+    put_appointment(adapter, "d1", pid, participant=participants(pid, "declined"))
+    assert adapter.kinds() == []  # R4 ParticipationStatus declined: will not attend
+
+    put_appointment(adapter, "d2", pid)
+    put_appointment(adapter, "d2", pid, participant=participants(pid, "declined"))
+    assert adapter.kinds() == ["AppointmentBooked", "AppointmentCancelled"]
+    assert adapter.events[-1].reason == "declined"
+
+    put_appointment(adapter, "d2", pid)  # the patient changed their mind
+    assert adapter.kinds()[-1] == "AppointmentBooked"
+
+
+def test_every_patient_of_an_appointment_is_told_of_it_each_under_their_own_details_and_declining_alone(adapter):
+    first = create_patient(adapter)
+    second = create_patient(adapter, telecom=[{"system": "phone", "use": "mobile", "value": "+393339999999"}],
+                            identifier=[{"system": "https://hospital.example.org/mrn", "value": "MRN-0002"}])
+    both = [{"actor": {"reference": f"Patient/{first}"}, "status": "accepted"},
+            {"actor": {"reference": f"Patient/{second}"}, "status": "accepted"},
+            {"actor": {"reference": "Location/amb-3", "display": "Ambulatorio 3"}, "status": "accepted"}]
+    adapter.events.clear()
+    put_appointment(adapter, "g1", first, participant=both)
+    booked_events = [e for e in adapter.events if type(e).__name__ == "AppointmentBooked"]
+    assert [e.patient.key.value for e in booked_events] == [first, second]
+    assert booked_events[1].patient.telecom[0].value == "+393339999999"
+    assert len({e.appointment.ref for e in booked_events}) == 2  # each patient's own notices
+
+    adapter.events.clear()
+    put_appointment(adapter, "g1", first, participant=[both[0], {**both[1], "status": "declined"}, both[2]])
+    assert [(type(e).__name__, e.patient.key.value) for e in adapter.events] == [("AppointmentCancelled", second)]
+
+    adapter.events.clear()
+    put_appointment(adapter, "g1", first, participant=[both[0], {**both[1], "status": "declined"}, both[2]],
+                    status="cancelled")
+    assert [(type(e).__name__, e.patient.key.value) for e in adapter.events] == [("AppointmentCancelled", first)]
+
+
+def test_a_patient_taken_off_a_group_appointment_has_what_was_planned_called_off_and_the_others_keep_theirs(adapter):
+    first = create_patient(adapter)
+    second = create_patient(adapter, identifier=[{"system": "https://hospital.example.org/mrn", "value": "MRN-0002"}])
+    patients = [{"actor": {"reference": f"Patient/{pid}"}, "status": "accepted"} for pid in (first, second)]
+    put_appointment(adapter, "g2", first, participant=patients)
+    adapter.events.clear()
+    put_appointment(adapter, "g2", first, participant=patients[:1])
+    assert [(type(e).__name__, e.reason, e.patient.key.value) for e in adapter.events] == [
+        ("AppointmentCancelled", "removed", second)]
+
+    put_appointment(adapter, "g2", first, participant=patients)
+    adapter.events.clear()
+    put_appointment(adapter, "g2", first, participant=patients[1:])  # the first leaves: the second is first now
+    assert [(type(e).__name__, e.patient.key.value, e.appointment.ref) for e in adapter.events] == [
+        ("AppointmentCancelled", second, f"Appointment/g2#Patient/{second}"),
+        ("AppointmentRescheduled", second, "Appointment/g2")]  # the core books it for them, last

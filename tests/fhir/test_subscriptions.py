@@ -14,6 +14,7 @@ from fhir.settings import FhirSettings
 from fhir.subscriptions import silent_subscriptions
 from fhir.upstream import subscribe
 from tests.fhir.fake_upstream import FakeUpstream
+from tests.fhir.conftest import sample
 from tests.fhir.test_rest import issue
 
 
@@ -223,3 +224,27 @@ def test_sample_notification_bundle_is_kept_in_samples():
     from fhir.subscriptions import parse_notification
     note = parse_notification(bundle)
     assert note.kind == "event-notification" and note.events[0].number == 12
+
+
+def test_the_patient_of_a_notified_appointment_is_read_from_the_source_server_so_their_contacts_are_known(
+        adapter, upstream):
+    upstream.put({**sample("patient.json"), "id": "p1"},
+                 1, "2030-11-20T09:00:00Z")
+    sid = subscribed(adapter, upstream)
+    number = book(upstream, "a1")
+    response = notify(adapter, upstream.notification(sid, "event-notification", [number], full=False))
+    assert response.status_code == 200, response.text
+    assert "GET /fhir/Patient/p1?" in upstream.requests
+    [booked] = [e for e in adapter.events if type(e).__name__ == "AppointmentBooked"]
+    assert booked.patient.telecom[0].value == "+393331234567" and booked.patient.language == "it"
+
+
+def test_a_patient_the_notification_carries_is_taken_from_it_and_not_read_again(adapter, upstream):
+    patient = upstream.put({**sample("patient.json"), "id": "p1"},
+                           1, "2030-11-20T09:00:00Z")
+    sid = subscribed(adapter, upstream)
+    bundle = upstream.notification(sid, "event-notification", [book(upstream, "a1")], full=True)
+    bundle["entry"].append({"fullUrl": f"{upstream.url}/Patient/p1", "resource": patient})
+    assert notify(adapter, bundle).status_code == 200
+    assert not any(r.startswith("GET /fhir/Patient") for r in upstream.requests)
+    assert adapter.events[-1].patient.telecom[0].value == "+393331234567"

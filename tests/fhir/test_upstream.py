@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fhir.client import BearerToken, FhirClient, SmartBackendAuth
 from fhir.errors import UpstreamError
 from fhir.upstream import poll_once
+from tests.fhir.conftest import sample
 from tests.fhir.fake_upstream import FakeUpstream
 from tests.fhir.test_subscriptions import appointment, upstream  # noqa: F401 - fixture
 
@@ -87,3 +88,14 @@ def test_the_client_refuses_to_follow_a_reference_to_another_server(upstream):
 
 def test_fake_upstream_is_a_plain_fixture_type():
     assert FakeUpstream(url="x").events == []
+
+
+def test_polling_reads_the_patient_an_appointment_names_once_so_their_contacts_are_known(adapter, upstream):
+    upstream.put({**sample("patient.json"), "id": "p1"},
+                 1, "2030-11-20T08:00:00Z")
+    seed(upstream, 3)  # three appointments of Patient/p1
+    result = poll(adapter, upstream, resource_types=("Appointment",))
+    assert result.stored == 3
+    assert sum(r.startswith("GET /fhir/Patient/p1") for r in upstream.requests) == 1
+    booked = [e for e in adapter.events if type(e).__name__ == "AppointmentBooked"]
+    assert len(booked) == 3 and all(e.patient.telecom[0].value == "+393331234567" for e in booked)

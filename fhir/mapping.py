@@ -128,6 +128,9 @@ def patient_details(
         given_name=" ".join(name.get("given") or []),
         family_name=name.get("family", ""),
         telecom=_telecom(patient.get("telecom") or [], now or datetime.now(UTC)),
+        # Listed, even if every one has ended: the patient has none in use. No telecom
+        # at all says nothing of them (an EHR that does not share them).
+        telecom_listed=bool(patient.get("telecom")),
         language=_language(patient.get("communication") or []),
     )
 

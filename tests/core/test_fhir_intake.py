@@ -271,3 +271,36 @@ def test_patients_whose_identifier_has_no_system_are_never_fused(tmp_path):
         with transaction(adapter.container.sessions) as session:
             assert session.scalar(select(func.count()).select_from(Patient).where(Patient.merged_into.is_(None))) == 2
         assert len(owners()) == 2
+
+
+def test_a_patient_whose_every_number_has_ended_is_no_longer_messaged_on_the_old_one(tmp_path):
+    """A Patient PUT replaces the resource: when every ContactPoint it lists has ended
+    (``use: old``, or a ``period.end`` past), the hospital has said the patient has none
+    in use. That used to read as "telecom not sent", so the number just retired stayed
+    active and kept getting reminders. A Patient with no ``telecom`` at all still leaves
+    the contacts alone."""
+    from adapter.models import Contact
+    from tests.core.test_end_to_end import wait_for
+
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr = adapter.client("ehr")
+
+        def put(body: dict) -> None:
+            assert ehr.put("/fhir/R4/Patient/p1", json=body, headers=FHIR).status_code in (200, 201)
+            wait_for(lambda: all(m["status"] != "stored" for m in fhir_messages(adapter)))
+
+        def active() -> int:
+            with transaction(adapter.container.sessions) as session:
+                return session.scalar(select(func.count()).select_from(Contact).where(Contact.active))
+
+        body = patient("p1")
+        put(body)
+        assert active() == 1
+        put({**body, "telecom": [{**body["telecom"][0], "use": "old"}]})
+        assert active() == 0
+        put({key: value for key, value in body.items() if key != "telecom"} | {"gender": "female"})
+        assert active() == 0
+        put(body)
+        assert active() == 1
+        put({key: value for key, value in body.items() if key != "telecom"} | {"gender": "male"})
+        assert active() == 1

@@ -115,7 +115,7 @@ def test_a_reminder_claimed_before_its_appointment_was_cancelled_is_suppressed_n
         try:
             book(container, clock, start)
 
-            async def scenario() -> list[int]:
+            async def scenario() -> tuple[list[int], datetime]:
                 await drain(container, clock, until=clock.now())  # the booking confirmation
                 clock.set(start - timedelta(hours=24))
                 claimed = container.dispatcher._claim(clock.now())  # a worker has claimed the reminder...
@@ -123,12 +123,12 @@ def test_a_reminder_claimed_before_its_appointment_was_cancelled_is_suppressed_n
                     container.pipeline.handle(session, [ev.AppointmentCancelled(
                         ORIGIN, clock.now(), PATIENT, ev.Appointment("send-time/A1", start.astimezone(UTC)))],
                         now=clock.now())
-                await container.dispatcher.deliver(claimed)
+                await container.dispatcher.deliver(*claimed)
                 await drain(container, clock, until=clock.now() + timedelta(minutes=5))
                 await container.dispatcher.channels["sms"].aclose()
                 return claimed
 
-            ids = asyncio.run(scenario())
+            ids, _ = asyncio.run(scenario())
             rows = notices(container)
         finally:
             container.engine.dispose()

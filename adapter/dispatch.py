@@ -44,6 +44,10 @@ MAX_ATTEMPTS_PER_CHANNEL = 5
 # may claim the notification again, and it must not find it still on the wire here
 # (a provider such as WhatsApp or Telegram delivers a second request twice).
 ATTEMPT_TIMEOUT = timedelta(seconds=30)
+# A message that waited longer than this after its round was prepared (its channel's
+# rate limit, a free slot) is looked at again just before it goes: a STOP, a "wrong
+# number" or a cancellation may have come meanwhile, and consent counts as of the send.
+RECHECK_AFTER_S = 1.0
 # Errors after which the provider may or may not have accepted the message.
 AMBIGUOUS_ERRORS = frozenset({"timeout", "disconnected"})
 
@@ -62,6 +66,14 @@ def _notifications(session: Session, ids: list[int]) -> list[Notification]:
 class Clinic:
     name: str
     phone: str
+
+
+@dataclass(frozen=True)
+class NotSent:
+    """No attempt was made; the notification goes back to the queue, and the next round
+    prepares it again (and ends it, with its reason, when it no longer may be sent)."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -174,12 +186,13 @@ class Dispatcher:
         if not ids:
             return
         prepared = await asyncio.to_thread(self._prepare_all, ids, leased_until)
-        finished: asyncio.Queue[tuple[int, SendJob | None, SendResult | None]] = asyncio.Queue()
+        finished: asyncio.Queue[tuple[int, SendJob | None, SendResult | NotSent]] = asyncio.Queue()
         sends = []
-        start_by = self._start_by(leased_until)
+        prepared_at, start_by = asyncio.get_running_loop().time(), self._start_by(leased_until)
         for notification_id, job in prepared:
             if isinstance(job, SendJob):
-                sends.append(asyncio.create_task(self._send(notification_id, job, start_by, finished)))
+                sends.append(asyncio.create_task(
+                    self._send(notification_id, job, leased_until, prepared_at, start_by, finished)))
             elif isinstance(job, Exception):
                 finished.put_nowait((notification_id, None, _internal(notification_id, job)))
         waiting_for = len(sends) + finished.qsize()
@@ -205,16 +218,22 @@ class Dispatcher:
         left = leased_until - self.attempt_timeout - self.clock.now()
         return asyncio.get_running_loop().time() + left.total_seconds()
 
-    async def _send(self, notification_id: int, job: SendJob, start_by: float, finished: asyncio.Queue) -> None:
-        """One attempt, or none (``None`` for a result) when a free slot or the channel's
-        rate limit would start it too late for the lease."""
+    async def _send(self, notification_id: int, job: SendJob, leased_until: datetime, prepared_at: float,
+                    start_by: float, finished: asyncio.Queue) -> None:
+        """One attempt, or none (:class:`NotSent`) when a free slot or the channel's rate
+        limit would start it too late for the lease, or when what it was prepared on
+        changed while it waited."""
+        loop = asyncio.get_running_loop()
         async with self._limit:
             try:
                 throttle = self._throttles.get(job.channel)
-                on_time = asyncio.get_running_loop().time() <= start_by and (
-                    throttle is None or await throttle.wait(start_by))
+                on_time = loop.time() <= start_by and (throttle is None or await throttle.wait(start_by))
                 if not on_time:
-                    finished.put_nowait((notification_id, job, None))
+                    finished.put_nowait((notification_id, job, NotSent("its claim's lease ran out before it could be sent")))
+                    return
+                if loop.time() - prepared_at > RECHECK_AFTER_S and not await asyncio.to_thread(
+                        self._still_as_prepared, notification_id, job, leased_until):
+                    finished.put_nowait((notification_id, job, NotSent("changed while it waited to be sent")))
                     return
                 try:
                     async with asyncio.timeout(self.attempt_timeout.total_seconds()):
@@ -233,7 +252,7 @@ class Dispatcher:
             session, notification_id, leased_until), prefetch=self._load_round)
         return list(zip(ids, prepared, strict=True))
 
-    def _record_all(self, outcomes: list[tuple[int, SendJob | None, SendResult | None]], leased_until: datetime) -> None:
+    def _record_all(self, outcomes: list[tuple[int, SendJob | None, SendResult | NotSent]], leased_until: datetime) -> None:
         """:meth:`_record` for each finished send."""
         for (notification_id, _, _), done in zip(
             outcomes, self._each_in_savepoint(outcomes, lambda session, outcome: self._record(
@@ -380,6 +399,23 @@ class Dispatcher:
             return None
         return moot_at_send(self.rules.by_id(row.rule_id), start=appointment.start, status=appointment.status, now=now)
 
+    def _still_as_prepared(self, notification_id: int, job: SendJob, leased_until: datetime) -> bool:
+        """Whether what :meth:`_prepare` decided for ``job`` still holds, read afresh: the
+        claim is still this round's, the notice not moot, the patient's consent for the
+        kind on the channel not withdrawn, and the address still in use (not suspended
+        by a STOP or a wrong number)."""
+        with transaction(self.sessions) as session:
+            now = self.clock.now()
+            row = session.get(Notification, notification_id)
+            if row is None or row.status != "claimed" or row.claimed_until != leased_until:
+                return False
+            if self._moot(session, row, now) is not None:
+                return False
+            if not self.gate.decide_at_send(session, row.patient_id, row.kind, job.channel, now=now).allowed:
+                return False
+            in_use = reachable(session, self.gate.vault, row.patient_id, [job.channel])
+            return any(contact.address == job.message.to for contact in in_use)
+
     @staticmethod
     def _appointment(session: Session, row: Notification) -> Appointment | None:
         loaded = session.info.get(_APPOINTMENTS, {})
@@ -395,20 +431,22 @@ class Dispatcher:
             "appointment": {"start": appointment.start, "location": appointment.location} if appointment else {},
         }
 
-    def _record(self, session: Session, notification_id: int, job: SendJob | None, result: SendResult | None,
+    def _record(self, session: Session, notification_id: int, job: SendJob | None, result: SendResult | NotSent,
                 *, leased_until: datetime) -> None:
-        """The outcome of one attempt (``result`` None: none was made, it would have
-        outlasted the lease). What a provider accepted is recorded whoever claims the
-        notification now; anything else only while the claim is still this round's."""
+        """The outcome of one attempt, or of none. What a provider accepted is recorded
+        whoever claims the notification now; anything else only while the claim is
+        still this round's."""
         now = self.clock.now()
         row = session.get(Notification, notification_id)
         if row is None or row.status != "claimed":
             return
-        accepted = result is not None and result.outcome is Outcome.ACCEPTED and job is not None
+        accepted = isinstance(result, SendResult) and result.outcome is Outcome.ACCEPTED and job is not None
         if row.claimed_until != leased_until and not accepted:
             return  # its lease ran out and it was claimed again: the new claim decides
-        if result is None:
-            release(session, row.id, at=now, now=now, error="its claim's lease ran out before it could be sent")
+        if isinstance(result, NotSent):
+            # The next round decides afresh; what this one decided at send must not outlive it.
+            row.decision = {key: value for key, value in row.decision.items() if key != "at_send"}
+            release(session, row.id, at=now, now=now, error=result.reason)
             return
         row.attempts += 1
         if result.outcome is Outcome.ACCEPTED and job is not None:

@@ -232,3 +232,89 @@ def test_a_cancellation_received_while_the_confirmation_waits_for_its_turn_suppr
     assert twilio.deliveries[second.idempotency_key] == 0
     assert second.status == "suppressed"
     assert second.reason == "the appointment had been cancelled when it was due to be sent"
+
+
+def test_a_no_show_withdraws_the_follow_up_waiting_for_its_time(tmp_path):
+    clock = FrozenClock(datetime(2026, 3, 10, 10, 0, tzinfo=ROME))
+    start = datetime(2026, 3, 12, 10, 0, tzinfo=ROME)
+    with FakeTwilio() as twilio:
+        container = rig(tmp_path, twilio, clock)
+        try:
+            book(container, clock, start)
+            clock.set(start + timedelta(hours=3))  # the hospital records that the patient did not come
+            with transaction(container.sessions) as session:
+                container.pipeline.handle(session, [ev.AppointmentNoShow(
+                    ORIGIN, clock.now(), PATIENT, ev.Appointment("send-time/A1", start.astimezone(UTC)))],
+                    now=clock.now())
+            asyncio.run(drain(container, clock, until=start.astimezone(UTC) + timedelta(days=3)))
+            rows = notices(container)
+            withdrawn = audited(container, "cancelled")
+        finally:
+            container.engine.dispose()
+    follow_up = rows["follow-up"]
+    assert follow_up.status == "cancelled" and follow_up.reason == "patient did not show"
+    assert follow_up.reason in withdrawn
+    assert twilio.deliveries[follow_up.idempotency_key] == 0
+
+
+def test_a_follow_up_claimed_when_the_no_show_comes_is_suppressed_not_sent(tmp_path):
+    # A worker has claimed the follow-up ("thank you for your visit") when the hospital's
+    # no-show (SIU^S26, FHIR Appointment.status noshow) comes in.
+    clock = FrozenClock(datetime(2026, 3, 10, 10, 0, tzinfo=ROME))
+    start = datetime(2026, 3, 12, 10, 0, tzinfo=ROME)
+    with FakeTwilio() as twilio:
+        container = rig(tmp_path, twilio, clock)
+        try:
+            book(container, clock, start)
+
+            async def scenario() -> None:
+                await drain(container, clock, until=start.astimezone(UTC) - timedelta(minutes=1))  # confirmation, reminders
+                clock.set(datetime(2026, 3, 13, 10, 0, 1, tzinfo=ROME))
+                claimed = container.dispatcher._claim(clock.now())
+                with transaction(container.sessions) as session:
+                    container.pipeline.handle(session, [ev.AppointmentNoShow(
+                        ORIGIN, clock.now(), PATIENT, ev.Appointment("send-time/A1", start.astimezone(UTC)))],
+                        now=clock.now())
+                await container.dispatcher.deliver(*claimed)
+                await container.dispatcher.channels["sms"].aclose()
+
+            asyncio.run(scenario())
+            rows = notices(container)
+            suppressed = audited(container, "suppressed")
+        finally:
+            container.engine.dispose()
+    follow_up = rows["follow-up"]
+    assert twilio.deliveries[follow_up.idempotency_key] == 0
+    assert follow_up.status == "suppressed", follow_up.status
+    assert follow_up.reason == "the patient did not come to the appointment"
+    assert follow_up.decision["at_send"] == {"appointment": follow_up.reason}
+    assert follow_up.reason in suppressed
+
+
+def test_a_follow_up_claimed_when_the_appointment_is_found_entered_in_error_is_suppressed_not_sent(tmp_path):
+    clock = FrozenClock(datetime(2026, 3, 10, 10, 0, tzinfo=ROME))
+    start = datetime(2026, 3, 12, 10, 0, tzinfo=ROME)
+    with FakeTwilio() as twilio:
+        container = rig(tmp_path, twilio, clock)
+        try:
+            book(container, clock, start)
+
+            async def scenario() -> None:
+                await drain(container, clock, until=start.astimezone(UTC) - timedelta(minutes=1))
+                clock.set(datetime(2026, 3, 13, 10, 0, 1, tzinfo=ROME))
+                claimed = container.dispatcher._claim(clock.now())
+                with transaction(container.sessions) as session:
+                    container.pipeline.handle(session, [ev.AppointmentCancelled(
+                        ORIGIN, clock.now(), PATIENT, ev.Appointment("send-time/A1", start.astimezone(UTC)),
+                        reason="entered-in-error")], now=clock.now())
+                await container.dispatcher.deliver(*claimed)
+                await container.dispatcher.channels["sms"].aclose()
+
+            asyncio.run(scenario())
+            rows = notices(container)
+        finally:
+            container.engine.dispose()
+    follow_up = rows["follow-up"]
+    assert twilio.deliveries[follow_up.idempotency_key] == 0
+    assert follow_up.status == "suppressed", follow_up.status
+    assert follow_up.reason == "the appointment had been cancelled when it was due to be sent"

@@ -28,8 +28,9 @@ Why nothing is lost or sent twice:
   connection drops; Redis after ``broker_visibility_timeout_s``). Prefetch is 1, so a
   dead worker holds at most one task per pool process.
 - A task is idempotent: a notification no longer ``claimed`` (already sent, or ended)
-  is skipped, and a second attempt at the provider carries the same idempotency key,
-  so the provider delivers it once.
+  is skipped, and so is one claimed again since the task was published (a task carries
+  its claim's lease end, and a later claim sets another); an attempt starts only if it
+  ends before the lease does, so no two workers have a notification on the wire at once.
 - If a task is lost anyway (a broker without persistence), the claim's lease expires
   and the next claim loop takes the notification again.
 - Inbound processing runs one worker at a time (a PostgreSQL advisory lock), oldest
@@ -156,13 +157,14 @@ class ClaimLoop(threading.Thread):
 
         container = self.container
         now = container.clock.now()
+        lease = timedelta(seconds=self.settings.claim_lease_s)
         with transaction(container.sessions) as session:
-            ids = claim_due(session, now=now, limit=self.settings.claim_batch_size,
-                            lease=timedelta(seconds=self.settings.claim_lease_s))
+            ids = claim_due(session, now=now, limit=self.settings.claim_batch_size, lease=lease)
         if not ids:
             return False
         try:
-            self.app.send_task(SEND_BATCH, args=(ids,), queue=self.settings.celery_queue)
+            # With the lease's end, which tells this claim from a later one of the same ids.
+            self.app.send_task(SEND_BATCH, args=(ids, (now + lease).isoformat()), queue=self.settings.celery_queue)
         except Exception:
             # Not published: give the claims back now rather than at lease expiry.
             with transaction(container.sessions) as session:

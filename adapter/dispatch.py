@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -38,6 +39,15 @@ from channels.base import Channel, OutboundMessage, Outcome, SendResult
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS_PER_CHANNEL = 5
+# One send attempt ends within this (or half the claim's lease, when shorter), and starts
+# only while the lease has that long left: once the lease has run out another dispatcher
+# may claim the notification again, and it must not find it still on the wire here
+# (a provider such as WhatsApp or Telegram delivers a second request twice).
+ATTEMPT_TIMEOUT = timedelta(seconds=30)
+# A message that waited longer than this after its round was prepared (its channel's
+# rate limit, a free slot) is looked at again just before it goes: a STOP, a "wrong
+# number" or a cancellation may have come meanwhile, and consent counts as of the send.
+RECHECK_AFTER_S = 1.0
 # Errors after which the provider may or may not have accepted the message.
 AMBIGUOUS_ERRORS = frozenset({"timeout", "disconnected"})
 
@@ -46,14 +56,24 @@ _APPOINTMENTS = "round_appointments"  # session.info: {subject ref: Appointment 
 
 
 def _notifications(session: Session, ids: list[int]) -> list[Notification]:
-    """The notifications of ``ids`` into the session (``session.get`` finds them there)."""
-    return list(session.scalars(select(Notification).where(Notification.id.in_(ids))))
+    """The notifications of ``ids`` into the session (``session.get`` finds them there),
+    locked until the transaction ends (PostgreSQL; SQLite serialises writers): a claimer
+    skips them, so whose claim each is cannot change while this transaction decides."""
+    return list(session.scalars(select(Notification).where(Notification.id.in_(ids)).with_for_update()))
 
 
 @dataclass(frozen=True)
 class Clinic:
     name: str
     phone: str
+
+
+@dataclass(frozen=True)
+class NotSent:
+    """No attempt was made; the notification goes back to the queue, and the next round
+    prepares it again (and ends it, with its reason, when it no longer may be sent)."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -75,9 +95,13 @@ class Throttle:
         self._next = 0.0
         self._lock = asyncio.Lock()
 
-    async def wait(self) -> None:
+    async def wait(self, start_by: float = math.inf) -> bool:
+        """Wait for this send's turn and return True; or False at once, leaving the
+        turn to the next, when it would come after ``start_by`` (event loop time)."""
         async with self._lock:
             loop = asyncio.get_running_loop()
+            if max(self._next, loop.time()) > start_by:
+                return False
             delay = self._next - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -85,6 +109,7 @@ class Throttle:
             # a loop that woke late (a busy machine) must not let the next one
             # through sooner than the interval.
             self._next = loop.time() + self.interval
+            return True
 
 
 def _internal(notification_id: int, exc: BaseException) -> SendResult:
@@ -114,6 +139,7 @@ class Dispatcher:
         rules: RuleSet,
         batch_size: int = 50,
         lease: timedelta = timedelta(minutes=2),
+        attempt_timeout: timedelta | None = None,
         concurrency: int = 32,
         window: SendingWindow | None = None,
         rate_limits: dict[str, float] | None = None,
@@ -128,6 +154,7 @@ class Dispatcher:
         self.rules = rules
         self.batch_size = batch_size
         self.lease = lease
+        self.attempt_timeout = attempt_timeout or min(ATTEMPT_TIMEOUT, lease / 2)
         self._limit = asyncio.Semaphore(concurrency)
         self.window = window
         self._throttles = {name: Throttle(rate) for name, rate in (rate_limits or {}).items() if rate > 0}
@@ -140,14 +167,17 @@ class Dispatcher:
     async def run_once(self) -> int:
         """Claim one batch of due notifications and send them; return how many."""
         now = self.clock.now()
-        ids = await asyncio.to_thread(self._claim, now)
-        await self.deliver(ids)
+        ids, leased_until = await asyncio.to_thread(self._claim, now)
+        await self.deliver(ids, leased_until)
         return len(ids)
 
-    async def deliver(self, ids: list[int]) -> None:
-        """Send notifications already claimed (here, or by a Celery worker's claim
-        loop). Safe to call twice for the same ids: one no longer ``claimed`` is
-        skipped, and a second attempt reuses the idempotency key.
+    async def deliver(self, ids: list[int], leased_until: datetime) -> None:
+        """Send notifications claimed until ``leased_until`` (here, or by a Celery
+        worker's claim loop). Safe to call twice for the same ids, and after the
+        claim has run out: one no longer ``claimed``, or claimed again since (its
+        ``claimed_until`` is another's), is skipped; no attempt starts unless it can
+        end (``attempt_timeout``) before the lease does, so another dispatcher never
+        claims one this one still has on the wire.
 
         The database sees a round, not each notification: every one is prepared in
         one transaction (a savepoint each), and outcomes are recorded as sends
@@ -155,12 +185,14 @@ class Dispatcher:
         transaction is an fsync that a waiting ACK stands behind)."""
         if not ids:
             return
-        prepared = await asyncio.to_thread(self._prepare_all, ids)
-        finished: asyncio.Queue[tuple[int, SendJob | None, SendResult]] = asyncio.Queue()
+        prepared = await asyncio.to_thread(self._prepare_all, ids, leased_until)
+        finished: asyncio.Queue[tuple[int, SendJob | None, SendResult | NotSent]] = asyncio.Queue()
         sends = []
+        prepared_at, start_by = asyncio.get_running_loop().time(), self._start_by(leased_until)
         for notification_id, job in prepared:
             if isinstance(job, SendJob):
-                sends.append(asyncio.create_task(self._send(notification_id, job, finished)))
+                sends.append(asyncio.create_task(
+                    self._send(notification_id, job, leased_until, prepared_at, start_by, finished)))
             elif isinstance(job, Exception):
                 finished.put_nowait((notification_id, None, _internal(notification_id, job)))
         waiting_for = len(sends) + finished.qsize()
@@ -169,39 +201,63 @@ class Dispatcher:
                 outcomes = [await finished.get()]
                 while not finished.empty():
                     outcomes.append(finished.get_nowait())
-                await asyncio.to_thread(self._record_all, outcomes)
+                await asyncio.to_thread(self._record_all, outcomes, leased_until)
                 waiting_for -= len(outcomes)
         finally:
             for task in sends:
                 task.cancel()  # stopped mid-round: the claims' leases end, the sends are retried
 
-    def _claim(self, now: datetime) -> list[int]:
+    def _claim(self, now: datetime) -> tuple[list[int], datetime]:
+        """Claim a batch; its ids, and when their lease runs out (the claim's token:
+        a later claim of the same notification sets another ``claimed_until``)."""
         with transaction(self.sessions) as session:
-            return claim_due(session, now=now, limit=self.batch_size, lease=self.lease)
+            return claim_due(session, now=now, limit=self.batch_size, lease=self.lease), now + self.lease
 
-    async def _send(self, notification_id: int, job: SendJob, finished: asyncio.Queue) -> None:
+    def _start_by(self, leased_until: datetime) -> float:
+        """The event loop time after which an attempt would outlast the lease."""
+        left = leased_until - self.attempt_timeout - self.clock.now()
+        return asyncio.get_running_loop().time() + left.total_seconds()
+
+    async def _send(self, notification_id: int, job: SendJob, leased_until: datetime, prepared_at: float,
+                    start_by: float, finished: asyncio.Queue) -> None:
+        """One attempt, or none (:class:`NotSent`) when a free slot or the channel's rate
+        limit would start it too late for the lease, or when what it was prepared on
+        changed while it waited."""
+        loop = asyncio.get_running_loop()
         async with self._limit:
             try:
                 throttle = self._throttles.get(job.channel)
-                if throttle is not None:
-                    await throttle.wait()
-                result = await self.channels[job.channel].send(job.message)
+                on_time = loop.time() <= start_by and (throttle is None or await throttle.wait(start_by))
+                if not on_time:
+                    finished.put_nowait((notification_id, job, NotSent("its claim's lease ran out before it could be sent")))
+                    return
+                if loop.time() - prepared_at > RECHECK_AFTER_S and not await asyncio.to_thread(
+                        self._still_as_prepared, notification_id, job, leased_until):
+                    finished.put_nowait((notification_id, job, NotSent("changed while it waited to be sent")))
+                    return
+                try:
+                    async with asyncio.timeout(self.attempt_timeout.total_seconds()):
+                        result = await self.channels[job.channel].send(job.message)
+                except TimeoutError:
+                    result = SendResult.retry("timeout", "no answer within the attempt's time")
                 DISPATCH_OUTCOMES.labels(job.channel, result.outcome.value).inc()
             except Exception as exc:  # a bug or an outage must not lose the notification
                 result, job = _internal(notification_id, exc), None  # type: ignore[assignment]
             finished.put_nowait((notification_id, job, result))
 
-    def _prepare_all(self, ids: list[int]) -> list[tuple[int, SendJob | Exception | None]]:
+    def _prepare_all(self, ids: list[int], leased_until: datetime) -> list[tuple[int, SendJob | Exception | None]]:
         """:meth:`_prepare` for each id; a failure is that notification's alone
         (recorded as an internal error)."""
-        prepared = self._each_in_savepoint(ids, self._prepare, prefetch=self._load_round)
+        prepared = self._each_in_savepoint(ids, lambda session, notification_id: self._prepare(
+            session, notification_id, leased_until), prefetch=self._load_round)
         return list(zip(ids, prepared, strict=True))
 
-    def _record_all(self, outcomes: list[tuple[int, SendJob | None, SendResult]]) -> None:
+    def _record_all(self, outcomes: list[tuple[int, SendJob | None, SendResult | NotSent]], leased_until: datetime) -> None:
         """:meth:`_record` for each finished send."""
         for (notification_id, _, _), done in zip(
-            outcomes, self._each_in_savepoint(outcomes, lambda session, outcome: self._record(session, *outcome),
-                                              prefetch=lambda session, items: _notifications(session, [o[0] for o in items])),
+            outcomes, self._each_in_savepoint(outcomes, lambda session, outcome: self._record(
+                session, *outcome, leased_until=leased_until),
+                prefetch=lambda session, items: _notifications(session, [o[0] for o in items])),
             strict=True,
         ):
             if isinstance(done, Exception):  # the lease ends and the claim loop takes it again
@@ -258,11 +314,12 @@ class Dispatcher:
         return [*notifications, *appointments, *load_preferences(session, patient_ids),
                 *session.scalars(select(Patient).where(Patient.id.in_(patient_ids)))]
 
-    def _prepare(self, session: Session, notification_id: int) -> SendJob | None:
-        """Pick channel and contact, render; or end the notification with its reason."""
+    def _prepare(self, session: Session, notification_id: int, leased_until: datetime) -> SendJob | None:
+        """Pick channel and contact, render; or end the notification with its reason.
+        Nothing for one no longer claimed by the claim that runs out at ``leased_until``."""
         now = self.clock.now()
         row = session.get(Notification, notification_id)
-        if row is None or row.status != "claimed":
+        if row is None or row.status != "claimed" or row.claimed_until != leased_until or now >= leased_until:
             return None
         moot = self._moot(session, row, now)
         if moot is not None:
@@ -342,6 +399,23 @@ class Dispatcher:
             return None
         return moot_at_send(self.rules.by_id(row.rule_id), start=appointment.start, status=appointment.status, now=now)
 
+    def _still_as_prepared(self, notification_id: int, job: SendJob, leased_until: datetime) -> bool:
+        """Whether what :meth:`_prepare` decided for ``job`` still holds, read afresh: the
+        claim is still this round's, the notice not moot, the patient's consent for the
+        kind on the channel not withdrawn, and the address still in use (not suspended
+        by a STOP or a wrong number)."""
+        with transaction(self.sessions) as session:
+            now = self.clock.now()
+            row = session.get(Notification, notification_id)
+            if row is None or row.status != "claimed" or row.claimed_until != leased_until:
+                return False
+            if self._moot(session, row, now) is not None:
+                return False
+            if not self.gate.decide_at_send(session, row.patient_id, row.kind, job.channel, now=now).allowed:
+                return False
+            in_use = reachable(session, self.gate.vault, row.patient_id, [job.channel])
+            return any(contact.address == job.message.to for contact in in_use)
+
     @staticmethod
     def _appointment(session: Session, row: Notification) -> Appointment | None:
         loaded = session.info.get(_APPOINTMENTS, {})
@@ -357,10 +431,22 @@ class Dispatcher:
             "appointment": {"start": appointment.start, "location": appointment.location} if appointment else {},
         }
 
-    def _record(self, session: Session, notification_id: int, job: SendJob | None, result: SendResult) -> None:
+    def _record(self, session: Session, notification_id: int, job: SendJob | None, result: SendResult | NotSent,
+                *, leased_until: datetime) -> None:
+        """The outcome of one attempt, or of none. What a provider accepted is recorded
+        whoever claims the notification now; anything else only while the claim is
+        still this round's."""
         now = self.clock.now()
         row = session.get(Notification, notification_id)
         if row is None or row.status != "claimed":
+            return
+        accepted = isinstance(result, SendResult) and result.outcome is Outcome.ACCEPTED and job is not None
+        if row.claimed_until != leased_until and not accepted:
+            return  # its lease ran out and it was claimed again: the new claim decides
+        if isinstance(result, NotSent):
+            # The next round decides afresh; what this one decided at send must not outlive it.
+            row.decision = {key: value for key, value in row.decision.items() if key != "at_send"}
+            release(session, row.id, at=now, now=now, error=result.reason)
             return
         row.attempts += 1
         if result.outcome is Outcome.ACCEPTED and job is not None:

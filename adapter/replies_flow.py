@@ -101,12 +101,14 @@ def sender_contacts(session: Session, container: Container, reply: InboundReply,
     ))
 
 
-def find_sender(session: Session, container: Container, reply: InboundReply, channel: str) -> Sender:
+def find_sender(session: Session, container: Container, reply: InboundReply, channel: str, *,
+                now: datetime) -> Sender:
     """Match by blind index; of the patients sharing the address, the one written to
     last. A reply answers the last message sent on that channel, and only when it asked
-    something ("1 to confirm, 2 to cancel") about an appointment still booked: a "No"
-    to a later cancellation notice must not cancel the appointment an older
-    confirmation asked about. Anything else goes to the operators' queue."""
+    something ("1 to confirm, 2 to cancel") about an appointment still booked and still
+    to come: a "No" to a later cancellation notice must not cancel the appointment an
+    older confirmation asked about, nor a "No" after the visit cancel, here and at the
+    hospital, a visit that took place. Anything else goes to the operators' queue."""
     contacts = sender_contacts(session, container, reply, channel)
     patient_ids = sorted({c.patient_id for c in contacts})
     if not patient_ids:
@@ -123,8 +125,10 @@ def find_sender(session: Session, container: Container, reply: InboundReply, cha
     )
     if last is None:
         return Sender(contacts, session.get(Patient, patient_ids[0]), None)
-    asks = last.kind in QUESTION_KINDS and session.scalar(
-        select(Appointment.status).where(Appointment.ref == last.subject_ref)) == "booked"
+    asked_about = session.execute(
+        select(Appointment.status, Appointment.start).where(Appointment.ref == last.subject_ref)).first()
+    asks = (last.kind in QUESTION_KINDS and asked_about is not None
+            and asked_about.status == "booked" and asked_about.start > now)
     return Sender(contacts, session.get(Patient, last.patient_id), last if asks else None)
 
 
@@ -134,7 +138,7 @@ def handle_reply(session: Session, container: Container, reply: InboundReply, ch
         PatientReply.provider == reply.provider, PatientReply.provider_message_id == reply.provider_message_id))
     if existing is not None:
         return existing
-    sender = find_sender(session, container, reply, channel)
+    sender = find_sender(session, container, reply, channel, now=reply.received_at or now)
     patient = sender.patient
     check = None
     if patient is not None:

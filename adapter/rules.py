@@ -26,6 +26,8 @@ Trigger = Literal[
 ]
 
 _UPCOMING = frozenset({"appointment.booked", "appointment.rescheduled", "appointment.cancelled"})
+# Triggers whose later notices take it that the visit happened (not a cancellation's or a no-show's).
+_VISIT = frozenset({"appointment.booked", "appointment.rescheduled", "appointment.fulfilled"})
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -76,6 +78,12 @@ class ReminderRule(BaseModel):
         follow-up) are about the visit that took place, as are no-show and fulfilment."""
         return self.before_start is not None or (self.immediately and self.when in _UPCOMING)
 
+    @property
+    def about_the_visit(self) -> bool:
+        """It speaks of the visit as having taken place: a follow-up after the start of
+        a booked appointment, or what is said when one is fulfilled."""
+        return not self.about_what_is_to_come and self.when in _VISIT
+
 
 class RuleSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -101,9 +109,13 @@ class RuleSet(BaseModel):
 def moot_at_send(rule: ReminderRule | None, *, start: datetime, status: str, now: datetime) -> str | None:
     """Why a notice of ``rule`` about an appointment (``start``, stored ``status``) must
     not go out at ``now`` though it was due: quiet hours, a provider's Retry-After or a
-    backlog can hold it past the start. None when it may go. Only what speaks of an
-    appointment to come is moot (a follow-up still goes); a cancellation notice is what
-    a cancelled appointment calls for. A rule no longer configured is not second-guessed.
+    backlog can hold it past the start, and what the hospital says next can come while
+    a worker holds it. None when it may go. What speaks of an appointment to come is
+    moot once it has started or been cancelled (a cancellation notice is what a
+    cancelled appointment calls for); what speaks of the visit as having taken place
+    (a follow-up) is moot when the patient did not come (a no-show: HL7 SIU^S26, FHIR
+    ``noshow``) or the appointment was cancelled (or entered in error). A rule no longer
+    configured is not second-guessed.
 
     >>> from datetime import UTC
     >>> rule = ReminderRule(id="r", when="appointment.booked", kind="reminder", before_start="2h")
@@ -112,13 +124,22 @@ def moot_at_send(rule: ReminderRule | None, *, start: datetime, status: str, now
     'the appointment had already started when it was due to be sent'
     >>> moot_at_send(rule, start=at, status="booked", now=at - timedelta(minutes=1)) is None
     True
+    >>> follow_up = ReminderRule(id="f", when="appointment.booked", kind="follow_up", after_start="1d")
+    >>> moot_at_send(follow_up, start=at, status="noshow", now=at + timedelta(days=1))
+    'the patient did not come to the appointment'
     """
-    if rule is None or not rule.about_what_is_to_come:
+    if rule is None:
         return None
-    if start <= now:
-        return "the appointment had already started when it was due to be sent"
-    if status == "cancelled" and rule.when != "appointment.cancelled":
-        return "the appointment had been cancelled when it was due to be sent"
+    if rule.about_what_is_to_come:
+        if start <= now:
+            return "the appointment had already started when it was due to be sent"
+        if status == "cancelled" and rule.when != "appointment.cancelled":
+            return "the appointment had been cancelled when it was due to be sent"
+    elif rule.about_the_visit:
+        if status == "noshow":
+            return "the patient did not come to the appointment"
+        if status == "cancelled":
+            return "the appointment had been cancelled when it was due to be sent"
     return None
 
 

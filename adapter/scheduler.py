@@ -4,8 +4,11 @@ One statement marks a small batch ``claimed`` with a lease (DESIGN.md "How work 
 claimed"): on PostgreSQL the batch is chosen ``FOR UPDATE SKIP LOCKED``, so two
 workers never take the same row and never wait on each other; on SQLite the
 engine opens every transaction with ``BEGIN IMMEDIATE``, which serialises
-claimers. A claim whose lease expired (its worker died) is claimable again; the
-idempotency key makes that second attempt safe at the provider.
+claimers. A claim whose lease expired (its worker died, or held it too long) is
+claimable again. Each claim sets ``claimed_until = now + lease``, which tells it from a
+later claim of the same row: the dispatcher acts on a notification only while it is
+still its claim, and starts an attempt only if it ends before the lease does
+(``adapter/dispatch.py``), since not every provider de-duplicates by idempotency key.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 for the design). Each pool process builds its own :class:`~adapter.bootstrap.Container`
 on first use (after the fork) and keeps one event loop for the channels' HTTP clients.
 
-- ``adapter.dispatch.send_batch(ids)``: send notifications a claim loop claimed.
-  Idempotent: a notification no longer ``claimed`` is skipped; a resend carries the
-  same idempotency key.
+- ``adapter.dispatch.send_batch(ids, leased_until)``: send notifications a claim loop
+  claimed until ``leased_until``. Idempotent: a notification no longer ``claimed``, or
+  claimed again since, is skipped; a resend carries the same idempotency key.
 - ``adapter.inbound.process_pending()``: map stored inbound messages (HL7, and FHIR
   versions stored by ``serve``) to events, one worker at a time (PostgreSQL
   advisory lock), oldest first.
@@ -23,6 +23,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from datetime import datetime
 
 from celery import Celery
 from sqlalchemy import text
@@ -61,9 +62,13 @@ def _run(coro):  # noqa: ANN001, ANN202
     return loop.run_until_complete(coro)
 
 
-def send_batch(ids: list[int]) -> int:
+def send_batch(ids: list[int], leased_until: str | None = None) -> int:
+    if leased_until is None:
+        # Published before claims carried their lease's end: left to run out and be claimed again.
+        log.warning("a batch without its lease's end was not sent", extra={"fields": {"notifications": len(ids)}})
+        return 0
     notification_ids = [int(i) for i in ids]
-    _run(container().dispatcher.deliver(notification_ids))
+    _run(container().dispatcher.deliver(notification_ids, datetime.fromisoformat(leased_until)))
     log.info("dispatched a batch", extra={"fields": {"notifications": len(notification_ids)}})
     return len(notification_ids)
 

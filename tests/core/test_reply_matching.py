@@ -81,3 +81,19 @@ def test_a_no_to_a_cancellation_notice_does_not_cancel_the_appointment_an_older_
                                          ev.Appointment(ref="t/B", start=T0 + timedelta(days=5)), reason="cancelled"))
     assert clinic.reply(OLD, "No") == "queue"
     assert clinic.status("t/A") == "booked"
+
+
+def test_a_no_after_the_appointment_has_started_goes_to_the_operators_and_cancels_nothing(tmp_path):
+    """The question "1 to confirm, 2 to cancel" closes when the appointment starts: a "No"
+    the day after the visit (to the reminder, the last message sent) must not cancel it
+    here and tell the hospital (SIU^S15, a FHIR cancellation) that the patient cancelled
+    a visit that took place, nor withdraw the follow-up."""
+    clinic = Clinic(tmp_path)
+    clinic.book("t/A", 3)
+    clinic.clock.set(T0 + timedelta(days=2))  # the 24-hour reminder goes
+    while asyncio.run(clinic.container.dispatcher.run_once()):
+        pass
+    clinic.clock.set(T0 + timedelta(days=3, hours=5))
+    assert clinic.reply(OLD, "2") == "queue"
+    assert clinic.reply(OLD, "Sì") == "queue"
+    assert clinic.status("t/A") == "booked"

@@ -1,6 +1,8 @@
 """What the dispatcher checks again at send time, beyond consent: a notice about an
 appointment to come is not sent once the appointment has started or been cancelled,
-however it came to be held back (quiet hours, a provider's Retry-After, a backlog).
+however it came to be held back (quiet hours, a provider's Retry-After, a backlog);
+and what changed while a prepared message waited for its turn (a STOP, a cancellation)
+holds back that message too.
 
 Real pipeline, dispatcher, TwilioChannel against :class:`FakeTwilio`, SQLite; a
 FrozenClock moved to the next due time."""
@@ -19,6 +21,8 @@ from adapter.bootstrap import Container
 from adapter.clock import FrozenClock
 from adapter.db import transaction
 from adapter.models import Notification
+from adapter.replies_flow import handle_reply
+from channels.base import InboundReply
 from channels.fakes import FakeTwilio
 from channels.twilio import TwilioChannel
 from tests.harness import migrated_container, settings_for
@@ -115,7 +119,7 @@ def test_a_reminder_claimed_before_its_appointment_was_cancelled_is_suppressed_n
         try:
             book(container, clock, start)
 
-            async def scenario() -> list[int]:
+            async def scenario() -> tuple[list[int], datetime]:
                 await drain(container, clock, until=clock.now())  # the booking confirmation
                 clock.set(start - timedelta(hours=24))
                 claimed = container.dispatcher._claim(clock.now())  # a worker has claimed the reminder...
@@ -123,12 +127,12 @@ def test_a_reminder_claimed_before_its_appointment_was_cancelled_is_suppressed_n
                     container.pipeline.handle(session, [ev.AppointmentCancelled(
                         ORIGIN, clock.now(), PATIENT, ev.Appointment("send-time/A1", start.astimezone(UTC)))],
                         now=clock.now())
-                await container.dispatcher.deliver(claimed)
+                await container.dispatcher.deliver(*claimed)
                 await drain(container, clock, until=clock.now() + timedelta(minutes=5))
                 await container.dispatcher.channels["sms"].aclose()
                 return claimed
 
-            ids = asyncio.run(scenario())
+            ids, _ = asyncio.run(scenario())
             rows = notices(container)
         finally:
             container.engine.dispose()
@@ -141,3 +145,176 @@ def test_a_reminder_claimed_before_its_appointment_was_cancelled_is_suppressed_n
     # The cancellation notice is what a cancelled appointment calls for: it goes.
     assert rows["cancellation-notice"].status == "sent"
     assert twilio.deliveries[rows["cancellation-notice"].idempotency_key] == 1
+
+
+def throttled_rig(tmp_path, twilio: FakeTwilio, clock: FrozenClock) -> Container:
+    """One SMS every 4 s: a round's second message waits for its turn that long."""
+    settings = settings_for(tmp_path, channels=["sms"], twilio_api_base=twilio.base_url,
+                            twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
+                            twilio_from=FROM, channel_rate_limits={"sms": 0.25})
+    container = migrated_container(settings, clock)
+    container.dispatcher.channels["sms"] = TwilioChannel.from_settings(settings, client=httpx.AsyncClient(timeout=5))
+    return container
+
+
+def book_two(container: Container, clock: FrozenClock, start: datetime) -> None:
+    """The patient of this module, then a second one (whose confirmation waits its turn)."""
+    second = ev.PatientDetails(key=ev.Identifier("urn:oid:send-time", "MRN2", "MR"), given_name="Anna",
+                               family_name="Bianchi", language="it",
+                               telecom=(ev.ContactPoint("phone", "+393337654321", "mobile", 1),))
+    with transaction(container.sessions) as session:
+        for n, patient in enumerate((PATIENT, second), start=1):
+            container.pipeline.handle(session, [ev.AppointmentBooked(
+                ev.Origin("api", "send-time-test", f"B{n}"), clock.now(), patient,
+                ev.Appointment(f"send-time/A{n}", start.astimezone(UTC), "Prelievi"))], now=clock.now())
+
+
+def while_the_second_waits(container: Container, clock: FrozenClock, change) -> None:  # noqa: ANN001
+    """A round sends the first confirmation; ``change`` comes while the second waits for
+    its turn; then the dispatcher runs until nothing is due."""
+
+    async def scenario() -> None:
+        round_one = asyncio.create_task(container.dispatcher.run_once())
+        await asyncio.sleep(1.5)
+        with transaction(container.sessions) as session:
+            change(session)
+        assert await round_one == 2
+        await drain(container, clock, until=clock.now())
+        await container.dispatcher.channels["sms"].aclose()
+
+    asyncio.run(scenario())
+
+
+def confirmations(container: Container) -> list[Notification]:
+    with transaction(container.sessions) as session:
+        rows = list(session.scalars(select(Notification).where(Notification.kind == "booking_confirmation")
+                                    .order_by(Notification.id)))
+        session.expunge_all()
+    return rows
+
+
+def test_a_stop_received_while_the_message_waits_for_its_turn_is_obeyed_and_the_message_not_sent(tmp_path):
+    clock = FrozenClock(datetime(2026, 3, 10, 10, 0, tzinfo=ROME))
+    with FakeTwilio() as twilio:
+        container = throttled_rig(tmp_path, twilio, clock)
+        try:
+            book_two(container, clock, datetime(2026, 3, 20, 10, 0, tzinfo=ROME))
+            while_the_second_waits(container, clock, lambda session: handle_reply(
+                session, container, InboundReply("twilio", "+393337654321", "STOP", "SM-stop-1"), "sms",
+                now=clock.now()))
+            first, second = confirmations(container)
+            suppressed = audited(container, "suppressed")
+        finally:
+            container.engine.dispose()
+    assert first.status == "sent" and twilio.deliveries[first.idempotency_key] == 1
+    assert twilio.deliveries[second.idempotency_key] == 0
+    assert second.status == "suppressed", (second.status, second.sent_at)
+    assert second.reason == "no usable contact for any live channel", second.reason  # the STOP suspended it
+    assert "at_send" not in second.decision  # the consent given at the first preparation is not its record
+    assert second.reason in suppressed
+
+
+def test_a_cancellation_received_while_the_confirmation_waits_for_its_turn_suppresses_it(tmp_path):
+    clock = FrozenClock(datetime(2026, 3, 10, 10, 0, tzinfo=ROME))
+    start = datetime(2026, 3, 20, 10, 0, tzinfo=ROME)
+    second_patient = ev.PatientDetails(key=ev.Identifier("urn:oid:send-time", "MRN2", "MR"))
+    with FakeTwilio() as twilio:
+        container = throttled_rig(tmp_path, twilio, clock)
+        try:
+            book_two(container, clock, start)
+            while_the_second_waits(container, clock, lambda session: container.pipeline.handle(session, [
+                ev.AppointmentCancelled(ev.Origin("api", "send-time-test", "C2"), clock.now(), second_patient,
+                                        ev.Appointment("send-time/A2", start.astimezone(UTC)))], now=clock.now()))
+            first, second = confirmations(container)
+        finally:
+            container.engine.dispose()
+    assert first.status == "sent"
+    assert twilio.deliveries[second.idempotency_key] == 0
+    assert second.status == "suppressed"
+    assert second.reason == "the appointment had been cancelled when it was due to be sent"
+
+
+def test_a_no_show_withdraws_the_follow_up_waiting_for_its_time(tmp_path):
+    clock = FrozenClock(datetime(2026, 3, 10, 10, 0, tzinfo=ROME))
+    start = datetime(2026, 3, 12, 10, 0, tzinfo=ROME)
+    with FakeTwilio() as twilio:
+        container = rig(tmp_path, twilio, clock)
+        try:
+            book(container, clock, start)
+            clock.set(start + timedelta(hours=3))  # the hospital records that the patient did not come
+            with transaction(container.sessions) as session:
+                container.pipeline.handle(session, [ev.AppointmentNoShow(
+                    ORIGIN, clock.now(), PATIENT, ev.Appointment("send-time/A1", start.astimezone(UTC)))],
+                    now=clock.now())
+            asyncio.run(drain(container, clock, until=start.astimezone(UTC) + timedelta(days=3)))
+            rows = notices(container)
+            withdrawn = audited(container, "cancelled")
+        finally:
+            container.engine.dispose()
+    follow_up = rows["follow-up"]
+    assert follow_up.status == "cancelled" and follow_up.reason == "patient did not show"
+    assert follow_up.reason in withdrawn
+    assert twilio.deliveries[follow_up.idempotency_key] == 0
+
+
+def test_a_follow_up_claimed_when_the_no_show_comes_is_suppressed_not_sent(tmp_path):
+    # A worker has claimed the follow-up ("thank you for your visit") when the hospital's
+    # no-show (SIU^S26, FHIR Appointment.status noshow) comes in.
+    clock = FrozenClock(datetime(2026, 3, 10, 10, 0, tzinfo=ROME))
+    start = datetime(2026, 3, 12, 10, 0, tzinfo=ROME)
+    with FakeTwilio() as twilio:
+        container = rig(tmp_path, twilio, clock)
+        try:
+            book(container, clock, start)
+
+            async def scenario() -> None:
+                await drain(container, clock, until=start.astimezone(UTC) - timedelta(minutes=1))  # confirmation, reminders
+                clock.set(datetime(2026, 3, 13, 10, 0, 1, tzinfo=ROME))
+                claimed = container.dispatcher._claim(clock.now())
+                with transaction(container.sessions) as session:
+                    container.pipeline.handle(session, [ev.AppointmentNoShow(
+                        ORIGIN, clock.now(), PATIENT, ev.Appointment("send-time/A1", start.astimezone(UTC)))],
+                        now=clock.now())
+                await container.dispatcher.deliver(*claimed)
+                await container.dispatcher.channels["sms"].aclose()
+
+            asyncio.run(scenario())
+            rows = notices(container)
+            suppressed = audited(container, "suppressed")
+        finally:
+            container.engine.dispose()
+    follow_up = rows["follow-up"]
+    assert twilio.deliveries[follow_up.idempotency_key] == 0
+    assert follow_up.status == "suppressed", follow_up.status
+    assert follow_up.reason == "the patient did not come to the appointment"
+    assert follow_up.decision["at_send"] == {"appointment": follow_up.reason}
+    assert follow_up.reason in suppressed
+
+
+def test_a_follow_up_claimed_when_the_appointment_is_found_entered_in_error_is_suppressed_not_sent(tmp_path):
+    clock = FrozenClock(datetime(2026, 3, 10, 10, 0, tzinfo=ROME))
+    start = datetime(2026, 3, 12, 10, 0, tzinfo=ROME)
+    with FakeTwilio() as twilio:
+        container = rig(tmp_path, twilio, clock)
+        try:
+            book(container, clock, start)
+
+            async def scenario() -> None:
+                await drain(container, clock, until=start.astimezone(UTC) - timedelta(minutes=1))
+                clock.set(datetime(2026, 3, 13, 10, 0, 1, tzinfo=ROME))
+                claimed = container.dispatcher._claim(clock.now())
+                with transaction(container.sessions) as session:
+                    container.pipeline.handle(session, [ev.AppointmentCancelled(
+                        ORIGIN, clock.now(), PATIENT, ev.Appointment("send-time/A1", start.astimezone(UTC)),
+                        reason="entered-in-error")], now=clock.now())
+                await container.dispatcher.deliver(*claimed)
+                await container.dispatcher.channels["sms"].aclose()
+
+            asyncio.run(scenario())
+            rows = notices(container)
+        finally:
+            container.engine.dispose()
+    follow_up = rows["follow-up"]
+    assert twilio.deliveries[follow_up.idempotency_key] == 0
+    assert follow_up.status == "suppressed", follow_up.status
+    assert follow_up.reason == "the appointment had been cancelled when it was due to be sent"

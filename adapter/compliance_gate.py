@@ -74,8 +74,10 @@ class ComplianceGate:
     def from_config(cls, *, vault: Vault, audit: AuditLog, config_dir: Path, templates: TemplateBook) -> ComplianceGate:
         policy = load_policy(config_dir / "purposes.yaml")
         policy.check_kinds(templates.kinds(templates.default_language))
-        kinds = {template_id: template_id.split("/", 1)[1] for template_id in templates.sources}
-        problems = lint_templates(templates.sources, kinds, policy.template_lint)
+        # Subject lines too: an e-mail's subject shows on a locked phone.
+        sources = {**templates.sources, **{f"{tid}.subject": source for tid, source in templates.subject_sources.items()}}
+        kinds = {name: name.split("/", 1)[1].removesuffix(".subject") for name in sources}
+        problems = lint_templates(sources, kinds, policy.template_lint)
         if problems:
             raise ConfigError("; ".join(str(problem) for problem in problems))
         return cls(vault=vault, audit=audit, policy=policy)

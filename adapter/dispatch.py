@@ -358,6 +358,7 @@ class Dispatcher:
             message = OutboundMessage(
                 to=contact.address,
                 body=rendered.body,
+                subject=rendered.subject or self.clinic.name,
                 idempotency_key=row.idempotency_key,
                 language=language,
                 urgent=row.urgent,

@@ -1,6 +1,7 @@
 """Message templates: Jinja2 in a sandbox, one file per kind and language under
-``config/templates/<lang>/<kind>.txt.j2``; dates written as people write them
-(Babel), in the clinic's time zone."""
+``config/templates/<lang>/<kind>.txt.j2``, and beside it the e-mail subject line,
+``<kind>.subject.j2``; dates written as people write them (Babel), in the clinic's
+time zone."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ WHEN_PATTERN = {"it": "EEEE d MMMM 'alle' HH:mm", "en": "EEEE d MMMM 'at' HH:mm"
 class Rendered:
     body: str
     template_id: str  # "<lang>/<kind>"
-    template_version: str  # first 12 hex of the source's sha256
+    template_version: str  # first 12 hex of the sha256 of its sources (text, then subject)
+    subject: str | None = None  # the e-mail subject line; None when the kind has none
 
 
 def when_text(moment: datetime, language: str, tz: ZoneInfo) -> str:
@@ -44,21 +46,30 @@ class TemplateBook:
         self._env = ImmutableSandboxedEnvironment(
             undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
         )
-        self.sources: dict[str, str] = {}
-        self._compiled: dict[str, Any] = {}
-        for path in sorted(root.glob("*/*.txt.j2")):
-            template_id = f"{path.parent.name}/{path.name.removesuffix('.txt.j2')}"
-            source = path.read_text(encoding="utf-8")
-            try:
-                self._compiled[template_id] = self._env.from_string(source)
-            except TemplateError as exc:
-                raise ConfigError(f"{path}: template does not compile: {exc}") from exc
-            self.sources[template_id] = source
-        # Worked out once: each send asks for them.
-        self._versions = {tid: hashlib.sha256(source.encode()).hexdigest()[:12] for tid, source in self.sources.items()}
+        self.sources = self._load(root, ".txt.j2")
+        self.subject_sources = self._load(root, ".subject.j2")
+        self._compiled = {tid: self._compile(root, tid, source, ".txt.j2") for tid, source in self.sources.items()}
+        self._subjects = {tid: self._compile(root, tid, source, ".subject.j2")
+                          for tid, source in self.subject_sources.items()}
+        # Worked out once: each send asks for them. What was sent is both sources.
+        self._versions = {
+            tid: hashlib.sha256((source + "\0" + self.subject_sources.get(tid, "")).encode()).hexdigest()[:12]
+            for tid, source in self.sources.items()}
         self._languages = {tid.split("/")[0] for tid in self.sources}
         if default_language not in self._languages:
             raise ConfigError(f"{root}: no templates for the default language {default_language!r}")
+
+    @staticmethod
+    def _load(root: Path, suffix: str) -> dict[str, str]:
+        """``<lang>/<kind>`` → source, of the files under ``root`` ending in ``suffix``."""
+        return {f"{path.parent.name}/{path.name.removesuffix(suffix)}": path.read_text(encoding="utf-8")
+                for path in sorted(root.glob(f"*/*{suffix}"))}
+
+    def _compile(self, root: Path, template_id: str, source: str, suffix: str) -> Any:
+        try:
+            return self._env.from_string(source)
+        except TemplateError as exc:
+            raise ConfigError(f"{root}/{template_id}{suffix}: template does not compile: {exc}") from exc
 
     def kinds(self, language: str) -> set[str]:
         return {tid.split("/")[1] for tid in self.sources if tid.startswith(f"{language}/")}
@@ -85,8 +96,11 @@ class TemplateBook:
         template = self._compiled.get(template_id)
         if template is None:
             raise ConfigError(f"no template for kind {kind!r}")
-        body = " ".join(template.render(**localise(context, lang, self.tz)).split())
-        return Rendered(body=body, template_id=template_id, template_version=self._versions[template_id])
+        values = localise(context, lang, self.tz)
+        body = " ".join(template.render(**values).split())
+        subject = self._subjects.get(template_id)
+        return Rendered(body=body, template_id=template_id, template_version=self._versions[template_id],
+                        subject=" ".join(subject.render(**values).split()) if subject is not None else None)
 
 
 def localise(context: dict[str, Any], language: str, tz: ZoneInfo) -> dict[str, Any]:

@@ -43,11 +43,11 @@ def build_email(message: OutboundMessage, sender: str) -> EmailMessage:
     mail["Subject"] = message.subject or ""
     mail["Date"] = formatdate(localtime=False, usegmt=True)
     mail["Message-ID"] = message_id_for(message.idempotency_key, sender)
-    if message.language:
-        mail["Content-Language"] = message.language
     mail.set_content(message.body)
     if message.html_body:
         mail.add_alternative(message.html_body, subtype="html")
+    if message.language:  # after the content: setting it clears every Content-* header
+        mail["Content-Language"] = message.language
     return mail
 
 

@@ -93,3 +93,17 @@ def test_a_failure_reported_after_the_delivery_is_not_failed_over(tmp_path):
         row = run(rig, ("delivered", None), ("failed", "30008"))
     assert (row.status, row.channel, row.tried_channels) == ("delivered", "sms", [])
     assert smtp.deliveries[message_id_for(row.idempotency_key, SENDER)] == 0
+
+
+def test_an_e_mail_notice_carries_its_kinds_subject_line_in_the_patients_language(tmp_path):
+    """E-mails used to go out with an empty Subject (the dispatcher never set one) and
+    without their Content-Language (set before the body, which clears every Content-*
+    header). Each kind has its line beside its text (config/templates/<lang>/<kind>.subject.j2)."""
+    with FakeTwilio() as twilio, FakeSmtp() as smtp:
+        rig = make_rig(tmp_path, None, 1, twilio, smtp)
+        row = run(rig, ("undelivered", "30003"))
+        assert row.channel == "email"
+        [mail] = smtp.messages
+    clinic = rig.container.settings.clinic_name
+    assert mail["Subject"] == f"{clinic}: conferma del suo appuntamento"
+    assert mail["Content-Language"] == "it"

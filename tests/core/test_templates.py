@@ -1,3 +1,4 @@
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -46,3 +47,23 @@ def test_templates_run_in_a_sandbox(tmp_path):
     book = TemplateBook(tmp_path, default_language="it", tz=ROME)
     with pytest.raises(SecurityError):
         book.render("evil", "it", {"patient": CONTEXT["patient"]})
+
+
+def test_every_kind_has_an_e_mail_subject_line_in_both_languages_and_the_version_covers_it():
+    assert {tid.split("/")[1] for tid in BOOK.subject_sources} == BOOK.kinds("it") == BOOK.kinds("en")
+    rendered = BOOK.render("reminder", "en", CONTEXT)
+    assert rendered.subject == "Poliambulatorio San Luca: appointment reminder"
+    text, subject = BOOK.sources["en/reminder"], BOOK.subject_sources["en/reminder"]
+    assert rendered.template_version == hashlib.sha256(f"{text}\0{subject}".encode()).hexdigest()[:12]
+
+
+def test_a_subject_line_naming_a_clinical_field_is_refused_at_start_up(tmp_path):
+    import shutil
+
+    from tests.harness import migrated_container, settings_for
+
+    config = tmp_path / "config"
+    shutil.copytree("config", config)
+    (config / "templates" / "it" / "reminder.subject.j2").write_text("Promemoria: {{ appointment.diagnosis }}")
+    with pytest.raises(ConfigError, match="reminder.subject"):
+        migrated_container(settings_for(tmp_path, config_dir=config))

@@ -48,6 +48,10 @@ ATTEMPT_TIMEOUT = timedelta(seconds=30)
 # rate limit, a free slot) is looked at again just before it goes: a STOP, a "wrong
 # number" or a cancellation may have come meanwhile, and consent counts as of the send.
 RECHECK_AFTER_S = 1.0
+# How long a notification waits when the provider refused the adapter's account
+# (Outcome.REFUSED_ACCOUNT) before it is tried again; an operator fixes the settings.
+REFUSED_ACCOUNT_WAIT = timedelta(minutes=5)
+REFUSED_ACCOUNT = "the provider refused the adapter's account (credentials); waiting for an operator to fix it"
 # Errors after which the provider may or may not have accepted the message.
 AMBIGUOUS_ERRORS = frozenset({"timeout", "disconnected"})
 
@@ -158,6 +162,7 @@ class Dispatcher:
         self._limit = asyncio.Semaphore(concurrency)
         self.window = window
         self._throttles = {name: Throttle(rate) for name, rate in (rate_limits or {}).items() if rate > 0}
+        self.accounts_refused: dict[str, datetime] = {}  # channel → when its provider last refused our account
         # Set by ``serve``: whether an ACK or a FHIR request waits (see adapter/waiting.py).
         self.others_waiting: Callable[[], bool] = lambda: False
         # Set by ``serve``: before each transaction after a round's first, wait for a pause
@@ -462,6 +467,12 @@ class Dispatcher:
             return
         error = f"{result.error_code or ''} {result.error_text or ''}".strip()[:200]
         channel = job.channel if job is not None else (row.channel or "internal")
+        if result.outcome is Outcome.REFUSED_ACCOUNT:
+            # Not this patient's failure, and every send on the channel meets it: no
+            # attempt counted, no failover, no end; it waits, and the operator is told.
+            self._account_refused(channel, result.error_code or "", now)
+            release(session, row.id, at=now + REFUSED_ACCOUNT_WAIT, now=now, error=f"{REFUSED_ACCOUNT} ({error})")
+            return
         tries = dict(row.decision.get("attempts_by_channel", {}))
         tries[channel] = tries.get(channel, 0) + 1
         unclear = set(row.decision.get("unclear_on", []))
@@ -484,6 +495,15 @@ class Dispatcher:
                       "delivered it, so it is not sent again by another channel", now)
             return
         self.fail_over(session, row, channel, error, now=now)
+
+    def _account_refused(self, channel: str, code: str, now: datetime) -> None:
+        """Remember when ``channel``'s provider last refused our account (``/health/ready``
+        reports it) and log it, once a minute per channel at most."""
+        last = self.accounts_refused.get(channel)
+        self.accounts_refused[channel] = now
+        if last is None or now - last >= timedelta(minutes=1):
+            log.error("%s: the provider refused the adapter's account (code %s); its notifications wait "
+                      "until the channel's settings are fixed", channel, code)
 
     def fail_over(self, session: Session, row: Notification, channel: str, error: str, *, now: datetime) -> None:
         """A final error on ``channel``, answered to the send (``row`` claimed) or reported

@@ -5,6 +5,7 @@ call the core, map errors."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
@@ -162,6 +163,9 @@ def api_router(container: Container) -> APIRouter:
     return router
 
 
+REFUSED_RECENTLY = timedelta(minutes=15)
+
+
 def health_router(container: Container) -> APIRouter:
     router = APIRouter(prefix="/health", tags=["health"])
 
@@ -183,6 +187,10 @@ def health_router(container: Container) -> APIRouter:
                 silent = silent_subscriptions(session, container.clock.now())
             # Servers accept subscriptions that never fire: silence is an alert.
             checks["fhir_subscriptions"] = "ok" if not silent else f"{len(silent)} silent"
+        refused = sorted(channel for channel, at in container.dispatcher.accounts_refused.items()
+                         if container.clock.now() - at < REFUSED_RECENTLY)
+        # A provider refusing our credentials stops a whole channel (seen by this process's sender).
+        checks["channels"] = "ok" if not refused else "account refused by the provider: " + ", ".join(refused)
         if container.settings.broker_url:  # production mode: workers need the broker
             from adapter.celery_app import broker_status
 

@@ -47,9 +47,13 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
 
 
 def by_http_status(status: int, code: str, text: str, retry_after: float | None) -> SendResult:
-    """The default split: 408, 429 and 5xx are retryable, any other 4xx is final."""
+    """The default split: 408, 429 and 5xx are retryable; 401 is our account refused
+    (Twilio 20003, WhatsApp 190 expired token, Telegram's revoked bot token); any
+    other 4xx is final."""
     if status in (408, 425, 429) or status >= 500:
         return SendResult.retry(code, redact(text), retry_after)
+    if status == 401:
+        return SendResult.refused_account(code, redact(text))
     return SendResult.fail(code, redact(text))
 
 

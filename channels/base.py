@@ -53,6 +53,10 @@ class Outcome(StrEnum):
     ACCEPTED = "accepted"  # the provider took it; delivery is reported by status webhooks
     RETRYABLE = "retryable"  # time-out, 429, 5xx: try again later, same idempotency key
     FINAL = "final"  # invalid number, blocked, other 4xx: fail over to the next channel
+    # The provider refused our account (credentials expired or wrong, 401, SMTP 535):
+    # nothing about this patient, and every send on the channel meets it until an
+    # operator fixes the settings. The dispatcher waits, counting no attempt.
+    REFUSED_ACCOUNT = "refused_account"
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,10 @@ class SendResult:
     @classmethod
     def fail(cls, code: str, text: str) -> SendResult:
         return cls(Outcome.FINAL, error_code=code, error_text=text)
+
+    @classmethod
+    def refused_account(cls, code: str, text: str) -> SendResult:
+        return cls(Outcome.REFUSED_ACCOUNT, error_code=code, error_text=text)
 
 
 @dataclass(frozen=True)

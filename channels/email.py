@@ -135,4 +135,10 @@ def _by_smtp_code(code: int, reply: bytes | str) -> SendResult:
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
     if 400 <= code < 500:
         return SendResult.retry(str(code), redact(text))
+    if code in _ACCOUNT_REFUSED:
+        return SendResult.refused_account(str(code), redact(text))
     return SendResult.fail(str(code), redact(text))
+
+
+# RFC 4954 §6: authentication required, mechanism too weak, credentials invalid.
+_ACCOUNT_REFUSED = frozenset({530, 534, 535})

@@ -107,3 +107,43 @@ def test_an_e_mail_notice_carries_its_kinds_subject_line_in_the_patients_languag
     clinic = rig.container.settings.clinic_name
     assert mail["Subject"] == f"{clinic}: conferma del suo appuntamento"
     assert mail["Content-Language"] == "it"
+
+
+def test_a_provider_refusing_the_adapters_account_keeps_the_notice_waiting_and_says_so(tmp_path):
+    """An expired token made every send a final failure: each queued notice failed over,
+    or ended failed where SMS was the only channel, with no way to send it again once the
+    token was fixed. Now it waits (no attempt counted, no failover) and readiness says why."""
+    from adapter.dispatch import REFUSED_ACCOUNT_WAIT
+    from adapter.web import health_router
+    from channels.twilio import TwilioChannel
+    from tests.core.test_reliability import START
+
+    with FakeTwilio() as twilio, FakeSmtp() as smtp:
+        rig = make_rig(tmp_path, None, 1, twilio, smtp)
+        settings = rig.container.settings
+        rig.container.dispatcher.channels["sms"] = TwilioChannel(
+            api_base=twilio.base_url, account_sid=twilio.account_sid, auth_token="expired",
+            from_number=settings.twilio_from, client=httpx.AsyncClient())
+
+        async def scenario() -> httpx.Response:
+            try:
+                assert await rig.container.dispatcher.run_once() == 1
+                assert await rig.container.dispatcher.run_once() == 0  # waiting, not failed over
+                app = FastAPI()
+                app.include_router(health_router(rig.container))
+                async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+                    return await client.get("/health/ready")
+            finally:
+                await rig.container.dispatcher.channels["sms"].aclose()
+
+        try:
+            ready = asyncio.run(scenario())
+            row = notice(rig)
+        finally:
+            rig.container.engine.dispose()
+        assert (row.status, row.tried_channels) == ("scheduled", [])
+        assert row.scheduled_for == START + REFUSED_ACCOUNT_WAIT and "20003" in row.last_error
+        assert row.decision.get("attempts_by_channel", {}).get("sms") is None
+        assert not smtp.messages and twilio.deliveries == {}
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["channels"] == "account refused by the provider: sms"

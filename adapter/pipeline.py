@@ -431,7 +431,13 @@ def _appointment_row(patient_id: str, event: ev.Event, status: str, now: datetim
 def why_record(
     event: ev.Event, planned: PlannedNotification, consent: dict, status: str, reason: str | None
 ) -> dict:
-    """The decision record kept with each notification (``/why``): no personal data."""
+    """The decision record kept with each notification (``/why``): no personal data.
+    A notice about an appointment keeps the start it was planned for (the dispatcher
+    finds by it one planned before the appointment moved)."""
+    rule = {"id": planned.rule_id, "kind": planned.kind, "scheduled_for": planned.scheduled_for.isoformat()}
+    appointment = getattr(event, "appointment", None)
+    if appointment is not None and appointment.start is not None:
+        rule["appointment_start"] = appointment.start.isoformat()
     return {
         "event": {
             "type": type(event).__name__,
@@ -440,6 +446,6 @@ def why_record(
             "message_ref": event.origin.message_ref,
             "occurred_at": event.occurred_at.isoformat(),
         },
-        "rule": {"id": planned.rule_id, "kind": planned.kind, "scheduled_for": planned.scheduled_for.isoformat()},
+        "rule": rule,
         "at_schedule": {"status": status, "reason": reason, "consent": consent},
     }

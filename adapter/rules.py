@@ -106,7 +106,11 @@ class RuleSet(BaseModel):
         return next((rule for rule in self.rules if rule.id == rule_id), None)
 
 
-def moot_at_send(rule: ReminderRule | None, *, start: datetime, status: str, now: datetime) -> str | None:
+MOVED = "the appointment was moved after it was planned; the reminder for the new time is planned apart"
+
+
+def moot_at_send(rule: ReminderRule | None, *, start: datetime, status: str, now: datetime,
+                 planned_for: datetime | None = None) -> str | None:
     """Why a notice of ``rule`` about an appointment (``start``, stored ``status``) must
     not go out at ``now`` though it was due: quiet hours, a provider's Retry-After or a
     backlog can hold it past the start, and what the hospital says next can come while
@@ -114,8 +118,10 @@ def moot_at_send(rule: ReminderRule | None, *, start: datetime, status: str, now
     moot once it has started or been cancelled (a cancellation notice is what a
     cancelled appointment calls for); what speaks of the visit as having taken place
     (a follow-up) is moot when the patient did not come (a no-show: HL7 SIU^S26, FHIR
-    ``noshow``) or the appointment was cancelled (or entered in error). A rule no longer
-    configured is not second-guessed.
+    ``noshow``) or the appointment was cancelled (or entered in error). A timed notice
+    planned for another start (``planned_for``: the appointment has moved since) is moot:
+    a reschedule plans the timed notices anew, and withdraws those still waiting, not one
+    a worker already holds. A rule no longer configured is not second-guessed.
 
     >>> from datetime import UTC
     >>> rule = ReminderRule(id="r", when="appointment.booked", kind="reminder", before_start="2h")
@@ -130,6 +136,8 @@ def moot_at_send(rule: ReminderRule | None, *, start: datetime, status: str, now
     """
     if rule is None:
         return None
+    if rule.timed and planned_for is not None and planned_for != start and status == "booked":
+        return MOVED
     if rule.about_what_is_to_come:
         if start <= now:
             return "the appointment had already started when it was due to be sent"

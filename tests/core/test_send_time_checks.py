@@ -318,3 +318,37 @@ def test_a_follow_up_claimed_when_the_appointment_is_found_entered_in_error_is_s
     assert twilio.deliveries[follow_up.idempotency_key] == 0
     assert follow_up.status == "suppressed", follow_up.status
     assert follow_up.reason == "the appointment had been cancelled when it was due to be sent"
+
+
+def test_a_reminder_claimed_before_its_appointment_was_moved_is_suppressed_and_the_new_one_goes(tmp_path):
+    """A reminder a worker held when the reschedule came went out anyway, with the new
+    time in it, beside the reminder planned for the new time: the patient got it twice."""
+    clock = FrozenClock(datetime(2026, 3, 10, 10, 0, tzinfo=ROME))
+    start, moved = datetime(2026, 3, 20, 10, 0, tzinfo=ROME), datetime(2026, 3, 20, 16, 0, tzinfo=ROME)
+    with FakeTwilio() as twilio:
+        container = rig(tmp_path, twilio, clock)
+        try:
+            book(container, clock, start)
+
+            async def scenario() -> list[int]:
+                await drain(container, clock, until=clock.now())  # the booking confirmation
+                clock.set(start - timedelta(hours=24))
+                claimed = container.dispatcher._claim(clock.now())  # a worker has claimed the reminder...
+                with transaction(container.sessions) as session:  # ...when the appointment is moved
+                    container.pipeline.handle(session, [ev.AppointmentRescheduled(
+                        ORIGIN, clock.now(), PATIENT, ev.Appointment("send-time/A1", moved.astimezone(UTC)),
+                        previous_start=start.astimezone(UTC))], now=clock.now())
+                await container.dispatcher.deliver(*claimed)
+                await drain(container, clock, until=moved - timedelta(hours=23))
+                await container.dispatcher.channels["sms"].aclose()
+                return claimed[0]
+
+            ids = asyncio.run(scenario())
+            with transaction(container.sessions) as session:
+                reminders = [(row.id, row.status, row.reason) for row in session.scalars(
+                    select(Notification).where(Notification.rule_id == "reminder-24h").order_by(Notification.id))]
+        finally:
+            container.engine.dispose()
+    (old, old_status, reason), (_, new_status, _) = reminders
+    assert ids == [old] and (old_status, new_status) == ("suppressed", "sent")
+    assert reason == "the appointment was moved after it was planned; the reminder for the new time is planned apart"

@@ -13,11 +13,19 @@ from dateutil.easter import easter
 # Labour Day, Republic Day, Assumption, All Saints, Immaculate Conception,
 # Christmas, St Stephen.
 FIXED_HOLIDAYS = {(1, 1), (1, 6), (4, 25), (5, 1), (6, 2), (8, 15), (11, 1), (12, 8), (12, 25), (12, 26)}
+# Fixed national holidays added later, from the year they took effect: St Francis of
+# Assisi, patron of Italy, 4 October (L. 151/2025, in force from 1 January 2026).
+FIXED_HOLIDAYS_FROM = {(10, 4): 2026}
 
 
 def italian_holidays(year: int) -> set[date]:
-    """National public holidays of ``year``, including Easter Monday."""
+    """National public holidays of ``year``, including Easter Monday.
+
+    >>> date(2026, 10, 4) in italian_holidays(2026), date(2025, 10, 4) in italian_holidays(2025)
+    (True, False)
+    """
     days = {date(year, month, day) for month, day in FIXED_HOLIDAYS}
+    days |= {date(year, month, day) for (month, day), first in FIXED_HOLIDAYS_FROM.items() if year >= first}
     days.add(easter(year) + timedelta(days=1))
     days.add(easter(year))
     return days

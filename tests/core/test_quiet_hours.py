@@ -23,6 +23,14 @@ def test_italian_public_holidays_include_the_fixed_days_and_easter_monday():
     assert datetime(2027, 3, 29).date() in days  # Easter Monday 2027
 
 
+def test_saint_francis_on_4_october_is_a_national_holiday_from_2026_and_not_before():
+    """L. 151/2025 (GU n. 236, 10 October 2025), in force from 1 January 2026."""
+    assert datetime(2025, 10, 4).date() not in italian_holidays(2025)
+    assert datetime(2026, 10, 4).date() in italian_holidays(2026)
+    assert not WINDOW.allows(rome(2027, 10, 4, 10, 0))  # a Monday
+    assert WINDOW.next_open(rome(2027, 10, 3, 22, 0)) == rome(2027, 10, 5, 8, 0)
+
+
 def test_a_message_due_at_night_waits_for_the_morning_and_skips_holidays():
     assert WINDOW.next_open(rome(2026, 12, 1, 23, 30)) == rome(2026, 12, 2, 8, 0)
     assert WINDOW.next_open(rome(2026, 12, 24, 22, 0)) == rome(2026, 12, 27, 8, 0)

@@ -195,3 +195,39 @@ def test_erasure_deletes_the_raw_hl7_messages_and_callbacks_that_held_the_patien
 
 def container_audit_ok(container, session) -> bool:
     return container.audit.verify(session).ok
+
+
+def test_a_patient_key_another_process_has_cached_stops_working_once_its_erasure_commits(tmp_path, database_url):
+    """Process A (here) reads the patient's contact, so holds their key in memory; process
+    B (`python -m adapter gdpr erase`) erases them. A's next transaction can neither open a
+    copy of the contact it kept (as a backup would) nor seal anything new with that key."""
+    import os
+    import subprocess
+    import sys
+
+    from adapter.models import Contact
+    from compliance.errors import KeyDestroyed
+    from tests.harness import adapter_env_vars
+
+    settings = settings_for(tmp_path, database_url)
+    container = migrated_container(settings)
+    with transaction(container.sessions) as session:
+        patient_id = upsert_patient(session, container.vault, details(NEW), now=NOW).id
+        sealed = container.vault.encrypt_str(session, f"patient:{patient_id}", "+393331234567")
+        session.add(Contact(patient_id=patient_id, channel="sms", address_enc=sealed, address_index="i", updated_at=NOW))
+    with transaction(container.sessions) as session:
+        copy = session.scalar(select(Contact.address_enc))
+        assert container.vault.decrypt_str(session, copy) == "+393331234567"  # the key is now cached in A
+
+    erased = subprocess.run([sys.executable, "-m", "adapter", "gdpr", "erase", patient_id, "--yes"],
+                            env={**os.environ, **adapter_env_vars(tmp_path, database_url)},
+                            capture_output=True, text=True, timeout=120)
+    assert erased.returncode == 0, erased.stderr
+
+    with transaction(container.sessions) as session:
+        with pytest.raises(KeyDestroyed):
+            container.vault.decrypt_str(session, copy)
+        with pytest.raises(KeyDestroyed):
+            container.vault.encrypt_str(session, f"patient:{patient_id}", "new data for an erased patient")
+        assert container.vault.decrypt(session, container.vault.encrypt(session, "system", b"raw")) == b"raw"
+    container.engine.dispose()

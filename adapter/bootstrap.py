@@ -76,12 +76,13 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
     check_reply_words(templates)
     for problem in sms_fit_problems(templates, settings.sms_max_segments):
         log.warning("template too long for SMS: %s", problem)
+    facilities = load_facilities(settings.config_dir / "facilities.yaml")
     window = SendingWindow(
-        tz, settings.sending_window_start, settings.sending_window_end, holidays=not settings.send_on_holidays
+        tz, settings.sending_window_start, settings.sending_window_end, holidays=not settings.send_on_holidays,
+        local_holidays=facilities.local_holidays(),
     )
     gate = ComplianceGate.from_config(vault=vault, audit=audit, config_dir=settings.config_dir, templates=templates)
     pipeline = Pipeline(rules=rules, gate=gate, tz=tz, window=window)
-    facilities = load_facilities(settings.config_dir / "facilities.yaml")
     intake = HL7Intake(sessions=sessions, vault=vault, pipeline=pipeline, facilities=facilities, clock=clock)
     fhir = build_fhir_intake(settings, sessions=sessions, vault=vault, pipeline=pipeline, clock=clock)
     if channels is None:

@@ -212,7 +212,8 @@ def hl7_errors(
     newest: Annotated[bool, typer.Option("--newest", help="the most recent first (default: oldest first)")] = False,
 ) -> None:
     """Messages that could not be processed, with the reason; says how many there are in
-    all, and which can no longer be replayed (raw message deleted after retention)."""
+    all, and which can no longer be replayed (raw message deleted after retention, or
+    erased with a patient it concerned)."""
     from adapter.db import transaction
     from adapter.models import InboundMessage, InboundRaw
 
@@ -231,7 +232,8 @@ def hl7_errors(
         for row, replayable in rows:
             table.add_row(str(row.id), row.received_at.strftime("%Y-%m-%d %H:%M:%S"), row.sender,
                           row.control_id, row.message_type, row.status, row.error or "",
-                          "yes" if replayable else "no: raw deleted after retention")
+                          "yes" if replayable else "no: raw erased with the patient (art. 17)"
+                          if row.raw_erased_at else "no: raw deleted after retention")
     if not total:
         console.print("the error store is empty")
         return

@@ -135,7 +135,8 @@ class ComplianceGate:
     ) -> None:
         moved = registry.reassign(session, from_patient=retired_id, to_patient=keeper_id) if retired_id else 0
         self._audit(session, "received", keeper_id, "patients merged", now,
-                    {"origin": event.origin.source, "retired": f"patient:{retired_id}" if retired_id else "",
+                    {"origin": event.origin.source, "sender": event.origin.sender,
+                     "ref": event.origin.message_ref, "retired": f"patient:{retired_id}" if retired_id else "",
                      "consent_records_moved": moved})
 
     # -- audit of each decision ---------------------------------------------------------

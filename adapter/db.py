@@ -278,6 +278,45 @@ def all_or_each(
 
 
 @contextmanager
+def overwriting_deleted(session: Session) -> Iterator[None]:
+    """What ``session`` deletes inside the block leaves no copy behind in the database
+    files (GDPR art. 17): on SQLite the freed space is overwritten with zeros
+    (``PRAGMA secure_delete``), and once the transaction commits the write-ahead log,
+    which still holds the pages as they were, is checkpointed and emptied. PostgreSQL
+    keeps a deleted row's bytes until VACUUM reuses its space (autovacuum)."""
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    connection.exec_driver_sql("PRAGMA secure_delete = ON")
+    try:
+        yield
+    finally:
+        connection.exec_driver_sql("PRAGMA secure_delete = OFF")
+    engine = connection.engine
+    event.listen(session, "after_commit", lambda _session: _empty_wal(engine), once=True)
+
+
+def _empty_wal(engine: Engine) -> None:
+    """Checkpoint the whole log into the database and truncate it (it waits, up to the
+    busy timeout, for the readers of older snapshots). Best effort: logged when busy."""
+    lock = _ENGINE_WRITE_LOCKS.get(engine)
+    connection = engine.raw_connection()
+    try:
+        if lock is not None:
+            lock.acquire()
+        try:
+            busy = connection.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        finally:
+            if lock is not None:
+                lock.release()
+        if busy:
+            _log.warning("the write-ahead log could not be emptied after an erasure; the next checkpoint will")
+    finally:
+        connection.close()
+
+
+@contextmanager
 def read_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A unit of work that only reads, always rolled back. On SQLite it takes no
     write lock (WAL readers see the last commit and never wait for the writer),

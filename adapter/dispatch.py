@@ -29,7 +29,7 @@ from adapter.db import all_or_each, transaction
 from adapter.metrics import DISPATCH_OUTCOMES
 from adapter.models import Appointment, Notification, Patient
 from adapter.patients import first_name, load_usable_contacts, reachable
-from adapter.quiet_hours import SendingWindow
+from adapter.quiet_hours import SendingWindow, facility_of
 from adapter.rules import RuleSet, moot_at_send
 from adapter.scheduler import claim_due, release
 from adapter.reply_models import PatientReply
@@ -114,6 +114,13 @@ class Throttle:
             # through sooner than the interval.
             self._next = loop.time() + self.interval
             return True
+
+
+def _facility(row: Notification) -> str:
+    """The facility whose local holidays the notification keeps: where its event came
+    from, as its why-record says."""
+    event = (row.decision or {}).get("event") or {}
+    return facility_of(str(event.get("source", "")), str(event.get("sender", "")))
 
 
 def _internal(notification_id: int, exc: BaseException) -> SendResult:
@@ -331,9 +338,11 @@ class Dispatcher:
             row.decision = {**row.decision, "at_send": {"appointment": moot}}
             self._end(session, row, "suppressed", moot, now)
             return None
-        if self.window is not None and not row.urgent and not self.window.allows(now):
+        facility = _facility(row)
+        if self.window is not None and not row.urgent and not self.window.allows(now, facility):
             # Quiet hours or a public holiday: back to the queue until the window opens.
-            release(session, row.id, at=self.window.next_open(now), now=now, error="waiting for the sending window")
+            release(session, row.id, at=self.window.next_open(now, facility), now=now,
+                    error="waiting for the sending window")
             return None
         patient = session.get(Patient, row.patient_id)
         if patient is None:

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 SYSTEM = "system"
 # What replay answers for a message retention has emptied: nothing is left to map.
 PURGED = "not replayable: its raw message was deleted after retention; ask the sender to send it again"
+ERASED = ("not replayable: its raw message was erased with a patient it concerned (GDPR art. 17);"
+          " the erasure stands, so it is not to be sent again")
 _PROCESSABLE = ("stored", "error", "rejected")  # replay takes errors and rejections again
 _MSA = re.compile(rb"MSA.(\w\w)")
 _INBOUND = InboundMessage.__table__
@@ -465,13 +467,17 @@ class HL7Intake:
 
     def replay(self, message_ids: list[int]) -> dict[int, str]:
         """Process error-store messages again (after a config fix). A message whose raw
-        bytes were purged after retention cannot be: it is answered ``PURGED``."""
-        purged = set(self.purged(message_ids))
-        return {message_id: PURGED if message_id in purged else self.process(message_id) for message_id in message_ids}
+        bytes are gone cannot be: it is answered ``PURGED`` (deleted after retention) or
+        ``ERASED`` (deleted with a patient it concerned)."""
+        gone = self.without_raw(message_ids)
+        return {message_id: (ERASED if gone[message_id] else PURGED) if message_id in gone
+                else self.process(message_id) for message_id in message_ids}
 
-    def purged(self, message_ids: list[int]) -> list[int]:
-        """The HL7 messages among ``message_ids`` whose raw bytes retention has deleted."""
+    def without_raw(self, message_ids: list[int]) -> dict[int, bool]:
+        """The HL7 messages among ``message_ids`` whose raw bytes were deleted, each with
+        whether erasure (rather than retention) deleted them."""
         with read_transaction(self.sessions) as session:
-            return list(session.scalars(select(_INBOUND.c.id).where(
-                _INBOUND.c.id.in_(message_ids), _INBOUND.c.source == "hl7",
-                ~select(_RAW.c.message_id).where(_RAW.c.message_id == _INBOUND.c.id).exists())))
+            return {message_id: erased_at is not None for message_id, erased_at in session.execute(
+                select(_INBOUND.c.id, _INBOUND.c.raw_erased_at).where(
+                    _INBOUND.c.id.in_(message_ids), _INBOUND.c.source == "hl7",
+                    ~select(_RAW.c.message_id).where(_RAW.c.message_id == _INBOUND.c.id).exists()))}

@@ -105,6 +105,9 @@ class InboundMessage(Base):
     error_code: Mapped[str | None] = mapped_column(String(8))
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the erasure of a patient it concerned (GDPR art. 17) deleted its raw bytes;
+    # the row stays, so a retransmission is still recognised.
+    raw_erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class InboundRaw(Base):

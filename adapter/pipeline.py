@@ -34,7 +34,7 @@ from adapter.patients import (
 )
 from adapter.rules import Plan, PlannedNotification, RuleSet, plan_notifications
 from adapter.compliance_gate import ComplianceGate
-from adapter.quiet_hours import SendingWindow
+from adapter.quiet_hours import SendingWindow, facility_of
 
 
 log = logging.getLogger(__name__)
@@ -356,8 +356,9 @@ class Pipeline:
         consent decision (``scheduled`` or ``suppressed`` with the reason) and why-record
         (with the ``reports`` a report notice announces)."""
         rows = []
+        facility = facility_of(event.origin.source, event.origin.sender)
         for planned in plan.notifications:
-            planned = self._in_window(planned, now)
+            planned = self._in_window(planned, now, facility)
             decision = self.gate.decide_at_schedule(session, patient_id, planned.kind, now=now)
             status, reason = "scheduled", None
             if veto:
@@ -397,20 +398,21 @@ class Pipeline:
         return [_Created(ids[row["idempotency_key"]], row["patient_id"], row["kind"], row["rule_id"], row["status"],
                          row["reason"], row["scheduled_for"]) for row in rows]
 
-    def _in_window(self, planned: PlannedNotification, now: datetime) -> PlannedNotification:
-        """Non-urgent notices avoid quiet hours and holidays: a reminder that would
-        fall at night goes out the evening before; anything else waits for morning."""
+    def _in_window(self, planned: PlannedNotification, now: datetime, facility: str) -> PlannedNotification:
+        """Non-urgent notices avoid quiet hours and holidays (national, and the local ones
+        of the ``facility`` the event came from): a reminder that would fall at night goes
+        out the evening before; anything else waits for morning."""
         if (self.window is None or planned.urgent or planned.too_late or planned.appointment_started
-                or self.window.allows(planned.scheduled_for)):
+                or self.window.allows(planned.scheduled_for, facility)):
             return planned
         if planned.ahead_of_start:
-            moved = self.window.last_open_before(planned.scheduled_for)
+            moved = self.window.last_open_before(planned.scheduled_for, facility)
             if moved < now:
-                moved = self.window.next_open(now)
+                moved = self.window.next_open(now, facility)
                 if moved > planned.scheduled_for:
                     return replace(planned, too_late=True)
         else:
-            moved = self.window.next_open(planned.scheduled_for)
+            moved = self.window.next_open(planned.scheduled_for, facility)
         return replace(planned, scheduled_for=moved)
 
 

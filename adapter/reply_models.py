@@ -41,6 +41,17 @@ class WebhookEvent(Base):
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class WebhookEventPatient(Base):
+    """A patient a provider callback concerned (the sender of a reply, the addressee of
+    a message whose status it reports), recorded when it is processed: erasure (GDPR
+    art. 17) finds by it the callbacks as received that hold their number or words."""
+
+    __tablename__ = "webhook_event_patient"
+
+    event_id: Mapped[int] = mapped_column(ForeignKey("webhook_event.id", ondelete="CASCADE"), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(36), primary_key=True, index=True)
+
+
 class PatientReply(Base):
     """A patient's reply and what we made of it. ``status`` open is the operator queue;
     ``patient_id`` is empty when the sender matches no contact."""

@@ -13,14 +13,24 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import MetaData, Table, delete, select
+from sqlalchemy import MetaData, Table, delete, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from adapter.bootstrap import Container
-from adapter.db import Base
+from adapter.db import Base, overwriting_deleted
 from adapter.events import Identifier
-from adapter.models import Appointment, Contact, Notification, OutboxMessage, Patient, PatientIdentifier
+from adapter.models import (
+    Appointment,
+    Contact,
+    InboundMessage,
+    InboundRaw,
+    Notification,
+    OutboxMessage,
+    Patient,
+    PatientIdentifier,
+)
 from adapter.patients import identifier_index
+from adapter.reply_models import WebhookEvent, WebhookEventPatient
 from compliance import consent_store
 from compliance.consent import ANY
 from compliance.errors import ComplianceError, CryptoError
@@ -34,7 +44,8 @@ FHIR_PATIENT_SYSTEM = "fhir:Patient"
 EXPORTED_BY_NAME = frozenset({"patient_identifier", "contact", "appointment", "notification", "outbox_message",
                               "consent_record"})
 EXPORT_SECTIONS = {"patient_reply": "replies", "contact_preference": "contact_preference",
-                   "incident": "incidents", "writeback": "writebacks", "telegram_link": "telegram_links"}
+                   "incident": "incidents", "writeback": "writebacks", "telegram_link": "telegram_links",
+                   "webhook_event_patient": "provider_callbacks"}
 # Kept on erasure: the audit log holds pseudonyms only, and verifies afterwards.
 KEPT_TABLES = frozenset({"audit_entry", "audit_node", "audit_tree_head", "data_key"})
 
@@ -253,13 +264,14 @@ def erase_patient(session: Session, container: Container, patient_id: str, *, ac
     merged = _merged_into(session, patient_id)
     patient_ids = [patient_id, *merged]
     fhir_ids = set().union(*(_fhir_patient_ids(session, container, pid) for pid in patient_ids))
-    deleted: dict[str, int] = {}
-    for table in _tables_with_patient_id(session):
-        result = session.execute(delete(table).where(table.c.patient_id.in_(patient_ids)))
-        if result.rowcount:
-            deleted[table.name] = result.rowcount
-    deleted.update(_erase_fhir(session, fhir_ids))
-    session.execute(delete(Patient).where(Patient.id.in_(patient_ids)))
+    with overwriting_deleted(session):
+        deleted = _erase_as_received(session, container, patient_ids, now=now)
+        for table in _tables_with_patient_id(session):
+            result = session.execute(delete(table).where(table.c.patient_id.in_(patient_ids)))
+            if result.rowcount:
+                deleted[table.name] = result.rowcount
+        deleted.update(_erase_fhir(session, fhir_ids))
+        session.execute(delete(Patient).where(Patient.id.in_(patient_ids)))
     deleted["patient"] = len(patient_ids)
     destroyed = sum(container.vault.destroy(session, f"patient:{pid}", at=now)
                     for pid in {*patient_ids, *fhir_ids})
@@ -271,20 +283,60 @@ def erase_patient(session: Session, container: Container, patient_id: str, *, ac
                            reason="data-subject erasure (art. 17)",
                            details={"rows": sum(deleted.values()), "keys_destroyed": destroyed,
                                     "merged_records": len(merged),
-                                    "raw_messages_kept_days": container.gate.policy.retention.inbound_raw_days},
+                                    "raw_messages_erased": deleted.get("inbound_raw", 0),
+                                    "callbacks_erased": deleted.get("webhook_event_request", 0)},
                            at=now)
     return ErasureReport(patient_id, deleted, destroyed, _kept_after_erasure(container, now))
 
 
+def _erase_as_received(session: Session, container: Container, patient_ids: list[str], *,
+                       now: datetime) -> dict[str, int]:
+    """Delete what was received about the patients as it came, sealed with the system
+    key: the raw bytes of the HL7 messages that concerned them (found by the audit's
+    ``received`` entries, which name each message by sender and control id) and the
+    requests of the provider callbacks that did (``webhook_event_patient``, recorded when
+    processed). The rows stay, so a retransmission is still recognised and answered from
+    them; a message's says when its raw bytes were erased (``hl7 replay`` tells)."""
+    received: set[tuple[str, str]] = set()
+    for pid in patient_ids:
+        for entry in container.audit.entries(session, subject=f"patient:{pid}"):
+            details = entry.details
+            if (entry.action == "received" and details.get("source", details.get("origin")) == "hl7"
+                    and details.get("ref")):
+                received.add((str(details.get("sender", ""))[:200], str(details["ref"])[:200]))
+    erased: dict[str, int] = {}
+    messages: list[int] = []
+    for batch in _batches(sorted(received)):
+        messages += session.scalars(select(InboundRaw.message_id).join(
+            InboundMessage, InboundMessage.id == InboundRaw.message_id).where(
+            InboundMessage.source == "hl7", tuple_(InboundMessage.sender, InboundMessage.control_id).in_(batch)))
+    callbacks = list(session.scalars(select(WebhookEventPatient.event_id).distinct()
+                                     .where(WebhookEventPatient.patient_id.in_(patient_ids))))
+    for batch in _batches(messages):
+        erased["inbound_raw"] = erased.get("inbound_raw", 0) + session.execute(
+            delete(InboundRaw).where(InboundRaw.message_id.in_(batch))).rowcount
+        session.execute(update(InboundMessage).where(InboundMessage.id.in_(batch)).values(raw_erased_at=now))
+    for batch in _batches(callbacks):
+        erased["webhook_event_request"] = erased.get("webhook_event_request", 0) + session.execute(
+            update(WebhookEvent).where(WebhookEvent.id.in_(batch), WebhookEvent.request_enc.is_not(None))
+            .values(request_enc=None)).rowcount
+    return {table: count for table, count in erased.items() if count}
+
+
+def _batches(items: list[Any], size: int = 500) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 def _kept_after_erasure(container: Container, now: datetime) -> tuple[str, ...]:
-    """Raw messages are sealed with the system key and carry no patient link, so erasure
-    cannot tell which hold this patient: they stay until the retention purge."""
+    """What erasure leaves, and until when: HL7 messages it could not tie to the patient
+    (never processed: in the error store or still waiting), and callbacks from an
+    address no patient had, stay until the retention purge."""
     retention = container.gate.policy.retention
     raw_until = (now + timedelta(days=retention.inbound_raw_days)).date().isoformat()
     return (
-        f"HL7 v2 messages and provider callbacks as received (names, identifiers, addresses, reply texts), "
-        f"sealed with the system key and not linked to patients: deleted by the retention purge "
-        f"{retention.inbound_raw_days} days after receipt (config/purposes.yaml, retention.inbound_raw_days), "
+        f"HL7 v2 messages never processed (error store) and provider callbacks matched to no patient, as "
+        f"received and sealed with the system key: erasure cannot tell whose they are; deleted by the retention "
+        f"purge {retention.inbound_raw_days} days after receipt (config/purposes.yaml, retention.inbound_raw_days), "
         f"by {raw_until} for what is already held",
         f"audit entries: pseudonymous, kept {retention.audit_years} years (retention.audit_years)",
     )

@@ -54,23 +54,24 @@ def issue_link(session: Session, gate: ComplianceGate, patient_id: str, *, bot_n
     return IssuedLink(deep_link(bot_name, token.token), token.expires_at)
 
 
-def accept_link(session: Session, gate: ComplianceGate, reply: InboundReply, *, now: datetime) -> bool:
-    """Handle a Telegram message if it is ``/start <token>``; False for any other message
-    (a reply for :func:`adapter.replies_flow.handle_reply`)."""
+def accept_link(session: Session, gate: ComplianceGate, reply: InboundReply, *, now: datetime) -> str | None:
+    """Handle a Telegram message if it is ``/start <token>``: the id of the patient whose
+    token it carries ("" when none is known). None for any other message (a reply for
+    :func:`adapter.replies_flow.handle_reply`)."""
     try:
         request = parse_link_request(reply)
     except LinkTokenError:
         _refused(gate, session, None, "malformed token", now)
-        return True
+        return ""
     if request is None:
-        return False
+        return None
     link = session.scalar(select(TelegramLink).where(TelegramLink.digest == request.digest))
     if link is None:
         _refused(gate, session, None, "unknown token", now)
-        return True
+        return ""
     if not link_token_usable(link.expires_at, link.used_at, now):
         _refused(gate, session, link, "token already used" if link.used_at else "token expired", now)
-        return True
+        return link.patient_id
     spent = session.execute(
         update(TelegramLink)
         .where(TelegramLink.id == link.id, TelegramLink.used_at.is_(None), TelegramLink.expires_at > now)
@@ -79,7 +80,7 @@ def accept_link(session: Session, gate: ComplianceGate, reply: InboundReply, *, 
     ).rowcount
     if spent != 1:
         _refused(gate, session, link, "token already used", now)
-        return True
+        return link.patient_id
     patient_id = _surviving(session, link.patient_id)
     contact = link_contact(session, gate.vault, patient_id, TELEGRAM_MEDIUM, request.chat_id, now=now)
     gate.audit.append(session, action="replied", actor=SYSTEM_ACTOR, subject_pseudonym=f"patient:{patient_id}",

@@ -28,7 +28,7 @@ from adapter.db import read_transaction, transaction
 from adapter.models import Notification
 from adapter.replies_flow import handle_reply
 from adapter.telegram_link import accept_link
-from adapter.reply_models import WebhookEvent
+from adapter.reply_models import WebhookEvent, WebhookEventPatient
 from channels.base import Channel, DeliveryStatus, InboundReply, StatusUpdate, WebhookRequest
 from channels.errors import SignatureError, WebhookPayloadError
 
@@ -70,15 +70,16 @@ def next_status(current: str, reported: DeliveryStatus) -> str | None:
     return reported.value if _RANK[reported.value] > _RANK[current] else None
 
 
-def apply_status(session: Session, container: Container, update: StatusUpdate, *, now: datetime) -> bool:
-    """Apply one update; False when no notification has that provider message id.
-    A final failure reported after the provider accepted the message fails over to the
-    patient's next channel, as a final error answered to the send does."""
+def apply_status(session: Session, container: Container, update: StatusUpdate, *, now: datetime) -> str | None:
+    """Apply one update; the patient of the notification it reports on, None when no
+    notification has that provider message id. A final failure reported after the
+    provider accepted the message fails over to the patient's next channel, as a final
+    error answered to the send does."""
     row = session.scalar(
         select(Notification).where(Notification.provider_message_id == update.provider_message_id)
     )
     if row is None:
-        return False
+        return None
     moved = next_status(row.status, update.status)
     if moved == "failed":
         error = f"provider reported failure {update.error_code or ''} {update.error_text or ''}".strip()
@@ -86,7 +87,7 @@ def apply_status(session: Session, container: Container, update: StatusUpdate, *
     elif moved is not None:
         row.status, row.status_at = moved, now
         container.gate.status_changed(session, row, now=now)
-    return True
+    return row.patient_id
 
 
 @dataclass(frozen=True)
@@ -142,15 +143,25 @@ def process(container: Container, event_id: int, parsed: Parsed | None = None) -
         channel = container.channels[CHANNEL_FOR_PROVIDER[row.provider]]
         if parsed is None:
             parsed = parse(channel, row.provider, row.kind, _unseal(container, session, row.request_enc or b""))
-        matched = all([apply_status(session, container, update, now=now) for update in parsed.statuses])
+        concerned = [apply_status(session, container, update, now=now) for update in parsed.statuses]
+        matched = None not in concerned
         for reply in parsed.replies:
-            if row.provider == "telegram" and accept_link(session, container.gate, reply, now=now):
-                continue  # a deep-link Start, not a reply
-            handle_reply(session, container, reply, CHANNEL_FOR_PROVIDER[row.provider], now=now)
+            linked = accept_link(session, container.gate, reply, now=now) if row.provider == "telegram" else None
+            if linked is None:  # not a deep-link Start: a reply
+                linked = handle_reply(session, container, reply, CHANNEL_FOR_PROVIDER[row.provider], now=now).patient_id
+            concerned.append(linked)
+        _record_patients(session, event_id, concerned)
         expired = now - row.received_at > UNMATCHED_RETRY_FOR
         row.status = "processed" if matched or expired else "unmatched"
         row.processed_at = now
         return row.status
+
+
+def _record_patients(session: Session, event_id: int, concerned: list[str | None]) -> None:
+    """Which patients the callback as received speaks of: their erasure deletes it."""
+    known = set(session.scalars(select(WebhookEventPatient.patient_id).where(WebhookEventPatient.event_id == event_id)))
+    session.add_all(WebhookEventPatient(event_id=event_id, patient_id=patient_id)
+                    for patient_id in sorted({p for p in concerned if p} - known))
 
 
 def _to_retry(now: datetime) -> ColumnElement[bool]:

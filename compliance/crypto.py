@@ -14,9 +14,11 @@ re-labelled to another key or context. Wrapped data keys carry the master key id
 
     version (1 byte, 0x01) | len(key id) (1 byte) | key id (utf-8) | nonce (12) | wrapped key + tag
 
-Unwrapped keys are cached in memory for ``cache_ttl_s`` seconds; a key destroyed by another
-process stays usable in this one for at most that long. Keys created inside a transaction
-join the shared cache only when that transaction commits.
+Unwrapped keys are cached in memory for ``cache_ttl_s`` seconds. A subject's cached key is
+used only while the count of destroyed keys (``data_key_destructions``, read once per
+transaction) is what it was when the key was read: a key destroyed by another process is not
+used by this one in any transaction that begins after the destruction committed. Keys created
+inside a transaction join the shared cache only when that transaction commits.
 """
 
 from __future__ import annotations
@@ -39,12 +41,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.db import insert_rows
 from compliance.errors import ConfigError, CryptoError, KeyDestroyed, TamperedCiphertext, UnknownKey
-from compliance.models import DataKey
+from compliance.models import DataKey, DataKeyDestructions
 from compliance.pseudonyms import normalise
 
 BLOB_VERSION = 1
@@ -153,6 +155,9 @@ class _CachedKey:
     key_id: int
     aead: AESGCM
     loaded: float
+    subject: str
+    # The count of destroyed keys seen no later than this key was read: usable while it still is.
+    destructions: int
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,7 @@ class Vault:
         self._normalisers = dict(normalisers or {})
         self._by_subject: dict[str, _CachedKey] = {}
         self._by_id: dict[int, _CachedKey] = {}
+        self._seen_destructions = -1  # the latest count of destroyed keys read by this vault
         self._lock = threading.Lock()
 
     @classmethod
@@ -213,7 +219,9 @@ class Vault:
         ACK path seals every message with the system key); ``None`` when it is not, and
         the caller seals in a transaction instead."""
         cached = self._fresh(self._by_subject.get(subject))
-        return None if cached is None else _seal(cached, plaintext, aad)
+        if cached is None or not _never_destroyed(subject):  # without a session, nothing says it lives
+            return None
+        return _seal(cached, plaintext, aad)
 
     def decrypt(self, session: Session, blob: bytes, *, aad: bytes = b"") -> bytes:
         if len(blob) < _HEADER.size + NONCE_BYTES + 16 or blob[0] != BLOB_VERSION:
@@ -283,6 +291,7 @@ class Vault:
             cached = self._by_subject.pop(subject, None)
             if cached:
                 self._by_id.pop(cached.key_id, None)
+        _count_destruction(session)
         if row is None:
             session.add(DataKey(id=_new_key_id(), subject=subject, master_key_id=None, wrapped=None,
                                 created_at=now, destroyed_at=now))
@@ -337,25 +346,46 @@ class Vault:
             return cached
         return None
 
+    def _usable(self, session: Session, cached: _CachedKey | None) -> _CachedKey | None:
+        """``cached`` if it may be used in this session's transaction: fresh, and no key
+        destroyed since it was read (the system keys never are)."""
+        cached = self._fresh(cached)
+        if cached is None or _never_destroyed(cached.subject):
+            return cached
+        return cached if cached.destructions == self._destructions(session) else None
+
+    def _destructions(self, session: Session) -> int:
+        """The count of destroyed keys, read once per transaction (a primary-key look-up)."""
+        seen = session.info.get(_DESTRUCTIONS)
+        if seen is not None and seen[0] is session.get_transaction():
+            return seen[1]
+        count = session.connection().execute(_READ_DESTRUCTIONS).scalar() or 0
+        session.info[_DESTRUCTIONS] = (session.get_transaction(), count)
+        with self._lock:
+            self._seen_destructions = max(self._seen_destructions, count)
+        return count
+
     def _key_for_subject(self, session: Session, subject: str) -> _CachedKey:
-        cached = self._fresh(self._by_subject.get(subject)) or _pending(session).get(subject)
+        cached = self._usable(session, self._by_subject.get(subject)) or _pending(session).get(subject)
         if cached is not None:
             return cached
+        destructions = -1 if _never_destroyed(subject) else self._destructions(session)  # before the row
         row = session.scalars(select(DataKey).where(DataKey.subject == subject)).one_or_none()
         if row is None:
             return self._create(session, [subject])[subject]
-        return self._remember(row)
+        return self._remember(row, destructions)
 
     def _key_by_id(self, session: Session, key_id: int) -> _CachedKey:
-        cached = self._fresh(self._by_id.get(key_id))
+        cached = self._usable(session, self._by_id.get(key_id))
         if cached is None:
             cached = next((c for c in _pending(session).values() if c.key_id == key_id), None)
         if cached is not None:
             return cached
+        destructions = self._destructions(session)  # before the row: it may be destroyed meanwhile
         row = session.get(DataKey, key_id)
         if row is None:
             raise UnknownKey(f"no data key {key_id}")
-        return self._remember(row)
+        return self._remember(row, destructions)
 
     def _raw_key_for(self, session: Session, subject: str) -> bytes:
         row = session.scalars(select(DataKey).where(DataKey.subject == subject)).one_or_none()
@@ -372,8 +402,9 @@ class Vault:
             raise UnknownKey(f"data key {row.id} is wrapped by unknown master {wrapped_key_id(row.wrapped)!r}")
         return master.unwrap(row.wrapped, context=_wrap_context(row.subject, row.id))
 
-    def _remember(self, row: DataKey) -> _CachedKey:
-        cached = _CachedKey(row.id, AESGCM(self._unwrap(row)), time.monotonic())
+    def _remember(self, row: DataKey, destructions: int) -> _CachedKey:
+        """Cache ``row``'s key, usable while ``destructions`` (read before the row) holds."""
+        cached = _CachedKey(row.id, AESGCM(self._unwrap(row)), time.monotonic(), row.subject, destructions)
         with self._lock:
             self._by_subject[row.subject] = cached
             self._by_id[row.id] = cached
@@ -393,16 +424,19 @@ class Vault:
                 out[subject] = cached
                 self._stage(session, subject, cached)
             else:
+                destructions = -1 if _never_destroyed(subject) else self._destructions(session)
                 existing = session.scalars(select(DataKey).where(DataKey.subject == subject)).one()
-                out[subject] = self._remember(existing)
+                out[subject] = self._remember(existing, destructions)
         return out
 
     def _make(self, subjects: Sequence[str]) -> dict[str, tuple[_CachedKey, dict[str, Any]]]:
         """A new key per subject, as its cache entry and its wrapped ``data_key`` row."""
         made = {}
+        # A new key can only be destroyed after it is made, which moves the count past any seen.
+        destructions = self._seen_destructions
         for subject in subjects:
             raw, key_id = AESGCM.generate_key(bit_length=256), _new_key_id()
-            made[subject] = (_CachedKey(key_id, AESGCM(raw), time.monotonic()),
+            made[subject] = (_CachedKey(key_id, AESGCM(raw), time.monotonic(), subject, destructions),
                              {"id": key_id, "subject": subject, "master_key_id": self.master.key_id,
                               "wrapped": self.master.wrap(raw, context=_wrap_context(subject, key_id)),
                               "created_at": datetime.now(UTC)})
@@ -425,6 +459,20 @@ class Vault:
 
 
 _PENDING = "compliance.pending_keys"
+_DESTRUCTIONS = "compliance.destructions"  # session.info: (transaction, count of destroyed keys)
+# Built once (Core): read at the start of most transactions, where building it cost more than running it.
+_READ_DESTRUCTIONS = select(DataKeyDestructions.__table__.c.count).where(DataKeyDestructions.__table__.c.id == 1)
+
+
+def _never_destroyed(subject: str) -> bool:
+    return subject.startswith(SYSTEM_SUBJECT)
+
+
+def _count_destruction(session: Session) -> None:
+    """One more destroyed key, for every process's cache (the row is made if missing)."""
+    table = DataKeyDestructions.__table__
+    if not session.execute(update(table).where(table.c.id == 1).values(count=table.c.count + 1)).rowcount:
+        session.execute(table.insert().values(id=1, count=1))
 
 
 def _seal(cached: _CachedKey, plaintext: bytes, aad: bytes) -> bytes:

@@ -3,6 +3,8 @@
 - ``data_key``: one data-encryption key per subject, stored only wrapped by a master key;
   crypto-shredding clears ``wrapped`` and sets ``destroyed_at`` (the row stays so that a
   destroyed subject can never silently get a fresh key).
+- ``data_key_destructions``: one row counting the keys ever destroyed; a process that
+  holds unwrapped keys in memory reads it once per transaction and forgets them when it moved.
 - ``audit_entry``: the append-only log; ``seq`` is the RFC 6962 leaf index (from 0).
 - ``audit_node``: inner nodes of the perfect subtrees (level >= 1), so roots and proofs
   need O(log n) look-ups; leaves are ``audit_entry.leaf_hash``.
@@ -38,6 +40,17 @@ class DataKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     destroyed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DataKeyDestructions(Base):
+    """How many data keys have been destroyed, in one row (``id`` 1): every process's
+    vault reads it at the start of each transaction that would use a cached key, so a key
+    destroyed by another process is not used after its destruction committed."""
+
+    __tablename__ = "data_key_destructions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(BigInteger)
 
 
 class AuditEntry(Base):

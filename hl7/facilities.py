@@ -12,16 +12,33 @@ the keys it does not set.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hl7.errors import FacilityConfigError
 
 StartTimeField = Literal["SCH-11", "AIS-4", "TQ1-7"]
+
+
+def _month_day(value: Any) -> tuple[int, int]:
+    """``"MM-DD"`` as (month, day), a day that exists in some year (``02-29`` does)."""
+    if isinstance(value, str):
+        month, _, day = value.partition("-")
+        if len(month) == 2 and len(day) == 2 and month.isdigit() and day.isdigit():
+            try:
+                date(2000, int(month), int(day))
+            except ValueError:
+                raise ValueError(f"{value!r} is not a day of the year") from None
+            return int(month), int(day)
+    raise ValueError(f"{value!r}: write the day as MM-DD, e.g. '06-29'")
+
+
+MonthDay = Annotated[tuple[int, int], BeforeValidator(_month_day)]
 
 
 class PatientKeyRule(BaseModel):
@@ -77,6 +94,10 @@ class FacilityRule(BaseModel):
     """Region for phone numbers written without a country code."""
     validate_with_hl7apy: bool = False
     """Validate structure with hl7apy before mapping: about 100 messages/s (hl7/PARSING.md)."""
+    local_holidays: list[MonthDay] = Field(default_factory=list)
+    """Days the facility's clinics close besides the national holidays, as ``MM-DD``: the
+    city's patron saint (Rome ``06-29``, Milan ``12-07``). Non-urgent messages about what
+    it sent do not go out on them."""
 
     @field_validator("timezone")
     @classmethod
@@ -119,6 +140,20 @@ class FacilityConfig(BaseModel):
     def for_facility(self, facility: str) -> FacilityRule:
         """The rule for an MSH-4 namespace id, or ``default``."""
         return self.facilities.get(facility) or self.facilities["default"]
+
+    def local_holidays(self) -> dict[str, frozenset[tuple[int, int]]]:
+        """Each entry's local holidays (``default``'s for any other sender)."""
+        return {name: frozenset(rule.local_holidays) for name, rule in self.facilities.items()}
+
+
+def facility_of(sender: str) -> str:
+    """The sending facility (MSH-4 namespace id) of a sender as
+    :attr:`hl7.header.MessageHeader.sender` writes it, ``MSH-3^MSH-4``.
+
+    >>> facility_of("CUP^OSP_SLUCA")
+    'OSP_SLUCA'
+    """
+    return sender.partition("^")[2]
 
 
 def load_facilities(path: str | Path) -> FacilityConfig:

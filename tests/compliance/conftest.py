@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 import compliance.models  # noqa: F401  (registers the tables on Base)
 from adapter.db import Base, make_engine, make_sessionmaker
 from compliance.crypto import LocalMasterKey, Vault
-from compliance.models import AuditEntry, AuditNode, AuditTreeHead, ConsentRecord, DataKey
+from compliance.models import AuditEntry, AuditNode, AuditTreeHead, ConsentRecord, DataKey, DataKeyDestructions
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
-COMPLIANCE_TABLES = [DataKey.__table__, AuditEntry.__table__, AuditNode.__table__,
+COMPLIANCE_TABLES = [DataKey.__table__, DataKeyDestructions.__table__, AuditEntry.__table__, AuditNode.__table__,
                      AuditTreeHead.__table__, ConsentRecord.__table__]
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 

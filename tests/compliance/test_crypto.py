@@ -292,3 +292,22 @@ def test_a_key_created_in_a_rolled_back_savepoint_is_not_used_by_the_rest_of_its
         assert fresh.decrypt_str(session, blob) == NAME
         assert fresh.decrypt_str(session, kept_before) == NAME
         assert len(session.scalars(select(DataKey).where(DataKey.subject == "patient:again")).all()) == 1
+
+
+def test_a_key_destroyed_through_another_vault_is_not_used_from_the_next_transaction(vault, sessions):
+    """Each process has its own vault and cache: the one that held the key cached does not
+    use it once the destruction has committed, neither to open nor to seal."""
+    other = Vault.open(sessions, vault.master)
+    with transaction(sessions) as session:
+        blob = vault.encrypt_str(session, "patient:c1", NAME)
+        kept = vault.encrypt_str(session, "patient:c2", NAME)
+    with transaction(sessions) as session:
+        assert other.decrypt_str(session, blob) == NAME  # cached by the other vault
+    with transaction(sessions) as session:
+        vault.destroy(session, "patient:c1")
+    with transaction(sessions) as session:
+        with pytest.raises(KeyDestroyed):
+            other.decrypt_str(session, blob)
+        with pytest.raises(KeyDestroyed):
+            other.encrypt_str(session, "patient:c1", NAME)
+        assert other.decrypt_str(session, kept) == NAME

@@ -121,7 +121,7 @@ def test_the_export_holds_what_the_patient_wrote_and_every_record_erasure_treats
     container.engine.dispose()
 
 
-def test_the_erasure_report_says_the_raw_messages_stay_until_the_retention_purge(tmp_path):
+def test_the_erasure_report_says_raw_messages_it_cannot_attribute_stay_until_the_retention_purge(tmp_path):
     container = migrated_container(settings_for(tmp_path))
     with transaction(container.sessions) as session:
         patient_id = upsert_patient(session, container.vault, details(NEW), now=NOW).id
@@ -132,4 +132,121 @@ def test_the_erasure_report_says_the_raw_messages_stay_until_the_retention_purge
     raw = next(line for line in report.kept if line.startswith("HL7 v2 messages"))
     assert f"{days} days after receipt" in raw
     assert (NOW + timedelta(days=days)).date().isoformat() in raw
+    container.engine.dispose()
+
+
+def test_erasure_deletes_the_raw_hl7_messages_and_callbacks_that_held_the_patient_and_keeps_their_rows(
+        tmp_path, database_url):
+    """A booking over MLLP, its confirmation's delivery reported and the patient's reply,
+    both by signed callbacks over HTTP; then erasure. On SQLite nothing of the patient is
+    left in the database files, not even sealed: their bytes are searched as they are,
+    decrypting nothing. A retransmission is still recognised, and replay says what happened."""
+    import asyncio
+    from pathlib import Path
+
+    import httpx
+
+    from adapter.models import InboundMessage, InboundRaw, Notification
+    from adapter.reply_models import WebhookEvent
+    from channels.sandbox import LOCAL_DEVELOPMENT_SECRET, SIGNATURE_HEADER, sign
+    from hl7.client import send_messages
+    from tests.core.test_compliance_surfaces import FAMILY, GIVEN, PHONE, cli, siu_for_rich_patient
+    from tests.core.test_end_to_end import wait_for
+    from tests.harness import running_adapter
+
+    settings = settings_for(tmp_path, database_url)
+    booking = siu_for_rich_patient("ERASE1", datetime.now(UTC) + timedelta(days=3))
+    with running_adapter(settings) as adapter:
+        sessions = adapter.container.sessions
+
+        def sent_notice() -> str | None:
+            with transaction(sessions) as session:
+                return session.scalar(select(Notification.provider_message_id)
+                                      .where(Notification.provider_message_id.is_not(None)))
+
+        def callback(kind: str, payload: dict) -> None:
+            import json
+
+            body = json.dumps(payload).encode()
+            answer = httpx.post(f"{adapter.base_url}/webhooks/sandbox/{kind}", content=body,
+                                headers={SIGNATURE_HEADER: sign(body, LOCAL_DEVELOPMENT_SECRET),
+                                         "Content-Type": "application/json"})
+            assert answer.json()["status"] == "processed", answer.text
+
+        [ack] = asyncio.run(send_messages([booking], "127.0.0.1", adapter.mllp_port))
+        assert ack.code.value == "AA"
+        provider_id = wait_for(sent_notice)
+        callback("status", {"statuses": [{"message_id": provider_id, "status": "delivered"}]})
+        callback("inbound", {"messages": [{"message_id": "reply-1", "from": PHONE, "text": "grazie, ci sarò"}]})
+        with transaction(sessions) as session:
+            patient_id = session.scalar(select(Patient.id))
+            sealed = [*session.scalars(select(InboundRaw.raw_enc)), *session.scalars(select(WebhookEvent.request_enc))]
+        assert len(sealed) == 3
+
+        erased = adapter.client("admin").delete(f"/api/patients/{patient_id}")
+        assert erased.status_code == 200, erased.text
+        report = erased.json()
+        assert report["rows_deleted"]["inbound_raw"] == 1 and report["rows_deleted"]["webhook_event_request"] == 2
+
+        with transaction(sessions) as session:
+            message = session.scalar(select(InboundMessage))
+            assert (message.control_id, message.status) == ("ERASE1", "processed")
+            assert message.raw_erased_at is not None
+            assert session.scalar(select(func.count()).select_from(InboundRaw)) == 0
+            assert set(session.scalars(select(WebhookEvent.request_enc))) == {None}
+            assert container_audit_ok(adapter.container, session)
+        files = list(Path(tmp_path).glob("adapter.db*"))
+        assert bool(files) == database_url.startswith("sqlite")
+        for secret in [FAMILY, GIVEN, PHONE, PHONE.removeprefix("+39")] + [blob[-32:] for blob in sealed]:
+            # The sealed copies are gone too, not just unreadable (a tag is the last 16 bytes).
+            secret = secret if isinstance(secret, bytes) else secret.encode()
+            assert [path.name for path in files if secret in path.read_bytes()] == [], secret
+
+        [again] = asyncio.run(send_messages([booking], "127.0.0.1", adapter.mllp_port))
+        assert again.code.value == "AA"
+        with transaction(sessions) as session:
+            assert session.scalar(select(InboundMessage.duplicates)) == 1
+            assert session.scalar(select(func.count()).select_from(Patient)) == 0
+
+    code, output = cli(settings, "hl7", "replay", str(message.id))
+    assert code == 1 and "erased" in output and "retention" not in output
+
+
+def container_audit_ok(container, session) -> bool:
+    return container.audit.verify(session).ok
+
+
+def test_a_patient_key_another_process_has_cached_stops_working_once_its_erasure_commits(tmp_path, database_url):
+    """Process A (here) reads the patient's contact, so holds their key in memory; process
+    B (`python -m adapter gdpr erase`) erases them. A's next transaction can neither open a
+    copy of the contact it kept (as a backup would) nor seal anything new with that key."""
+    import os
+    import subprocess
+    import sys
+
+    from adapter.models import Contact
+    from compliance.errors import KeyDestroyed
+    from tests.harness import adapter_env_vars
+
+    settings = settings_for(tmp_path, database_url)
+    container = migrated_container(settings)
+    with transaction(container.sessions) as session:
+        patient_id = upsert_patient(session, container.vault, details(NEW), now=NOW).id
+        sealed = container.vault.encrypt_str(session, f"patient:{patient_id}", "+393331234567")
+        session.add(Contact(patient_id=patient_id, channel="sms", address_enc=sealed, address_index="i", updated_at=NOW))
+    with transaction(container.sessions) as session:
+        copy = session.scalar(select(Contact.address_enc))
+        assert container.vault.decrypt_str(session, copy) == "+393331234567"  # the key is now cached in A
+
+    erased = subprocess.run([sys.executable, "-m", "adapter", "gdpr", "erase", patient_id, "--yes"],
+                            env={**os.environ, **adapter_env_vars(tmp_path, database_url)},
+                            capture_output=True, text=True, timeout=120)
+    assert erased.returncode == 0, erased.stderr
+
+    with transaction(container.sessions) as session:
+        with pytest.raises(KeyDestroyed):
+            container.vault.decrypt_str(session, copy)
+        with pytest.raises(KeyDestroyed):
+            container.vault.encrypt_str(session, f"patient:{patient_id}", "new data for an erased patient")
+        assert container.vault.decrypt(session, container.vault.encrypt(session, "system", b"raw")) == b"raw"
     container.engine.dispose()

@@ -31,6 +31,8 @@ def test_the_shipped_facilities_file_is_valid_and_named_entries_inherit_from_def
         ("facilities:\n  default:\n    colour: red\n", "facilities.default.colour"),
         ("facilities:\n  X: {}\n", "facilities.default is required"),
         ("facilities: [\n", "not valid YAML"),
+        ("facilities:\n  default: {}\n  X:\n    local_holidays: ['06-31']\n", "facilities.X.local_holidays.0"),
+        ("facilities:\n  default: {}\n  X:\n    local_holidays: ['29 June']\n", "facilities.X.local_holidays.0"),
     ],
 )
 def test_a_bad_file_raises_an_error_naming_the_file_and_the_field(tmp_path: Path, body, names):
@@ -44,3 +46,15 @@ def test_a_bad_file_raises_an_error_naming_the_file_and_the_field(tmp_path: Path
 def test_a_missing_file_raises_an_error_naming_it(tmp_path: Path):
     with pytest.raises(FacilityConfigError, match="nope.yaml"):
         load_facilities(tmp_path / "nope.yaml")
+
+
+def test_a_facility_names_its_local_holidays_as_month_and_day_and_others_keep_none(tmp_path: Path):
+    path = tmp_path / "facilities.yaml"
+    path.write_text("facilities:\n  default: {}\n  OSP_ROMA:\n    local_holidays: ['06-29']\n"
+                    "  OSP_MILANO:\n    local_holidays: ['12-07', '02-29']\n")
+    cfg = load_facilities(path)
+    assert cfg.for_facility("OSP_ROMA").local_holidays == [(6, 29)]
+    assert cfg.for_facility("OSP_MILANO").local_holidays == [(12, 7), (2, 29)]
+    assert cfg.for_facility("ELSEWHERE").local_holidays == []
+    assert cfg.local_holidays() == {"default": frozenset(), "OSP_ROMA": frozenset({(6, 29)}),
+                                    "OSP_MILANO": frozenset({(12, 7), (2, 29)})}

@@ -19,14 +19,22 @@ from sqlalchemy.orm import Session
 
 from fhir import store
 from fhir.errors import FhirError, Issue, invalid
-from fhir.outcome import operation_outcome
-from fhir.service import FhirService, StoredVersion, WriteResult, instant, new_id
+from fhir.outcome import information, operation_outcome
+from fhir.service import (
+    DeleteResult,
+    FhirService,
+    StoredVersion,
+    WriteResult,
+    deletion_text,
+    instant,
+    new_id,
+)
 from fhir.validate import SUPPORTED_TYPES
 
 # FHIR R4 §3.1.0.11.2: DELETE, POST, PUT/PATCH, GET; Patients first among writes so
 # that an Appointment in the same Bundle resolves its patient.
-_METHOD_ORDER = {"POST": 1, "PUT": 2, "GET": 3}
-_STATUS_TEXT = {200: "200 OK", 201: "201 Created"}
+_METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
+_STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 _T = TypeVar("_T")
 _SEARCH = re.compile(r"^[A-Z][A-Za-z]+\?")  # a conditional reference: Type?criteria
 
@@ -68,13 +76,14 @@ def parse_bundle(data: dict[str, Any]) -> tuple[str, list[Entry]]:
         method = str(request.get("method", "")).upper()
         if method not in _METHOD_ORDER:
             raise invalid(f"Entry method {method or 'missing'!r} is not supported "
-                          f"(POST, PUT, GET)", f"Bundle.entry[{i}].request.method",
+                          f"(DELETE, POST, PUT, GET)", f"Bundle.entry[{i}].request.method",
                           code="not-supported")
-        if method != "GET" and not isinstance(raw.get("resource"), dict):
+        if method in ("POST", "PUT") and not isinstance(raw.get("resource"), dict):
             raise invalid("A POST or PUT entry needs a resource", f"Bundle.entry[{i}].resource",
                           code="required")
         entries.append(Entry(i, method, str(request.get("url", "")), str(raw.get("fullUrl", "")),
-                             raw.get("resource"), request.get("ifNoneExist"),
+                             raw.get("resource") if method in ("POST", "PUT") else None,
+                             request.get("ifNoneExist"),
                              request.get("ifMatch")))
     if kind == "transaction":
         _one_entry_per_resource(entries)
@@ -87,7 +96,7 @@ def _one_entry_per_resource(entries: list[Entry]) -> None:
     be told of an appointment that became another's within the same Bundle."""
     seen: dict[str, int] = {}
     for entry in entries:
-        if entry.method != "PUT":
+        if entry.method not in ("PUT", "DELETE"):
             continue
         target = entry.url.split("?", 1)[0].strip("/")
         if "/" not in target:
@@ -267,11 +276,12 @@ def _refused(error: FhirError) -> dict[str, Any]:
 
 
 def _order(entry: Entry) -> tuple[int, int, int]:
-    """Patients' writes first (POST before PUT), so that what names them finds them
-    stored; then the others' by method (R4 §3.1.0.11.2), a GET last. No resource is
-    touched twice (:func:`_one_entry_per_resource`), so no write depends on another's order."""
-    patient = _type_of(entry) == "Patient" and entry.method != "GET"
-    return (0 if patient else 1, _METHOD_ORDER[entry.method], entry.index)
+    """Deletions first (R4 §3.1.0.11.2); then Patients' writes (POST before PUT), so that
+    what names them finds them stored; then the others' by method, a GET last. No resource
+    is touched twice (:func:`_one_entry_per_resource`), so no write depends on another's order."""
+    patient = _type_of(entry) == "Patient" and entry.method in ("POST", "PUT")
+    rank = 0 if entry.method == "DELETE" else 1 if patient else 2
+    return (rank, _METHOD_ORDER[entry.method], entry.index)
 
 
 def _type_of(entry: Entry) -> str:
@@ -345,7 +355,7 @@ class _Prepared:
     kind: str
     path: list[str]  # the url's path segments: [type], [type, id], [type, id, _history, vid]
     query: str
-    resource: dict[str, Any] | None  # validated (None for a GET)
+    resource: dict[str, Any] | None  # validated (None for a GET or a DELETE)
 
 
 def _prepare_all(service: FhirService, pairs: list[tuple[Entry, dict[str, Any] | None]]
@@ -384,6 +394,11 @@ def _target(entry: Entry, resource: dict[str, Any] | None) -> _Prepared:
             raise FhirError(400, Issue("not-supported", "GET entries support read and vread",
                                        f"{entry.path}.request.url"))
         return _Prepared(entry, kind, path, parts.query, None)
+    if entry.method == "DELETE":
+        if len(path) != 2 or parts.query:
+            raise FhirError(400, Issue("not-supported", "A DELETE entry's url is Type/id "
+                                       "(conditional delete is not supported)", f"{entry.path}.request.url"))
+        return _Prepared(entry, kind, path, "", None)
     assert resource is not None
     if resource.get("resourceType") != kind:
         raise invalid(f"The entry's resource is a {resource.get('resourceType')}, its url a "
@@ -414,6 +429,9 @@ def _apply(service: FhirService, session: Session, prepared: _Prepared, ids: dic
            link: Callable[[StoredVersion], str], sender: str | None, minimal: bool
            ) -> dict[str, Any]:
     entry, kind, path, parsed = prepared.entry, prepared.kind, prepared.path, prepared.resource
+    if entry.method == "DELETE":
+        return _deleted(service.delete(session, kind, path[1], sender=sender, if_match=entry.if_match),
+                        minimal)
     if parsed is None:  # GET
         found = (service.read(session, kind, path[1]) if len(path) == 2
                  else service.vread(session, kind, path[1], path[3]))
@@ -436,6 +454,17 @@ def _apply(service: FhirService, session: Session, prepared: _Prepared, ids: dic
     if minimal:
         del answer["resource"]
     return answer
+
+
+def _deleted(result: DeleteResult, minimal: bool) -> dict[str, Any]:
+    """A DELETE entry's response (R4 §3.1.0.7): 200 with an OperationOutcome saying
+    what happened, or 204 without (``minimal``); the ETag of the deletion version."""
+    response: dict[str, Any] = {"status": _STATUS_TEXT[204 if minimal else 200]}
+    if result.stored and result.stored.deleted:
+        response["etag"] = result.stored.etag
+    if not minimal:
+        response["outcome"] = information(deletion_text(result))
+    return {"response": response}
 
 
 def _answer(stored: StoredVersion, status: int, link: Callable[[StoredVersion], str],

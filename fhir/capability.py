@@ -31,6 +31,7 @@ TYPE_INTERACTIONS = (
     Interaction("update", "PUT", "/{type}/{id}"),
     Interaction("read", "GET", "/{type}/{id}"),
     Interaction("vread", "GET", "/{type}/{id}/_history/{vid}"),
+    Interaction("delete", "DELETE", "/{type}/{id}"),
 )
 SYSTEM_INTERACTIONS = (
     Interaction("capabilities", "GET", "/metadata"),
@@ -100,6 +101,7 @@ def routes_described(statement: dict[str, Any]) -> set[tuple[str, str]]:
         "update": [("PUT", "/{t}/{{id}}")],
         "read": [("GET", "/{t}/{{id}}")],
         "vread": [("GET", "/{t}/{{id}}/_history/{{vid}}")],
+        "delete": [("DELETE", "/{t}/{{id}}")],
     }
     out = {("GET", "/metadata")}
     rest = statement["rest"][0]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 class Issue:
     """One OperationOutcome.issue (FHIR R4 §OperationOutcome): ``code`` is from
     the IssueType value set (invalid, structure, required, value, code-invalid,
-    not-found, not-supported, conflict, duplicate, too-costly, business-rule,
+    not-found, deleted, not-supported, conflict, duplicate, too-costly, business-rule,
     processing, exception); ``expression`` is a FHIRPath to the offending element."""
 
     code: str
@@ -57,6 +57,11 @@ def unprocessable(diagnostics: str, expression: str = "", *, code: str = "busine
 
 def not_found(diagnostics: str) -> FhirError:
     return FhirError(404, Issue("not-found", diagnostics))
+
+
+def gone(diagnostics: str) -> FhirError:
+    """410: a deleted resource or its deletion version (FHIR R4 §3.1.0.2, §3.1.0.7)."""
+    return FhirError(410, Issue("deleted", diagnostics))
 
 
 def precondition_failed(diagnostics: str, expression: str = "") -> FhirError:

@@ -26,6 +26,7 @@ Patient
 Consent
     first seen, or status or flattened provisions changed → ConsentChanged
     (``active`` = status is ``active``); see :func:`flatten_consent`.
+A deletion (FHIR R4 §3.1.0.7), from the last version: see :func:`deletion_events`.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ LOCAL_PATIENT_SYSTEM = "fhir:Patient"
 CHANNEL_EXTENSION = "https://adapter.example.org/fhir/StructureDefinition/consent-channel"
 CHANNEL_CODESYSTEM = "https://adapter.example.org/fhir/CodeSystem/channel"
 _TELECOM = {"phone": "phone", "sms": "sms", "email": "email"}
-_CANCELLED = frozenset({"cancelled", "entered-in-error"})
+# Not an AppointmentStatus: what a deletion (R4 §3.1.0.7) means to each of its patients.
+DELETED = "deleted"
+_CANCELLED = frozenset({"cancelled", "entered-in-error", DELETED})
 # Statuses in which the patient has been told of the appointment (a booking confirmation).
 _ANNOUNCED = frozenset({"booked", "arrived", "checked-in"})
 _REPORT_ANNOUNCED = frozenset({"final", "amended", "corrected", "appended"})
@@ -93,6 +96,42 @@ def events_for(
         return _patient_events(new, previous, origin, now, patient)
     if resource_type == "Consent":
         return _consent_events(new, previous, origin, now, patient)
+    return []
+
+
+def deletion_events(
+    resource_type: str,
+    previous: dict[str, Any],
+    *,
+    origin: Origin,
+    now: datetime,
+    patient: PatientDetails | None,
+    others: Mapping[str, PatientDetails] | None = None,
+) -> list[AnyEvent]:
+    """The events of deleting the resource whose last version was ``previous``.
+
+    An Appointment is called off as entered-in-error is, for each Patient participant
+    it was announced to: AppointmentCancelled, reason ``deleted`` (the patient is told,
+    as of an HL7 S17 deletion: they were told of the booking). A DiagnosticReport is
+    withdrawn as entered-in-error withdraws it. A Consent stops counting
+    (ConsentChanged, inactive, no provisions). A Patient's deletion announces nothing:
+    the person and their contacts stay (erasure is a data-subject request of its own).
+
+    >>> deletion_events("Consent", {"resourceType": "Consent", "id": "c1", "status": "active"},
+    ...                 origin=Origin("fhir", "ehr"), now=datetime(2030, 1, 1, tzinfo=UTC),
+    ...                 patient=None)[0].active
+    False
+    """
+    common = dict(origin=origin, now=now, patient=patient, others=others)
+    if resource_type == "Appointment":
+        return events_for(resource_type, {**previous, "status": DELETED}, previous, **common)  # type: ignore[arg-type]
+    if resource_type == "DiagnosticReport":
+        return events_for(resource_type, {**previous, "status": "entered-in-error"}, previous,
+                          **common)  # type: ignore[arg-type]
+    if resource_type == "Consent":
+        patient = patient or PatientDetails(key=Identifier(LOCAL_PATIENT_SYSTEM, resource_patient_id(previous) or ""))
+        return [ConsentChanged(origin=origin, occurred_at=now, patient=patient,
+                               consent_ref=f"Consent/{previous.get('id', '')}", active=False)]
     return []
 
 

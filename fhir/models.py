@@ -1,6 +1,8 @@
 """Tables of the FHIR front door, on the project's one ``Base``.
 
 fhir_resource        every stored version; content encrypted through the RecordCodec.
+                     A deletion (FHIR R4 §3.1.0.7) is a version of its own, ``deleted``,
+                     whose content is only the resource's type, id and meta.
                      Unique (type, id, version_id): two writers never make the same
                      version; unique (type, id, source_version): the same version from
                      the source is processed once, guaranteed by the database.
@@ -17,6 +19,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Index,
     Integer,
     LargeBinary,
@@ -25,6 +28,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 
 from adapter.db import Base, UTCDateTime
 
@@ -51,6 +55,7 @@ class FhirResource(Base):
     source_last_updated: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sender: Mapped[str] = mapped_column(String(500), default="")
     content: Mapped[bytes] = mapped_column(LargeBinary)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class FhirIdentifier(Base):

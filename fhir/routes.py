@@ -21,8 +21,8 @@ from adapter.db import read_transaction, transaction
 from fhir import bundles
 from fhir.capability import SYSTEM_INTERACTIONS, TYPE_INTERACTIONS, capability_statement
 from fhir.errors import FhirError, Issue, invalid
-from fhir.outcome import fhir_response, outcome_response
-from fhir.service import FhirService, StoredVersion, WriteResult
+from fhir.outcome import fhir_response, information, outcome_response
+from fhir.service import DeleteResult, FhirService, StoredVersion, WriteResult, deletion_text
 from fhir.settings import FhirSettings
 from fhir.subscriptions import SubscriptionReceiver
 from fhir.validate import SUPPORTED_TYPES, parse_resource
@@ -220,6 +220,13 @@ class _Facade:
                     lambda stored: self._resource_response(request, stored, 200, location=False),
                     read_only=True))
             return vread
+        if code == "delete":
+            async def delete(request: Request, id: str) -> Response:
+                if_match = request.headers.get("if-match")
+                return await self._answer(lambda: self._in_transaction(
+                    lambda s: service.delete(s, kind, id, if_match=if_match),
+                    lambda result: _deleted(request, result)))
+            return delete
         raise ValueError(f"no endpoint for interaction {code!r}")
 
     async def unsupported(self, request: Request, rest: str) -> Response:
@@ -230,6 +237,16 @@ class _Facade:
             message = f"{request.method} /{rest} is not supported; see GET /metadata"
         status = 404 if request.method == "GET" or first not in SUPPORTED_TYPES else 405
         return outcome_response(FhirError(status, Issue("not-supported", message)))
+
+
+def _deleted(request: Request, result: DeleteResult) -> Response:
+    """FHIR R4 §3.1.0.7: 200 with an OperationOutcome saying what happened, or 204
+    with ``Prefer: return=minimal``; the same for a resource deleted already or never
+    known. The ETag names the deletion version, for a later update's If-Match."""
+    headers = {"ETag": result.stored.etag} if result.stored and result.stored.deleted else {}
+    if _prefers_minimal(request):
+        return Response(status_code=204, headers=headers)
+    return fhir_response(information(deletion_text(result)), 200, headers)
 
 
 def _prefers_minimal(request: Request) -> bool:

@@ -24,8 +24,8 @@ from uuid6 import uuid7
 
 from adapter.events import AnyEvent, Origin, PatientDetails, ReportReady
 from fhir import store
-from fhir.errors import FhirError, Issue, invalid, not_found, precondition_failed
-from fhir.mapping import events_for, parse_instant, patient_details
+from fhir.errors import FhirError, Issue, gone, invalid, not_found, precondition_failed
+from fhir.mapping import deletion_events, events_for, parse_instant, patient_details
 from fhir.settings import FhirSettings
 from fhir.store import RecordCodec, StoredVersion
 from fhir.validation_pool import ValidationPool
@@ -87,6 +87,38 @@ def _is_older(version: str | None, updated: datetime | None, than: StoredVersion
     return False
 
 
+def _check_if_match(if_match: str | None, existing: StoredVersion | None, ref: str) -> None:
+    """``If-Match`` (FHIR R4 §3.1.0.5.3): the write applies to that version only."""
+    if if_match is not None:
+        wanted = parse_etag(if_match)
+        if existing is None or existing.version_id != wanted:
+            raise precondition_failed(
+                f"If-Match {if_match} does not match the current version "
+                f"({existing.etag if existing else 'none'}) of {ref}")
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """``deleted``: a deletion version stored (``stored``); ``gone``: unknown or
+    deleted already, nothing stored (``stored``: the deletion, if any);
+    ``duplicate`` / ``stale``: as for :class:`WriteResult`."""
+
+    ref: str
+    outcome: Literal["deleted", "gone", "duplicate", "stale"]
+    stored: StoredVersion | None
+    events: list[AnyEvent] = field(default_factory=list)
+
+
+def deletion_text(result: DeleteResult) -> str:
+    """What a delete did, for its informational OperationOutcome."""
+    if result.outcome == "deleted":
+        return f"{result.ref} deleted"
+    if result.outcome == "gone":
+        return f"{result.ref} was deleted already" if result.stored else f"{result.ref} is not known; nothing to delete"
+    return f"{result.ref}: that deletion is older than the current version, which stays" if (
+        result.outcome == "stale") else f"{result.ref}: that deletion was received already"
+
+
 @dataclass
 class FhirService:
     """``accept`` None: a write publishes its events in its own transaction, and
@@ -107,6 +139,8 @@ class FhirService:
         found = store.current(session, self.codec, resource_type, resource_id)
         if found is None:
             raise not_found(f"{resource_type}/{resource_id} is not known")
+        if found.deleted:
+            raise gone(f"{resource_type}/{resource_id} was deleted (version {found.version_id})")
         return found
 
     def vread(self, session: Session, resource_type: str, resource_id: str, vid: str
@@ -115,6 +149,8 @@ class FhirService:
                                                 resource_id, int(vid))
         if not found:
             raise not_found(f"{resource_type}/{resource_id}/_history/{vid} is not known")
+        if found.deleted:
+            raise gone(f"{resource_type}/{resource_id}/_history/{vid} is its deletion")
         return found
 
     def search_identifier(self, session: Session, resource_type: str, query: str) -> list[str]:
@@ -187,12 +223,7 @@ class FhirService:
         kind, rid = resource["resourceType"], resource["id"]
         sender = sender or self.settings.sender
         existing = None if fresh else store.current(session, self.codec, kind, rid)
-        if if_match is not None:
-            wanted = parse_etag(if_match)
-            if existing is None or existing.version_id != wanted:
-                raise precondition_failed(
-                    f"If-Match {if_match} does not match the current version "
-                    f"({existing.etag if existing else 'none'}) of {kind}/{rid}")
+        _check_if_match(if_match, existing, f"{kind}/{rid}")
         meta = resource.get("meta") or {}
         source_version = meta.get("versionId")
         source_updated = parse_instant(meta.get("lastUpdated"))
@@ -202,8 +233,53 @@ class FhirService:
         if existing and _is_older(source_version, source_updated, existing):
             return WriteResult(existing, "stale")
 
+        stored = self._append(session, resource, existing, sender=sender, source_version=source_version,
+                              source_updated=source_updated, fresh=fresh)
+        if stored is None:
+            return WriteResult(self.read(session, kind, rid), "duplicate")
+        store.index_identifiers(session, self.settings.identifier_index_key, stored.resource,
+                                replace=existing is not None)
+        outcome: Outcome = "created" if existing is None or existing.deleted else "updated"
+        live = existing.resource if existing and not existing.deleted else None
+        return WriteResult(stored, outcome, self._record(session, stored, sender, live))
+
+    def delete(self, session: Session, resource_type: str, resource_id: str, *,
+               sender: str | None = None, if_match: str | None = None,
+               source_version: str | None = None, source_updated: datetime | None = None
+               ) -> DeleteResult:
+        """FHIR delete (R4 §3.1.0.7): a version of its own marks the resource deleted
+        (a read answers 410, an update brings it back), its identifiers leave the index,
+        and it is recorded or published like any write (its events:
+        :func:`fhir.mapping.deletion_events`). Deleting an unknown or deleted resource
+        stores nothing (``gone``). ``source_*``: the deletion as the source server
+        numbered it (a subscription's), ordered against its versions as :meth:`write` does."""
+        ref = f"{resource_type}/{resource_id}"
+        sender = sender or self.settings.sender
+        existing = store.current(session, self.codec, resource_type, resource_id)
+        _check_if_match(if_match, existing, ref)
+        if existing is None or existing.deleted:
+            return DeleteResult(ref, "gone", existing)
+        if source_version and store.has_source_version(session, resource_type, resource_id, source_version):
+            return DeleteResult(ref, "duplicate", existing)
+        if _is_older(source_version, source_updated, existing):
+            return DeleteResult(ref, "stale", existing)
+        stored = self._append(session, {"resourceType": resource_type, "id": resource_id}, existing,
+                              sender=sender, source_version=source_version, source_updated=source_updated,
+                              deleted=True, patient_id=resource_patient_id(existing.resource))
+        if stored is None:
+            return DeleteResult(ref, "duplicate", store.current(session, self.codec, resource_type, resource_id))
+        store.index_identifiers(session, self.settings.identifier_index_key, stored.resource)
+        return DeleteResult(ref, "deleted", stored, self._record(session, stored, sender, existing.resource))
+
+    def _append(self, session: Session, resource: dict[str, Any], existing: StoredVersion | None, *,
+                sender: str, source_version: str | None, source_updated: datetime | None,
+                fresh: bool = False, deleted: bool = False, patient_id: str | None = None
+                ) -> StoredVersion | None:
+        """Store the version after ``existing`` (None: that source version was stored
+        meanwhile, by a concurrent request)."""
         now = self.clock()
         number = existing.version_id + 1 if existing else 1
+        meta = resource.get("meta") or {}
         stored_resource = {
             **resource,
             "meta": {**meta, "versionId": str(number), "lastUpdated": instant(now)},
@@ -216,40 +292,50 @@ class FhirService:
             store.insert_staged(session)
         try:
             with session.begin_nested() if savepoint else nullcontext():
-                stored = store.append(
+                return store.append(
                     session, self.codec, resource=stored_resource, version_id=number,
-                    last_updated=now, patient_id=resource_patient_id(resource),
+                    last_updated=now, patient_id=patient_id if deleted else resource_patient_id(resource),
                     source_version=source_version, source_last_updated=source_updated,
-                    sender=sender, new_id=fresh)
+                    sender=sender, new_id=fresh, deleted=deleted)
         except IntegrityError:
+            kind, rid = resource["resourceType"], resource["id"]
             if source_version and store.has_source_version(session, kind, rid, source_version):
-                return WriteResult(self.read(session, kind, rid), "duplicate")
+                return None
             raise FhirError(409, Issue(
                 "conflict", f"{kind}/{rid} was changed concurrently; retry")) from None
-        store.index_identifiers(session, self.settings.identifier_index_key, stored_resource,
-                                replace=existing is not None)
-        outcome: Outcome = "created" if existing is None else "updated"
+
+    def _record(self, session: Session, stored: StoredVersion, sender: str,
+                previous: dict[str, Any] | None) -> list[AnyEvent]:
+        """Record the stored version for processing after the commit (``accept``
+        set), or publish its events now and return them."""
         if self.accept is not None:
             self.accept(session, stored, sender)
-            return WriteResult(stored, outcome)
-        events = self.publish_version(session, stored, sender,
-                                      previous=existing.resource if existing else None)
-        return WriteResult(stored, outcome, events)
+            return []
+        return self.publish_version(session, stored, sender, previous=previous)
 
     def events_of(self, session: Session, stored: StoredVersion, sender: str,
                   previous: dict[str, Any] | None | object = _LOAD) -> list[AnyEvent]:
         """The events version N of a resource announces, derived from version
-        N-1 (loaded unless given): the same answer whenever it is asked."""
+        N-1 (loaded unless given; a deletion stands for no version): the same answer
+        whenever it is asked."""
         if previous is _LOAD:
             before = stored.version_id > 1 and store.version(
                 session, self.codec, stored.resource_type, stored.resource_id,
                 stored.version_id - 1)
-            previous = before.resource if before else None
+            previous = before.resource if before and not before.deleted else None
         origin = Origin("fhir", sender, f"{stored.ref}/_history/{stored.version_id}")
-        events = events_for(stored.resource_type, stored.resource, previous,  # type: ignore[arg-type]
-                            origin=origin, now=stored.last_updated,
-                            patient=self._patient(session, stored.resource),
-                            others=self._other_patients(session, stored.resource, previous))  # type: ignore[arg-type]
+        if stored.deleted:
+            if previous is None:
+                return []
+            events = deletion_events(stored.resource_type, previous,  # type: ignore[arg-type]
+                                     origin=origin, now=stored.last_updated,
+                                     patient=self._patient(session, previous),  # type: ignore[arg-type]
+                                     others=self._other_patients(session, previous, None))  # type: ignore[arg-type]
+        else:
+            events = events_for(stored.resource_type, stored.resource, previous,  # type: ignore[arg-type]
+                                origin=origin, now=stored.last_updated,
+                                patient=self._patient(session, stored.resource),
+                                others=self._other_patients(session, stored.resource, previous))  # type: ignore[arg-type]
         if not self.settings.announce_amended_reports:
             events = [e for e in events if not (isinstance(e, ReportReady) and e.amended)]
         return events
@@ -269,7 +355,8 @@ class FhirService:
         if resource["resourceType"] == "Patient":
             return patient_details(resource, resource["id"], keys)
         patient_id = resource_patient_id(resource)
-        found = patient_id and store.current(session, self.codec, "Patient", patient_id)
+        # A deleted Patient is still who the resources naming it are about.
+        found = patient_id and store.last_content(session, self.codec, "Patient", patient_id)
         return patient_details(found.resource, patient_id, keys) if found else None
 
     def _other_patients(self, session: Session, resource: dict[str, Any], previous: dict[str, Any] | None
@@ -282,7 +369,7 @@ class FhirService:
                              *(appointment_patient_ids(previous)[1:] if previous else [])])
         keys, out = self.settings.patient_key_systems, {}
         for patient_id in ids:
-            found = store.current(session, self.codec, "Patient", patient_id)
+            found = store.last_content(session, self.codec, "Patient", patient_id)
             if found:
                 out[patient_id] = patient_details(found.resource, patient_id, keys)
         return out

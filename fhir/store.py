@@ -26,7 +26,7 @@ _RESOURCE = FhirResource.__table__
 _IDENTIFIER = FhirIdentifier.__table__
 _VERSION_COLUMNS = (_RESOURCE.c.resource_type, _RESOURCE.c.resource_id, _RESOURCE.c.version_id,
                     _RESOURCE.c.last_updated, _RESOURCE.c.source_version,
-                    _RESOURCE.c.source_last_updated, _RESOURCE.c.content)
+                    _RESOURCE.c.source_last_updated, _RESOURCE.c.content, _RESOURCE.c.deleted)
 
 
 class RecordCodec(Protocol):
@@ -54,6 +54,7 @@ class StoredVersion:
     resource: dict[str, Any]
     source_version: str | None = None
     source_last_updated: datetime | None = None
+    deleted: bool = False  # a deletion (R4 §3.1.0.7): ``resource`` is only type, id and meta
 
     @property
     def etag(self) -> str:
@@ -124,6 +125,7 @@ def _load(row: Row[Any], codec: RecordCodec, session: Session) -> StoredVersion:
         resource=json.loads(codec.decrypt(row.content, session=session)),
         source_version=row.source_version,
         source_last_updated=row.source_last_updated,
+        deleted=row.deleted,
     )
 
 
@@ -132,6 +134,19 @@ def current(session: Session, codec: RecordCodec, resource_type: str, resource_i
     row = _connection(session).execute(
         select(*_VERSION_COLUMNS)
         .where(_RESOURCE.c.resource_type == resource_type, _RESOURCE.c.resource_id == resource_id)
+        .order_by(_RESOURCE.c.version_id.desc())
+        .limit(1)
+    ).first()
+    return _load(row, codec, session) if row else None
+
+
+def last_content(session: Session, codec: RecordCodec, resource_type: str, resource_id: str
+                 ) -> StoredVersion | None:
+    """The newest version that is not a deletion: what a deleted resource last said."""
+    row = _connection(session).execute(
+        select(*_VERSION_COLUMNS)
+        .where(_RESOURCE.c.resource_type == resource_type, _RESOURCE.c.resource_id == resource_id,
+               _RESOURCE.c.deleted.is_(False))
         .order_by(_RESOURCE.c.version_id.desc())
         .limit(1)
     ).first()
@@ -184,10 +199,12 @@ def append(
     source_last_updated: datetime | None,
     sender: str,
     new_id: bool = False,
+    deleted: bool = False,
 ) -> StoredVersion:
     """Insert one version (the caller decides the number); the unique
     constraints fire here, unless ``new_id`` (the server has just assigned the
-    id, so nothing can collide): then the row may be staged (:func:`stage`)."""
+    id, so nothing can collide): then the row may be staged (:func:`stage`).
+    ``deleted``: the version that records a deletion."""
     row = {
         "resource_type": resource["resourceType"],
         "resource_id": resource["id"],
@@ -198,6 +215,7 @@ def append(
         "source_version": source_version,
         "source_last_updated": source_last_updated,
         "sender": sender,
+        "deleted": deleted,
         "content": codec.encrypt(json.dumps(resource, separators=(",", ":")).encode(),
                                  subject=subject_for(patient_id), session=session),
     }
@@ -206,7 +224,7 @@ def append(
     else:
         _connection(session).execute(insert(_RESOURCE), [row])
     return StoredVersion(resource["resourceType"], resource["id"], version_id, last_updated,
-                         resource, source_version, source_last_updated)
+                         resource, source_version, source_last_updated, deleted)
 
 
 ANY_SYSTEM = "*"

@@ -10,6 +10,10 @@ has produced (``events-since-subscription-start``): a jump in that counter is a
 gap, recovered with ``$events``, or with a ``_lastUpdated`` search where the
 server lacks it. A subscription that stops calling is *silent*: servers accept
 subscriptions that never fire and drop notifications after a minute of retries.
+
+A resource the source server deleted is applied as a delete (FHIR R4 §3.1.0.7):
+its history entry says so (``request.method`` DELETE, or ``response.status``
+410), or its read answers 410 Gone, or 404 for a resource stored here.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from adapter.db import transaction
+from adapter.db import read_transaction, transaction
+from fhir import store
 from fhir.client import FhirClient
 from fhir.errors import FhirError, Issue, UpstreamError, invalid
 from fhir.mapping import parse_instant
@@ -50,6 +55,29 @@ class NotificationEvent:
 
 
 @dataclass(frozen=True)
+class Deletion:
+    """A resource the source server deleted, with the version its deletion made
+    there when known (to order it against the resource's other versions)."""
+
+    resource_type: str
+    resource_id: str
+    source_version: str | None = None
+    source_updated: datetime | None = None
+
+    @classmethod
+    def of(cls, reference: str, source_version: str | None = None,
+           source_updated: datetime | None = None) -> Deletion:
+        """``[base/]Type/id[/_history/N]``: N is the deletion's version, unless given.
+
+        >>> Deletion.of("https://ehr/fhir/Appointment/a1/_history/4")
+        Deletion(resource_type='Appointment', resource_id='a1', source_version='4', source_updated=None)
+        """
+        path, _, version = reference.partition("/_history/")
+        kind, rid = path.rstrip("/").split("/")[-2:]
+        return cls(kind, rid, source_version or version or None, source_updated)
+
+
+@dataclass(frozen=True)
 class Notification:
     """What a notification Bundle says, whatever its flavour."""
 
@@ -59,6 +87,7 @@ class Notification:
     events: tuple[NotificationEvent, ...] = ()
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # fullUrl → resource
     topic: str = ""
+    deleted: dict[str, Deletion] = field(default_factory=dict)  # Type/id → its deletion
 
 
 @dataclass(frozen=True)
@@ -95,11 +124,29 @@ def parse_notification(bundle: dict[str, Any]) -> Notification:
                       "(Parameters in the R4 backport)", "Bundle.entry[0].resource")
     resources = {e.get("fullUrl", ""): e["resource"] for e in entries[1:]
                  if isinstance(e.get("resource"), dict)}
+    deleted = {f"{found.resource_type}/{found.resource_id}": found for e in entries[1:]
+               if isinstance(e, dict) and (found := _deletion(e)) is not None}
     events = notification.events
     if not events and notification.kind in ("event-notification", "query-event"):
         events = _events_from_entries(entries[1:], notification.events_since_start)
     return Notification(notification.subscription, notification.kind,
-                        notification.events_since_start, events, resources, notification.topic)
+                        notification.events_since_start, events, resources, notification.topic, deleted)
+
+
+def _deletion(entry: dict[str, Any]) -> Deletion | None:
+    """What a history entry deleted (R4 §3.1.0.10: ``request.method`` DELETE, or a
+    ``response.status`` of 410, and no resource), else None."""
+    request = entry.get("request") if isinstance(entry.get("request"), dict) else {}
+    response = entry.get("response") if isinstance(entry.get("response"), dict) else {}
+    if isinstance(entry.get("resource"), dict) or not (
+            str(request.get("method", "")).upper() == "DELETE"
+            or str(response.get("status", "")).startswith("410")):
+        return None
+    reference = str(entry.get("fullUrl") or request.get("url") or "").split("?")[0]
+    if reference.strip("/").count("/") < 1:
+        raise invalid(f"A deleted entry names no Type/id: {reference!r}", "Bundle.entry.fullUrl")
+    etag = str(response.get("etag") or "").removeprefix("W/").strip('"')
+    return Deletion.of(reference, etag or None, parse_instant(response.get("lastModified")))
 
 
 def _int(value: Any) -> int | None:
@@ -197,7 +244,7 @@ class SubscriptionReceiver:
         note = parse_notification(bundle)
         sub = await run_in_threadpool(self._subscription, note)
         last = sub.last_event_number
-        resources: list[tuple[dict[str, Any], str]] = []
+        resources: list[tuple[dict[str, Any] | Deletion, str]] = []
         recovered = 0
         async with self._client(sub.server) as client:
             gap = _gap(last, note)
@@ -237,7 +284,14 @@ class SubscriptionReceiver:
                                    "on a trusted server", "Bundle.entry[0].resource"))
 
     async def _resource(self, client: FhirClient, sub: FhirSubscription, note: Notification,
-                        event: NotificationEvent) -> dict[str, Any]:
+                        event: NotificationEvent) -> dict[str, Any] | Deletion:
+        """The resource an event is about, or its deletion: carried by the
+        notification, else read from the source server (410 Gone, or 404 for a
+        resource stored here, is its deletion)."""
+        focus = event.focus.split("/_history/")[0]
+        for ref, deletion in note.deleted.items():
+            if focus == ref or focus.endswith("/" + ref):
+                return deletion
         for url, resource in note.resources.items():
             if url and (url == event.focus or url.endswith("/" + event.focus)):
                 return resource
@@ -247,17 +301,26 @@ class SubscriptionReceiver:
         try:
             return await client.read(event.focus)
         except UpstreamError as exc:
+            if exc.status == 410 or exc.status == 404 and await run_in_threadpool(self._stored, event.focus):
+                # The version the focus names is the event's, not the deletion's.
+                return Deletion.of(focus, source_updated=event.timestamp)
             raise FhirError(502 if exc.status is None else 424, Issue(
                 "transient", f"Could not fetch {event.focus} from {sub.server}: {exc}")) from exc
 
+    def _stored(self, reference: str) -> bool:
+        """Whether a version of the resource ``reference`` names is stored here."""
+        deletion = Deletion.of(reference)
+        with read_transaction(self.sessions) as session:
+            return store.latest_version_id(session, deletion.resource_type, deletion.resource_id) is not None
+
     async def _patients(self, client: FhirClient, sub: FhirSubscription, note: Notification,
-                        resources: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+                        resources: list[dict[str, Any] | Deletion]) -> list[tuple[dict[str, Any], str]]:
         """The Patients the notified resources are about, valid ones only (one the adapter
         refuses is logged; the resources naming it are stored without its details): those
         the notification carries, the others read from the source server."""
         carried = {f"Patient/{r.get('id')}": r for r in note.resources.values() if r.get("resourceType") == "Patient"}
         try:
-            patients = await patients_of(client, resources, carried=carried)
+            patients = await patients_of(client, [r for r in resources if isinstance(r, dict)], carried=carried)
         except UpstreamError as exc:
             raise FhirError(502 if exc.status is None else 424, Issue(
                 "transient", f"Could not fetch the patients of the notified resources from {sub.server}: {exc}"
@@ -269,7 +332,7 @@ class SubscriptionReceiver:
         return [(patient, sub.server) for patient, error in zip(patients, refused, strict=True) if not error]
 
     async def _recover(self, client: FhirClient, sub: FhirSubscription, gap: tuple[int, int]
-                       ) -> list[tuple[dict[str, Any], str]]:
+                       ) -> list[tuple[dict[str, Any] | Deletion, str]]:
         """Missed events ``gap`` (inclusive): ``$events`` first, else a search
         since the last event we saw."""
         sub_id = sub.url.rsplit("/", 1)[-1]
@@ -280,7 +343,7 @@ class SubscriptionReceiver:
         except (UpstreamError, FhirError) as exc:
             log.info("$events unavailable on %s (%s); searching by _lastUpdated", sub.server, exc)
         since = (sub.last_event_at or sub.last_notification_at or sub.created_at) - CLOCK_SKEW
-        found = []
+        found: list[tuple[dict[str, Any] | Deletion, str]] = []
         types = (sub.resource_type,) if sub.resource_type else SUBSCRIBED_TYPES
         try:
             for kind in types:
@@ -291,19 +354,27 @@ class SubscriptionReceiver:
                                        f"{gap[0]}..{gap[1]} from {sub.server}: {exc}")) from exc
         return found
 
-    def _apply(self, url: str, note: Notification, resources: list[tuple[dict[str, Any], str]],
+    def _apply(self, url: str, note: Notification, resources: list[tuple[dict[str, Any] | Deletion, str]],
                newest: int, last_event_at: datetime | None, recovered: int) -> None:
-        """Store the resources and move the counters, in one transaction. The
-        resources are validated first, outside it (in helper processes when there
-        are many: a gap recovered with ``$events`` can bring hundreds)."""
-        ours = [(resource, server) for resource, server in resources
-                if resource.get("resourceType") in SUPPORTED_TYPES]
-        refused = next((e for e in self.service.validator.validate([r for r, _ in ours]) if e), None)
+        """Store the resources (and deletions) and move the counters, in one
+        transaction. The resources are validated first, outside it (in helper
+        processes when there are many: a gap recovered with ``$events`` can bring
+        hundreds)."""
+        ours = [(resource, server) for resource, server in resources if (
+            resource.resource_type if isinstance(resource, Deletion) else resource.get("resourceType")
+        ) in SUPPORTED_TYPES]
+        written = [r for r, _ in ours if isinstance(r, dict)]
+        refused = next((e for e in self.service.validator.validate(written) if e), None)
         if refused is not None:
             raise refused
         with transaction(self.sessions) as session:
             for resource, server in ours:
-                self.service.write(session, resource, sender=server)
+                if isinstance(resource, Deletion):
+                    self.service.delete(session, resource.resource_type, resource.resource_id, sender=server,
+                                        source_version=resource.source_version,
+                                        source_updated=resource.source_updated)
+                else:
+                    self.service.write(session, resource, sender=server)
             sub = session.scalar(select(FhirSubscription).where(FhirSubscription.url == url))
             assert sub is not None
             sub.last_notification_at = self.service.clock()

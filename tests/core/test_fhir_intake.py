@@ -304,3 +304,40 @@ def test_a_patient_whose_every_number_has_ended_is_no_longer_messaged_on_the_old
         assert active() == 1
         put({key: value for key, value in body.items() if key != "telecom"} | {"gender": "male"})
         assert active() == 1
+
+
+def test_a_deleted_appointment_calls_off_its_reminders_and_reads_as_gone_until_put_again(tmp_path, database_url):
+    """``DELETE [base]/Appointment/{id}`` (FHIR R4 §3.1.0.7) used to be refused (405): the
+    EHR could not delete, and the reminders of the appointment kept going out. The
+    deletion is stored as a version of its own and processed like any write: the
+    pending notices are called off and the patient is told, as for entered-in-error."""
+    with running_adapter(settings_for(tmp_path, database_url)) as adapter:
+        ehr, officer = adapter.client("ehr"), adapter.client("officer")
+        start = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+        assert ehr.put("/fhir/R4/Patient/p1", json=patient("p1"), headers=FHIR).status_code == 201
+        assert ehr.put("/fhir/R4/Appointment/a1", json=appointment("a1", "p1", start), headers=FHIR).status_code == 201
+        adapter.fhir_processed()
+        assert [i["status"] for i in notifications(officer) if i["kind"] == "reminder"] == ["scheduled"] * 2
+
+        deleted = ehr.delete("/fhir/R4/Appointment/a1")
+        assert deleted.status_code == 200, deleted.text
+        assert deleted.headers["etag"] == 'W/"2"'
+        adapter.fhir_processed()
+        assert fhir_messages(adapter)[-1]["control_id"] == "Appointment/a1/_history/2"
+        assert fhir_messages(adapter)[-1]["status"] == "processed"
+        items = notifications(officer)
+        assert not [i for i in items if i["kind"] == "reminder" and i["status"] == "scheduled"]
+        assert any("deleted" in (i["reason"] or "") for i in items if i["kind"] == "reminder")
+        assert [i["kind"] for i in items].count("cancellation_notice") == 1
+
+        assert ehr.get("/fhir/R4/Appointment/a1").status_code == 410
+        assert ehr.get("/fhir/R4/Appointment/a1/_history/2").status_code == 410
+        assert ehr.get("/fhir/R4/Appointment/a1/_history/1").status_code == 200
+        again = ehr.delete("/fhir/R4/Appointment/a1")  # idempotent, stores nothing
+        assert again.status_code == 200 and ehr.delete("/fhir/R4/Appointment/never").status_code == 200
+        assert len(fhir_messages(adapter)) == 3
+
+        back = ehr.put("/fhir/R4/Appointment/a1", json=appointment("a1", "p1", start), headers=FHIR)
+        assert back.status_code == 201 and back.headers["etag"] == 'W/"3"'
+        adapter.fhir_processed()
+        assert [i["status"] for i in notifications(officer) if i["kind"] == "reminder"].count("scheduled") == 2

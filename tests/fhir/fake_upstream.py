@@ -31,11 +31,22 @@ class FakeUpstream:
     public_key: Any = None  # set: every request needs a token from /token
     tokens_issued: int = 0
     requests: list[str] = field(default_factory=list)
+    deleted: dict[str, str] = field(default_factory=dict)  # reference → version of its deletion
+    forgotten: set[str] = field(default_factory=set)  # deleted, and read as 404 (no history kept)
 
     def put(self, resource: dict[str, Any], version: int, updated: str) -> dict[str, Any]:
         resource = {**resource, "meta": {"versionId": str(version), "lastUpdated": updated}}
         self.resources[f"{resource['resourceType']}/{resource['id']}"] = resource
         return resource
+
+    def delete(self, reference: str, version: int, *, forget: bool = False) -> int:
+        """Delete a resource (its read answers 410 Gone, or 404 with ``forget``) and
+        record the event."""
+        self.resources.pop(reference)
+        self.deleted[reference] = str(version)
+        if forget:
+            self.forgotten.add(reference)
+        return self.record_event(reference)
 
     def record_event(self, reference: str) -> int:
         self.events.append(reference)
@@ -88,7 +99,11 @@ class FakeUpstream:
 
         @app.get("/fhir/{kind}/{rid}")
         async def read(kind: str, rid: str):
-            found = self.resources.get(f"{kind}/{rid}")
+            ref = f"{kind}/{rid}"
+            if ref in self.deleted and ref not in self.resources:
+                return JSONResponse({"resourceType": "OperationOutcome"},
+                                    status_code=404 if ref in self.forgotten else 410)
+            found = self.resources.get(ref)
             return found or JSONResponse({"resourceType": "OperationOutcome"}, status_code=404)
 
         @app.get("/fhir/{kind}")
@@ -132,7 +147,10 @@ class FakeUpstream:
                 {"name": "event-number", "valueString": str(n)},
                 {"name": "focus", "valueReference": {"reference": f"{self.url}/{ref}"}}]})
             entry: dict[str, Any] = {"fullUrl": f"{self.url}/{ref}"}
-            if full:
+            if ref in self.deleted and ref not in self.resources:  # a history entry of a deletion
+                entry["request"] = {"method": "DELETE", "url": ref}
+                entry["response"] = {"status": "410 Gone", "etag": f'W/"{self.deleted[ref]}"'}
+            elif full:
                 entry["resource"] = self.resources[ref]
             entries.append(entry)
         return {"resourceType": "Bundle", "type": "history", "entry": [

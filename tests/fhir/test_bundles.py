@@ -174,13 +174,55 @@ def test_a_batch_answers_each_entry_and_keeps_the_good_ones(adapter):
     assert adapter.http.get(entries[0]["response"]["location"]).status_code == 200
 
 
-def test_a_bundle_of_another_type_or_with_delete_is_refused(adapter):
+def test_a_bundle_of_another_type_or_with_patch_or_a_conditional_delete_is_refused(adapter):
     response = adapter.post("/", {"resourceType": "Bundle", "type": "collection"})
     assert response.status_code == 400 and issue(response)["expression"] == ["Bundle.type"]
     response = adapter.post("/", {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"request": {"method": "DELETE", "url": "Patient/1"}}]})
+        {"request": {"method": "PATCH", "url": "Patient/1"}}]})
     assert response.status_code == 400
     assert issue(response)["expression"] == ["Bundle.entry[0].request.method"]
+    response = adapter.post("/", {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": "Patient?identifier=s|1"}}]})
+    assert response.status_code == 400
+    assert issue(response)["expression"] == ["Bundle.entry[0].request.url"]
+
+
+def test_a_transaction_deletes_first_and_calls_off_the_deleted_appointment(adapter):
+    """R4 §3.1.0.11.2: DELETE entries, processed before the others. A transaction that
+    deleted an Appointment was refused (400), and its reminders kept going out."""
+    pid = create_patient(adapter)
+    assert adapter.put("/Appointment/old", {**booked(pid), "id": "old"}).status_code == 201
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {**booked(pid), "id": "new"}, "request": {"method": "PUT", "url": "Appointment/new"}},
+        {"request": {"method": "DELETE", "url": "Appointment/old"}},
+        {"request": {"method": "DELETE", "url": "Appointment/unknown"}},
+    ]}
+    adapter.events.clear()
+    response = adapter.post("/", bundle)
+    assert response.status_code == 200, response.text
+    entries = response.json()["entry"]
+    assert entries[0]["response"]["status"] == "201 Created"
+    assert entries[1]["response"]["status"] == "200 OK" and entries[1]["response"]["etag"] == 'W/"2"'
+    assert entries[1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert entries[2]["response"]["status"] == "200 OK" and "etag" not in entries[2]["response"]
+    assert [(type(e).__name__, e.appointment.ref) for e in adapter.events] == [
+        ("AppointmentCancelled", "Appointment/old"), ("AppointmentBooked", "Appointment/new")]
+    assert adapter.events[0].reason == "deleted"
+    assert adapter.get("/Appointment/old").status_code == 410
+
+
+def test_a_transaction_that_deletes_and_writes_one_resource_is_refused_and_a_batch_deletes_per_entry(adapter):
+    pid = create_patient(adapter)
+    assert adapter.put("/Appointment/a1", {**booked(pid), "id": "a1"}).status_code == 201
+    both = [{"request": {"method": "DELETE", "url": "Appointment/a1"}},
+            {"resource": {**booked(pid), "id": "a1"}, "request": {"method": "PUT", "url": "Appointment/a1"}}]
+    response = adapter.post("/", {"resourceType": "Bundle", "type": "transaction", "entry": both})
+    assert response.status_code == 400 and issue(response)["expression"] == ["Bundle.entry[1].request.url"]
+    assert adapter.get("/Appointment/a1").status_code == 200
+    response = adapter.post("/", {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "DELETE", "url": "Appointment/a1", "ifMatch": 'W/"9"'}},
+        {"request": {"method": "DELETE", "url": "Patient/nobody"}}]}, Prefer="return=minimal")
+    assert [e["response"]["status"] for e in response.json()["entry"]] == ["412", "204 No Content"]
 
 
 def test_prefer_return_minimal_answers_written_entries_without_their_resource(adapter):

@@ -29,11 +29,12 @@ def test_every_interaction_the_capability_statement_lists_is_answered(adapter):
     patient = sample("patient.json")
     for resource in rest["resource"]:
         codes = {i["code"] for i in resource["interaction"]}
-        assert codes == {"create", "update", "read", "vread"}
+        assert codes == {"create", "update", "read", "vread", "delete"}
         assert resource["conditionalCreate"] and resource["conditionalUpdate"]
     pid = adapter.post("/Patient", patient).json()["id"]
     assert adapter.put(f"/Patient/{pid}", {**patient, "id": pid}).status_code == 200
     assert adapter.get(f"/Patient/{pid}").status_code == 200
     assert adapter.get(f"/Patient/{pid}/_history/2").status_code == 200
+    assert adapter.http.delete(f"{adapter.base}/Patient/{pid}").status_code == 200
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch"}
     assert [o["name"] for o in rest["operation"]] == ["subscription-hook"]

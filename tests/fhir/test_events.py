@@ -232,3 +232,66 @@ def test_a_patient_taken_off_a_group_appointment_has_what_was_planned_called_off
     assert [(type(e).__name__, e.patient.key.value, e.appointment.ref) for e in adapter.events] == [
         ("AppointmentCancelled", second, f"Appointment/g2#Patient/{second}"),
         ("AppointmentRescheduled", second, "Appointment/g2")]  # the core books it for them, last
+
+
+def delete(adapter, path, **headers):
+    return adapter.http.delete(adapter.base + path, headers=headers)
+
+
+def test_deleting_a_booked_appointment_calls_it_off_for_each_patient_as_entered_in_error_does(adapter):
+    pid, other = create_patient(adapter), create_patient(adapter)
+    group = booked(pid)
+    group["participant"] = [*group["participant"], {"actor": {"reference": f"Patient/{other}"}, "status": "accepted"}]
+    assert adapter.put("/Appointment/g1", {**group, "id": "g1"}).status_code == 201
+    put_appointment(adapter, "c1", pid, status="cancelled")
+    adapter.events.clear()
+    answer = delete(adapter, "/Appointment/g1")
+    assert answer.status_code == 200 and answer.headers["etag"] == 'W/"2"'
+    assert answer.json()["issue"][0]["severity"] == "information"
+    assert [(type(e).__name__, e.reason, e.appointment.ref) for e in adapter.events] == [
+        ("AppointmentCancelled", "deleted", "Appointment/g1"),
+        ("AppointmentCancelled", "deleted", f"Appointment/g1#Patient/{other}")]
+    assert adapter.events[0].appointment.start is not None
+    adapter.events.clear()
+    assert delete(adapter, "/Appointment/c1").status_code == 200  # never announced: nothing to call off
+    assert delete(adapter, "/Appointment/g1").status_code == 200  # deleted already: nothing again
+    minimal = delete(adapter, "/Appointment/nobody", Prefer="return=minimal")
+    assert minimal.status_code == 204 and adapter.events == []
+
+
+def test_a_deleted_resource_reads_as_gone_keeps_its_history_and_an_update_brings_it_back(adapter):
+    pid = create_patient(adapter)
+    put_appointment(adapter, "a1", pid)
+    assert delete(adapter, "/Appointment/a1", **{"If-Match": 'W/"5"'}).status_code == 412
+    assert delete(adapter, "/Appointment/a1", **{"If-Match": 'W/"1"'}).status_code == 200
+    gone = adapter.get("/Appointment/a1")
+    assert gone.status_code == 410 and issue(gone)["code"] == "deleted"
+    assert adapter.get("/Appointment/a1/_history/2").status_code == 410
+    assert adapter.get("/Appointment/a1/_history/1").json()["status"] == "booked"
+    adapter.events.clear()
+    back = put_appointment(adapter, "a1", pid)
+    assert back.status_code == 201 and back.headers["etag"] == 'W/"3"'
+    assert adapter.kinds() == ["AppointmentBooked"]
+
+
+def test_deleting_a_final_report_withdraws_it(adapter):
+    pid = create_patient(adapter)
+    report = {**sample("diagnostic-report.json", PATIENT_ID=pid), "id": "r1", "status": "final"}
+    adapter.put("/DiagnosticReport/r1", report)
+    assert adapter.kinds()[-1] == "ReportReady"
+    assert delete(adapter, "/DiagnosticReport/r1").status_code == 200
+    assert adapter.kinds()[-1] == "ReportWithdrawn" and adapter.events[-1].report_ref == "DiagnosticReport/r1"
+
+
+def test_a_deleted_consent_stops_counting_and_a_deleted_patient_is_still_who_it_was(adapter):
+    pid = create_patient(adapter, identifier=[{"system": "urn:mrn", "value": "M1"}])
+    consent = adapter.post("/Consent", sample("consent.json", PATIENT_ID=pid)).json()["id"]
+    adapter.events.clear()
+    assert delete(adapter, f"/Patient/{pid}").status_code == 200
+    assert adapter.events == []  # the person and their contacts stay
+    assert adapter.post("/Patient", sample("patient.json"), **{"If-None-Exist": "identifier=urn:mrn|M1"}
+                        ).status_code == 201  # no longer found by its identifier
+    assert delete(adapter, f"/Consent/{consent}").status_code == 200
+    event = adapter.events[-1]
+    assert type(event).__name__ == "ConsentChanged" and not event.active and event.provisions == ()
+    assert event.patient.given_name  # the deleted Patient's details

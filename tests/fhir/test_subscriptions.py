@@ -248,3 +248,76 @@ def test_a_patient_the_notification_carries_is_taken_from_it_and_not_read_again(
     assert notify(adapter, bundle).status_code == 200
     assert not any(r.startswith("GET /fhir/Patient") for r in upstream.requests)
     assert adapter.events[-1].patient.telecom[0].value == "+393331234567"
+
+
+def test_a_notification_of_a_deleted_appointment_calls_it_off_instead_of_failing_forever(adapter, upstream):
+    """A notification about a resource the source server deleted was answered 424 every
+    time (its read answers 410): the server retried forever, the subscription stalled,
+    and the deleted appointment's reminders kept going out. The deletion is applied."""
+    sid = subscribed(adapter, upstream)
+    assert notify(adapter, upstream.notification(sid, "event-notification", [book(upstream, "a1")],
+                                                 full=False)).status_code == 200
+    number = upstream.delete("Appointment/a1", 2)
+    with_entry = upstream.notification(sid, "event-notification", [number], full=False)
+    bare = json.loads(json.dumps(with_entry))
+    del bare["entry"][1]["request"], bare["entry"][1]["response"]  # id-only: its read answers 410
+    response = notify(adapter, bare)
+    assert response.status_code == 200, response.text
+    assert adapter.kinds()[-1] == "AppointmentCancelled" and adapter.events[-1].reason == "deleted"
+    assert adapter.get("/Appointment/a1").status_code == 410
+    assert state(adapter, sid).last_event_number == number
+    adapter.events.clear()
+    assert notify(adapter, with_entry).status_code == 200  # the history entry says so: no read
+    assert adapter.events == [] and upstream.requests[-1].startswith("GET /fhir/Appointment/a1")
+
+
+def test_a_history_entry_deleting_an_appointment_is_applied_without_a_read_and_ordered_by_its_version(
+        adapter, upstream):
+    sid = subscribed(adapter, upstream)
+    first = book(upstream, "a1")
+    assert notify(adapter, upstream.notification(sid, "event-notification", [first], full=True)).status_code == 200
+    number = upstream.delete("Appointment/a1", 3)
+    reads = len(upstream.requests)
+    response = notify(adapter, upstream.notification(sid, "event-notification", [number], full=True))
+    assert response.status_code == 200, response.text
+    assert len(upstream.requests) == reads and adapter.kinds()[-1] == "AppointmentCancelled"
+    adapter.events.clear()
+    late = upstream.put(appointment("a1"), 2, "2030-11-20T09:02:00Z")  # version 2, after its deletion (3)
+    upstream.resources.pop("Appointment/a1")
+    stale = {"resourceType": "Bundle", "type": "history", "entry": [
+        upstream.notification(sid, "event-notification", [], full=False, total=number + 1)["entry"][0],
+        {"fullUrl": f"{upstream.url}/Appointment/a1", "resource": late}]}
+    stale["entry"][0]["resource"]["parameter"].append({"name": "notification-event", "part": [
+        {"name": "event-number", "valueString": str(number + 1)},
+        {"name": "focus", "valueReference": {"reference": f"{upstream.url}/Appointment/a1"}}]})
+    assert notify(adapter, stale).status_code == 200
+    assert adapter.events == [] and adapter.get("/Appointment/a1").status_code == 410
+
+
+def test_a_404_for_a_resource_we_stored_is_its_deletion_and_for_one_we_never_had_still_an_error(adapter, upstream):
+    sid = subscribed(adapter, upstream)
+    assert notify(adapter, upstream.notification(sid, "event-notification", [book(upstream, "a1")],
+                                                 full=False)).status_code == 200
+    number = upstream.delete("Appointment/a1", 2, forget=True)
+    note = upstream.notification(sid, "event-notification", [number], full=False)
+    del note["entry"][1]["request"], note["entry"][1]["response"]
+    assert notify(adapter, note).status_code == 200
+    assert adapter.kinds()[-1] == "AppointmentCancelled"
+    upstream.forgotten.add("Appointment/never")
+    upstream.deleted["Appointment/never"] = "1"
+    number = upstream.record_event("Appointment/never")
+    note = upstream.notification(sid, "event-notification", [number], full=False)
+    del note["entry"][1]["request"], note["entry"][1]["response"]
+    assert notify(adapter, note).status_code == 424
+
+
+def test_a_deletion_among_missed_events_is_recovered_with_events(adapter, upstream):
+    sid = subscribed(adapter, upstream)
+    assert notify(adapter, upstream.notification(sid, "event-notification", [book(upstream, "a1")],
+                                                 full=False)).status_code == 200
+    upstream.delete("Appointment/a1", 2)  # event 2, missed
+    number = book(upstream, "a2")
+    response = notify(adapter, upstream.notification(sid, "event-notification", [number], full=True))
+    assert response.status_code == 200, response.text
+    assert adapter.kinds()[-2:] == ["AppointmentCancelled", "AppointmentBooked"]
+    assert state(adapter, sid).events_recovered == 1

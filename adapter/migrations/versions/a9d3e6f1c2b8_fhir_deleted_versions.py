@@ -4,7 +4,7 @@ FHIR R4 §3.1.0.7: a deleted resource keeps its history; a read answers 410 Gone
 an update brings it back. Existing rows are versions with content (false).
 
 Revision ID: a9d3e6f1c2b8
-Revises: f5c2d8e1a7b4
+Revises: b2c4e6f8a1d3
 Create Date: 2026-11-27 17:40:00
 """
 from alembic import op
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 
 revision = 'a9d3e6f1c2b8'
-down_revision = 'f5c2d8e1a7b4'
+down_revision = 'b2c4e6f8a1d3'
 branch_labels = None
 depends_on = None
 

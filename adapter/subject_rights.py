@@ -273,8 +273,9 @@ def erase_patient(session: Session, container: Container, patient_id: str, *, ac
         deleted.update(_erase_fhir(session, fhir_ids))
         session.execute(delete(Patient).where(Patient.id.in_(patient_ids)))
     deleted["patient"] = len(patient_ids)
-    destroyed = sum(container.vault.destroy(session, f"patient:{pid}", at=now)
-                    for pid in {*patient_ids, *fhir_ids})
+    # An EHR's Patient id comes back when it sends that patient again: a new key then.
+    destroyed = sum(container.vault.destroy(session, f"patient:{pid}", at=now) for pid in patient_ids) + sum(
+        container.vault.destroy(session, f"patient:{fid}", at=now, reusable=True) for fid in fhir_ids - set(patient_ids))
     for pid in merged:
         container.audit.append(session, action="erased", actor=actor, subject_pseudonym=f"patient:{pid}",
                                reason="data-subject erasure (art. 17) of the patient this record was merged into",
@@ -503,7 +504,18 @@ def _erase_fhir(session: Session, fhir_ids: set[str]) -> dict[str, int]:
             session.execute(delete(identifiers).where(identifiers.c.resource_type == kind,
                                                       identifiers.c.resource_id == rid))
     result = session.execute(delete(resources).where(resources.c.patient_id.in_(fhir_ids)))
-    return {"fhir_resource": result.rowcount} if result.rowcount else {}
+    deleted = {"fhir_resource": result.rowcount} if result.rowcount else {}
+    # Their versions' rows in the inbound queue go too: the EHR that still holds the
+    # patient sends them again, as first versions with the same ids, and the patient
+    # starts afresh (the rows kept, ``Patient/p1/_history/1`` took the new version's id).
+    queued = 0
+    for kind, rid in set(refs):
+        queued += session.execute(delete(InboundMessage).where(
+            InboundMessage.source == "fhir",
+            InboundMessage.control_id.startswith(f"{kind}/{rid}/_history/", autoescape=True))).rowcount
+    if queued:
+        deleted["inbound_message"] = queued
+    return deleted
 
 
 def _fhir_id(ref: str) -> str:

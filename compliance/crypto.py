@@ -275,9 +275,12 @@ class Vault:
 
     # -- key lifecycle -------------------------------------------------------------------
 
-    def destroy(self, session: Session, subject: str, *, at: datetime | None = None) -> bool:
+    def destroy(self, session: Session, subject: str, *, at: datetime | None = None, reusable: bool = False) -> bool:
         """Crypto-shred ``subject``: its wrapped key is erased; blobs sealed for it raise
-        :class:`KeyDestroyed` from now on and no new key is ever made for it. Returns whether
+        :class:`KeyDestroyed` from now on and no new key is ever made for it, unless
+        ``reusable`` (a name somebody else gives, such as an EHR's Patient id, which comes
+        back when the EHR sends that patient again): then the destroyed key keeps its id
+        under another name, and the next use of ``subject`` makes a new key. Returns whether
         a live key existed. On SQLite, ``secure_delete`` is turned on for this connection so
         the old page is zeroed; PostgreSQL frees the old row version at the next VACUUM, and
         backups keep it until they expire — plan retention of backups accordingly."""
@@ -293,13 +296,16 @@ class Vault:
                 self._by_id.pop(cached.key_id, None)
         _count_destruction(session)
         if row is None:
-            session.add(DataKey(id=_new_key_id(), subject=subject, master_key_id=None, wrapped=None,
-                                created_at=now, destroyed_at=now))
+            if not reusable:
+                session.add(DataKey(id=_new_key_id(), subject=subject, master_key_id=None, wrapped=None,
+                                    created_at=now, destroyed_at=now))
             return False
         alive = row.wrapped is not None
         self._by_id.pop(row.id, None)
         row.wrapped, row.master_key_id = None, None
         row.destroyed_at = row.destroyed_at or now
+        if reusable:
+            row.subject = f"destroyed:{row.id}"
         session.flush()
         return alive
 

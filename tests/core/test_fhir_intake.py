@@ -7,11 +7,12 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import event, func, select
+from sqlalchemy import delete, event, func, select
 
 from adapter.db import transaction
 from adapter.models import InboundMessage, Notification, Patient
-from adapter.subject_rights import erase_patient, find_patient_id
+from fhir.models import FhirResource
+from adapter.subject_rights import find_patient_id
 from tests.core.test_end_to_end import FHIR, appointment, notifications, patient
 from tests.harness import migrated_container, running_adapter, settings_for
 
@@ -57,9 +58,8 @@ def test_a_version_that_cannot_be_processed_lands_in_the_error_store_with_its_re
     assert container.fhir.process_pending() == 1
     with transaction(container.sessions) as session:  # stored, not yet processed
         container.fhir.service.write(session, appointment("a1", "p1", start))
-    with transaction(container.sessions) as session:  # the patient is erased meanwhile
-        internal = find_patient_id(session, container, identifier="p1")
-        erase_patient(session, container, internal, actor="test", now=container.clock.now())
+    with transaction(container.sessions) as session:  # the stored version goes missing meanwhile
+        session.execute(delete(FhirResource).where(FhirResource.resource_type == "Appointment"))
     container.engine.dispose()
 
     with running_adapter(settings) as adapter:
@@ -341,3 +341,27 @@ def test_a_deleted_appointment_calls_off_its_reminders_and_reads_as_gone_until_p
         assert back.status_code == 201 and back.headers["etag"] == 'W/"3"'
         adapter.fhir_processed()
         assert [i["status"] for i in notifications(officer) if i["kind"] == "reminder"].count("scheduled") == 2
+
+
+def test_an_ehr_sending_an_erased_patient_again_is_answered_and_the_patient_starts_afresh(tmp_path):
+    """After an erasure the EHR still has the patient, and sends them again at the next
+    change. That PUT used to answer 500: the new first version's id took the kept queue
+    row of the erased one (``Patient/p1/_history/1``)."""
+    from tests.core.test_end_to_end import wait_for
+
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr = adapter.client("ehr")
+        start = datetime.now(UTC) + timedelta(days=3)
+        assert ehr.put("/fhir/R4/Patient/p1", json=patient("p1"), headers=FHIR).status_code == 201
+        assert ehr.put("/fhir/R4/Appointment/a1", json=appointment("a1", "p1", start), headers=FHIR).status_code == 201
+        wait_for(lambda: len(fhir_messages(adapter)) == 2 and all(m["status"] == "processed" for m in fhir_messages(adapter)))
+        with transaction(adapter.container.sessions) as session:
+            internal = find_patient_id(session, adapter.container, identifier="p1")
+        assert adapter.client("admin").delete(f"/api/patients/{internal}").status_code == 200
+
+        again = ehr.put("/fhir/R4/Patient/p1", json=patient("p1"), headers=FHIR)
+        assert again.status_code == 201, again.text
+        booked = ehr.put("/fhir/R4/Appointment/a1", json=appointment("a1", "p1", start), headers=FHIR)
+        assert booked.status_code == 201, booked.text
+        wait_for(lambda: all(m["status"] == "processed" for m in fhir_messages(adapter)))
+        assert kinds(adapter).count("booking_confirmation") == 1  # the erased one's went with them

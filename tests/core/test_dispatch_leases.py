@@ -14,14 +14,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
 
 from adapter import events as ev
 from adapter.bootstrap import Container, build
 from adapter.clock import Clock, FrozenClock
 from adapter.db import transaction
-from adapter.models import Notification
 from channels.fakes import FakeWhatsApp
+from tests.core.test_send_time_checks import confirmations
 from tests.harness import migrated_container, settings_for
 
 LEASE_S = 2.0
@@ -45,14 +44,6 @@ def book(container: Container, clock: Clock, patients: int) -> None:
             container.pipeline.handle(session, [ev.AppointmentBooked(
                 ev.Origin("api", "lease-test", f"B{n}"), now, patient,
                 ev.Appointment(f"lease/A{n}", now + timedelta(days=3), "Prelievi"))], now=now)
-
-
-def confirmations(container: Container) -> list[Notification]:
-    with transaction(container.sessions) as session:
-        rows = list(session.scalars(select(Notification).where(Notification.kind == "booking_confirmation")
-                                    .order_by(Notification.id)))
-        session.expunge_all()
-    return rows
 
 
 def test_a_send_held_by_a_rate_limit_past_its_lease_is_not_sent_again_by_its_first_dispatcher(tmp_path, pg_url):

@@ -10,6 +10,7 @@ FrozenClock moved to the next due time."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -111,31 +112,47 @@ def test_a_reminder_held_past_the_start_by_quiet_hours_and_a_retry_after_is_supp
     assert twilio.deliveries[rows["follow-up"].idempotency_key] == 1
 
 
-def test_a_reminder_claimed_before_its_appointment_was_cancelled_is_suppressed_not_sent(tmp_path):
+def claimed_when(tmp_path, twilio: FakeTwilio, start: datetime, *, sent_until: datetime, claim_at: datetime,
+                 arriving: Callable[[datetime], ev.Event], then_until: datetime | None = None) -> tuple[list[int], Container]:
+    """Book ``start``; send what falls due up to ``sent_until``; at ``claim_at`` a worker
+    claims what is due, and the event ``arriving(now)`` comes in while it holds it; the
+    worker then delivers, and the dispatcher goes on up to ``then_until``. Returns the
+    claimed ids and the container (disposed: for reading its database)."""
     clock = FrozenClock(datetime(2026, 3, 10, 10, 0, tzinfo=ROME))
+    container = rig(tmp_path, twilio, clock)
+    try:
+        book(container, clock, start)
+
+        async def scenario() -> list[int]:
+            await drain(container, clock, until=sent_until)
+            clock.set(claim_at)
+            claimed = container.dispatcher._claim(clock.now())
+            with transaction(container.sessions) as session:
+                container.pipeline.handle(session, [arriving(clock.now())], now=clock.now())
+            await container.dispatcher.deliver(*claimed)
+            if then_until is not None:
+                await drain(container, clock, until=then_until)
+            await container.dispatcher.channels["sms"].aclose()
+            return claimed[0]
+
+        return asyncio.run(scenario()), container
+    finally:
+        container.engine.dispose()
+
+
+def appointment_at(start: datetime) -> ev.Appointment:
+    return ev.Appointment("send-time/A1", start.astimezone(UTC))
+
+
+def test_a_reminder_claimed_before_its_appointment_was_cancelled_is_suppressed_not_sent(tmp_path):
     start = datetime(2026, 3, 20, 10, 0, tzinfo=ROME)
     with FakeTwilio() as twilio:
-        container = rig(tmp_path, twilio, clock)
-        try:
-            book(container, clock, start)
-
-            async def scenario() -> tuple[list[int], datetime]:
-                await drain(container, clock, until=clock.now())  # the booking confirmation
-                clock.set(start - timedelta(hours=24))
-                claimed = container.dispatcher._claim(clock.now())  # a worker has claimed the reminder...
-                with transaction(container.sessions) as session:  # ...when the cancellation comes
-                    container.pipeline.handle(session, [ev.AppointmentCancelled(
-                        ORIGIN, clock.now(), PATIENT, ev.Appointment("send-time/A1", start.astimezone(UTC)))],
-                        now=clock.now())
-                await container.dispatcher.deliver(*claimed)
-                await drain(container, clock, until=clock.now() + timedelta(minutes=5))
-                await container.dispatcher.channels["sms"].aclose()
-                return claimed
-
-            ids, _ = asyncio.run(scenario())
-            rows = notices(container)
-        finally:
-            container.engine.dispose()
+        ids, container = claimed_when(
+            tmp_path, twilio, start, sent_until=datetime(2026, 3, 10, 10, 0, tzinfo=ROME),  # the confirmation
+            claim_at=start - timedelta(hours=24),
+            arriving=lambda now: ev.AppointmentCancelled(ORIGIN, now, PATIENT, appointment_at(start)),
+            then_until=start - timedelta(hours=24) + timedelta(minutes=5))
+        rows = notices(container)
     reminder = rows["reminder-24h"]
     assert ids == [reminder.id]
     assert rows["reminder-2h"].status == "cancelled"  # still waiting: withdrawn by the cancellation
@@ -260,29 +277,14 @@ def test_a_no_show_withdraws_the_follow_up_waiting_for_its_time(tmp_path):
 def test_a_follow_up_claimed_when_the_no_show_comes_is_suppressed_not_sent(tmp_path):
     # A worker has claimed the follow-up ("thank you for your visit") when the hospital's
     # no-show (SIU^S26, FHIR Appointment.status noshow) comes in.
-    clock = FrozenClock(datetime(2026, 3, 10, 10, 0, tzinfo=ROME))
     start = datetime(2026, 3, 12, 10, 0, tzinfo=ROME)
     with FakeTwilio() as twilio:
-        container = rig(tmp_path, twilio, clock)
-        try:
-            book(container, clock, start)
-
-            async def scenario() -> None:
-                await drain(container, clock, until=start.astimezone(UTC) - timedelta(minutes=1))  # confirmation, reminders
-                clock.set(datetime(2026, 3, 13, 10, 0, 1, tzinfo=ROME))
-                claimed = container.dispatcher._claim(clock.now())
-                with transaction(container.sessions) as session:
-                    container.pipeline.handle(session, [ev.AppointmentNoShow(
-                        ORIGIN, clock.now(), PATIENT, ev.Appointment("send-time/A1", start.astimezone(UTC)))],
-                        now=clock.now())
-                await container.dispatcher.deliver(*claimed)
-                await container.dispatcher.channels["sms"].aclose()
-
-            asyncio.run(scenario())
-            rows = notices(container)
-            suppressed = audited(container, "suppressed")
-        finally:
-            container.engine.dispose()
+        _, container = claimed_when(
+            tmp_path, twilio, start, sent_until=start - timedelta(minutes=1),  # confirmation, reminders
+            claim_at=datetime(2026, 3, 13, 10, 0, 1, tzinfo=ROME),
+            arriving=lambda now: ev.AppointmentNoShow(ORIGIN, now, PATIENT, appointment_at(start)))
+        rows = notices(container)
+        suppressed = audited(container, "suppressed")
     follow_up = rows["follow-up"]
     assert twilio.deliveries[follow_up.idempotency_key] == 0
     assert follow_up.status == "suppressed", follow_up.status
@@ -292,28 +294,14 @@ def test_a_follow_up_claimed_when_the_no_show_comes_is_suppressed_not_sent(tmp_p
 
 
 def test_a_follow_up_claimed_when_the_appointment_is_found_entered_in_error_is_suppressed_not_sent(tmp_path):
-    clock = FrozenClock(datetime(2026, 3, 10, 10, 0, tzinfo=ROME))
     start = datetime(2026, 3, 12, 10, 0, tzinfo=ROME)
     with FakeTwilio() as twilio:
-        container = rig(tmp_path, twilio, clock)
-        try:
-            book(container, clock, start)
-
-            async def scenario() -> None:
-                await drain(container, clock, until=start.astimezone(UTC) - timedelta(minutes=1))
-                clock.set(datetime(2026, 3, 13, 10, 0, 1, tzinfo=ROME))
-                claimed = container.dispatcher._claim(clock.now())
-                with transaction(container.sessions) as session:
-                    container.pipeline.handle(session, [ev.AppointmentCancelled(
-                        ORIGIN, clock.now(), PATIENT, ev.Appointment("send-time/A1", start.astimezone(UTC)),
-                        reason="entered-in-error")], now=clock.now())
-                await container.dispatcher.deliver(*claimed)
-                await container.dispatcher.channels["sms"].aclose()
-
-            asyncio.run(scenario())
-            rows = notices(container)
-        finally:
-            container.engine.dispose()
+        _, container = claimed_when(
+            tmp_path, twilio, start, sent_until=start - timedelta(minutes=1),
+            claim_at=datetime(2026, 3, 13, 10, 0, 1, tzinfo=ROME),
+            arriving=lambda now: ev.AppointmentCancelled(ORIGIN, now, PATIENT, appointment_at(start),
+                                                         reason="entered-in-error"))
+        rows = notices(container)
     follow_up = rows["follow-up"]
     assert twilio.deliveries[follow_up.idempotency_key] == 0
     assert follow_up.status == "suppressed", follow_up.status
@@ -323,32 +311,17 @@ def test_a_follow_up_claimed_when_the_appointment_is_found_entered_in_error_is_s
 def test_a_reminder_claimed_before_its_appointment_was_moved_is_suppressed_and_the_new_one_goes(tmp_path):
     """A reminder a worker held when the reschedule came went out anyway, with the new
     time in it, beside the reminder planned for the new time: the patient got it twice."""
-    clock = FrozenClock(datetime(2026, 3, 10, 10, 0, tzinfo=ROME))
     start, moved = datetime(2026, 3, 20, 10, 0, tzinfo=ROME), datetime(2026, 3, 20, 16, 0, tzinfo=ROME)
     with FakeTwilio() as twilio:
-        container = rig(tmp_path, twilio, clock)
-        try:
-            book(container, clock, start)
-
-            async def scenario() -> list[int]:
-                await drain(container, clock, until=clock.now())  # the booking confirmation
-                clock.set(start - timedelta(hours=24))
-                claimed = container.dispatcher._claim(clock.now())  # a worker has claimed the reminder...
-                with transaction(container.sessions) as session:  # ...when the appointment is moved
-                    container.pipeline.handle(session, [ev.AppointmentRescheduled(
-                        ORIGIN, clock.now(), PATIENT, ev.Appointment("send-time/A1", moved.astimezone(UTC)),
-                        previous_start=start.astimezone(UTC))], now=clock.now())
-                await container.dispatcher.deliver(*claimed)
-                await drain(container, clock, until=moved - timedelta(hours=23))
-                await container.dispatcher.channels["sms"].aclose()
-                return claimed[0]
-
-            ids = asyncio.run(scenario())
-            with transaction(container.sessions) as session:
-                reminders = [(row.id, row.status, row.reason) for row in session.scalars(
-                    select(Notification).where(Notification.rule_id == "reminder-24h").order_by(Notification.id))]
-        finally:
-            container.engine.dispose()
+        ids, container = claimed_when(
+            tmp_path, twilio, start, sent_until=datetime(2026, 3, 10, 10, 0, tzinfo=ROME),
+            claim_at=start - timedelta(hours=24),
+            arriving=lambda now: ev.AppointmentRescheduled(ORIGIN, now, PATIENT, appointment_at(moved),
+                                                           previous_start=start.astimezone(UTC)),
+            then_until=moved - timedelta(hours=23))
+        with transaction(container.sessions) as session:
+            reminders = [(row.id, row.status, row.reason) for row in session.scalars(
+                select(Notification).where(Notification.rule_id == "reminder-24h").order_by(Notification.id))]
     (old, old_status, reason), (_, new_status, _) = reminders
     assert ids == [old] and (old_status, new_status) == ("suppressed", "sent")
     assert reason == "the appointment was moved after it was planned; the reminder for the new time is planned apart"

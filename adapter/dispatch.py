@@ -418,13 +418,16 @@ class Dispatcher:
 
     def _still_as_prepared(self, notification_id: int, job: SendJob, leased_until: datetime) -> bool:
         """Whether what :meth:`_prepare` decided for ``job`` still holds, read afresh: the
-        claim is still this round's, the notice not moot, the patient's consent for the
+        claim is still this round's, the sending window still open (a rate limit can hold
+        a message past its close), the notice not moot, the patient's consent for the
         kind on the channel not withdrawn, and the address still in use (not suspended
         by a STOP or a wrong number)."""
         with transaction(self.sessions) as session:
             now = self.clock.now()
             row = session.get(Notification, notification_id)
             if row is None or row.status != "claimed" or row.claimed_until != leased_until:
+                return False
+            if self.window is not None and not row.urgent and not self.window.allows(now, _facility(row)):
                 return False
             if self._moot(session, row, now) is not None:
                 return False

@@ -164,11 +164,11 @@ def test_a_reminder_claimed_before_its_appointment_was_cancelled_is_suppressed_n
     assert twilio.deliveries[rows["cancellation-notice"].idempotency_key] == 1
 
 
-def throttled_rig(tmp_path, twilio: FakeTwilio, clock: FrozenClock) -> Container:
+def throttled_rig(tmp_path, twilio: FakeTwilio, clock: FrozenClock, **settings_overrides: object) -> Container:
     """One SMS every 4 s: a round's second message waits for its turn that long."""
     settings = settings_for(tmp_path, channels=["sms"], twilio_api_base=twilio.base_url,
                             twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
-                            twilio_from=FROM, channel_rate_limits={"sms": 0.25})
+                            twilio_from=FROM, channel_rate_limits={"sms": 0.25}, **settings_overrides)
     container = migrated_container(settings, clock)
     container.dispatcher.channels["sms"] = TwilioChannel.from_settings(settings, client=httpx.AsyncClient(timeout=5))
     return container
@@ -325,3 +325,19 @@ def test_a_reminder_claimed_before_its_appointment_was_moved_is_suppressed_and_t
     (old, old_status, reason), (_, new_status, _) = reminders
     assert ids == [old] and (old_status, new_status) == ("suppressed", "sent")
     assert reason == "the appointment was moved after it was planned; the reminder for the new time is planned apart"
+
+
+def test_a_message_whose_turn_comes_after_the_sending_window_closed_waits_for_the_morning(tmp_path):
+    """A provider's rate limit held a confirmation past 21:00, and it went out at night:
+    the window was checked only when the round was prepared."""
+    clock = FrozenClock(datetime(2026, 3, 10, 20, 59, 58, tzinfo=ROME))
+    with FakeTwilio() as twilio:
+        container = throttled_rig(tmp_path, twilio, clock, sending_window_start=time(8), sending_window_end=time(21))
+        try:
+            book_two(container, clock, datetime(2026, 3, 20, 10, 0, tzinfo=ROME))
+            while_the_second_waits(container, clock, lambda _session: clock.advance(timedelta(seconds=5)))
+            first, second = confirmations(container)
+        finally:
+            container.engine.dispose()
+    assert first.status == "sent" and twilio.deliveries[second.idempotency_key] == 0
+    assert (second.status, second.scheduled_for) == ("scheduled", datetime(2026, 3, 11, 8, 0, tzinfo=ROME))

@@ -448,7 +448,8 @@ class Dispatcher:
         return {
             "patient": {"first_name": first_name(session, self.gate.vault, patient)},
             "clinic": {"name": self.clinic.name, "phone": self.clinic.phone},
-            "appointment": {"start": appointment.start, "location": appointment.location} if appointment else {},
+            "appointment": {"start": appointment.start, "time_known": appointment.time_known,
+                            "location": appointment.location} if appointment else {},
         }
 
     def _record(self, session: Session, notification_id: int, job: SendJob | None, result: SendResult | NotSent,

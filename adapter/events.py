@@ -80,6 +80,9 @@ class Appointment:
     end: datetime | None = None
     location: str = ""
     service: str = ""  # a non-clinical label, e.g. "Visita ambulatoriale"
+    # False when the hospital gave the day only (an HL7 TS of day precision): ``start`` is
+    # that day's 00:00 in the clinic's zone, and messages name the day, not a time.
+    time_known: bool = True
 
 
 @dataclass(frozen=True)

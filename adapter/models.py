@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -73,6 +74,8 @@ class Appointment(Base):
     ref: Mapped[str] = mapped_column(String(200), unique=True)
     patient_id: Mapped[str] = mapped_column(ForeignKey("patient.id", ondelete="CASCADE"), index=True)
     start: Mapped[datetime] = mapped_column(UTCDateTime)
+    # False: the hospital gave the day only (``start`` is its 00:00); messages name the day.
+    time_known: Mapped[bool] = mapped_column(default=True, server_default=true())
     status: Mapped[str] = mapped_column(String(24))
     source: Mapped[str] = mapped_column(String(16))
     sender: Mapped[str] = mapped_column(String(200), default="")

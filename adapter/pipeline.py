@@ -44,10 +44,11 @@ _NOTIFICATION = Notification.__table__
 # Built once: constructing a statement costs more than running it.
 _FIND_APPOINTMENT = select(
     _APPOINTMENT.c.status, _APPOINTMENT.c.start, _APPOINTMENT.c.patient_id, _APPOINTMENT.c.event_at,
+    _APPOINTMENT.c.time_known,
 ).where(_APPOINTMENT.c.ref == bindparam("appointment"))
 _UPDATE_APPOINTMENT = _APPOINTMENT.update().where(_APPOINTMENT.c.ref == bindparam("appointment"))
 # What a later message may change in a stored appointment (never its ref, source or sender).
-_APPOINTMENT_STATE = ("patient_id", "start", "status", "location", "event_at", "updated_at")
+_APPOINTMENT_STATE = ("patient_id", "start", "time_known", "status", "location", "event_at", "updated_at")
 _KNOWN_IDENTIFIERS = select(PatientIdentifier.__table__.c.identifier_index).where(
     PatientIdentifier.__table__.c.identifier_index.in_(bindparam("indexes", expanding=True)))
 _KNOWN_REFS = select(_APPOINTMENT.c.ref).where(_APPOINTMENT.c.ref.in_(bindparam("refs", expanding=True)))
@@ -225,7 +226,7 @@ class Pipeline:
                 log.info("%s from %s without the appointment's time, about one never booked here: nothing to apply",
                          type(event).__name__, event.origin.source)
                 return []
-            appointment = replace(appointment, start=previous.start)
+            appointment = replace(appointment, start=previous.start, time_known=found.time_known)
             event = replace(event, appointment=appointment)  # type: ignore[call-arg]
         change = change_to_apply(event, previous, patient_id)
         if change is None:
@@ -424,7 +425,7 @@ def _appointment_row(patient_id: str, event: ev.Event, status: str, now: datetim
     """The ``appointment`` row for what ``event`` says about its appointment."""
     appointment: ev.Appointment = event.appointment  # type: ignore[attr-defined]
     return {"ref": appointment.ref, "source": event.origin.source, "sender": event.origin.sender,
-            "patient_id": patient_id, "start": appointment.start, "status": status,
+            "patient_id": patient_id, "start": appointment.start, "time_known": appointment.time_known, "status": status,
             "location": appointment.location[:200], "updated_at": now,
             # Orders later HL7 messages about it (adapter.appointments); other sources are not ordered so.
             "event_at": event.occurred_at if event.origin.source == "hl7" else None}

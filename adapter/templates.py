@@ -110,8 +110,11 @@ def localise(context: dict[str, Any], language: str, tz: ZoneInfo) -> dict[str, 
     start = appointment.get("start")
     if isinstance(start, datetime):
         local = start.astimezone(tz)
-        appointment["when"] = when_text(start, language, tz)
         appointment["date"] = format_date(local, "EEEE d MMMM", locale=language)
-        appointment["time"] = format_time(local, "HH:mm", locale=language)
+        if appointment.get("time_known", True):
+            appointment["when"] = when_text(start, language, tz)
+            appointment["time"] = format_time(local, "HH:mm", locale=language)
+        else:  # the hospital gave the day only: no time is made up
+            appointment["when"], appointment["time"] = appointment["date"], ""
     out["appointment"] = appointment
     return out

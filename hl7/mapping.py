@@ -300,7 +300,7 @@ def _appointment(message: Message, sch: Segment, context: _Context, *, start_req
     ident = (filler or placer) if context.rule.appointment_id == "filler" else (placer or filler)
     if not ident:
         raise MappingError("SCH-1 and SCH-2 (appointment ids) are both empty", "101")
-    start, end = _start_end(message, sch, context, required=start_required)
+    start, end, time_known = _start_end(message, sch, context, required=start_required)
     ais = message.segment("AIS")
     service = ais.value(3, 2) if ais is not None else ""
     return Appointment(
@@ -309,38 +309,52 @@ def _appointment(message: Message, sch: Segment, context: _Context, *, start_req
         end=end,
         location=_location(message),
         service=service,
+        time_known=time_known,
     )
 
 
 def _start_end(
     message: Message, sch: Segment, context: _Context, *, required: bool
-) -> tuple[datetime | None, datetime | None]:
+) -> tuple[datetime | None, datetime | None, bool]:
+    """Start, end, and whether the start has a time of day (a TS of day precision,
+    ``20261201``, gives the day only)."""
     zone = context.zone
     for where in context.rule.start_time:
         if where == "SCH-11":
             start = _required_ts(sch.value(11, 4, 1), zone, "SCH-11.4")
             if start is not None:
                 end = _required_ts(sch.value(11, 5, 1), zone, "SCH-11.5")
-                return start, end or _plus_duration(start, sch.value(9), sch.value(10, 1))
+                return start, end or _plus_duration(start, sch.value(9), sch.value(10, 1)), _has_time(sch.value(11, 4, 1))
         elif where == "AIS-4":
             # One AIS per service booked (a blood test, then the visit), in no promised order:
             # the appointment starts with the earliest and ends with the last.
-            services = [(start, _plus_duration(start, ais.value(7), ais.value(8, 1)))
+            services = [(start, _plus_duration(start, ais.value(7), ais.value(8, 1)), _has_time(ais.value(4, 1)))
                         for ais in message.all("AIS")
                         if (start := _required_ts(ais.value(4, 1), zone, "AIS-4")) is not None]
             if services:
-                ends = [end for _, end in services if end is not None]
-                return min(start for start, _ in services), max(ends) if ends else None
+                ends = [end for _, end, _ in services if end is not None]
+                first = min(services, key=lambda service: service[0])
+                return first[0], max(ends) if ends else None, first[2]
         else:
             tq1 = message.segment("TQ1")
             start = _required_ts(tq1.value(7, 1), zone, "TQ1-7") if tq1 is not None else None
             if start is not None:
                 assert tq1 is not None
-                return start, _required_ts(tq1.value(8, 1), zone, "TQ1-8")
+                return start, _required_ts(tq1.value(8, 1), zone, "TQ1-8"), _has_time(tq1.value(7, 1))
     if not required:
-        return None, None
+        return None, None, True
     tried = ", ".join(context.rule.start_time)
     raise MappingError(f"no appointment start time in {tried}", "101")
+
+
+def _has_time(value: str) -> bool:
+    """Whether a TS names a time of day, not only a day (HL7 v2.5 §2.A.77: precision
+    by length; ``YYYYMMDD`` and shorter are days).
+
+    >>> _has_time("20261201"), _has_time("202612010930+0100")
+    (False, True)
+    """
+    return len(value.strip().split("+")[0].split("-")[0].split(".")[0]) > 8
 
 
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "hour": 3600, "d": 86400}

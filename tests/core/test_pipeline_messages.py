@@ -448,3 +448,19 @@ def test_a_waiting_list_entry_without_a_time_yet_is_processed_and_tells_nobody(a
     with transaction(adapter.container.sessions) as session:
         assert list(session.scalars(select(InboundMessage.status))) == ["processed"]
     assert adapter.notices() == []
+
+
+def test_an_appointment_given_by_its_day_only_is_announced_by_its_day_without_a_made_up_time(adapter):
+    """SCH-11 ``20260313`` (TS of day precision) read as that day's 00:00, and the patient
+    was told to come "alle 00:00"; a later cancellation naming it without a time kept that."""
+    from adapter.models import OutboxMessage
+
+    day_only = siu("S12", "M1", "APPT1").replace(f"^^^{ts(START)}|".encode(), b"^^^20260313|").replace(
+        f"AIS|1||CARD01^Visita^L|{ts(START)}|".encode(), b"AIS|1||CARD01^Visita^L||")
+    for message in (day_only, without_times(siu("S15", "M2", "APPT1", status="Cancelled", sent=NOW + timedelta(hours=1)))):
+        adapter.feed(message)
+        adapter.loop.run_until_complete(adapter.container.dispatcher.run_once())
+    with transaction(adapter.container.sessions) as session:
+        bodies = [adapter.container.vault.decrypt(session, row.body_enc).decode()
+                  for row in session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))]
+    assert [("venerdì 13 marzo" in body, "00:00" in body) for body in bodies] == [(True, False), (True, False)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -61,7 +61,6 @@ def audit_export(
     if format not in ("jsonl", "fhir"):
         err.print("[red]--format must be jsonl or fhir[/red]")
         raise typer.Exit(2)
-    since = since if since.tzinfo else since.replace(tzinfo=UTC)
     container = _container()
     with transaction(container.sessions) as session:
         count = 0

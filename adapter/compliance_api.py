@@ -89,7 +89,8 @@ def compliance_router(container: Container) -> APIRouter:
     def audit_entries(
         request: Request,
         patient: PatientIdQuery = None,
-        since: datetime | None = None,
+        since: Annotated[datetime | None, Query(description="entries at or after this date or time "
+                                                "(UTC unless an offset is given)")] = None,
         limit: Limit = 100,
         offset: Offset = 0,
     ) -> dict[str, Any]:

@@ -382,11 +382,12 @@ class AuditLog:
 
     def entries(self, session: Session, *, since: datetime | None = None,
                 subject: str | None = None, offset: int = 0, limit: int | None = None) -> Iterable[AuditRecord]:
-        """Entries oldest first; ``offset`` and ``limit`` page in the database (a page
+        """Entries oldest first, at or after ``since`` (UTC unless it carries an offset, as
+        an officer types a date); ``offset`` and ``limit`` page in the database (a page
         deep in a long log does not read the entries before it)."""
         query = select(AuditEntry).order_by(AuditEntry.seq)
         if since is not None:
-            query = query.where(AuditEntry.at >= since)
+            query = query.where(AuditEntry.at >= (since if since.tzinfo else since.replace(tzinfo=UTC)))
         if subject is not None:
             query = query.where(AuditEntry.subject == subject)
         if offset:

@@ -333,3 +333,21 @@ def test_the_fhir_bundle_export_holds_what_the_json_export_holds_the_patient_s_r
     attached = json.loads(base64.b64decode(document["content"][0]["attachment"]["data"]))
     assert set(attached) == set(exported)
     assert attached["replies"] == exported["replies"] and attached["identifiers"] == exported["identifiers"]
+
+
+def test_audit_entries_since_a_date_or_a_time_without_offset_are_read_as_utc_as_on_the_cli(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr, officer = adapter.client("ehr"), adapter.client("officer")
+        ehr.put("/fhir/R4/Patient/p9", json=rich_patient("p9"), headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
+        today = datetime.now(UTC).date()
+        tomorrow = today + timedelta(days=1)
+        for since in (today.isoformat(), f"{today.isoformat()}T00:00:00"):
+            answer = officer.get("/api/audit", params={"since": since})
+            assert answer.status_code == 200, answer.text
+            assert any(e["action"] == "received" for e in answer.json()["items"])
+        for since in (tomorrow.isoformat(), f"{tomorrow.isoformat()}T00:00:00"):
+            answer = officer.get("/api/audit", params={"since": since})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["items"] == []
+        assert officer.get("/api/audit", params={"since": "yesterday"}).status_code == 422

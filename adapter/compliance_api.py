@@ -98,7 +98,7 @@ def compliance_router(container: Container) -> APIRouter:
         subject = f"patient:{patient}" if patient else None
         with transaction(container.sessions) as db:
             items = [as_json(r) for r in audit.entries(db, since=since, subject=subject, offset=offset, limit=limit)]
-            total = audit.size(db)
+            total = audit.count(db, since=since, subject=subject)
             audit.append(db, action="audit_read", actor=actor_of(request), subject_pseudonym=subject or "",
                          reason="audit entries read", details={"offset": offset, "count": len(items)}, at=now())
         return {"total": total, "items": items}

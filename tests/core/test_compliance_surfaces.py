@@ -351,3 +351,23 @@ def test_audit_entries_since_a_date_or_a_time_without_offset_are_read_as_utc_as_
             assert answer.status_code == 200, answer.text
             assert answer.json()["items"] == []
         assert officer.get("/api/audit", params={"since": "yesterday"}).status_code == 422
+
+
+def test_audit_entries_total_counts_what_the_filters_select_so_pages_end_where_the_entries_do(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr, officer = adapter.client("ehr"), adapter.client("officer")
+        for pid in ("p10", "p11"):
+            ehr.put(f"/fhir/R4/Patient/{pid}", json=rich_patient(pid) | {"identifier": []}, headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
+        patient = internal_id(adapter, "p10")
+        whole = officer.get("/api/audit", params={"limit": 1000}).json()
+        assert whole["total"] == len(whole["items"]) and whole["items"][-1]["seq"] == whole["total"] - 1
+
+        theirs = officer.get("/api/audit", params={"patient": patient, "limit": 1000}).json()
+        assert theirs["items"] and all(e["subject"] == f"patient:{patient}" for e in theirs["items"])
+        assert theirs["total"] == len(theirs["items"]) < whole["total"]
+        page = officer.get("/api/audit", params={"patient": patient, "limit": 1}).json()
+        assert page["total"] == theirs["total"] + 1  # reading their entries is audited under their pseudonym
+
+        later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        assert officer.get("/api/audit", params={"since": later}).json() == {"total": 0, "items": []}

@@ -55,7 +55,7 @@ class UnknownPatient(ComplianceError):
 
 
 class InvalidConsent(ComplianceError):
-    """A consent statement naming an unknown purpose, channel or decision."""
+    """A consent statement naming an unknown purpose, channel or decision, or a period that is not one."""
 
 
 @dataclass(frozen=True)
@@ -372,6 +372,7 @@ def record_consent(session: Session, container: Container, patient_id: str, *, p
     forbids among the patient's pending notifications."""
     patient_or_raise(session, patient_id)
     _check_statement(container, purpose, channel, decision)
+    _check_period(start, end)
     row = consent_store.record_consent(session, patient_id=patient_id, purpose=purpose, channel=channel,
                                        decision=decision, source=source, at=now, start=start, end=end,
                                        recorded_by=actor[:120])
@@ -380,6 +381,15 @@ def record_consent(session: Session, container: Container, patient_id: str, *, p
                            details={"consent_record": row.id, "source": source}, at=now)
     container.gate.recheck_pending(session, patient_id, now=now)
     return row
+
+
+def _check_period(start: datetime | None, end: datetime | None) -> None:
+    """A period is two instants: a time without an offset could be the clinic's or UTC."""
+    for name, moment in (("start", start), ("end", end)):
+        if moment is not None and moment.tzinfo is None:
+            raise InvalidConsent(f"the consent {name} needs a UTC offset (e.g. +01:00 or Z)")
+    if start is not None and end is not None and end <= start:
+        raise InvalidConsent("the consent period ends before it starts")
 
 
 def object_to(session: Session, container: Container, patient_id: str, *, purposes: list[str], channel: str,

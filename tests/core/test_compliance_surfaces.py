@@ -371,3 +371,24 @@ def test_audit_entries_total_counts_what_the_filters_select_so_pages_end_where_t
 
         later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
         assert officer.get("/api/audit", params={"since": later}).json() == {"total": 0, "items": []}
+
+
+def test_a_consent_period_without_offset_or_ending_before_it_starts_is_refused_in_the_caller_s_terms(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr, officer = adapter.client("ehr"), adapter.client("officer")
+        ehr.put("/fhir/R4/Patient/p12", json=rich_patient("p12"), headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
+        patient = internal_id(adapter, "p12")
+        statement = {"patient": patient, "purpose": "report_notice", "channel": "sms", "decision": "permit"}
+        for period, field in (({"start": "2026-11-27T10:00:00"}, "start"), ({"end": "2026-12-27"}, "end")):
+            answer = officer.post("/api/consents", json=statement | period)
+            assert answer.status_code == 422, answer.text
+            assert field in answer.text and "offset" in answer.text
+        backwards = officer.post("/api/consents", json=statement | {"start": "2026-11-27T10:00:00+01:00",
+                                                                   "end": "2026-11-27T09:00:00+01:00"})
+        assert backwards.status_code == 422, backwards.text
+        assert "ends before it starts" in backwards.text
+        assert officer.get("/api/consents", params={"patient": patient}).json()["items"] == []
+        given = officer.post("/api/consents", json=statement | {"start": "2026-11-27T10:00:00+01:00",
+                                                               "end": "2027-11-27T10:00:00Z"})
+        assert given.status_code == 201, given.text

@@ -150,8 +150,11 @@ def api_router(container: Container) -> APIRouter:
         query = select(InboundMessage)
         if source:
             query = query.where(InboundMessage.source == source)
+        # As message_view shows them: a processed message received again is "duplicate".
         if status == "duplicate":
-            query = query.where(InboundMessage.duplicates > 0)
+            query = query.where(InboundMessage.status == "processed", InboundMessage.duplicates > 0)
+        elif status == "processed":
+            query = query.where(InboundMessage.status == "processed", InboundMessage.duplicates == 0)
         elif status:
             query = query.where(InboundMessage.status == status)
         if control_id:

@@ -128,19 +128,34 @@ def keys_rotate(
                   f"{report.destroyed_skipped} destroyed)")
 
 
+PATIENT_HELP = "the patient: their internal id, or what --by names"
+BY_HELP = ("id (the internal id, default); identifier: system|value as the hospital sends it "
+           "(HL7 assigning authority|ID, e.g. OSP_DEMO|DEMO001; FHIR Identifier system|value) or a FHIR "
+           "Patient id; phone: a number of theirs, as dialled")
+
+
+def _check_by(by: str) -> None:
+    if by not in ("id", "identifier", "phone"):
+        err.print("[red]--by must be id, identifier or phone[/red]")
+        raise typer.Exit(2)
+
+
 @gdpr_app.command("export")
 def gdpr_export(
-    patient: Annotated[str, typer.Argument(help="the patient's internal id")],
+    patient: Annotated[str, typer.Argument(help=PATIENT_HELP)],
     format: Annotated[str, typer.Option(help="json, or fhir for a FHIR Bundle")] = "json",  # noqa: A002
+    by: Annotated[str, typer.Option(help=BY_HELP)] = "id",
 ) -> None:
     """Print everything held on the patient, decrypted (audited `exported`)."""
     from adapter import subject_rights as rights
     from adapter.db import transaction
 
+    _check_by(by)
     container = _container()
     try:
         with transaction(container.sessions) as session:
-            data = rights.export_patient(session, container, patient, actor=CLI_ACTOR, now=container.clock.now(),
+            patient_id = rights.patient_id_by(session, container, patient, by=by)  # type: ignore[arg-type]
+            data = rights.export_patient(session, container, patient_id, actor=CLI_ACTOR, now=container.clock.now(),
                                          fmt=format)
     except rights.UnknownPatient as exc:
         err.print(f"[red]{exc}[/red]")
@@ -150,24 +165,32 @@ def gdpr_export(
 
 @gdpr_app.command("erase")
 def gdpr_erase(
-    patient: Annotated[str, typer.Argument(help="the patient's internal id")],
+    patient: Annotated[str, typer.Argument(help=PATIENT_HELP)],
     yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+    by: Annotated[str, typer.Option(help=BY_HELP)] = "id",
 ) -> None:
     """Erase the patient: destroy their data keys and delete their rows; the audit log
     keeps its pseudonymous entries and still verifies (audited `erased`)."""
     from adapter import subject_rights as rights
     from adapter.db import transaction
 
-    if not yes and not typer.confirm(f"erase patient {patient} for good?"):
-        raise typer.Exit(1)
+    _check_by(by)
     container = _container()
     try:
         with transaction(container.sessions) as session:
-            report = rights.erase_patient(session, container, patient, actor=CLI_ACTOR, now=container.clock.now())
+            patient_id = rights.patient_id_by(session, container, patient, by=by)  # type: ignore[arg-type]
     except rights.UnknownPatient as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    console.print(f"erased {patient}: {report.keys_destroyed} keys destroyed, rows deleted: "
+    if not yes and not typer.confirm(f"erase patient {patient_id} for good?"):
+        raise typer.Exit(1)
+    try:
+        with transaction(container.sessions) as session:
+            report = rights.erase_patient(session, container, patient_id, actor=CLI_ACTOR, now=container.clock.now())
+    except rights.UnknownPatient as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"erased {patient_id}: {report.keys_destroyed} keys destroyed, rows deleted: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(report.rows_deleted.items())))
     for kept in report.kept:
         console.print(f"kept: {kept}")

@@ -11,7 +11,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import MetaData, Table, delete, select, tuple_, update
 from sqlalchemy.orm import Session
@@ -92,6 +92,24 @@ def find_patient_id(session: Session, container: Container, *, phone: str = "", 
         index = identifier_index(vault, Identifier(system or FHIR_PATIENT_SYSTEM, value))
         return session.scalar(select(PatientIdentifier.patient_id).where(PatientIdentifier.identifier_index == index))
     return None
+
+
+PatientKey = Literal["id", "identifier", "phone"]
+KEY_NAMES: dict[str, str] = {"id": "internal id", "identifier": "identifier", "phone": "phone number"}
+
+
+def patient_id_by(session: Session, container: Container, value: str, *, by: PatientKey = "id") -> str:
+    """The internal id of the patient an officer names by internal id, by identifier
+    (``system|value`` as the hospital sends it, or a bare FHIR Patient id) or by phone
+    number; :class:`UnknownPatient` when none. Only an internal id is repeated in the
+    error: the others are personal data."""
+    value = value.strip()
+    if by == "id":
+        return patient_or_raise(session, value).id
+    found = find_patient_id(session, container, **{by: value}) if value else None
+    if found is None:
+        raise UnknownPatient(f"no patient with this {KEY_NAMES[by]}")
+    return found
 
 
 # -- export (art. 15, 20) ---------------------------------------------------------------

@@ -392,3 +392,29 @@ def test_a_consent_period_without_offset_or_ending_before_it_starts_is_refused_i
         given = officer.post("/api/consents", json=statement | {"start": "2026-11-27T10:00:00+01:00",
                                                                "end": "2027-11-27T10:00:00Z"})
         assert given.status_code == 201, given.text
+
+
+def test_gdpr_export_and_erase_on_the_cli_find_the_patient_by_hospital_identifier_or_phone(tmp_path):
+    settings = settings_for(tmp_path)
+    with running_adapter(settings) as adapter:
+        adapter.client("ehr").put("/fhir/R4/Patient/p13", json=rich_patient("p13"), headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
+        patient = internal_id(adapter, "p13")
+        fiscal_code = f"http://hl7.it/sid/codiceFiscale|{FISCAL_CODE}"
+
+        for by, value in (("identifier", fiscal_code), ("phone", PHONE_NATIONAL), ("id", patient)):
+            code, output = cli(settings, "gdpr", "export", value, "--by", by)
+            assert code == 0, output
+            assert json.loads(output)["patient"]["id"] == patient
+
+        code, output = cli(settings, "gdpr", "export", "http://hl7.it/sid/codiceFiscale|XXXXXX00A00A000X",
+                           "--by", "identifier")
+        assert code == 1 and "no patient with this identifier" in output, output
+        code, output = cli(settings, "gdpr", "export", "3470000000", "--by", "phone")
+        assert code == 1 and "no patient with this phone number" in output and "3470000000" not in output, output
+        assert cli(settings, "gdpr", "export", patient, "--by", "name")[0] == 2
+
+        code, output = cli(settings, "gdpr", "erase", fiscal_code, "--by", "identifier", "--yes")
+        assert code == 0, output
+        assert f"erased {patient}" in output
+        assert cli(settings, "gdpr", "export", patient)[0] == 1

@@ -141,9 +141,14 @@ def compliance_router(container: Container) -> APIRouter:
 
     @router.get("/consents", dependencies=[officer])
     def consents(patient: Annotated[str, Query(pattern=PATIENT_ID_PATTERN)]) -> dict[str, Any]:
-        """A patient's whole consent history, oldest first (never overwritten)."""
-        with transaction(container.sessions) as db:
-            items = [rights.consent_view(r) for r in rights.consent_store.records_for(db, patient)]
+        """A patient's whole consent history, oldest first (never overwritten); 404 for a
+        patient not held (never known, or erased), whose history is not "none"."""
+        try:
+            with transaction(container.sessions) as db:
+                rights.patient_or_raise(db, patient)
+                items = [rights.consent_view(r) for r in rights.consent_store.records_for(db, patient)]
+        except rights.UnknownPatient as exc:
+            raise HTTPException(404, str(exc)) from exc
         return {"patient": patient, "items": items}
 
     @router.post("/consents", dependencies=[officer], status_code=201)

@@ -418,3 +418,18 @@ def test_gdpr_export_and_erase_on_the_cli_find_the_patient_by_hospital_identifie
         assert code == 0, output
         assert f"erased {patient}" in output
         assert cli(settings, "gdpr", "export", patient)[0] == 1
+
+
+def test_the_consent_history_of_a_patient_not_held_is_a_404_not_an_empty_history(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr, officer, admin = adapter.client("ehr"), adapter.client("officer"), adapter.client("admin")
+        ehr.put("/fhir/R4/Patient/p14", json=rich_patient("p14"), headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
+        patient = internal_id(adapter, "p14")
+        assert officer.get("/api/consents", params={"patient": patient}).json() == {"patient": patient, "items": []}
+
+        unknown = officer.get("/api/consents", params={"patient": "0000-not-a-patient"})
+        assert unknown.status_code == 404, unknown.text
+        assert "no patient" in unknown.json()["detail"]
+        admin.delete(f"/api/patients/{patient}").raise_for_status()
+        assert officer.get("/api/consents", params={"patient": patient}).status_code == 404

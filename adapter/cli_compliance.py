@@ -150,6 +150,9 @@ def gdpr_export(
     from adapter import subject_rights as rights
     from adapter.db import transaction
 
+    if format not in ("json", "fhir"):
+        err.print("[red]--format must be json or fhir[/red]")
+        raise typer.Exit(2)
     _check_by(by)
     container = _container()
     try:

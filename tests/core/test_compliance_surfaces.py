@@ -433,3 +433,19 @@ def test_the_consent_history_of_a_patient_not_held_is_a_404_not_an_empty_history
         assert "no patient" in unknown.json()["detail"]
         admin.delete(f"/api/patients/{patient}").raise_for_status()
         assert officer.get("/api/consents", params={"patient": patient}).status_code == 404
+
+
+def test_gdpr_export_refuses_a_format_it_does_not_write_and_exports_nothing(tmp_path):
+    settings = settings_for(tmp_path)
+    with running_adapter(settings) as adapter:
+        adapter.client("ehr").put("/fhir/R4/Patient/p15", json=rich_patient("p15"), headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
+        patient = internal_id(adapter, "p15")
+        code, output = cli(settings, "gdpr", "export", patient, "--format", "xml")
+        assert code == 2, output
+        assert "--format must be json or fhir" in output and GIVEN not in output
+        actions = [e["action"] for e in adapter.client("officer").get(
+            "/api/audit", params={"patient": patient, "limit": 1000}).json()["items"]]
+        assert "exported" not in actions
+        code, output = cli(settings, "gdpr", "export", patient, "--format", "fhir")
+        assert code == 0 and json.loads(output)["resourceType"] == "Bundle"

@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from compliance.audit_export import parse_since
+
 console = Console()
 err = Console(stderr=True)
 CLI_ACTOR = "cli"
@@ -52,7 +54,9 @@ def audit_verify() -> None:
 
 @audit_app.command("export")
 def audit_export(
-    since: Annotated[datetime, typer.Option(help="entries at or after this date (UTC unless an offset is given)")],
+    since: Annotated[datetime, typer.Option(parser=parse_since, metavar="DATE",
+                                            help="entries at or after this date or time, e.g. 2026-11-28 or "
+                                                 "2026-11-28T10:00:00+01:00 (UTC unless an offset is given)")],
     format: Annotated[str, typer.Option(help="jsonl, or fhir for FHIR AuditEvent (IHE BALP) lines")] = "jsonl",  # noqa: A002
 ) -> None:
     """Print audit entries since DATE, one JSON document a line, oldest first."""

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from sqlalchemy.orm import Session
 
 from adapter import subject_rights as rights
@@ -20,7 +20,7 @@ from adapter.bootstrap import Container
 from adapter.db import LARGEST_INTEGER, transaction
 from adapter.web import require
 from compliance.audit import AuditLog, ConsistencyProof, InclusionProof, TreeHead
-from compliance.audit_export import as_json
+from compliance.audit_export import as_json, not_a_number
 from compliance.audit_verify import VerifyReport
 from compliance.errors import AuditError
 from compliance.records import record_of_processing
@@ -89,8 +89,8 @@ def compliance_router(container: Container) -> APIRouter:
     def audit_entries(
         request: Request,
         patient: PatientIdQuery = None,
-        since: Annotated[datetime | None, Query(description="entries at or after this date or time "
-                                                "(UTC unless an offset is given)")] = None,
+        since: Annotated[datetime | None, BeforeValidator(not_a_number),
+                         Query(description="entries at or after this date or time (UTC unless an offset is given)")] = None,
         limit: Limit = 100,
         offset: Offset = 0,
     ) -> dict[str, Any]:

@@ -449,3 +449,18 @@ def test_gdpr_export_refuses_a_format_it_does_not_write_and_exports_nothing(tmp_
         assert "exported" not in actions
         code, output = cli(settings, "gdpr", "export", patient, "--format", "fhir")
         assert code == 0 and json.loads(output)["resourceType"] == "Bundle"
+
+
+def test_a_since_written_as_a_bare_number_is_refused_not_read_as_a_unix_time(tmp_path):
+    """20261128 (a date as HL7 writes it) was read as 23 August 1970: the whole log."""
+    settings = settings_for(tmp_path)
+    with running_adapter(settings) as adapter:
+        officer = adapter.client("officer")
+        officer.get("/api/audit").raise_for_status()
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y%m%d")
+        answer = officer.get("/api/audit", params={"since": tomorrow})
+        assert answer.status_code == 422, answer.text
+        assert "not a number" in answer.text
+        code, output = cli(settings, "audit", "export", "--since", tomorrow)
+        assert code == 2 and "not a number" in output, output
+        assert cli(settings, "audit", "export", "--since", "2026-01-01T00:00:00+01:00")[0] == 0

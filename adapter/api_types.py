@@ -1,10 +1,11 @@
 """Parameter types shared by the HTTP routes."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Path, Query
 
 from adapter.db import LARGEST_INTEGER
+from adapter.models import NotificationStatus
 
 # Internal patient ids are UUIDs; the pattern keeps anything else (and anything
 # that could smuggle text into an audit pseudonym) out with a 422.
@@ -18,3 +19,11 @@ PatientIdQuery = Annotated[str | None, Query(pattern=PATIENT_ID_PATTERN, descrip
 Offset = Annotated[int, Query(ge=0, le=LARGEST_INTEGER, description="rows to skip")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="rows to return")]
 RowIdPath = Annotated[int, Path(ge=1, le=LARGEST_INTEGER, description="row id")]
+
+# Filters name values a row can have: a typo is a 422 listing them, not an empty page.
+MessageSource = Annotated[Literal["hl7", "fhir"] | None, Query(description="where the message came from")]
+MessageStatus = Annotated[
+    Literal["stored", "processed", "duplicate", "error", "rejected", "ignored"] | None,
+    Query(description="what became of it; duplicate: processed, then received again"),
+]
+NotificationStatusQuery = Annotated[NotificationStatus | None, Query(description="the notification's status")]

@@ -45,11 +45,12 @@ err = Console(stderr=True)
 def _container(settings: Settings | None = None):
     from adapter.bootstrap import build
     from adapter.errors import ConfigError
+    from compliance.errors import ConfigError as ComplianceConfigError  # keys, purposes.yaml
 
     settings = settings or get_settings()
     try:
         return build(settings)
-    except ConfigError as exc:
+    except (ConfigError, ComplianceConfigError) as exc:
         err.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from exc
 

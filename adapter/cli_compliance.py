@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 import typer
 from rich.console import Console
+
+from compliance.audit_export import parse_since
 
 console = Console()
 err = Console(stderr=True)
@@ -52,7 +54,9 @@ def audit_verify() -> None:
 
 @audit_app.command("export")
 def audit_export(
-    since: Annotated[datetime, typer.Option(help="entries at or after this date (UTC unless an offset is given)")],
+    since: Annotated[datetime, typer.Option(parser=parse_since, metavar="DATE",
+                                            help="entries at or after this date or time, e.g. 2026-11-28 or "
+                                                 "2026-11-28T10:00:00+01:00 (UTC unless an offset is given)")],
     format: Annotated[str, typer.Option(help="jsonl, or fhir for FHIR AuditEvent (IHE BALP) lines")] = "jsonl",  # noqa: A002
 ) -> None:
     """Print audit entries since DATE, one JSON document a line, oldest first."""
@@ -61,7 +65,6 @@ def audit_export(
     if format not in ("jsonl", "fhir"):
         err.print("[red]--format must be jsonl or fhir[/red]")
         raise typer.Exit(2)
-    since = since if since.tzinfo else since.replace(tzinfo=UTC)
     container = _container()
     with transaction(container.sessions) as session:
         count = 0
@@ -129,19 +132,37 @@ def keys_rotate(
                   f"{report.destroyed_skipped} destroyed)")
 
 
+PATIENT_HELP = "the patient: their internal id, or what --by names"
+BY_HELP = ("id (the internal id, default); identifier: system|value as the hospital sends it "
+           "(HL7 assigning authority|ID, e.g. OSP_DEMO|DEMO001; FHIR Identifier system|value) or a FHIR "
+           "Patient id; phone: a number of theirs, as dialled")
+
+
+def _check_by(by: str) -> None:
+    if by not in ("id", "identifier", "phone"):
+        err.print("[red]--by must be id, identifier or phone[/red]")
+        raise typer.Exit(2)
+
+
 @gdpr_app.command("export")
 def gdpr_export(
-    patient: Annotated[str, typer.Argument(help="the patient's internal id")],
+    patient: Annotated[str, typer.Argument(help=PATIENT_HELP)],
     format: Annotated[str, typer.Option(help="json, or fhir for a FHIR Bundle")] = "json",  # noqa: A002
+    by: Annotated[str, typer.Option(help=BY_HELP)] = "id",
 ) -> None:
     """Print everything held on the patient, decrypted (audited `exported`)."""
     from adapter import subject_rights as rights
     from adapter.db import transaction
 
+    if format not in ("json", "fhir"):
+        err.print("[red]--format must be json or fhir[/red]")
+        raise typer.Exit(2)
+    _check_by(by)
     container = _container()
     try:
         with transaction(container.sessions) as session:
-            data = rights.export_patient(session, container, patient, actor=CLI_ACTOR, now=container.clock.now(),
+            patient_id = rights.patient_id_by(session, container, patient, by=by)  # type: ignore[arg-type]
+            data = rights.export_patient(session, container, patient_id, actor=CLI_ACTOR, now=container.clock.now(),
                                          fmt=format)
     except rights.UnknownPatient as exc:
         err.print(f"[red]{exc}[/red]")
@@ -151,24 +172,32 @@ def gdpr_export(
 
 @gdpr_app.command("erase")
 def gdpr_erase(
-    patient: Annotated[str, typer.Argument(help="the patient's internal id")],
+    patient: Annotated[str, typer.Argument(help=PATIENT_HELP)],
     yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+    by: Annotated[str, typer.Option(help=BY_HELP)] = "id",
 ) -> None:
     """Erase the patient: destroy their data keys and delete their rows; the audit log
     keeps its pseudonymous entries and still verifies (audited `erased`)."""
     from adapter import subject_rights as rights
     from adapter.db import transaction
 
-    if not yes and not typer.confirm(f"erase patient {patient} for good?"):
-        raise typer.Exit(1)
+    _check_by(by)
     container = _container()
     try:
         with transaction(container.sessions) as session:
-            report = rights.erase_patient(session, container, patient, actor=CLI_ACTOR, now=container.clock.now())
+            patient_id = rights.patient_id_by(session, container, patient, by=by)  # type: ignore[arg-type]
     except rights.UnknownPatient as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    console.print(f"erased {patient}: {report.keys_destroyed} keys destroyed, rows deleted: "
+    if not yes and not typer.confirm(f"erase patient {patient_id} for good?"):
+        raise typer.Exit(1)
+    try:
+        with transaction(container.sessions) as session:
+            report = rights.erase_patient(session, container, patient_id, actor=CLI_ACTOR, now=container.clock.now())
+    except rights.UnknownPatient as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"erased {patient_id}: {report.keys_destroyed} keys destroyed, rows deleted: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(report.rows_deleted.items())))
     for kept in report.kept:
         console.print(f"kept: {kept}")

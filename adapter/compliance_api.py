@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from sqlalchemy.orm import Session
 
 from adapter import subject_rights as rights
@@ -20,7 +20,7 @@ from adapter.bootstrap import Container
 from adapter.db import LARGEST_INTEGER, transaction
 from adapter.web import require
 from compliance.audit import AuditLog, ConsistencyProof, InclusionProof, TreeHead
-from compliance.audit_export import as_json
+from compliance.audit_export import as_json, not_a_number
 from compliance.audit_verify import VerifyReport
 from compliance.errors import AuditError
 from compliance.records import record_of_processing
@@ -89,7 +89,8 @@ def compliance_router(container: Container) -> APIRouter:
     def audit_entries(
         request: Request,
         patient: PatientIdQuery = None,
-        since: datetime | None = None,
+        since: Annotated[datetime | None, BeforeValidator(not_a_number),
+                         Query(description="entries at or after this date or time (UTC unless an offset is given)")] = None,
         limit: Limit = 100,
         offset: Offset = 0,
     ) -> dict[str, Any]:
@@ -97,7 +98,7 @@ def compliance_router(container: Container) -> APIRouter:
         subject = f"patient:{patient}" if patient else None
         with transaction(container.sessions) as db:
             items = [as_json(r) for r in audit.entries(db, since=since, subject=subject, offset=offset, limit=limit)]
-            total = audit.size(db)
+            total = audit.count(db, since=since, subject=subject)
             audit.append(db, action="audit_read", actor=actor_of(request), subject_pseudonym=subject or "",
                          reason="audit entries read", details={"offset": offset, "count": len(items)}, at=now())
         return {"total": total, "items": items}
@@ -140,9 +141,14 @@ def compliance_router(container: Container) -> APIRouter:
 
     @router.get("/consents", dependencies=[officer])
     def consents(patient: Annotated[str, Query(pattern=PATIENT_ID_PATTERN)]) -> dict[str, Any]:
-        """A patient's whole consent history, oldest first (never overwritten)."""
-        with transaction(container.sessions) as db:
-            items = [rights.consent_view(r) for r in rights.consent_store.records_for(db, patient)]
+        """A patient's whole consent history, oldest first (never overwritten); 404 for a
+        patient not held (never known, or erased), whose history is not "none"."""
+        try:
+            with transaction(container.sessions) as db:
+                rights.patient_or_raise(db, patient)
+                items = [rights.consent_view(r) for r in rights.consent_store.records_for(db, patient)]
+        except rights.UnknownPatient as exc:
+            raise HTTPException(404, str(exc)) from exc
         return {"patient": patient, "items": items}
 
     @router.post("/consents", dependencies=[officer], status_code=201)

@@ -138,12 +138,10 @@ def console_router(container: Container) -> APIRouter:
         """Find a patient by internal id, or by phone or identifier through the blind index."""
         q = q.strip()
         with transaction(container.sessions) as db:
-            if by == "phone":
-                found = rights.find_patient_id(db, container, phone=q)
-            elif by == "identifier":
-                found = rights.find_patient_id(db, container, identifier=q)
-            else:
-                found = q if q and db.get(Patient, q) is not None else None
+            try:
+                found = rights.patient_id_by(db, container, q, by=by if by in ("phone", "identifier") else "id")
+            except rights.UnknownPatient:
+                found = None
         if found:
             return RedirectResponse(f"/ui/patients/{quote(found)}", status_code=303)
         return page(request, "home.html", user, status_code=404, error="not_found", q=q, by=by)

@@ -8,7 +8,7 @@ Personal fields are stored only as ciphertext (``*_enc``, sealed by
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     JSON,
@@ -188,9 +188,8 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-NOTIFICATION_STATUSES = (
-    "scheduled", "claimed", "sent", "delivered", "read", "failed", "suppressed", "cancelled",
-)
+NotificationStatus = Literal["scheduled", "claimed", "sent", "delivered", "read", "failed", "suppressed", "cancelled"]
+NOTIFICATION_STATUSES: tuple[str, ...] = get_args(NotificationStatus)
 PENDING = ("scheduled", "claimed")
 
 

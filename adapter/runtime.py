@@ -164,8 +164,11 @@ async def serve(
     )
     await mllp.start()
     app = create_app(container)
+    # log_config=None: uvicorn keeps to the handlers logging_setup.configure installed
+    # (JSON, exceptions without their text), instead of its own plain-text ones.
     config = uvicorn.Config(
-        app, host=settings.http_host, port=http_port, log_level="warning", access_log=False, lifespan="off"
+        app, host=settings.http_host, port=http_port, log_level="warning", access_log=False, lifespan="off",
+        log_config=None,
     )
     server = _HttpServer(config)
     if threading.current_thread() is threading.main_thread():

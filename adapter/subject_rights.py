@@ -11,7 +11,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import MetaData, Table, delete, select, tuple_, update
 from sqlalchemy.orm import Session
@@ -55,7 +55,7 @@ class UnknownPatient(ComplianceError):
 
 
 class InvalidConsent(ComplianceError):
-    """A consent statement naming an unknown purpose, channel or decision."""
+    """A consent statement naming an unknown purpose, channel or decision, or a period that is not one."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,24 @@ def find_patient_id(session: Session, container: Container, *, phone: str = "", 
         index = identifier_index(vault, Identifier(system or FHIR_PATIENT_SYSTEM, value))
         return session.scalar(select(PatientIdentifier.patient_id).where(PatientIdentifier.identifier_index == index))
     return None
+
+
+PatientKey = Literal["id", "identifier", "phone"]
+KEY_NAMES: dict[str, str] = {"id": "internal id", "identifier": "identifier", "phone": "phone number"}
+
+
+def patient_id_by(session: Session, container: Container, value: str, *, by: PatientKey = "id") -> str:
+    """The internal id of the patient an officer names by internal id, by identifier
+    (``system|value`` as the hospital sends it, or a bare FHIR Patient id) or by phone
+    number; :class:`UnknownPatient` when none. Only an internal id is repeated in the
+    error: the others are personal data."""
+    value = value.strip()
+    if by == "id":
+        return patient_or_raise(session, value).id
+    found = find_patient_id(session, container, **{by: value}) if value else None
+    if found is None:
+        raise UnknownPatient(f"no patient with this {KEY_NAMES[by]}")
+    return found
 
 
 # -- export (art. 15, 20) ---------------------------------------------------------------
@@ -372,6 +390,7 @@ def record_consent(session: Session, container: Container, patient_id: str, *, p
     forbids among the patient's pending notifications."""
     patient_or_raise(session, patient_id)
     _check_statement(container, purpose, channel, decision)
+    _check_period(start, end)
     row = consent_store.record_consent(session, patient_id=patient_id, purpose=purpose, channel=channel,
                                        decision=decision, source=source, at=now, start=start, end=end,
                                        recorded_by=actor[:120])
@@ -380,6 +399,15 @@ def record_consent(session: Session, container: Container, patient_id: str, *, p
                            details={"consent_record": row.id, "source": source}, at=now)
     container.gate.recheck_pending(session, patient_id, now=now)
     return row
+
+
+def _check_period(start: datetime | None, end: datetime | None) -> None:
+    """A period is two instants: a time without an offset could be the clinic's or UTC."""
+    for name, moment in (("start", start), ("end", end)):
+        if moment is not None and moment.tzinfo is None:
+            raise InvalidConsent(f"the consent {name} needs a UTC offset (e.g. +01:00 or Z)")
+    if start is not None and end is not None and end <= start:
+        raise InvalidConsent("the consent period ends before it starts")
 
 
 def object_to(session: Session, container: Container, patient_id: str, *, purposes: list[str], channel: str,

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from adapter.api_types import Limit, Offset, RowIdPath
+from adapter.api_types import Limit, MessageSource, MessageStatus, NotificationStatusQuery, Offset, RowIdPath
 from adapter.auth import Principal, Role, authenticate
 from adapter.auth_limits import AuthFailureLimiter
 from adapter.bootstrap import Container
@@ -112,7 +112,7 @@ def api_router(container: Container) -> APIRouter:
     def list_notifications(
         db: ReadDb,
         patient: str | None = None,
-        status: str | None = None,
+        status: NotificationStatusQuery = None,
         kind: str | None = None,
         limit: Limit = 100,
         offset: Offset = 0,
@@ -140,8 +140,8 @@ def api_router(container: Container) -> APIRouter:
     @router.get("/messages", dependencies=[officer])
     def list_messages(
         db: ReadDb,
-        source: str | None = None,
-        status: str | None = None,
+        source: MessageSource = None,
+        status: MessageStatus = None,
         control_id: str | None = None,
         limit: Limit = 100,
         offset: Offset = 0,
@@ -150,8 +150,11 @@ def api_router(container: Container) -> APIRouter:
         query = select(InboundMessage)
         if source:
             query = query.where(InboundMessage.source == source)
+        # As message_view shows them: a processed message received again is "duplicate".
         if status == "duplicate":
-            query = query.where(InboundMessage.duplicates > 0)
+            query = query.where(InboundMessage.status == "processed", InboundMessage.duplicates > 0)
+        elif status == "processed":
+            query = query.where(InboundMessage.status == "processed", InboundMessage.duplicates == 0)
         elif status:
             query = query.where(InboundMessage.status == status)
         if control_id:

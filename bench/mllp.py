@@ -361,7 +361,7 @@ def latencies(load: Load) -> str:
 def statuses(http: httpx.Client) -> dict[str, int]:
     """How many inbound messages are in each status."""
     return {s: http.get("/api/messages", params={"status": s, "limit": 1}).json()["total"]
-            for s in ("stored", "processed", "error", "rejected")}
+            for s in ("stored", "processed", "duplicate", "error", "rejected")}
 
 
 def durable_commit_ceiling(connections: int = 8, rounds: int = 300) -> tuple[float, float]:

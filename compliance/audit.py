@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sqlalchemy import and_, or_, select, text
+from sqlalchemy import Select, and_, func, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.db import insert_rows
@@ -380,15 +380,19 @@ class AuditLog:
         last = session.scalar(select(AuditEntry.seq).order_by(AuditEntry.seq.desc()).limit(1))
         return 0 if last is None else last + 1
 
+    def count(self, session: Session, *, since: datetime | None = None, subject: str | None = None) -> int:
+        """How many entries :meth:`entries` selects with these filters (the log's size
+        without any)."""
+        if since is None and subject is None:
+            return self.size(session)
+        return session.scalar(_selecting(select(func.count()).select_from(AuditEntry), since, subject)) or 0
+
     def entries(self, session: Session, *, since: datetime | None = None,
                 subject: str | None = None, offset: int = 0, limit: int | None = None) -> Iterable[AuditRecord]:
-        """Entries oldest first; ``offset`` and ``limit`` page in the database (a page
+        """Entries oldest first, at or after ``since`` (UTC unless it carries an offset, as
+        an officer types a date); ``offset`` and ``limit`` page in the database (a page
         deep in a long log does not read the entries before it)."""
-        query = select(AuditEntry).order_by(AuditEntry.seq)
-        if since is not None:
-            query = query.where(AuditEntry.at >= since)
-        if subject is not None:
-            query = query.where(AuditEntry.subject == subject)
+        query = _selecting(select(AuditEntry).order_by(AuditEntry.seq), since, subject)
         if offset:
             query = query.offset(offset)
         if limit is not None:
@@ -508,3 +512,13 @@ def _record(row: AuditEntry | _NewEntry, details: dict[str, Any] | None = None) 
 
 def _head(row: AuditTreeHead) -> TreeHead:
     return TreeHead(row.tree_size, row.root_hash, row.timestamp_ms, row.key_id, row.signature)
+
+
+def _selecting(query: Select, since: datetime | None, subject: str | None) -> Select:
+    """``query`` narrowed to the entries at or after ``since`` (UTC unless it carries an
+    offset) about ``subject``."""
+    if since is not None:
+        query = query.where(AuditEntry.at >= (since if since.tzinfo else since.replace(tzinfo=UTC)))
+    if subject is not None:
+        query = query.where(AuditEntry.subject == subject)
+    return query

@@ -9,7 +9,9 @@ import base64
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, TypeAdapter, ValidationError
 
 from sqlalchemy.orm import Session
 
@@ -53,6 +55,33 @@ def export(log: AuditLog, session: Session, since: datetime | None,
     for record in log.entries(session, since=since):
         doc = as_json(record) if fmt == "jsonl" else as_audit_event(record)
         yield json.dumps(doc, ensure_ascii=False, sort_keys=True)
+
+
+def not_a_number(value: object) -> object:
+    """``value`` unless it is a bare number where a date is meant: pydantic reads digits
+    as a Unix time, so 20261128, a date as HL7 writes it, was 23 August 1970 and
+    selected the whole log. For a ``BeforeValidator`` of a ``since``.
+
+    >>> not_a_number("2026-11-28")
+    '2026-11-28'
+    >>> not_a_number("20261128")
+    Traceback (most recent call last):
+    ValueError: a date (2026-11-28) or a date and time (2026-11-28T10:00:00+01:00), not a number
+    """
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().replace(".", "", 1).isdigit()):
+        raise ValueError("a date (2026-11-28) or a date and time (2026-11-28T10:00:00+01:00), not a number")
+    return value
+
+
+SINCE = TypeAdapter(Annotated[datetime, BeforeValidator(not_a_number)])
+
+
+def parse_since(text: str) -> datetime:
+    """A ``since`` as an officer types it (the CLI's parser); ValueError naming what is wrong."""
+    try:
+        return SINCE.validate_python(text)
+    except ValidationError as exc:
+        raise ValueError("; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())) from None
 
 
 def as_json(r: AuditRecord) -> dict[str, Any]:

@@ -3,6 +3,7 @@ a real database and real servers on 127.0.0.1."""
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -152,6 +153,18 @@ def test_settings_out_of_range_stop_the_start_naming_the_variable_not_its_value(
         assert f"configuration error: {variable}" in said
     assert env_secret not in settings.stderr and "Traceback" not in settings.stderr
 
+
+
+def test_a_master_key_that_cannot_be_used_stops_every_command_with_exit_2_not_a_traceback(tmp_path):
+    short = base64.b64encode(b"sixteen byte key").decode()
+    for key, what in (("not-base64!", "not valid base64"), (short, "must be 32 bytes")):
+        for command in (["audit", "verify"], ["serve", "--http-port", "0", "--mllp-port", "0"]):
+            result = cli(tmp_path, *command, env={"ADAPTER_MASTER_KEY": key})
+            said = " ".join(result.stderr.split())
+            assert result.returncode == 2, (command, result.stdout, result.stderr)
+            assert f"configuration error: ADAPTER_MASTER_KEY: {what}" in said or (
+                "configuration error:" in said and what in said), said
+            assert "Traceback" not in result.stderr and key not in result.stderr + result.stdout
 
 def test_hl7_acks_lists_given_up_application_acks_and_resend_queues_them_again(tmp_path):
     from adapter.clock import FrozenClock

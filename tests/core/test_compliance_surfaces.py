@@ -333,3 +333,134 @@ def test_the_fhir_bundle_export_holds_what_the_json_export_holds_the_patient_s_r
     attached = json.loads(base64.b64decode(document["content"][0]["attachment"]["data"]))
     assert set(attached) == set(exported)
     assert attached["replies"] == exported["replies"] and attached["identifiers"] == exported["identifiers"]
+
+
+def test_audit_entries_since_a_date_or_a_time_without_offset_are_read_as_utc_as_on_the_cli(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr, officer = adapter.client("ehr"), adapter.client("officer")
+        ehr.put("/fhir/R4/Patient/p9", json=rich_patient("p9"), headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
+        today = datetime.now(UTC).date()
+        tomorrow = today + timedelta(days=1)
+        for since in (today.isoformat(), f"{today.isoformat()}T00:00:00"):
+            answer = officer.get("/api/audit", params={"since": since})
+            assert answer.status_code == 200, answer.text
+            assert any(e["action"] == "received" for e in answer.json()["items"])
+        for since in (tomorrow.isoformat(), f"{tomorrow.isoformat()}T00:00:00"):
+            answer = officer.get("/api/audit", params={"since": since})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["items"] == []
+        assert officer.get("/api/audit", params={"since": "yesterday"}).status_code == 422
+
+
+def test_audit_entries_total_counts_what_the_filters_select_so_pages_end_where_the_entries_do(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr, officer = adapter.client("ehr"), adapter.client("officer")
+        for pid in ("p10", "p11"):
+            ehr.put(f"/fhir/R4/Patient/{pid}", json=rich_patient(pid) | {"identifier": []}, headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
+        patient = internal_id(adapter, "p10")
+        whole = officer.get("/api/audit", params={"limit": 1000}).json()
+        assert whole["total"] == len(whole["items"]) and whole["items"][-1]["seq"] == whole["total"] - 1
+
+        theirs = officer.get("/api/audit", params={"patient": patient, "limit": 1000}).json()
+        assert theirs["items"] and all(e["subject"] == f"patient:{patient}" for e in theirs["items"])
+        assert theirs["total"] == len(theirs["items"]) < whole["total"]
+        page = officer.get("/api/audit", params={"patient": patient, "limit": 1}).json()
+        assert page["total"] == theirs["total"] + 1  # reading their entries is audited under their pseudonym
+
+        later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        assert officer.get("/api/audit", params={"since": later}).json() == {"total": 0, "items": []}
+
+
+def test_a_consent_period_without_offset_or_ending_before_it_starts_is_refused_in_the_caller_s_terms(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr, officer = adapter.client("ehr"), adapter.client("officer")
+        ehr.put("/fhir/R4/Patient/p12", json=rich_patient("p12"), headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
+        patient = internal_id(adapter, "p12")
+        statement = {"patient": patient, "purpose": "report_notice", "channel": "sms", "decision": "permit"}
+        for period, field in (({"start": "2026-11-27T10:00:00"}, "start"), ({"end": "2026-12-27"}, "end")):
+            answer = officer.post("/api/consents", json=statement | period)
+            assert answer.status_code == 422, answer.text
+            assert field in answer.text and "offset" in answer.text
+        backwards = officer.post("/api/consents", json=statement | {"start": "2026-11-27T10:00:00+01:00",
+                                                                   "end": "2026-11-27T09:00:00+01:00"})
+        assert backwards.status_code == 422, backwards.text
+        assert "ends before it starts" in backwards.text
+        assert officer.get("/api/consents", params={"patient": patient}).json()["items"] == []
+        given = officer.post("/api/consents", json=statement | {"start": "2026-11-27T10:00:00+01:00",
+                                                               "end": "2027-11-27T10:00:00Z"})
+        assert given.status_code == 201, given.text
+
+
+def test_gdpr_export_and_erase_on_the_cli_find_the_patient_by_hospital_identifier_or_phone(tmp_path):
+    settings = settings_for(tmp_path)
+    with running_adapter(settings) as adapter:
+        adapter.client("ehr").put("/fhir/R4/Patient/p13", json=rich_patient("p13"), headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
+        patient = internal_id(adapter, "p13")
+        fiscal_code = f"http://hl7.it/sid/codiceFiscale|{FISCAL_CODE}"
+
+        for by, value in (("identifier", fiscal_code), ("phone", PHONE_NATIONAL), ("id", patient)):
+            code, output = cli(settings, "gdpr", "export", value, "--by", by)
+            assert code == 0, output
+            assert json.loads(output)["patient"]["id"] == patient
+
+        code, output = cli(settings, "gdpr", "export", "http://hl7.it/sid/codiceFiscale|XXXXXX00A00A000X",
+                           "--by", "identifier")
+        assert code == 1 and "no patient with this identifier" in output, output
+        code, output = cli(settings, "gdpr", "export", "3470000000", "--by", "phone")
+        assert code == 1 and "no patient with this phone number" in output and "3470000000" not in output, output
+        assert cli(settings, "gdpr", "export", patient, "--by", "name")[0] == 2
+
+        code, output = cli(settings, "gdpr", "erase", fiscal_code, "--by", "identifier", "--yes")
+        assert code == 0, output
+        assert f"erased {patient}" in output
+        assert cli(settings, "gdpr", "export", patient)[0] == 1
+
+
+def test_the_consent_history_of_a_patient_not_held_is_a_404_not_an_empty_history(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr, officer, admin = adapter.client("ehr"), adapter.client("officer"), adapter.client("admin")
+        ehr.put("/fhir/R4/Patient/p14", json=rich_patient("p14"), headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
+        patient = internal_id(adapter, "p14")
+        assert officer.get("/api/consents", params={"patient": patient}).json() == {"patient": patient, "items": []}
+
+        unknown = officer.get("/api/consents", params={"patient": "0000-not-a-patient"})
+        assert unknown.status_code == 404, unknown.text
+        assert "no patient" in unknown.json()["detail"]
+        admin.delete(f"/api/patients/{patient}").raise_for_status()
+        assert officer.get("/api/consents", params={"patient": patient}).status_code == 404
+
+
+def test_gdpr_export_refuses_a_format_it_does_not_write_and_exports_nothing(tmp_path):
+    settings = settings_for(tmp_path)
+    with running_adapter(settings) as adapter:
+        adapter.client("ehr").put("/fhir/R4/Patient/p15", json=rich_patient("p15"), headers=FHIR).raise_for_status()
+        adapter.fhir_processed()
+        patient = internal_id(adapter, "p15")
+        code, output = cli(settings, "gdpr", "export", patient, "--format", "xml")
+        assert code == 2, output
+        assert "--format must be json or fhir" in output and GIVEN not in output
+        actions = [e["action"] for e in adapter.client("officer").get(
+            "/api/audit", params={"patient": patient, "limit": 1000}).json()["items"]]
+        assert "exported" not in actions
+        code, output = cli(settings, "gdpr", "export", patient, "--format", "fhir")
+        assert code == 0 and json.loads(output)["resourceType"] == "Bundle"
+
+
+def test_a_since_written_as_a_bare_number_is_refused_not_read_as_a_unix_time(tmp_path):
+    """20261128 (a date as HL7 writes it) was read as 23 August 1970: the whole log."""
+    settings = settings_for(tmp_path)
+    with running_adapter(settings) as adapter:
+        officer = adapter.client("officer")
+        officer.get("/api/audit").raise_for_status()
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y%m%d")
+        answer = officer.get("/api/audit", params={"since": tomorrow})
+        assert answer.status_code == 422, answer.text
+        assert "not a number" in answer.text
+        code, output = cli(settings, "audit", "export", "--since", tomorrow)
+        assert code == 2 and "not a number" in output, output
+        assert cli(settings, "audit", "export", "--since", "2026-01-01T00:00:00+01:00")[0] == 0

@@ -185,3 +185,22 @@ def test_enhanced_mode_commits_with_ca_then_sends_the_application_ack_to_the_sen
             assert "EN3" not in application_acks()  # MSH-16 NE: no application ACK either
     finally:
         listener.stop()
+
+
+def test_the_message_store_filtered_by_status_lists_only_messages_shown_with_that_status(tmp_path):
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        officer = adapter.client("officer")
+        start = NOW + timedelta(days=3)
+        sent = asyncio.run(send_messages([siu_for("881", "D1", start), siu_for("882", "D2", start),
+                                          siu_for("881", "D1", start)], "127.0.0.1", adapter.mllp_port))
+        assert [r.code.value for r in sent] == ["AA", "AA", "AA"]
+        wait_for(lambda: officer.get("/api/messages", params={"status": "processed"}).json()["total"] >= 1
+                 and officer.get("/api/messages", params={"status": "stored"}).json()["total"] == 0)
+
+        def listed(status: str) -> tuple[int, list[str]]:
+            page = officer.get("/api/messages", params={"status": status}).json()
+            return page["total"], [(i["control_id"], i["status"]) for i in page["items"]]
+
+        assert listed("processed") == (1, [("D2", "processed")])
+        assert listed("duplicate") == (1, [("D1", "duplicate")])
+        assert officer.get("/api/messages").json()["total"] == 2

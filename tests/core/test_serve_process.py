@@ -4,6 +4,7 @@ helper processes that validate Bundles start and stop with it."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -89,3 +90,40 @@ def test_serve_freezes_start_up_objects_times_collections_and_runs_validation_he
     assert samples[("adapter_fhir_validation_helper_failures_total", ())] == 0
     assert samples[("adapter_gc_frozen_objects", ())] > 10_000
     assert samples[("adapter_gc_pause_seconds_count", (("generation", "0"),))] > 0
+
+
+def test_what_the_http_server_logs_is_json_like_every_other_log_line(tmp_path):
+    """Uvicorn's own logs (a malformed request, an exception in a request) follow the
+    adapter's: one JSON object a line, an exception by its type and frames, never by
+    its text (a driver's error can quote the row it failed on)."""
+    http_port, mllp_port = _free_port(), _free_port()
+    env = {**os.environ, **adapter_env_vars(tmp_path), "ADAPTER_HTTP_HOST": "127.0.0.1", "ADAPTER_MLLP_HOST": "127.0.0.1"}
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "adapter", "serve", "--http-port", str(http_port),
+                             "--mllp-port", str(mllp_port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{http_port}/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", http_port)) as sock:
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nnot a header Rossi 3331234567\r\n\r\n")
+            sock.settimeout(5)
+            assert sock.recv(100).startswith(b"HTTP/1.1 400")
+        time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    lines = [line for line in (tmp_path / "serve.log").read_text().splitlines() if line.strip()]
+    not_json = [line for line in lines if not line.startswith("{")]
+    assert not not_json, not_json[:5]
+    records = [json.loads(line) for line in lines]
+    assert any(r["logger"] == "uvicorn.error" and "Invalid HTTP request" in r["msg"] for r in records), records[-5:]
+    assert "Rossi" not in (tmp_path / "serve.log").read_text()

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapter.clock import Clock
 from adapter.compliance_gate import ComplianceGate
 from adapter.contact_check import load_preferences, ordered_channels
-from adapter.db import all_or_each, transaction
+from adapter.db import all_or_each, read_transaction, transaction
 from adapter.metrics import DISPATCH_OUTCOMES
 from adapter.models import Appointment, Notification, Patient
 from adapter.patients import first_name, load_usable_contacts, reachable
@@ -421,8 +421,9 @@ class Dispatcher:
         claim is still this round's, the sending window still open (a rate limit can hold
         a message past its close), the notice not moot, the patient's consent for the
         kind on the channel not withdrawn, and the address still in use (not suspended
-        by a STOP or a wrong number)."""
-        with transaction(self.sessions) as session:
+        by a STOP or a wrong number). A read: on SQLite it takes no write lock, which
+        the ACKs of a feed would wait for."""
+        with read_transaction(self.sessions) as session:
             now = self.clock.now()
             row = session.get(Notification, notification_id)
             if row is None or row.status != "claimed" or row.claimed_until != leased_until:

@@ -251,10 +251,19 @@ def hl7_errors(
 def hl7_replay(
     ids: Annotated[list[int], typer.Argument(min=1, max=LARGEST_INTEGER, help="message ids, as `hl7 errors` lists them")],
 ) -> None:
-    """Process error-store messages (HL7 messages and FHIR versions) again, after a fix."""
+    """Process error-store messages (HL7 messages and FHIR versions) again, after a fix.
+    A message not in the error store (processed, or a duplicate) is not replayed: it says so."""
+    from adapter.db import read_transaction
+    from adapter.models import InboundMessage
+
     container = _container()
-    fhir = container.fhir.replay(ids)
-    results = {**container.intake.replay([i for i in ids if i not in fhir]), **fhir}
+    with read_transaction(container.sessions) as session:
+        settled = dict(session.execute(select(InboundMessage.id, InboundMessage.status).where(
+            InboundMessage.id.in_(ids), InboundMessage.status.notin_(("stored", "error", "rejected")))).all())
+    todo = [i for i in ids if i not in settled]
+    fhir = container.fhir.replay(todo)
+    results = {**container.intake.replay([i for i in todo if i not in fhir]), **fhir,
+               **{i: f"not replayed: it is {status}, not in the error store" for i, status in settled.items()}}
     failed = 0
     for message_id, status in results.items():
         console.print(f"{message_id}: {status}")

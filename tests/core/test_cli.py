@@ -260,3 +260,20 @@ def test_hl7_errors_says_how_many_there_are_and_which_can_no_longer_be_replayed(
     replay = cli(tmp_path, "hl7", "replay", "1")
     assert replay.returncode == 1
     assert "not replayable: its raw message was deleted after retention" in " ".join(replay.stdout.split())
+
+
+def test_replaying_a_message_that_is_not_in_the_error_store_says_so_and_replays_nothing(tmp_path):
+    """``hl7 replay`` of a message processed long ago printed "processed" with exit 0,
+    which reads as a replay that worked; nothing was replayed."""
+    from tests.harness import migrated_container
+    from hl7.header import read_header
+
+    container = migrated_container(settings_for(tmp_path))
+    booking = siu("S12", "DONE1", datetime.now(UTC) + timedelta(days=2))
+    container.intake.writer.write([(read_header(booking), booking)])
+    container.intake.process_pending()
+    container.engine.dispose()
+
+    replay = cli(tmp_path, "hl7", "replay", "1")
+    assert replay.returncode == 1
+    assert "1: not replayed: it is processed, not in the error store" in " ".join(replay.stdout.split())

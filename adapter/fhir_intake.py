@@ -41,6 +41,7 @@ from adapter.clock import Clock
 from adapter.waiting import Waiting
 from adapter.db import read_transaction, transaction
 from adapter.events import AnyEvent
+from adapter.metrics import MESSAGES_RECEIVED
 from adapter.models import InboundMessage
 from adapter.stored_work import chunk_for, process_all, stored_ids
 from fhir import store
@@ -54,6 +55,7 @@ SOURCE = "fhir"
 # that undid it (Pipeline.handle_many).
 PublishMany = Callable[[Session, list[list[AnyEvent]]], list[Exception | None]]
 _WAKE = "adapter.fhir_intake.wake"
+_RECEIVED = "adapter.fhir_intake.received"  # versions accepted in the transaction, for the metrics
 
 
 def control_id(stored: StoredVersion) -> str:
@@ -98,6 +100,10 @@ class FhirIntake:
     # -- in the write's transaction ------------------------------------------------
 
     def accept(self, session: Session, stored: StoredVersion, sender: str) -> None:
+        if not session.info.get(_RECEIVED):  # counted in the metrics once committed
+            event.listen(session, "after_commit", self._counted, once=True)
+            event.listen(session, "after_rollback", self._uncounted, once=True)
+        session.info[_RECEIVED] = session.info.get(_RECEIVED, 0) + 1
         row = {"source": SOURCE, "sender": sender[:200], "control_id": control_id(stored),
                "message_type": stored.resource_type, "received_at": stored.last_updated,
                "status": "stored", "duplicates": 0}
@@ -124,6 +130,14 @@ class FhirIntake:
     @staticmethod
     def _forget(session: Session, *_: object) -> None:
         session.info.pop(_WAKE, None)
+
+    @staticmethod
+    def _counted(session: Session) -> None:
+        MESSAGES_RECEIVED.labels(SOURCE, "accepted").inc(session.info.pop(_RECEIVED, 0))
+
+    @staticmethod
+    def _uncounted(session: Session, *_: object) -> None:
+        session.info.pop(_RECEIVED, None)
 
     # -- after the answer -------------------------------------------------------------
 

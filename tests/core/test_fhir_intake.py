@@ -365,3 +365,19 @@ def test_an_ehr_sending_an_erased_patient_again_is_answered_and_the_patient_star
         assert booked.status_code == 201, booked.text
         wait_for(lambda: all(m["status"] == "processed" for m in fhir_messages(adapter)))
         assert kinds(adapter).count("booking_confirmation") == 1  # the erased one's went with them
+
+
+def test_fhir_versions_accepted_are_counted_in_the_messages_received_metric(tmp_path):
+    """``adapter_messages_received_total`` has a ``source`` label, but counted HL7 only:
+    an EHR posting FHIR showed as receiving nothing. A write refused counts nothing."""
+    from adapter.metrics import REGISTRY
+
+    def received() -> float:
+        return REGISTRY.get_sample_value("adapter_messages_received_total", {"source": "fhir", "outcome": "accepted"}) or 0
+
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        ehr = adapter.client("ehr")
+        before = received()
+        assert ehr.put("/fhir/R4/Patient/p1", json=patient("p1"), headers=FHIR).status_code == 201
+        assert ehr.put("/fhir/R4/Patient/p2", json={"resourceType": "Patient", "gender": "x"}, headers=FHIR).status_code >= 400
+        assert received() - before == 1

@@ -414,7 +414,8 @@ class Dispatcher:
             return None
         planned_for = (row.decision or {}).get("rule", {}).get("appointment_start")
         return moot_at_send(self.rules.by_id(row.rule_id), start=appointment.start, status=appointment.status, now=now,
-                            planned_for=datetime.fromisoformat(planned_for) if planned_for else None)
+                            planned_for=datetime.fromisoformat(planned_for) if planned_for else None,
+                            time_known=appointment.time_known)
 
     def _still_as_prepared(self, notification_id: int, job: SendJob, leased_until: datetime) -> bool:
         """Whether what :meth:`_prepare` decided for ``job`` still holds, read afresh: the

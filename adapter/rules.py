@@ -110,7 +110,7 @@ MOVED = "the appointment was moved after it was planned; the reminder for the ne
 
 
 def moot_at_send(rule: ReminderRule | None, *, start: datetime, status: str, now: datetime,
-                 planned_for: datetime | None = None) -> str | None:
+                 planned_for: datetime | None = None, time_known: bool = True) -> str | None:
     """Why a notice of ``rule`` about an appointment (``start``, stored ``status``) must
     not go out at ``now`` though it was due: quiet hours, a provider's Retry-After or a
     backlog can hold it past the start, and what the hospital says next can come while
@@ -139,7 +139,7 @@ def moot_at_send(rule: ReminderRule | None, *, start: datetime, status: str, now
     if rule.timed and planned_for is not None and planned_for != start and status == "booked":
         return MOVED
     if rule.about_what_is_to_come:
-        if start <= now:
+        if started_from(start, time_known=time_known) <= now:
             return "the appointment had already started when it was due to be sent"
         if status == "cancelled" and rule.when != "appointment.cancelled":
             return "the appointment had been cancelled when it was due to be sent"
@@ -215,8 +215,19 @@ def rule_moment(rule: ReminderRule, *, start: datetime | None, now: datetime, tz
     return moment
 
 
+def started_from(start: datetime, *, time_known: bool = True) -> datetime:
+    """When an appointment counts as started: at its start, or for one given by its
+    day only (``start`` is that day's 00:00), once that day is over.
+
+    >>> from datetime import UTC
+    >>> started_from(datetime(2026, 12, 1, tzinfo=UTC), time_known=False)
+    datetime.datetime(2026, 12, 2, 0, 0, tzinfo=datetime.timezone.utc)
+    """
+    return start if time_known else start + timedelta(days=1)
+
+
 def _planned(
-    rule: ReminderRule, start: datetime | None, subject: str, now: datetime, tz: ZoneInfo
+    rule: ReminderRule, start: datetime | None, subject: str, now: datetime, tz: ZoneInfo, *, time_known: bool = True
 ) -> PlannedNotification:
     moment = rule_moment(rule, start=start, now=now, tz=tz)
     return PlannedNotification(
@@ -227,7 +238,8 @@ def _planned(
         urgent=rule.urgent,
         too_late=rule.timed and moment < now,
         ahead_of_start=rule.before_start is not None,
-        appointment_started=start is not None and start <= now and rule.about_what_is_to_come,
+        appointment_started=(start is not None and started_from(start, time_known=time_known) <= now
+                             and rule.about_what_is_to_come),
     )
 
 
@@ -238,17 +250,19 @@ def plan_notifications(event: ev.Event, rules: RuleSet, *, now: datetime, tz: Zo
         return Plan()
     start: datetime | None = None
     subject = ""
+    time_known = True
     if isinstance(event, ev.ReportReady):
         subject = event.report_ref
     elif hasattr(event, "appointment"):
         start = event.appointment.start  # type: ignore[attr-defined]
         subject = event.appointment.ref  # type: ignore[attr-defined]
+        time_known = event.appointment.time_known  # type: ignore[attr-defined]
 
-    planned = [_planned(rule, start, subject, now, tz) for rule in rules.for_trigger(trigger)]
+    planned = [_planned(rule, start, subject, now, tz, time_known=time_known) for rule in rules.for_trigger(trigger)]
     if isinstance(event, ev.AppointmentRescheduled):
         # The reschedule notice is immediate; the timed notices follow the new start.
         moved = [
-            _planned(rule, start, subject, now, tz)
+            _planned(rule, start, subject, now, tz, time_known=time_known)
             for rule in rules.for_trigger("appointment.booked")
             if rule.timed
         ]

@@ -464,3 +464,14 @@ def test_an_appointment_given_by_its_day_only_is_announced_by_its_day_without_a_
         bodies = [adapter.container.vault.decrypt(session, row.body_enc).decode()
                   for row in session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))]
     assert [("venerdì 13 marzo" in body, "00:00" in body) for body in bodies] == [(True, False), (True, False)]
+
+
+def test_an_appointment_given_by_its_day_only_and_booked_that_day_is_confirmed(adapter):
+    """A booking made at 10:00 for today, given by its day only, counted as started at
+    00:00: its confirmation was suppressed as "already started"."""
+    today = NOW.strftime("%Y%m%d").encode()
+    day_only = siu("S12", "M1", "APPT1").replace(f"^^^{ts(START)}|".encode(), b"^^^" + today + b"|").replace(
+        f"AIS|1||CARD01^Visita^L|{ts(START)}|".encode(), b"AIS|1||CARD01^Visita^L||")
+    adapter.feed(day_only)
+    assert [(rule, status) for _, rule, status, _ in adapter.notices() if rule == "booking-confirmation"] == [
+        ("booking-confirmation", "scheduled")]

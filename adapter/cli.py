@@ -260,6 +260,8 @@ def hl7_replay(
     with read_transaction(container.sessions) as session:
         settled = dict(session.execute(select(InboundMessage.id, InboundMessage.status).where(
             InboundMessage.id.in_(ids), InboundMessage.status.notin_(("stored", "error", "rejected")))).all())
+    gone = container.intake.without_raw(list(settled))  # purged or erased: replay says which
+    settled = {i: status for i, status in settled.items() if i not in gone}
     todo = [i for i in ids if i not in settled]
     fhir = container.fhir.replay(todo)
     results = {**container.intake.replay([i for i in todo if i not in fhir]), **fhir,

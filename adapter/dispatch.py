@@ -123,6 +123,12 @@ def _facility(row: Notification) -> str:
     return facility_of(str(event.get("source", "")), str(event.get("sender", "")))
 
 
+def _claimed_by(row: Notification | None, leased_until: datetime) -> bool:
+    """Whether ``row`` is still the claim that runs out at ``leased_until`` (a later
+    claim of it sets another ``claimed_until``)."""
+    return row is not None and row.status == "claimed" and row.claimed_until == leased_until
+
+
 def _internal(notification_id: int, exc: BaseException) -> SendResult:
     """A failure of ours while dispatching: logged, then retried like a provider's."""
     log.error("dispatch of notification %s failed", notification_id, exc_info=exc)
@@ -331,17 +337,16 @@ class Dispatcher:
         Nothing for one no longer claimed by the claim that runs out at ``leased_until``."""
         now = self.clock.now()
         row = session.get(Notification, notification_id)
-        if row is None or row.status != "claimed" or row.claimed_until != leased_until or now >= leased_until:
+        if not _claimed_by(row, leased_until) or now >= leased_until:
             return None
         moot = self._moot(session, row, now)
         if moot is not None:
             row.decision = {**row.decision, "at_send": {"appointment": moot}}
             self._end(session, row, "suppressed", moot, now)
             return None
-        facility = _facility(row)
-        if self.window is not None and not row.urgent and not self.window.allows(now, facility):
+        if self._window_closed(row, now):
             # Quiet hours or a public holiday: back to the queue until the window opens.
-            release(session, row.id, at=self.window.next_open(now, facility), now=now,
+            release(session, row.id, at=self.window.next_open(now, _facility(row)), now=now,  # type: ignore[union-attr]
                     error="waiting for the sending window")
             return None
         patient = session.get(Patient, row.patient_id)
@@ -427,9 +432,7 @@ class Dispatcher:
         with read_transaction(self.sessions) as session:
             now = self.clock.now()
             row = session.get(Notification, notification_id)
-            if row is None or row.status != "claimed" or row.claimed_until != leased_until:
-                return False
-            if self.window is not None and not row.urgent and not self.window.allows(now, _facility(row)):
+            if not _claimed_by(row, leased_until) or self._window_closed(row, now):
                 return False
             if self._moot(session, row, now) is not None:
                 return False
@@ -437,6 +440,11 @@ class Dispatcher:
                 return False
             in_use = reachable(session, self.gate.vault, row.patient_id, [job.channel])
             return any(contact.address == job.message.to for contact in in_use)
+
+    def _window_closed(self, row: Notification, now: datetime) -> bool:
+        """Whether a non-urgent notice must wait: quiet hours, or a holiday (national, or
+        local to the facility its event came from)."""
+        return self.window is not None and not row.urgent and not self.window.allows(now, _facility(row))
 
     @staticmethod
     def _appointment(session: Session, row: Notification) -> Appointment | None:

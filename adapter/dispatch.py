@@ -176,6 +176,7 @@ class Dispatcher:
         self.window = window
         self._throttles = {name: Throttle(rate) for name, rate in (rate_limits or {}).items() if rate > 0}
         self.accounts_refused: dict[str, datetime] = {}  # channel → when its provider last refused our account
+        self._refusal_logged: dict[str, datetime] = {}  # channel → when that was last logged
         # Set by ``serve``: whether an ACK or a FHIR request waits (see adapter/waiting.py).
         self.others_waiting: Callable[[], bool] = lambda: False
         # Set by ``serve``: before each transaction after a round's first, wait for a pause
@@ -524,9 +525,10 @@ class Dispatcher:
     def _account_refused(self, channel: str, code: str, now: datetime) -> None:
         """Remember when ``channel``'s provider last refused our account (``/health/ready``
         reports it) and log it, once a minute per channel at most."""
-        last = self.accounts_refused.get(channel)
         self.accounts_refused[channel] = now
-        if last is None or now - last >= timedelta(minutes=1):
+        logged = self._refusal_logged.get(channel)
+        if logged is None or now - logged >= timedelta(minutes=1):
+            self._refusal_logged[channel] = now
             log.error("%s: the provider refused the adapter's account (code %s); its notifications wait "
                       "until the channel's settings are fixed", channel, code)
 

@@ -147,3 +147,23 @@ def test_a_provider_refusing_the_adapters_account_keeps_the_notice_waiting_and_s
         assert not smtp.messages and twilio.deliveries == {}
         assert ready.status_code == 503
         assert ready.json()["checks"]["channels"] == "account refused by the provider: sms"
+
+
+def test_a_refusal_that_goes_on_is_logged_again_each_minute(tmp_path, caplog):
+    """The log said "once a minute at most" but measured the minute from the last
+    refusal: a channel refused every few seconds was logged once and never again."""
+    import logging
+    from datetime import timedelta
+
+    from tests.core.test_reliability import START
+    from tests.harness import migrated_container, settings_for
+
+    container = migrated_container(settings_for(tmp_path))
+    try:
+        with caplog.at_level(logging.ERROR, logger="adapter.dispatch"):
+            for second in range(0, 181, 10):
+                container.dispatcher._account_refused("sms", "20003", START + timedelta(seconds=second))
+    finally:
+        container.engine.dispose()
+    assert sum("refused the adapter's account" in r.getMessage() for r in caplog.records) == 4
+    assert container.dispatcher.accounts_refused["sms"] == START + timedelta(seconds=180)

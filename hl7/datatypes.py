@@ -50,6 +50,18 @@ def parse_ts(value: str, local_zone: tzinfo) -> datetime | None:
     return dt.astimezone(timezone.utc)
 
 
+def ts_has_time(value: str) -> bool:
+    """Whether a TS/DTM names a time of day, not only a day (HL7 v2.5 §2.A.77: the
+    precision is the length; ``YYYYMMDD`` and shorter are days), read as
+    :func:`parse_ts` reads it.
+
+    >>> ts_has_time("20261201"), ts_has_time("20261201-0500"), ts_has_time("202612010930+0100")
+    (False, False, True)
+    """
+    match = _TS.match(value.strip())
+    return match is not None and match.group(4) is not None
+
+
 def identifier_from_cx(cx: Repetition, facility: str) -> Identifier:
     """A CX (HL7 v2.5 §2.A.14): CX-1 id, CX-4 assigning authority (HD-1, or
     HD-2 universal id), CX-5 identifier type code.

@@ -69,7 +69,14 @@ from adapter.events import (
     ReportReady,
     ReportWithdrawn,
 )
-from hl7.datatypes import contact_from_xtn, identifier_from_cx, language_from_ce, parse_ts, reaches_someone_else
+from hl7.datatypes import (
+    contact_from_xtn,
+    identifier_from_cx,
+    language_from_ce,
+    parse_ts,
+    reaches_someone_else,
+    ts_has_time,
+)
 from hl7.errors import CharsetError, MappingError, UnsupportedMessage
 from hl7.facilities import FacilityConfig, FacilityRule
 from hl7.header import codec_for
@@ -324,11 +331,11 @@ def _start_end(
             start = _required_ts(sch.value(11, 4, 1), zone, "SCH-11.4")
             if start is not None:
                 end = _required_ts(sch.value(11, 5, 1), zone, "SCH-11.5")
-                return start, end or _plus_duration(start, sch.value(9), sch.value(10, 1)), _has_time(sch.value(11, 4, 1))
+                return start, end or _plus_duration(start, sch.value(9), sch.value(10, 1)), ts_has_time(sch.value(11, 4, 1))
         elif where == "AIS-4":
             # One AIS per service booked (a blood test, then the visit), in no promised order:
             # the appointment starts with the earliest and ends with the last.
-            services = [(start, _plus_duration(start, ais.value(7), ais.value(8, 1)), _has_time(ais.value(4, 1)))
+            services = [(start, _plus_duration(start, ais.value(7), ais.value(8, 1)), ts_has_time(ais.value(4, 1)))
                         for ais in message.all("AIS")
                         if (start := _required_ts(ais.value(4, 1), zone, "AIS-4")) is not None]
             if services:
@@ -340,21 +347,11 @@ def _start_end(
             start = _required_ts(tq1.value(7, 1), zone, "TQ1-7") if tq1 is not None else None
             if start is not None:
                 assert tq1 is not None
-                return start, _required_ts(tq1.value(8, 1), zone, "TQ1-8"), _has_time(tq1.value(7, 1))
+                return start, _required_ts(tq1.value(8, 1), zone, "TQ1-8"), ts_has_time(tq1.value(7, 1))
     if not required:
         return None, None, True
     tried = ", ".join(context.rule.start_time)
     raise MappingError(f"no appointment start time in {tried}", "101")
-
-
-def _has_time(value: str) -> bool:
-    """Whether a TS names a time of day, not only a day (HL7 v2.5 §2.A.77: precision
-    by length; ``YYYYMMDD`` and shorter are days).
-
-    >>> _has_time("20261201"), _has_time("202612010930+0100")
-    (False, True)
-    """
-    return len(value.strip().split("+")[0].split("-")[0].split(".")[0]) > 8
 
 
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "hour": 3600, "d": 86400}

@@ -278,12 +278,14 @@ def all_or_each(
 
 
 @contextmanager
-def overwriting_deleted(session: Session) -> Iterator[None]:
+def overwriting_deleted(session: Session, *, deleted: Callable[[], bool] = lambda: True) -> Iterator[None]:
     """What ``session`` deletes inside the block leaves no copy behind in the database
-    files (GDPR art. 17): on SQLite the freed space is overwritten with zeros
+    files (GDPR art. 5(1)(e), 17): on SQLite the freed space is overwritten with zeros
     (``PRAGMA secure_delete``), and once the transaction commits the write-ahead log,
-    which still holds the pages as they were, is checkpointed and emptied. PostgreSQL
-    keeps a deleted row's bytes until VACUUM reuses its space (autovacuum)."""
+    which still holds the pages as they were, is checkpointed and emptied (when
+    ``deleted()`` says anything was: the checkpoint waits for the write lock and for
+    readers). PostgreSQL keeps a deleted row's bytes until VACUUM reuses its space
+    (autovacuum)."""
     connection = session.connection()
     if connection.dialect.name != "sqlite":
         yield
@@ -294,7 +296,8 @@ def overwriting_deleted(session: Session) -> Iterator[None]:
     finally:
         connection.exec_driver_sql("PRAGMA secure_delete = OFF")
     engine = connection.engine
-    event.listen(session, "after_commit", lambda _session: _empty_wal(engine), once=True)
+    if deleted():
+        event.listen(session, "after_commit", lambda _session: _empty_wal(engine), once=True)
 
 
 def _empty_wal(engine: Engine) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy import Delete, delete, exists, select, update
 from sqlalchemy.orm import Session
 
 from adapter.bootstrap import Container
-from adapter.db import transaction
+from adapter.db import overwriting_deleted, transaction
 from adapter.key_rotation import adopt_master_key_if_changed
 from adapter.models import InboundMessage, InboundRaw, Notification, OutboxMessage
 from adapter.reply_models import PatientReply, WebhookEvent
@@ -67,7 +67,11 @@ def purge_expired(container: Container, *, now: datetime) -> PurgeReport:
     cutoffs = retention_cutoffs(container.gate.policy, now)
     # It runs every minute in one write transaction, which ACKs wait for: each
     # statement reads what has expired (and a little more), never a whole table.
-    with transaction(container.sessions) as session:
+    # What it removes is overwritten in the database files too, as an erasure's is
+    # (sealed, but the system key that opens a raw message is still there).
+    report = PurgeReport(0, 0, 0, 0, 0)
+    with transaction(container.sessions) as session, overwriting_deleted(
+            session, deleted=lambda: any(vars(report).values())):
         raw = session.execute(_purge_raw(session, cutoffs.inbound_raw_before)).rowcount
         bodies = session.execute(  # ix_notification_body_kept: only notifications still holding a body
             update(Notification)

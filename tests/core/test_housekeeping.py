@@ -108,6 +108,25 @@ def test_keys_rotate_rewraps_every_key_and_a_running_adapter_adopts_the_new_one(
     fresh.engine.dispose()
 
 
+def test_what_the_purge_removes_leaves_no_copy_in_the_database_files(tmp_path):
+    """The sealed raw message and body are gone from the files, not only from the rows:
+    the system key that opens a raw message stays."""
+    container = migrated_container(settings_for(tmp_path))
+    retention = container.gate.policy.retention
+    old = add_rows(container, age=timedelta(days=retention.sent_body_days + 1), tag="old")
+    with transaction(container.sessions) as session:
+        sealed = [session.get(InboundRaw, old[0]).raw_enc, session.get(Notification, old[1]).body_enc]
+
+    report = purge_expired(container, now=NOW)
+
+    assert (report.inbound_raw, report.sent_bodies) == (1, 1)
+    files = list(tmp_path.glob("adapter.db*"))
+    for blob in sealed:
+        tag = blob[-16:]  # AES-GCM's tag ends every sealed value
+        assert [path.name for path in files if tag in path.read_bytes()] == []
+    container.engine.dispose()
+
+
 def test_retention_also_purges_stored_callbacks_reply_texts_and_the_sandbox_outbox(tmp_path):
     from adapter.models import OutboxMessage
     from adapter.reply_models import PatientReply, WebhookEvent

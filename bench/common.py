@@ -68,10 +68,12 @@ PEERS_DIR = ROOT / ".venv" / "bench-peers"
 
 
 @contextmanager
-def python_server(code: str, port: int, *, peers: bool = False) -> Iterator[subprocess.Popen]:
-    """Run ``code`` (which must listen on ``port``) in a fresh interpreter; with
-    ``peers``, outside the checkout with :data:`PEERS_DIR` importable."""
-    env = {**os.environ, "BENCH_PORT": str(port)}
+def python_server(code: str, port: int, *, peers: bool = False,
+                  env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """Run ``code`` (which must listen on ``port``) in a fresh interpreter, with
+    ``env`` added to its environment; with ``peers``, outside the checkout with
+    :data:`PEERS_DIR` importable."""
+    env = {**os.environ, **(env or {}), "BENCH_PORT": str(port)}
     if peers:
         env["PYTHONPATH"] = str(PEERS_DIR)
     proc = subprocess.Popen(

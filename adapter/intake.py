@@ -15,6 +15,7 @@ A sending facility may ask for the ACK after processing instead
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from prometheus_client import Counter
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -77,6 +79,17 @@ _STILL_IN = (
     .where(_INBOUND.c.id.in_(bindparam("ids", expanding=True)), _INBOUND.c.status.in_(bindparam("statuses", expanding=True)))
     .with_for_update()
 )
+
+
+# The series the ACK path adds to, looked up once (``labels()`` takes a lock and
+# builds a key on every call).
+_HL7_ACK_LATENCY = ACK_LATENCY.labels("hl7")
+_STORE_LOCK_WAIT, _STORE_WRITE = STORE_SECONDS.labels("lock_wait"), STORE_SECONDS.labels("write")
+
+
+@functools.cache
+def _received(outcome: str) -> Counter:
+    return MESSAGES_RECEIVED.labels("hl7", outcome)
 
 
 def ack_code(ack: bytes) -> str:
@@ -248,7 +261,7 @@ class GroupCommitWriter:
         began = time.perf_counter()
         with raw_transaction(self.engine, priority=True) as cursor:  # an ACK waits on it
             locked = time.perf_counter()
-            STORE_SECONDS.labels("lock_wait").observe(locked - began)
+            _STORE_LOCK_WAIT.observe(locked - began)
             fresh = {(sender, control_id): message_id for message_id, sender, control_id in insert_rows_with(
                 cursor, self.engine.dialect, _INBOUND, rows, returning=("id", "sender", "control_id"),
                 on_conflict_do_nothing=True)}
@@ -264,7 +277,7 @@ class GroupCommitWriter:
                     out.append(Stored(message_id, False, "stored", None))
                     raws.append({"message_id": message_id, "raw_enc": blob})
             insert_rows_with(cursor, self.engine.dialect, _RAW, raws)
-        STORE_SECONDS.labels("write").observe(time.perf_counter() - locked)
+        _STORE_WRITE.observe(time.perf_counter() - locked)
         return out
 
 
@@ -294,8 +307,8 @@ class HL7Intake:
     async def handle(self, raw: bytes) -> bytes:
         began = time.perf_counter()
         ack = await self._handle(raw)
-        ACK_LATENCY.labels("hl7").observe(time.perf_counter() - began)
-        MESSAGES_RECEIVED.labels("hl7", ack_code(ack)).inc()
+        _HL7_ACK_LATENCY.observe(time.perf_counter() - began)
+        _received(ack_code(ack)).inc()
         return ack
 
     async def _handle(self, raw: bytes) -> bytes:

@@ -35,7 +35,8 @@ class Waiting:
             self._active += 1
             self._arrivals += 1
             self.last_busy = time.monotonic()
-            self.idle.clear()
+            if self.idle.is_set():  # clear() takes the Event's own lock every time
+                self.idle.clear()
 
     def end(self, count: int = 1) -> None:
         with self._lock:

@@ -385,3 +385,25 @@ def test_beyond_max_connections_a_new_connection_is_closed_and_the_open_ones_kee
             await server.stop()
 
     run(scenario())
+
+
+def test_a_connection_that_keeps_sending_is_not_idle_however_long_it_lasts():
+    async def scenario():
+        server = await started(idle_timeout=0.3)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            for n in range(12):  # 1.2 s: four idle time-outs, each reset by a message
+                writer.write(frame(message(f"KEEP{n}")))
+                assert b"MSA|AA|KEEP%d" % n in await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 2)
+                await asyncio.sleep(0.1)
+            last = frame(message("LAST"))
+            writer.write(last[:10])  # part of a message: the connection is not idle either
+            await asyncio.sleep(0.2)
+            writer.write(last[10:])
+            assert b"MSA|AA|LAST" in await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 2)
+            assert await asyncio.wait_for(reader.read(), 3) == b""  # then quiet: closed
+            writer.close()
+        finally:
+            await server.stop()
+
+    run(scenario())

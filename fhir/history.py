@@ -36,12 +36,16 @@ class Deletion:
 
 def deletion_in(entry: dict[str, Any]) -> Deletion | None:
     """What a history entry deleted (``request.method`` DELETE, or a ``response.status``
-    of 410, and no resource), else None. Raises :class:`fhir.errors.FhirError` (400)
+    of 410, and no resource), else None; its version from ``response.etag``, else from
+    a ``request.url`` naming it. Raises :class:`fhir.errors.FhirError` (400)
     for a deletion that names no ``Type/id``.
 
     >>> deletion_in({"request": {"method": "DELETE", "url": "Appointment/a1"},
     ...              "response": {"status": "204", "etag": 'W/"3"'}})
     Deletion(resource_type='Appointment', resource_id='a1', source_version='3', source_updated=None)
+    >>> deletion_in({"fullUrl": "https://ehr/fhir/Appointment/a1", "response": {"status": "204"},
+    ...              "request": {"method": "DELETE", "url": "Appointment/a1/_history/3"}}).source_version
+    '3'
     """
     request = entry.get("request") if isinstance(entry.get("request"), dict) else {}
     response = entry.get("response") if isinstance(entry.get("response"), dict) else {}
@@ -52,5 +56,6 @@ def deletion_in(entry: dict[str, Any]) -> Deletion | None:
     reference = str(entry.get("fullUrl") or request.get("url") or "").split("?")[0]
     if reference.strip("/").count("/") < 1:
         raise invalid(f"A deleted entry names no Type/id: {reference!r}", "Bundle.entry.fullUrl")
-    etag = str(response.get("etag") or "").removeprefix("W/").strip('"')
+    etag = str(response.get("etag") or "").removeprefix("W/").strip('"') or str(
+        request.get("url") or "").partition("/_history/")[2]
     return Deletion.of(reference, etag or None, parse_instant(response.get("lastModified")))

@@ -128,7 +128,7 @@ class PollResult:
     failed: bool = False  # stopped early; the cursor stays before the failed resource
 
 
-# (server, type) whose _history was refused: said once, then polled by search alone.
+# (server, type) that answered _history with a 4xx: said once a process (each round still asks).
 _WITHOUT_HISTORY: set[tuple[str, str]] = set()
 
 

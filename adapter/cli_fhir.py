@@ -94,7 +94,7 @@ def poll(
     smart_alg: SmartAlg = "RS384",
     every: Annotated[float, typer.Option(help="seconds between rounds; 0 = one round")] = 0.0,
 ) -> None:
-    """For servers without Subscriptions: _lastUpdated searches with paging."""
+    """For servers without Subscriptions: _lastUpdated searches with paging, and each type's _history for deletions."""
     from adapter.cli import _container
     from adapter.fhir_wiring import fhir_service
     from fhir.upstream import poll_once
@@ -105,7 +105,8 @@ def poll(
     while True:
         with upstream_errors():
             result = asyncio.run(poll_once(server, sessions=container.sessions, service=service, auth=auth))
-        console.print(f"stored {result.stored}, unchanged {result.unchanged}, rejected {len(result.rejected)}"
+        console.print(f"stored {result.stored}, unchanged {result.unchanged}, deleted {result.deleted}, "
+                      f"rejected {len(result.rejected)}"
                       + (" (stopped early; will retry)" if result.failed else ""))
         if every <= 0:
             raise typer.Exit(1 if result.failed or result.rejected else 0)

@@ -1,7 +1,8 @@
 """The upstream client: talks to a hospital's FHIR server (httpx, async).
 
 Reads resources (id-only notifications), runs the Subscriptions Backport
-``$events`` operation, searches by ``_lastUpdated`` with paging, and creates
+``$events`` operation, searches by ``_lastUpdated`` and reads a type's
+``_history`` with paging, and creates
 backport Subscriptions. Upstream auth is a bearer token or SMART Backend
 Services (client credentials with a signed JWT assertion, RS384 or ES384).
 """
@@ -98,6 +99,10 @@ class SmartBackendAuth(httpx.Auth):
         yield request
 
 
+def _instant(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -162,13 +167,27 @@ class FhirClient:
         following the Bundle's ``next`` links."""
         params: dict[str, Any] = {"_sort": "_lastUpdated", "_count": page_size}
         if since is not None:
-            params["_lastUpdated"] = "ge" + since.isoformat().replace("+00:00", "Z")
-        page = await self._request("GET", resource_type, params=params)
+            params["_lastUpdated"] = "ge" + _instant(since)
+        async for entry in self._entries(resource_type, params):
+            if isinstance(entry.get("resource"), dict) and (
+                    entry.get("search", {}).get("mode", "match") == "match"):
+                yield entry["resource"]
+
+    async def history_since(self, resource_type: str, since: datetime, *,
+                            page_size: int = 100) -> AsyncIterator[dict[str, Any]]:
+        """Every entry of a type's history (R4 http.html#history: ``GET [type]/_history``)
+        from ``since`` on, inclusive: each version, deletions included, newest first
+        as the standard orders them, following the Bundle's ``next`` links."""
+        params = {"_since": _instant(since), "_count": page_size}
+        async for entry in self._entries(f"{resource_type}/_history", params):
+            yield entry
+
+    async def _entries(self, url: str, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        page = await self._request("GET", url, params=params)
         while True:
             for entry in page.get("entry") or []:
-                if isinstance(entry.get("resource"), dict) and (
-                        entry.get("search", {}).get("mode", "match") == "match"):
-                    yield entry["resource"]
+                if isinstance(entry, dict):
+                    yield entry
             next_url = next((link["url"] for link in page.get("link") or []
                              if link.get("relation") == "next"), None)
             if not next_url:

@@ -33,6 +33,7 @@ from adapter.db import read_transaction, transaction
 from fhir import store
 from fhir.client import FhirClient
 from fhir.errors import FhirError, Issue, UpstreamError, invalid
+from fhir.history import Deletion, deletion_in
 from fhir.mapping import parse_instant
 from fhir.models import FhirSubscription
 from fhir.outcome import information
@@ -52,29 +53,6 @@ class NotificationEvent:
     number: int | None
     focus: str  # reference to the resource, relative or absolute
     timestamp: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Deletion:
-    """A resource the source server deleted, with the version its deletion made
-    there when known (to order it against the resource's other versions)."""
-
-    resource_type: str
-    resource_id: str
-    source_version: str | None = None
-    source_updated: datetime | None = None
-
-    @classmethod
-    def of(cls, reference: str, source_version: str | None = None,
-           source_updated: datetime | None = None) -> Deletion:
-        """``[base/]Type/id[/_history/N]``: N is the deletion's version, unless given.
-
-        >>> Deletion.of("https://ehr/fhir/Appointment/a1/_history/4")
-        Deletion(resource_type='Appointment', resource_id='a1', source_version='4', source_updated=None)
-        """
-        path, _, version = reference.partition("/_history/")
-        kind, rid = path.rstrip("/").split("/")[-2:]
-        return cls(kind, rid, source_version or version or None, source_updated)
 
 
 @dataclass(frozen=True)
@@ -125,28 +103,12 @@ def parse_notification(bundle: dict[str, Any]) -> Notification:
     resources = {e.get("fullUrl", ""): e["resource"] for e in entries[1:]
                  if isinstance(e.get("resource"), dict)}
     deleted = {f"{found.resource_type}/{found.resource_id}": found for e in entries[1:]
-               if isinstance(e, dict) and (found := _deletion(e)) is not None}
+               if isinstance(e, dict) and (found := deletion_in(e)) is not None}
     events = notification.events
     if not events and notification.kind in ("event-notification", "query-event"):
         events = _events_from_entries(entries[1:], notification.events_since_start)
     return Notification(notification.subscription, notification.kind,
                         notification.events_since_start, events, resources, notification.topic, deleted)
-
-
-def _deletion(entry: dict[str, Any]) -> Deletion | None:
-    """What a history entry deleted (R4 §3.1.0.10: ``request.method`` DELETE, or a
-    ``response.status`` of 410, and no resource), else None."""
-    request = entry.get("request") if isinstance(entry.get("request"), dict) else {}
-    response = entry.get("response") if isinstance(entry.get("response"), dict) else {}
-    if isinstance(entry.get("resource"), dict) or not (
-            str(request.get("method", "")).upper() == "DELETE"
-            or str(response.get("status", "")).startswith("410")):
-        return None
-    reference = str(entry.get("fullUrl") or request.get("url") or "").split("?")[0]
-    if reference.strip("/").count("/") < 1:
-        raise invalid(f"A deleted entry names no Type/id: {reference!r}", "Bundle.entry.fullUrl")
-    etag = str(response.get("etag") or "").removeprefix("W/").strip('"')
-    return Deletion.of(reference, etag or None, parse_instant(response.get("lastModified")))
 
 
 def _int(value: Any) -> int | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapter.db import transaction
 from fhir.client import DEFAULT_TOPICS, FhirClient
 from fhir.errors import FhirError, UpstreamError
+from fhir.history import deletion_in
 from fhir.mapping import parse_instant
 from fhir.models import FhirPollCursor, FhirSubscription
 from fhir.service import FhirService
@@ -121,8 +123,13 @@ def store_patients(sessions: sessionmaker[Session], service: FhirService, patien
 class PollResult:
     stored: int = 0
     unchanged: int = 0  # duplicates and stale versions
+    deleted: int = 0  # deletions applied, from the server's _history
     rejected: list[str] = field(default_factory=list)  # "Type/id: why"
     failed: bool = False  # stopped early; the cursor stays before the failed resource
+
+
+# (server, type) that answered _history with a 4xx: said once a process (each round still asks).
+_WITHOUT_HISTORY: set[tuple[str, str]] = set()
 
 
 async def poll_once(
@@ -135,11 +142,14 @@ async def poll_once(
     page_size: int = 100,
     http: httpx.AsyncClient | None = None,
 ) -> PollResult:
-    """One polling round: every resource of each type changed since the last
-    round (``_lastUpdated=ge<cursor>``, paged), stored through the same path as a
-    push. The cursor is inclusive, so the boundary resource comes back and is
-    recognised as a duplicate by its version. A resource that fails validation
-    is reported and skipped, not retried forever."""
+    """One polling round, per type: every resource changed since the last round
+    (``_lastUpdated=ge<cursor>``, paged), stored through the same path as a push;
+    then the deletions since the same cursor, which no search returns, from the
+    type's history (``_history?_since=<cursor>``), applied as a pushed DELETE is.
+    The cursor is inclusive, so the boundary resource comes back and is recognised
+    as a duplicate by its version; it moves only past what both passes covered. A
+    resource that fails validation is reported and skipped, not retried forever.
+    A server that refuses ``_history`` (4xx) is polled by search alone."""
     result = PollResult()
     read: set[str] = set()  # Patients read this round
     async with FhirClient(server, auth=auth, http=http) as client:
@@ -147,35 +157,13 @@ async def poll_once(
             with transaction(sessions) as session:
                 cursor = session.get(FhirPollCursor, (client.base, kind))
                 since = cursor.last_updated if cursor else None
-            newest = since
-            async for resource in client.updated_since(kind, since, page_size=page_size):
-                updated = parse_instant((resource.get("meta") or {}).get("lastUpdated"))
-                ref = f"{resource.get('resourceType')}/{resource.get('id')}"
-                try:
-                    store_patients(sessions, service, await patients_of(client, [resource], skip=read),
-                                   client.base)
-                except UpstreamError as exc:  # the server's, for now: retry next round
-                    log.error("polling %s stopped at %s: %s", client.base, ref, exc)
-                    result.failed = True
-                    break
-                try:
-                    with transaction(sessions) as session:
-                        outcome = service.write(session, parse_data(resource),
-                                                sender=client.base).outcome
-                except FhirError as exc:
-                    if exc.status >= 500:  # ours to fix, not the resource's: retry next round
-                        log.error("polling %s stopped at %s: %s", client.base, ref, exc)
-                        result.failed = True
-                        break
-                    result.rejected.append(f"{ref}: {exc}")
-                    log.warning("polling %s: %s rejected: %s", client.base, ref, exc)
-                else:
-                    if outcome in ("created", "updated"):
-                        result.stored += 1
-                    else:
-                        result.unchanged += 1
-                if updated and (newest is None or updated > newest):
-                    newest = updated
+            newest = await _pull_updates(client, kind, since, sessions=sessions, service=service,
+                                         page_size=page_size, result=result, read=read)
+            # The first round has no deletions to learn: nothing was pulled before it.
+            if since is not None and not await _pull_deletions(client, kind, since, sessions=sessions,
+                                                               service=service, page_size=page_size,
+                                                               result=result):
+                newest = since  # history is newest first: all of it comes back next round
             with transaction(sessions) as session:
                 cursor = session.get(FhirPollCursor, (client.base, kind)) or FhirPollCursor(
                     server=client.base, resource_type=kind)
@@ -183,6 +171,97 @@ async def poll_once(
                 cursor.polled_at = service.clock()
                 session.add(cursor)
     return result
+
+
+async def _pull_updates(client: FhirClient, kind: str, since: datetime | None, *,
+                        sessions: sessionmaker[Session], service: FhirService, page_size: int,
+                        result: PollResult, read: set[str]) -> datetime | None:
+    """Store what a ``_lastUpdated`` search returns, oldest first; the newest
+    ``lastUpdated`` stored (``since`` if none), before any that failed."""
+    newest = since
+    async for resource in client.updated_since(kind, since, page_size=page_size):
+        updated = parse_instant((resource.get("meta") or {}).get("lastUpdated"))
+        ref = f"{resource.get('resourceType')}/{resource.get('id')}"
+        try:
+            store_patients(sessions, service, await patients_of(client, [resource], skip=read),
+                           client.base)
+        except UpstreamError as exc:  # the server's, for now: retry next round
+            log.error("polling %s stopped at %s: %s", client.base, ref, exc)
+            result.failed = True
+            break
+        try:
+            with transaction(sessions) as session:
+                outcome = service.write(session, parse_data(resource),
+                                        sender=client.base).outcome
+        except FhirError as exc:
+            if exc.status >= 500:  # ours to fix, not the resource's: retry next round
+                log.error("polling %s stopped at %s: %s", client.base, ref, exc)
+                result.failed = True
+                break
+            result.rejected.append(f"{ref}: {exc}")
+            log.warning("polling %s: %s rejected: %s", client.base, ref, exc)
+        else:
+            if outcome in ("created", "updated"):
+                result.stored += 1
+            else:
+                result.unchanged += 1
+        if updated and (newest is None or updated > newest):
+            newest = updated
+    return newest
+
+
+async def _pull_deletions(client: FhirClient, kind: str, since: datetime, *,
+                          sessions: sessionmaker[Session], service: FhirService, page_size: int,
+                          result: PollResult) -> bool:
+    """Apply the DELETE entries of ``kind``'s history since ``since`` (its other
+    entries are the versions the search returned), each ordered against the
+    stored versions by its own, as a Subscription's are. A deletion that carries
+    neither its version nor its time is ordered by the history's own order (newest
+    first): one with a version of the resource before it was undone, and is left
+    out. False: stopped early."""
+    seen = False
+    recreated: set[str] = set()  # ids with a version newer than what follows
+    try:
+        async for entry in client.history_since(kind, since, page_size=page_size):
+            seen = True
+            if isinstance(entry.get("resource"), dict):
+                recreated.add(str(entry["resource"].get("id")))
+                continue
+            try:
+                deletion = deletion_in(entry)
+            except FhirError as exc:
+                result.rejected.append(f"{kind} history entry: {exc}")
+                continue
+            if deletion is None or deletion.resource_type != kind or (
+                    deletion.resource_id in recreated and not (deletion.source_version or deletion.source_updated)):
+                continue
+            ref = f"{kind}/{deletion.resource_id}"
+            try:
+                with transaction(sessions) as session:
+                    outcome = service.delete(session, kind, deletion.resource_id, sender=client.base,
+                                             source_version=deletion.source_version,
+                                             source_updated=deletion.source_updated).outcome
+            except FhirError as exc:
+                if exc.status >= 500:  # ours to fix: retry next round
+                    log.error("polling %s stopped at the deletion of %s: %s", client.base, ref, exc)
+                    result.failed = True
+                    return False
+                result.rejected.append(f"{ref} (deletion): {exc}")
+                log.warning("polling %s: the deletion of %s rejected: %s", client.base, ref, exc)
+                continue
+            if outcome == "deleted":
+                result.deleted += 1
+    except UpstreamError as exc:
+        if not seen and exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+            if (client.base, kind) not in _WITHOUT_HISTORY:
+                _WITHOUT_HISTORY.add((client.base, kind))
+                log.warning("%s answered %s to %s/_history: deletions there are not seen by polling",
+                            client.base, exc.status, kind)
+            return True
+        log.error("polling %s stopped in the history of %s: %s", client.base, kind, exc)
+        result.failed = True
+        return False
+    return True
 
 
 __all__ = ["CreatedSubscription", "PollResult", "UpstreamError", "patients_of", "poll_once", "store_patients",

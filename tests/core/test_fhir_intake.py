@@ -343,6 +343,52 @@ def test_a_deleted_appointment_calls_off_its_reminders_and_reads_as_gone_until_p
         assert [i["status"] for i in notifications(officer) if i["kind"] == "reminder"].count("scheduled") == 2
 
 
+def test_an_appointment_deleted_on_a_polled_server_calls_off_its_reminders_as_a_pushed_delete_does(tmp_path):
+    """Polling searches by ``_lastUpdated``, and a search never returns a deleted
+    resource: the adapter never learned of the deletion and the reminders went out.
+    The type's ``_history`` lists it; the deletion is applied as a pushed DELETE is."""
+    import asyncio
+
+    from channels.fakes import start_fake
+    from fhir.upstream import poll_once
+    from tests.fhir.fake_upstream import FakeUpstream
+
+    fake = FakeUpstream(url="")
+    base, stop = start_fake(fake.app())
+    fake.url = f"{base}/fhir"
+    try:
+        with running_adapter(settings_for(tmp_path)) as adapter:
+            officer = adapter.client("officer")
+
+            def poll():
+                return asyncio.run(poll_once(fake.url, sessions=adapter.container.sessions,
+                                             service=adapter.container.fhir.service))
+
+            now = datetime.now(UTC).replace(microsecond=0)
+            start = now + timedelta(days=3)
+            fake.put(patient("p1"), 1, now.isoformat())
+            fake.put(appointment("a1", "p1", start), 1, now.isoformat())
+            assert poll().stored == 1
+            adapter.fhir_processed()
+            assert [i["status"] for i in notifications(officer) if i["kind"] == "reminder"] == ["scheduled"] * 2
+
+            fake.delete("Appointment/a1", 2, at=(now + timedelta(seconds=5)).isoformat())
+            result = poll()
+            adapter.fhir_processed()
+            items = notifications(officer)
+            assert not [i for i in items if i["kind"] == "reminder" and i["status"] == "scheduled"]
+            assert (result.deleted, result.failed) == (1, False)
+            assert fhir_messages(adapter)[-1]["control_id"] == "Appointment/a1/_history/2"
+            assert all("deleted" in i["reason"] for i in items if i["kind"] == "reminder")
+            assert [i["kind"] for i in items].count("cancellation_notice") == 1
+            audit = officer.get("/api/audit", params={"limit": 1000}).json()["items"]
+            withdrawn = [e["reason"] for e in audit if e["action"] == "cancelled"]
+            cancelled = [i for i in items if i["status"] == "cancelled"]
+            assert len(cancelled) >= 2 and withdrawn == ["appointment deleted"] * len(cancelled)
+    finally:
+        stop()
+
+
 def test_an_ehr_sending_an_erased_patient_again_is_answered_and_the_patient_starts_afresh(tmp_path):
     """After an erasure the EHR still has the patient, and sends them again at the next
     change. That PUT used to answer 500: the new first version's id took the kept queue

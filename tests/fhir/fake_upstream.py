@@ -1,5 +1,6 @@
-"""A small source FHIR server for tests: read, _lastUpdated search with paging,
-Subscription create, backport $events, and a SMART token endpoint."""
+"""A small source FHIR server for tests: read, _lastUpdated search and type-level
+_history with paging, Subscription create, backport $events, and a SMART token
+endpoint."""
 
 from __future__ import annotations
 
@@ -33,19 +34,28 @@ class FakeUpstream:
     requests: list[str] = field(default_factory=list)
     deleted: dict[str, str] = field(default_factory=dict)  # reference → version of its deletion
     forgotten: set[str] = field(default_factory=set)  # deleted, and read as 404 (no history kept)
+    history: list[dict[str, Any]] = field(default_factory=list)  # entries of put and delete, oldest first
+    history_status: int = 200  # what [type]/_history answers: another status, an OperationOutcome
 
     def put(self, resource: dict[str, Any], version: int, updated: str) -> dict[str, Any]:
         resource = {**resource, "meta": {"versionId": str(version), "lastUpdated": updated}}
-        self.resources[f"{resource['resourceType']}/{resource['id']}"] = resource
+        ref = f"{resource['resourceType']}/{resource['id']}"
+        self.resources[ref] = resource
+        self.history.append({"fullUrl": f"{self.url}/{ref}", "resource": resource,
+                             "request": {"method": "PUT", "url": ref},
+                             "response": {"status": "200 OK", "etag": f'W/"{version}"', "lastModified": updated}})
         return resource
 
-    def delete(self, reference: str, version: int, *, forget: bool = False) -> int:
+    def delete(self, reference: str, version: int, *, forget: bool = False, at: str | None = None) -> int:
         """Delete a resource (its read answers 410 Gone, or 404 with ``forget``) and
-        record the event."""
+        record the event; ``at``: its time in the history (else listed at any ``_since``)."""
         self.resources.pop(reference)
         self.deleted[reference] = str(version)
         if forget:
             self.forgotten.add(reference)
+        response = {"status": "204 No Content", "etag": f'W/"{version}"'} | ({"lastModified": at} if at else {})
+        self.history.append({"fullUrl": f"{self.url}/{reference}", "request": {"method": "DELETE", "url": reference},
+                             "response": response})
         return self.record_event(reference)
 
     def record_event(self, reference: str) -> int:
@@ -96,6 +106,25 @@ class FakeUpstream:
             until = eventsUntilNumber or len(self.events)
             numbers = range(eventsSinceNumber, until + 1)
             return self.notification(sid, "query-event", numbers, full=True)
+
+        @app.get("/fhir/{kind}/_history")
+        async def history(kind: str, request: Request):
+            """R4 http.html#history: every version since ``_since`` (inclusive), newest first."""
+            if self.history_status != 200:
+                return JSONResponse({"resourceType": "OperationOutcome"}, status_code=self.history_status)
+            params = request.query_params
+            since = parse_instant(params.get("_since"))
+            count, page = int(params.get("_count", 100)), int(params.get("_page", 0))
+            matches = [e for e in reversed(self.history) if e["request"]["url"].startswith(kind + "/") and (
+                since is None or "lastModified" not in e["response"]
+                or parse_instant(e["response"]["lastModified"]) >= since)]
+            bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "total": len(matches),
+                                      "entry": matches[page * count:(page + 1) * count], "link": []}
+            if (page + 1) * count < len(matches):
+                query = "&".join(f"{k}={v}" for k, v in params.items() if k != "_page")
+                bundle["link"].append({"relation": "next",
+                                       "url": f"{self.url}/{kind}/_history?{query}&_page={page + 1}"})
+            return bundle
 
         @app.get("/fhir/{kind}/{rid}")
         async def read(kind: str, rid: str):

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from adapter.db import Base, make_engine, make_sessionmaker, transaction
 from adapter.events import Origin
-from fhir import capability, mapping, outcome, service, subscriptions, validate
+from fhir import capability, history, mapping, outcome, service, subscriptions, validate
 from fhir.errors import FhirError
 from fhir.models import TABLES
 from fhir.store import append
@@ -101,7 +101,7 @@ def test_the_database_refuses_the_same_source_version_twice(tmp_path):
         append(session, codec, version_id=2, **row)
 
 
-@pytest.mark.parametrize("module", [capability, mapping, outcome, service, subscriptions,
+@pytest.mark.parametrize("module", [capability, history, mapping, outcome, service, subscriptions,
                                     validate])
 def test_the_docstring_examples_hold(module):
     assert doctest.testmod(module).failed == 0

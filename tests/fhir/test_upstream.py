@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -10,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from fhir.client import BearerToken, FhirClient, SmartBackendAuth
 from fhir.errors import UpstreamError
+from fhir import upstream as upstream_module
 from fhir.upstream import poll_once
 from tests.fhir.conftest import sample
 from tests.fhir.fake_upstream import FakeUpstream
@@ -99,3 +101,72 @@ def test_polling_reads_the_patient_an_appointment_names_once_so_their_contacts_a
     assert sum(r.startswith("GET /fhir/Patient/p1") for r in upstream.requests) == 1
     booked = [e for e in adapter.events if type(e).__name__ == "AppointmentBooked"]
     assert len(booked) == 3 and all(e.patient.telecom[0].value == "+393331234567" for e in booked)
+
+
+def test_polling_applies_the_deletions_of_the_type_history_which_no_search_returns(adapter, upstream):
+    """A search never returns a deleted resource: polling kept a deleted appointment, and
+    its reminders went out. The type's history lists the deletion; it is applied as a
+    pushed DELETE is (called off, reason ``deleted``; a read here answers 410)."""
+    seed(upstream, 3)
+    poll(adapter, upstream, resource_types=("Appointment",))
+    upstream.put(appointment("a2", start="2030-12-02T08:30:00Z"), 2, "2030-11-20T10:00:00Z")
+    upstream.delete("Appointment/a1", 2, at="2030-11-20T10:01:00Z")
+    upstream.requests.clear()
+    result = poll(adapter, upstream, resource_types=("Appointment",))
+    assert (result.stored, result.deleted, result.failed) == (1, 1, False)
+    assert any("/Appointment/_history?_since=2030-11-20T09%3A02%3A00Z" in r for r in upstream.requests)
+    assert sum("/_history?" in r and "_page=" in r for r in upstream.requests) >= 1  # paged, page_size 2
+    cancelled = [e for e in adapter.events if type(e).__name__ == "AppointmentCancelled"]
+    assert [(e.appointment.ref, e.reason) for e in cancelled] == [("Appointment/a1", "deleted")]
+    assert adapter.get("/Appointment/a1").status_code == 410
+    assert adapter.get("/Appointment/a2").json()["start"] == "2030-12-02T08:30:00Z"
+
+    adapter.events.clear()
+    again = poll(adapter, upstream, resource_types=("Appointment",))  # the cursor is inclusive
+    assert (again.stored, again.deleted) == (0, 0) and adapter.events == []
+
+
+@pytest.mark.parametrize("versioned", [True, False])
+def test_a_deletion_the_resource_was_put_back_after_is_not_applied(adapter, upstream, versioned):
+    seed(upstream, 1)
+    poll(adapter, upstream, resource_types=("Appointment",))
+    upstream.delete("Appointment/a0", 2, at="2030-11-20T10:00:00Z")
+    if not versioned:  # a bare DELETE entry: only the history's order (newest first) tells
+        upstream.history[-1]["response"] = {"status": "410 Gone"}
+    upstream.put(appointment("a0"), 3, "2030-11-20T10:05:00Z")
+    result = poll(adapter, upstream, resource_types=("Appointment",))
+    assert result.deleted == 0 and not result.failed
+    assert "AppointmentCancelled" not in adapter.kinds()
+    assert adapter.get("/Appointment/a0").status_code == 200
+
+
+def test_a_server_without_history_is_polled_by_search_and_says_so_once(adapter, upstream, caplog, monkeypatch):
+    monkeypatch.setattr(upstream_module, "_WITHOUT_HISTORY", set())  # said once a process
+    upstream.history_status = 405
+    seed(upstream, 2)
+    poll(adapter, upstream, resource_types=("Appointment",))
+    upstream.put(appointment("a1", status="cancelled"), 2, "2030-11-20T10:00:00Z")
+    with caplog.at_level(logging.WARNING, logger="fhir.upstream"):
+        first = poll(adapter, upstream, resource_types=("Appointment",))
+        upstream.put(appointment("a0", status="cancelled"), 2, "2030-11-20T10:10:00Z")
+        upstream.requests.clear()
+        second = poll(adapter, upstream, resource_types=("Appointment",))
+    assert (first.stored, first.failed, second.stored, second.failed) == (1, False, 1, False)
+    assert "_lastUpdated=ge2030-11-20T10%3A00%3A00Z" in upstream.requests[0]  # the cursor moved on
+    said = [r.getMessage() for r in caplog.records if "_history" in r.getMessage()]
+    assert said == [f"{upstream.url} answered 405 to Appointment/_history: deletions there are not seen by polling"]
+
+
+def test_a_history_that_fails_leaves_the_cursor_where_it_was(adapter, upstream):
+    seed(upstream, 2)
+    poll(adapter, upstream, resource_types=("Appointment",))
+    upstream.put(appointment("a1", status="cancelled"), 2, "2030-11-20T10:00:00Z")
+    upstream.history_status = 503
+    failed = poll(adapter, upstream, resource_types=("Appointment",))
+    assert failed.failed and failed.stored == 1
+    upstream.history_status = 200
+    upstream.delete("Appointment/a0", 2, at="2030-11-20T09:30:00Z")  # before what the search stored
+    upstream.requests.clear()
+    result = poll(adapter, upstream, resource_types=("Appointment",))
+    assert "_lastUpdated=ge2030-11-20T09%3A01%3A00Z" in upstream.requests[0]
+    assert (result.deleted, result.unchanged, result.failed) == (1, 1, False)

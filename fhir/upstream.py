@@ -132,6 +132,12 @@ class PollResult:
 _WITHOUT_HISTORY: set[tuple[str, str]] = set()
 
 
+def _no_history(status: int) -> bool:
+    """The server does not offer ``[type]/_history``: a client error other than "too
+    many requests", or 501 Not Implemented (a cursor that waited for it would never move)."""
+    return (400 <= status < 500 and status != 429) or status == 501
+
+
 async def poll_once(
     server: str,
     *,
@@ -252,7 +258,7 @@ async def _pull_deletions(client: FhirClient, kind: str, since: datetime, *,
             if outcome == "deleted":
                 result.deleted += 1
     except UpstreamError as exc:
-        if not seen and exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+        if not seen and exc.status is not None and _no_history(exc.status):
             if (client.base, kind) not in _WITHOUT_HISTORY:
                 _WITHOUT_HISTORY.add((client.base, kind))
                 log.warning("%s answered %s to %s/_history: deletions there are not seen by polling",

@@ -226,6 +226,8 @@ def _patient_values(
         values["family_name_enc"] = vault.encrypt_str(session, subject, details.family_name)
     if details.language:
         values["language"] = details.language.split("-")[0].lower()[:8]
+    elif "language" in details.cleared:
+        values["language"] = ""  # the clinic's default, from the next message on
     return values
 
 

@@ -17,6 +17,10 @@ from adapter.events import ContactPoint, Identifier
 from adapter.phones import phone
 from hl7.message import Repetition
 
+# HL7 v2.5 §2.5.3: a field sent as ``""`` deletes the value the receiver holds, where an
+# empty field leaves it as it is.
+NULL = '""'
+
 _TS = re.compile(
     r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?$"
 )

@@ -70,6 +70,7 @@ from adapter.events import (
     ReportWithdrawn,
 )
 from hl7.datatypes import (
+    NULL,
     contact_from_xtn,
     identifier_from_cx,
     language_from_ce,
@@ -169,7 +170,8 @@ def _required_ts(value: str, zone: ZoneInfo, where: str) -> datetime | None:
 
 
 def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
-    """PID (HL7 v2.5 §3.4.2) → PatientDetails, keyed per the facility rule."""
+    """PID (HL7 v2.5 §3.4.2) → PatientDetails, keyed per the facility rule. PID-15 sent
+    as the HL7 null ``""`` clears the language held (``PatientDetails.cleared``)."""
     if pid is None:
         raise MappingError("message has no PID segment", "100")
     reps = [r for r in pid.repetitions(3) if r.component(1).strip()]
@@ -195,6 +197,7 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
         telecom=telecom,
         telecom_listed=telecom_listed,
         language=language,
+        cleared=frozenset({"language"} if pid.field(15) == NULL else ()),
     )
 
 
@@ -237,7 +240,7 @@ def _telecom(pid: Segment, context: _Context) -> tuple[tuple[ContactPoint, ...],
     listed = False
     for field, business in ((40, False), (13, False), (14, True)):
         for xtn in pid.repetitions(field):
-            if xtn.raw == '""':
+            if xtn.raw == NULL:
                 listed = True
                 continue
             contact = contact_from_xtn(xtn, business=business, region=context.rule.phone_region)

@@ -21,12 +21,14 @@ from tests.harness import running_adapter, settings_for
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-def adt(trigger: str, control_id: str, mrn: str, phone: str = "", extra: str = "") -> bytes:
-    telecom = f"^PRN^CP^^39^{phone[:3]}^{phone[3:]}" if phone else ""
+def adt(trigger: str, control_id: str, mrn: str, phone: str = "", extra: str = "", *, language: str = "it") -> bytes:
+    """An ADT for ``mrn``; ``phone`` is a mobile number without +39, or a PID-13 as written
+    when it is the HL7 null ``""``; ``language`` is PID-15 as written."""
+    telecom = f"^PRN^CP^^39^{phone[:3]}^{phone[3:]}" if phone and phone != '""' else phone
     return ("\r".join(s for s in [
         f"MSH|^~\\&|PAS|OSP_TEST|ADAPTER|NOTIFY|20260101000000||ADT^{trigger}^ADT_A01|{control_id}|P|2.5||||||UNICODE UTF-8",
         f"EVN|{trigger}|20260101000000",
-        f"PID|1||{mrn}^^^OSP_TEST^MR||D'Alò^Nicolò||19800101|M|||||{telecom}||it",
+        f"PID|1||{mrn}^^^OSP_TEST^MR||D'Alò^Nicolò||19800101|M|||||{telecom}||{language}",
         extra,
     ] if s) + "\r").encode()
 
@@ -56,6 +58,36 @@ def test_a_new_phone_number_from_adt_a08_is_used_by_pending_reminders(tmp_path):
         clock.set(start - timedelta(hours=24))
         wait_for(lambda: len(outbox_addresses(adapter)) == 2)
         assert outbox_addresses(adapter)[1] == "+393475551234"
+
+
+def processed(adapter, control_id: str) -> None:
+    officer = adapter.client("officer")
+    wait_for(lambda: [i["status"] for i in officer.get("/api/messages", params={"control_id": control_id}).json()["items"]]
+             == ["processed"])
+
+
+def templates_used(adapter, kind: str) -> list[str]:
+    with transaction(adapter.container.sessions) as session:
+        return list(session.scalars(select(Notification.template_id).where(
+            Notification.kind == kind, Notification.template_id.is_not(None)).order_by(Notification.id)))
+
+
+def test_a_primary_language_deleted_by_adt_a08_sends_pending_reminders_in_the_default_language(tmp_path):
+    """PID-15 ``""`` is the HL7 null (HL7 v2.5 §2.5.3): the language held is deleted, and the
+    patient's next messages are in the clinic's default, as after any change of language."""
+    clock = FrozenClock(NOW)
+    with running_adapter(settings_for(tmp_path), clock=clock) as adapter:
+        start = NOW + timedelta(days=3)
+        send = lambda *m: asyncio.run(send_messages(list(m), "127.0.0.1", adapter.mllp_port))  # noqa: E731
+        booking = siu_for("778", "L1", start).replace(b"||it\r", b"||\r")  # the booking says no language
+        assert [r.code.value for r in send(adt("A04", "L0", "778", "3331234567", language="en"), booking)] == ["AA", "AA"]
+        wait_for(lambda: templates_used(adapter, "booking_confirmation") == ["en/booking_confirmation"])
+        assert [r.code.value for r in send(adt("A08", "L2", "778", language='""'))] == ["AA"]
+        processed(adapter, "L2")
+        with transaction(adapter.container.sessions) as session:
+            assert session.scalar(select(Patient.language)) == ""
+        clock.set(start - timedelta(hours=24))
+        assert wait_for(lambda: templates_used(adapter, "reminder")) == ["it/reminder"]
 
 
 def test_adt_a40_merge_moves_appointments_pending_notices_and_consent_to_the_survivor(tmp_path):

@@ -224,6 +224,13 @@ def test_adt_a31_carries_the_new_mobile_number(facilities):
     assert event.patient.telecom[0] == ContactPoint("phone", "+393397777777", "mobile", 1)
 
 
+@pytest.mark.parametrize(("pid15", "cleared"), [('""', {"language"}), ("", set())], ids=["HL7 null", "empty"])
+def test_adt_a31_pid_15_sent_as_the_hl7_null_clears_the_language_and_left_empty_keeps_it(facilities, pid15, cleared):
+    text = text_of("adt_a31_update.hl7").replace("|it\r", f"|{pid15}\r")
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert (event.patient.language, event.patient.cleared) == ("", cleared)
+
+
 def test_adt_a40_merges_the_mrg1_identifier_into_the_pid_patient(facilities):
     [event] = events_of("adt_a40_merge.hl7", facilities)
     assert isinstance(event, PatientsMerged)

@@ -170,8 +170,9 @@ def _required_ts(value: str, zone: ZoneInfo, where: str) -> datetime | None:
 
 
 def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
-    """PID (HL7 v2.5 §3.4.2) → PatientDetails, keyed per the facility rule. PID-15 sent
-    as the HL7 null ``""`` clears the language held (``PatientDetails.cleared``)."""
+    """PID (HL7 v2.5 §3.4.2) → PatientDetails, keyed per the facility rule. A name (PID-5,
+    or its XPN-1 or XPN-2) or PID-15 sent as the HL7 null ``""`` clears the value held
+    (``PatientDetails.cleared``)."""
     if pid is None:
         raise MappingError("message has no PID segment", "100")
     reps = [r for r in pid.repetitions(3) if r.component(1).strip()]
@@ -186,18 +187,21 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
             f"(identifier types present: {', '.join(kinds) or 'none'})",
             "101",
         )
-    name = _legal_name(pid)
+    names = _names(pid)
     telecom, telecom_listed = _telecom(pid, context)
     language = language_from_ce(pid.value(15, 1), pid.value(15, 2))
+    cleared = {field for field, value in names.items() if value == NULL}
+    if pid.field(15) == NULL:
+        cleared.add("language")
     return PatientDetails(
         key=key,
         identifiers=identifiers,
-        given_name=name.component(2, 1) if name else "",
-        family_name=name.component(1, 1) if name else "",
+        given_name="" if "given_name" in cleared else names["given_name"],
+        family_name="" if "family_name" in cleared else names["family_name"],
         telecom=telecom,
         telecom_listed=telecom_listed,
         language=language,
-        cleared=frozenset({"language"} if pid.field(15) == NULL else ()),
+        cleared=frozenset(cleared),
     )
 
 
@@ -216,6 +220,15 @@ def _pick_identifier(reps: list[Repetition], context: _Context) -> Identifier | 
                 continue
             return identifier_from_cx(cx, context.authority)
     return None
+
+
+def _names(pid: Segment) -> dict[str, str]:
+    """The given and family names of the legal name (XPN-2, XPN-1), as written: a PID-5
+    sent as the HL7 null ``""`` deletes both."""
+    if pid.field(5) == NULL:
+        return {"given_name": NULL, "family_name": NULL}
+    name = _legal_name(pid)
+    return {"given_name": name.component(2, 1) if name else "", "family_name": name.component(1, 1) if name else ""}
 
 
 def _legal_name(pid: Segment) -> Repetition | None:

@@ -90,6 +90,27 @@ def test_a_primary_language_deleted_by_adt_a08_sends_pending_reminders_in_the_de
         assert wait_for(lambda: templates_used(adapter, "reminder")) == ["it/reminder"]
 
 
+def outbox_bodies(adapter) -> list[str]:
+    with transaction(adapter.container.sessions) as session:
+        vault = adapter.container.vault
+        return [vault.decrypt_str(session, body) for body in session.scalars(select(OutboxMessage.body_enc).order_by(OutboxMessage.id))]
+
+
+def test_a_given_name_deleted_with_the_hl7_null_is_not_written_to_the_patient_as_two_quotes(tmp_path):
+    """PID-5.2 ``""`` deletes the given name held (HL7 v2.5 §2.5.3): the greeting names nobody,
+    neither the name held before nor ``""``. PID-5 ``""`` deletes the whole name."""
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        send = lambda *m: asyncio.run(send_messages(list(m), "127.0.0.1", adapter.mllp_port))  # noqa: E731
+        booking = siu_for("779", "N1", NOW + timedelta(days=3)).replace(b"|D'Al\xc3\xb2^Nicol\xc3\xb2|", b"|D'Al\xc3\xb2^\"\"|")
+        assert [r.code.value for r in send(adt("A04", "N0", "779", "3331234567"), booking)] == ["AA", "AA"]
+        [body] = wait_for(lambda: outbox_bodies(adapter))
+        assert body.startswith("Gentile ") and '""' not in body and "Nicolò" not in body, body
+        assert [r.code.value for r in send(adt("A08", "N2", "779").replace(b"|D'Al\xc3\xb2^Nicol\xc3\xb2|", b'|""|'))] == ["AA"]
+        processed(adapter, "N2")
+        with transaction(adapter.container.sessions) as session:
+            assert session.execute(select(Patient.given_name_enc, Patient.family_name_enc)).one() == (None, None)
+
+
 def test_adt_a40_merge_moves_appointments_pending_notices_and_consent_to_the_survivor(tmp_path):
     with running_adapter(settings_for(tmp_path)) as adapter:
         start = NOW + timedelta(days=3)

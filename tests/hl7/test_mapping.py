@@ -231,6 +231,17 @@ def test_adt_a31_pid_15_sent_as_the_hl7_null_clears_the_language_and_left_empty_
     assert (event.patient.language, event.patient.cleared) == ("", cleared)
 
 
+@pytest.mark.parametrize(("pid5", "names", "cleared"), [
+    ('D\'Alò^""^^^^^L', ("", "D'Alò"), {"given_name"}),
+    ('""', ("", ""), {"given_name", "family_name"}),
+    ("D'Alò^^^^^^L", ("", "D'Alò"), set()),
+], ids=["given name null", "PID-5 null", "given name empty"])
+def test_adt_a31_a_name_sent_as_the_hl7_null_clears_it_and_one_left_empty_keeps_it(facilities, pid5, names, cleared):
+    text = text_of("adt_a31_update.hl7").replace("|D'Alò^Nicolò^^^^^L|", f"|{pid5}|")
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert (event.patient.given_name, event.patient.family_name, event.patient.cleared) == (*names, cleared)
+
+
 def test_adt_a40_merges_the_mrg1_identifier_into_the_pid_patient(facilities):
     [event] = events_of("adt_a40_merge.hl7", facilities)
     assert isinstance(event, PatientsMerged)

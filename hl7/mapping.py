@@ -175,9 +175,7 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
     (``PatientDetails.cleared``)."""
     if pid is None:
         raise MappingError("message has no PID segment", "100")
-    reps = [r for r in pid.repetitions(3) if r.component(1).strip()]
-    if not reps and pid.value(2):  # v2.3 senders: PID-2 external id
-        reps = pid.repetitions(2)
+    reps = _ids(pid, 3) or _ids(pid, 2)  # v2.3 senders: PID-2 external id
     identifiers = tuple(identifier_from_cx(r, context.authority) for r in reps)
     key = _pick_identifier(reps, context)
     if key is None:
@@ -203,6 +201,13 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
         language=language,
         cleared=frozenset(cleared),
     )
+
+
+def _ids(segment: Segment, field: int) -> list[Repetition]:
+    """The CX repetitions of ``field`` that name an identifier: not empty, and not the HL7
+    null ``""``, which says the hospital deleted it (two patients whose fiscal code was
+    deleted are not one patient)."""
+    return [cx for cx in segment.repetitions(field) if cx.component(1).strip() not in ("", NULL)]
 
 
 def _pick_identifier(reps: list[Repetition], context: _Context) -> Identifier | None:
@@ -493,7 +498,7 @@ def _map_merge(message: Message, context: _Context) -> list[AnyEvent]:
             if pid is None:
                 raise MappingError("MRG segment without a PID before it", "100")
             surviving = _patient(pid, context)
-            prior = [r for r in segment.repetitions(1) if r.component(1).strip()]
+            prior = _ids(segment, 1)
             if not prior:
                 raise MappingError("MRG-1 (prior patient identifier) is empty", "101")
             own = {(i.system, i.value) for i in (surviving.key, *surviving.identifiers)}

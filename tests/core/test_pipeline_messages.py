@@ -124,6 +124,18 @@ def test_the_same_mrn_without_assigning_authority_from_two_hospitals_is_two_pati
     assert adapter.active_phones(found["VISIT-B"]) == ["+393472222222"]
 
 
+@pytest.mark.parametrize("deleted", ['""^^^NNITA^NN', '""'], ids=["fiscal code null", "repetition null"])
+def test_an_identifier_sent_as_the_hl7_null_does_not_make_two_patients_one(adapter, deleted):
+    """CX-1 ``""`` says the hospital deleted that identifier (HL7 v2.5 §2.5.3): it identifies
+    nobody, so two patients whose fiscal code was deleted stay two patients."""
+    adapter.feed(
+        siu("S12", "A1", "VISIT-A", pid3=f"111^^^OSP_TEST^MR~{deleted}", phone="3331111111"),
+        siu("S12", "B1", "VISIT-B", START + timedelta(days=1), pid3=f"222^^^OSP_TEST^MR~{deleted}", phone="3472222222"))
+    found = adapter.owners()
+    assert found["VISIT-A"] != found["VISIT-B"]
+    assert adapter.active_phones(found["VISIT-A"]) == ["+393331111111"]
+
+
 def test_a_patient_key_rule_naming_the_sending_facility_as_authority_matches_its_ids_sent_without_one(tmp_path):
     # The same hospital's PAS writes CX-4, its CUP leaves it out: both are the hospital's MRN.
     own_mrn = "facilities:\n  default: {}\n  OSP_TEST:\n    patient_key:\n      - {identifier_type: MR, assigning_authority: OSP_TEST}\n"

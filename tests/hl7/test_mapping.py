@@ -267,6 +267,12 @@ def test_a40_whose_mrg1_lists_only_the_survivors_identifiers_is_a_mapping_error(
         map_message(text, facilities, received_at=RECEIVED)
 
 
+def test_a40_whose_mrg1_is_the_hl7_null_names_no_record_to_merge(facilities):
+    text = text_of("adt_a40_merge.hl7").replace("MRG|0054321^^^OSP_SLUCA^MR", 'MRG|""^^^OSP_SLUCA^MR')
+    with pytest.raises(MappingError, match="MRG-1 .* is empty"):
+        map_message(text, facilities, received_at=RECEIVED)
+
+
 def test_a40_without_mrg_is_a_mapping_error(facilities):
     text = text_of("adt_a40_merge.hl7").replace("MRG|", "ZRG|")
     with pytest.raises(MappingError):

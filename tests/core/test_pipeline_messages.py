@@ -333,6 +333,25 @@ def test_a_cancellation_without_a_time_of_an_appointment_never_booked_here_tells
         assert session.scalar(select(InboundMessage.status)) == "processed"
 
 
+def with_null_times(message: bytes, start: datetime = START) -> bytes:
+    """``message`` with its start (SCH-11.4, AIS-4) sent as the HL7 null ``""``."""
+    return message.replace(f"|^^^{ts(start)}|".encode(), b'|^^^""|').replace(f"|{ts(start)}|0|".encode(), b'|""|0|')
+
+
+def test_a_cancellation_whose_start_is_the_hl7_null_applies_to_the_appointment_as_one_without_it(adapter):
+    adapter.feed(siu("S12", "M1", "APPT1"),
+                 with_null_times(siu("S15", "M2", "APPT1", status="Cancelled", sent=NOW + timedelta(minutes=1))))
+    assert adapter.appointments() == {"APPT1": ("cancelled", START)}
+
+
+@pytest.mark.parametrize("times", [with_null_times, without_times], ids=["HL7 null", "absent"])
+def test_a_booking_whose_start_is_the_hl7_null_goes_to_the_error_store_as_one_without_a_start(adapter, times):
+    adapter.feed(times(siu("S12", "M1", "APPT1")))
+    with transaction(adapter.container.sessions) as session:
+        assert session.execute(select(InboundMessage.status, InboundMessage.error)).one() == (
+            "error", "no appointment start time in SCH-11, AIS-4")
+
+
 def test_an_appointment_of_several_services_starts_at_the_earliest_whatever_the_order_of_its_ais(adapter):
     # OSP_SLUCA reads the start in AIS-4 first; SCH-11 is left empty, as v2.7 withdrew it.
     services = ["AIS|1||PREP^Accettazione^L", f"AIS|2||ECG^Elettrocardiogramma^L|{ts(START + timedelta(minutes=30))}",

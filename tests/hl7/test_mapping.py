@@ -151,6 +151,14 @@ def test_missing_start_time_is_a_mapping_error(facilities):
     assert caught.value.code == "101"
 
 
+def test_an_end_time_sent_as_the_hl7_null_is_read_as_absent_and_the_duration_gives_the_end(facilities):
+    # The default facility reads SCH-11 first: its end SCH-11.5, else the duration SCH-9/SCH-10.
+    text = text_of("siu_s12_latin1_lf.hl7").replace("OSP_SLUCA|", "OTHER|", 1).replace("20250310100000+0100", '""')
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert (event.appointment.start, event.appointment.end) == (datetime(2025, 3, 10, 8, 30, tzinfo=UTC),
+                                                               datetime(2025, 3, 10, 9, 0, tzinfo=UTC))
+
+
 def test_unreadable_timestamp_is_a_mapping_error_without_personal_data(facilities):
     text = text_of("siu_s12_latin1_lf.hl7").replace("20250310093000+0100", "2025-03-10 09:30")
     with pytest.raises(MappingError) as caught:

@@ -134,6 +134,13 @@ def _codec(text: str) -> str:
         return "utf-8"
 
 
+def _given(value: str) -> str:
+    """``value`` stripped, or ``""`` for the HL7 null: a value the hospital deleted names
+    nothing (two appointments or reports whose filler id is ``""`` are not one)."""
+    value = value.strip()
+    return "" if value == NULL else value
+
+
 def _namespace(segment: Segment, n: int) -> str:
     return segment.value(n, 1) or segment.value(n, 2)
 
@@ -324,7 +331,7 @@ def _appointment(message: Message, sch: Segment, context: _Context, *, start_req
     """The SCH's appointment. A message that only closes it (cancellation, deletion,
     no-show, completion) may leave its time out: SCH-11 is withdrawn in v2.7 and the
     resource segments are optional, and the time stored for it stands (``start`` None)."""
-    placer, filler = sch.value(1, 1).strip(), sch.value(2, 1).strip()
+    placer, filler = _given(sch.value(1, 1)), _given(sch.value(2, 1))
     ident = (filler or placer) if context.rule.appointment_id == "filler" else (placer or filler)
     if not ident:
         raise MappingError("SCH-1 and SCH-2 (appointment ids) are both empty", "101")
@@ -423,7 +430,7 @@ def _map_oru(message: Message, context: _Context) -> list[AnyEvent]:
         status = order.result_status()
         if status not in ("F", "C", "X"):
             continue
-        ident = obr.value(3, 1).strip() or obr.value(2, 1).strip()
+        ident = _given(obr.value(3, 1)) or _given(obr.value(2, 1))
         if not ident:
             raise MappingError("OBR-3 and OBR-2 (order numbers) are both empty", "101")
         patient = _patient(order.pid, context)

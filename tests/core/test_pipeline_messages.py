@@ -352,6 +352,16 @@ def test_a_booking_whose_start_is_the_hl7_null_goes_to_the_error_store_as_one_wi
             "error", "no appointment start time in SCH-11, AIS-4")
 
 
+def test_an_appointment_whose_filler_id_is_the_hl7_null_is_known_by_its_placer_id(adapter):
+    # Two bookings before the filler (the hospital's scheduling system) has given them an id.
+    first, second = (siu("S12", f"M{n}", "APPTX", START + timedelta(days=n), pid3=f"{n}^^^OSP_TEST^MR",
+                         phone=f"347555000{n}").replace(b"SCH||APPTX^OSP_TEST|", f'SCH|PL{n}^CUP|""|'.encode())
+                     for n in (1, 2))
+    adapter.feed(first, second)
+    assert sorted(adapter.appointments()) == ["PL1", "PL2"]
+    assert len(set(adapter.owners().values())) == 2
+
+
 def test_an_appointment_of_several_services_starts_at_the_earliest_whatever_the_order_of_its_ais(adapter):
     # OSP_SLUCA reads the start in AIS-4 first; SCH-11 is left empty, as v2.7 withdrew it.
     services = ["AIS|1||PREP^Accettazione^L", f"AIS|2||ECG^Elettrocardiogramma^L|{ts(START + timedelta(minutes=30))}",
@@ -421,6 +431,13 @@ def test_withdrawing_one_report_of_a_panel_keeps_the_notice_for_the_one_still_fi
     assert [(ref, status) for ref, _, status, _ in adapter.notices()] == [("LAB-2", "scheduled")]
     adapter.feed(oru("O3", (ROUTINE, "LAB-2", "X")))
     assert [(ref, status) for ref, _, status, _ in adapter.notices()] == [("LAB-2", "cancelled")]
+
+
+def test_reports_whose_filler_order_number_is_the_hl7_null_are_each_known_by_their_placer_number(adapter):
+    consenting_to_online_reports(adapter)
+    no_filler = ROUTINE.replace("|{ref}^LIS|", '|""|')
+    adapter.feed(oru("O1", (no_filler, "A", "F")), oru("O2", (no_filler, "B", "F")))
+    assert [(ref, status) for ref, _, status, _ in adapter.notices()] == [("ORD-A", "scheduled"), ("ORD-B", "scheduled")]
 
 
 # ------------------------------------------------------------- A40 merges

@@ -135,10 +135,9 @@ def _codec(text: str) -> str:
 
 
 def _given(value: str) -> str:
-    """``value`` stripped, or ``""`` for the HL7 null: a value the hospital deleted names
-    nothing (two appointments or reports whose filler id is ``""`` are not one)."""
-    value = value.strip()
-    return "" if value == NULL else value
+    """``value``, or ``""`` for the HL7 null: a value the hospital deleted names nothing
+    (two appointments or reports whose filler id is ``""`` are not one)."""
+    return "" if value.strip() == NULL else value
 
 
 def _namespace(segment: Segment, n: int) -> str:
@@ -331,7 +330,7 @@ def _appointment(message: Message, sch: Segment, context: _Context, *, start_req
     """The SCH's appointment. A message that only closes it (cancellation, deletion,
     no-show, completion) may leave its time out: SCH-11 is withdrawn in v2.7 and the
     resource segments are optional, and the time stored for it stands (``start`` None)."""
-    placer, filler = _given(sch.value(1, 1)), _given(sch.value(2, 1))
+    placer, filler = _given(sch.value(1, 1)).strip(), _given(sch.value(2, 1)).strip()
     ident = (filler or placer) if context.rule.appointment_id == "filler" else (placer or filler)
     if not ident:
         raise MappingError("SCH-1 and SCH-2 (appointment ids) are both empty", "101")
@@ -400,7 +399,7 @@ def _location(message: Message) -> str:
     for segment, field in (("AIL", 3), ("PV1", 3)):
         seg = message.segment(segment)
         if seg is not None:
-            label = seg.value(field, 9) or seg.value(field, 1)
+            label = _given(seg.value(field, 9)) or _given(seg.value(field, 1))
             if label:
                 return label
     return ""
@@ -430,7 +429,7 @@ def _map_oru(message: Message, context: _Context) -> list[AnyEvent]:
         status = order.result_status()
         if status not in ("F", "C", "X"):
             continue
-        ident = _given(obr.value(3, 1)) or _given(obr.value(2, 1))
+        ident = _given(obr.value(3, 1)).strip() or _given(obr.value(2, 1)).strip()
         if not ident:
             raise MappingError("OBR-3 and OBR-2 (order numbers) are both empty", "101")
         patient = _patient(order.pid, context)

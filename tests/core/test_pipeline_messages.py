@@ -362,6 +362,12 @@ def test_an_appointment_whose_filler_id_is_the_hl7_null_is_known_by_its_placer_i
     assert len(set(adapter.owners().values())) == 2
 
 
+def test_a_location_sent_as_the_hl7_null_is_no_location(adapter):
+    adapter.feed(siu("S12", "M1", "APPT1").replace(b"\rAIS|", b'\rAIL|1||""\rAIS|'))
+    with transaction(adapter.container.sessions) as session:
+        assert session.scalar(select(Appointment.location)) == ""
+
+
 def test_an_appointment_of_several_services_starts_at_the_earliest_whatever_the_order_of_its_ais(adapter):
     # OSP_SLUCA reads the start in AIS-4 first; SCH-11 is left empty, as v2.7 withdrew it.
     services = ["AIS|1||PREP^Accettazione^L", f"AIS|2||ECG^Elettrocardiogramma^L|{ts(START + timedelta(minutes=30))}",

@@ -111,6 +111,27 @@ def test_a_given_name_deleted_with_the_hl7_null_is_not_written_to_the_patient_as
             assert session.execute(select(Patient.given_name_enc, Patient.family_name_enc)).one() == (None, None)
 
 
+def test_a_phone_number_deleted_by_adt_a08_is_not_messaged_and_the_pending_reminder_is_suppressed_with_the_reason(tmp_path):
+    """PID-13 ``""`` (HL7 v2.5 §2.5.3): the patient's numbers are deleted; with no other
+    contact, a reminder still pending is suppressed, and the audit log says why."""
+    clock = FrozenClock(NOW)
+    with running_adapter(settings_for(tmp_path), clock=clock) as adapter:
+        start = NOW + timedelta(days=3)
+        send = lambda *m: asyncio.run(send_messages(list(m), "127.0.0.1", adapter.mllp_port))  # noqa: E731
+        booking = siu_for("780", "T1", start).replace(b"|^PRN^CP^^39^333^1234567|", b"||")  # the booking lists none
+        assert [r.code.value for r in send(adt("A04", "T0", "780", "3331234567"), booking)] == ["AA", "AA"]
+        wait_for(lambda: outbox_addresses(adapter) == ["+393331234567"])
+        assert [r.code.value for r in send(adt("A08", "T2", "780", '""'))] == ["AA"]
+        processed(adapter, "T2")
+        clock.set(start - timedelta(hours=24))
+        officer = adapter.client("officer")
+        reminder = wait_for(lambda: [i for i in notifications(officer, status="suppressed") if i["kind"] == "reminder"])[0]
+        assert reminder["reason"] == "no usable contact for any live channel"
+        audited = officer.get("/api/audit", params={"patient": reminder["patient"], "limit": 1000}).json()["items"]
+        assert [e["reason"] for e in audited if e["action"] == "suppressed"] == ["no usable contact for any live channel"]
+        assert outbox_addresses(adapter) == ["+393331234567"]
+
+
 def test_adt_a40_merge_moves_appointments_pending_notices_and_consent_to_the_survivor(tmp_path):
     with running_adapter(settings_for(tmp_path)) as adapter:
         start = NOW + timedelta(days=3)

@@ -42,6 +42,11 @@ Decisions:
 - A patient identifier (CX) without an assigning authority (CX-4) is qualified
   by the sending facility (MSH-4, else the whole sender): the same MRN from two
   hospitals is two patients.
+- The HL7 null ``""`` (v2.5 §2.5.3) deletes what the adapter holds where it holds
+  something: PID-5 names and PID-15 language are cleared, PID-13/14/40 list no
+  contact (those held are dropped). Anywhere else it is read as not sent: an
+  identifier (CX-1), appointment or order id, time or location of ``""`` names
+  nothing. An empty field leaves the names, language and contacts held as they are.
 """
 
 from __future__ import annotations

@@ -56,6 +56,10 @@ class PatientDetails:
     # says nothing of them.
     telecom_listed: bool = False
     language: str = ""  # BCP-47 primary tag, "it" or "en"; "" = clinic default
+    # What the hospital deleted (HL7's null ``""``, v2.5 §2.5.3), of "given_name", "family_name"
+    # and "language": the value held is cleared. An empty value alone says nothing of it: the
+    # one held stands.
+    cleared: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -222,10 +222,16 @@ def _patient_values(
     values: dict[str, object] = {"updated_at": now}
     if details.given_name:
         values["given_name_enc"] = vault.encrypt_str(session, subject, details.given_name)
+    elif "given_name" in details.cleared:
+        values["given_name_enc"] = None
     if details.family_name:
         values["family_name_enc"] = vault.encrypt_str(session, subject, details.family_name)
+    elif "family_name" in details.cleared:
+        values["family_name_enc"] = None
     if details.language:
         values["language"] = details.language.split("-")[0].lower()[:8]
+    elif "language" in details.cleared:
+        values["language"] = ""  # the clinic's default, from the next message on
     return values
 
 

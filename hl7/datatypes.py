@@ -17,6 +17,10 @@ from adapter.events import ContactPoint, Identifier
 from adapter.phones import phone
 from hl7.message import Repetition
 
+# HL7 v2.5 §2.5.3: a field sent as ``""`` deletes the value the receiver holds, where an
+# empty field leaves it as it is.
+NULL = '""'
+
 _TS = re.compile(
     r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?$"
 )
@@ -25,10 +29,11 @@ _TS = re.compile(
 def parse_ts(value: str, local_zone: tzinfo) -> datetime | None:
     """A TS/DTM (HL7 v2.5 §2.A.77, §2.A.22) as an aware UTC datetime.
     ``YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]``; without an offset the
-    value is local time in ``local_zone``. Empty gives ``None``; anything else
-    unreadable raises ``ValueError``. Only the first component (TS-1) is read."""
+    value is local time in ``local_zone``. Empty, or the HL7 null ``""`` (a time
+    deleted is a time not given), gives ``None``; anything else unreadable raises
+    ``ValueError``. Only the first component (TS-1) is read."""
     value = value.strip()
-    if not value:
+    if not value or value == NULL:
         return None
     m = _TS.match(value)
     if not m:

@@ -42,6 +42,11 @@ Decisions:
 - A patient identifier (CX) without an assigning authority (CX-4) is qualified
   by the sending facility (MSH-4, else the whole sender): the same MRN from two
   hospitals is two patients.
+- The HL7 null ``""`` (v2.5 §2.5.3) deletes what the adapter holds where it holds
+  something: PID-5 names and PID-15 language are cleared, PID-13/14/40 list no
+  contact (those held are dropped). Anywhere else it is read as not sent: an
+  identifier (CX-1), appointment or order id, time or location of ``""`` names
+  nothing. An empty field leaves the names, language and contacts held as they are.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ from adapter.events import (
     ReportWithdrawn,
 )
 from hl7.datatypes import (
+    NULL,
     contact_from_xtn,
     identifier_from_cx,
     language_from_ce,
@@ -133,6 +139,12 @@ def _codec(text: str) -> str:
         return "utf-8"
 
 
+def _given(value: str) -> str:
+    """``value``, or ``""`` for the HL7 null: a value the hospital deleted names nothing
+    (two appointments or reports whose filler id is ``""`` are not one)."""
+    return "" if value.strip() == NULL else value
+
+
 def _namespace(segment: Segment, n: int) -> str:
     return segment.value(n, 1) or segment.value(n, 2)
 
@@ -169,12 +181,12 @@ def _required_ts(value: str, zone: ZoneInfo, where: str) -> datetime | None:
 
 
 def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
-    """PID (HL7 v2.5 §3.4.2) → PatientDetails, keyed per the facility rule."""
+    """PID (HL7 v2.5 §3.4.2) → PatientDetails, keyed per the facility rule. A name (PID-5,
+    or its XPN-1 or XPN-2) or PID-15 sent as the HL7 null ``""`` clears the value held
+    (``PatientDetails.cleared``)."""
     if pid is None:
         raise MappingError("message has no PID segment", "100")
-    reps = [r for r in pid.repetitions(3) if r.component(1).strip()]
-    if not reps and pid.value(2):  # v2.3 senders: PID-2 external id
-        reps = pid.repetitions(2)
+    reps = _ids(pid, 3) or _ids(pid, 2)  # v2.3 senders: PID-2 external id
     identifiers = tuple(identifier_from_cx(r, context.authority) for r in reps)
     key = _pick_identifier(reps, context)
     if key is None:
@@ -184,18 +196,29 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
             f"(identifier types present: {', '.join(kinds) or 'none'})",
             "101",
         )
-    name = _legal_name(pid)
+    names = _names(pid)
     telecom, telecom_listed = _telecom(pid, context)
     language = language_from_ce(pid.value(15, 1), pid.value(15, 2))
+    cleared = {field for field, value in names.items() if value == NULL}
+    if pid.field(15) == NULL:
+        cleared.add("language")
     return PatientDetails(
         key=key,
         identifiers=identifiers,
-        given_name=name.component(2, 1) if name else "",
-        family_name=name.component(1, 1) if name else "",
+        given_name="" if "given_name" in cleared else names["given_name"],
+        family_name="" if "family_name" in cleared else names["family_name"],
         telecom=telecom,
         telecom_listed=telecom_listed,
         language=language,
+        cleared=frozenset(cleared),
     )
+
+
+def _ids(segment: Segment, field: int) -> list[Repetition]:
+    """The CX repetitions of ``field`` that name an identifier: not empty, and not the HL7
+    null ``""``, which says the hospital deleted it (two patients whose fiscal code was
+    deleted are not one patient)."""
+    return [cx for cx in segment.repetitions(field) if cx.component(1).strip() not in ("", NULL)]
 
 
 def _pick_identifier(reps: list[Repetition], context: _Context) -> Identifier | None:
@@ -213,6 +236,15 @@ def _pick_identifier(reps: list[Repetition], context: _Context) -> Identifier | 
                 continue
             return identifier_from_cx(cx, context.authority)
     return None
+
+
+def _names(pid: Segment) -> dict[str, str]:
+    """The given and family names of the legal name (XPN-2, XPN-1), as written: a PID-5
+    sent as the HL7 null ``""`` deletes both."""
+    if pid.field(5) == NULL:
+        return {"given_name": NULL, "family_name": NULL}
+    name = _legal_name(pid)
+    return {"given_name": name.component(2, 1) if name else "", "family_name": name.component(1, 1) if name else ""}
 
 
 def _legal_name(pid: Segment) -> Repetition | None:
@@ -237,7 +269,7 @@ def _telecom(pid: Segment, context: _Context) -> tuple[tuple[ContactPoint, ...],
     listed = False
     for field, business in ((40, False), (13, False), (14, True)):
         for xtn in pid.repetitions(field):
-            if xtn.raw == '""':
+            if xtn.raw == NULL:
                 listed = True
                 continue
             contact = contact_from_xtn(xtn, business=business, region=context.rule.phone_region)
@@ -303,7 +335,7 @@ def _appointment(message: Message, sch: Segment, context: _Context, *, start_req
     """The SCH's appointment. A message that only closes it (cancellation, deletion,
     no-show, completion) may leave its time out: SCH-11 is withdrawn in v2.7 and the
     resource segments are optional, and the time stored for it stands (``start`` None)."""
-    placer, filler = sch.value(1, 1).strip(), sch.value(2, 1).strip()
+    placer, filler = _given(sch.value(1, 1)).strip(), _given(sch.value(2, 1)).strip()
     ident = (filler or placer) if context.rule.appointment_id == "filler" else (placer or filler)
     if not ident:
         raise MappingError("SCH-1 and SCH-2 (appointment ids) are both empty", "101")
@@ -372,7 +404,7 @@ def _location(message: Message) -> str:
     for segment, field in (("AIL", 3), ("PV1", 3)):
         seg = message.segment(segment)
         if seg is not None:
-            label = seg.value(field, 9) or seg.value(field, 1)
+            label = _given(seg.value(field, 9)) or _given(seg.value(field, 1))
             if label:
                 return label
     return ""
@@ -402,7 +434,7 @@ def _map_oru(message: Message, context: _Context) -> list[AnyEvent]:
         status = order.result_status()
         if status not in ("F", "C", "X"):
             continue
-        ident = obr.value(3, 1).strip() or obr.value(2, 1).strip()
+        ident = _given(obr.value(3, 1)).strip() or _given(obr.value(2, 1)).strip()
         if not ident:
             raise MappingError("OBR-3 and OBR-2 (order numbers) are both empty", "101")
         patient = _patient(order.pid, context)
@@ -477,7 +509,7 @@ def _map_merge(message: Message, context: _Context) -> list[AnyEvent]:
             if pid is None:
                 raise MappingError("MRG segment without a PID before it", "100")
             surviving = _patient(pid, context)
-            prior = [r for r in segment.repetitions(1) if r.component(1).strip()]
+            prior = _ids(segment, 1)
             if not prior:
                 raise MappingError("MRG-1 (prior patient identifier) is empty", "101")
             own = {(i.system, i.value) for i in (surviving.key, *surviving.identifiers)}

@@ -21,12 +21,14 @@ from tests.harness import running_adapter, settings_for
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-def adt(trigger: str, control_id: str, mrn: str, phone: str = "", extra: str = "") -> bytes:
-    telecom = f"^PRN^CP^^39^{phone[:3]}^{phone[3:]}" if phone else ""
+def adt(trigger: str, control_id: str, mrn: str, phone: str = "", extra: str = "", *, language: str = "it") -> bytes:
+    """An ADT for ``mrn``; ``phone`` is a mobile number without +39, or a PID-13 as written
+    when it is the HL7 null ``""``; ``language`` is PID-15 as written."""
+    telecom = f"^PRN^CP^^39^{phone[:3]}^{phone[3:]}" if phone and phone != '""' else phone
     return ("\r".join(s for s in [
         f"MSH|^~\\&|PAS|OSP_TEST|ADAPTER|NOTIFY|20260101000000||ADT^{trigger}^ADT_A01|{control_id}|P|2.5||||||UNICODE UTF-8",
         f"EVN|{trigger}|20260101000000",
-        f"PID|1||{mrn}^^^OSP_TEST^MR||D'Alò^Nicolò||19800101|M|||||{telecom}||it",
+        f"PID|1||{mrn}^^^OSP_TEST^MR||D'Alò^Nicolò||19800101|M|||||{telecom}||{language}",
         extra,
     ] if s) + "\r").encode()
 
@@ -56,6 +58,78 @@ def test_a_new_phone_number_from_adt_a08_is_used_by_pending_reminders(tmp_path):
         clock.set(start - timedelta(hours=24))
         wait_for(lambda: len(outbox_addresses(adapter)) == 2)
         assert outbox_addresses(adapter)[1] == "+393475551234"
+
+
+def processed(adapter, control_id: str) -> None:
+    officer = adapter.client("officer")
+    wait_for(lambda: [i["status"] for i in officer.get("/api/messages", params={"control_id": control_id}).json()["items"]]
+             == ["processed"])
+
+
+def templates_used(adapter, kind: str) -> list[str]:
+    with transaction(adapter.container.sessions) as session:
+        return list(session.scalars(select(Notification.template_id).where(
+            Notification.kind == kind, Notification.template_id.is_not(None)).order_by(Notification.id)))
+
+
+def test_a_primary_language_deleted_by_adt_a08_sends_pending_reminders_in_the_default_language(tmp_path):
+    """PID-15 ``""`` is the HL7 null (HL7 v2.5 §2.5.3): the language held is deleted, and the
+    patient's next messages are in the clinic's default, as after any change of language."""
+    clock = FrozenClock(NOW)
+    with running_adapter(settings_for(tmp_path), clock=clock) as adapter:
+        start = NOW + timedelta(days=3)
+        send = lambda *m: asyncio.run(send_messages(list(m), "127.0.0.1", adapter.mllp_port))  # noqa: E731
+        booking = siu_for("778", "L1", start).replace(b"||it\r", b"||\r")  # the booking says no language
+        assert [r.code.value for r in send(adt("A04", "L0", "778", "3331234567", language="en"), booking)] == ["AA", "AA"]
+        wait_for(lambda: templates_used(adapter, "booking_confirmation") == ["en/booking_confirmation"])
+        assert [r.code.value for r in send(adt("A08", "L2", "778", language='""'))] == ["AA"]
+        processed(adapter, "L2")
+        with transaction(adapter.container.sessions) as session:
+            assert session.scalar(select(Patient.language)) == ""
+        clock.set(start - timedelta(hours=24))
+        assert wait_for(lambda: templates_used(adapter, "reminder")) == ["it/reminder"]
+
+
+def outbox_bodies(adapter) -> list[str]:
+    with transaction(adapter.container.sessions) as session:
+        vault = adapter.container.vault
+        return [vault.decrypt_str(session, body) for body in session.scalars(select(OutboxMessage.body_enc).order_by(OutboxMessage.id))]
+
+
+def test_a_given_name_deleted_with_the_hl7_null_is_not_written_to_the_patient_as_two_quotes(tmp_path):
+    """PID-5.2 ``""`` deletes the given name held (HL7 v2.5 §2.5.3): the greeting names nobody,
+    neither the name held before nor ``""``. PID-5 ``""`` deletes the whole name."""
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        send = lambda *m: asyncio.run(send_messages(list(m), "127.0.0.1", adapter.mllp_port))  # noqa: E731
+        booking = siu_for("779", "N1", NOW + timedelta(days=3)).replace(b"|D'Al\xc3\xb2^Nicol\xc3\xb2|", b"|D'Al\xc3\xb2^\"\"|")
+        assert [r.code.value for r in send(adt("A04", "N0", "779", "3331234567"), booking)] == ["AA", "AA"]
+        [body] = wait_for(lambda: outbox_bodies(adapter))
+        assert body.startswith("Gentile ") and '""' not in body and "Nicolò" not in body, body
+        assert [r.code.value for r in send(adt("A08", "N2", "779").replace(b"|D'Al\xc3\xb2^Nicol\xc3\xb2|", b'|""|'))] == ["AA"]
+        processed(adapter, "N2")
+        with transaction(adapter.container.sessions) as session:
+            assert session.execute(select(Patient.given_name_enc, Patient.family_name_enc)).one() == (None, None)
+
+
+def test_a_phone_number_deleted_by_adt_a08_is_not_messaged_and_the_pending_reminder_is_suppressed_with_the_reason(tmp_path):
+    """PID-13 ``""`` (HL7 v2.5 §2.5.3): the patient's numbers are deleted; with no other
+    contact, a reminder still pending is suppressed, and the audit log says why."""
+    clock = FrozenClock(NOW)
+    with running_adapter(settings_for(tmp_path), clock=clock) as adapter:
+        start = NOW + timedelta(days=3)
+        send = lambda *m: asyncio.run(send_messages(list(m), "127.0.0.1", adapter.mllp_port))  # noqa: E731
+        booking = siu_for("780", "T1", start).replace(b"|^PRN^CP^^39^333^1234567|", b"||")  # the booking lists none
+        assert [r.code.value for r in send(adt("A04", "T0", "780", "3331234567"), booking)] == ["AA", "AA"]
+        wait_for(lambda: outbox_addresses(adapter) == ["+393331234567"])
+        assert [r.code.value for r in send(adt("A08", "T2", "780", '""'))] == ["AA"]
+        processed(adapter, "T2")
+        clock.set(start - timedelta(hours=24))
+        officer = adapter.client("officer")
+        reminder = wait_for(lambda: [i for i in notifications(officer, status="suppressed") if i["kind"] == "reminder"])[0]
+        assert reminder["reason"] == "no usable contact for any live channel"
+        audited = officer.get("/api/audit", params={"patient": reminder["patient"], "limit": 1000}).json()["items"]
+        assert [e["reason"] for e in audited if e["action"] == "suppressed"] == ["no usable contact for any live channel"]
+        assert outbox_addresses(adapter) == ["+393331234567"]
 
 
 def test_adt_a40_merge_moves_appointments_pending_notices_and_consent_to_the_survivor(tmp_path):

@@ -124,6 +124,18 @@ def test_the_same_mrn_without_assigning_authority_from_two_hospitals_is_two_pati
     assert adapter.active_phones(found["VISIT-B"]) == ["+393472222222"]
 
 
+@pytest.mark.parametrize("deleted", ['""^^^NNITA^NN', '""'], ids=["fiscal code null", "repetition null"])
+def test_an_identifier_sent_as_the_hl7_null_does_not_make_two_patients_one(adapter, deleted):
+    """CX-1 ``""`` says the hospital deleted that identifier (HL7 v2.5 §2.5.3): it identifies
+    nobody, so two patients whose fiscal code was deleted stay two patients."""
+    adapter.feed(
+        siu("S12", "A1", "VISIT-A", pid3=f"111^^^OSP_TEST^MR~{deleted}", phone="3331111111"),
+        siu("S12", "B1", "VISIT-B", START + timedelta(days=1), pid3=f"222^^^OSP_TEST^MR~{deleted}", phone="3472222222"))
+    found = adapter.owners()
+    assert found["VISIT-A"] != found["VISIT-B"]
+    assert adapter.active_phones(found["VISIT-A"]) == ["+393331111111"]
+
+
 def test_a_patient_key_rule_naming_the_sending_facility_as_authority_matches_its_ids_sent_without_one(tmp_path):
     # The same hospital's PAS writes CX-4, its CUP leaves it out: both are the hospital's MRN.
     own_mrn = "facilities:\n  default: {}\n  OSP_TEST:\n    patient_key:\n      - {identifier_type: MR, assigning_authority: OSP_TEST}\n"
@@ -321,6 +333,41 @@ def test_a_cancellation_without_a_time_of_an_appointment_never_booked_here_tells
         assert session.scalar(select(InboundMessage.status)) == "processed"
 
 
+def with_null_times(message: bytes, start: datetime = START) -> bytes:
+    """``message`` with its start (SCH-11.4, AIS-4) sent as the HL7 null ``""``."""
+    return message.replace(f"|^^^{ts(start)}|".encode(), b'|^^^""|').replace(f"|{ts(start)}|0|".encode(), b'|""|0|')
+
+
+def test_a_cancellation_whose_start_is_the_hl7_null_applies_to_the_appointment_as_one_without_it(adapter):
+    adapter.feed(siu("S12", "M1", "APPT1"),
+                 with_null_times(siu("S15", "M2", "APPT1", status="Cancelled", sent=NOW + timedelta(minutes=1))))
+    assert adapter.appointments() == {"APPT1": ("cancelled", START)}
+
+
+@pytest.mark.parametrize("times", [with_null_times, without_times], ids=["HL7 null", "absent"])
+def test_a_booking_whose_start_is_the_hl7_null_goes_to_the_error_store_as_one_without_a_start(adapter, times):
+    adapter.feed(times(siu("S12", "M1", "APPT1")))
+    with transaction(adapter.container.sessions) as session:
+        assert session.execute(select(InboundMessage.status, InboundMessage.error)).one() == (
+            "error", "no appointment start time in SCH-11, AIS-4")
+
+
+def test_an_appointment_whose_filler_id_is_the_hl7_null_is_known_by_its_placer_id(adapter):
+    # Two bookings before the filler (the hospital's scheduling system) has given them an id.
+    first, second = (siu("S12", f"M{n}", "APPTX", START + timedelta(days=n), pid3=f"{n}^^^OSP_TEST^MR",
+                         phone=f"347555000{n}").replace(b"SCH||APPTX^OSP_TEST|", f'SCH|PL{n}^CUP|""|'.encode())
+                     for n in (1, 2))
+    adapter.feed(first, second)
+    assert sorted(adapter.appointments()) == ["PL1", "PL2"]
+    assert len(set(adapter.owners().values())) == 2
+
+
+def test_a_location_sent_as_the_hl7_null_is_no_location(adapter):
+    adapter.feed(siu("S12", "M1", "APPT1").replace(b"\rAIS|", b'\rAIL|1||""\rAIS|'))
+    with transaction(adapter.container.sessions) as session:
+        assert session.scalar(select(Appointment.location)) == ""
+
+
 def test_an_appointment_of_several_services_starts_at_the_earliest_whatever_the_order_of_its_ais(adapter):
     # OSP_SLUCA reads the start in AIS-4 first; SCH-11 is left empty, as v2.7 withdrew it.
     services = ["AIS|1||PREP^Accettazione^L", f"AIS|2||ECG^Elettrocardiogramma^L|{ts(START + timedelta(minutes=30))}",
@@ -390,6 +437,13 @@ def test_withdrawing_one_report_of_a_panel_keeps_the_notice_for_the_one_still_fi
     assert [(ref, status) for ref, _, status, _ in adapter.notices()] == [("LAB-2", "scheduled")]
     adapter.feed(oru("O3", (ROUTINE, "LAB-2", "X")))
     assert [(ref, status) for ref, _, status, _ in adapter.notices()] == [("LAB-2", "cancelled")]
+
+
+def test_reports_whose_filler_order_number_is_the_hl7_null_are_each_known_by_their_placer_number(adapter):
+    consenting_to_online_reports(adapter)
+    no_filler = ROUTINE.replace("|{ref}^LIS|", '|""|')
+    adapter.feed(oru("O1", (no_filler, "A", "F")), oru("O2", (no_filler, "B", "F")))
+    assert [(ref, status) for ref, _, status, _ in adapter.notices()] == [("ORD-A", "scheduled"), ("ORD-B", "scheduled")]
 
 
 # ------------------------------------------------------------- A40 merges

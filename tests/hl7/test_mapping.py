@@ -151,6 +151,14 @@ def test_missing_start_time_is_a_mapping_error(facilities):
     assert caught.value.code == "101"
 
 
+def test_an_end_time_sent_as_the_hl7_null_is_read_as_absent_and_the_duration_gives_the_end(facilities):
+    # The default facility reads SCH-11 first: its end SCH-11.5, else the duration SCH-9/SCH-10.
+    text = text_of("siu_s12_latin1_lf.hl7").replace("OSP_SLUCA|", "OTHER|", 1).replace("20250310100000+0100", '""')
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert (event.appointment.start, event.appointment.end) == (datetime(2025, 3, 10, 8, 30, tzinfo=UTC),
+                                                               datetime(2025, 3, 10, 9, 0, tzinfo=UTC))
+
+
 def test_unreadable_timestamp_is_a_mapping_error_without_personal_data(facilities):
     text = text_of("siu_s12_latin1_lf.hl7").replace("20250310093000+0100", "2025-03-10 09:30")
     with pytest.raises(MappingError) as caught:
@@ -224,6 +232,24 @@ def test_adt_a31_carries_the_new_mobile_number(facilities):
     assert event.patient.telecom[0] == ContactPoint("phone", "+393397777777", "mobile", 1)
 
 
+@pytest.mark.parametrize(("pid15", "cleared"), [('""', {"language"}), ("", set())], ids=["HL7 null", "empty"])
+def test_adt_a31_pid_15_sent_as_the_hl7_null_clears_the_language_and_left_empty_keeps_it(facilities, pid15, cleared):
+    text = text_of("adt_a31_update.hl7").replace("|it\r", f"|{pid15}\r")
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert (event.patient.language, event.patient.cleared) == ("", cleared)
+
+
+@pytest.mark.parametrize(("pid5", "names", "cleared"), [
+    ('D\'Alò^""^^^^^L', ("", "D'Alò"), {"given_name"}),
+    ('""', ("", ""), {"given_name", "family_name"}),
+    ("D'Alò^^^^^^L", ("", "D'Alò"), set()),
+], ids=["given name null", "PID-5 null", "given name empty"])
+def test_adt_a31_a_name_sent_as_the_hl7_null_clears_it_and_one_left_empty_keeps_it(facilities, pid5, names, cleared):
+    text = text_of("adt_a31_update.hl7").replace("|D'Alò^Nicolò^^^^^L|", f"|{pid5}|")
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert (event.patient.given_name, event.patient.family_name, event.patient.cleared) == (*names, cleared)
+
+
 def test_adt_a40_merges_the_mrg1_identifier_into_the_pid_patient(facilities):
     [event] = events_of("adt_a40_merge.hl7", facilities)
     assert isinstance(event, PatientsMerged)
@@ -246,6 +272,12 @@ def test_a40_whose_mrg1_lists_only_the_survivors_identifiers_is_a_mapping_error(
     text = text_of("adt_a40_merge.hl7").replace(*SURVIVOR_WITH_FISCAL_CODE).replace(
         "MRG|0054321^^^OSP_SLUCA^MR", "MRG|DLANCL80A01F205X^^^NNITA^NN~0012345^^^OSP_SLUCA^MR")
     with pytest.raises(MappingError, match="only identifiers of the surviving patient"):
+        map_message(text, facilities, received_at=RECEIVED)
+
+
+def test_a40_whose_mrg1_is_the_hl7_null_names_no_record_to_merge(facilities):
+    text = text_of("adt_a40_merge.hl7").replace("MRG|0054321^^^OSP_SLUCA^MR", 'MRG|""^^^OSP_SLUCA^MR')
+    with pytest.raises(MappingError, match="MRG-1 .* is empty"):
         map_message(text, facilities, received_at=RECEIVED)
 
 

@@ -30,6 +30,13 @@ def test_english_reminder_for_an_english_speaking_patient():
     assert "Tuesday 1 December at 09:30" in rendered.body and "Reply 1 to confirm" in rendered.body
 
 
+@pytest.mark.parametrize("kind", sorted(k for k in BOOK.kinds("it") if "first_name" in BOOK.sources[f"it/{k}"]))
+def test_a_patient_whose_name_the_hospital_did_not_send_is_greeted_without_a_blank(kind):
+    nameless = {**CONTEXT, "patient": {"first_name": ""}}
+    assert BOOK.render(kind, "it", nameless).body.startswith("Gentile paziente,")
+    assert BOOK.render(kind, "en", nameless).body.startswith("Dear patient,")
+
+
 def test_unknown_language_falls_back_to_the_clinic_default():
     assert BOOK.render("reminder", "de", CONTEXT).template_id == "it/reminder"
 

@@ -94,6 +94,10 @@ class FacilityRule(BaseModel):
     """Region for phone numbers written without a country code."""
     validate_with_hl7apy: bool = False
     """Validate structure with hl7apy before mapping: about 100 messages/s (hl7/PARSING.md)."""
+    null_deletes: bool = True
+    """The HL7 null ``""`` (v2.5 §2.5.3) deletes the names, language and contacts held. False
+    for a sender that writes ``""`` for every value it lacks: its ``""`` then reads as not
+    sent, and what the adapter holds stays."""
     local_holidays: list[MonthDay] = Field(default_factory=list)
     """Days the facility's clinics close besides the national holidays, as ``MM-DD``: the
     city's patron saint (Rome ``06-29``, Milan ``12-07``). Non-urgent messages about what

@@ -46,7 +46,9 @@ Decisions:
   something: PID-5 names and PID-15 language are cleared, PID-13/14/40 list no
   contact (those held are dropped). Anywhere else it is read as not sent: an
   identifier (CX-1), appointment or order id, time or location of ``""`` names
-  nothing. An empty field leaves the names, language and contacts held as they are.
+  nothing. An empty field leaves the names, language and contacts held as they are,
+  and so does ``""`` from a sender configured with ``null_deletes: false`` (one that
+  writes ``""`` for every value it lacks).
 """
 
 from __future__ import annotations
@@ -202,11 +204,13 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
     cleared = {field for field, value in names.items() if value == NULL}
     if pid.field(15) == NULL:
         cleared.add("language")
+    if not context.rule.null_deletes:  # this sender's "" means "not sent"
+        cleared = set()
     return PatientDetails(
         key=key,
         identifiers=identifiers,
-        given_name="" if "given_name" in cleared else names["given_name"],
-        family_name="" if "family_name" in cleared else names["family_name"],
+        given_name=_given(names["given_name"]),
+        family_name=_given(names["family_name"]),
         telecom=telecom,
         telecom_listed=telecom_listed,
         language=language,
@@ -270,7 +274,7 @@ def _telecom(pid: Segment, context: _Context) -> tuple[tuple[ContactPoint, ...],
     for field, business in ((40, False), (13, False), (14, True)):
         for xtn in pid.repetitions(field):
             if xtn.raw == NULL:
-                listed = True
+                listed = listed or context.rule.null_deletes
                 continue
             contact = contact_from_xtn(xtn, business=business, region=context.rule.phone_region)
             if contact is None:

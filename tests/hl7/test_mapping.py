@@ -250,6 +250,20 @@ def test_adt_a31_a_name_sent_as_the_hl7_null_clears_it_and_one_left_empty_keeps_
     assert (event.patient.given_name, event.patient.family_name, event.patient.cleared) == (*names, cleared)
 
 
+def test_a_sender_that_writes_the_hl7_null_for_every_value_it_lacks_deletes_nothing(facilities):
+    """``null_deletes: false``: its "" reads as not sent, so names, language and phones held stay."""
+    text = (text_of("adt_a31_update.hl7").replace("|D'Alò^Nicolò^^^^^L|", '|""|').replace("|it\r", '|""\r')
+            .replace("|^PRN^CP^^39^339^7777777~^NET^Internet^nicolo.dalo@example.it|^WPN^PH^^39^02^7654321|",
+                     '|""|""|'))
+    [deleting] = map_message(text, facilities, received_at=RECEIVED)
+    assert deleting.patient.cleared == {"given_name", "family_name", "language"} and deleting.patient.telecom_listed
+    rule = facilities.facilities["OSP_SLUCA"].model_copy(update={"null_deletes": False})
+    lenient = facilities.model_copy(update={"facilities": {**facilities.facilities, "OSP_SLUCA": rule}})
+    [keeping] = map_message(text, lenient, received_at=RECEIVED)
+    assert (keeping.patient.cleared, keeping.patient.telecom_listed, keeping.patient.telecom) == (frozenset(), False, ())
+    assert (keeping.patient.given_name, keeping.patient.family_name, keeping.patient.language) == ("", "", "")
+
+
 def test_adt_a40_merges_the_mrg1_identifier_into_the_pid_patient(facilities):
     [event] = events_of("adt_a40_merge.hl7", facilities)
     assert isinstance(event, PatientsMerged)

@@ -5,12 +5,31 @@ never meets."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
-from tests.faults.conftest import ROOT, adapter_env
+from adapter.db import make_engine, make_sessionmaker, transaction
+from adapter.models import InboundMessage, Patient
+from hl7.client import MLLPConnection
+from tests.faults.conftest import (
+    AMQP_URL,
+    ROOT,
+    adapter_env,
+    delete_queue,
+    free_port,
+    start_serve,
+)
 
 
 @pytest.mark.timeout(60)
@@ -22,3 +41,69 @@ def test_migrations_started_by_several_processes_at_once_all_succeed(tmp_path, p
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(4)]
     outputs = [process.communicate(timeout=50)[0].decode(errors="replace") for process in migrations]
     assert [process.returncode for process in migrations] == [0] * 4, outputs[-1][-2000:]
+
+
+def registration(control_id: str, patient: int) -> bytes:
+    """ADT^A04 registering patient ``patient`` (MRN and mobile number of their own)."""
+    return ("\r".join([
+        f"MSH|^~\\&|PAS|OSP_TEST|ADAPTER|NOTIFY|20260101000000||ADT^A04^ADT_A01|{control_id}|P|2.5||||||UNICODE UTF-8",
+        "EVN|A04|20260101000000",
+        f"PID|1||{patient:08d}^^^OSP_TEST^MR||D'Alò^Nicolò||19800101|M|||||^PRN^CP^^39^333^{patient:07d}||it",
+        "PV1|1|O",
+    ]) + "\r").encode()
+
+
+@contextmanager
+def two_servers(tmp_path: Path, pg_url: str, queue: str, **settings: object) -> Iterator[list[int]]:
+    """Two ``serve --workers celery`` on one database (as behind a balancer); their MLLP ports."""
+    env = adapter_env(tmp_path, pg_url, broker_url=AMQP_URL, queue=queue, **settings)
+    subprocess.run([sys.executable, "-m", "adapter", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
+    ports = [(free_port(), free_port()) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:  # side by side: each takes seconds to start
+        servers = list(pool.map(lambda p: start_serve(env, tmp_path, *p, "--workers", "celery"), ports))
+    try:
+        yield [mllp_port for _, mllp_port in ports]
+    finally:
+        for server in servers:
+            os.killpg(server.popen.pid, signal.SIGTERM)
+        for server in servers:
+            server.terminate()
+        delete_queue(AMQP_URL, queue)
+
+
+async def send_once(port: int, payload: bytes) -> bytes:
+    conn = MLLPConnection("127.0.0.1", port, timeout=20.0)
+    try:
+        return await conn.send(payload)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.timeout(90)
+def test_one_new_patient_sent_to_two_servers_at_once_is_registered_by_both_messages(tmp_path, pg_url, queue_name):
+    # A sender whose connections a balancer spreads over two servers; it wants the
+    # ACK after processing. Both messages name the same new patient at the same moment.
+    config = tmp_path / "config"
+    shutil.copytree(ROOT / "config", config)
+    (config / "facilities.yaml").write_text("facilities:\n  default:\n    ack_timing: processed\n")
+    patients = 12
+    with two_servers(tmp_path, pg_url, queue_name, config_dir=config) as (first, second):
+        async def send_pairs() -> list[bytes]:
+            acks = []
+            for p in range(patients):
+                acks += await asyncio.gather(send_once(first, registration(f"A{p}", 7000 + p)),
+                                             send_once(second, registration(f"B{p}", 7000 + p)))
+            return acks
+
+        acks = asyncio.run(send_pairs())
+    engine = make_engine(pg_url)
+    with transaction(make_sessionmaker(engine)) as session:
+        statuses = dict(session.execute(
+            select(InboundMessage.status, func.count()).group_by(InboundMessage.status)).all())
+        registered = session.scalar(select(func.count()).select_from(Patient))
+    engine.dispose()
+    refused = [ack.decode(errors="replace") for ack in acks if b"MSA|AA" not in ack]
+    assert refused == []
+    assert statuses == {"processed": 2 * patients}
+    assert registered == patients
+

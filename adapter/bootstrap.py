@@ -21,7 +21,7 @@ from adapter.errors import ConfigError
 from adapter.fhir_intake import FhirIntake
 from adapter.fhir_wiring import build_fhir_intake
 from adapter.intake import HL7Intake
-from adapter.key_rotation import retired_master_keys
+from adapter.key_rotation import find_master_key, retired_master_keys
 from adapter.pipeline import Pipeline
 from adapter.quiet_hours import SendingWindow
 from adapter.rules import RuleSet, load_rules
@@ -68,7 +68,8 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
     tz = ZoneInfo(settings.timezone)
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
-    vault = Vault.open(sessions, master_key(settings), previous=retired_master_keys(settings))
+    vault = Vault.open(sessions, master_key(settings), previous=retired_master_keys(settings),
+                       find_master=lambda key_id: find_master_key(settings, key_id))
     audit = AuditLog(sessions, AuditSigner.from_file(settings.audit_signing_key_file or settings.var_dir / "audit-signing.key"))
     rules = load_rules(settings.config_dir / "rules.yaml")
     templates = TemplateBook(settings.config_dir / "templates", default_language=settings.default_language, tz=tz)

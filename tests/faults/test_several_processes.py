@@ -25,10 +25,15 @@ from hl7.client import MLLPConnection
 from tests.faults.conftest import (
     AMQP_URL,
     ROOT,
+    Process,
     adapter_env,
+    confirmations_sent,
     delete_queue,
     free_port,
+    future_start,
+    siu_s12,
     start_serve,
+    wait_for,
 )
 
 
@@ -107,3 +112,32 @@ def test_one_new_patient_sent_to_two_servers_at_once_is_registered_by_both_messa
     assert statuses == {"processed": 2 * patients}
     assert registered == patients
 
+
+@pytest.mark.timeout(120)
+def test_a_worker_started_before_a_key_rotation_still_sends_to_patients_registered_after_it(
+        tmp_path, pg_url, fake_twilio, queue_name):
+    env = adapter_env(tmp_path, pg_url, broker_url=AMQP_URL, queue=queue_name, twilio=fake_twilio)
+    subprocess.run([sys.executable, "-m", "adapter", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
+    worker = Process(["worker", "--concurrency", "1"], env, tmp_path / "worker.log")  # starts meanwhile
+    mllp_port, server = free_port(), None
+    engine = make_engine(pg_url)
+    sessions = make_sessionmaker(engine)
+    start = future_start()
+    try:
+        server = start_serve(env, tmp_path, free_port(), mllp_port, "--workers", "celery")
+        asyncio.run(send_once(mllp_port, siu_s12("ROT1", 8001, start)))
+        wait_for(lambda: confirmations_sent(sessions) == 1, 40, "the first confirmation")
+        rotated = subprocess.run([sys.executable, "-m", "adapter", "keys", "rotate", "--grace", "6"], cwd=ROOT,
+                                 env=env, capture_output=True, text=True, timeout=60)
+        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+        # A new patient: the server, which has adopted the new key (it looks every few
+        # seconds; the grace is for that), seals their contact under it.
+        asyncio.run(send_once(mllp_port, siu_s12("ROT2", 8002, start)))
+        wait_for(lambda: confirmations_sent(sessions) == 2, 30, "the confirmation after the rotation")
+        assert worker.popen.poll() is None, worker.output()
+    finally:
+        worker.terminate()
+        if server is not None:
+            server.terminate()
+        delete_queue(AMQP_URL, queue_name)
+        engine.dispose()

@@ -6,16 +6,20 @@ never meets."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -59,21 +63,32 @@ def registration(control_id: str, patient: int) -> bytes:
 
 
 @contextmanager
-def two_servers(tmp_path: Path, pg_url: str, queue: str, **settings: object) -> Iterator[list[int]]:
-    """Two ``serve --workers celery`` on one database (as behind a balancer); their MLLP ports."""
+def two_servers(tmp_path: Path, pg_url: str, queue: str, **settings: object) -> Iterator[list[tuple[int, int]]]:
+    """Two ``serve --workers celery`` on one database (as behind a balancer); their
+    HTTP and MLLP ports. The admin token is in ``tmp_path / "admin-token"``."""
     env = adapter_env(tmp_path, pg_url, broker_url=AMQP_URL, queue=queue, **settings)
     subprocess.run([sys.executable, "-m", "adapter", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
     ports = [(free_port(), free_port()) for _ in range(2)]
     with ThreadPoolExecutor(2) as pool:  # side by side: each takes seconds to start
         servers = list(pool.map(lambda p: start_serve(env, tmp_path, *p, "--workers", "celery"), ports))
     try:
-        yield [mllp_port for _, mllp_port in ports]
+        for http_port, _ in ports:
+            wait_for(lambda: _listening(http_port), 10, "HTTP")
+        yield ports
     finally:
         for server in servers:
             os.killpg(server.popen.pid, signal.SIGTERM)
         for server in servers:
             server.terminate()
         delete_queue(AMQP_URL, queue)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
 
 
 async def send_once(port: int, payload: bytes) -> bytes:
@@ -92,7 +107,7 @@ def test_one_new_patient_sent_to_two_servers_at_once_is_registered_by_both_messa
     shutil.copytree(ROOT / "config", config)
     (config / "facilities.yaml").write_text("facilities:\n  default:\n    ack_timing: processed\n")
     patients = 12
-    with two_servers(tmp_path, pg_url, queue_name, config_dir=config) as (first, second):
+    with two_servers(tmp_path, pg_url, queue_name, config_dir=config) as ((_, first), (_, second)):
         async def send_pairs() -> list[bytes]:
             acks = []
             for p in range(patients):
@@ -141,3 +156,34 @@ def test_a_worker_started_before_a_key_rotation_still_sends_to_patients_register
             server.terminate()
         delete_queue(AMQP_URL, queue_name)
         engine.dispose()
+
+
+@pytest.mark.timeout(90)
+def test_a_conditional_create_posted_to_two_servers_at_once_creates_one_resource(tmp_path, pg_url, queue_name):
+    # An EHR that failed over mid-request: the same If-None-Exist create reaches both servers.
+    patient = json.loads((ROOT / "tests/samples/fhir/patient.json").read_text())
+    pairs = 8
+    with two_servers(tmp_path, pg_url, queue_name) as ports:
+        token = (tmp_path / "admin-token").read_text().strip()
+        clients = [httpx.Client(base_url=f"http://127.0.0.1:{http_port}/fhir/R4", timeout=30,
+                                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"})
+                   for http_port, _ in ports]
+        answers, afterwards = [], []
+        for i in range(pairs):
+            mrn = f"MRN-TWICE-{i}"
+            body = json.dumps({**patient, "identifier": [{"system": "https://hospital.example.org/mrn", "value": mrn}]})
+            condition = {"If-None-Exist": f"identifier=https://hospital.example.org/mrn|{mrn}"}
+            together = threading.Barrier(2)
+
+            def post(client: httpx.Client, body: str = body, condition: dict = condition,
+                     together: threading.Barrier = together) -> int:
+                together.wait()
+                return client.post("/Patient", content=body, headers=condition).status_code
+
+            with ThreadPoolExecutor(2) as pool:
+                answers.append(sorted(pool.map(post, clients)))
+            afterwards.append(clients[0].post("/Patient", content=body, headers=condition).status_code)
+        for client in clients:
+            client.close()
+    assert answers == [[200, 201]] * pairs  # one created it, the other found it
+    assert afterwards == [200] * pairs  # one match, not a 412 for two

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select
 
 from adapter.db import make_engine, make_sessionmaker, transaction
@@ -187,3 +189,33 @@ def test_a_conditional_create_posted_to_two_servers_at_once_creates_one_resource
             client.close()
     assert answers == [[200, 201]] * pairs  # one created it, the other found it
     assert afterwards == [200] * pairs  # one match, not a 412 for two
+
+
+@pytest.mark.timeout(150)
+def test_production_signs_audit_tree_heads_only_with_a_provisioned_key_every_host_shares(tmp_path, pg_url):
+    # Two hosts, each with its own var/: had each made a signing key of its own, the
+    # heads one signed were 'bad signature' to the other's audit verify (exit 1).
+    subprocess.run([sys.executable, "-m", "adapter", "migrate"], cwd=ROOT, env=adapter_env(tmp_path, pg_url),
+                   check=True, capture_output=True)
+
+    def on_host(host: str, *args: str, **settings: object) -> subprocess.CompletedProcess[str]:
+        env = adapter_env(tmp_path, pg_url, environment="production", var_dir=tmp_path / host,
+                          sandbox_webhook_secret="s" * 32, **settings)
+        env.pop("ADAPTER_AUDIT_SIGNING_KEY_FILE", None)
+        env.update({f"ADAPTER_{k.upper()}": str(v) for k, v in settings.items()})
+        return subprocess.run([sys.executable, "-m", "adapter", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    refused = on_host("a", "audit", "sign")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "ADAPTER_AUDIT_SIGNING_KEY_FILE" in refused.stderr
+    assert not list((tmp_path / "a").glob("*signing*"))
+    refused = on_host("b", "audit", "sign", audit_signing_key_file=tmp_path / "nowhere.key")
+    assert refused.returncode == 2 and "ADAPTER_AUDIT_SIGNING_KEY_FILE" in refused.stderr
+    shared = tmp_path / "audit.key"
+    shared.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    # a signs; b verifies that (an audited read: one more entry) and signs over it; a verifies both.
+    for host, command in (("a", "sign"), ("b", "verify"), ("b", "sign"), ("a", "verify")):
+        done = on_host(host, "audit", command, audit_signing_key_file=shared)
+        assert done.returncode == 0, done.stdout + done.stderr

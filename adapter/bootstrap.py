@@ -21,7 +21,7 @@ from adapter.errors import ConfigError
 from adapter.fhir_intake import FhirIntake
 from adapter.fhir_wiring import build_fhir_intake
 from adapter.intake import HL7Intake
-from adapter.key_rotation import retired_master_keys
+from adapter.key_rotation import find_master_key, retired_master_keys
 from adapter.pipeline import Pipeline
 from adapter.quiet_hours import SendingWindow
 from adapter.rules import RuleSet, load_rules
@@ -68,8 +68,9 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
     tz = ZoneInfo(settings.timezone)
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
-    vault = Vault.open(sessions, master_key(settings), previous=retired_master_keys(settings))
-    audit = AuditLog(sessions, AuditSigner.from_file(settings.audit_signing_key_file or settings.var_dir / "audit-signing.key"))
+    vault = Vault.open(sessions, master_key(settings), previous=retired_master_keys(settings),
+                       find_master=lambda key_id: find_master_key(settings, key_id))
+    audit = AuditLog(sessions, audit_signer(settings))
     rules = load_rules(settings.config_dir / "rules.yaml")
     templates = TemplateBook(settings.config_dir / "templates", default_language=settings.default_language, tz=tz)
     templates.require_kinds({rule.kind for rule in rules.rules})
@@ -108,6 +109,21 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
         gate=gate, rules=rules, templates=templates, pipeline=pipeline, facilities=facilities,
         intake=intake, fhir=fhir, channels=channels, dispatcher=dispatcher,
     )
+
+
+def audit_signer(settings: Settings) -> AuditSigner:
+    """The audit log's signing key from ADAPTER_AUDIT_SIGNING_KEY_FILE, else a file under
+    var/ created on first start (local and test only). Production never makes one: every
+    process signs tree heads, on whichever host, and ``audit verify`` trusts its own key
+    only, so two hosts with keys of their own each found the other's heads 'bad
+    signature'. The key is made once and the same file given to every host."""
+    path = settings.audit_signing_key_file
+    if settings.environment == "production" and (path is None or not path.is_file()):
+        raise ConfigError(
+            "production needs ADAPTER_AUDIT_SIGNING_KEY_FILE naming an existing Ed25519 key, the same file on "
+            "every host (create it once: openssl genpkey -algorithm ed25519 -out audit-signing.key)"
+            + (f"; {path} does not exist" if path else ""))
+    return AuditSigner.from_file(path or settings.var_dir / "audit-signing.key")
 
 
 def master_key(settings: Settings):

@@ -35,7 +35,10 @@ Why nothing is lost or sent twice:
   and the next claim loop takes the notification again.
 - Inbound processing runs one worker at a time (a PostgreSQL advisory lock), oldest
   message first, so a feed's messages are applied in order; ``HL7Intake.process``
-  locks each row, so a ``serve`` process processing too never applies one twice.
+  locks each row, so a ``serve`` process processing too never applies one twice, and
+  every transaction that applies stored work, in any process, waits for its turn
+  (``adapter.stored_work.take_turn_applying``), so two messages about one new patient
+  never both create them.
 - The way back also runs one worker at a time (another advisory lock), so a hospital
   slow to answer holds one pool process, not all; each write-back and application ACK
   is moreover claimed with a lease (``FOR UPDATE SKIP LOCKED``, see

@@ -43,7 +43,7 @@ from adapter.db import read_transaction, transaction
 from adapter.events import AnyEvent
 from adapter.metrics import MESSAGES_RECEIVED
 from adapter.models import InboundMessage
-from adapter.stored_work import chunk_for, process_all, stored_ids
+from adapter.stored_work import chunk_for, process_all, stored_ids, take_turn_applying
 from fhir import store
 from fhir.service import FhirService, StoredVersion
 
@@ -148,6 +148,7 @@ class FhirIntake:
         """Publish one recorded version's events (again, for a replay), in one
         transaction with marking the row. Returns the final status."""
         with transaction(self.sessions) as session:
+            take_turn_applying(session)
             row = session.get(InboundMessage, message_id, with_for_update=True)
             if row is None or row.source != SOURCE:
                 return "missing"
@@ -178,6 +179,7 @@ class FhirIntake:
             derived = self._derive(ids)
             applying = time.perf_counter()
             with transaction(self.sessions) as session:
+                take_turn_applying(session)
                 rows = session.scalars(
                     select(InboundMessage).where(InboundMessage.id.in_(ids), InboundMessage.status == "stored")
                     .order_by(InboundMessage.id).with_for_update()).all()

@@ -36,7 +36,7 @@ from adapter.db import insert_rows_with, placeholder, raw_transaction, read_tran
 from adapter.metrics import ACK_LATENCY, MESSAGES_RECEIVED, STORE_BATCH, STORE_SECONDS
 from adapter.models import InboundMessage, InboundRaw
 from adapter.pipeline import Pipeline
-from adapter.stored_work import chunk_for, process_all, stored_ids
+from adapter.stored_work import chunk_for, process_all, stored_ids, take_turn_applying
 from adapter.waiting import Waiting
 from compliance.crypto import Vault
 from hl7.ack import AckCode, AckError, build_ack, build_reject_for_unreadable
@@ -438,8 +438,10 @@ class HL7Intake:
         waits, then finds it processed) in order; a message that could not be mapped
         ends here with its reason. Records each outcome (one UPDATE for all) and
         returns each message's final status."""
-        current = set(session.scalars(
-            _STILL_IN, {"ids": [m.message_id for m in mapped], "statuses": statuses})) if mapped else set()
+        if not mapped:
+            return {}
+        take_turn_applying(session)
+        current = set(session.scalars(_STILL_IN, {"ids": [m.message_id for m in mapped], "statuses": statuses}))
         mapped = [m for m in mapped if m.message_id in current]
         ready = [m for m in mapped if m.failure is None]
         settled = [self._settle(session, m.message_id, m.header, m.failure, now) for m in mapped if m.failure is not None]

@@ -14,6 +14,10 @@ the new one:
    wraps new data keys with it and rewraps what is left.
 3. The rotating command waits that long, then rewraps too (idempotent) and records
    ``key_rotated`` in the audit log.
+
+A process that meets a data key rewrapped under a key it has not adopted (a Celery
+worker, which does not look at the file; a ``serve`` between two looks) reads that key
+from the files there and then (:func:`find_master_key`), instead of failing to unwrap.
 """
 
 from __future__ import annotations
@@ -46,6 +50,26 @@ def retired_master_keys(settings: Settings) -> list[LocalMasterKey]:
         return []
     path = master_key_path(settings)
     return [LocalMasterKey.from_file(p) for p in sorted(path.parent.glob(path.name + RETIRED_SUFFIX + "*"))]
+
+
+def find_master_key(settings: Settings, key_id: str) -> tuple[LocalMasterKey, bool] | None:
+    """The master key ``key_id`` among the key file and the retired keys beside it, and
+    whether it is the current one (in the file): what a process asks when it meets a
+    data key rewrapped by another process's rotation before it noticed the new file
+    itself (a Celery worker never looks; ``serve`` every few seconds)."""
+    if settings.master_key:
+        return None
+    path = master_key_path(settings)
+    try:
+        current = LocalMasterKey.from_file(path)
+    except (OSError, ConfigError, ValueError):
+        return None
+    if current.key_id == key_id:
+        return current, True
+    retired = path.with_name(path.name + RETIRED_SUFFIX + key_id)
+    if retired.exists():
+        return LocalMasterKey.from_file(retired), False
+    return None
 
 
 def install_new_master(settings: Settings) -> tuple[LocalMasterKey, LocalMasterKey]:

@@ -4,9 +4,10 @@ processed afterwards, oldest first: what the HL7 and FHIR intakes share."""
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.db import read_transaction
@@ -19,6 +20,21 @@ from adapter.models import InboundMessage
 # feed of 50 messages a second, chunks of 16 FHIR versions begun in a 10 ms gap held
 # the lock 40-90 ms.
 HOLD_SHARE_OF_QUIET = 0.5
+
+
+# pg_advisory_xact_lock key: applying stored work, in whichever process.
+APPLYING_LOCK = zlib.crc32(b"adapter.inbound.apply")
+
+
+def take_turn_applying(session: Session) -> None:
+    """Wait until no other process applies stored work, and keep the turn until this
+    transaction ends: on PostgreSQL every ``serve`` process and every worker applies
+    what it finds stored (a ``serve`` whose sender wants the ACK after processing, its
+    own message at once), and two messages about the same new patient applied side by
+    side both created the patient: the second failed on the unique identifier and went
+    to the error store. Taken first, before any row lock. SQLite has one writer anyway."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": APPLYING_LOCK})
 
 
 def chunk_for(quiet_s: float, seconds_each: float, limit: int) -> int:

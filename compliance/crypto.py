@@ -172,6 +172,10 @@ class Vault:
 
     ``master`` wraps new keys; ``previous`` master keys are still accepted for unwrapping,
     which is what lets :meth:`rotate` run while the adapter serves (see there).
+    ``find_master(key_id)``, when given, is asked for a master key met in a wrapped key
+    that this vault does not know: another process rotated, and rewrapped rows under a
+    key this one has not read yet (from then on this vault also wraps with it, when
+    ``find_master`` says it is the current one).
     """
 
     def __init__(
@@ -183,6 +187,7 @@ class Vault:
         previous: Sequence[MasterKeyProvider] = (),
         cache_ttl_s: float = 60.0,
         normalisers: Mapping[str, Callable[[str], str]] | None = None,
+        find_master: Callable[[str], tuple[MasterKeyProvider, bool] | None] | None = None,
     ) -> None:
         if len(index_key) < KEY_BYTES:
             raise ConfigError("blind index key must be at least 32 bytes")
@@ -197,6 +202,7 @@ class Vault:
         self._by_id: dict[int, _CachedKey] = {}
         self._seen_destructions = -1  # the latest count of destroyed keys read by this vault
         self._lock = threading.Lock()
+        self._find_master = find_master
 
     @classmethod
     def open(
@@ -403,10 +409,22 @@ class Vault:
     def _unwrap(self, row: DataKey) -> bytes:
         if row.wrapped is None:
             raise KeyDestroyed(f"the data key of {row.subject!r} was destroyed")
-        master = self._masters.get(wrapped_key_id(row.wrapped))
+        master = self._masters.get(wrapped_key_id(row.wrapped)) or self._learn(wrapped_key_id(row.wrapped))
         if master is None:
             raise UnknownKey(f"data key {row.id} is wrapped by unknown master {wrapped_key_id(row.wrapped)!r}")
         return master.unwrap(row.wrapped, context=_wrap_context(row.subject, row.id))
+
+    def _learn(self, key_id: str) -> MasterKeyProvider | None:
+        """The master ``key_id`` from ``find_master``, kept for unwrapping; wrapping
+        with it from now on if it is the current one."""
+        found = self._find_master(key_id) if self._find_master else None
+        if found is None:
+            return None
+        master, current = found
+        self._masters[master.key_id] = master
+        if current:
+            self.master = master
+        return master
 
     def _remember(self, row: DataKey, destructions: int) -> _CachedKey:
         """Cache ``row``'s key, usable while ``destructions`` (read before the row) holds."""

@@ -208,7 +208,9 @@ class FhirService:
             raise FhirError(400, Issue(
                 "not-supported", f"{what} supports only the 'identifier' parameter; "
                 f"got {', '.join(sorted(params)) or 'nothing'}"))
-        return self.search_identifier(session, kind, unquote(params["identifier"]))
+        query = unquote(params["identifier"])
+        store.hold_identifier(session, kind, query.partition("|")[2] if "|" in query else query)
+        return self.search_identifier(session, kind, query)
 
     def write(self, session: Session, resource: dict[str, Any], *, sender: str | None = None,
               if_match: str | None = None, fresh: bool = False) -> WriteResult:

@@ -13,7 +13,7 @@ from functools import lru_cache
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Row, Table, delete, insert, select
+from sqlalchemy import Row, Table, delete, insert, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -262,6 +262,20 @@ def index_identifiers(session: Session, key: bytes, resource: dict[str, Any], *,
             tokens.add(identifier_token(key, ANY_SYSTEM, i["value"]))
     stage(session, _IDENTIFIER, [{"resource_type": kind, "token": t, "resource_id": rid}
                                  for t in sorted(tokens)])
+
+
+def hold_identifier(session: Session, resource_type: str, value: str) -> None:
+    """Until this transaction ends, no other transaction holds ``resource_type`` with an
+    identifier ``value`` (any system): a conditional create or update looks for a match
+    and then writes, and on PostgreSQL two of them at once (the same request reaching
+    two ``serve`` processes) each found none and each created a resource, after which
+    every conditional request for that identifier was a 412. The second now waits, and
+    finds the first one's resource. SQLite has one writer anyway."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    digest = hashlib.sha256(f"fhir identifier\0{resource_type}\0{value}".encode()).digest()
+    session.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                    {"k": int.from_bytes(digest[:8], "big", signed=True)})
 
 
 def find_by_identifier(session: Session, key: bytes, resource_type: str, system: str | None,

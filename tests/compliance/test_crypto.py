@@ -117,6 +117,21 @@ def test_rotation_rewraps_every_key_while_old_and_new_masters_both_read(vault, s
         old_only.decrypt(session, blobs[0])
 
 
+
+def test_a_vault_meeting_a_key_rewrapped_by_another_process_learns_the_new_master_and_wraps_with_it(
+        vault, sessions, master):
+    with transaction(sessions) as session:
+        blob = vault.encrypt_str(session, "patient:1", NAME)
+    new = LocalMasterKey.from_base64(LocalMasterKey.generate())
+    other = Vault.open(sessions, master, find_master=lambda key_id: (new, True) if key_id == new.key_id else None)
+    with transaction(sessions) as session:
+        vault.rotate(session, new)  # another process: this one has not read the new key file yet
+    with transaction(sessions) as session:
+        assert other.decrypt_str(session, blob) == NAME
+        other.encrypt_str(session, "patient:2", NAME)
+        wrapped = session.scalars(select(DataKey.wrapped).where(DataKey.subject == "patient:2")).one()
+    assert wrapped_key_id(wrapped) == new.key_id
+
 def test_blind_indexes_are_stable_across_spellings_and_differ_by_kind(vault):
     assert vault.blind_index("phone", "347 123 4567") == vault.blind_index("phone", "+39 347-123-4567")
     assert vault.blind_index("email", " Mariangela.Rossetti@Example.ORG") == vault.blind_index("email", EMAIL)

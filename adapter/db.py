@@ -268,10 +268,13 @@ def all_or_each(
     out: list[Any] = []
     for item in items:
         try:
+            # What the ORM holds is flushed when the savepoint ends: a failure there is
+            # this item's outcome too, in its place (not after its result).
             with session.begin_nested():
-                out.append(work(item))
+                result = work(item)
         except Exception as exc:  # noqa: BLE001 - the caller records it against its item
-            out.append(exc)
+            result = exc
+        out.append(result)
         if stop():
             break
     return out

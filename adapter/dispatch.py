@@ -54,6 +54,10 @@ REFUSED_ACCOUNT_WAIT = timedelta(minutes=5)
 REFUSED_ACCOUNT = "the provider refused the adapter's account (credentials); waiting for an operator to fix it"
 # Errors after which the provider may or may not have accepted the message.
 AMBIGUOUS_ERRORS = frozenset({"timeout", "disconnected"})
+# An outcome that could not be recorded is recorded again this long after, then twice as
+# long each time up to the second figure (see Dispatcher._record_as_finished).
+RECORD_RETRY_S = 0.2
+RECORD_RETRY_MAX_S = 2.0
 
 
 _APPOINTMENTS = "round_appointments"  # session.info: {subject ref: Appointment or None}, see Dispatcher._load_round
@@ -88,6 +92,11 @@ class SendJob:
     template_id: str
     template_version: str
     body: str
+
+
+# A send's outcome, waiting to be recorded: the notification, what was sent (None: no
+# attempt of ours, or it failed in our code), and what came of it.
+Finished = tuple[int, SendJob | None, SendResult | NotSent]
 
 
 class Throttle:
@@ -133,6 +142,23 @@ def _internal(notification_id: int, exc: BaseException) -> SendResult:
     """A failure of ours while dispatching: logged, then retried like a provider's."""
     log.error("dispatch of notification %s failed", notification_id, exc_info=exc)
     return SendResult.retry("internal", type(exc).__name__)
+
+
+async def _finished_meanwhile(finished: asyncio.Queue[Finished], *, running: bool,
+                              within: float | None) -> list[Finished]:
+    """What is in ``finished`` once one more outcome comes, or ``within`` seconds have
+    passed (None: however long it takes); with no send ``running``, after those seconds."""
+    outcomes = []
+    if running:
+        try:
+            outcomes.append(await asyncio.wait_for(finished.get(), within))
+        except TimeoutError:
+            pass
+    else:
+        await asyncio.sleep(within or 0)
+    while not finished.empty():
+        outcomes.append(finished.get_nowait())
+    return outcomes
 
 
 def backoff(attempt: int, *, retry_after: float | None = None, base: float = 30.0, cap: float = 3600.0) -> float:
@@ -201,11 +227,13 @@ class Dispatcher:
         The database sees a round, not each notification: every one is prepared in
         one transaction (a savepoint each), and outcomes are recorded as sends
         finish, everything finished meanwhile in one transaction (with SQLite each
-        transaction is an fsync that a waiting ACK stands behind)."""
+        transaction is an fsync that a waiting ACK stands behind). It returns once
+        every outcome is recorded: one that could not be is recorded again until it
+        lands (:meth:`_record_as_finished`)."""
         if not ids:
             return
         prepared = await asyncio.to_thread(self._prepare_all, ids, leased_until)
-        finished: asyncio.Queue[tuple[int, SendJob | None, SendResult | NotSent]] = asyncio.Queue()
+        finished: asyncio.Queue[Finished] = asyncio.Queue()
         sends = []
         prepared_at, start_by = asyncio.get_running_loop().time(), self._start_by(leased_until)
         for notification_id, job in prepared:
@@ -214,17 +242,62 @@ class Dispatcher:
                     self._send(notification_id, job, leased_until, prepared_at, start_by, finished)))
             elif isinstance(job, Exception):
                 finished.put_nowait((notification_id, None, _internal(notification_id, job)))
-        waiting_for = len(sends) + finished.qsize()
         try:
-            while waiting_for:
-                outcomes = [await finished.get()]
-                while not finished.empty():
-                    outcomes.append(finished.get_nowait())
-                await asyncio.to_thread(self._record_all, outcomes, leased_until)
-                waiting_for -= len(outcomes)
+            await self._record_as_finished(finished, len(sends) + finished.qsize(), leased_until)
         finally:
             for task in sends:
                 task.cancel()  # stopped mid-round: the claims' leases end, the sends are retried
+
+    async def _record_as_finished(self, finished: asyncio.Queue[Finished], count: int, leased_until: datetime) -> None:
+        """Record the outcomes of ``count`` sends as they finish, everything finished
+        meanwhile in one transaction; return once every one has landed.
+
+        One that could not be recorded (its :meth:`_record` raised, or the transaction
+        failed: the database locked or unavailable, the connection dropped) is kept and
+        recorded again ``RECORD_RETRY_S`` later, then twice as long each time (at most
+        ``RECORD_RETRY_MAX_S``), with whatever finished meanwhile, until it lands;
+        :meth:`_record` writes it only while it is still this claim's to write (a
+        provider's acceptance: while the notification is still claimed, by anyone).
+        Left unrecorded, an accepted message's claim would run out still ``claimed``
+        and the message go out again: no provider de-duplicates. Every outcome is kept
+        alike, the others too (a time-out's record, ``unclear_on``, is what keeps a
+        message the provider may have from going out on another channel); recording
+        one again does nothing once it has landed (the notification is no longer
+        ``claimed``), as when a failed commit had in fact gone through.
+
+        What keeps a second sender off meanwhile: nobody may claim the notification
+        again before its lease runs out, and a claim is a write, which the same outage
+        refuses; this round does not end meanwhile, so the in-process worker claims
+        nothing. If the lease runs out first, the acceptance is still written over a
+        later claim, and the dispatcher that made it finds the notification sent when
+        it prepares it (or re-checks it, when its send waited). A second send remains
+        possible only if this process ends before the outcome lands (at-least-once, as
+        with any crash between the provider's answer and its record: milliseconds while
+        the database answers), or if the database refuses this process's writes past
+        the lease yet takes another's claim, whose send goes out before the next try
+        here lands."""
+        unrecorded: list[tuple[Finished, int]] = []  # an outcome, and how many times recording it failed
+        delay = RECORD_RETRY_S
+        while count or unrecorded:
+            outcomes = await _finished_meanwhile(finished, running=count > 0, within=delay if unrecorded else None)
+            count -= len(outcomes)
+            batch = [(outcome, 0) for outcome in outcomes] + unrecorded
+            errors = await asyncio.to_thread(self._record_all, [outcome for outcome, _ in batch], leased_until)
+            kept = []
+            for (outcome, failed), error in zip(batch, errors, strict=True):
+                if error is None:
+                    if failed:
+                        log.warning("the outcome of notification %s was recorded after %d failed tries", outcome[0], failed)
+                    continue
+                failed += 1
+                if failed == 1:
+                    log.error("recording the outcome of notification %s failed; trying again", outcome[0], exc_info=error)
+                elif failed & (failed - 1) == 0:  # 2, 4, 8, ... times: an outage is logged, not each try
+                    log.error("recording the outcome of notification %s failed %d times (%s); trying again",
+                              outcome[0], failed, type(error).__name__)
+                kept.append((outcome, failed))
+            delay = min(2 * delay, RECORD_RETRY_MAX_S) if kept and unrecorded else RECORD_RETRY_S
+            unrecorded = kept
 
     def _claim(self, now: datetime) -> tuple[list[int], datetime]:
         """Claim a batch; its ids, and when their lease runs out (the claim's token:
@@ -271,16 +344,15 @@ class Dispatcher:
             session, notification_id, leased_until), prefetch=self._load_round)
         return list(zip(ids, prepared, strict=True))
 
-    def _record_all(self, outcomes: list[tuple[int, SendJob | None, SendResult | NotSent]], leased_until: datetime) -> None:
-        """:meth:`_record` for each finished send."""
-        for (notification_id, _, _), done in zip(
-            outcomes, self._each_in_savepoint(outcomes, lambda session, outcome: self._record(
+    def _record_all(self, outcomes: list[Finished], leased_until: datetime) -> list[Exception | None]:
+        """:meth:`_record` for each finished send; for each, None once recorded, or why not."""
+        try:
+            done = self._each_in_savepoint(outcomes, lambda session, outcome: self._record(
                 session, *outcome, leased_until=leased_until),
-                prefetch=lambda session, items: _notifications(session, [o[0] for o in items])),
-            strict=True,
-        ):
-            if isinstance(done, Exception):  # the lease ends and the claim loop takes it again
-                log.error("recording the outcome of notification %s failed", notification_id, exc_info=done)
+                prefetch=lambda session, items: _notifications(session, [o[0] for o in items]))
+        except Exception as exc:  # noqa: BLE001 - a transaction failed: none of them is known to have landed
+            return [exc] * len(outcomes)
+        return [result if isinstance(result, Exception) else None for result in done]
 
     def _each_in_savepoint(self, items: list, work: Callable[[Session, Any], Any],
                            prefetch: Callable[[Session, list], list] | None = None) -> list[Any]:

@@ -109,3 +109,27 @@ def test_while_acks_wait_a_round_reads_ahead_only_for_what_it_gets_done(tmp_path
         assert len(turns) == len(read_ahead) - 1 and all(took > 0 for took in turns)  # before each but the first
     finally:
         container.engine.dispose()
+
+
+def test_a_failure_as_an_items_savepoint_ends_is_that_items_outcome_once(tmp_path):
+    """What an item changes through the ORM is written as its savepoint ends: a failure
+    there is that item's outcome, in its place. It was put after the item's result, so a
+    round had more outcomes than items (recording a round's sends then raised, outcomes
+    and all)."""
+    from sqlalchemy.exc import IntegrityError
+
+    from adapter.models import Patient
+
+    container = migrated_container(settings_for(tmp_path))
+
+    def work(session, item: int) -> int:
+        if item == 1:
+            session.add(Patient(id="incomplete"))  # no created_at: refused when the savepoint ends
+        return item * 10
+
+    try:
+        out = container.dispatcher._each_in_savepoint([0, 1, 2], work)
+    finally:
+        container.engine.dispose()
+    assert len(out) == 3
+    assert out[0] == 0 and isinstance(out[1], IntegrityError) and out[2] == 20

@@ -275,9 +275,12 @@ class Dispatcher:
         with any crash between the provider's answer and its record: milliseconds while
         the database answers), or if the database refuses this process's writes past
         the lease yet takes another's claim, whose send goes out before the next try
-        here lands."""
+        here lands, or if recording keeps failing a whole lease past the claim's: it is
+        then given up (logged), lest one outcome the database always refuses stop this
+        process's sending for good."""
         unrecorded: list[tuple[Finished, int]] = []  # an outcome, and how many times recording it failed
         delay = RECORD_RETRY_S
+        give_up_at = leased_until + self.lease
         while count or unrecorded:
             outcomes = await _finished_meanwhile(finished, running=count > 0, within=delay if unrecorded else None)
             count -= len(outcomes)
@@ -296,6 +299,13 @@ class Dispatcher:
                     log.error("recording the outcome of notification %s failed %d times (%s); trying again",
                               outcome[0], failed, type(error).__name__)
                 kept.append((outcome, failed))
+            if kept and self.clock.now() >= give_up_at:
+                # A failure that never clears (a bug, a value the column refuses) would stop
+                # every later round of this process: after a lease more, as before this retry.
+                for (notification_id, _, _), failed in kept:
+                    log.error("gave up recording the outcome of notification %s after %d tries and a lease past"
+                              " its claim; it may be sent again", notification_id, failed)
+                kept = []
             delay = min(2 * delay, RECORD_RETRY_MAX_S) if kept and unrecorded else RECORD_RETRY_S
             unrecorded = kept
 

@@ -88,3 +88,36 @@ def test_an_accepted_message_whose_outcome_could_not_be_written_is_recorded_once
 def test_an_accepted_message_whose_connection_dropped_while_recording_it_is_not_sent_again(tmp_path, pg_url):
     _accepted_while_the_database_refuses_it(tmp_path, pg_url, PG_OUTAGE,
                                             ["DROP TRIGGER outage ON notification", "DROP FUNCTION outage()"])
+
+
+def test_an_outcome_the_database_always_refuses_is_given_up_a_lease_past_its_claim(tmp_path, caplog):
+    """Else that one notification would hold every later round of this process."""
+    clock = FrozenClock(datetime.now(UTC))
+    failed = _Failed()
+    logging.getLogger("adapter.dispatch").addHandler(failed)
+    with FakeWhatsApp() as fake:
+        container = migrated_container(settings(tmp_path, f"sqlite:///{tmp_path / 'adapter.db'}", fake), clock)
+        try:
+            book(container, clock, patients=1)
+            with container.engine.begin() as connection:
+                connection.execute(text(SQLITE_OUTAGE))
+
+            async def scenario() -> bool:
+                first = asyncio.create_task(container.dispatcher.run_once())
+                for _ in range(3000):
+                    if failed.seen.is_set():
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.5)
+                held = not first.done()  # the outage goes on: still trying
+                clock.advance(timedelta(seconds=2 * LEASE_S + 1))
+                await asyncio.wait_for(first, 30)
+                return held
+
+            with caplog.at_level(logging.ERROR, logger="adapter.dispatch"):
+                held = asyncio.run(scenario())
+        finally:
+            logging.getLogger("adapter.dispatch").removeHandler(failed)
+            container.engine.dispose()
+    assert held
+    assert any("gave up recording the outcome" in r.getMessage() for r in caplog.records)

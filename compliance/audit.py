@@ -210,23 +210,32 @@ def check_no_personal_data(*, actor: str, subject: str, reason: str, details: Ma
     that look like an e-mail address, a phone number or a fiscal code."""
     if not is_pseudonym(subject):
         raise PersonalDataInAudit(f"subject {subject[:3]!r}… is not a pseudonym (kind:id)")
-    for where, value in _strings(details, "details"):
-        _check_value(where, value)
+    _check_strings(details, "details")
     _check_value("actor", actor)
     _check_value("reason", reason)
 
 
-def _strings(value: Any, where: str) -> Iterable[tuple[str, str]]:
+_NOT_TEXT = frozenset({int, bool, float, type(None)})
+
+
+def _check_strings(value: Any, where: str) -> None:
+    """Every key and text value in ``value``, depth first. The common entry is flat: its
+    values are checked here, without a call each, and a value's place is only written
+    out for one not known clean."""
     if isinstance(value, Mapping):
         for key, item in value.items():
             if str(key).lower() in _PERSONAL_KEYS:
                 raise PersonalDataInAudit(f"{where}.{key}: personal field names are not allowed")
-            yield from _strings(item, f"{where}.{key}")
+            if type(item) is str:
+                if item not in _CLEAN:
+                    _check_value(f"{where}.{key}", item)
+            elif type(item) not in _NOT_TEXT:
+                _check_strings(item, f"{where}.{key}")
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            yield from _strings(item, f"{where}[{i}]")
+            _check_strings(item, f"{where}[{i}]")
     elif isinstance(value, str):
-        yield where, value
+        _check_value(where, value)
 
 
 # Values already found clean (the same actors, sources, kinds and rule ids recur in every

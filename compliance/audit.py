@@ -143,8 +143,13 @@ class ConsistencyProof:
         return merkle.verify_consistency(self.old_size, self.new_size, self.old_root, self.new_root, self.path)
 
 
+# The canonical JSON encoder, made once: json.dumps with these options makes a new one on
+# every call, which cost more than encoding an entry's few details.
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def canonical_details(details: Mapping[str, Any]) -> str:
-    return json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _canonical(details)
 
 
 @dataclass(slots=True)
@@ -167,7 +172,7 @@ class _NewEntry:
 def entry_bytes(row: AuditEntry | _NewEntry, *, seq: int | None = None, details: Any = None) -> bytes:
     """The leaf data of an entry: its canonical JSON (``seq`` may be overridden, to test
     whether an entry was moved; ``details``: the row's details already read from its JSON)."""
-    return json.dumps(
+    return _canonical(
         {
             "seq": row.seq if seq is None else seq,
             "at": row.at.astimezone(UTC).isoformat(timespec="microseconds"),
@@ -178,12 +183,11 @@ def entry_bytes(row: AuditEntry | _NewEntry, *, seq: int | None = None, details:
             "reason": row.reason,
             "details": json.loads(row.details) if details is None else details,
         },
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
     ).encode()
 
 
 _SCALARS = (str, int, bool, type(None))  # JSON that reads back as it was written (float aside)
-_text = json.encoder.encode_basestring  # a JSON string, as json.dumps(..., ensure_ascii=False) writes it
+_text = json.encoder.encode_basestring  # a JSON string, as _canonical writes it
 
 
 def _reads_back_the_same(details: Mapping[str, Any]) -> bool:

@@ -33,7 +33,7 @@ from adapter.patients import (
     upsert_patient,
 )
 from adapter.rules import Plan, PlannedNotification, RuleSet, plan_notifications
-from adapter.compliance_gate import ComplianceGate
+from adapter.compliance_gate import ComplianceGate, Decision
 from adapter.quiet_hours import SendingWindow, facility_of
 
 
@@ -179,7 +179,10 @@ class Pipeline:
         insert_rows(session, _APPOINTMENT, [
             _appointment_row(patient_id, booking, "booked", now) for patient_id, booking in zip(patient_ids, bookings, strict=True)
         ])
-        rows = [self._notification_rows(session, patient_id, self._plan(booking, now), booking, now=now)
+        # None of them has a consent history yet, so a kind's decision is the same for all:
+        # made for the first patient that needs it, taken as it is for the others.
+        decided: dict[str, Decision] = {}
+        rows = [self._notification_rows(session, patient_id, self._plan(booking, now), booking, now=now, decided=decided)
                 for patient_id, booking in zip(patient_ids, bookings, strict=True)]
         created = iter(self._insert_notifications(session, [row for per_booking in rows for row in per_booking]))
         per_booking = [[next(created) for _ in booking_rows] for booking_rows in rows]
@@ -351,16 +354,21 @@ class Pipeline:
 
     def _notification_rows(
         self, session: Session, patient_id: str, plan: Plan, event: ev.Event, *, now: datetime,
-        veto: str | None = None, reports: Sequence[str] = (),
+        veto: str | None = None, reports: Sequence[str] = (), decided: dict[str, Decision] | None = None,
     ) -> list[dict[str, Any]]:
         """The planned notifications as rows: moved into the sending window, each with its
         consent decision (``scheduled`` or ``suppressed`` with the reason) and why-record
-        (with the ``reports`` a report notice announces)."""
+        (with the ``reports`` a report notice announces). ``decided``: decisions by kind
+        that hold for this patient too (patients without a consent history), added to."""
         rows = []
         facility = facility_of(event.origin.source, event.origin.sender)
         for planned in plan.notifications:
             planned = self._in_window(planned, now, facility)
-            decision = self.gate.decide_at_schedule(session, patient_id, planned.kind, now=now)
+            decision = decided.get(planned.kind) if decided is not None else None
+            if decision is None:
+                decision = self.gate.decide_at_schedule(session, patient_id, planned.kind, now=now)
+                if decided is not None:
+                    decided[planned.kind] = decision
             status, reason = "scheduled", None
             if veto:
                 status, reason = "suppressed", veto

@@ -143,8 +143,13 @@ class ConsistencyProof:
         return merkle.verify_consistency(self.old_size, self.new_size, self.old_root, self.new_root, self.path)
 
 
+# The canonical JSON encoder, made once: json.dumps with these options makes a new one on
+# every call, which cost more than encoding an entry's few details.
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def canonical_details(details: Mapping[str, Any]) -> str:
-    return json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _canonical(details)
 
 
 @dataclass(slots=True)
@@ -167,7 +172,7 @@ class _NewEntry:
 def entry_bytes(row: AuditEntry | _NewEntry, *, seq: int | None = None, details: Any = None) -> bytes:
     """The leaf data of an entry: its canonical JSON (``seq`` may be overridden, to test
     whether an entry was moved; ``details``: the row's details already read from its JSON)."""
-    return json.dumps(
+    return _canonical(
         {
             "seq": row.seq if seq is None else seq,
             "at": row.at.astimezone(UTC).isoformat(timespec="microseconds"),
@@ -178,12 +183,11 @@ def entry_bytes(row: AuditEntry | _NewEntry, *, seq: int | None = None, details:
             "reason": row.reason,
             "details": json.loads(row.details) if details is None else details,
         },
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
     ).encode()
 
 
 _SCALARS = (str, int, bool, type(None))  # JSON that reads back as it was written (float aside)
-_text = json.encoder.encode_basestring  # a JSON string, as json.dumps(..., ensure_ascii=False) writes it
+_text = json.encoder.encode_basestring  # a JSON string, as _canonical writes it
 
 
 def _reads_back_the_same(details: Mapping[str, Any]) -> bool:
@@ -210,23 +214,32 @@ def check_no_personal_data(*, actor: str, subject: str, reason: str, details: Ma
     that look like an e-mail address, a phone number or a fiscal code."""
     if not is_pseudonym(subject):
         raise PersonalDataInAudit(f"subject {subject[:3]!r}… is not a pseudonym (kind:id)")
-    for where, value in _strings(details, "details"):
-        _check_value(where, value)
+    _check_strings(details, "details")
     _check_value("actor", actor)
     _check_value("reason", reason)
 
 
-def _strings(value: Any, where: str) -> Iterable[tuple[str, str]]:
+_NOT_TEXT = frozenset({int, bool, float, type(None)})
+
+
+def _check_strings(value: Any, where: str) -> None:
+    """Every key and text value in ``value``, depth first. The common entry is flat: its
+    values are checked here, without a call each, and a value's place is only written
+    out for one not known clean."""
     if isinstance(value, Mapping):
         for key, item in value.items():
             if str(key).lower() in _PERSONAL_KEYS:
                 raise PersonalDataInAudit(f"{where}.{key}: personal field names are not allowed")
-            yield from _strings(item, f"{where}.{key}")
+            if type(item) is str:
+                if item not in _CLEAN:
+                    _check_value(f"{where}.{key}", item)
+            elif type(item) not in _NOT_TEXT:
+                _check_strings(item, f"{where}.{key}")
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            yield from _strings(item, f"{where}[{i}]")
+            _check_strings(item, f"{where}[{i}]")
     elif isinstance(value, str):
-        yield where, value
+        _check_value(where, value)
 
 
 # Values already found clean (the same actors, sources, kinds and rule ids recur in every

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -406,3 +407,16 @@ def test_details_that_would_read_back_differently_are_hashed_as_they_read_back(l
                        details=details, at=T0)
     with transaction(sessions) as session:
         assert log.verify(session).ok
+
+
+@pytest.mark.parametrize("details, refusal", [
+    ({"notification": 3, "urgent": True, "reason": None, "reports": ["hl7:R1", "+39 333 1234567"]},
+     "details.reports[1]: looks like a phone number"),
+    ({"outer": {"inner": ("hl7:R1", {"email": "x"})}}, "details.outer.inner[1].email: personal field names"),
+    ({"kind": "reminder", "note": "write to mario.rossi@example.org"}, "details.note: looks like an e-mail"),
+])
+def test_personal_data_anywhere_in_audit_details_is_refused_naming_its_place(details, refusal):
+    from compliance.audit import check_no_personal_data
+
+    with pytest.raises(PersonalDataInAudit, match=re.escape(refusal)):
+        check_no_personal_data(actor="adapter", subject="patient:abc", reason="", details=details)

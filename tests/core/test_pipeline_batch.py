@@ -57,6 +57,15 @@ def shape(session, mrn_prefix: str) -> list[tuple]:  # noqa: ANN001
     return [(ref.split(":")[-1][len(mrn_prefix):], *rest) for ref, *rest in rows]
 
 
+def why_records(session, mrn_prefix: str) -> list[dict]:  # noqa: ANN001
+    """The why-record of each notification of the patients (consent decision included),
+    the message it came from named without the prefix."""
+    rows = session.scalars(select(Notification.decision).where(Notification.subject_ref.like(f"%:{mrn_prefix}%"))
+                           .order_by(Notification.id))
+    return [{**why, "event": {**why["event"], "message_ref": why["event"]["message_ref"].replace(mrn_prefix, "")}}
+            for why in rows]
+
+
 def test_new_patients_booked_in_one_batch_get_what_they_get_one_by_one_and_the_audit_verifies(tmp_path, database_url):
     container = container_for(tmp_path, database_url)
     try:
@@ -69,6 +78,7 @@ def test_new_patients_booked_in_one_batch_get_what_they_get_one_by_one_and_the_a
         with transaction(container.sessions) as session:
             assert [len(ids) for ids in outcomes] == [4] * 5
             assert shape(session, "T") == shape(session, "S") and len(shape(session, "T")) == 20
+            assert why_records(session, "T") == why_records(session, "S")
             assert session.scalar(select(func.count()).select_from(Patient)) == 10
             assert session.scalar(select(func.count()).select_from(Contact)) == 10
             per_subject = Counter(session.scalars(select(AuditEntry.action)))

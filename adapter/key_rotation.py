@@ -52,20 +52,28 @@ def retired_master_keys(settings: Settings) -> list[LocalMasterKey]:
     return [LocalMasterKey.from_file(p) for p in sorted(path.parent.glob(path.name + RETIRED_SUFFIX + "*"))]
 
 
+def _key_in_file(settings: Settings) -> LocalMasterKey | None:
+    """The master key in the key file; None when the key is given in the environment, or
+    the file cannot be read (being rewritten, say: the next look finds it)."""
+    if settings.master_key:
+        return None
+    try:
+        return LocalMasterKey.from_file(master_key_path(settings))
+    except (OSError, ConfigError, ValueError):
+        return None
+
+
 def find_master_key(settings: Settings, key_id: str) -> tuple[LocalMasterKey, bool] | None:
     """The master key ``key_id`` among the key file and the retired keys beside it, and
     whether it is the current one (in the file): what a process asks when it meets a
     data key rewrapped by another process's rotation before it noticed the new file
     itself (a Celery worker never looks; ``serve`` every few seconds)."""
-    if settings.master_key:
-        return None
-    path = master_key_path(settings)
-    try:
-        current = LocalMasterKey.from_file(path)
-    except (OSError, ConfigError, ValueError):
+    current = _key_in_file(settings)
+    if current is None:
         return None
     if current.key_id == key_id:
         return current, True
+    path = master_key_path(settings)
     retired = path.with_name(path.name + RETIRED_SUFFIX + key_id)
     if retired.exists():
         return LocalMasterKey.from_file(retired), False
@@ -89,15 +97,8 @@ def install_new_master(settings: Settings) -> tuple[LocalMasterKey, LocalMasterK
 def adopt_master_key_if_changed(container: Container) -> RotationReport | None:
     """When the key file holds a key this process does not wrap with yet, adopt it and
     rewrap (runs in every adapter's housekeeping loop; cheap when nothing changed)."""
-    settings = container.settings
-    if settings.master_key:
-        return None
-    path = master_key_path(settings)
-    try:
-        current = LocalMasterKey.from_file(path)
-    except (OSError, ConfigError, ValueError):
-        return None
-    if current.key_id == container.vault.master.key_id:
+    current = _key_in_file(container.settings)
+    if current is None or current.key_id == container.vault.master.key_id:
         return None
     with transaction(container.sessions) as session:
         return container.vault.rotate(session, current)

@@ -6,6 +6,7 @@ one Alembic history migrates them all.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import weakref
@@ -15,7 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, Engine, LargeBinary, MetaData, Table, TypeDecorator, create_engine, event
+from sqlalchemy import (
+    Connection, DateTime, Dialect, Engine, LargeBinary, MetaData, Table, TypeDecorator, create_engine, event, text,
+)
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 _log = logging.getLogger(__name__)
@@ -278,6 +281,17 @@ def all_or_each(
         if stop():
             break
     return out
+
+
+def hold_until_commit(connection: Session | Connection, name: str) -> None:
+    """On PostgreSQL, wait until no other transaction holds the lock ``name``, and hold it
+    until this one ends (``pg_advisory_xact_lock``): for work that must take turns across
+    processes. Nothing on SQLite, which has one writer anyway."""
+    bind = connection.get_bind() if isinstance(connection, Session) else connection
+    if bind.dialect.name != "postgresql":
+        return
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
 @contextmanager

@@ -4,13 +4,12 @@ processed afterwards, oldest first: what the HL7 and FHIR intakes share."""
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Callable
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from adapter.db import read_transaction
+from adapter.db import hold_until_commit, read_transaction
 from adapter.models import InboundMessage
 
 
@@ -22,10 +21,6 @@ from adapter.models import InboundMessage
 HOLD_SHARE_OF_QUIET = 0.5
 
 
-# pg_advisory_xact_lock key: applying stored work, in whichever process.
-APPLYING_LOCK = zlib.crc32(b"adapter.inbound.apply")
-
-
 def take_turn_applying(session: Session) -> None:
     """Wait until no other process applies stored work, and keep the turn until this
     transaction ends: on PostgreSQL every ``serve`` process and every worker applies
@@ -33,8 +28,7 @@ def take_turn_applying(session: Session) -> None:
     own message at once), and two messages about the same new patient applied side by
     side both created the patient: the second failed on the unique identifier and went
     to the error store. Taken first, before any row lock. SQLite has one writer anyway."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": APPLYING_LOCK})
+    hold_until_commit(session, "adapter.inbound.apply")
 
 
 def chunk_for(quiet_s: float, seconds_each: float, limit: int) -> int:

@@ -13,11 +13,11 @@ from functools import lru_cache
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Row, Table, delete, insert, select, text
+from sqlalchemy import Row, Table, delete, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from adapter.db import LARGEST_INTEGER
+from adapter.db import LARGEST_INTEGER, hold_until_commit
 from fhir.models import FhirIdentifier, FhirResource
 
 # Core statements on the tables: a Bundle writes hundreds of rows, and the ORM's
@@ -271,11 +271,7 @@ def hold_identifier(session: Session, resource_type: str, value: str) -> None:
     two ``serve`` processes) each found none and each created a resource, after which
     every conditional request for that identifier was a 412. The second now waits, and
     finds the first one's resource. SQLite has one writer anyway."""
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    digest = hashlib.sha256(f"fhir identifier\0{resource_type}\0{value}".encode()).digest()
-    session.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                    {"k": int.from_bytes(digest[:8], "big", signed=True)})
+    hold_until_commit(session, f"fhir identifier\0{resource_type}\0{value}")
 
 
 def find_by_identifier(session: Session, key: bytes, resource_type: str, system: str | None,

@@ -1,31 +1,25 @@
 """Alembic environment: one history for every table on ``adapter.db.Base``."""
 
-import zlib
-
 from alembic import context
-from sqlalchemy import text
-
 import adapter.models  # noqa: F401 - register tables
 import compliance.models  # noqa: F401
 import fhir.models  # noqa: F401
 import adapter.reply_models  # noqa: F401
 import adapter.contact_models  # noqa: F401
-from adapter.db import Base, make_engine
+from adapter.db import Base, hold_until_commit, make_engine
 
 config = context.config
 target_metadata = Base.metadata
 # Several processes migrate at start-up (each systemd unit's ExecStartPre, serve itself):
 # on PostgreSQL they take turns, and the later ones find the schema current.
-MIGRATION_LOCK = zlib.crc32(b"adapter.migrate")
 
 
 def _run(connection) -> None:  # noqa: ANN001
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
-        if connection.dialect.name == "postgresql":
-            # Held until this transaction ends; the version is read after it, so the
-            # second process sees what the first committed.
-            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+        # Held until this transaction ends; the version is read after it, so the
+        # second process sees what the first committed.
+        hold_until_commit(connection, "adapter.migrate")
         context.run_migrations()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import delete, event, func, select
 
 from adapter.db import transaction
@@ -427,3 +428,47 @@ def test_fhir_versions_accepted_are_counted_in_the_messages_received_metric(tmp_
         assert ehr.put("/fhir/R4/Patient/p1", json=patient("p1"), headers=FHIR).status_code == 201
         assert ehr.put("/fhir/R4/Patient/p2", json={"resourceType": "Patient", "gender": "x"}, headers=FHIR).status_code >= 400
         assert received() - before == 1
+
+
+def _patient_sent_again(ehr, how: str, body: dict):
+    """``body`` (Patient/p1, identifier urn:demo:mrn|p1) sent to the adapter ``how``."""
+    if how == "PUT":
+        return ehr.put("/fhir/R4/Patient/p1", json=body, headers=FHIR)
+    if how == "transaction Bundle":
+        return ehr.post("/fhir/R4", headers=FHIR, json={"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": body, "request": {"method": "PUT", "url": "Patient/p1"}}]})
+    if how == "conditional PUT":
+        return ehr.put("/fhir/R4/Patient", params={"identifier": "urn:demo:mrn|p1"}, json=body, headers=FHIR)
+    return ehr.post("/fhir/R4/Patient", json={k: v for k, v in body.items() if k != "id"}, headers=FHIR)
+
+
+@pytest.mark.parametrize("how, reminder_in", [
+    ("PUT", "it"), ("transaction Bundle", "it"), ("conditional PUT", "it"),
+    ("create", "en"),  # another Patient resource naming the same person: it replaces nothing
+])
+def test_a_patient_updated_without_communication_gets_pending_reminders_in_the_default_language(tmp_path, how, reminder_in):
+    """An update replaces the whole resource (FHIR R4 §3.1.0.4): a Patient sent without the
+    ``communication`` its previous version had no longer states a language, and the patient's
+    next messages go out in the clinic's default (settings.default_language, "it"). The
+    language was kept, and the reminder went out in English."""
+    from adapter.clock import FrozenClock
+    from tests.core.test_end_to_end import wait_for
+    from tests.core.test_hl7_flows import templates_used
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    clock = FrozenClock(now)
+    with running_adapter(settings_for(tmp_path), clock=clock) as adapter:
+        ehr = adapter.client("ehr")
+        start = now + timedelta(days=3)
+        assert ehr.put("/fhir/R4/Patient/p1", json=patient("p1", language="en"), headers=FHIR).status_code == 201
+        assert ehr.put("/fhir/R4/Appointment/a1", json=appointment("a1", "p1", start), headers=FHIR).status_code == 201
+        wait_for(lambda: templates_used(adapter, "booking_confirmation") == ["en/booking_confirmation"])
+
+        without = {k: v for k, v in patient("p1", language="en").items() if k != "communication"}
+        sent = _patient_sent_again(ehr, how, without)
+        assert sent.status_code in (200, 201), sent.text
+        adapter.fhir_processed()
+        with transaction(adapter.container.sessions) as session:
+            assert session.scalar(select(Patient.language)) == ("" if reminder_in == "it" else "en")
+        clock.set(start - timedelta(hours=24))
+        assert wait_for(lambda: templates_used(adapter, "reminder")) == [f"{reminder_in}/reminder"]

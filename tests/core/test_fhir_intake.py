@@ -390,6 +390,54 @@ def test_an_appointment_deleted_on_a_polled_server_calls_off_its_reminders_as_a_
         stop()
 
 
+def test_an_appointment_deleted_in_a_subscription_gap_calls_off_its_reminders_without_events(tmp_path):
+    """A server without ``$events`` has missed notifications recovered by a ``_lastUpdated``
+    search, which never returns a deleted resource: an appointment deleted during the gap
+    kept its reminders, and they went out. The type's ``_history`` lists the deletion."""
+    import asyncio
+
+    from channels.fakes import start_fake
+    from fhir.upstream import subscribe
+    from tests.fhir.fake_upstream import FakeUpstream
+
+    fake = FakeUpstream(url="", events_supported=False)
+    base, stop = start_fake(fake.app())
+    fake.url = f"{base}/fhir"
+    try:
+        with running_adapter(settings_for(tmp_path)) as adapter:
+            ehr, officer = adapter.client("ehr"), adapter.client("officer")
+            [created, _] = asyncio.run(subscribe(fake.url, endpoint=adapter.base_url + "/fhir/R4/$subscription-hook",
+                                                 sessions=adapter.container.sessions,
+                                                 service=adapter.container.fhir.service))
+            sid = created.url.rsplit("/", 1)[-1]
+
+            def notify(number: int) -> None:
+                note = fake.notification(sid, "event-notification", [number], full=True)
+                response = ehr.post("/fhir/R4/$subscription-hook", json=note, headers=FHIR)
+                assert response.status_code == 200, response.text
+                adapter.fhir_processed()
+
+            now = datetime.now(UTC).replace(microsecond=0)
+            start = now + timedelta(days=3)
+            fake.put(patient("p1"), 1, now.isoformat())
+            fake.put(appointment("a1", "p1", start), 1, now.isoformat())
+            notify(fake.record_event("Appointment/a1"))
+            assert [i["status"] for i in notifications(officer) if i["kind"] == "reminder"] == ["scheduled"] * 2
+
+            fake.delete("Appointment/a1", 2, at=(now + timedelta(seconds=5)).isoformat())  # its event is missed
+            fake.put(appointment("a2", "p1", start + timedelta(days=1)), 1, (now + timedelta(seconds=6)).isoformat())
+            notify(fake.record_event("Appointment/a2"))
+            items = notifications(officer)
+            withdrawn = [i for i in items if i["kind"] == "reminder" and i["subject"] == "Appointment/a1"]
+            assert [i["status"] for i in withdrawn] == ["cancelled"] * 2
+            assert all("deleted" in i["reason"] for i in withdrawn)
+            assert [i["status"] for i in items if i["kind"] == "reminder" and i["subject"] == "Appointment/a2"] \
+                == ["scheduled"] * 2
+            assert ehr.get("/fhir/R4/Appointment/a1").status_code == 410
+    finally:
+        stop()
+
+
 def test_an_ehr_sending_an_erased_patient_again_is_answered_and_the_patient_starts_afresh(tmp_path):
     """After an erasure the EHR still has the patient, and sends them again at the next
     change. That PUT used to answer 500: the new first version's id took the kept queue

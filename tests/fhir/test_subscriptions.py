@@ -252,6 +252,21 @@ def test_a_patient_the_notification_carries_is_taken_from_it_and_not_read_again(
     assert adapter.events[-1].patient.telecom[0].value == "+393331234567"
 
 
+def test_a_patient_a_notification_brings_without_the_language_it_had_clears_it(adapter, upstream):
+    """What the source server gives is the whole Patient (an update, FHIR R4 §3.1.0.4): one
+    that no longer has the ``communication`` its previous version had states no language."""
+    upstream.put({**sample("patient.json"), "id": "p1"}, 1, "2030-11-20T09:00:00Z")
+    sid = subscribed(adapter, upstream)
+    assert notify(adapter, upstream.notification(sid, "event-notification", [book(upstream, "a1")],
+                                                 full=False)).status_code == 200
+    without = {k: v for k, v in sample("patient.json").items() if k != "communication"}
+    upstream.put({**without, "id": "p1"}, 2, "2030-11-20T09:05:00Z")
+    number = book(upstream, "a1", version=2, start="2030-12-02T08:30:00Z")
+    assert notify(adapter, upstream.notification(sid, "event-notification", [number], full=False)).status_code == 200
+    [updated] = [e for e in adapter.events if type(e).__name__ == "PatientUpdated"][-1:]
+    assert updated.patient.cleared == {"language"} and updated.patient.language == ""
+
+
 def test_a_notification_of_a_deleted_appointment_calls_it_off_instead_of_failing_forever(adapter, upstream):
     """A notification about a resource the source server deleted was answered 424 every
     time (its read answers 410): the server retried forever, the subscription stalled,

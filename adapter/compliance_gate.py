@@ -202,8 +202,9 @@ class ComplianceGate:
             for notification_id, patient_id in withdrawn
         ])
 
-    def sent(self, session: Session, row: Notification, *, now: datetime) -> None:
-        self._audit(session, "sent", row.patient_id, f"sent by {row.channel}", now,
+    def sent(self, session: Session, row: Notification, *, at: datetime) -> None:
+        """The provider accepted ``row`` ``at`` (its ``sent_at``), whenever that is recorded."""
+        self._audit(session, "sent", row.patient_id, f"sent by {row.channel}", at,
                     {"notification": row.id, "channel": row.channel, "template": row.template_id,
                      "template_version": row.template_version})
 

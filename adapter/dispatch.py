@@ -95,8 +95,10 @@ class SendJob:
 
 
 # A send's outcome, waiting to be recorded: the notification, what was sent (None: no
-# attempt of ours, or it failed in our code), and what came of it.
-Finished = tuple[int, SendJob | None, SendResult | NotSent]
+# attempt of ours, or it failed in our code), what came of it, and when the channel
+# answered, by the adapter's clock (None: no answer); an acceptance is dated by it, not
+# by when its record lands, which retries can make seconds later.
+Finished = tuple[int, SendJob | None, SendResult | NotSent, datetime | None]
 
 
 class Throttle:
@@ -241,7 +243,7 @@ class Dispatcher:
                 sends.append(asyncio.create_task(
                     self._send(notification_id, job, leased_until, prepared_at, start_by, finished)))
             elif isinstance(job, Exception):
-                finished.put_nowait((notification_id, None, _internal(notification_id, job)))
+                finished.put_nowait((notification_id, None, _internal(notification_id, job), None))
         try:
             await self._record_as_finished(finished, len(sends) + finished.qsize(), leased_until)
         finally:
@@ -302,7 +304,7 @@ class Dispatcher:
             if kept and self.clock.now() >= give_up_at:
                 # A failure that never clears (a bug, a value the column refuses) would stop
                 # every later round of this process: after a lease more, as before this retry.
-                for (notification_id, _, _), failed in kept:
+                for (notification_id, *_), failed in kept:
                     log.error("gave up recording the outcome of notification %s after %d tries and a lease past"
                               " its claim; it may be sent again", notification_id, failed)
                 kept = []
@@ -326,26 +328,29 @@ class Dispatcher:
         limit would start it too late for the lease, or when what it was prepared on
         changed while it waited."""
         loop = asyncio.get_running_loop()
+        answered_at: datetime | None = None
         async with self._limit:
             try:
                 throttle = self._throttles.get(job.channel)
                 on_time = loop.time() <= start_by and (throttle is None or await throttle.wait(start_by))
                 if not on_time:
-                    finished.put_nowait((notification_id, job, NotSent("its claim's lease ran out before it could be sent")))
+                    finished.put_nowait((notification_id, job, NotSent("its claim's lease ran out before it could be sent"),
+                                         None))
                     return
                 if loop.time() - prepared_at > RECHECK_AFTER_S and not await asyncio.to_thread(
                         self._still_as_prepared, notification_id, job, leased_until):
-                    finished.put_nowait((notification_id, job, NotSent("changed while it waited to be sent")))
+                    finished.put_nowait((notification_id, job, NotSent("changed while it waited to be sent"), None))
                     return
                 try:
                     async with asyncio.timeout(self.attempt_timeout.total_seconds()):
                         result = await self.channels[job.channel].send(job.message)
                 except TimeoutError:
                     result = SendResult.retry("timeout", "no answer within the attempt's time")
+                answered_at = self.clock.now()
                 DISPATCH_OUTCOMES.labels(job.channel, result.outcome.value).inc()
             except Exception as exc:  # a bug or an outage must not lose the notification
                 result, job = _internal(notification_id, exc), None  # type: ignore[assignment]
-            finished.put_nowait((notification_id, job, result))
+            finished.put_nowait((notification_id, job, result, answered_at))
 
     def _prepare_all(self, ids: list[int], leased_until: datetime) -> list[tuple[int, SendJob | Exception | None]]:
         """:meth:`_prepare` for each id; a failure is that notification's alone
@@ -546,10 +551,11 @@ class Dispatcher:
         }
 
     def _record(self, session: Session, notification_id: int, job: SendJob | None, result: SendResult | NotSent,
-                *, leased_until: datetime) -> None:
+                answered_at: datetime | None, *, leased_until: datetime) -> None:
         """The outcome of one attempt, or of none. What a provider accepted is recorded
-        whoever claims the notification now; anything else only while the claim is
-        still this round's."""
+        whoever claims the notification now, as sent when the channel answered
+        (``answered_at``: ``sent_at`` and the audit entry), the status changed now;
+        anything else only while the claim is still this round's."""
         now = self.clock.now()
         row = session.get(Notification, notification_id)
         if row is None or row.status != "claimed":
@@ -564,14 +570,15 @@ class Dispatcher:
             return
         row.attempts += 1
         if result.outcome is Outcome.ACCEPTED and job is not None:
-            row.status, row.status_at, row.sent_at = "sent", now, now
+            sent_at = answered_at or now
+            row.status, row.status_at, row.sent_at = "sent", now, sent_at
             row.provider_message_id = result.provider_message_id
             row.template_id, row.template_version = job.template_id, job.template_version
             row.segments = result.segments
             row.cost = float(result.cost) if result.cost is not None else None
             row.body_enc = self.gate.vault.encrypt_str(session, f"patient:{row.patient_id}", job.body)
             row.claimed_until = None
-            self.gate.sent(session, row, now=now)
+            self.gate.sent(session, row, at=sent_at)
             return
         error = f"{result.error_code or ''} {result.error_text or ''}".strip()[:200]
         channel = job.channel if job is not None else (row.channel or "internal")

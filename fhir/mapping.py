@@ -22,7 +22,10 @@ DiagnosticReport (R4 DiagnosticReportStatus)
     preliminary, registered, partial, appended, cancelled → nothing.
 Patient
     telecom or language differs from the previous version (or first seen with
-    either) → PatientUpdated.
+    either) → PatientUpdated. An update replaces the whole resource (R4 §3.1.0.4):
+    a version without the language the one before stated clears it
+    (``PatientDetails.cleared``), so the clinic's default applies. A first version
+    (a create, or an update that creates) clears nothing: it replaces no statement.
 Consent
     first seen, or status or flattened provisions changed → ConsentChanged
     (``active`` = status is ``active``); see :func:`flatten_consent`.
@@ -32,6 +35,7 @@ A deletion (FHIR R4 §3.1.0.7), from the last version: see :func:`deletion_event
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -386,10 +390,10 @@ def _patient_events(new, previous, origin, now, patient) -> list[AnyEvent]:
     if previous is None:
         changed = bool(telecom or language)
     else:
-        changed = (telecom, language) != (
-            _telecom(previous.get("telecom") or [], now),
-            _language(previous.get("communication") or []),
-        )
+        language_before = _language(previous.get("communication") or [])
+        changed = (telecom, language) != (_telecom(previous.get("telecom") or [], now), language_before)
+        if language_before and not language:
+            patient = replace(patient, cleared=patient.cleared | {"language"})
     return [PatientUpdated(origin=origin, occurred_at=now, patient=patient)] if changed else []
 
 

@@ -7,8 +7,8 @@ Handshake and heartbeat carry no events; event notifications carry
 full-resource entries or only references (id-only: the resource is fetched from
 the source server). Every notification says how many events the subscription
 has produced (``events-since-subscription-start``): a jump in that counter is a
-gap, recovered with ``$events``, or with a ``_lastUpdated`` search where the
-server lacks it. A subscription that stops calling is *silent*: servers accept
+gap, recovered with ``$events``, or where the server lacks it with a
+``_lastUpdated`` search and the deletions of the type's ``_history``. A subscription that stops calling is *silent*: servers accept
 subscriptions that never fire and drop notifications after a minute of retries.
 
 A resource the source server deleted is applied as a delete (FHIR R4 §3.1.0.7):
@@ -39,7 +39,7 @@ from fhir.models import FhirSubscription
 from fhir.outcome import information
 from fhir.service import FhirService
 from fhir.settings import FhirSettings
-from fhir.upstream import patients_of
+from fhir.upstream import deletions_since, patients_of
 from fhir.validate import SUPPORTED_TYPES
 
 log = logging.getLogger(__name__)
@@ -295,8 +295,11 @@ class SubscriptionReceiver:
 
     async def _recover(self, client: FhirClient, sub: FhirSubscription, gap: tuple[int, int]
                        ) -> list[tuple[dict[str, Any] | Deletion, str]]:
-        """Missed events ``gap`` (inclusive): ``$events`` first, else a search
-        since the last event we saw."""
+        """Missed events ``gap`` (inclusive): ``$events`` first, else a search since
+        the last event we saw, then the deletions since then, which no search returns,
+        from each type's history (:func:`fhir.upstream.deletions_since`; a server
+        without it is searched alone). The deletions come after what the searches
+        found: each is ordered against those versions by its own."""
         sub_id = sub.url.rsplit("/", 1)[-1]
         try:
             bundle = await client.events(sub_id, gap[0], gap[1])
@@ -307,13 +310,19 @@ class SubscriptionReceiver:
         since = (sub.last_event_at or sub.last_notification_at or sub.created_at) - CLOCK_SKEW
         found: list[tuple[dict[str, Any] | Deletion, str]] = []
         types = (sub.resource_type,) if sub.resource_type else SUBSCRIBED_TYPES
+        rejected: list[str] = []
         try:
             for kind in types:
                 async for resource in client.updated_since(kind, since):
                     found.append((resource, sub.server))
+            for kind in types:
+                async for deletion in deletions_since(client, kind, since, rejected=rejected):
+                    found.append((deletion, sub.server))
         except UpstreamError as exc:
             raise FhirError(502, Issue("transient", f"Could not recover missed events "
                                        f"{gap[0]}..{gap[1]} from {sub.server}: {exc}")) from exc
+        for why in rejected:
+            log.warning("recovering missed events from %s: %s", sub.server, why)
         return found
 
     def _apply(self, url: str, note: Notification, resources: list[tuple[dict[str, Any] | Deletion, str]],

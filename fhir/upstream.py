@@ -5,7 +5,7 @@ polling it where it has none. The core wires ``python -m adapter fhir subscribe
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapter.db import transaction
 from fhir.client import DEFAULT_TOPICS, FhirClient
 from fhir.errors import FhirError, UpstreamError
-from fhir.history import deletion_in
+from fhir.history import Deletion, deletion_in
 from fhir.mapping import parse_instant
 from fhir.models import FhirPollCursor, FhirSubscription
 from fhir.service import FhirService
@@ -128,7 +128,8 @@ class PollResult:
     failed: bool = False  # stopped early; the cursor stays before the failed resource
 
 
-# (server, type) that answered _history with a 4xx: said once a process (each round still asks).
+# (server, type) that answered _history with a 4xx or 501: said once a process (each poll and
+# each gap recovery still asks).
 _WITHOUT_HISTORY: set[tuple[str, str]] = set()
 
 
@@ -219,28 +220,11 @@ async def _pull_updates(client: FhirClient, kind: str, since: datetime | None, *
 async def _pull_deletions(client: FhirClient, kind: str, since: datetime, *,
                           sessions: sessionmaker[Session], service: FhirService, page_size: int,
                           result: PollResult) -> bool:
-    """Apply the DELETE entries of ``kind``'s history since ``since`` (its other
-    entries are the versions the search returned), each ordered against the
-    stored versions by its own, as a Subscription's are. A deletion that carries
-    neither its version nor its time is ordered by the history's own order (newest
-    first): one with a version of the resource before it was undone, and is left
-    out. False: stopped early."""
-    seen = False
-    recreated: set[str] = set()  # ids with a version newer than what follows
+    """Apply the deletions of ``kind``'s history since ``since`` (:func:`deletions_since`),
+    each ordered against the stored versions by its own, as a Subscription's are.
+    False: stopped early."""
     try:
-        async for entry in client.history_since(kind, since, page_size=page_size):
-            seen = True
-            if isinstance(entry.get("resource"), dict):
-                recreated.add(str(entry["resource"].get("id")))
-                continue
-            try:
-                deletion = deletion_in(entry)
-            except FhirError as exc:
-                result.rejected.append(f"{kind} history entry: {exc}")
-                continue
-            if deletion is None or deletion.resource_type != kind or (
-                    deletion.resource_id in recreated and not (deletion.source_version or deletion.source_updated)):
-                continue
+        async for deletion in deletions_since(client, kind, since, page_size=page_size, rejected=result.rejected):
             ref = f"{kind}/{deletion.resource_id}"
             try:
                 with transaction(sessions) as session:
@@ -258,17 +242,49 @@ async def _pull_deletions(client: FhirClient, kind: str, since: datetime, *,
             if outcome == "deleted":
                 result.deleted += 1
     except UpstreamError as exc:
-        if not seen and exc.status is not None and _no_history(exc.status):
-            if (client.base, kind) not in _WITHOUT_HISTORY:
-                _WITHOUT_HISTORY.add((client.base, kind))
-                log.warning("%s answered %s to %s/_history: deletions there are not seen by polling",
-                            client.base, exc.status, kind)
-            return True
         log.error("polling %s stopped in the history of %s: %s", client.base, kind, exc)
         result.failed = True
         return False
     return True
 
 
-__all__ = ["CreatedSubscription", "PollResult", "UpstreamError", "patients_of", "poll_once", "store_patients",
-           "subscribe"]
+async def deletions_since(client: FhirClient, kind: str, since: datetime, *, page_size: int = 100,
+                          rejected: list[str]) -> AsyncIterator[Deletion]:
+    """The DELETE entries of ``kind``'s history since ``since`` (``[type]/_history?_since=``,
+    R4 http.html#history), newest first: what no ``_lastUpdated`` search returns. Its other
+    entries are versions a search returns. A deletion that carries neither its version
+    nor its time is ordered by the history's own order: one with a version of the
+    resource before it was undone, and is left out. An entry that names no ``Type/id``
+    is added to ``rejected``.
+
+    A server that does not offer the history (:func:`_no_history`, at its first page)
+    yields nothing: it is then searched alone, and that is logged once a process. Any
+    other failure raises :class:`UpstreamError`."""
+    seen = False
+    recreated: set[str] = set()  # ids with a version newer than what follows
+    try:
+        async for entry in client.history_since(kind, since, page_size=page_size):
+            seen = True
+            if isinstance(entry.get("resource"), dict):
+                recreated.add(str(entry["resource"].get("id")))
+                continue
+            try:
+                deletion = deletion_in(entry)
+            except FhirError as exc:
+                rejected.append(f"{kind} history entry: {exc}")
+                continue
+            if deletion is None or deletion.resource_type != kind or (
+                    deletion.resource_id in recreated and not (deletion.source_version or deletion.source_updated)):
+                continue
+            yield deletion
+    except UpstreamError as exc:
+        if seen or exc.status is None or not _no_history(exc.status):
+            raise
+        if (client.base, kind) not in _WITHOUT_HISTORY:
+            _WITHOUT_HISTORY.add((client.base, kind))
+            log.warning("%s answered %s to %s/_history: deletions there are not seen when polling or "
+                        "recovering missed notifications", client.base, exc.status, kind)
+
+
+__all__ = ["CreatedSubscription", "PollResult", "UpstreamError", "deletions_since", "patients_of", "poll_once",
+           "store_patients", "subscribe"]

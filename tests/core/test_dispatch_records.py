@@ -121,3 +121,44 @@ def test_an_outcome_the_database_always_refuses_is_given_up_a_lease_past_its_cla
             container.engine.dispose()
     assert held
     assert any("gave up recording the outcome" in r.getMessage() for r in caplog.records)
+
+
+def test_a_message_recorded_late_is_dated_when_the_provider_accepted_it_not_when_the_record_landed(tmp_path):
+    """``sent_at`` and the audit entry ("sent") are when the provider accepted the message, by
+    the adapter's clock as the channel answered; ``status_at`` is when that was recorded. Both
+    were the record's time, so an outcome recorded again after a failed write was shown to
+    the compliance officer (audit, export) as sent seconds after it was."""
+    accepted_at = datetime.now(UTC).replace(microsecond=0)
+    clock = FrozenClock(accepted_at)
+    failed = _Failed()
+    logging.getLogger("adapter.dispatch").addHandler(failed)
+    with FakeWhatsApp() as fake:
+        container = migrated_container(settings(tmp_path, f"sqlite:///{tmp_path / 'adapter.db'}", fake), clock)
+        try:
+            book(container, clock, patients=1)
+            with container.engine.begin() as connection:
+                connection.execute(text(SQLITE_OUTAGE))
+
+            async def scenario() -> None:
+                first = asyncio.create_task(container.dispatcher.run_once())
+                for _ in range(3000):
+                    if failed.seen.is_set():
+                        break
+                    await asyncio.sleep(0.01)
+                # Recorded 3 s after the acceptance: past the claim's lease, before recording is given up.
+                clock.advance(timedelta(seconds=3))
+                with container.engine.begin() as connection:
+                    connection.execute(text("DROP TRIGGER outage"))
+                await asyncio.wait_for(first, 30)
+
+            asyncio.run(scenario())
+            (row,) = confirmations(container)
+            with container.sessions() as session:
+                sent = [entry.at for entry in container.audit.entries(session) if entry.action == "sent"]
+        finally:
+            logging.getLogger("adapter.dispatch").removeHandler(failed)
+            container.engine.dispose()
+    assert failed.seen.is_set() and fake.deliveries[row.idempotency_key] == 1
+    assert row.status == "sent"
+    assert (row.sent_at, row.status_at) == (accepted_at, accepted_at + timedelta(seconds=3))
+    assert sent == [accepted_at]

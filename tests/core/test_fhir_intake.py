@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import delete, event, func, select
 
 from adapter.db import transaction
@@ -389,6 +390,54 @@ def test_an_appointment_deleted_on_a_polled_server_calls_off_its_reminders_as_a_
         stop()
 
 
+def test_an_appointment_deleted_in_a_subscription_gap_calls_off_its_reminders_without_events(tmp_path):
+    """A server without ``$events`` has missed notifications recovered by a ``_lastUpdated``
+    search, which never returns a deleted resource: an appointment deleted during the gap
+    kept its reminders, and they went out. The type's ``_history`` lists the deletion."""
+    import asyncio
+
+    from channels.fakes import start_fake
+    from fhir.upstream import subscribe
+    from tests.fhir.fake_upstream import FakeUpstream
+
+    fake = FakeUpstream(url="", events_supported=False)
+    base, stop = start_fake(fake.app())
+    fake.url = f"{base}/fhir"
+    try:
+        with running_adapter(settings_for(tmp_path)) as adapter:
+            ehr, officer = adapter.client("ehr"), adapter.client("officer")
+            [created, _] = asyncio.run(subscribe(fake.url, endpoint=adapter.base_url + "/fhir/R4/$subscription-hook",
+                                                 sessions=adapter.container.sessions,
+                                                 service=adapter.container.fhir.service))
+            sid = created.url.rsplit("/", 1)[-1]
+
+            def notify(number: int) -> None:
+                note = fake.notification(sid, "event-notification", [number], full=True)
+                response = ehr.post("/fhir/R4/$subscription-hook", json=note, headers=FHIR)
+                assert response.status_code == 200, response.text
+                adapter.fhir_processed()
+
+            now = datetime.now(UTC).replace(microsecond=0)
+            start = now + timedelta(days=3)
+            fake.put(patient("p1"), 1, now.isoformat())
+            fake.put(appointment("a1", "p1", start), 1, now.isoformat())
+            notify(fake.record_event("Appointment/a1"))
+            assert [i["status"] for i in notifications(officer) if i["kind"] == "reminder"] == ["scheduled"] * 2
+
+            fake.delete("Appointment/a1", 2, at=(now + timedelta(seconds=5)).isoformat())  # its event is missed
+            fake.put(appointment("a2", "p1", start + timedelta(days=1)), 1, (now + timedelta(seconds=6)).isoformat())
+            notify(fake.record_event("Appointment/a2"))
+            items = notifications(officer)
+            withdrawn = [i for i in items if i["kind"] == "reminder" and i["subject"] == "Appointment/a1"]
+            assert [i["status"] for i in withdrawn] == ["cancelled"] * 2
+            assert all("deleted" in i["reason"] for i in withdrawn)
+            assert [i["status"] for i in items if i["kind"] == "reminder" and i["subject"] == "Appointment/a2"] \
+                == ["scheduled"] * 2
+            assert ehr.get("/fhir/R4/Appointment/a1").status_code == 410
+    finally:
+        stop()
+
+
 def test_an_ehr_sending_an_erased_patient_again_is_answered_and_the_patient_starts_afresh(tmp_path):
     """After an erasure the EHR still has the patient, and sends them again at the next
     change. That PUT used to answer 500: the new first version's id took the kept queue
@@ -427,3 +476,47 @@ def test_fhir_versions_accepted_are_counted_in_the_messages_received_metric(tmp_
         assert ehr.put("/fhir/R4/Patient/p1", json=patient("p1"), headers=FHIR).status_code == 201
         assert ehr.put("/fhir/R4/Patient/p2", json={"resourceType": "Patient", "gender": "x"}, headers=FHIR).status_code >= 400
         assert received() - before == 1
+
+
+def _patient_sent_again(ehr, how: str, body: dict):
+    """``body`` (Patient/p1, identifier urn:demo:mrn|p1) sent to the adapter ``how``."""
+    if how == "PUT":
+        return ehr.put("/fhir/R4/Patient/p1", json=body, headers=FHIR)
+    if how == "transaction Bundle":
+        return ehr.post("/fhir/R4", headers=FHIR, json={"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": body, "request": {"method": "PUT", "url": "Patient/p1"}}]})
+    if how == "conditional PUT":
+        return ehr.put("/fhir/R4/Patient", params={"identifier": "urn:demo:mrn|p1"}, json=body, headers=FHIR)
+    return ehr.post("/fhir/R4/Patient", json={k: v for k, v in body.items() if k != "id"}, headers=FHIR)
+
+
+@pytest.mark.parametrize("how, reminder_in", [
+    ("PUT", "it"), ("transaction Bundle", "it"), ("conditional PUT", "it"),
+    ("create", "en"),  # another Patient resource naming the same person: it replaces nothing
+])
+def test_a_patient_updated_without_communication_gets_pending_reminders_in_the_default_language(tmp_path, how, reminder_in):
+    """An update replaces the whole resource (FHIR R4 §3.1.0.4): a Patient sent without the
+    ``communication`` its previous version had no longer states a language, and the patient's
+    next messages go out in the clinic's default (settings.default_language, "it"). The
+    language was kept, and the reminder went out in English."""
+    from adapter.clock import FrozenClock
+    from tests.core.test_end_to_end import wait_for
+    from tests.core.test_hl7_flows import templates_used
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    clock = FrozenClock(now)
+    with running_adapter(settings_for(tmp_path), clock=clock) as adapter:
+        ehr = adapter.client("ehr")
+        start = now + timedelta(days=3)
+        assert ehr.put("/fhir/R4/Patient/p1", json=patient("p1", language="en"), headers=FHIR).status_code == 201
+        assert ehr.put("/fhir/R4/Appointment/a1", json=appointment("a1", "p1", start), headers=FHIR).status_code == 201
+        wait_for(lambda: templates_used(adapter, "booking_confirmation") == ["en/booking_confirmation"])
+
+        without = {k: v for k, v in patient("p1", language="en").items() if k != "communication"}
+        sent = _patient_sent_again(ehr, how, without)
+        assert sent.status_code in (200, 201), sent.text
+        adapter.fhir_processed()
+        with transaction(adapter.container.sessions) as session:
+            assert session.scalar(select(Patient.language)) == ("" if reminder_in == "it" else "en")
+        clock.set(start - timedelta(hours=24))
+        assert wait_for(lambda: templates_used(adapter, "reminder")) == [f"{reminder_in}/reminder"]

@@ -52,6 +52,28 @@ def test_without_a_stored_patient_the_key_falls_back_to_the_fhir_logical_id():
     assert (event.patient.key.system, event.patient.key.value) == ("fhir:Patient", "p")
 
 
+def fhir_patient(language: str | None = None, phone: str = "+393331234567") -> dict:
+    return {"resourceType": "Patient", "id": "p", "telecom": [{"system": "phone", "value": phone}],
+            **({"communication": [{"language": {"coding": [{"code": language}]}}]} if language else {})}
+
+
+@pytest.mark.parametrize("before, after, cleared", [
+    ("en", None, {"language"}),  # an update replaces the whole resource: the language stated is withdrawn
+    (None, None, set()),  # nothing stated before: nothing to withdraw (HL7 may have set one)
+    ("en", "it", set()),
+])
+def test_a_patient_version_without_the_language_the_one_before_stated_clears_it(before, after, cleared):
+    events = mapping.events_for("Patient", fhir_patient(after, phone="+393479876543"), fhir_patient(before),
+                                origin=ORIGIN, now=NOW, patient=None)
+    assert [set(e.patient.cleared) for e in events] == [cleared]
+
+
+def test_a_first_patient_version_without_a_language_clears_nothing():
+    """A create replaces no version: saying nothing of the language says nothing of it."""
+    [event] = mapping.events_for("Patient", fhir_patient(), None, origin=ORIGIN, now=NOW, patient=None)
+    assert event.patient.cleared == frozenset()
+
+
 @pytest.mark.parametrize("before, after, expected", [
     (None, "preliminary", []),
     ("preliminary", "final", ["ReportReady"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 from sqlalchemy import select
@@ -12,6 +13,7 @@ from fhir.client import BACKPORT
 from fhir.models import FhirSubscription
 from fhir.settings import FhirSettings
 from fhir.subscriptions import silent_subscriptions
+from fhir import upstream as upstream_module
 from fhir.upstream import subscribe
 from tests.fhir.fake_upstream import FakeUpstream
 from tests.fhir.conftest import sample
@@ -250,6 +252,21 @@ def test_a_patient_the_notification_carries_is_taken_from_it_and_not_read_again(
     assert adapter.events[-1].patient.telecom[0].value == "+393331234567"
 
 
+def test_a_patient_a_notification_brings_without_the_language_it_had_clears_it(adapter, upstream):
+    """What the source server gives is the whole Patient (an update, FHIR R4 §3.1.0.4): one
+    that no longer has the ``communication`` its previous version had states no language."""
+    upstream.put({**sample("patient.json"), "id": "p1"}, 1, "2030-11-20T09:00:00Z")
+    sid = subscribed(adapter, upstream)
+    assert notify(adapter, upstream.notification(sid, "event-notification", [book(upstream, "a1")],
+                                                 full=False)).status_code == 200
+    without = {k: v for k, v in sample("patient.json").items() if k != "communication"}
+    upstream.put({**without, "id": "p1"}, 2, "2030-11-20T09:05:00Z")
+    number = book(upstream, "a1", version=2, start="2030-12-02T08:30:00Z")
+    assert notify(adapter, upstream.notification(sid, "event-notification", [number], full=False)).status_code == 200
+    [updated] = [e for e in adapter.events if type(e).__name__ == "PatientUpdated"][-1:]
+    assert updated.patient.cleared == {"language"} and updated.patient.language == ""
+
+
 def test_a_notification_of_a_deleted_appointment_calls_it_off_instead_of_failing_forever(adapter, upstream):
     """A notification about a resource the source server deleted was answered 424 every
     time (its read answers 410): the server retried forever, the subscription stalled,
@@ -321,3 +338,55 @@ def test_a_deletion_among_missed_events_is_recovered_with_events(adapter, upstre
     assert response.status_code == 200, response.text
     assert adapter.kinds()[-2:] == ["AppointmentCancelled", "AppointmentBooked"]
     assert state(adapter, sid).events_recovered == 1
+
+
+def test_without_events_an_appointment_deleted_in_a_gap_is_called_off_from_the_type_history(adapter, upstream):
+    """Recovered by a ``_lastUpdated`` search alone, a gap never showed what the server
+    deleted meanwhile (a search does not return it): the appointment stayed booked and its
+    reminders went out. The type's ``_history`` lists the deletion; it is applied as a
+    pushed DELETE is."""
+    upstream.events_supported = False
+    sid = subscribed(adapter, upstream)
+    assert notify(adapter, upstream.notification(sid, "event-notification", [book(upstream, "a1")],
+                                                 full=True)).status_code == 200
+    upstream.delete("Appointment/a1", 2)  # event 2, missed
+    number = book(upstream, "a2")
+    response = notify(adapter, upstream.notification(sid, "event-notification", [number], full=True))
+    assert response.status_code == 200, response.text
+    assert any(r.startswith("GET /fhir/Appointment/_history?") and "_since=" in r for r in upstream.requests)
+    cancelled = [e for e in adapter.events if type(e).__name__ == "AppointmentCancelled"]
+    assert [(e.appointment.ref, e.reason) for e in cancelled] == [("Appointment/a1", "deleted")]
+    assert adapter.get("/Appointment/a1").status_code == 410
+    assert adapter.get("/Appointment/a2").status_code == 200
+    assert state(adapter, sid).last_event_number == number
+
+
+@pytest.mark.parametrize("status", [405, 501])
+def test_without_events_nor_history_a_gap_is_recovered_by_search_alone_and_that_is_said_once(
+        adapter, upstream, caplog, monkeypatch, status):
+    monkeypatch.setattr(upstream_module, "_WITHOUT_HISTORY", set())  # said once a process
+    upstream.events_supported, upstream.history_status = False, status
+    sid = subscribed(adapter, upstream)
+    with caplog.at_level(logging.WARNING, logger="fhir.upstream"):
+        for aid in ("a1", "a2"):
+            book(upstream, aid)  # missed
+            number = book(upstream, aid + "-seen")
+            response = notify(adapter, upstream.notification(sid, "event-notification", [number], full=True))
+            assert response.status_code == 200, response.text
+    assert sorted(e.appointment.ref for e in adapter.events) == [
+        "Appointment/a1", "Appointment/a1-seen", "Appointment/a2", "Appointment/a2-seen"]
+    said = [r.getMessage() for r in caplog.records if "_history" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"{upstream.url} answered {status} to Appointment/_history")
+
+
+def test_without_events_a_history_that_fails_otherwise_refuses_the_notification_for_a_retry(adapter, upstream):
+    upstream.events_supported, upstream.history_status = False, 503
+    sid = subscribed(adapter, upstream)
+    book(upstream, "a1")  # missed
+    number = book(upstream, "a2")
+    response = notify(adapter, upstream.notification(sid, "event-notification", [number], full=True))
+    assert response.status_code == 502
+    assert adapter.events == [] and state(adapter, sid).last_event_number == 0
+    upstream.history_status = 200  # the server's retry
+    assert notify(adapter, upstream.notification(sid, "event-notification", [number], full=True)).status_code == 200
+    assert sorted(e.appointment.ref for e in adapter.events) == ["Appointment/a1", "Appointment/a2"]

@@ -155,7 +155,7 @@ def test_a_server_without_history_is_polled_by_search_and_says_so_once(adapter, 
     assert (first.stored, first.failed, second.stored, second.failed) == (1, False, 1, False)
     assert "_lastUpdated=ge2030-11-20T10%3A00%3A00Z" in upstream.requests[0]  # the cursor moved on
     said = [r.getMessage() for r in caplog.records if "_history" in r.getMessage()]
-    assert said == [f"{upstream.url} answered {status} to Appointment/_history: deletions there are not seen by polling"]
+    assert said == [f"{upstream.url} answered {status} to Appointment/_history: deletions there are not seen when polling or recovering missed notifications"]
 
 
 def test_a_history_that_fails_leaves_the_cursor_where_it_was(adapter, upstream):

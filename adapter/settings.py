@@ -171,11 +171,11 @@ def describe(error: ValidationError) -> list[str]:
     ...     describe(exc)
     ['ADAPTER_MLLP_PORT (mllp_port in config/adapter.yaml): Input should be less than or equal to 65535']
     """
-    lines = []
-    for item in error.errors():
-        if not item["loc"]:  # a rule between settings: its message names them
-            lines.append(item["msg"])
-            continue
-        name = str(item["loc"][0])
-        lines.append(f"ADAPTER_{name.upper()} ({name} in config/adapter.yaml): {item['msg']}")
-    return lines
+    # A rule between settings has no place of its own: its message names them.
+    return [setting_line(str(item["loc"][0]), item["msg"]) if item["loc"] else item["msg"] for item in error.errors()]
+
+
+def setting_line(name: str, problem: str) -> str:
+    """What is wrong with the setting ``name``, naming it as the environment and
+    config/adapter.yaml spell it."""
+    return f"ADAPTER_{name.upper()} ({name} in config/adapter.yaml): {problem}"

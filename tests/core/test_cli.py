@@ -183,6 +183,31 @@ def test_only_redis_needs_its_visibility_timeout_longer_than_the_claim_lease():
     Settings(broker_url="amqp://guest:guest@rabbit:5672//", broker_visibility_timeout_s=4, claim_lease_s=20)
 
 
+def test_channel_settings_missing_malformed_or_unknown_stop_serve_and_worker_one_line_each_no_secret(tmp_path):
+    secret = "s3cr3t-not-a-bot-token"
+    env = {"ADAPTER_CHANNELS": "sms,telegram,fax", "ADAPTER_TWILIO_ACCOUNT_SID": "", "ADAPTER_TWILIO_AUTH_TOKEN": "",
+           "ADAPTER_TWILIO_FROM": "+15005550006", "ADAPTER_TELEGRAM_BOT_TOKEN": secret,
+           "ADAPTER_TELEGRAM_SECRET_TOKEN": "webhook-secret", "ADAPTER_TELEGRAM_BOT_NAME": "clinic_bot",
+           "ADAPTER_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//", "ADAPTER_CELERY_QUEUE": "adapter-refused"}
+    assert cli(tmp_path, "migrate").returncode == 0  # the worker leaves migrating to serve and `migrate`
+    for command in (["serve", "--http-port", "0", "--mllp-port", "0"], ["worker", "--pool", "solo"]):
+        result = cli(tmp_path, *command, env=env, timeout=30)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        said = [line for line in result.stderr.splitlines() if line.startswith("configuration error:")]
+        assert said == [
+            "configuration error: ADAPTER_TWILIO_ACCOUNT_SID (twilio_account_sid in config/adapter.yaml): "
+            "required for the sms channel in ADAPTER_CHANNELS",
+            "configuration error: ADAPTER_TWILIO_AUTH_TOKEN (twilio_auth_token in config/adapter.yaml): "
+            "required for the sms channel in ADAPTER_CHANNELS",
+            "configuration error: ADAPTER_TELEGRAM_BOT_TOKEN (telegram_bot_token in config/adapter.yaml): "
+            "not a Telegram bot token (the bot's number, a colon, letters, digits, _ and -) "
+            "for the telegram channel in ADAPTER_CHANNELS",
+            "configuration error: ADAPTER_CHANNELS (channels in config/adapter.yaml): "
+            "unknown channel 'fax' (sandbox, sms, whatsapp, telegram, email)",
+        ], result.stderr
+        assert "Traceback" not in result.stderr and secret not in result.stderr + result.stdout
+
+
 def test_a_master_key_that_cannot_be_used_stops_every_command_with_exit_2_not_a_traceback(tmp_path):
     short = base64.b64encode(b"sixteen byte key").decode()
     for key, what in (("not-base64!", "not valid base64"), (short, "must be 32 bytes")):

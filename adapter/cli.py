@@ -91,7 +91,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve HTTP and MLLP, with the in-process worker and the configured channels."""
-    from adapter.auth import create_token, has_tokens
+    from adapter.auth import create_first_admin_token
     from adapter.db import transaction
     from adapter.logging_setup import configure
     from adapter.runtime import freeze_start_up_objects, serve as run
@@ -105,8 +105,8 @@ def serve(
     _migrate(settings)
     container = _container(settings)
     with transaction(container.sessions) as session:
-        if not has_tokens(session):
-            token = create_token(session, role="admin", name="local-admin", now=container.clock.now())
+        token = create_first_admin_token(session, now=container.clock.now())
+        if token is not None:
             path = admin_token_file(settings)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(token + "\n")

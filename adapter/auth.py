@@ -15,6 +15,7 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from adapter.db import hold_until_commit
 from adapter.models import ApiToken
 
 Role = Literal["ehr", "officer", "admin"]
@@ -55,3 +56,13 @@ def authenticate(session: Session, token: str) -> Principal | None:
 
 def has_tokens(session: Session) -> bool:
     return session.scalar(select(ApiToken.id).limit(1)) is not None
+
+
+def create_first_admin_token(session: Session, *, now: datetime) -> str | None:
+    """An admin token when there is no token at all yet (a new database), else None.
+    Several ``serve`` processes starting together on a new database take turns here,
+    so one of them makes it; the others find it when their turn comes."""
+    hold_until_commit(session, "adapter.auth.first_admin_token")
+    if has_tokens(session):
+        return None
+    return create_token(session, role="admin", name="local-admin", now=now)

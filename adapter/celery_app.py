@@ -25,8 +25,10 @@ Why nothing is lost or sent twice:
 
 - ``task_acks_late``: a task is acknowledged after it ran; ``task_reject_on_worker_lost``
   and the broker put it back when its worker dies (RabbitMQ at once, when the
-  connection drops; Redis after ``broker_visibility_timeout_s``). Prefetch is 1, so a
-  dead worker holds at most one task per pool process.
+  connection drops; Redis after ``broker_visibility_timeout_s``, even to a second worker
+  while the first still runs it, so the settings require it longer than the claim lease:
+  a dispatch batch handed over then finds its lease over and sends nothing). Prefetch is
+  1, so a dead worker holds at most one task per pool process.
 - A task is idempotent: a notification no longer ``claimed`` (already sent, or ended)
   is skipped, and so is one claimed again since the task was published (a task carries
   its claim's lease end, and a later claim sets another); an attempt starts only if it

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import func, select
 
@@ -42,6 +43,14 @@ console = Console()
 err = Console(stderr=True)
 
 
+def refuse_to_start(problems: list[str]) -> typer.Exit:
+    """Print one ``configuration error:`` line per problem, unwrapped, and give the
+    exit (status 2) to raise."""
+    for line in problems:
+        err.print(f"[red]configuration error:[/red] {escape(line)}", soft_wrap=True)
+    return typer.Exit(2)
+
+
 def _container(settings: Settings | None = None):
     from adapter.bootstrap import build
     from adapter.errors import ConfigError
@@ -50,9 +59,8 @@ def _container(settings: Settings | None = None):
     settings = settings or get_settings()
     try:
         return build(settings)
-    except (ConfigError, ComplianceConfigError) as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    except (ConfigError, ComplianceConfigError) as exc:  # one problem a line
+        raise refuse_to_start(str(exc).splitlines()) from exc
 
 
 def _migrate(settings: Settings) -> None:
@@ -83,7 +91,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve HTTP and MLLP, with the in-process worker and the configured channels."""
-    from adapter.auth import create_token, has_tokens
+    from adapter.auth import create_first_admin_token
     from adapter.db import transaction
     from adapter.logging_setup import configure
     from adapter.runtime import freeze_start_up_objects, serve as run
@@ -97,8 +105,8 @@ def serve(
     _migrate(settings)
     container = _container(settings)
     with transaction(container.sessions) as session:
-        if not has_tokens(session):
-            token = create_token(session, role="admin", name="local-admin", now=container.clock.now())
+        token = create_first_admin_token(session, now=container.clock.now())
+        if token is not None:
             path = admin_token_file(settings)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(token + "\n")
@@ -144,8 +152,7 @@ def worker(
     try:
         celery = make_celery(settings)
     except ConfigError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise refuse_to_start(str(exc).splitlines()) from exc
     claim_loop = ClaimLoop(celery, _container(settings))
     from adapter.runtime import freeze_start_up_objects
 
@@ -348,6 +355,5 @@ def main() -> None:
     except ValidationError as exc:
         if exc.title != "Settings":
             raise
-        for line in describe(exc):  # the environment or config/adapter.yaml
-            err.print(f"[red]configuration error:[/red] {line}")
+        refuse_to_start(describe(exc))  # the environment or config/adapter.yaml
         raise SystemExit(2) from None

@@ -7,7 +7,8 @@ class AdapterError(Exception):
 
 
 class ConfigError(AdapterError):
-    """A configuration file is missing or invalid; the message names file and field."""
+    """A configuration file or setting is missing or invalid; the message names file
+    and field, one line per problem."""
 
 
 class NotFound(AdapterError):

@@ -15,8 +15,9 @@ from adapter.clock import Clock
 from adapter.db import insert_rows, transaction
 from adapter.errors import ConfigError
 from adapter.models import Notification, OutboxMessage
-from adapter.settings import Settings
+from adapter.settings import Settings, setting_line
 from channels.base import Channel, OutboundMessage
+from channels.errors import ChannelConfigError
 from channels.sandbox import SandboxChannel
 from compliance.crypto import Vault
 from sqlalchemy import select
@@ -119,26 +120,41 @@ def outbox_sink(sessions: sessionmaker[Session], vault: Vault, clock: Clock):
 
 
 def build_channels(settings: Settings, *, sessions: sessionmaker[Session], vault: Vault, clock: Clock) -> dict[str, Channel]:
+    """The channels of ``ADAPTER_CHANNELS``; :class:`ConfigError` with one line per
+    problem, for every channel at once, naming the setting and never its value."""
     built: dict[str, Channel] = {}
+    problems: list[str] = []
     for name in settings.channels:
-        if name == "sandbox":
-            built[name] = SandboxChannel.from_settings(settings, record=outbox_sink(sessions, vault, clock))
-        elif name == "sms":
-            from channels.twilio import TwilioChannel
-
-            built[name] = TwilioChannel.from_settings(settings)
-        elif name == "whatsapp":
-            from channels.whatsapp import WhatsAppChannel
-
-            built[name] = WhatsAppChannel.from_settings(settings)
-        elif name == "telegram":
-            from channels.telegram import TelegramChannel
-
-            built[name] = TelegramChannel.from_settings(settings)
-        elif name == "email":
-            from channels.email import EmailChannel
-
-            built[name] = EmailChannel.from_settings(settings)
-        else:
-            raise ConfigError(f"ADAPTER_CHANNELS: unknown channel {name!r} (sandbox, sms, whatsapp, telegram, email)")
+        try:
+            built[name] = _build_channel(name, settings, sessions=sessions, vault=vault, clock=clock)
+        except ChannelConfigError as exc:
+            problems += [setting_line(field, f"{what} for the {name} channel in ADAPTER_CHANNELS")
+                         for field, what in exc.problems.items()]
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
     return built
+
+
+def _build_channel(name: str, settings: Settings, *, sessions: sessionmaker[Session], vault: Vault,
+                   clock: Clock) -> Channel:
+    if name == "sandbox":
+        return SandboxChannel.from_settings(settings, record=outbox_sink(sessions, vault, clock))
+    if name == "sms":
+        from channels.twilio import TwilioChannel
+
+        return TwilioChannel.from_settings(settings)
+    if name == "whatsapp":
+        from channels.whatsapp import WhatsAppChannel
+
+        return WhatsAppChannel.from_settings(settings)
+    if name == "telegram":
+        from channels.telegram import TelegramChannel
+
+        return TelegramChannel.from_settings(settings)
+    if name == "email":
+        from channels.email import EmailChannel
+
+        return EmailChannel.from_settings(settings)
+    raise ConfigError(setting_line("channels", f"unknown channel {name!r} (sandbox, sms, whatsapp, telegram, email)"))

@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -82,7 +83,8 @@ class Settings(BaseSettings):
     celery_queue: str = "adapter"  # one name per deployment (and per test run)
     worker_concurrency: Count = 2  # pool processes per `python -m adapter worker`
     dispatch_queue_high_water: Count = 4  # batches waiting in the queue before claiming pauses
-    broker_visibility_timeout_s: Positive = 300.0  # Redis: an unacknowledged task is redelivered after this
+    # Redis: an unacknowledged task is redelivered after this; must exceed claim_lease_s.
+    broker_visibility_timeout_s: Positive = 300.0
     # Write-backs and application ACKs to a hospital whose listener is down are retried
     # (at most 10 minutes apart) this long after they were queued, then given up.
     hospital_retry_hours: Positive = 72.0
@@ -121,6 +123,22 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _redis_redelivers_only_after_the_lease(self) -> Settings:
+        """Redis hands a task not yet acknowledged to another worker after the visibility
+        timeout, even while the first still runs it. A dispatch batch redelivered while
+        its claims' lease lasts is sent by both: the same message twice to a patient.
+        Redelivered after the lease, it sends nothing (adapter/celery_app.py)."""
+        redis = self.broker_url.startswith(("redis://", "rediss://"))
+        if redis and self.broker_visibility_timeout_s <= self.claim_lease_s:
+            raise PydanticCustomError(
+                "visibility_within_lease",
+                f"ADAPTER_BROKER_VISIBILITY_TIMEOUT_S ({self.broker_visibility_timeout_s:g} s) must be longer than "
+                f"ADAPTER_CLAIM_LEASE_S ({self.claim_lease_s:g} s) with a Redis broker: Redis would hand a dispatch "
+                "batch still being sent to a second worker, and patients would get the same message twice",
+            )
+        return self
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -153,8 +171,11 @@ def describe(error: ValidationError) -> list[str]:
     ...     describe(exc)
     ['ADAPTER_MLLP_PORT (mllp_port in config/adapter.yaml): Input should be less than or equal to 65535']
     """
-    lines = []
-    for item in error.errors():
-        name = str(item["loc"][0]) if item["loc"] else "?"
-        lines.append(f"ADAPTER_{name.upper()} ({name} in config/adapter.yaml): {item['msg']}")
-    return lines
+    # A rule between settings has no place of its own: its message names them.
+    return [setting_line(str(item["loc"][0]), item["msg"]) if item["loc"] else item["msg"] for item in error.errors()]
+
+
+def setting_line(name: str, problem: str) -> str:
+    """What is wrong with the setting ``name``, naming it as the environment and
+    config/adapter.yaml spell it."""
+    return f"ADAPTER_{name.upper()} ({name} in config/adapter.yaml): {problem}"

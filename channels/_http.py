@@ -14,6 +14,8 @@ import httpx
 from channels.base import SendResult
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+# The shape of a provider's API base setting, for channels.errors.check_settings.
+API_BASE = (r"https?://[^\s/]+\S*", "an http:// or https:// URL")
 _MAX_ERROR_TEXT = 200
 # Phone numbers, e-mail addresses and long digit runs (chat ids) never leave in error text.
 _PERSONAL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+|\+?\d[\d\s().-]{4,}\d")

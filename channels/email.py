@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from channels._http import redact
 from channels.base import InboundReply, OutboundMessage, SendResult, StatusUpdate, WebhookRequest
-from channels.errors import ChannelConfigError
+from channels.errors import check_settings
 
 
 def message_id_for(idempotency_key: str, sender: str) -> str:
@@ -78,8 +78,8 @@ class EmailChannel:
 
     @classmethod
     def from_settings(cls, settings: Any, *, tls_context: ssl.SSLContext | None = None) -> EmailChannel:
-        if not settings.smtp_host or not settings.smtp_from:
-            raise ChannelConfigError("settings smtp_host and smtp_from are required for email")
+        check_settings({"smtp_host": settings.smtp_host, "smtp_from": settings.smtp_from},
+                       {"smtp_from": (r"[^@\s]+@[^@\s]+", "an e-mail address")})
         return cls(
             host=settings.smtp_host,
             port=settings.smtp_port,

@@ -52,7 +52,7 @@ class SandboxChannel:
 
     def __init__(self, *, record: Sink, webhook_secret: str) -> None:
         if not webhook_secret:
-            raise ChannelConfigError("a webhook secret is required for the sandbox channel")
+            raise ChannelConfigError({"sandbox_webhook_secret": "required"})
         self._record = record
         self._secret = webhook_secret
 
@@ -65,7 +65,7 @@ class SandboxChannel:
             secret = secret.get_secret_value()
         if not secret:
             if getattr(settings, "environment", "local") not in ("local", "test"):
-                raise ChannelConfigError("setting sandbox_webhook_secret is required outside local")
+                raise ChannelConfigError({"sandbox_webhook_secret": "required outside the local and test environments"})
             secret = LOCAL_DEVELOPMENT_SECRET
         return cls(record=record, webhook_secret=secret)
 

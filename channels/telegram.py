@@ -26,11 +26,11 @@ from typing import Any, ClassVar
 
 import httpx
 
-from channels._http import DEFAULT_TIMEOUT, by_http_status, from_unix, json_or_empty
+from channels._http import API_BASE, DEFAULT_TIMEOUT, by_http_status, from_unix, json_or_empty
 from channels._http import post_once, redact
 from channels._signing import same
 from channels.base import InboundReply, OutboundMessage, SendResult, StatusUpdate, WebhookRequest
-from channels.errors import ChannelConfigError, LinkTokenError, SignatureError, WebhookPayloadError
+from channels.errors import ChannelConfigError, LinkTokenError, SignatureError, WebhookPayloadError, check_settings
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class TelegramChannel:
         client: httpx.AsyncClient | None = None,
     ) -> None:
         if not secret_token:
-            raise ChannelConfigError("a webhook secret token is required for telegram")
+            raise ChannelConfigError({"telegram_secret_token": "required"})
         self._url = f"{api_base.rstrip('/')}/bot{bot_token}/sendMessage"
         self._secret = secret_token
         self.bot_name = bot_name
@@ -143,9 +143,11 @@ class TelegramChannel:
             "telegram_secret_token": settings.telegram_secret_token.get_secret_value(),
             "telegram_bot_name": settings.telegram_bot_name,
         }
-        for field, value in values.items():
-            if not value:
-                raise ChannelConfigError(f"setting {field} is required for the telegram channel")
+        check_settings(
+            {"telegram_api_base": settings.telegram_api_base, **values},
+            {"telegram_api_base": API_BASE, "telegram_bot_token": (
+                r"\d+:[A-Za-z0-9_-]+", "a Telegram bot token (the bot's number, a colon, letters, digits, _ and -)")},
+        )
         return cls(
             api_base=settings.telegram_api_base,
             bot_token=values["telegram_bot_token"],

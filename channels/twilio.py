@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from channels._http import DEFAULT_TIMEOUT, by_http_status, json_or_empty, post_once, redact
+from channels._http import API_BASE, DEFAULT_TIMEOUT, by_http_status, json_or_empty, post_once, redact
 from channels._http import retry_after_seconds
 from channels._signing import same, twilio_signature
 from channels.base import (
@@ -30,7 +30,7 @@ from channels.base import (
     StatusUpdate,
     WebhookRequest,
 )
-from channels.errors import ChannelConfigError, SignatureError, WebhookPayloadError
+from channels.errors import SignatureError, WebhookPayloadError, check_settings
 from channels.sms import count_segments, estimate_cost
 
 log = logging.getLogger(__name__)
@@ -85,13 +85,12 @@ class TwilioChannel:
         """Build from ``twilio_*`` settings; the status callback is
         ``{public_base_url}/webhooks/twilio/status``."""
         token = settings.twilio_auth_token.get_secret_value()
-        for field, value in (
-            ("twilio_account_sid", settings.twilio_account_sid),
-            ("twilio_auth_token", token),
-            ("twilio_from", settings.twilio_from),
-        ):
-            if not value:
-                raise ChannelConfigError(f"setting {field} is required for the twilio channel")
+        check_settings(
+            {"twilio_api_base": settings.twilio_api_base, "twilio_account_sid": settings.twilio_account_sid,
+             "twilio_auth_token": token, "twilio_from": settings.twilio_from},
+            {"twilio_api_base": API_BASE,
+             "twilio_account_sid": (r"AC[0-9a-fA-F]{32}", "a Twilio account SID (AC and 32 hexadecimal digits)")},
+        )
         price = getattr(settings, "sms_price_per_segment", None)
         return cls(
             api_base=settings.twilio_api_base,

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from channels._http import DEFAULT_TIMEOUT, by_http_status, from_unix, json_or_empty
+from channels._http import API_BASE, DEFAULT_TIMEOUT, by_http_status, from_unix, json_or_empty
 from channels._http import post_once, redact
 from channels._http import retry_after_seconds
 from channels._signing import same, sha256_signature
@@ -33,7 +33,7 @@ from channels.base import (
     StatusUpdate,
     WebhookRequest,
 )
-from channels.errors import ChannelConfigError, SignatureError, WebhookPayloadError
+from channels.errors import SignatureError, WebhookPayloadError, check_settings
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +130,10 @@ class WhatsAppChannel:
             "whatsapp_app_secret": settings.whatsapp_app_secret.get_secret_value(),
             "whatsapp_verify_token": settings.whatsapp_verify_token.get_secret_value(),
         }
-        for field, value in values.items():
-            if not value:
-                raise ChannelConfigError(f"setting {field} is required for the whatsapp channel")
+        check_settings(
+            {"whatsapp_api_base": settings.whatsapp_api_base, **values},
+            {"whatsapp_api_base": API_BASE, "whatsapp_phone_number_id": (r"\d+", "a WhatsApp phone number id (digits)")},
+        )
         extra = {"clock": clock} if clock else {}
         return cls(
             api_base=settings.whatsapp_api_base,

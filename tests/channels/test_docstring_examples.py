@@ -5,7 +5,7 @@ import pytest
 
 
 @pytest.mark.parametrize("module", [
-    "channels.sms", "channels._signing", "channels._http", "channels.whatsapp",
+    "channels.sms", "channels.errors", "channels._signing", "channels._http", "channels.whatsapp",
     "channels.telegram", "channels.optout", "channels.email", "adapter.replies",
 ])
 def test_the_examples_in_the_docstrings_hold(module: str) -> None:

@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from adapter.db import transaction
@@ -153,6 +154,58 @@ def test_settings_out_of_range_stop_the_start_naming_the_variable_not_its_value(
         assert f"configuration error: {variable}" in said
     assert env_secret not in settings.stderr and "Traceback" not in settings.stderr
 
+
+
+def test_a_redis_visibility_timeout_within_the_claim_lease_stops_serve_and_worker_naming_both(tmp_path):
+    # Redis would hand a batch still being sent to a second worker: a patient messaged twice.
+    for visibility, lease in (("4", "20"), ("120", "120")):
+        env = {"ADAPTER_BROKER_URL": "redis://127.0.0.1:6379/0", "ADAPTER_CELERY_QUEUE": "adapter-refused",
+               "ADAPTER_BROKER_VISIBILITY_TIMEOUT_S": visibility, "ADAPTER_CLAIM_LEASE_S": lease}
+        for command in (["worker", "--pool", "solo"], ["serve", "--http-port", "0", "--mllp-port", "0"]):
+            result = cli(tmp_path, *command, env=env, timeout=30)
+            said = " ".join(result.stderr.split())
+            assert result.returncode == 2, (command, result.stdout, result.stderr)
+            assert (f"configuration error: ADAPTER_BROKER_VISIBILITY_TIMEOUT_S ({visibility} s) must be longer than "
+                    f"ADAPTER_CLAIM_LEASE_S ({lease} s) with a Redis broker") in said, said
+            assert "Traceback" not in result.stderr
+
+
+def test_only_redis_needs_its_visibility_timeout_longer_than_the_claim_lease():
+    from pydantic import ValidationError
+
+    from adapter.settings import Settings
+
+    with pytest.raises(ValidationError):
+        Settings(broker_url="rediss://cache:6380/0", broker_visibility_timeout_s=60, claim_lease_s=60)
+    Settings(broker_url="redis://cache:6379/0", broker_visibility_timeout_s=61, claim_lease_s=60)
+    Settings(broker_url="redis://cache:6379/0")  # the defaults: 300 s against 120 s
+    # RabbitMQ redelivers only when the worker's connection is gone, not on a timer.
+    Settings(broker_url="amqp://guest:guest@rabbit:5672//", broker_visibility_timeout_s=4, claim_lease_s=20)
+
+
+def test_channel_settings_missing_malformed_or_unknown_stop_serve_and_worker_one_line_each_no_secret(tmp_path):
+    secret = "s3cr3t-not-a-bot-token"
+    env = {"ADAPTER_CHANNELS": "sms,telegram,fax", "ADAPTER_TWILIO_ACCOUNT_SID": "", "ADAPTER_TWILIO_AUTH_TOKEN": "",
+           "ADAPTER_TWILIO_FROM": "+15005550006", "ADAPTER_TELEGRAM_BOT_TOKEN": secret,
+           "ADAPTER_TELEGRAM_SECRET_TOKEN": "webhook-secret", "ADAPTER_TELEGRAM_BOT_NAME": "clinic_bot",
+           "ADAPTER_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//", "ADAPTER_CELERY_QUEUE": "adapter-refused"}
+    assert cli(tmp_path, "migrate").returncode == 0  # the worker leaves migrating to serve and `migrate`
+    for command in (["serve", "--http-port", "0", "--mllp-port", "0"], ["worker", "--pool", "solo"]):
+        result = cli(tmp_path, *command, env=env, timeout=30)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        said = [line for line in result.stderr.splitlines() if line.startswith("configuration error:")]
+        assert said == [
+            "configuration error: ADAPTER_TWILIO_ACCOUNT_SID (twilio_account_sid in config/adapter.yaml): "
+            "required for the sms channel in ADAPTER_CHANNELS",
+            "configuration error: ADAPTER_TWILIO_AUTH_TOKEN (twilio_auth_token in config/adapter.yaml): "
+            "required for the sms channel in ADAPTER_CHANNELS",
+            "configuration error: ADAPTER_TELEGRAM_BOT_TOKEN (telegram_bot_token in config/adapter.yaml): "
+            "not a Telegram bot token (the bot's number, a colon, letters, digits, _ and -) "
+            "for the telegram channel in ADAPTER_CHANNELS",
+            "configuration error: ADAPTER_CHANNELS (channels in config/adapter.yaml): "
+            "unknown channel 'fax' (sandbox, sms, whatsapp, telegram, email)",
+        ], result.stderr
+        assert "Traceback" not in result.stderr and secret not in result.stderr + result.stdout
 
 
 def test_a_master_key_that_cannot_be_used_stops_every_command_with_exit_2_not_a_traceback(tmp_path):

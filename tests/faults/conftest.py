@@ -306,7 +306,9 @@ def assert_each_processed_and_sent_once(sessions, fake_twilio: FakeTwilio, total
 @dataclass
 class CeleryCluster:
     """One ``serve --workers celery`` and one Celery worker on a fresh PostgreSQL
-    database and a per-test queue, sending SMS to a fake Twilio."""
+    database and a per-test queue, sending SMS to a fake Twilio. Claims have a short
+    lease (5 s unless the test says otherwise), so work whose task a fault lost is
+    claimed again soon; Redis' visibility timeout is twice that, as it must be longer."""
 
     server: Process
     worker: Process
@@ -338,10 +340,10 @@ class CeleryCluster:
 
 @contextmanager
 def celery_cluster(tmp_path: Path, pg_url: str, broker_url: str, queue: str, fake_twilio: FakeTwilio,
-                   **settings: object) -> Iterator[CeleryCluster]:
+                   claim_lease_s: float = 5, **settings: object) -> Iterator[CeleryCluster]:
     fake_twilio.latency_s = 0.05
-    env = adapter_env(tmp_path, pg_url, broker_url=broker_url, queue=queue, twilio=fake_twilio,
-                      claim_batch_size=10, broker_visibility_timeout_s=5, **settings)
+    env = adapter_env(tmp_path, pg_url, broker_url=broker_url, queue=queue, twilio=fake_twilio, claim_batch_size=10,
+                      claim_lease_s=claim_lease_s, broker_visibility_timeout_s=2 * claim_lease_s, **settings)
     http_port, mllp_port = free_port(), free_port()
     server = start_serve(env, tmp_path, http_port, mllp_port, "--workers", "celery")
     worker = Process(["worker", "--concurrency", "2"], env, tmp_path / "worker.log")

@@ -20,13 +20,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
+from adapter.auth import hash_token
 from adapter.db import make_engine, make_sessionmaker, transaction
-from adapter.models import InboundMessage, Patient
+from adapter.models import ApiToken, InboundMessage, Patient
 from hl7.client import MLLPConnection
 from tests.faults.conftest import (
     AMQP_URL,
@@ -219,3 +222,54 @@ def test_production_signs_audit_tree_heads_only_with_a_provisioned_key_every_hos
     for host, command in (("a", "sign"), ("b", "verify"), ("b", "sign"), ("a", "verify")):
         done = on_host(host, "audit", command, audit_signing_key_file=shared)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.timeout(90)
+def test_two_servers_started_at_once_on_a_new_database_make_one_admin_token(tmp_path, pg_url):
+    # Two hosts' units start together on a new database: each looked for a token, found
+    # none, and made an admin token of its own. The test holds both at the insert (a
+    # lock on the table that lets reads through) until both have looked.
+    from compliance.crypto import LocalMasterKey
+
+    keys = {"master_key": LocalMasterKey.generate()}  # the same keys on both hosts, made beforehand
+    (tmp_path / "audit.key").write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    subprocess.run([sys.executable, "-m", "adapter", "migrate"], cwd=ROOT, env=adapter_env(tmp_path, pg_url, **keys),
+                   check=True, capture_output=True)  # each unit's ExecStartPre
+    database, libpq_url = make_url(pg_url).database, pg_url.replace("postgresql+psycopg://", "postgresql://")
+    hosts = [tmp_path / "a", tmp_path / "b"]
+    ports = [free_port() for _ in hosts]
+    servers: list[Process] = []
+    with psycopg.connect(libpq_url) as gate, psycopg.connect(libpq_url, autocommit=True) as watch:
+        gate.execute("LOCK TABLE api_token IN SHARE MODE")  # until gate.commit(): reads pass, inserts wait
+        try:
+            for host, http_port in zip(hosts, ports, strict=True):
+                servers.append(Process(["serve", "--http-port", str(http_port), "--mllp-port", str(free_port())],
+                                       adapter_env(tmp_path, pg_url, var_dir=host, **keys), host.with_suffix(".log")))
+
+            def both_at_the_token() -> bool:
+                for server in servers:
+                    assert server.popen.poll() is None, server.output()
+                waiting = [query for (query,) in watch.execute(
+                    "SELECT query FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'", (database,))]
+                # Both inserting a token, or (once they take turns) one inserting and one waiting its turn.
+                return len(waiting) == 2 and any("INSERT INTO api_token" in query for query in waiting)
+
+            wait_for(both_at_the_token, 60, "both servers to reach the first admin token")
+            gate.commit()
+            for server, http_port in zip(servers, ports, strict=True):
+                wait_for(lambda: _listening(http_port), 30, "HTTP")
+                assert server.popen.poll() is None, server.output()
+        finally:
+            for server in servers:
+                server.terminate()
+
+    engine = make_engine(pg_url)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            stored = session.scalars(select(ApiToken.token_hash).where(ApiToken.role == "admin")).all()
+    finally:
+        engine.dispose()
+    shown = [host / "admin-token" for host in hosts if (host / "admin-token").exists()]
+    assert len(stored) == 1, f"{len(stored)} admin tokens"
+    assert len(shown) == 1 and hash_token(shown[0].read_text().strip()) == stored[0]

@@ -92,6 +92,7 @@ def serve(
 ) -> None:
     """Serve HTTP and MLLP, with the in-process worker and the configured channels."""
     from adapter.auth import create_first_admin_token
+    from compliance.crypto import write_secret_file
     from adapter.db import transaction
     from adapter.logging_setup import configure
     from adapter.runtime import freeze_start_up_objects, serve as run
@@ -106,12 +107,10 @@ def serve(
     container = _container(settings)
     with transaction(container.sessions) as session:
         token = create_first_admin_token(session, now=container.clock.now())
-        if token is not None:
-            path = admin_token_file(settings)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(token + "\n")
-            path.chmod(0o600)
-            console.print(f"first start: admin token (shown once, also in {path}):\n  {token}")
+    if token is not None:  # written once stored: a file never holds a token the database lacks
+        path = admin_token_file(settings)
+        write_secret_file(path, (token + "\n").encode())
+        console.print(f"first start: admin token (shown once, also in {path}):\n  {token}")
     freeze_start_up_objects()
     asyncio.run(
         run(

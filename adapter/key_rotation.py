@@ -22,13 +22,12 @@ from the files there and then (:func:`find_master_key`), instead of failing to u
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adapter.db import transaction
 from adapter.settings import Settings
-from compliance.crypto import LocalMasterKey, RotationReport
+from compliance.crypto import LocalMasterKey, RotationReport, write_secret_file
 from compliance.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -86,12 +85,10 @@ def install_new_master(settings: Settings) -> tuple[LocalMasterKey, LocalMasterK
     path = master_key_path(settings)
     old = LocalMasterKey.from_file(path)
     retired = path.with_name(path.name + RETIRED_SUFFIX + old.key_id)
-    _write_secret(retired, path.read_text())
-    staged = path.with_name(path.name + ".new")
-    _write_secret(staged, LocalMasterKey.generate() + "\n")
-    new = LocalMasterKey.from_file(staged)
-    os.replace(staged, path)  # atomic: a reader sees the old key or the new one
-    return old, new
+    write_secret_file(retired, path.read_bytes())
+    fresh = LocalMasterKey.generate() + "\n"
+    write_secret_file(path, fresh.encode())  # a reader sees the old key or the new one
+    return old, LocalMasterKey.from_base64(fresh.strip())
 
 
 def adopt_master_key_if_changed(container: Container) -> RotationReport | None:
@@ -104,7 +101,3 @@ def adopt_master_key_if_changed(container: Container) -> RotationReport | None:
         return container.vault.rotate(session, current)
 
 
-def _write_secret(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)

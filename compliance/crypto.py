@@ -129,15 +129,35 @@ def wrapped_key_id(wrapped: bytes) -> str:
     return wrapped[2 : 2 + wrapped[1]].decode(errors="replace")
 
 
-def _read_or_create_secret(path: Path, make: Callable[[], bytes]) -> str:
+def write_secret_file(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Put ``data`` in ``path``, readable by its owner only (0600), so that a reader
+    (another process) sees no file or the whole of it, never a part, and never a file
+    others may read. ``exclusive``: only when there is no file yet (``FileExistsError``
+    otherwise), for the first of several processes creating one key."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(base64.b64encode(make()).decode() + "\n")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if exclusive:
+            os.link(staged, path)  # fails when path exists: the other process's file stays
+        else:
+            os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _read_or_create_secret(path: Path, make: Callable[[], bytes]) -> str:
+    path = Path(path)
+    if not path.exists():
+        try:
+            write_secret_file(path, base64.b64encode(make()) + b"\n", exclusive=True)
+        except FileExistsError:
+            pass  # made meanwhile by another process: read theirs
     return path.read_text().strip()
 
 

@@ -9,13 +9,14 @@ What is signed is RFC 6962 §3.5's ``TreeHeadSignature``::
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from compliance.crypto import write_secret_file
 
 _TREE_HEAD = struct.Struct(">BBQQ")
 
@@ -46,24 +47,19 @@ class AuditSigner:
     def from_file(cls, path: Path) -> AuditSigner:
         """Loads a PKCS#8 PEM key; creates it (mode 0600) on first use."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            if not isinstance(key, Ed25519PrivateKey):
-                raise ValueError(f"{path}: not an Ed25519 private key") from None
-            return cls(key)
-        private = Ed25519PrivateKey.generate()
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(
-                private.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-            )
-        return cls(private)
+        if not path.exists():
+            private = Ed25519PrivateKey.generate()
+            pem = private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            try:
+                write_secret_file(path, pem, exclusive=True)
+                return cls(private)
+            except FileExistsError:
+                pass  # made meanwhile by another process: use theirs
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path}: not an Ed25519 private key") from None
+        return cls(key)
 
     def public_key_pem(self) -> str:
         """The public key (SubjectPublicKeyInfo PEM) for officers and external verifiers."""

@@ -326,3 +326,42 @@ def test_a_key_destroyed_through_another_vault_is_not_used_from_the_next_transac
         with pytest.raises(KeyDestroyed):
             other.encrypt_str(session, "patient:c1", NAME)
         assert other.decrypt_str(session, kept) == NAME
+
+
+def _key_id_of_new_file(path: str, start: float) -> str:
+    import time as clock
+
+    while clock.time() < start:  # every process reads and creates at the same moment
+        pass
+    return LocalMasterKey.from_file(Path(path)).key_id
+
+
+def test_processes_starting_together_on_a_new_key_file_all_read_the_one_key_made(tmp_path):
+    """Several processes starting at once (two `serve`s, a worker) each create the key
+    file when none is there: one makes it, and every one reads that key, never a file
+    another has created but not yet written (which read as an empty key, or as a key
+    of its own that then failed everything the others had sealed)."""
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(8) as pool:
+        for round_ in range(10):
+            path = str(tmp_path / f"master-{round_}.key")
+            start = time.time() + 0.3
+            key_ids = list(pool.map(_key_id_of_new_file, [path] * 8, [start] * 8))
+            assert len(set(key_ids)) == 1, key_ids
+            assert LocalMasterKey.from_file(Path(path)).key_id == key_ids[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"master-{r}.key" for r in range(10)]  # nothing staged left
+
+
+def test_a_secret_file_written_again_is_replaced_whole_and_stays_owner_only(tmp_path):
+    from compliance.crypto import write_secret_file
+
+    path = tmp_path / "admin-token"
+    write_secret_file(path, b"first\n", exclusive=True)
+    with pytest.raises(FileExistsError):
+        write_secret_file(path, b"second\n", exclusive=True)
+    assert path.read_bytes() == b"first\n"
+    write_secret_file(path, b"second\n")
+    assert path.read_bytes() == b"second\n" and path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["admin-token"]

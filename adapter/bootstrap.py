@@ -21,7 +21,7 @@ from adapter.errors import ConfigError
 from adapter.fhir_intake import FhirIntake
 from adapter.fhir_wiring import build_fhir_intake
 from adapter.intake import HL7Intake
-from adapter.key_rotation import find_master_key, retired_master_keys
+from adapter.key_rotation import find_master_key, master_key_watch, retired_master_keys
 from adapter.pipeline import Pipeline
 from adapter.quiet_hours import SendingWindow
 from adapter.rules import RuleSet, load_rules
@@ -69,7 +69,8 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
     vault = Vault.open(sessions, master_key(settings), previous=retired_master_keys(settings),
-                       find_master=lambda key_id: find_master_key(settings, key_id))
+                       find_master=lambda key_id: find_master_key(settings, key_id),
+                       current_master=master_key_watch(settings))
     audit = AuditLog(sessions, audit_signer(settings))
     rules = load_rules(settings.config_dir / "rules.yaml")
     templates = TemplateBook(settings.config_dir / "templates", default_language=settings.default_language, tz=tz)

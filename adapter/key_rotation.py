@@ -16,12 +16,15 @@ the new one:
    ``key_rotated`` in the audit log.
 
 A process that meets a data key rewrapped under a key it has not adopted (a Celery
-worker, which does not look at the file; a ``serve`` between two looks) reads that key
-from the files there and then (:func:`find_master_key`), instead of failing to unwrap.
+worker, which runs no housekeeping; a ``serve`` between two looks) reads that key from
+the files there and then (:func:`find_master_key`), instead of failing to unwrap; and
+before wrapping a new data key every process checks the file (:func:`master_key_watch`,
+a ``stat``), so no key made after step 1 is wrapped under the retired master.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,6 +63,32 @@ def _key_in_file(settings: Settings) -> LocalMasterKey | None:
         return LocalMasterKey.from_file(master_key_path(settings))
     except (OSError, ConfigError, ValueError):
         return None
+
+
+def master_key_watch(settings: Settings) -> Callable[[], LocalMasterKey | None]:
+    """The master key in the key file now, read again only when the file changed (a
+    ``stat`` otherwise): what a vault wraps new data keys with. A process that never
+    looks at the file (a Celery worker mapping new patients) would otherwise wrap them
+    under the retired key until it met a rewrapped one, and deleting the retired file
+    after ``keys rotate`` would then lose them. None when the key is in the environment
+    or the file cannot be read."""
+    if settings.master_key:
+        return lambda: None
+    path = master_key_path(settings)
+    seen: dict[tuple[int, int, int], LocalMasterKey | None] = {}
+
+    def current() -> LocalMasterKey | None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if stamp not in seen:
+            seen.clear()
+            seen[stamp] = _key_in_file(settings)
+        return seen.get(stamp)
+
+    return current
 
 
 def find_master_key(settings: Settings, key_id: str) -> tuple[LocalMasterKey, bool] | None:

@@ -195,7 +195,9 @@ class Vault:
     ``find_master(key_id)``, when given, is asked for a master key met in a wrapped key
     that this vault does not know: another process rotated, and rewrapped rows under a
     key this one has not read yet (from then on this vault also wraps with it, when
-    ``find_master`` says it is the current one).
+    ``find_master`` says it is the current one). ``current_master()``, when given, is
+    asked before new keys are wrapped: the master key in force now, wherever this vault
+    stands (a key wrapped under a retired master would be lost with that master's file).
     """
 
     def __init__(
@@ -208,6 +210,7 @@ class Vault:
         cache_ttl_s: float = 60.0,
         normalisers: Mapping[str, Callable[[str], str]] | None = None,
         find_master: Callable[[str], tuple[MasterKeyProvider, bool] | None] | None = None,
+        current_master: Callable[[], MasterKeyProvider | None] | None = None,
     ) -> None:
         if len(index_key) < KEY_BYTES:
             raise ConfigError("blind index key must be at least 32 bytes")
@@ -223,6 +226,7 @@ class Vault:
         self._seen_destructions = -1  # the latest count of destroyed keys read by this vault
         self._lock = threading.Lock()
         self._find_master = find_master
+        self._current_master = current_master
 
     @classmethod
     def open(
@@ -476,6 +480,10 @@ class Vault:
     def _make(self, subjects: Sequence[str]) -> dict[str, tuple[_CachedKey, dict[str, Any]]]:
         """A new key per subject, as its cache entry and its wrapped ``data_key`` row."""
         made = {}
+        latest = self._current_master() if self._current_master else None
+        if latest is not None and latest.key_id != self.master.key_id:
+            self._masters[latest.key_id] = latest  # rotated by another process: wrap with it
+            self.master = latest
         # A new key can only be destroyed after it is made, which moves the count past any seen.
         destructions = self._seen_destructions
         for subject in subjects:

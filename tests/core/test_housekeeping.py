@@ -230,3 +230,31 @@ def test_serve_with_celery_workers_still_runs_the_retention_purge(tmp_path):
             with transaction(adapter.container.sessions) as session:
                 return session.get(InboundRaw, old[0]) is None
         assert wait_for(purged)
+
+
+def test_a_process_that_never_looks_for_a_rotated_key_wraps_new_patients_with_it_not_the_retired_one(tmp_path):
+    """A Celery worker maps new patients but runs no housekeeping, so it never adopts a
+    rotated key by itself. It used to wrap their keys under the retired master until it
+    met a rewrapped key: once the retired file was deleted, as `keys rotate` allows when
+    no old backup is kept, those patients' data could never be read again."""
+    settings = settings_for(tmp_path)
+    worker = migrated_container(settings)  # stands for a worker started before the rotation
+    add_rows(worker, age=timedelta(days=1), tag="before")
+    old_id = worker.vault.master.key_id
+
+    code, output = cli(settings, "keys", "rotate", "--grace", "0")
+    assert code == 0, output
+    new_id = LocalMasterKey.from_file(master_key_path(settings)).key_id
+
+    add_rows(worker, age=timedelta(days=1), tag="after")  # a new patient, in the worker
+    with transaction(worker.sessions) as session:
+        assert worker.vault.count_wrapped_by(session, old_id) == 0
+    worker.engine.dispose()
+
+    (tmp_path / f"master.key.retired-{old_id}").unlink()
+    fresh = migrated_container(settings)
+    with transaction(fresh.sessions) as session:
+        assert fresh.vault.count_wrapped_by(session, new_id) >= 3
+        exported = export_patient(session, fresh, "p-after", actor="test", now=NOW)
+    assert exported["patient"]["given_name"] == "Ada"
+    fresh.engine.dispose()

@@ -152,6 +152,7 @@ def worker(
         celery = make_celery(settings)
     except ConfigError as exc:
         raise refuse_to_start(str(exc).splitlines()) from exc
+    _migrate(settings)  # as serve does: a worker started first on a new database finds it ready
     claim_loop = ClaimLoop(celery, _container(settings))
     from adapter.runtime import freeze_start_up_objects
 

@@ -40,6 +40,8 @@ from tests.faults.conftest import (
     delete_queue,
     free_port,
     future_start,
+    seed_bookings,
+    settings_from_env,
     siu_s12,
     start_serve,
     wait_for,
@@ -273,3 +275,29 @@ def test_two_servers_started_at_once_on_a_new_database_make_one_admin_token(tmp_
     shown = [host / "admin-token" for host in hosts if (host / "admin-token").exists()]
     assert len(stored) == 1, f"{len(stored)} admin tokens"
     assert len(shown) == 1 and hash_token(shown[0].read_text().strip()) == stored[0]
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_started_first_on_a_new_database_prepares_it_and_waits_for_work(tmp_path, pg_url):
+    """Hosts come up in any order: a worker that starts before any `serve` (which
+    migrates) used to stop with a traceback, exit 1, on the missing tables."""
+    queue = f"adapter-test-{os.getpid()}-first-worker"
+    env = adapter_env(tmp_path, pg_url, broker_url=AMQP_URL, queue=queue)
+    worker = Process(["worker", "--concurrency", "1"], env, tmp_path / "worker.log")
+    try:
+        engine = make_engine(pg_url)
+
+        def migrated() -> bool:
+            assert worker.popen.poll() is None, worker.output()
+            with engine.connect() as conn:
+                return conn.exec_driver_sql("SELECT to_regclass('public.notification')").scalar() is not None
+
+        wait_for(migrated, 60, "the worker to create the schema")
+        seed_bookings(settings_from_env(env), 3)  # then bookings arrive: the worker sends them
+        wait_for(lambda: confirmations_sent(make_sessionmaker(engine)) == 3, 60, "the worker to send")
+        assert worker.popen.poll() is None, worker.output()
+        engine.dispose()
+    finally:
+        worker.terminate()
+        delete_queue(AMQP_URL, queue)
+    assert "Traceback" not in worker.output()

@@ -21,10 +21,11 @@ DiagnosticReport (R4 DiagnosticReportStatus)
     → entered-in-error from a status that was announced or pending → ReportWithdrawn;
     preliminary, registered, partial, appended, cancelled → nothing.
 Patient
-    telecom or language differs from the previous version (or first seen with
-    either) → PatientUpdated. An update replaces the whole resource (R4 §3.1.0.4):
-    a version without the language the one before stated clears it
-    (``PatientDetails.cleared``), so the clinic's default applies. A first version
+    telecom, language or name differs from the previous version (or first seen with
+    telecom or language) → PatientUpdated. An update replaces the whole resource
+    (R4 §3.1.0.4): a version without the language or name the one before stated
+    clears it (``PatientDetails.cleared``), so the clinic's default language and the
+    nameless greeting apply. A first version
     (a create, or an update that creates) clears nothing: it replaces no statement.
 Consent
     first seen, or status or flattened provisions changed → ConsentChanged
@@ -390,10 +391,15 @@ def _patient_events(new, previous, origin, now, patient) -> list[AnyEvent]:
     if previous is None:
         changed = bool(telecom or language)
     else:
-        language_before = _language(previous.get("communication") or [])
-        changed = (telecom, language) != (_telecom(previous.get("telecom") or [], now), language_before)
-        if language_before and not language:
-            patient = replace(patient, cleared=patient.cleared | {"language"})
+        name_before = _official_name(previous.get("name") or [])
+        held = {"language": _language(previous.get("communication") or []),
+                "given_name": " ".join(name_before.get("given") or []),
+                "family_name": name_before.get("family", "")}
+        now_stated = {"language": language, "given_name": patient.given_name, "family_name": patient.family_name}
+        changed = telecom != _telecom(previous.get("telecom") or [], now) or held != now_stated
+        gone = frozenset(field for field, value in held.items() if value and not now_stated[field])
+        if gone:
+            patient = replace(patient, cleared=patient.cleared | gone)
     return [PatientUpdated(origin=origin, occurred_at=now, patient=patient)] if changed else []
 
 

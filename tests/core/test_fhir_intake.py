@@ -520,3 +520,29 @@ def test_a_patient_updated_without_communication_gets_pending_reminders_in_the_d
             assert session.scalar(select(Patient.language)) == ("" if reminder_in == "it" else "en")
         clock.set(start - timedelta(hours=24))
         assert wait_for(lambda: templates_used(adapter, "reminder")) == [f"{reminder_in}/reminder"]
+
+
+def test_a_patient_whose_name_alone_changed_is_greeted_by_the_new_name_in_pending_reminders(tmp_path):
+    """A Patient update that changes the name only (a marriage, a corrected spelling) made
+    no event: the reminder already scheduled still greeted the patient by the old name."""
+    from adapter.clock import FrozenClock
+    from tests.core.test_end_to_end import wait_for
+    from tests.core.test_hl7_flows import outbox_bodies
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    clock = FrozenClock(now)
+    with running_adapter(settings_for(tmp_path), clock=clock) as adapter:
+        ehr = adapter.client("ehr")
+        start = now + timedelta(days=3)
+        assert ehr.put("/fhir/R4/Patient/p1", json=patient("p1"), headers=FHIR).status_code == 201
+        assert ehr.put("/fhir/R4/Appointment/a1", json=appointment("a1", "p1", start), headers=FHIR).status_code == 201
+        wait_for(lambda: len(outbox_bodies(adapter)) == 1)
+        assert "Nicolò" in outbox_bodies(adapter)[0]
+
+        renamed = patient("p1")
+        renamed["name"] = [{"use": "official", "family": "Bertè", "given": ["Noè"]}]
+        assert ehr.put("/fhir/R4/Patient/p1", json=renamed, headers=FHIR).status_code == 200
+        adapter.fhir_processed()
+        clock.set(start - timedelta(hours=24))
+        reminder = wait_for(lambda: outbox_bodies(adapter)[1:])[0]
+    assert "Noè" in reminder and "Nicolò" not in reminder

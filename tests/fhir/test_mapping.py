@@ -74,6 +74,29 @@ def test_a_first_patient_version_without_a_language_clears_nothing():
     assert event.patient.cleared == frozenset()
 
 
+def named(given: list[str] | None, family: str | None) -> dict:
+    return {**fhir_patient(), "name": [{"use": "official", **({"given": given} if given else {}),
+                                        **({"family": family} if family else {})}]}
+
+
+@pytest.mark.parametrize("before, after, cleared", [
+    (named(["Nicolò"], "D'Alò"), fhir_patient(), {"given_name", "family_name"}),  # no name: withdrawn
+    (named(["Nicolò"], "D'Alò"), named(None, "D'Alò"), {"given_name"}),
+    (named(["Nicolò"], "D'Alò"), named(["Nicolò"], "Bertè"), set()),  # a new name: an update, nothing cleared
+])
+def test_a_patient_version_with_another_name_or_none_updates_the_patient(before, after, cleared):
+    """A name changed alone (a marriage, a correction) used to make no event: the
+    patient kept being greeted by the old name until a new booking."""
+    [event] = mapping.events_for("Patient", after, before, origin=ORIGIN, now=NOW, patient=None)
+    assert set(event.patient.cleared) == cleared
+    assert event.patient.family_name == (after["name"][0].get("family", "") if "name" in after else "")
+
+
+def test_a_patient_version_that_changes_nothing_the_adapter_uses_makes_no_event():
+    assert mapping.events_for("Patient", named(["Nicolò"], "D'Alò"), named(["Nicolò"], "D'Alò"),
+                              origin=ORIGIN, now=NOW, patient=None) == []
+
+
 @pytest.mark.parametrize("before, after, expected", [
     (None, "preliminary", []),
     ("preliminary", "final", ["ReportReady"]),

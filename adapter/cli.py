@@ -19,9 +19,9 @@ from adapter.cli_compliance import audit_app, gdpr_app, keys_app
 from adapter.db import LARGEST_INTEGER
 from adapter.settings import Settings, get_settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="The adapter: hospital events to patients' phones.")
-hl7_app = typer.Typer(no_args_is_help=True, help="HL7 v2: send, error store, replay, application ACKs.")
-tokens_app = typer.Typer(no_args_is_help=True, help="API tokens.")
+app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", add_completion=False, help="The adapter: hospital events to patients' phones.")
+hl7_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="HL7 v2: send, error store, replay, application ACKs.")
+tokens_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="API tokens.")
 app.add_typer(hl7_app, name="hl7")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(audit_app, name="audit")

@@ -17,9 +17,9 @@ console = Console()
 err = Console(stderr=True)
 CLI_ACTOR = "cli"
 
-audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log: verify, export, sign.")
-keys_app = typer.Typer(no_args_is_help=True, help="Encryption keys.")
-gdpr_app = typer.Typer(no_args_is_help=True, help="Data-subject rights: export (art. 15, 20) and erasure (art. 17).")
+audit_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="The tamper-evident audit log: verify, export, sign.")
+keys_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Encryption keys.")
+gdpr_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="Data-subject rights: export (art. 15, 20) and erasure (art. 17).")
 
 
 def _container():
@@ -100,7 +100,7 @@ def keys_rotate(
 
     Where the new key goes: into the file named by ADAPTER_MASTER_KEY_FILE
     (default var/master.key), replacing the old key, which is kept beside it
-    as <file>.retired-<key id> and still accepted for reading.
+    as `<file>.retired-<key id>` and still accepted for reading.
 
     Running adapters notice the new file within seconds and start wrapping
     with it; after --grace seconds this command rewraps every data key (the

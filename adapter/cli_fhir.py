@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-fhir_app = typer.Typer(no_args_is_help=True, help="FHIR: subscribe to a hospital's server, or poll it.")
+fhir_app = typer.Typer(no_args_is_help=True, rich_markup_mode="markdown", help="FHIR: subscribe to a hospital's server, or poll it.")
 console = Console()
 err = Console(stderr=True)
 

@@ -15,8 +15,8 @@ from adapter.db import LARGEST_INTEGER
 
 console = Console()
 
-acks_app = typer.Typer(invoke_without_command=True, help="Application ACKs owed to senders (enhanced mode).")
-writebacks_app = typer.Typer(invoke_without_command=True,
+acks_app = typer.Typer(invoke_without_command=True, rich_markup_mode="markdown", help="Application ACKs owed to senders (enhanced mode).")
+writebacks_app = typer.Typer(invoke_without_command=True, rich_markup_mode="markdown",
                              help="Patients' confirmations and cancellations written back to hospitals.")
 
 Failed = Annotated[bool, typer.Option("--failed", help="only those given up")]

@@ -330,3 +330,26 @@ def test_replaying_a_message_that_is_not_in_the_error_store_says_so_and_replays_
     replay = cli(tmp_path, "hl7", "replay", "1")
     assert replay.returncode == 1
     assert "1: not replayed: it is processed, not in the error store" in " ".join(replay.stdout.split())
+
+
+@pytest.mark.parametrize("group", [(), ("hl7",), ("audit",)])
+def test_help_wraps_each_command_s_summary_to_the_terminal_not_at_the_docstring_s_line_ends(tmp_path, group):
+    """The listing in ``--help`` used to break a summary where its docstring's source
+    line ended ("sends due" / "notifications"), leaving half-empty lines."""
+    width = 80
+    result = cli(tmp_path, *group, "--help", env={"COLUMNS": str(width)})
+    assert result.returncode == 0, result.stderr
+    panel = result.stdout.split("Commands")[1].splitlines()[1:]
+    rows = [line.strip().strip("│").rstrip() for line in panel if line.startswith("│")]
+    entries: list[list[str]] = []
+    for row in rows:
+        if row.startswith("  "):  # no command name: the entry's text goes on
+            entries[-1].append(row.strip())
+        else:
+            _, _, text = row.strip().partition("  ")
+            entries.append([text.strip()])
+    text_width = max(len(line) for entry in entries for line in entry)
+    for entry in entries:
+        for line, following in zip(entry, entry[1:]):
+            next_word = following.split()[0]
+            assert len(line) + 1 + len(next_word) > text_width, f"broken early: {line!r} / {following!r}"

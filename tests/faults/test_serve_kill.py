@@ -3,11 +3,11 @@ connections, restart it; the senders resend what was not acknowledged. Every
 acknowledged message is stored and processed once, retransmissions are recognised
 as duplicates, and no patient gets a notification twice.
 
-Issue 4 asks for 10,000 messages; this test sends 800 (8 x 100), one booking per
-patient (a new patient, appointment, three notifications and their audit records
-each): mapping runs at about 70-100 such messages a second on PostgreSQL on this
-2-core machine, and the whole test must stay under a minute.
-``SERVE_KILL_MESSAGES=10000`` runs the full count (several minutes)."""
+Issue 4 asks for 10,000 messages: on SQLite, the embedded default, the test sends
+10,000 (8 x 1,250), one booking per patient (a new patient, appointment, three
+notifications and their audit records each), and waits until every confirmation is
+sent; about a minute and a half on this 2-core machine. On PostgreSQL it sends 800
+(``SERVE_KILL_MESSAGES=10000`` runs the full count there too, several minutes)."""
 
 from __future__ import annotations
 
@@ -30,17 +30,21 @@ from tests.faults.conftest import (
     wait_for,
 )
 
-MESSAGES = int(os.environ.get("SERVE_KILL_MESSAGES", "800"))
 CONNECTIONS = 8
-KILL_AFTER = MESSAGES // 3
 
 
-@pytest.mark.timeout(180)
-def test_sigkill_serve_under_mllp_load_loses_nothing_and_sends_nothing_twice(tmp_path, pg_url):
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("database, count", [
+    ("sqlite", 10_000),  # the embedded default: the issue's full count
+    ("postgresql", int(os.environ.get("SERVE_KILL_MESSAGES", "800"))),
+])
+def test_sigkill_serve_under_mllp_load_loses_nothing_and_sends_nothing_twice(tmp_path, request, database, count):
+    kill_after = count // 3
+    pg_url = request.getfixturevalue("pg_url") if database == "postgresql" else f"sqlite:///{tmp_path / 'adapter.db'}"
     env = adapter_env(tmp_path, pg_url)  # embedded worker, sandbox channel
     http_port, mllp_port = free_port(), free_port()
     start = future_start()
-    payloads = {f"K{i:05d}": siu_s12(f"K{i:05d}", 20000 + i, start) for i in range(MESSAGES)}
+    payloads = {f"K{i:05d}": siu_s12(f"K{i:05d}", 20000 + i, start) for i in range(count)}
     acked: set[str] = set()
     acked_before_kill: set[str] = set()
     server = start_serve(env, tmp_path, http_port, mllp_port)
@@ -48,7 +52,7 @@ def test_sigkill_serve_under_mllp_load_loses_nothing_and_sends_nothing_twice(tmp
 
     async def scenario() -> dict[str, int]:
         async def killer() -> None:
-            while len(acked) < KILL_AFTER:
+            while len(acked) < kill_after:
                 await asyncio.sleep(0.005)
             server.kill()  # SIGKILL, mid-stream: some messages on the wire, unacknowledged
             acked_before_kill.update(acked)
@@ -63,7 +67,7 @@ def test_sigkill_serve_under_mllp_load_loses_nothing_and_sends_nothing_twice(tmp
     try:
         attempts = asyncio.run(scenario())
         assert acked == set(payloads)
-        assert KILL_AFTER <= len(acked_before_kill) < MESSAGES
+        assert kill_after <= len(acked_before_kill) < count
         resent = sum(n - 1 for n in attempts.values())
         assert resent > 0  # the kill cost some ACKs, and the senders sent those again
 
@@ -76,7 +80,7 @@ def test_sigkill_serve_under_mllp_load_loses_nothing_and_sends_nothing_twice(tmp
 
         # Every acknowledged message stored once and processed (a crash between
         # ACK and mapping left some ``stored``: the restarted server maps them).
-        wait_for(lambda: inbound() == {"processed": MESSAGES}, 120, "every message processed", interval=0.5)
+        wait_for(lambda: inbound() == {"processed": count}, 120, "every message processed", interval=0.5)
         with transaction(sessions) as session:
             stored_ids = set(session.scalars(select(InboundMessage.control_id)))
             duplicates = session.scalar(select(func.sum(InboundMessage.duplicates)))
@@ -88,7 +92,7 @@ def test_sigkill_serve_under_mllp_load_loses_nothing_and_sends_nothing_twice(tmp
                     select(Notification.status, func.count()).where(Notification.kind == "booking_confirmation")
                     .group_by(Notification.status)).all())
 
-        wait_for(lambda: confirmations() == {"sent": MESSAGES}, 120, "every confirmation sent", interval=0.5)
+        wait_for(lambda: confirmations() == {"sent": count}, 200, "every confirmation sent", interval=0.5)
         with transaction(sessions) as session:
             per_patient = session.execute(
                 select(OutboxMessage.patient_id, func.count()).group_by(OutboxMessage.patient_id)
@@ -97,8 +101,8 @@ def test_sigkill_serve_under_mllp_load_loses_nothing_and_sends_nothing_twice(tmp
             patients = session.scalar(select(func.count(func.distinct(OutboxMessage.patient_id))))
         engine.dispose()
         assert per_patient == []  # nobody received anything twice
-        assert patients == MESSAGES
-        print(f"\n{MESSAGES} messages, {len(acked_before_kill)} acknowledged before the kill, "
+        assert patients == count
+        print(f"\n{count} messages, {len(acked_before_kill)} acknowledged before the kill, "
               f"{resent} resent, {duplicates or 0} recognised as retransmissions")
     finally:
         server.kill()

@@ -319,6 +319,13 @@ class HL7Intake:
         if not header.control_id:
             return build_ack(header, AckCode.AR, error=AckError("101", "MSH-10 (message control id) is empty"))
         accept, error_code = (AckCode.CA, AckCode.CE) if header.enhanced_mode else (AckCode.AA, AckCode.AE)
+        facility = self.facilities.for_facility(header.facility)
+        if (header.processing_id or "P") not in facility.processing_ids:
+            log.warning("HL7 message from %s refused: processing id %r (MSH-11) is not taken here",
+                        header.sender[:100], header.processing_id[:20])
+            return build_ack(header, AckCode.CR if header.enhanced_mode else AckCode.AR, error=AckError(
+                "202", f"processing id {header.processing_id[:20]} (MSH-11) is not taken here: only "
+                       f"{', '.join(facility.processing_ids)}"))
         try:
             stored = await self.writer.store(header, raw)
         except Exception:
@@ -326,7 +333,6 @@ class HL7Intake:
             if header.enhanced_mode and not wants_accept_ack(header.accept_ack_type, stored=False):
                 return b""  # MSH-15 NE/SU: the sender asked for no commit ACK on failure
             return build_ack(header, error_code, error=AckError("207", "message could not be stored; resend it"))
-        facility = self.facilities.for_facility(header.facility)
         if header.enhanced_mode or facility.ack_timing == "stored":
             if not stored.duplicate:
                 self.on_stored()

@@ -98,6 +98,10 @@ class FacilityRule(BaseModel):
     """The HL7 null ``""`` (v2.5 §2.5.3) deletes the names, language and contacts held. False
     for a sender that writes ``""`` for every value it lacks: its ``""`` then reads as not
     sent, and what the adapter holds stays."""
+    processing_ids: list[Literal["P", "T", "D"]] = Field(default_factory=lambda: ["P"], min_length=1)
+    """MSH-11 values taken (P production, T training, D debugging; an empty MSH-11 reads
+    as P). Any other is answered AR, error 202, and not stored (HL7 v2.5 §2.9.2): a test
+    system's feed pointed at this adapter must not message real patients."""
     local_holidays: list[MonthDay] = Field(default_factory=list)
     """Days the facility's clinics close besides the national holidays, as ``MM-DD``: the
     city's patron saint (Rome ``06-29``, Milan ``12-07``). Non-urgent messages about what

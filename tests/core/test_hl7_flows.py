@@ -171,6 +171,44 @@ def test_a_facility_that_asks_for_ack_after_processing_gets_ae_with_the_reason(t
         assert again.code.value == "AE"  # a retransmission gets the same verdict, processed once
 
 
+def processing_id(message: bytes, value: str) -> bytes:
+    """Set MSH-11 (processing id: P production, T training, D debugging)."""
+    segments = message.split(b"\r")
+    fields = segments[0].split(b"|")
+    fields[10] = value.encode()
+    segments[0] = b"|".join(fields)
+    return b"\r".join(segments)
+
+
+def test_a_training_or_debugging_message_is_rejected_unstored_unless_the_facility_takes_it(tmp_path):
+    """A hospital's test system pointed at production (MSH-11 T or D) must not message real
+    patients: AR with error 202 (HL7 v2.5 §2.9.2), CR in enhanced mode, nothing stored. A
+    facility configured for it (a test adapter) takes it."""
+    from adapter.models import InboundMessage
+
+    config = tmp_path / "config"
+    shutil.copytree("config", config)
+    yaml = (config / "facilities.yaml").read_text()
+    (config / "facilities.yaml").write_text(yaml.replace("  LAB_CENTRALE:\n", "  TRAINING_LAB:\n    processing_ids: [T]\n  LAB_CENTRALE:\n"))
+    start = NOW + timedelta(days=2)
+    with running_adapter(settings_for(tmp_path, config_dir=config)) as adapter:
+        send = lambda *m: asyncio.run(send_messages(list(m), "127.0.0.1", adapter.mllp_port))  # noqa: E731
+        training, debugging, blank = send(processing_id(siu("S12", "T1", start), "T"),
+                                          processing_id(siu("S12", "D1", start), "D^T"),
+                                          processing_id(siu("S12", "B1", start), ""))
+        assert training.code.value == "AR" and b"ERR|" in training.ack and b"202" in training.ack
+        assert debugging.code.value == "AR"
+        assert blank.code.value == "AA"  # an empty MSH-11 reads as production
+        (committed,) = send(enhanced(processing_id(siu("S12", "T2", start), "T"), "AL", "NE"))
+        assert committed.code.value == "CR"
+        elsewhere = processing_id(siu("S12", "T3", start), "T").replace(b"|CUP|OSP_TEST|", b"|CUP|TRAINING_LAB|", 1)
+        assert b"|TRAINING_LAB|" in elsewhere
+        (taken,) = send(elsewhere)
+        assert taken.code.value == "AA"
+        with transaction(adapter.container.sessions) as session:
+            assert sorted(session.scalars(select(InboundMessage.control_id))) == ["B1", "T3"]
+
+
 def test_random_and_mutated_input_always_gets_an_ack_or_a_clean_close_and_the_listener_survives(tmp_path):
     rng = random.Random(20261126)
     base = siu("S12", "F0", NOW + timedelta(days=2))

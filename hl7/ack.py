@@ -102,6 +102,7 @@ def _now_ts(second: int) -> str:
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=32)
 def _version_tuple(version: str) -> tuple[int, ...]:
     nums = re.findall(r"\d+", version)
     return tuple(int(n) for n in nums) or (2, 5)

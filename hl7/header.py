@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass
+from functools import lru_cache
 
 from hl7.errors import CharsetError, HeaderError
 
@@ -179,12 +180,18 @@ def read_separators(raw: bytes) -> Separators:
     raw = _strip_leading(raw)
     if not raw.startswith(b"MSH") or len(raw) < 8:
         raise HeaderError("message does not start with an MSH segment")
-    field = raw[3:4]
+    end = raw.find(raw[3:4], 4)
+    return _separators(raw[3:end] if end >= 0 else raw[3:4])
+
+
+@lru_cache(maxsize=64)
+def _separators(declared: bytes) -> Separators:
+    """The separators of MSH-1 and MSH-2 as declared (``|^~\\&``): a sender sends the same
+    ones in every message, so each is checked once (the ACK path reads every header)."""
+    field = declared[:1]
     if not _is_separator(field) or field == b"\\":
         raise HeaderError(f"invalid field separator in MSH-1: {field!r}", code="102")
-    end = raw.find(field, 4)
-    encoding = raw[4:end] if end >= 0 else b""
-    chars = encoding.decode("latin-1")
+    chars = declared[1:].decode("latin-1")
     if not 4 <= len(chars) <= 5 or len(set(chars + field.decode("latin-1"))) != len(chars) + 1:
         raise HeaderError(f"invalid encoding characters in MSH-2: {chars!r}", code="102")
     if not all(_is_separator(c.encode("latin-1")) for c in chars):
@@ -227,8 +234,12 @@ def _read_header(raw: bytes, *, lenient: bool) -> MessageHeader:
     if codec is None:
         codec = _guess_codec(line)
 
+    # One decode for the line: the separators are ASCII, never inside a character of
+    # UTF-8 or of a single-byte set, so splitting after decoding splits the same.
+    texts = line.decode(codec, "replace").split(sep.field)
+
     def f(n: int) -> str:
-        return fields[n - 1].decode(codec, "replace") if len(fields) >= n else ""
+        return texts[n - 1] if len(texts) >= n else ""
 
     msh9 = f(9).split(sep.component)
     code = msh9[0].strip()

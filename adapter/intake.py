@@ -43,7 +43,7 @@ from hl7.ack import AckCode, AckError, build_ack, build_reject_for_unreadable
 from hl7.errors import HL7Error
 from hl7.facilities import FacilityConfig
 from hl7.header import MessageHeader, decode, read_header
-from hl7.mapping import map_message
+from hl7.mapping import map_message, refusal
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +326,10 @@ class HL7Intake:
             return build_ack(header, AckCode.CR if header.enhanced_mode else AckCode.AR, error=AckError(
                 "202", f"processing id {header.processing_id[:20]} (MSH-11) is not taken here: only "
                        f"{', '.join(facility.processing_ids)}"))
+        refused = refusal(header.message_code, header.trigger_event, header.version)
+        if refused is not None:  # a type or version not handled at all: not stored
+            return build_ack(header, AckCode.CR if header.enhanced_mode else AckCode.AR,
+                             error=AckError.from_exception(refused))
         try:
             stored = await self.writer.store(header, raw)
         except Exception:

@@ -28,7 +28,8 @@ Decisions:
   to ``[]``: hospitals send whole feeds, and answering AR to events we simply do
   not act on would raise alarms on their side. The caller acknowledges them AA.
 - Any other message type, and versions outside 2.3–2.8.x, raise
-  ``UnsupportedMessage`` (AR, table 0357 code 200 / 203).
+  ``UnsupportedMessage`` (AR, table 0357 code 200 / 203); :func:`refusal` says so from
+  the header alone, which the ACK path asks before storing.
 - A supported message that lacks what we need (no patient key, no start time,
   unreadable timestamp) raises ``MappingError`` (AE) with a reason that holds
   no personal data.
@@ -106,6 +107,19 @@ class _Context:
     received_at: datetime
 
 
+def refusal(code: str, trigger: str, version: str) -> UnsupportedMessage | None:
+    """Why a message of type ``code^trigger`` (MSH-9) and ``version`` (MSH-12.1) is not
+    handled at all, or None: what the header alone says, so the ACK path refuses it
+    before storing (HL7 v2.5 §2.9.2: AR for a message type or version not taken)."""
+    if code == "ACK":
+        return None
+    if code not in ("SIU", "ORU", "ADT"):
+        return UnsupportedMessage(f"message type {code}^{trigger} is not supported", "200")
+    if not SUPPORTED_VERSION.match(version):
+        return UnsupportedMessage(f"HL7 version {version!r} is not supported (2.3 to 2.8)", "203")
+    return None
+
+
 def map_message(text: str, facilities: FacilityConfig, *, received_at: datetime) -> list[AnyEvent]:
     """The events one decoded message means (see the module docstring).
 
@@ -116,11 +130,9 @@ def map_message(text: str, facilities: FacilityConfig, *, received_at: datetime)
     code, trigger = msh.value(9, 1).strip(), msh.value(9, 2).strip()
     if code == "ACK":
         return []
-    if code not in ("SIU", "ORU", "ADT"):
-        raise UnsupportedMessage(f"message type {code}^{trigger} is not supported", "200")
-    version = msh.value(12, 1).strip()
-    if not SUPPORTED_VERSION.match(version):
-        raise UnsupportedMessage(f"HL7 version {version!r} is not supported (2.3 to 2.8)", "203")
+    refused = refusal(code, trigger, msh.value(12, 1).strip())
+    if refused is not None:
+        raise refused
     context = _context(message, facilities, received_at)
     if context.rule.validate_with_hl7apy:
         validate_structure(text)

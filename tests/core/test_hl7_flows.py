@@ -209,6 +209,27 @@ def test_a_training_or_debugging_message_is_rejected_unstored_unless_the_facilit
             assert sorted(session.scalars(select(InboundMessage.control_id))) == ["B1", "T3"]
 
 
+def test_a_message_type_or_version_not_handled_is_rejected_at_once_and_not_stored(tmp_path):
+    """HL7 v2.5 §2.9.2: a message type or version the receiver does not take is answered AR
+    (error 200, 203) when it arrives. With the ACK after storage it used to be answered AA,
+    stored, and found 'rejected' in the error store later: the sender believed it delivered.
+    Triggers of the handled types that the adapter does not act on (A01, S16) stay AA."""
+    from adapter.models import InboundMessage
+
+    start = NOW + timedelta(days=2)
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        send = lambda *m: asyncio.run(send_messages(list(m), "127.0.0.1", adapter.mllp_port))  # noqa: E731
+        order = siu("S12", "O1", start).replace(b"|SIU^S12^SIU_S12|", b"|ORM^O01^ORM_O01|")
+        old = siu("S12", "V1", start).replace(b"|P|2.5|", b"|P|2.2|")
+        ignored = adt("A01", "I1", "MRN-I1")
+        rejected_type, rejected_version, taken = send(order, old, ignored)
+        assert rejected_type.code.value == "AR" and b"|200" in rejected_type.ack.split(b"ERR|")[1]
+        assert rejected_version.code.value == "AR" and b"203" in rejected_version.ack.split(b"ERR|")[1]
+        assert taken.code.value == "AA"
+        with transaction(adapter.container.sessions) as session:
+            assert list(session.scalars(select(InboundMessage.control_id))) == ["I1"]
+
+
 def test_random_and_mutated_input_always_gets_an_ack_or_a_clean_close_and_the_listener_survives(tmp_path):
     rng = random.Random(20261126)
     base = siu("S12", "F0", NOW + timedelta(days=2))

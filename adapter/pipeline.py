@@ -364,16 +364,16 @@ class Pipeline:
         """The planned notifications as rows: moved into the sending window, each with its
         consent decision (``scheduled`` or ``suppressed`` with the reason) and why-record
         (with the ``reports`` a report notice announces). ``decided``: decisions by kind
-        that hold for this patient too (patients without a consent history), added to."""
+        that hold for this patient too (patients without a consent history), added to;
+        a kind planned twice (two reminders) is decided once either way."""
         rows = []
         facility = facility_of(event.origin.source, event.origin.sender)
+        decided = {} if decided is None else decided
         for planned in plan.notifications:
             planned = self._in_window(planned, now, facility)
-            decision = decided.get(planned.kind) if decided is not None else None
+            decision = decided.get(planned.kind)
             if decision is None:
-                decision = self.gate.decide_at_schedule(session, patient_id, planned.kind, now=now)
-                if decided is not None:
-                    decided[planned.kind] = decision
+                decision = decided[planned.kind] = self.gate.decide_at_schedule(session, patient_id, planned.kind, now=now)
             status, reason = "scheduled", None
             if veto:
                 status, reason = "suppressed", veto

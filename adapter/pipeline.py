@@ -369,6 +369,7 @@ class Pipeline:
         rows = []
         facility = facility_of(event.origin.source, event.origin.sender)
         decided = {} if decided is None else decided
+        about = EventRecord.of(event)
         for planned in plan.notifications:
             planned = self._in_window(planned, now, facility)
             decision = decided.get(planned.kind)
@@ -397,7 +398,7 @@ class Pipeline:
                 "created_at": now,
                 "tried_channels": [],
                 "attempts": 0,
-                "decision": why_record(event, planned, decision.as_dict(), status, reason)
+                "decision": why_record(about, planned, decision.as_dict(), status, reason)
                 | ({"reports": list(reports)} if reports else {}),
             })
         return rows
@@ -444,24 +445,37 @@ def _appointment_row(patient_id: str, event: ev.Event, status: str, now: datetim
             "event_at": event.occurred_at if event.origin.source == "hl7" else None}
 
 
-def why_record(
-    event: ev.Event, planned: PlannedNotification, consent: dict, status: str, reason: str | None
-) -> dict:
-    """The decision record kept with each notification (``/why``): no personal data.
-    A notice about an appointment keeps the start it was planned for (the dispatcher
-    finds by it one planned before the appointment moved)."""
-    rule = {"id": planned.rule_id, "kind": planned.kind, "scheduled_for": planned.scheduled_for.isoformat()}
-    appointment = getattr(event, "appointment", None)
-    if appointment is not None and appointment.start is not None:
-        rule["appointment_start"] = appointment.start.isoformat()
-    return {
-        "event": {
+@dataclass(frozen=True)
+class EventRecord:
+    """What the why-record of each notification an event plans says of the event: the
+    same for all of them, so made once."""
+
+    event: dict[str, str]
+    appointment_start: str | None  # ISO 8601
+
+    @classmethod
+    def of(cls, event: ev.Event) -> EventRecord:
+        appointment = getattr(event, "appointment", None)
+        return cls({
             "type": type(event).__name__,
             "source": event.origin.source,
             "sender": event.origin.sender,
             "message_ref": event.origin.message_ref,
             "occurred_at": event.occurred_at.isoformat(),
-        },
+        }, appointment.start.isoformat() if appointment is not None and appointment.start is not None else None)
+
+
+def why_record(
+    about: EventRecord, planned: PlannedNotification, consent: dict, status: str, reason: str | None
+) -> dict:
+    """The decision record kept with each notification (``/why``): no personal data.
+    A notice about an appointment keeps the start it was planned for (the dispatcher
+    finds by it one planned before the appointment moved)."""
+    rule = {"id": planned.rule_id, "kind": planned.kind, "scheduled_for": planned.scheduled_for.isoformat()}
+    if about.appointment_start is not None:
+        rule["appointment_start"] = about.appointment_start
+    return {
+        "event": about.event,
         "rule": rule,
         "at_schedule": {"status": status, "reason": reason, "consent": consent},
     }

@@ -28,6 +28,7 @@ from adapter.patients import (
     create_patients,
     identifier_index,
     identifier_indexes,
+    known_patients,
     legacy_indexes,
     merge_patients,
     upsert_patient,
@@ -118,7 +119,8 @@ class Pipeline:
         like the rest, so a failure stays its own."""
         session.flush()  # what the ORM holds pending is seen by the Core look-ups below
         outcomes: list[list[int] | Exception | None] = [None] * len(messages)
-        together = self._independent_new_bookings(session, messages)
+        mentions = [self._mentions(events) for events in messages]
+        together = self._independent_new_bookings(session, messages, mentions)
         if together:
             try:
                 with session.begin_nested():
@@ -129,6 +131,7 @@ class Pipeline:
                 for position, ids in zip(together, created, strict=True):
                     outcomes[position] = ids
         rest = [position for position, outcome in enumerate(outcomes) if outcome is None]
+        self._read_ahead(session, [mentions[position] for position in rest])
         applied = all_or_each(session, [messages[position] for position in rest],
                               lambda events: self.handle(session, events, now=now),
                               hold=lambda: self.gate.audit_held(session), what="messages")
@@ -136,11 +139,12 @@ class Pipeline:
             outcomes[position] = outcome
         return outcomes  # type: ignore[return-value]
 
-    def _independent_new_bookings(self, session: Session, messages: Sequence[Sequence[ev.Event]]) -> list[int]:
+    def _independent_new_bookings(self, session: Session, messages: Sequence[Sequence[ev.Event]],
+                                  mentions: Sequence[set[tuple[str, str]]]) -> list[int]:
         """Positions of the messages that are one booking whose patient identifiers and
         appointment no other message mentions and the database does not know: applying
-        them before, after or between the others changes nothing."""
-        mentions = [self._mentions(events) for events in messages]
+        them before, after or between the others changes nothing. ``mentions``: each
+        message's (:meth:`_mentions`)."""
         counts = Counter(mention for mentioned in mentions for mention in mentioned)
         candidates = [
             position for position, events in enumerate(messages)
@@ -155,6 +159,19 @@ class Pipeline:
         known |= {("ref", ref) for ref in session.scalars(
             _KNOWN_REFS, {"refs": [value for kind, value in wanted if kind == "ref"]})}
         return [position for position in candidates if not mentions[position] & known]
+
+    def _read_ahead(self, session: Session, mentions: Sequence[set[tuple[str, str]]]) -> None:
+        """The consent histories and data keys of the known patients that messages with
+        these ``mentions`` are about, each read with one query for all of them: applying
+        a message about a known patient reads both first, one query each. (Read in this
+        transaction, and kept as a patient's own reads are: see ``load_consent``,
+        ``load_keys``.)"""
+        indexes = {value for mentioned in mentions for kind, value in mentioned if kind == "identifier"}
+        if not indexes:
+            return
+        patient_ids = known_patients(session, sorted(indexes))
+        self.gate.load_consent(session, patient_ids)
+        self.gate.vault.load_keys(session, [f"patient:{patient_id}" for patient_id in patient_ids])
 
     def _mentions(self, events: Sequence[ev.Event]) -> set[tuple[str, str]]:
         """The patient identifiers (blind indexes, also as stored before identifiers without

@@ -273,6 +273,19 @@ class Vault:
         been destroyed, that row stands and is used as :meth:`encrypt` would."""
         self._create(session, subjects)
 
+    def load_keys(self, session: Session, subjects: Sequence[str]) -> None:
+        """Read the keys of ``subjects`` that the cache cannot give with one query, for
+        the sealing about to be done in this session (kept as :meth:`encrypt` keeps the
+        key it reads). Subjects without a live key are left to :meth:`encrypt`."""
+        wanted = [subject for subject in subjects if self._usable(session, self._by_subject.get(subject)) is None
+                  and subject not in _pending(session)]
+        if not wanted:
+            return
+        destructions = self._destructions(session)  # before the rows
+        for row in session.execute(_KEYS_OF, {"subjects": wanted}):
+            if row.wrapped is not None:
+                self._remember(row, destructions)
+
     def key_rows_for_new(self, session: Session, subjects: Sequence[str]) -> list[dict[str, Any]]:
         """Keys for subjects that cannot have one yet (ids this server has just
         assigned), made without touching the database: usable in ``session`` at once,
@@ -508,6 +521,8 @@ _DESTRUCTIONS = "compliance.destructions"  # session.info: (transaction, count o
 _READ_DESTRUCTIONS = select(DataKeyDestructions.__table__.c.count).where(DataKeyDestructions.__table__.c.id == 1)
 # A subject's key as _unwrap and _remember read it: built once, and no ORM object made per key.
 _KEY_OF = select(DataKey.id, DataKey.subject, DataKey.wrapped).where(DataKey.subject == bindparam("subject"))
+_KEYS_OF = select(DataKey.id, DataKey.subject, DataKey.wrapped).where(
+    DataKey.subject.in_(bindparam("subjects", expanding=True)))
 
 
 def _never_destroyed(subject: str) -> bool:

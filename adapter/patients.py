@@ -139,6 +139,14 @@ def upsert_patient(
     return UpsertedPatient(patient_id, created=False)
 
 
+def known_patients(session: Session, indexes: Sequence[str]) -> set[str]:
+    """The patients known by any of these identifier blind indexes (a merged one's
+    survivor, one merge followed): whom messages naming them are about, to read what
+    applying them needs with one query for all."""
+    return {merged_into or patient_id for _, patient_id, merged_into in
+            session.execute(_FIND_IDENTIFIERS, {"indexes": list(indexes)})}
+
+
 def _claim_legacy(
     session: Session, legacy: dict[str, tuple[str, str]], found: dict[str, tuple[str, str | None]]
 ) -> tuple[str, str | None] | None:

@@ -28,6 +28,7 @@ from adapter.patients import (
     create_patients,
     identifier_index,
     identifier_indexes,
+    known_patients,
     legacy_indexes,
     merge_patients,
     upsert_patient,
@@ -59,6 +60,14 @@ _NOTICES_OF = select(
         _NOTIFICATION.c.status.in_(bindparam("statuses", expanding=True)),
         _NOTIFICATION.c.rule_id.in_(bindparam("rules", expanding=True)))
 _GOING_OR_GONE = ("scheduled", "claimed", "sent", "delivered", "read")
+# What is still waiting for a subject, cancelled; found by the subject's index. (Selecting
+# the ids first and then updating "id IN (...) AND status = 'scheduled'" led SQLite to the
+# status index: every scheduled notification of every patient read, 0.3 ms at a few thousand.)
+_WITHDRAW = update(_NOTIFICATION).where(
+    _NOTIFICATION.c.subject_ref == bindparam("subject"), _NOTIFICATION.c.status == "scheduled",
+).values(status="cancelled", reason=bindparam("withdrawn_reason"), status_at=bindparam("withdrawn_at")).returning(
+    _NOTIFICATION.c.id, _NOTIFICATION.c.patient_id)
+_WITHDRAW_TIMED = _WITHDRAW.where(_NOTIFICATION.c.rule_id.in_(bindparam("rules", expanding=True)))
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,8 @@ class Pipeline:
         like the rest, so a failure stays its own."""
         session.flush()  # what the ORM holds pending is seen by the Core look-ups below
         outcomes: list[list[int] | Exception | None] = [None] * len(messages)
-        together = self._independent_new_bookings(session, messages)
+        mentions = [self._mentions(events) for events in messages]
+        together = self._independent_new_bookings(session, messages, mentions)
         if together:
             try:
                 with session.begin_nested():
@@ -121,6 +131,7 @@ class Pipeline:
                 for position, ids in zip(together, created, strict=True):
                     outcomes[position] = ids
         rest = [position for position, outcome in enumerate(outcomes) if outcome is None]
+        self._read_ahead(session, [mentions[position] for position in rest])
         applied = all_or_each(session, [messages[position] for position in rest],
                               lambda events: self.handle(session, events, now=now),
                               hold=lambda: self.gate.audit_held(session), what="messages")
@@ -128,11 +139,12 @@ class Pipeline:
             outcomes[position] = outcome
         return outcomes  # type: ignore[return-value]
 
-    def _independent_new_bookings(self, session: Session, messages: Sequence[Sequence[ev.Event]]) -> list[int]:
+    def _independent_new_bookings(self, session: Session, messages: Sequence[Sequence[ev.Event]],
+                                  mentions: Sequence[set[tuple[str, str]]]) -> list[int]:
         """Positions of the messages that are one booking whose patient identifiers and
         appointment no other message mentions and the database does not know: applying
-        them before, after or between the others changes nothing."""
-        mentions = [self._mentions(events) for events in messages]
+        them before, after or between the others changes nothing. ``mentions``: each
+        message's (:meth:`_mentions`)."""
         counts = Counter(mention for mentioned in mentions for mention in mentioned)
         candidates = [
             position for position, events in enumerate(messages)
@@ -147,6 +159,19 @@ class Pipeline:
         known |= {("ref", ref) for ref in session.scalars(
             _KNOWN_REFS, {"refs": [value for kind, value in wanted if kind == "ref"]})}
         return [position for position in candidates if not mentions[position] & known]
+
+    def _read_ahead(self, session: Session, mentions: Sequence[set[tuple[str, str]]]) -> None:
+        """The consent histories and data keys of the known patients that messages with
+        these ``mentions`` are about, each read with one query for all of them: applying
+        a message about a known patient reads both first, one query each. (Read in this
+        transaction, and kept as a patient's own reads are: see ``load_consent``,
+        ``load_keys``.)"""
+        indexes = {value for mentioned in mentions for kind, value in mentioned if kind == "identifier"}
+        if not indexes:
+            return
+        patient_ids = known_patients(session, sorted(indexes))
+        self.gate.load_consent(session, patient_ids)
+        self.gate.vault.load_keys(session, [f"patient:{patient_id}" for patient_id in patient_ids])
 
     def _mentions(self, events: Sequence[ev.Event]) -> set[tuple[str, str]]:
         """The patient identifiers (blind indexes, also as stored before identifiers without
@@ -324,15 +349,12 @@ class Pipeline:
     def _withdraw(self, session: Session, subject_ref: str, *, timed_only: bool, reason: str, now: datetime) -> None:
         """Cancel what is still waiting for ``subject_ref``. Immediate notices
         already on their way are left alone when only timed ones move."""
-        pending = (_NOTIFICATION.c.subject_ref == subject_ref, _NOTIFICATION.c.status == "scheduled")
+        values = {"subject": subject_ref, "withdrawn_reason": reason[:200], "withdrawn_at": now}
         if timed_only:
-            pending += (_NOTIFICATION.c.rule_id.in_([r.id for r in self.rules.rules if r.timed]),)
-        # One statement, found by the subject's index. (Selecting the ids first and then
-        # updating "id IN (...) AND status = 'scheduled'" led SQLite to the status index:
-        # every scheduled notification of every patient read, 0.3 ms at a few thousand.)
-        withdrawn = sorted((row.id, row.patient_id) for row in session.execute(
-            update(_NOTIFICATION).where(*pending).values(status="cancelled", reason=reason[:200], status_at=now)
-            .returning(_NOTIFICATION.c.id, _NOTIFICATION.c.patient_id)))
+            statement, values["rules"] = _WITHDRAW_TIMED, [r.id for r in self.rules.rules if r.timed]
+        else:
+            statement = _WITHDRAW
+        withdrawn = sorted((row.id, row.patient_id) for row in session.execute(statement, values))
         if withdrawn:
             self.gate.withdrawn(session, withdrawn, reason, now=now)
 
@@ -359,16 +381,17 @@ class Pipeline:
         """The planned notifications as rows: moved into the sending window, each with its
         consent decision (``scheduled`` or ``suppressed`` with the reason) and why-record
         (with the ``reports`` a report notice announces). ``decided``: decisions by kind
-        that hold for this patient too (patients without a consent history), added to."""
+        that hold for this patient too (patients without a consent history), added to;
+        a kind planned twice (two reminders) is decided once either way."""
         rows = []
         facility = facility_of(event.origin.source, event.origin.sender)
+        decided = {} if decided is None else decided
+        about = EventRecord.of(event)
         for planned in plan.notifications:
             planned = self._in_window(planned, now, facility)
-            decision = decided.get(planned.kind) if decided is not None else None
+            decision = decided.get(planned.kind)
             if decision is None:
-                decision = self.gate.decide_at_schedule(session, patient_id, planned.kind, now=now)
-                if decided is not None:
-                    decided[planned.kind] = decision
+                decision = decided[planned.kind] = self.gate.decide_at_schedule(session, patient_id, planned.kind, now=now)
             status, reason = "scheduled", None
             if veto:
                 status, reason = "suppressed", veto
@@ -392,7 +415,7 @@ class Pipeline:
                 "created_at": now,
                 "tried_channels": [],
                 "attempts": 0,
-                "decision": why_record(event, planned, decision.as_dict(), status, reason)
+                "decision": why_record(about, planned, decision.as_dict(), status, reason)
                 | ({"reports": list(reports)} if reports else {}),
             })
         return rows
@@ -439,24 +462,37 @@ def _appointment_row(patient_id: str, event: ev.Event, status: str, now: datetim
             "event_at": event.occurred_at if event.origin.source == "hl7" else None}
 
 
-def why_record(
-    event: ev.Event, planned: PlannedNotification, consent: dict, status: str, reason: str | None
-) -> dict:
-    """The decision record kept with each notification (``/why``): no personal data.
-    A notice about an appointment keeps the start it was planned for (the dispatcher
-    finds by it one planned before the appointment moved)."""
-    rule = {"id": planned.rule_id, "kind": planned.kind, "scheduled_for": planned.scheduled_for.isoformat()}
-    appointment = getattr(event, "appointment", None)
-    if appointment is not None and appointment.start is not None:
-        rule["appointment_start"] = appointment.start.isoformat()
-    return {
-        "event": {
+@dataclass(frozen=True)
+class EventRecord:
+    """What the why-record of each notification an event plans says of the event: the
+    same for all of them, so made once."""
+
+    event: dict[str, str]
+    appointment_start: str | None  # ISO 8601
+
+    @classmethod
+    def of(cls, event: ev.Event) -> EventRecord:
+        appointment = getattr(event, "appointment", None)
+        return cls({
             "type": type(event).__name__,
             "source": event.origin.source,
             "sender": event.origin.sender,
             "message_ref": event.origin.message_ref,
             "occurred_at": event.occurred_at.isoformat(),
-        },
+        }, appointment.start.isoformat() if appointment is not None and appointment.start is not None else None)
+
+
+def why_record(
+    about: EventRecord, planned: PlannedNotification, consent: dict, status: str, reason: str | None
+) -> dict:
+    """The decision record kept with each notification (``/why``): no personal data.
+    A notice about an appointment keeps the start it was planned for (the dispatcher
+    finds by it one planned before the appointment moved)."""
+    rule = {"id": planned.rule_id, "kind": planned.kind, "scheduled_for": planned.scheduled_for.isoformat()}
+    if about.appointment_start is not None:
+        rule["appointment_start"] = about.appointment_start
+    return {
+        "event": about.event,
         "rule": rule,
         "at_schedule": {"status": status, "reason": reason, "consent": consent},
     }

@@ -169,13 +169,18 @@ class _NewEntry:
     root_after: bytes = b""
 
 
+def _at_text(at: datetime) -> str:
+    """An entry's time as its leaf data writes it."""
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def entry_bytes(row: AuditEntry | _NewEntry, *, seq: int | None = None, details: Any = None) -> bytes:
     """The leaf data of an entry: its canonical JSON (``seq`` may be overridden, to test
     whether an entry was moved; ``details``: the row's details already read from its JSON)."""
     return _canonical(
         {
             "seq": row.seq if seq is None else seq,
-            "at": row.at.astimezone(UTC).isoformat(timespec="microseconds"),
+            "at": _at_text(row.at),
             "action": row.action,
             "outcome": row.outcome,
             "actor": row.actor,
@@ -197,13 +202,14 @@ def _reads_back_the_same(details: Mapping[str, Any]) -> bool:
     return all(type(key) is str and type(value) in _SCALARS for key, value in details.items())
 
 
-def _new_entry_bytes(row: _NewEntry) -> bytes:
+def _new_entry_bytes(row: _NewEntry, at: str | None = None) -> bytes:
     """:func:`entry_bytes` of a new entry whose ``details`` JSON is canonical and reads
     back the same: the same bytes, spliced instead of encoded again (the keys in the
-    sorted order ``json.dumps(sort_keys=True)`` gives them)."""
+    sorted order ``json.dumps(sort_keys=True)`` gives them). ``at``: ``_at_text(row.at)``,
+    when the caller has it."""
     return (
         f'{{"action":{_text(row.action)},"actor":{_text(row.actor)},'
-        f'"at":"{row.at.astimezone(UTC).isoformat(timespec="microseconds")}",'
+        f'"at":"{at or _at_text(row.at)}",'
         f'"details":{row.details},"outcome":{_text(row.outcome)},"reason":{_text(row.reason)},'
         f'"seq":{int(row.seq)},"subject":{_text(row.subject)}}}'
     ).encode()
@@ -315,6 +321,7 @@ class AuditLog:
             return []
         edge = self._right_edge(session)
         rows, nodes, records = [], [], []
+        at_texts: dict[datetime, str] = {}  # the entries of a round share their time
         for draft in drafts:
             row = _NewEntry(
                 seq=edge.size, at=draft.at.astimezone(UTC), action=draft.action, outcome=draft.outcome,
@@ -323,7 +330,10 @@ class AuditLog:
             )
             if _reads_back_the_same(draft.details):
                 details = dict(draft.details)
-                row.leaf_hash = merkle.leaf_hash(_new_entry_bytes(row))
+                at = at_texts.get(row.at)
+                if at is None:
+                    at = at_texts[row.at] = _at_text(row.at)
+                row.leaf_hash = merkle.leaf_hash(_new_entry_bytes(row, at))
             else:
                 details = json.loads(row.details)  # as it reads back: hashed and returned as that
                 row.leaf_hash = merkle.leaf_hash(entry_bytes(row, details=details))

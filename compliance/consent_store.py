@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import event, select
+from sqlalchemy import bindparam, event, select
 from sqlalchemy.orm import Session
 
 from adapter.events import ConsentChanged
@@ -61,6 +61,8 @@ def withdraw(
 
 
 _CACHE = "consent_records"
+_RECORDS_OF = (select(ConsentRecord).where(ConsentRecord.patient_id == bindparam("patient"))
+               .order_by(ConsentRecord.recorded_at, ConsentRecord.id))  # built once: building costs more than running
 
 
 def _cache(session: Session) -> dict[str, list[ConsentRecord]]:
@@ -78,9 +80,7 @@ def records_for(session: Session, patient_id: str) -> list[ConsentRecord]:
     one event asks for several decisions; writes here forget the copy."""
     cache = _cache(session)
     if patient_id not in cache:
-        query = (select(ConsentRecord).where(ConsentRecord.patient_id == patient_id)
-                 .order_by(ConsentRecord.recorded_at, ConsentRecord.id))
-        cache[patient_id] = list(session.scalars(query))
+        cache[patient_id] = list(session.scalars(_RECORDS_OF, {"patient": patient_id}))
     return list(cache[patient_id])
 
 

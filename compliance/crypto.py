@@ -41,7 +41,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import event, select, update
+from sqlalchemy import bindparam, event, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapter.db import insert_rows
@@ -276,6 +277,19 @@ class Vault:
         been destroyed, that row stands and is used as :meth:`encrypt` would."""
         self._create(session, subjects)
 
+    def load_keys(self, session: Session, subjects: Sequence[str]) -> None:
+        """Read the keys of ``subjects`` that the cache cannot give with one query, for
+        the sealing about to be done in this session (kept as :meth:`encrypt` keeps the
+        key it reads). Subjects without a live key are left to :meth:`encrypt`."""
+        wanted = [subject for subject in subjects if self._usable(session, self._by_subject.get(subject)) is None
+                  and subject not in _pending(session)]
+        if not wanted:
+            return
+        destructions = self._destructions(session)  # before the rows
+        for row in session.execute(_KEYS_OF, {"subjects": wanted}):
+            if row.wrapped is not None:
+                self._remember(row, destructions)
+
     def key_rows_for_new(self, session: Session, subjects: Sequence[str]) -> list[dict[str, Any]]:
         """Keys for subjects that cannot have one yet (ids this server has just
         assigned), made without touching the database: usable in ``session`` at once,
@@ -406,7 +420,7 @@ class Vault:
         if cached is not None:
             return cached
         destructions = -1 if _never_destroyed(subject) else self._destructions(session)  # before the row
-        row = session.scalars(select(DataKey).where(DataKey.subject == subject)).one_or_none()
+        row = session.execute(_KEY_OF, {"subject": subject}).one_or_none()
         if row is None:
             return self._create(session, [subject])[subject]
         return self._remember(row, destructions)
@@ -430,7 +444,7 @@ class Vault:
             row = session.scalars(select(DataKey).where(DataKey.subject == subject)).one()
         return self._unwrap(row)
 
-    def _unwrap(self, row: DataKey) -> bytes:
+    def _unwrap(self, row: DataKey | Row[Any]) -> bytes:
         if row.wrapped is None:
             raise KeyDestroyed(f"the data key of {row.subject!r} was destroyed")
         master = self._masters.get(wrapped_key_id(row.wrapped)) or self._learn(wrapped_key_id(row.wrapped))
@@ -450,7 +464,7 @@ class Vault:
             self.master = master
         return master
 
-    def _remember(self, row: DataKey, destructions: int) -> _CachedKey:
+    def _remember(self, row: DataKey | Row[Any], destructions: int) -> _CachedKey:
         """Cache ``row``'s key, usable while ``destructions`` (read before the row) holds."""
         cached = _CachedKey(row.id, AESGCM(self._unwrap(row)), time.monotonic(), row.subject, destructions)
         with self._lock:
@@ -473,8 +487,7 @@ class Vault:
                 self._stage(session, subject, cached)
             else:
                 destructions = -1 if _never_destroyed(subject) else self._destructions(session)
-                existing = session.scalars(select(DataKey).where(DataKey.subject == subject)).one()
-                out[subject] = self._remember(existing, destructions)
+                out[subject] = self._remember(session.execute(_KEY_OF, {"subject": subject}).one(), destructions)
         return out
 
     def _make(self, subjects: Sequence[str]) -> dict[str, tuple[_CachedKey, dict[str, Any]]]:
@@ -514,6 +527,10 @@ _PENDING = "compliance.pending_keys"
 _DESTRUCTIONS = "compliance.destructions"  # session.info: (transaction, count of destroyed keys)
 # Built once (Core): read at the start of most transactions, where building it cost more than running it.
 _READ_DESTRUCTIONS = select(DataKeyDestructions.__table__.c.count).where(DataKeyDestructions.__table__.c.id == 1)
+# A subject's key as _unwrap and _remember read it: built once, and no ORM object made per key.
+_KEY_OF = select(DataKey.id, DataKey.subject, DataKey.wrapped).where(DataKey.subject == bindparam("subject"))
+_KEYS_OF = select(DataKey.id, DataKey.subject, DataKey.wrapped).where(
+    DataKey.subject.in_(bindparam("subjects", expanding=True)))
 
 
 def _never_destroyed(subject: str) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from compliance.errors import ConfigError
 
@@ -99,6 +99,15 @@ class CompliancePolicy(_Strict):
     template_lint: TemplateLint
     retention: Retention
     processing: Processing
+    # Each purpose's basis, made once (the policy is frozen): every consent decision asks
+    # for one, and making the model cost more than the decision's other steps.
+    _bases: dict[str, LawfulBasis] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: object, /) -> None:
+        self._bases = {
+            name: LawfulBasis(purpose=name, code=p.lawful_basis, articles=p.articles, explicit_consent=p.explicit_consent)
+            for name, p in self.purposes.items()
+        }
 
     @model_validator(mode="after")
     def _kinds_name_known_purposes(self) -> CompliancePolicy:
@@ -108,11 +117,10 @@ class CompliancePolicy(_Strict):
         return self
 
     def basis(self, purpose: str) -> LawfulBasis:
-        p = self.purposes.get(purpose)
-        if p is None:
+        found = self._bases.get(purpose)
+        if found is None:
             raise ConfigError(f"unknown purpose {purpose!r}")
-        return LawfulBasis(purpose=purpose, code=p.lawful_basis, articles=p.articles,
-                           explicit_consent=p.explicit_consent)
+        return found
 
     def purpose_of(self, kind: str) -> str:
         try:

@@ -197,3 +197,30 @@ def test_a_reschedule_reads_its_own_notifications_not_every_scheduled_one(tmp_pa
         assert few > 0 and many < 2 * few, (few, many)
     finally:
         container.engine.dispose()
+
+
+def test_a_consent_withdrawal_applies_to_the_messages_after_it_in_the_same_batch(tmp_path, database_url):
+    """The consent histories of a batch's known patients are read ahead, once for the
+    batch: a message of the batch that withdraws a patient's consent still counts for
+    the patient's later messages of it, as when each message is applied alone."""
+    container = container_for(tmp_path, database_url)
+    try:
+        with transaction(container.sessions) as session:
+            for mrn in ("W1", "W2"):
+                container.pipeline.handle(session, [booking(mrn, mrn)], now=NOW)
+        withdrawal = ev.ConsentChanged(
+            origin=ev.Origin("hl7", "CUP^OSP_TEST", "C-W1-consent"), occurred_at=NOW,
+            patient=ev.PatientDetails(key=ev.Identifier("OSP_TEST", "W1", "MR")), consent_ref="consent-W1",
+            active=True, provisions=(ev.ConsentProvision("deny"),))
+        later = START + timedelta(days=1)
+        batch = [[withdrawal]] + [[booking(mrn, mrn, start=later, rescheduled=True, ref=f"C-{mrn}-moved")]
+                                  for mrn in ("W1", "W2")]
+        with transaction(container.sessions) as session:
+            outcomes = container.pipeline.handle_many(session, batch, now=NOW)
+        assert [len(ids) for ids in outcomes] == [0, 4, 4]
+        with transaction(container.sessions) as session:
+            statuses = {mrn: Counter(session.scalars(select(Notification.status).where(
+                Notification.id.in_(ids)))) for mrn, ids in zip(("W1", "W2"), outcomes[1:], strict=True)}
+        assert statuses == {"W1": {"suppressed": 4}, "W2": {"scheduled": 4}}
+    finally:
+        container.engine.dispose()

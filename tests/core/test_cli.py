@@ -204,7 +204,7 @@ def test_channel_settings_missing_malformed_or_unknown_stop_serve_and_worker_one
            "ADAPTER_TWILIO_FROM": "+15005550006", "ADAPTER_TELEGRAM_BOT_TOKEN": secret,
            "ADAPTER_TELEGRAM_SECRET_TOKEN": "webhook-secret", "ADAPTER_TELEGRAM_BOT_NAME": "clinic_bot",
            "ADAPTER_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//", "ADAPTER_CELERY_QUEUE": "adapter-refused"}
-    migrated(tmp_path)  # the worker leaves migrating to serve and `migrate`
+    migrated(tmp_path)  # as each unit's ExecStartPre leaves it: serve and worker start on it side by side
     commands = (["serve", "--http-port", "0", "--mllp-port", "0"], ["worker", "--pool", "solo"])
     for command, result in zip(commands, cli_side_by_side(tmp_path, *commands, env=env, timeout=30), strict=True):
         assert result.returncode == 2, (command, result.stdout, result.stderr)

@@ -7,6 +7,7 @@ import base64
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from adapter.db import transaction
+from adapter.migrate import upgrade
 from channels.fakes import start_fake
 from fhir.models import FhirSubscription
 from tests.core.test_end_to_end import appointment, patient, siu
@@ -28,13 +30,27 @@ def cli(tmp_path: Path, *args: str, timeout: float = 60, env: dict[str, str] | N
     return subprocess.run([sys.executable, "-m", "adapter", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def cli_side_by_side(tmp_path: Path, *commands: list[str], timeout: float = 60,
+                     env: dict[str, str] | None = None) -> list[subprocess.CompletedProcess[str]]:
+    """Independent commands, each in its own process, run at the same time (each
+    spends a second or two importing); their results in the order given."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: cli(tmp_path, *args, timeout=timeout, env=env), commands))
+
+
+def migrated(tmp_path: Path) -> None:
+    """The SQLite database of ``cli(tmp_path, ...)`` at the current schema, as
+    ``python -m adapter migrate`` leaves it."""
+    upgrade(f"sqlite:///{tmp_path / 'adapter.db'}")
+
+
 def test_tokens_create_prints_a_token_that_is_stored_only_hashed(tmp_path):
-    result = cli(tmp_path, "tokens", "create", "--role", "officer", "--name", "dpo")
+    result, bad = cli_side_by_side(tmp_path, ["tokens", "create", "--role", "officer", "--name", "dpo"],
+                                   ["tokens", "create", "--role", "superuser"])
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip().splitlines()[-1]
     assert token.startswith("adp_") and len(token) > 30
     assert token.encode() not in (tmp_path / "adapter.db").read_bytes()
-    bad = cli(tmp_path, "tokens", "create", "--role", "superuser")
     assert bad.returncode == 2 and "unknown role" in bad.stderr
 
 
@@ -78,7 +94,7 @@ def test_outbox_shows_what_the_sandbox_sent(tmp_path):
 
 
 def test_fhir_subscribe_creates_subscriptions_and_poll_pulls_changes(tmp_path):
-    assert cli(tmp_path, "migrate").returncode == 0
+    migrated(tmp_path)
     fake = FakeUpstream(url="")
     base, stop = start_fake(fake.app())
     fake.url = f"{base}/fhir"
@@ -110,7 +126,7 @@ def test_fhir_poll_authenticates_with_smart_backend_services(tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    assert cli(tmp_path, "migrate").returncode == 0
+    migrated(tmp_path)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = tmp_path / "client.pem"
     pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -134,13 +150,12 @@ def test_fhir_poll_authenticates_with_smart_backend_services(tmp_path):
 
 def test_replay_and_errors_refuse_numbers_out_of_range_in_the_operator_s_terms(tmp_path):
     """An id beyond 64 bits was an OverflowError traceback from the database driver."""
-    replay = cli(tmp_path, "hl7", "replay", str(2**80))
+    replay, listing, send, serve = cli_side_by_side(
+        tmp_path, ["hl7", "replay", str(2**80)], ["hl7", "errors", "--limit", "0"],
+        ["hl7", "send", "--port", "99999", str(tmp_path)], ["serve", "--mllp-port", "70000"])
     assert replay.returncode == 2 and "Invalid value for 'ids'" in replay.stderr
-    listing = cli(tmp_path, "hl7", "errors", "--limit", "0")
     assert listing.returncode == 2 and "Invalid value for '--limit'" in listing.stderr
-    send = cli(tmp_path, "hl7", "send", "--port", "99999", str(tmp_path))
     assert send.returncode == 2 and "Invalid value for '--port'" in send.stderr
-    serve = cli(tmp_path, "serve", "--mllp-port", "70000")
     assert serve.returncode == 2 and "Invalid value for '--mllp-port'" in serve.stderr
 
 
@@ -161,8 +176,8 @@ def test_a_redis_visibility_timeout_within_the_claim_lease_stops_serve_and_worke
     for visibility, lease in (("4", "20"), ("120", "120")):
         env = {"ADAPTER_BROKER_URL": "redis://127.0.0.1:6379/0", "ADAPTER_CELERY_QUEUE": "adapter-refused",
                "ADAPTER_BROKER_VISIBILITY_TIMEOUT_S": visibility, "ADAPTER_CLAIM_LEASE_S": lease}
-        for command in (["worker", "--pool", "solo"], ["serve", "--http-port", "0", "--mllp-port", "0"]):
-            result = cli(tmp_path, *command, env=env, timeout=30)
+        commands = (["worker", "--pool", "solo"], ["serve", "--http-port", "0", "--mllp-port", "0"])
+        for command, result in zip(commands, cli_side_by_side(tmp_path, *commands, env=env, timeout=30), strict=True):
             said = " ".join(result.stderr.split())
             assert result.returncode == 2, (command, result.stdout, result.stderr)
             assert (f"configuration error: ADAPTER_BROKER_VISIBILITY_TIMEOUT_S ({visibility} s) must be longer than "
@@ -189,9 +204,9 @@ def test_channel_settings_missing_malformed_or_unknown_stop_serve_and_worker_one
            "ADAPTER_TWILIO_FROM": "+15005550006", "ADAPTER_TELEGRAM_BOT_TOKEN": secret,
            "ADAPTER_TELEGRAM_SECRET_TOKEN": "webhook-secret", "ADAPTER_TELEGRAM_BOT_NAME": "clinic_bot",
            "ADAPTER_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//", "ADAPTER_CELERY_QUEUE": "adapter-refused"}
-    assert cli(tmp_path, "migrate").returncode == 0  # the worker leaves migrating to serve and `migrate`
-    for command in (["serve", "--http-port", "0", "--mllp-port", "0"], ["worker", "--pool", "solo"]):
-        result = cli(tmp_path, *command, env=env, timeout=30)
+    migrated(tmp_path)  # as each unit's ExecStartPre leaves it: serve and worker start on it side by side
+    commands = (["serve", "--http-port", "0", "--mllp-port", "0"], ["worker", "--pool", "solo"])
+    for command, result in zip(commands, cli_side_by_side(tmp_path, *commands, env=env, timeout=30), strict=True):
         assert result.returncode == 2, (command, result.stdout, result.stderr)
         said = [line for line in result.stderr.splitlines() if line.startswith("configuration error:")]
         assert said == [
@@ -211,8 +226,9 @@ def test_channel_settings_missing_malformed_or_unknown_stop_serve_and_worker_one
 def test_a_master_key_that_cannot_be_used_stops_every_command_with_exit_2_not_a_traceback(tmp_path):
     short = base64.b64encode(b"sixteen byte key").decode()
     for key, what in (("not-base64!", "not valid base64"), (short, "must be 32 bytes")):
-        for command in (["audit", "verify"], ["serve", "--http-port", "0", "--mllp-port", "0"]):
-            result = cli(tmp_path, *command, env={"ADAPTER_MASTER_KEY": key})
+        commands = (["audit", "verify"], ["serve", "--http-port", "0", "--mllp-port", "0"])
+        results = cli_side_by_side(tmp_path, *commands, env={"ADAPTER_MASTER_KEY": key})
+        for command, result in zip(commands, results, strict=True):
             said = " ".join(result.stderr.split())
             assert result.returncode == 2, (command, result.stdout, result.stderr)
             assert f"configuration error: ADAPTER_MASTER_KEY: {what}" in said or (
@@ -303,12 +319,12 @@ def test_hl7_errors_says_how_many_there_are_and_which_can_no_longer_be_replayed(
     purge_expired(container, now=now)
     container.engine.dispose()
 
-    shown = cli(tmp_path, "hl7", "errors", "--limit", "2")
+    shown, newest = cli_side_by_side(tmp_path, ["hl7", "errors", "--limit", "2"],
+                                     ["hl7", "errors", "--limit", "1", "--newest"])
     assert shown.returncode == 0, shown.stderr
     assert "OLD1" in shown.stdout and "NEW1" in shown.stdout and "NEW2" not in shown.stdout
     assert "2 of 3 shown, the oldest first" in shown.stdout
     assert "no: raw deleted after retention" in shown.stdout
-    newest = cli(tmp_path, "hl7", "errors", "--limit", "1", "--newest")
     assert "NEW2" in newest.stdout and "OLD1" not in newest.stdout and "1 of 3 shown, the most recent first" in newest.stdout
     replay = cli(tmp_path, "hl7", "replay", "1")
     assert replay.returncode == 1

@@ -165,10 +165,11 @@ def test_a_reminder_claimed_before_its_appointment_was_cancelled_is_suppressed_n
 
 
 def throttled_rig(tmp_path, twilio: FakeTwilio, clock: FrozenClock, **settings_overrides: object) -> Container:
-    """One SMS every 4 s: a round's second message waits for its turn that long."""
+    """One SMS every 2 s: a round's second message waits for its turn that long, well
+    past RECHECK_AFTER_S (1 s), after which it is looked at again before it goes."""
     settings = settings_for(tmp_path, channels=["sms"], twilio_api_base=twilio.base_url,
                             twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
-                            twilio_from=FROM, channel_rate_limits={"sms": 0.25}, **settings_overrides)
+                            twilio_from=FROM, channel_rate_limits={"sms": 0.5}, **settings_overrides)
     container = migrated_container(settings, clock)
     container.dispatcher.channels["sms"] = TwilioChannel.from_settings(settings, client=httpx.AsyncClient(timeout=5))
     return container
@@ -186,15 +187,17 @@ def book_two(container: Container, clock: FrozenClock, start: datetime) -> None:
                 ev.Appointment(f"send-time/A{n}", start.astimezone(UTC), "Prelievi"))], now=clock.now())
 
 
-def while_the_second_waits(container: Container, clock: FrozenClock, change) -> None:  # noqa: ANN001
+def while_the_second_waits(container: Container, clock: FrozenClock, twilio: FakeTwilio, change) -> None:  # noqa: ANN001
     """A round sends the first confirmation; ``change`` comes while the second waits for
     its turn; then the dispatcher runs until nothing is due."""
 
     async def scenario() -> None:
         round_one = asyncio.create_task(container.dispatcher.run_once())
-        await asyncio.sleep(1.5)
+        while not twilio.deliveries.total() and not round_one.done():  # the first is out: the second's turn is 2 s away
+            await asyncio.sleep(0.01)
         with transaction(container.sessions) as session:
             change(session)
+        assert not round_one.done()  # the second still waits for its turn
         assert await round_one == 2
         await drain(container, clock, until=clock.now())
         await container.dispatcher.channels["sms"].aclose()
@@ -216,7 +219,7 @@ def test_a_stop_received_while_the_message_waits_for_its_turn_is_obeyed_and_the_
         container = throttled_rig(tmp_path, twilio, clock)
         try:
             book_two(container, clock, datetime(2026, 3, 20, 10, 0, tzinfo=ROME))
-            while_the_second_waits(container, clock, lambda session: handle_reply(
+            while_the_second_waits(container, clock, twilio, lambda session: handle_reply(
                 session, container, InboundReply("twilio", "+393337654321", "STOP", "SM-stop-1"), "sms",
                 now=clock.now()))
             first, second = confirmations(container)
@@ -239,7 +242,7 @@ def test_a_cancellation_received_while_the_confirmation_waits_for_its_turn_suppr
         container = throttled_rig(tmp_path, twilio, clock)
         try:
             book_two(container, clock, start)
-            while_the_second_waits(container, clock, lambda session: container.pipeline.handle(session, [
+            while_the_second_waits(container, clock, twilio, lambda session: container.pipeline.handle(session, [
                 ev.AppointmentCancelled(ev.Origin("api", "send-time-test", "C2"), clock.now(), second_patient,
                                         ev.Appointment("send-time/A2", start.astimezone(UTC)))], now=clock.now()))
             first, second = confirmations(container)
@@ -335,7 +338,7 @@ def test_a_message_whose_turn_comes_after_the_sending_window_closed_waits_for_th
         container = throttled_rig(tmp_path, twilio, clock, sending_window_start=time(8), sending_window_end=time(21))
         try:
             book_two(container, clock, datetime(2026, 3, 20, 10, 0, tzinfo=ROME))
-            while_the_second_waits(container, clock, lambda _session: clock.advance(timedelta(seconds=5)))
+            while_the_second_waits(container, clock, twilio, lambda _session: clock.advance(timedelta(seconds=5)))
             first, second = confirmations(container)
         finally:
             container.engine.dispose()

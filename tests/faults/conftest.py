@@ -152,6 +152,17 @@ class Process:
         return self.log.read_text(errors="replace")[-4000:]
 
 
+def terminate_together(*processes: Process | None) -> None:
+    """SIGTERM every process first, then wait for each: they shut down side by side,
+    not one after the other."""
+    running = [proc for proc in processes if proc is not None]
+    for proc in running:
+        if proc.popen.poll() is None:
+            os.killpg(proc.popen.pid, signal.SIGTERM)
+    for proc in running:
+        proc.terminate()
+
+
 def start_serve(env: dict[str, str], tmp_path: Path, http_port: int, mllp_port: int, *extra: str) -> Process:
     proc = Process(["serve", "--http-port", str(http_port), "--mllp-port", str(mllp_port), *extra],
                    env, tmp_path / f"serve-{mllp_port}.log")
@@ -225,14 +236,15 @@ def drop_broker_connections(proc: Process, broker_url: str) -> int:
     ports = broker_connections_of(proc, 5672)
     listing = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "peer_port"],
                              capture_output=True, text=True, check=True).stdout
-    closed = 0
-    for line in listing.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) in ports:
-            subprocess.run(["rabbitmqctl", "-q", "close_connection", parts[0], "fault test"],
-                           capture_output=True, check=True)
-            closed += 1
-    return closed
+    pids = [parts[0] for parts in map(str.split, listing.splitlines())
+            if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) in ports]
+    # Side by side: each rabbitmqctl starts an Erlang VM (about 1.5 s).
+    closing = [subprocess.Popen(["rabbitmqctl", "-q", "close_connection", pid, "fault test"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for pid in pids]
+    for closer in closing:
+        _, error = closer.communicate(timeout=60)
+        assert closer.returncode == 0, error.decode(errors="replace")
+    return len(closing)
 
 
 async def send_until_acknowledged(payloads: dict[str, bytes], port: int, *, connections: int = 8,
@@ -342,18 +354,22 @@ class CeleryCluster:
 def celery_cluster(tmp_path: Path, pg_url: str, broker_url: str, queue: str, fake_twilio: FakeTwilio,
                    claim_lease_s: float = 5, **settings: object) -> Iterator[CeleryCluster]:
     fake_twilio.latency_s = 0.05
+    from adapter.db import make_engine, make_sessionmaker
+    from adapter.migrate import upgrade
+
     env = adapter_env(tmp_path, pg_url, broker_url=broker_url, queue=queue, twilio=fake_twilio, claim_batch_size=10,
                       claim_lease_s=claim_lease_s, broker_visibility_timeout_s=2 * claim_lease_s, **settings)
     http_port, mllp_port = free_port(), free_port()
-    server = start_serve(env, tmp_path, http_port, mllp_port, "--workers", "celery")
+    # Migrated first (each unit's ExecStartPre); then serve and the worker start side by
+    # side, as systemd starts them, each taking seconds to import and connect.
+    upgrade(pg_url)
     worker = Process(["worker", "--concurrency", "2"], env, tmp_path / "worker.log")
-    from adapter.db import make_engine, make_sessionmaker
-
+    server = None
     engine = make_engine(pg_url)
     try:
+        server = start_serve(env, tmp_path, http_port, mllp_port, "--workers", "celery")
         yield CeleryCluster(server, worker, mllp_port, make_sessionmaker(engine), fake_twilio)
     finally:
-        worker.terminate()
-        server.terminate()
+        terminate_together(worker, server)
         delete_queue(broker_url, queue)
         engine.dispose()

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from adapter.bootstrap import build
 from adapter.db import read_transaction
+from adapter.migrate import upgrade
 from adapter.models import Notification
 from adapter.settings import CONFIG_DIR
 from adapter.webhooks import store
@@ -34,6 +35,7 @@ from tests.faults.conftest import (
     settings_from_env,
     siu_s12,
     start_serve,
+    terminate_together,
     wait_for,
 )
 
@@ -55,9 +57,9 @@ def test_celery_mode_sends_application_acks_and_write_backs_and_retries_stored_c
                          f"    writeback: {{host: 127.0.0.1, port: {listener.server.port}}}\n")
     env = adapter_env(tmp_path, pg_url, broker_url=AMQP_URL, queue=queue_name, config_dir=config)
     http_port, mllp_port = free_port(), free_port()
-    server = start_serve(env, tmp_path, http_port, mllp_port, "--workers", "celery")
-    worker = Process(["worker", "--concurrency", "2"], env, tmp_path / "worker.log")
+    upgrade(pg_url)  # then the worker starts beside serve, as systemd starts them
     container = build(settings_from_env(env), channels={})
+    worker, server = Process(["worker", "--concurrency", "2"], env, tmp_path / "worker.log"), None
 
     def received(kind: str) -> list[str]:
         return [m for m in listener.received if kind in m.split("\r")[0]]
@@ -70,6 +72,7 @@ def test_celery_mode_sends_application_acks_and_write_backs_and_retries_stored_c
             return tuple(row) if row else ("", None)
 
     try:
+        server = start_serve(env, tmp_path, http_port, mllp_port, "--workers", "celery")
         booking = enhanced(siu_s12("CEL1", PATIENT, future_start()), "AL", "AL")
         [commit] = asyncio.run(send_messages([booking], "127.0.0.1", mllp_port))
         assert commit.code.value == "CA"
@@ -92,8 +95,7 @@ def test_celery_mode_sends_application_acks_and_write_backs_and_retries_stored_c
         assert worker.popen.poll() is None, worker.output()
         assert len(listener.received) == 2  # each once
     finally:
-        worker.terminate()
-        server.terminate()
+        terminate_together(worker, server)
         delete_queue(AMQP_URL, queue_name)
         container.engine.dispose()
         listener.stop()

@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from sqlalchemy.engine import make_url
 
 from adapter.auth import hash_token
 from adapter.db import make_engine, make_sessionmaker, transaction
+from adapter.migrate import upgrade
 from adapter.models import ApiToken, InboundMessage, Patient
 from hl7.client import MLLPConnection
 from tests.faults.conftest import (
@@ -44,6 +44,7 @@ from tests.faults.conftest import (
     settings_from_env,
     siu_s12,
     start_serve,
+    terminate_together,
     wait_for,
 )
 
@@ -74,7 +75,7 @@ def two_servers(tmp_path: Path, pg_url: str, queue: str, **settings: object) -> 
     """Two ``serve --workers celery`` on one database (as behind a balancer); their
     HTTP and MLLP ports. The admin token is in ``tmp_path / "admin-token"``."""
     env = adapter_env(tmp_path, pg_url, broker_url=AMQP_URL, queue=queue, **settings)
-    subprocess.run([sys.executable, "-m", "adapter", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
+    upgrade(pg_url)  # the units' ExecStartPre (migrations run together: tested above)
     ports = [(free_port(), free_port()) for _ in range(2)]
     with ThreadPoolExecutor(2) as pool:  # side by side: each takes seconds to start
         servers = list(pool.map(lambda p: start_serve(env, tmp_path, *p, "--workers", "celery"), ports))
@@ -83,10 +84,7 @@ def two_servers(tmp_path: Path, pg_url: str, queue: str, **settings: object) -> 
             wait_for(lambda: _listening(http_port), 10, "HTTP")
         yield ports
     finally:
-        for server in servers:
-            os.killpg(server.popen.pid, signal.SIGTERM)
-        for server in servers:
-            server.terminate()
+        terminate_together(*servers)
         delete_queue(AMQP_URL, queue)
 
 
@@ -139,7 +137,7 @@ def test_one_new_patient_sent_to_two_servers_at_once_is_registered_by_both_messa
 def test_a_worker_started_before_a_key_rotation_still_sends_to_patients_registered_after_it(
         tmp_path, pg_url, fake_twilio, queue_name):
     env = adapter_env(tmp_path, pg_url, broker_url=AMQP_URL, queue=queue_name, twilio=fake_twilio)
-    subprocess.run([sys.executable, "-m", "adapter", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
+    upgrade(pg_url)
     worker = Process(["worker", "--concurrency", "1"], env, tmp_path / "worker.log")  # starts meanwhile
     mllp_port, server = free_port(), None
     engine = make_engine(pg_url)
@@ -149,18 +147,16 @@ def test_a_worker_started_before_a_key_rotation_still_sends_to_patients_register
         server = start_serve(env, tmp_path, free_port(), mllp_port, "--workers", "celery")
         asyncio.run(send_once(mllp_port, siu_s12("ROT1", 8001, start)))
         wait_for(lambda: confirmations_sent(sessions) == 1, 40, "the first confirmation")
-        rotated = subprocess.run([sys.executable, "-m", "adapter", "keys", "rotate", "--grace", "6"], cwd=ROOT,
+        rotated = subprocess.run([sys.executable, "-m", "adapter", "keys", "rotate", "--grace", "1"], cwd=ROOT,
                                  env=env, capture_output=True, text=True, timeout=60)
         assert rotated.returncode == 0, rotated.stdout + rotated.stderr
-        # A new patient: the server, which has adopted the new key (it looks every few
-        # seconds; the grace is for that), seals their contact under it.
+        # A new patient: the server seals their contact under the new key (it takes the
+        # key in the file before wrapping a data key, whatever its housekeeping has seen).
         asyncio.run(send_once(mllp_port, siu_s12("ROT2", 8002, start)))
         wait_for(lambda: confirmations_sent(sessions) == 2, 30, "the confirmation after the rotation")
         assert worker.popen.poll() is None, worker.output()
     finally:
-        worker.terminate()
-        if server is not None:
-            server.terminate()
+        terminate_together(worker, server)
         delete_queue(AMQP_URL, queue_name)
         engine.dispose()
 
@@ -200,8 +196,7 @@ def test_a_conditional_create_posted_to_two_servers_at_once_creates_one_resource
 def test_production_signs_audit_tree_heads_only_with_a_provisioned_key_every_host_shares(tmp_path, pg_url):
     # Two hosts, each with its own var/: had each made a signing key of its own, the
     # heads one signed were 'bad signature' to the other's audit verify (exit 1).
-    subprocess.run([sys.executable, "-m", "adapter", "migrate"], cwd=ROOT, env=adapter_env(tmp_path, pg_url),
-                   check=True, capture_output=True)
+    upgrade(pg_url)
 
     def on_host(host: str, *args: str, **settings: object) -> subprocess.CompletedProcess[str]:
         env = adapter_env(tmp_path, pg_url, environment="production", var_dir=tmp_path / host,
@@ -211,12 +206,14 @@ def test_production_signs_audit_tree_heads_only_with_a_provisioned_key_every_hos
         return subprocess.run([sys.executable, "-m", "adapter", *args], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=60)
 
-    refused = on_host("a", "audit", "sign")
+    with ThreadPoolExecutor(2) as pool:  # two processes side by side: each takes seconds to start
+        without_key = pool.submit(on_host, "a", "audit", "sign")
+        missing_key = pool.submit(on_host, "b", "audit", "sign", audit_signing_key_file=tmp_path / "nowhere.key")
+        refused, refused_too = without_key.result(), missing_key.result()
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "ADAPTER_AUDIT_SIGNING_KEY_FILE" in refused.stderr
     assert not list((tmp_path / "a").glob("*signing*"))
-    refused = on_host("b", "audit", "sign", audit_signing_key_file=tmp_path / "nowhere.key")
-    assert refused.returncode == 2 and "ADAPTER_AUDIT_SIGNING_KEY_FILE" in refused.stderr
+    assert refused_too.returncode == 2 and "ADAPTER_AUDIT_SIGNING_KEY_FILE" in refused_too.stderr
     shared = tmp_path / "audit.key"
     shared.write_bytes(Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
@@ -236,8 +233,7 @@ def test_two_servers_started_at_once_on_a_new_database_make_one_admin_token(tmp_
     keys = {"master_key": LocalMasterKey.generate()}  # the same keys on both hosts, made beforehand
     (tmp_path / "audit.key").write_bytes(Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    subprocess.run([sys.executable, "-m", "adapter", "migrate"], cwd=ROOT, env=adapter_env(tmp_path, pg_url, **keys),
-                   check=True, capture_output=True)  # each unit's ExecStartPre
+    upgrade(pg_url)  # each unit's ExecStartPre
     database, libpq_url = make_url(pg_url).database, pg_url.replace("postgresql+psycopg://", "postgresql://")
     hosts = [tmp_path / "a", tmp_path / "b"]
     ports = [free_port() for _ in hosts]

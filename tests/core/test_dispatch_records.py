@@ -11,6 +11,7 @@ trigger refusing the write of ``sent`` (SQLite), or ending the connection that m
 from __future__ import annotations
 
 import asyncio
+from contextlib import contextmanager
 import logging
 import threading
 from datetime import UTC, datetime, timedelta
@@ -90,9 +91,11 @@ def test_an_accepted_message_whose_connection_dropped_while_recording_it_is_not_
                                             ["DROP TRIGGER outage ON notification", "DROP FUNCTION outage()"])
 
 
-def test_an_outcome_the_database_always_refuses_is_given_up_a_lease_past_its_claim(tmp_path, caplog):
-    """Else that one notification would hold every later round of this process."""
-    clock = FrozenClock(datetime.now(UTC))
+@contextmanager
+def _a_booking_whose_outcome_is_refused(tmp_path, clock: FrozenClock):  # noqa: ANN001, ANN202
+    """One booking on SQLite, WhatsApp served by a fake, and a trigger that refuses to record
+    any outcome of its confirmation: (container, the log handler that sees the refusals, the
+    fake)."""
     failed = _Failed()
     logging.getLogger("adapter.dispatch").addHandler(failed)
     with FakeWhatsApp() as fake:
@@ -101,24 +104,37 @@ def test_an_outcome_the_database_always_refuses_is_given_up_a_lease_past_its_cla
             book(container, clock, patients=1)
             with container.engine.begin() as connection:
                 connection.execute(text(SQLITE_OUTAGE))
-
-            async def scenario() -> bool:
-                first = asyncio.create_task(container.dispatcher.run_once())
-                for _ in range(3000):
-                    if failed.seen.is_set():
-                        break
-                    await asyncio.sleep(0.01)
-                await asyncio.sleep(0.5)
-                held = not first.done()  # the outage goes on: still trying
-                clock.advance(timedelta(seconds=2 * LEASE_S + 1))
-                await asyncio.wait_for(first, 30)
-                return held
-
-            with caplog.at_level(logging.ERROR, logger="adapter.dispatch"):
-                held = asyncio.run(scenario())
+            yield container, failed, fake
         finally:
             logging.getLogger("adapter.dispatch").removeHandler(failed)
             container.engine.dispose()
+
+
+async def _sending_until_refused(container, failed: _Failed) -> asyncio.Task:  # noqa: ANN001
+    """A dispatcher round started, once the database has refused to record its outcome
+    (or after 30 s): the round, still running."""
+    first = asyncio.create_task(container.dispatcher.run_once())
+    for _ in range(3000):
+        if failed.seen.is_set():
+            break
+        await asyncio.sleep(0.01)
+    return first
+
+
+def test_an_outcome_the_database_always_refuses_is_given_up_a_lease_past_its_claim(tmp_path, caplog):
+    """Else that one notification would hold every later round of this process."""
+    clock = FrozenClock(datetime.now(UTC))
+    with _a_booking_whose_outcome_is_refused(tmp_path, clock) as (container, failed, _):
+        async def scenario() -> bool:
+            first = await _sending_until_refused(container, failed)
+            await asyncio.sleep(0.5)
+            held = not first.done()  # the outage goes on: still trying
+            clock.advance(timedelta(seconds=2 * LEASE_S + 1))
+            await asyncio.wait_for(first, 30)
+            return held
+
+        with caplog.at_level(logging.ERROR, logger="adapter.dispatch"):
+            held = asyncio.run(scenario())
     assert held
     assert any("gave up recording the outcome" in r.getMessage() for r in caplog.records)
 
@@ -130,34 +146,19 @@ def test_a_message_recorded_late_is_dated_when_the_provider_accepted_it_not_when
     the compliance officer (audit, export) as sent seconds after it was."""
     accepted_at = datetime.now(UTC).replace(microsecond=0)
     clock = FrozenClock(accepted_at)
-    failed = _Failed()
-    logging.getLogger("adapter.dispatch").addHandler(failed)
-    with FakeWhatsApp() as fake:
-        container = migrated_container(settings(tmp_path, f"sqlite:///{tmp_path / 'adapter.db'}", fake), clock)
-        try:
-            book(container, clock, patients=1)
+    with _a_booking_whose_outcome_is_refused(tmp_path, clock) as (container, failed, fake):
+        async def scenario() -> None:
+            first = await _sending_until_refused(container, failed)
+            # Recorded 3 s after the acceptance: past the claim's lease, before recording is given up.
+            clock.advance(timedelta(seconds=3))
             with container.engine.begin() as connection:
-                connection.execute(text(SQLITE_OUTAGE))
+                connection.execute(text("DROP TRIGGER outage"))
+            await asyncio.wait_for(first, 30)
 
-            async def scenario() -> None:
-                first = asyncio.create_task(container.dispatcher.run_once())
-                for _ in range(3000):
-                    if failed.seen.is_set():
-                        break
-                    await asyncio.sleep(0.01)
-                # Recorded 3 s after the acceptance: past the claim's lease, before recording is given up.
-                clock.advance(timedelta(seconds=3))
-                with container.engine.begin() as connection:
-                    connection.execute(text("DROP TRIGGER outage"))
-                await asyncio.wait_for(first, 30)
-
-            asyncio.run(scenario())
-            (row,) = confirmations(container)
-            with container.sessions() as session:
-                sent = [entry.at for entry in container.audit.entries(session) if entry.action == "sent"]
-        finally:
-            logging.getLogger("adapter.dispatch").removeHandler(failed)
-            container.engine.dispose()
+        asyncio.run(scenario())
+        (row,) = confirmations(container)
+        with container.sessions() as session:
+            sent = [entry.at for entry in container.audit.entries(session) if entry.action == "sent"]
     assert failed.seen.is_set() and fake.deliveries[row.idempotency_key] == 1
     assert row.status == "sent"
     assert (row.sent_at, row.status_at) == (accepted_at, accepted_at + timedelta(seconds=3))

@@ -328,14 +328,22 @@ def test_a_404_for_a_resource_we_stored_is_its_deletion_and_for_one_we_never_had
     assert notify(adapter, note).status_code == 424
 
 
-def test_a_deletion_among_missed_events_is_recovered_with_events(adapter, upstream):
+def a_deletion_missed_then_a_booking(adapter, upstream, *, first_full: bool) -> tuple[str, int]:  # noqa: ANN001
+    """Appointment a1 notified, then deleted on the server (event 2, never notified), then a2
+    booked and notified (event 3): the gap is recovered. The subscription's id and the last
+    event's number."""
     sid = subscribed(adapter, upstream)
     assert notify(adapter, upstream.notification(sid, "event-notification", [book(upstream, "a1")],
-                                                 full=False)).status_code == 200
-    upstream.delete("Appointment/a1", 2)  # event 2, missed
+                                                 full=first_full)).status_code == 200
+    upstream.delete("Appointment/a1", 2)
     number = book(upstream, "a2")
     response = notify(adapter, upstream.notification(sid, "event-notification", [number], full=True))
     assert response.status_code == 200, response.text
+    return sid, number
+
+
+def test_a_deletion_among_missed_events_is_recovered_with_events(adapter, upstream):
+    sid, _ = a_deletion_missed_then_a_booking(adapter, upstream, first_full=False)
     assert adapter.kinds()[-2:] == ["AppointmentCancelled", "AppointmentBooked"]
     assert state(adapter, sid).events_recovered == 1
 
@@ -346,13 +354,7 @@ def test_without_events_an_appointment_deleted_in_a_gap_is_called_off_from_the_t
     reminders went out. The type's ``_history`` lists the deletion; it is applied as a
     pushed DELETE is."""
     upstream.events_supported = False
-    sid = subscribed(adapter, upstream)
-    assert notify(adapter, upstream.notification(sid, "event-notification", [book(upstream, "a1")],
-                                                 full=True)).status_code == 200
-    upstream.delete("Appointment/a1", 2)  # event 2, missed
-    number = book(upstream, "a2")
-    response = notify(adapter, upstream.notification(sid, "event-notification", [number], full=True))
-    assert response.status_code == 200, response.text
+    sid, number = a_deletion_missed_then_a_booking(adapter, upstream, first_full=True)
     assert any(r.startswith("GET /fhir/Appointment/_history?") and "_since=" in r for r in upstream.requests)
     cancelled = [e for e in adapter.events if type(e).__name__ == "AppointmentCancelled"]
     assert [(e.appointment.ref, e.reason) for e in cancelled] == [("Appointment/a1", "deleted")]

@@ -42,8 +42,9 @@ def test_sigkill_serve_under_mllp_load_loses_nothing_and_sends_nothing_twice(tmp
     kill_after = count // 3
     pg_url = request.getfixturevalue("pg_url") if database == "postgresql" else f"sqlite:///{tmp_path / 'adapter.db'}"
     # Embedded worker, sandbox channel; claims of 500: the confirmations of 10,000 bookings go
-    # out in fewer rounds (each round is a few transactions).
-    env = adapter_env(tmp_path, pg_url, claim_batch_size=500)
+    # out in fewer rounds (each round is a few transactions). What the killed server had
+    # claimed is claimed again once its lease is over: 15 s, not the default 120 s.
+    env = adapter_env(tmp_path, pg_url, claim_batch_size=500, claim_lease_s=15)
     http_port, mllp_port = free_port(), free_port()
     start = future_start()
     payloads = {f"K{i:05d}": siu_s12(f"K{i:05d}", 20000 + i, start) for i in range(count)}

@@ -121,10 +121,11 @@ def install_new_master(settings: Settings) -> tuple[LocalMasterKey, LocalMasterK
 
 
 def adopt_master_key_if_changed(container: Container) -> RotationReport | None:
-    """When the key file holds a key this process does not wrap with yet, adopt it and
-    rewrap (runs in every adapter's housekeeping loop; cheap when nothing changed)."""
+    """When the key file holds a key this process has not rewrapped the data keys under
+    yet, adopt it and rewrap (runs in every adapter's housekeeping loop; cheap when nothing
+    changed). The vault may already wrap new keys with it (``Vault.rewrapped_under``)."""
     current = _key_in_file(container.settings)
-    if current is None or current.key_id == container.vault.master.key_id:
+    if current is None or current.key_id == container.vault.rewrapped_under:
         return None
     with transaction(container.sessions) as session:
         return container.vault.rotate(session, current)

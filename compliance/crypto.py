@@ -217,6 +217,10 @@ class Vault:
             raise ConfigError("blind index key must be at least 32 bytes")
         self.sessions = sessions
         self.master = master
+        # The master every live data key was last rewrapped under by this vault (the one it
+        # opened with, or its last ``rotate``): wrapping new keys with a newer master (taken
+        # from ``find_master`` or ``current_master``) does not rewrap the others.
+        self.rewrapped_under = master.key_id
         self._masters = {m.key_id: m for m in (*previous, master)}
         self._index_key = index_key
         self._index_keys: dict[str, bytes] = {}
@@ -361,8 +365,8 @@ class Vault:
         (2) run ``rotate``; rows are rewrapped in place, each readable before and after;
         (3) drop the old key once no row names it (``count_wrapped_by``). This vault
         switches to wrapping with ``new_master`` immediately."""
-        self._masters[new_master.key_id] = new_master
-        self.master = new_master
+        self._wrap_with(new_master)
+        self.rewrapped_under = new_master.key_id
         report = {"rewrapped": 0, "already_current": 0, "destroyed_skipped": 0}
         now = datetime.now(UTC)
         last_id = -1
@@ -461,8 +465,13 @@ class Vault:
         master, current = found
         self._masters[master.key_id] = master
         if current:
-            self.master = master
+            self._wrap_with(master)
         return master
+
+    def _wrap_with(self, master: MasterKeyProvider) -> None:
+        """Wrap new data keys with ``master`` from now on (and unwrap with it)."""
+        self._masters[master.key_id] = master
+        self.master = master
 
     def _remember(self, row: DataKey | Row[Any], destructions: int) -> _CachedKey:
         """Cache ``row``'s key, usable while ``destructions`` (read before the row) holds."""
@@ -495,8 +504,7 @@ class Vault:
         made = {}
         latest = self._current_master() if self._current_master else None
         if latest is not None and latest.key_id != self.master.key_id:
-            self._masters[latest.key_id] = latest  # rotated by another process: wrap with it
-            self.master = latest
+            self._wrap_with(latest)  # rotated by another process
         # A new key can only be destroyed after it is made, which moves the count past any seen.
         destructions = self._seen_destructions
         for subject in subjects:

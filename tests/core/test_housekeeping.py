@@ -258,3 +258,24 @@ def test_a_process_that_never_looks_for_a_rotated_key_wraps_new_patients_with_it
         exported = export_patient(session, fresh, "p-after", actor="test", now=NOW)
     assert exported["patient"]["given_name"] == "Ada"
     fresh.engine.dispose()
+
+
+def test_a_serving_adapter_that_wrapped_a_new_key_with_the_rotated_master_still_rewraps_the_rest(tmp_path):
+    """A new patient registered between the new key file and housekeeping's next look makes
+    the vault wrap with the new master at once. Housekeeping then found the vault already
+    on the file's key and rewrapped nothing: the keys of everyone registered before stayed
+    under the retired master, which the operator may delete."""
+    from adapter.key_rotation import install_new_master
+
+    settings = settings_for(tmp_path)
+    running = migrated_container(settings)
+    add_rows(running, age=timedelta(days=1), tag="before")
+    old, new = install_new_master(settings)  # `keys rotate`, before its own rewrap
+    add_rows(running, age=timedelta(days=1), tag="after")  # wrapped with the new key at once
+    assert running.vault.master.key_id == new.key_id
+
+    assert adopt_master_key_if_changed(running) is not None
+    with transaction(running.sessions) as session:
+        assert running.vault.count_wrapped_by(session, old.key_id) == 0
+    assert adopt_master_key_if_changed(running) is None  # done: nothing more to adopt
+    running.engine.dispose()

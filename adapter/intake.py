@@ -318,18 +318,18 @@ class HL7Intake:
             return build_reject_for_unreadable(raw, exc.reason, code=exc.code)
         if not header.control_id:
             return build_ack(header, AckCode.AR, error=AckError("101", "MSH-10 (message control id) is empty"))
-        accept, error_code = (AckCode.CA, AckCode.CE) if header.enhanced_mode else (AckCode.AA, AckCode.AE)
+        accept, error_code, reject = (
+            (AckCode.CA, AckCode.CE, AckCode.CR) if header.enhanced_mode else (AckCode.AA, AckCode.AE, AckCode.AR))
         facility = self.facilities.for_facility(header.facility)
         if (header.processing_id or "P") not in facility.processing_ids:
             log.warning("HL7 message from %s refused: processing id %r (MSH-11) is not taken here",
                         header.sender[:100], header.processing_id[:20])
-            return build_ack(header, AckCode.CR if header.enhanced_mode else AckCode.AR, error=AckError(
+            return build_ack(header, reject, error=AckError(
                 "202", f"processing id {header.processing_id[:20]} (MSH-11) is not taken here: only "
                        f"{', '.join(facility.processing_ids)}"))
         refused = refusal(header.message_code, header.trigger_event, header.version)
         if refused is not None:  # a type or version not handled at all: not stored
-            return build_ack(header, AckCode.CR if header.enhanced_mode else AckCode.AR,
-                             error=AckError.from_exception(refused))
+            return build_ack(header, reject, error=AckError.from_exception(refused))
         try:
             stored = await self.writer.store(header, raw)
         except Exception:

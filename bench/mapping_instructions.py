@@ -25,7 +25,6 @@ top functions by tottime (the stats in ``var/mapping.prof.1`` and ``.2``, for ``
 from __future__ import annotations
 
 import contextvars
-import gc
 import os
 import re
 import subprocess
@@ -37,7 +36,7 @@ from pathlib import Path
 
 from bench.common import unique_tag
 from bench.mllp import Messages, siu_s12
-from bench.pipeline import store
+from bench.pipeline import as_serve_runs, store
 
 COUNT = int(os.environ.get("BENCH_INSTRUCTIONS_MESSAGES", "300"))
 WARM = 50
@@ -93,13 +92,6 @@ def counted(count: int):  # noqa: ANN201 - Iterator[(container, [process, ...])]
             container.engine.dispose()
 
 
-def as_serve_runs() -> None:
-    """Leave what was made before out of garbage collections, as ``serve`` does at
-    start-up (``freeze_start_up_objects``)."""
-    gc.collect()
-    gc.freeze()
-
-
 def statuses(container) -> dict[str, int]:  # noqa: ANN001
     from sqlalchemy import func, select
 
@@ -112,8 +104,7 @@ def statuses(container) -> dict[str, int]:  # noqa: ANN001
 
 
 def under_callgrind() -> None:
-    with counted(COUNT) as (container, parts):
-        as_serve_runs()
+    with counted(COUNT) as (container, parts), as_serve_runs():
         for process in parts:
             contextvars.Context().run(process)  # one callgrind dump each (--dump-after)
         print(f"statuses {statuses(container)}", flush=True)
@@ -123,8 +114,7 @@ def profile() -> None:
     import cProfile
     import pstats
 
-    with counted(COUNT) as (container, parts):
-        as_serve_runs()
+    with counted(COUNT) as (container, parts), as_serve_runs():
         for number, (what, process) in enumerate(zip(PARTS, parts, strict=True), start=1):
             profiler = cProfile.Profile()
             profiler.runcall(process)

@@ -240,8 +240,15 @@ class Vault:
         """A vault whose blind-index key is itself a data key (subject ``system:blind-index``)
         wrapped by the master: created once, unchanged by rotation, so indexes stay valid."""
         bootstrap = cls(sessions, master, b"\x00" * KEY_BYTES, **kwargs)  # type: ignore[arg-type]
-        with sessions() as session, session.begin():
-            index_key = bootstrap._raw_key_for(session, INDEX_KEY_SUBJECT)
+        try:
+            with sessions() as session, session.begin():
+                index_key = bootstrap._raw_key_for(session, INDEX_KEY_SUBJECT)
+        except UnknownKey as exc:  # a lost or swapped key file: every patient's data is out of reach
+            raise ConfigError(
+                f"this database's keys are wrapped by master key {exc.key_id}, not by the one configured "
+                f"({master.key_id}) nor any retired key: restore that key's file (ADAPTER_MASTER_KEY_FILE, "
+                "or var/master.key by default) or point ADAPTER_DATABASE_URL at this key's database"
+            ) from exc
         return cls(sessions, master, index_key, **kwargs)  # type: ignore[arg-type]
 
     # -- sealing -------------------------------------------------------------------------
@@ -453,7 +460,8 @@ class Vault:
             raise KeyDestroyed(f"the data key of {row.subject!r} was destroyed")
         master = self._masters.get(wrapped_key_id(row.wrapped)) or self._learn(wrapped_key_id(row.wrapped))
         if master is None:
-            raise UnknownKey(f"data key {row.id} is wrapped by unknown master {wrapped_key_id(row.wrapped)!r}")
+            raise UnknownKey(f"data key {row.id} is wrapped by unknown master {wrapped_key_id(row.wrapped)!r}",
+                             key_id=wrapped_key_id(row.wrapped))
         return master.unwrap(row.wrapped, context=_wrap_context(row.subject, row.id))
 
     def _learn(self, key_id: str) -> MasterKeyProvider | None:

@@ -20,7 +20,11 @@ class KeyDestroyed(CryptoError):
 
 
 class UnknownKey(CryptoError):
-    """A blob or wrapped key names a key this process does not hold."""
+    """A blob or wrapped key names a key this process does not hold (``key_id``, when known)."""
+
+    def __init__(self, message: str, *, key_id: str | None = None) -> None:
+        super().__init__(message)
+        self.key_id = key_id
 
 
 class TamperedCiphertext(CryptoError):

@@ -235,6 +235,21 @@ def test_a_master_key_that_cannot_be_used_stops_every_command_with_exit_2_not_a_
                 "configuration error:" in said and what in said), said
             assert "Traceback" not in result.stderr and key not in result.stderr + result.stdout
 
+def test_a_master_key_that_is_not_the_database_s_stops_every_command_naming_both_key_ids(tmp_path):
+    """A lost or swapped key file: the keys in the database are wrapped by another
+    master, so nobody's data can be read. Before: UnknownKey's traceback."""
+    first, other = (base64.b64encode(bytes([n]) * 32).decode() for n in (1, 2))
+    migrated(tmp_path)
+    assert cli(tmp_path, "hl7", "errors", env={"ADAPTER_MASTER_KEY": first}).returncode == 0
+    commands = (["hl7", "errors"], ["serve", "--http-port", "0", "--mllp-port", "0"])
+    for command, result in zip(commands, cli_side_by_side(tmp_path, *commands, env={"ADAPTER_MASTER_KEY": other}),
+                               strict=True):
+        said = " ".join(result.stderr.split())
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert "configuration error: this database's keys are wrapped by master key" in said, said
+        assert "Traceback" not in result.stderr and other not in said
+
+
 def test_hl7_acks_lists_given_up_application_acks_and_resend_queues_them_again(tmp_path):
     from adapter.clock import FrozenClock
     from tests.core.test_app_acks import NOW, ack_rows, adapter_for, free_port, owe_application_acks, retry_while_down

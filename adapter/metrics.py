@@ -21,6 +21,7 @@ from adapter.reply_models import Writeback
 
 if TYPE_CHECKING:  # the FHIR models cost ~0.4 s to import: every CLI command imports this module
     from fhir.validation_pool import ValidationPool
+    from hl7.mllp import ServerTLS
 
 REGISTRY = CollectorRegistry()
 _FIVE_MINUTES = timedelta(minutes=5)
@@ -89,6 +90,24 @@ class ValidationHelpersCollector(Collector):
                                 value=len(self.pool.helper_pids()))
         yield CounterMetricFamily("adapter_fhir_validation_helper_failures",
                                   "FHIR validation helper processes found dead", value=self.pool.failures)
+
+
+class TlsCertificateCollector(Collector):
+    """When the MLLP listener's certificate expires (seconds since the epoch), as
+    last (re)loaded: what an operator alerts on weeks ahead. Nothing without TLS."""
+
+    def __init__(self) -> None:
+        self.source: ServerTLS | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.source is not None:
+            yield GaugeMetricFamily("adapter_mllp_tls_certificate_expiry_timestamp_seconds",
+                                    "When the MLLP listener's TLS certificate expires (Unix time)",
+                                    value=self.source.not_after.timestamp())
+
+
+MLLP_TLS_CERTIFICATE = TlsCertificateCollector()
+REGISTRY.register(MLLP_TLS_CERTIFICATE)
 
 
 class StoreCollector(Collector):

@@ -17,10 +17,10 @@ import uvicorn
 from adapter.bootstrap import Container
 from adapter.dispatch import run_forever
 from adapter.housekeeping import run_housekeeping_forever
-from adapter.metrics import watch_gc
+from adapter.metrics import MLLP_TLS_CERTIFICATE, watch_gc
 from adapter.web import create_app
 from adapter.webhooks import run_way_back_forever
-from hl7.mllp import MLLPServer, server_ssl_context
+from hl7.mllp import MLLPServer, ServerTLS, expiry_warning
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,10 @@ async def serve(
     tasks.append(asyncio.create_task(run_housekeeping_forever(container, stop=stop)))
     ssl_context = None
     if settings.mllp_tls_cert:
-        ssl_context = server_ssl_context(settings.mllp_tls_cert, settings.mllp_tls_key, settings.mllp_tls_client_ca or None)
+        tls = ServerTLS(settings.mllp_tls_cert, settings.mllp_tls_key, settings.mllp_tls_client_ca or None)
+        if warning := expiry_warning(tls.not_after, container.clock.now()):
+            log.warning(warning)
+        MLLP_TLS_CERTIFICATE.source, ssl_context = tls, tls.context
     mllp = MLLPServer(
         container.intake.handle,
         host=settings.mllp_host,

@@ -16,6 +16,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from hl7.ack import AckCode, AckError, build_ack, build_reject_for_unreadable
@@ -141,6 +142,86 @@ def server_ssl_context(
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(str(client_ca))
     return ctx
+
+
+class ServerTLS:
+    """The listener's TLS, re-read when its files change: a hospital's certificate
+    (or the CA its senders' client certificates come from) is replaced without a
+    restart, and without dropping the connections open at the time.
+
+    ``context`` goes to the server. At each handshake its SNI callback (called
+    whether or not the sender names a server) compares the files' size and mtime
+    with those last loaded, reloads them when they changed, and hands the
+    connection the current context. Files that fail to load (written half, a key
+    that is not the certificate's) leave the previous certificate in use, with a
+    warning, until they load. ``not_after`` is the certificate's expiry, for the
+    metrics an operator alerts on."""
+
+    def __init__(self, cert: str | Path, key: str | Path, client_ca: str | Path | None = None) -> None:
+        self._paths = tuple(Path(p) for p in (cert, key, client_ca) if p)
+        self._files = (cert, key, client_ca)
+        self._stamp = self._stamps()
+        self.current = self.context = server_ssl_context(*self._files)
+        self.not_after = certificate_not_after(cert)
+        self.context.sni_callback = self._pick
+        self._refused_stamp: tuple[tuple[int, int], ...] | None = None
+
+    def _stamps(self) -> tuple[tuple[int, int], ...]:
+        stamps = []
+        for path in self._paths:
+            try:
+                st = path.stat()
+                stamps.append((st.st_size, st.st_mtime_ns))
+            except OSError:
+                stamps.append((-1, -1))
+        return tuple(stamps)
+
+    def refresh(self) -> None:
+        """Reload the files if they changed since they were last loaded."""
+        stamp = self._stamps()
+        if stamp == self._stamp or stamp == self._refused_stamp:
+            return
+        try:
+            fresh = server_ssl_context(*self._files)
+            not_after = certificate_not_after(self._files[0])
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._refused_stamp = stamp
+            log.warning("MLLP TLS: the certificate files changed but do not load (%s); the previous certificate "
+                        "stays in use", type(exc).__name__)
+            return
+        self.current, self.not_after, self._stamp = fresh, not_after, stamp
+        log.info("MLLP TLS: certificate files reloaded; the certificate expires %s", not_after.isoformat())
+
+    def _pick(self, connection: ssl.SSLObject, _server_name: str | None, _context: ssl.SSLContext) -> None:
+        self.refresh()
+        if self.current is not self.context:
+            connection.context = self.current
+
+
+def certificate_not_after(cert: str | Path) -> datetime:
+    """When the first certificate of a PEM file expires (UTC)."""
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(Path(cert).read_bytes()).not_valid_after_utc
+
+
+def expiry_warning(not_after: datetime, now: datetime, *, within_days: int = 30) -> str | None:
+    """What to tell the operator about a certificate that expires within ``within_days``
+    (or has), else ``None``.
+
+    >>> from datetime import UTC
+    >>> expiry_warning(datetime(2026, 12, 10, tzinfo=UTC), datetime(2026, 11, 28, tzinfo=UTC))
+    'the MLLP TLS certificate expires on 2026-12-10 (in 12 days): senders will then refuse to connect'
+    >>> expiry_warning(datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 28, tzinfo=UTC))
+    'the MLLP TLS certificate expired on 2026-11-01: senders refuse to connect'
+    """
+    if not_after <= now:
+        return f"the MLLP TLS certificate expired on {not_after.date().isoformat()}: senders refuse to connect"
+    days = (not_after - now).days
+    if days >= within_days:
+        return None
+    return (f"the MLLP TLS certificate expires on {not_after.date().isoformat()} (in {days} days): "
+            "senders will then refuse to connect")
 
 
 def client_ssl_context(

@@ -80,7 +80,12 @@ def _write(path: Path, cert, key=None, key_path: Path | None = None) -> None:
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def make_pki(d: Path) -> Pki:
+    """A CA, a server and a client certificate it signed, and a self-signed stranger, in ``d``."""
+    d.mkdir(parents=True, exist_ok=True)
     ca_key = _key()
     ca = _cert("Test CA", ca_key, None, None, ca=True)
     _write(d / "ca.pem", ca)

@@ -20,12 +20,14 @@ from hl7.mllp import (
     FrameDecoder,
     MLLPServer,
     OversizeFrame,
+    ServerTLS,
+    certificate_not_after,
     client_ssl_context,
     frame,
     server_ssl_context,
 )
 
-from .conftest import sample
+from .conftest import make_pki, sample
 
 SIU = sample("siu_s12_utf8_cr.hl7")
 
@@ -321,6 +323,87 @@ def test_mutual_tls_accepts_a_trusted_client_and_refuses_an_unknown_one(pki):
             await server.stop()
 
     run(scenario())
+
+
+def test_replaced_certificate_files_are_used_from_the_next_connection_without_a_restart(tmp_path, caplog):
+    """A hospital's yearly certificate change, and a client CA replaced (the old one
+    no longer trusted): the listener reads the new files at the next handshake; a
+    connection opened before keeps going; files that do not load leave the last good
+    certificate in use."""
+    import shutil
+
+    old, new = make_pki(tmp_path.joinpath("old")), make_pki(tmp_path.joinpath("new"))
+    live = tmp_path / "live"
+    live.mkdir()
+
+    def install(pki_: object, **override: bytes) -> None:
+        for name, source in (("cert.pem", pki_.server_cert), ("key.pem", pki_.server_key), ("ca.pem", pki_.ca)):
+            staged = live / f".{name}"
+            if name in override:
+                staged.write_bytes(override[name])
+            else:
+                shutil.copyfile(source, staged)
+            staged.replace(live / name)
+
+    def client(pki_: object, *, presenting: object | None = None) -> ssl.SSLContext:
+        presenting = presenting or pki_
+        return client_ssl_context(pki_.ca, presenting.client_cert, presenting.client_key)
+
+    async def answers(ctx: ssl.SSLContext, control_id: str) -> bool:
+        try:
+            async with MLLPConnection("127.0.0.1", server.port, ssl_context=ctx, timeout=3) as conn:
+                return read_ack_code(await conn.send(message(control_id)))[0] == AckCode.AA
+        except (ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError):
+            return False
+
+    async def scenario():
+        nonlocal server
+        install(old)
+        tls = ServerTLS(live / "cert.pem", live / "key.pem", live / "ca.pem")
+        server = await started(ssl_context=tls.context)
+        try:
+            assert await answers(client(old), "OLD1")
+            assert not await answers(client(new), "NEW0")  # new CA: the server's certificate is not trusted
+            async with MLLPConnection("127.0.0.1", server.port, ssl_context=client(old), timeout=5) as kept:
+                assert read_ack_code(await kept.send(message("KEPT1")))[0] == AckCode.AA
+                install(new)
+                assert await answers(client(new), "NEW1")
+                assert not await answers(client(old), "OLD2")  # old server certificate, old client CA
+                assert not await answers(client(new, presenting=old), "OLD3")  # the old CA's client cert
+                assert read_ack_code(await kept.send(message("KEPT2")))[0] == AckCode.AA
+            assert tls.not_after == certificate_not_after(new.server_cert)
+            install(new, **{"cert.pem": b"-----BEGIN CERTIFICATE-----\nhalf", "key.pem": b""})
+            with caplog.at_level("WARNING", logger="hl7.mllp"):
+                assert await answers(client(new), "NEW2")
+                assert await answers(client(new), "NEW3")
+            assert [r.getMessage() for r in caplog.records].count(
+                "MLLP TLS: the certificate files changed but do not load (SSLError); the previous certificate "
+                "stays in use") == 1, caplog.records
+        finally:
+            await server.stop()
+
+    server = None
+    run(scenario())
+
+
+def test_serve_with_tls_warns_of_a_certificate_about_to_expire_and_exports_its_expiry(pki, tmp_path, caplog):
+    from tests.harness import running_adapter, settings_for
+
+    settings = settings_for(tmp_path, mllp_tls_cert=str(pki.server_cert), mllp_tls_key=str(pki.server_key))
+    with caplog.at_level("WARNING", logger="adapter.runtime"), running_adapter(settings) as adapter:
+        async def send() -> AckCode:
+            async with MLLPConnection("127.0.0.1", adapter.mllp_port, ssl_context=client_ssl_context(pki.ca),
+                                      timeout=5) as conn:
+                return read_ack_code(await conn.send(message("TLSSERVE")))[0]
+
+        assert run(send()) == AckCode.AA
+        with adapter.client("officer") as officer:
+            text = officer.get("/metrics").text
+    expiry = certificate_not_after(pki.server_cert).timestamp()
+    assert f"adapter_mllp_tls_certificate_expiry_timestamp_seconds {expiry:.9e}" in text \
+        or f"adapter_mllp_tls_certificate_expiry_timestamp_seconds {expiry}" in text, text[-2000:]
+    warned = [r.getMessage() for r in caplog.records if "MLLP TLS certificate expires on" in r.getMessage()]
+    assert warned and "(in 0 days)" in warned[0], warned
 
 
 def test_hl7_send_reaches_a_mutual_tls_listener_with_its_own_ca_and_client_certificate(pki, tmp_path):

@@ -95,13 +95,15 @@ def serve(
     from compliance.crypto import write_secret_file
     from adapter.db import transaction
     from adapter.logging_setup import configure
-    from adapter.runtime import freeze_start_up_objects, serve as run
+    from adapter.runtime import freeze_start_up_objects, mllp_tls_problems, serve as run
 
     settings = get_settings()
     workers = workers or ("celery" if settings.broker_url else "embedded")
     if workers not in ("embedded", "celery"):
         err.print(f"[red]--workers {workers}[/red]: choose embedded or celery")
         raise typer.Exit(2)
+    if problems := mllp_tls_problems(settings):
+        raise refuse_to_start(problems)
     configure(settings.log_level, json_logs=settings.log_json)
     _migrate(settings)
     container = _container(settings)

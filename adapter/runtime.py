@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ from adapter.bootstrap import Container
 from adapter.dispatch import run_forever
 from adapter.housekeeping import run_housekeeping_forever
 from adapter.metrics import MLLP_TLS_CERTIFICATE, watch_gc
+from adapter.settings import Settings
 from adapter.web import create_app
 from adapter.webhooks import run_way_back_forever
 from hl7.mllp import MLLPServer, ServerTLS, expiry_warning
@@ -111,6 +114,27 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
+def mllp_tls_problems(settings: Settings) -> list[str]:
+    """What stops the MLLP listener's TLS from working as configured, one line per
+    problem, naming the setting (never a key's content). A client CA or key without
+    a certificate would otherwise leave the listener in plain text, unnoticed."""
+    cert, key, client_ca = settings.mllp_tls_cert, settings.mllp_tls_key, settings.mllp_tls_client_ca
+    if not cert:
+        return [f"{name} is set but ADAPTER_MLLP_TLS_CERT is not: the MLLP listener would not use TLS"
+                for name, value in (("ADAPTER_MLLP_TLS_KEY", key), ("ADAPTER_MLLP_TLS_CLIENT_CA", client_ca)) if value]
+    problems = [f"{name}: no readable file {value}" for name, value in
+                (("ADAPTER_MLLP_TLS_CERT", cert), ("ADAPTER_MLLP_TLS_KEY", key), ("ADAPTER_MLLP_TLS_CLIENT_CA", client_ca))
+                if value and not os.access(value, os.R_OK)]
+    if problems:
+        return problems
+    try:
+        ServerTLS(cert, key or None, client_ca or None)
+    except (ssl.SSLError, ValueError) as exc:
+        return [f"ADAPTER_MLLP_TLS_CERT, ADAPTER_MLLP_TLS_KEY, ADAPTER_MLLP_TLS_CLIENT_CA: not PEM files of a "
+                f"certificate, its private key and a CA ({exc.__class__.__name__}: {exc.args[-1] if exc.args else ''})"]
+    return []
+
+
 async def serve(
     container: Container,
     *,
@@ -152,7 +176,7 @@ async def serve(
     tasks.append(asyncio.create_task(run_housekeeping_forever(container, stop=stop)))
     ssl_context = None
     if settings.mllp_tls_cert:
-        tls = ServerTLS(settings.mllp_tls_cert, settings.mllp_tls_key, settings.mllp_tls_client_ca or None)
+        tls = ServerTLS(settings.mllp_tls_cert, settings.mllp_tls_key or None, settings.mllp_tls_client_ca or None)
         if warning := expiry_warning(tls.not_after, container.clock.now()):
             log.warning(warning)
         MLLP_TLS_CERTIFICATE.source, ssl_context = tls, tls.context

@@ -131,13 +131,14 @@ class FrameDecoder:
 
 
 def server_ssl_context(
-    cert: str | Path, key: str | Path, client_ca: str | Path | None = None
+    cert: str | Path, key: str | Path | None, client_ca: str | Path | None = None
 ) -> ssl.SSLContext:
-    """A TLS ≥ 1.2 server context; with ``client_ca``, mutual TLS: clients must
-    present a certificate signed by that CA."""
+    """A TLS ≥ 1.2 server context (``key`` ``None``: the key is in the certificate's
+    file); with ``client_ca``, mutual TLS: clients must present a certificate signed
+    by that CA."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(cert), str(key))
+    ctx.load_cert_chain(str(cert), str(key) if key else None)
     if client_ca is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(str(client_ca))
@@ -157,7 +158,7 @@ class ServerTLS:
     warning, until they load. ``not_after`` is the certificate's expiry, for the
     metrics an operator alerts on."""
 
-    def __init__(self, cert: str | Path, key: str | Path, client_ca: str | Path | None = None) -> None:
+    def __init__(self, cert: str | Path, key: str | Path | None, client_ca: str | Path | None = None) -> None:
         self._paths = tuple(Path(p) for p in (cert, key, client_ca) if p)
         self._files = (cert, key, client_ca)
         self._stamp = self._stamps()

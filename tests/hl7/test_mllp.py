@@ -406,6 +406,38 @@ def test_serve_with_tls_warns_of_a_certificate_about_to_expire_and_exports_its_e
     assert warned and "(in 0 days)" in warned[0], warned
 
 
+def test_mllp_tls_settings_that_cannot_work_are_named_one_line_each_before_serving(pki, tmp_path):
+    from adapter.runtime import mllp_tls_problems
+    from tests.harness import settings_for
+
+    def problems(**tls: str) -> list[str]:
+        return mllp_tls_problems(settings_for(tmp_path, **{f"mllp_tls_{k}": v for k, v in tls.items()}))
+
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    assert problems() == []
+    assert problems(cert=str(pki.server_cert), key=str(pki.server_key), client_ca=str(pki.ca)) == []
+    assert problems(client_ca=str(pki.ca)) == [
+        "ADAPTER_MLLP_TLS_CLIENT_CA is set but ADAPTER_MLLP_TLS_CERT is not: the MLLP listener would not use TLS"]
+    assert problems(cert=str(tmp_path / "nope.pem"), key=str(pki.server_key)) == [
+        f"ADAPTER_MLLP_TLS_CERT: no readable file {tmp_path / 'nope.pem'}"]
+    for wrong in ({"cert": str(garbage), "key": str(pki.server_key)},
+                  {"cert": str(pki.server_cert), "key": str(pki.client_key)},  # not this certificate's key
+                  {"cert": str(pki.server_cert)}):  # no key, and none in the certificate's file
+        said = problems(**wrong)
+        assert len(said) == 1 and said[0].startswith("ADAPTER_MLLP_TLS_CERT, ADAPTER_MLLP_TLS_KEY"), (wrong, said)
+
+
+def test_serve_refuses_to_start_with_mllp_tls_it_cannot_use(pki, tmp_path):
+    from tests.core.test_cli import cli
+
+    result = cli(tmp_path, "serve", "--http-port", "0", "--mllp-port", "0", env={"ADAPTER_MLLP_TLS_CLIENT_CA": str(pki.ca)})
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "configuration error: ADAPTER_MLLP_TLS_CLIENT_CA is set but ADAPTER_MLLP_TLS_CERT is not" in \
+        " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+
+
 def test_hl7_send_reaches_a_mutual_tls_listener_with_its_own_ca_and_client_certificate(pki, tmp_path):
     """``python -m adapter hl7 send --tls-ca --tls-cert --tls-key``: what an integration
     engineer needs to try a listener whose certificate comes from the hospital's own

@@ -223,6 +223,11 @@ class ComplianceGate:
         self._audit(session, "auth_failed", "", "invalid bearer token", now, {"path": path[:200]},
                     outcome="minor_failure")
 
+    def sender_refused(self, session: Session, facility: str, peer: str, *, now: datetime) -> None:
+        """HL7 messages naming ``facility`` (MSH-4) came from a peer not among its senders."""
+        self._audit(session, "hl7_sender_refused", "", "not among the facility's senders", now,
+                    {"facility": facility, "peer": peer}, outcome="minor_failure")
+
     def _audit(self, session: Session, action: str, subject: str, reason: str, now: datetime,
                details: dict[str, Any], *, actor: str = SYSTEM_ACTOR, outcome: str = "success") -> None:
         self._append(session, [self._draft(action, subject, reason, now, details, actor=actor, outcome=outcome)])

@@ -44,6 +44,7 @@ from hl7.errors import HL7Error
 from hl7.facilities import FacilityConfig
 from hl7.header import MessageHeader, decode, read_header
 from hl7.mapping import map_message, refusal
+from hl7.mllp import PEER, Peer
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +322,12 @@ class HL7Intake:
         accept, error_code, reject = (
             (AckCode.CA, AckCode.CE, AckCode.CR) if header.enhanced_mode else (AckCode.AA, AckCode.AE, AckCode.AR))
         facility = self.facilities.for_facility(header.facility)
+        if facility.senders and not facility.admits(peer := PEER.get()):
+            await self._sender_refused(header, peer)
+            return build_ack(header, reject, error=AckError(
+                "207", f"messages of sending facility {header.facility[:100] or '(empty MSH-4)'} are not taken "
+                       "from this connection: its address, client certificate or token is not among the facility's "
+                       "senders"))
         if (header.processing_id or "P") not in facility.processing_ids:
             log.warning("HL7 message from %s refused: processing id %r (MSH-11) is not taken here",
                         header.sender[:100], header.processing_id[:20])
@@ -346,6 +353,23 @@ class HL7Intake:
         # ACK after processing: AE/AR carry the mapping's verdict.
         code, error = await asyncio.to_thread(self._processed_verdict, stored)
         return build_ack(header, code, error=error)
+
+    async def _sender_refused(self, header: MessageHeader, peer: Peer | None) -> None:
+        """Log and audit a sender refused for a facility, once per connection and facility
+        (a refused peer resending in a loop is one event, not one a message)."""
+        if peer is not None:
+            if header.facility in peer.refused:
+                return
+            peer.refused.add(header.facility)
+        where = peer.describe() if peer else "an unknown peer"
+        log.warning("HL7 messages of sending facility %s refused from %s: not among its senders",
+                    header.facility[:100], where[:300])
+
+        def audit() -> None:
+            with transaction(self.sessions) as session:
+                self.pipeline.gate.sender_refused(session, header.facility[:100], where[:300], now=self.clock.now())
+
+        await asyncio.to_thread(audit)
 
     def _processed_verdict(self, stored: Stored) -> tuple[AckCode, AckError | None]:
         """Process the message unless that was done (a retransmission of one still

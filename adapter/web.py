@@ -23,6 +23,7 @@ from adapter.fhir_wiring import fhir_router
 from adapter.metrics import REGISTRY, StoreCollector, ValidationHelpersCollector
 from adapter.models import InboundMessage, Notification
 from fhir.subscriptions import silent_subscriptions
+from hl7.mllp import PEER, Peer
 
 HL7_MEDIA_TYPE = "application/hl7-v2"
 
@@ -233,7 +234,12 @@ def hl7_router(container: Container) -> APIRouter:
         body = await request.body()
         if len(body) > container.settings.mllp_max_message_bytes:
             raise HTTPException(413, "message larger than the configured maximum")
-        ack = await container.intake.handle(body)
+        peer = Peer(address=request.client.host if request.client else "", token=request.state.principal.name)
+        reset = PEER.set(peer)  # whom the facility's senders are matched against
+        try:
+            ack = await container.intake.handle(body)
+        finally:
+            PEER.reset(reset)
         return Response(ack, media_type=HL7_MEDIA_TYPE)
 
     return router

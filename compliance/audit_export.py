@@ -42,6 +42,7 @@ EVENT_TYPES: dict[str, tuple[str, str, str]] = {
     "audit_verified": ("110101", "Audit Log Used", "E"),
     "key_rotated": ("110113", "Security Alert", "E"),
     "auth_failed": ("110114", "User Authentication", "E"),
+    "hl7_sender_refused": ("110113", "Security Alert", "E"),
 }
 OUTCOME_CODES = {"success": "0", "minor_failure": "4", "serious_failure": "8", "major_failure": "12"}
 

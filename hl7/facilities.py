@@ -12,15 +12,18 @@ the keys it does not set.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyNetwork, ValidationError, field_validator,
+                      model_validator)
 
 from hl7.errors import FacilityConfigError
+from hl7.mllp import Peer
 
 StartTimeField = Literal["SCH-11", "AIS-4", "TQ1-7"]
 
@@ -56,6 +59,50 @@ class PatientKeyRule(BaseModel):
         if not (self.identifier_type or self.assigning_authority):
             raise ValueError("set identifier_type, assigning_authority or both")
         return self
+
+
+class SenderRule(BaseModel):
+    """One way a facility's messages may arrive; every field set must match.
+
+    >>> rule = SenderRule(address="10.20.0.0/16", certificate="cup.sanluca.example")
+    >>> rule.admits(Peer("10.20.3.4", frozenset({"cup.sanluca.example"})))
+    True
+    >>> rule.admits(Peer("10.20.3.4"))  # no client certificate
+    False
+    >>> SenderRule(address="10.20.3.4").admits(Peer("::ffff:10.20.3.4"))  # IPv4 on a dual-stack socket
+    True
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: IPvAnyNetwork | None = None
+    """The peer's address, or the network it is in (``10.20.0.0/16``)."""
+    certificate: str | None = None
+    """MLLP with mutual TLS: a DNS name or the common name of the client certificate."""
+    token: str | None = None
+    """HTTP ``POST /hl7/v2``: the name of the API token (``tokens create --name``)."""
+
+    @model_validator(mode="after")
+    def _one_criterion(self) -> SenderRule:
+        if self.address is None and not self.certificate and not self.token:
+            raise ValueError("set address, certificate, token or several of them")
+        return self
+
+    def admits(self, peer: Peer) -> bool:
+        if self.token and peer.token != self.token:
+            return False
+        if self.certificate and self.certificate not in peer.certificate_names:
+            return False
+        if self.address is not None:
+            try:
+                address = ipaddress.ip_address(peer.address)
+            except ValueError:
+                return False
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
+            if address not in self.address:
+                return False
+        return True
 
 
 class WritebackEndpoint(BaseModel):
@@ -102,6 +149,11 @@ class FacilityRule(BaseModel):
     """MSH-11 values taken (P production, T training, D debugging; an empty MSH-11 reads
     as P). Any other is answered AR, error 202, and not stored (HL7 v2.5 §2.9.2): a test
     system's feed pointed at this adapter must not message real patients."""
+    senders: list[SenderRule] = Field(default_factory=list)
+    """Where this facility's messages may come from (empty: from any connection the
+    listener takes). A message whose MSH-4 names the facility from any other peer is
+    answered AR (error 207) and not stored: one hospital's interface cannot send as
+    another, nor can a machine that merely reaches the port."""
     local_holidays: list[MonthDay] = Field(default_factory=list)
     """Days the facility's clinics close besides the national holidays, as ``MM-DD``: the
     city's patron saint (Rome ``06-29``, Milan ``12-07``). Non-urgent messages about what
@@ -119,6 +171,10 @@ class FacilityRule(BaseModel):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    def admits(self, peer: Peer | None) -> bool:
+        """Whether a message naming this facility may come from ``peer`` (``None``: unknown)."""
+        return not self.senders or (peer is not None and any(rule.admits(peer) for rule in self.senders))
 
 
 class FacilityConfig(BaseModel):

@@ -15,7 +15,8 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -38,6 +39,46 @@ Handler = Callable[[bytes], Awaitable[bytes]]
 def frame(payload: bytes) -> bytes:
     """Wrap one message in an MLLP block."""
     return START_BLOCK + payload + END_BLOCK + CARRIAGE_RETURN
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is at the other end, as far as the transport can tell: the address, the
+    names in the client certificate (mutual TLS: DNS subject alternative names and
+    the subject's common name), the API token's name (HTTP). What a facility's
+    ``senders`` (config/facilities.yaml) are matched against."""
+
+    address: str = ""
+    certificate_names: frozenset[str] = frozenset()
+    token: str = ""
+    refused: set[str] = field(default_factory=set, compare=False, hash=False)
+    """Facilities this connection was refused for, already logged and audited."""
+
+    def describe(self) -> str:
+        """For logs and the audit: ``10.20.3.4, TLS client cup.example, token cup``."""
+        parts = [self.address or "unknown address"]
+        if self.certificate_names:
+            parts.append("TLS client " + " ".join(sorted(self.certificate_names)))
+        if self.token:
+            parts.append(f"token {self.token}")
+        return ", ".join(parts)
+
+
+PEER: ContextVar[Peer | None] = ContextVar("hl7_peer", default=None)
+"""The peer of the connection (MLLP) or request (HTTP) whose message is being
+handled: each connection is a task of its own, so a handler reads its own peer."""
+
+
+def peer_of(writer: asyncio.StreamWriter) -> Peer:
+    """The :class:`Peer` of an accepted connection."""
+    peername = writer.get_extra_info("peername")
+    names: set[str] = set()
+    ssl_object = writer.get_extra_info("ssl_object")
+    certificate = ssl_object.getpeercert() if ssl_object is not None else None
+    if certificate:
+        names.update(value for kind, value in certificate.get("subjectAltName", ()) if kind == "DNS")
+        names.update(value for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName")
+    return Peer(address=str(peername[0]) if peername else "", certificate_names=frozenset(names))
 
 
 @dataclass(frozen=True)
@@ -363,6 +404,7 @@ class MLLPServer:
             return
         state = _ConnectionState()
         self._connections[task] = state
+        PEER.set(peer_of(writer))  # this connection's task: what its messages' handler reads
         try:
             if self._stopping:
                 return

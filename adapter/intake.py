@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,7 +33,7 @@ from adapter.clock import Clock
 from adapter.app_acks import queue_application_ack, verdict, wants_accept_ack, wants_application_ack
 from adapter.events import AnyEvent
 from adapter.db import insert_rows_with, placeholder, raw_transaction, read_transaction, transaction
-from adapter.metrics import ACK_LATENCY, MESSAGES_RECEIVED, STORE_BATCH, STORE_SECONDS
+from adapter.metrics import ACK_LATENCY, HL7_LAST_STORED, MESSAGES_RECEIVED, STORE_BATCH, STORE_SECONDS
 from adapter.models import InboundMessage, InboundRaw
 from adapter.pipeline import Pipeline
 from adapter.stored_work import chunk_for, process_all, stored_ids, take_turn_applying
@@ -304,6 +304,7 @@ class HL7Intake:
         self.on_stored = on_stored or (lambda: None)
         self.processed_event = asyncio.Event()
         self._seconds_each = 0.001  # applying one message, timed on each chunk (chunk_for)
+        self._last_stored: dict[str, Gauge] = {}
 
     async def handle(self, raw: bytes) -> bytes:
         began = time.perf_counter()
@@ -339,6 +340,7 @@ class HL7Intake:
             return build_ack(header, reject, error=AckError.from_exception(refused))
         try:
             stored = await self.writer.store(header, raw)
+            self._stored_from(header.facility).set(time.time())
         except Exception:
             # Not stored, so not accepted: the sender keeps it and retries.
             if header.enhanced_mode and not wants_accept_ack(header.accept_ack_type, stored=False):
@@ -370,6 +372,15 @@ class HL7Intake:
                 self.pipeline.gate.sender_refused(session, header.facility[:100], where[:300], now=self.clock.now())
 
         await asyncio.to_thread(audit)
+
+    def _stored_from(self, facility: str) -> Gauge:
+        """The gauge of when a message of ``facility`` was last stored: its own when
+        configured, else ``other`` (a label per MSH-4 anyone writes would grow without end)."""
+        name = facility if facility in self.facilities.facilities and facility != "default" else "other"
+        gauge = self._last_stored.get(name)
+        if gauge is None:  # made at the first message, not at 0 before it
+            gauge = self._last_stored[name] = HL7_LAST_STORED.labels(name)
+        return gauge
 
     def _processed_verdict(self, stored: Stored) -> tuple[AckCode, AckError | None]:
         """Process the message unless that was done (a retransmission of one still

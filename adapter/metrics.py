@@ -21,7 +21,7 @@ from adapter.reply_models import Writeback
 
 if TYPE_CHECKING:  # the FHIR models cost ~0.4 s to import: every CLI command imports this module
     from fhir.validation_pool import ValidationPool
-    from hl7.mllp import ServerTLS
+    from hl7.mllp import MLLPServer, ServerTLS
 
 REGISTRY = CollectorRegistry()
 _FIVE_MINUTES = timedelta(minutes=5)
@@ -92,22 +92,33 @@ class ValidationHelpersCollector(Collector):
                                   "FHIR validation helper processes found dead", value=self.pool.failures)
 
 
-class TlsCertificateCollector(Collector):
-    """When the MLLP listener's certificate expires (seconds since the epoch), as
-    last (re)loaded: what an operator alerts on weeks ahead. Nothing without TLS."""
+class MllpListenerCollector(Collector):
+    """The MLLP listener as last started in this process: connections open now, and
+    when its TLS certificate expires (as last (re)loaded), which an operator alerts on
+    weeks ahead. Nothing before a listener starts; no expiry without TLS."""
 
     def __init__(self) -> None:
-        self.source: ServerTLS | None = None
+        self.server: MLLPServer | None = None
+        self.tls: ServerTLS | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        if self.source is not None:
+        if self.server is not None:
+            yield GaugeMetricFamily("adapter_mllp_connections", "MLLP connections open",
+                                    value=self.server.connection_count)
+        if self.tls is not None:
             yield GaugeMetricFamily("adapter_mllp_tls_certificate_expiry_timestamp_seconds",
                                     "When the MLLP listener's TLS certificate expires (Unix time)",
-                                    value=self.source.not_after.timestamp())
+                                    value=self.tls.not_after.timestamp())
 
 
-MLLP_TLS_CERTIFICATE = TlsCertificateCollector()
-REGISTRY.register(MLLP_TLS_CERTIFICATE)
+MLLP_LISTENER = MllpListenerCollector()
+REGISTRY.register(MLLP_LISTENER)
+HL7_LAST_STORED = Gauge(
+    "adapter_hl7_last_message_timestamp_seconds",
+    "When this process last stored an HL7 message from each sending facility (MSH-4 as configured in"
+    " facilities.yaml, 'other' for the rest; Unix time): alert on a feed gone silent",
+    ["facility"], registry=REGISTRY,
+)
 
 
 class StoreCollector(Collector):

@@ -19,7 +19,7 @@ import uvicorn
 from adapter.bootstrap import Container
 from adapter.dispatch import run_forever
 from adapter.housekeeping import run_housekeeping_forever
-from adapter.metrics import MLLP_TLS_CERTIFICATE, watch_gc
+from adapter.metrics import MLLP_LISTENER, watch_gc
 from adapter.settings import Settings
 from adapter.web import create_app
 from adapter.webhooks import run_way_back_forever
@@ -174,22 +174,23 @@ async def serve(
     # With Celery workers too: every deployment has a serve, and these jobs (signing the
     # audit log's tree heads, the retention purge, adopting a rotated master key) must run.
     tasks.append(asyncio.create_task(run_housekeeping_forever(container, stop=stop)))
-    ssl_context = None
+    tls = None
     if settings.mllp_tls_cert:
         tls = ServerTLS(settings.mllp_tls_cert, settings.mllp_tls_key or None, settings.mllp_tls_client_ca or None)
         if warning := expiry_warning(tls.not_after, container.clock.now()):
             log.warning(warning)
-        MLLP_TLS_CERTIFICATE.source, ssl_context = tls, tls.context
+    MLLP_LISTENER.tls = tls
     mllp = MLLPServer(
         container.intake.handle,
         host=settings.mllp_host,
         port=mllp_port,
         max_message_bytes=settings.mllp_max_message_bytes,
         idle_timeout=settings.mllp_idle_timeout_s,
-        ssl_context=ssl_context,
+        ssl_context=tls.context if tls else None,
         max_connections=settings.mllp_max_connections,
     )
     await mllp.start()
+    MLLP_LISTENER.server = mllp
     app = create_app(container)
     # log_config=None: uvicorn keeps to the handlers logging_setup.configure installed
     # (JSON, exceptions without their text), instead of its own plain-text ones.

@@ -386,22 +386,42 @@ def test_replaced_certificate_files_are_used_from_the_next_connection_without_a_
     run(scenario())
 
 
-def test_serve_with_tls_warns_of_a_certificate_about_to_expire_and_exports_its_expiry(pki, tmp_path, caplog):
+def test_serve_exports_its_connections_feeds_and_certificate_and_warns_of_a_certificate_about_to_expire(
+        pki, tmp_path, caplog):
+    """What an operator alerts on: a feed gone silent (when each configured sending
+    facility last had a message stored; 'other' for the rest), the connections open,
+    the certificate's expiry (and a warning at start when it is near)."""
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
     from tests.harness import running_adapter, settings_for
 
     settings = settings_for(tmp_path, mllp_tls_cert=str(pki.server_cert), mllp_tls_key=str(pki.server_key))
     with caplog.at_level("WARNING", logger="adapter.runtime"), running_adapter(settings) as adapter:
-        async def send() -> AckCode:
+        def scrape() -> dict[tuple[str, tuple], float]:
+            with adapter.client("officer") as officer:
+                text = officer.get("/metrics").text
+            return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                    for family in text_string_to_metric_families(text) for sample in family.samples}
+
+        async def send_and_scrape() -> dict[tuple[str, tuple], float]:
             async with MLLPConnection("127.0.0.1", adapter.mllp_port, ssl_context=client_ssl_context(pki.ca),
                                       timeout=5) as conn:
-                return read_ack_code(await conn.send(message("TLSSERVE")))[0]
+                for control_id, facility in (("T1", "OSP"), ("T2", "LAB_CENTRALE")):
+                    raw = message(control_id).replace(b"|CUP|OSP|", f"|CUP|{facility}|".encode(), 1)
+                    assert read_ack_code(await conn.send(raw))[0] == AckCode.AA
+                return await asyncio.to_thread(scrape)
 
-        assert run(send()) == AckCode.AA
-        with adapter.client("officer") as officer:
-            text = officer.get("/metrics").text
-    expiry = certificate_not_after(pki.server_cert).timestamp()
-    assert f"adapter_mllp_tls_certificate_expiry_timestamp_seconds {expiry:.9e}" in text \
-        or f"adapter_mllp_tls_certificate_expiry_timestamp_seconds {expiry}" in text, text[-2000:]
+        before = time.time()
+        metrics = run(send_and_scrape())
+        assert scrape()[("adapter_mllp_connections", ())] == 0
+    assert metrics[("adapter_mllp_connections", ())] == 1
+    last = {labels[0][1]: value for (name, labels), value in metrics.items()
+            if name == "adapter_hl7_last_message_timestamp_seconds"}
+    assert set(last) == {"other", "LAB_CENTRALE"} and all(before <= at <= time.time() for at in last.values()), last
+    expiry = metrics[("adapter_mllp_tls_certificate_expiry_timestamp_seconds", ())]
+    assert expiry == certificate_not_after(pki.server_cert).timestamp()
     warned = [r.getMessage() for r in caplog.records if "MLLP TLS certificate expires on" in r.getMessage()]
     assert warned and "(in 0 days)" in warned[0], warned
 

@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -51,12 +53,32 @@ def refuse_to_start(problems: list[str]) -> typer.Exit:
     return typer.Exit(2)
 
 
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """A database that cannot be used as it is (unreachable, never migrated, a schema
+    older or newer than this code) stops the command: one ``database error:`` line
+    saying what to do, exit status 2."""
+    from adapter.errors import DatabaseUnusable
+
+    try:
+        yield
+    except DatabaseUnusable as exc:
+        err.print(f"[red]database error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
+
+
 def _container(settings: Settings | None = None):
+    """Everything a command needs, on a database at this code's schema (checked first,
+    creating nothing: commands other than migrate, serve, worker and tokens create
+    never make a database)."""
     from adapter.bootstrap import build
     from adapter.errors import ConfigError
+    from adapter.migrate import require_current_schema
     from compliance.errors import ConfigError as ComplianceConfigError  # keys, purposes.yaml
 
     settings = settings or get_settings()
+    with database_errors():
+        require_current_schema(settings.database_url)
     try:
         return build(settings)
     except (ConfigError, ComplianceConfigError) as exc:  # one problem a line
@@ -66,7 +88,8 @@ def _container(settings: Settings | None = None):
 def _migrate(settings: Settings) -> None:
     from adapter.migrate import upgrade
 
-    upgrade(settings.database_url)
+    with database_errors():
+        upgrade(settings.database_url)
 
 
 @app.command()

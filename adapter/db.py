@@ -19,7 +19,11 @@ from typing import Any
 from sqlalchemy import (
     Connection, DateTime, Dialect, Engine, LargeBinary, MetaData, Table, TypeDecorator, create_engine, event, text,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from adapter.errors import DatabaseUnusable
 
 _log = logging.getLogger(__name__)
 
@@ -138,6 +142,33 @@ def _begin_immediate(lock: FairLock, execute: Callable[[str], Any], *, priority:
     except BaseException:
         lock.release()
         raise
+
+
+def database_name(url: str) -> str:
+    """The database at ``url`` as an operator names it, never with its password.
+
+    >>> database_name("postgresql+psycopg://clinic:secret@db.example:6432/adapter")
+    'PostgreSQL db.example:6432/adapter (user clinic)'
+    >>> database_name("sqlite:////srv/adapter/adapter.db")
+    'SQLite /srv/adapter/adapter.db'
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite {parsed.database}"
+    host = parsed.host or parsed.query.get("host") or "localhost"
+    user = f" (user {parsed.username})" if parsed.username else ""
+    return f"PostgreSQL {host}:{parsed.port or 5432}/{parsed.database or parsed.username or ''}{user}"
+
+
+def cannot_connect(url: str, exc: DBAPIError) -> DatabaseUnusable:
+    """A failed connection to ``url`` as one line naming the database and the driver's
+    reason (refused, no such database, authentication failed), without the password."""
+    said = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+    reason = said.rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()  # psycopg: per host, then why
+    password = make_url(url).password
+    if password:
+        reason = reason.replace(str(password), "***")
+    return DatabaseUnusable(f"cannot use {database_name(url)}: {reason[:300]}")
 
 
 def make_engine(url: str) -> Engine:

@@ -17,3 +17,9 @@ class NotFound(AdapterError):
 
 class Conflict(AdapterError):
     """The request contradicts what is stored."""
+
+
+class DatabaseUnusable(AdapterError):
+    """The database cannot be used as it is: it cannot be reached, refuses our
+    credentials, has no adapter schema, or a schema older or newer than this code. The
+    message says which and what to do, in one line, never with the password."""

@@ -123,6 +123,14 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _a_database_we_can_open(cls, value: str) -> str:
+        problem = database_url_problem(value)
+        if problem:
+            raise PydanticCustomError("database_url", problem)
+        return value
+
     @model_validator(mode="after")
     def _redis_redelivers_only_after_the_lease(self) -> Settings:
         """Redis hands a task not yet acknowledged to another worker after the visibility
@@ -153,6 +161,39 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+DATABASE_URL_FORMS = "sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql+psycopg://user:password@host:5432/database"
+
+
+def database_url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as ADAPTER_DATABASE_URL, never repeating it (it may hold
+    a password); None when SQLAlchemy can open it with a driver we ship.
+
+    >>> database_url_problem("postgres://clinic:secret@db/adapter")
+    'postgres:// is not understood: write postgresql+psycopg://user:password@host:5432/database'
+    >>> database_url_problem("sqlite:///var/adapter.db") is None
+    True
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+        backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    except NoSuchModuleError:
+        scheme = url.split(":", 1)[0]
+        if scheme.split("+", 1)[0] in ("postgres", "postgresql"):
+            return f"{scheme[:40]}:// is not understood: write postgresql+psycopg://user:password@host:5432/database"
+        return f"not a database this adapter can use ({scheme[:40]}://): use {DATABASE_URL_FORMS}"
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        return f"not a database URL: use {DATABASE_URL_FORMS}"
+    if (backend, driver) not in (("sqlite", "pysqlite"), ("postgresql", "psycopg")):
+        return f"the {backend}+{driver} driver is not one this adapter ships: use {DATABASE_URL_FORMS}"
+    if backend == "sqlite" and (parsed.host or parsed.database in (None, "", ":memory:")):
+        # In memory, each connection would see a database of its own.
+        return f"SQLite needs a file path, with three slashes before a relative one: {DATABASE_URL_FORMS}"
+    return None
 
 
 @lru_cache

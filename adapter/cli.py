@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from adapter.cli_compliance import audit_app, gdpr_app, keys_app
 from adapter.db import LARGEST_INTEGER
@@ -214,44 +214,85 @@ def outbox(limit: Annotated[int, typer.Option(min=1, max=10_000, help="how many,
     console.print(table)
 
 
+def print_table(table: Table, out: Console | None = None) -> None:
+    """A table on the terminal, wrapped to its width (a long value folds, never cut
+    short with an ellipsis); piped or redirected, at its natural width, one row a
+    line, so that ``grep`` and ``less -S`` see whole rows."""
+    out = out or console
+    for column in table.columns:
+        column.overflow = "fold"
+    if out.is_terminal:
+        out.print(table)
+    else:
+        natural = out.measure(table, options=out.options.update_width(10_000)).maximum
+        Console(file=out.file, width=max(out.width, natural), no_color=out.no_color).print(table)
+
+
+Facility = Annotated[Optional[str], typer.Option(
+    help="only this sender: its MSH-4 (OSP_SLUCA) or as listed (CUP^OSP_SLUCA)")]
+Since = Annotated[Optional[str], typer.Option(
+    metavar="WHEN", help="only received since: 30m, 2h, 7d back, or a date or time (2026-11-28, "
+                         "2026-11-28T10:00:00+01:00; UTC unless an offset is given)")]
+MessageType = Annotated[Optional[str], typer.Option("--type", help="only this type (SIU) or type and trigger (SIU^S12)")]
+Reason = Annotated[Optional[str], typer.Option(help="only those whose reason contains this text, any case")]
+
+
+def _error_filter(container, facility: str | None, since: str | None, message_type: str | None,  # noqa: ANN001
+                  reason: str | None):  # noqa: ANN202 - adapter.error_store.ErrorFilter, imported late
+    from adapter.error_store import ErrorFilter, since_moment
+
+    moment = None
+    if since is not None:
+        try:
+            moment = since_moment(since, container.clock.now())
+        except ValueError as exc:
+            err.print(f"[red]--since {escape(since)}[/red]: {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2) from None
+    return ErrorFilter(facility=facility or None, since=moment, message_type=message_type or None, reason=reason or None)
+
+
 @hl7_app.command("errors")
 def hl7_errors(
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="how many to show")] = 100,
     newest: Annotated[bool, typer.Option("--newest", help="the most recent first (default: oldest first)")] = False,
+    facility: Facility = None,
+    since: Since = None,
+    message_type: MessageType = None,
+    reason: Reason = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object a line (id, source, received_at, sender, "
+                                                         "control_id, type, status, reason, replayable), for scripts")] = False,
 ) -> None:
     """Messages that could not be processed, with the reason; says how many there are in
     all, and which can no longer be replayed (raw message deleted after retention, or
-    erased with a patient it concerned)."""
-    from adapter.db import transaction
-    from adapter.models import InboundMessage, InboundRaw
+    erased with a patient it concerned). Never shows message content."""
+    from adapter.db import read_transaction
+    from adapter.error_store import find_errors
 
     container = _container()
-    in_store = InboundMessage.status.in_(("error", "rejected"))
-    table = Table("id", "received (UTC)", "sender", "control id", "type", "status", "reason", "replay")
-    with transaction(container.sessions) as session:
-        total = session.scalar(select(func.count()).select_from(InboundMessage).where(in_store)) or 0
-        held = select(InboundRaw.message_id).where(InboundRaw.message_id == InboundMessage.id).exists()
-        rows = session.execute(
-            select(InboundMessage, held | (InboundMessage.source != "hl7"))
-            .where(in_store)
-            .order_by(InboundMessage.id.desc() if newest else InboundMessage.id)
-            .limit(limit)
-        ).all()
-        for row, replayable in rows:
-            table.add_row(str(row.id), row.received_at.strftime("%Y-%m-%d %H:%M:%S"), row.sender,
-                          row.control_id, row.message_type, row.status, row.error or "",
-                          "yes" if replayable else "no: raw erased with the patient (art. 17)"
-                          if row.raw_erased_at else "no: raw deleted after retention")
-    if not total:
-        console.print("the error store is empty")
+    matching = _error_filter(container, facility, since, message_type, reason)
+    with read_transaction(container.sessions) as session:
+        total, entries = find_errors(session, matching, limit=limit, newest=newest)
+    order = "most recent" if newest else "oldest"
+    more = (f"{len(entries)} of {total} shown, the {order} first: --limit N shows more"
+            + ("" if newest else ", --newest the most recent first"))
+    if as_json:
+        for entry in entries:
+            print(json.dumps(entry.as_json(), ensure_ascii=False))
+        if total > len(entries):
+            err.print(more, soft_wrap=True)
         return
-    console.print(table)
-    if total > len(rows):
-        order = "most recent" if newest else "oldest"
-        console.print(f"{len(rows)} of {total} shown, the {order} first: --limit N shows more"
-                      + ("" if newest else ", --newest the most recent first"))
-    else:
-        console.print(f"{total} in the error store")
+    narrowed = matching != type(matching)()
+    if not total:
+        console.print("no message in the error store matches" if narrowed else "the error store is empty")
+        return
+    table = Table("id", "received (UTC)", "sender", "control id", "type", "status", "reason", "replay")
+    for entry in entries:
+        table.add_row(str(entry.id), entry.received_at.strftime("%Y-%m-%d %H:%M:%S"), entry.sender, entry.control_id,
+                      entry.message_type, entry.status, entry.reason,
+                      f"no: {entry.not_replayable}" if entry.not_replayable else "yes")
+    print_table(table)
+    console.print(more if total > len(entries) else f"{total} in the error store"
+                  + (" match these filters" if narrowed else ""), soft_wrap=True)
 
 
 @hl7_app.command("replay")

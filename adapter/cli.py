@@ -297,14 +297,42 @@ def hl7_errors(
 
 @hl7_app.command("replay")
 def hl7_replay(
-    ids: Annotated[list[int], typer.Argument(min=1, max=LARGEST_INTEGER, help="message ids, as `hl7 errors` lists them")],
+    ids: Annotated[Optional[list[int]], typer.Argument(min=1, max=LARGEST_INTEGER, show_default=False,
+                                                       help="message ids, as `hl7 errors` lists them")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every message in the error store, or those the filters match")] = False,
+    facility: Facility = None,
+    since: Since = None,
+    message_type: MessageType = None,
+    reason: Reason = None,
 ) -> None:
-    """Process error-store messages (HL7 messages and FHIR versions) again, after a fix.
-    A message not in the error store (processed, or a duplicate) is not replayed: it says so."""
+    """Process error-store messages (HL7 messages and FHIR versions) again, after a fix:
+    those named, or with --all those `hl7 errors` lists with the same filters. Ends with
+    how many were processed and why the others were not; exit 1 unless all were. A
+    message not in the error store (processed since, or a duplicate) is not replayed: it
+    says so, and its patient is not notified twice."""
     from adapter.db import read_transaction
+    from adapter.error_store import replay_outcomes, replay_summary
     from adapter.models import InboundMessage
 
+    filters = {"--facility": facility, "--since": since, "--type": message_type, "--reason": reason}
+    if bool(ids) == all_:
+        err.print("give message ids (as `hl7 errors` lists them) or --all, not both" if ids
+                  else "give message ids (as `hl7 errors` lists them), or --all for the whole error store", soft_wrap=True)
+        raise typer.Exit(2)
+    if not all_ and any(value is not None for value in filters.values()):
+        err.print(f"{', '.join(name for name, value in filters.items() if value is not None)}: narrows --all, "
+                  "not message ids", soft_wrap=True)
+        raise typer.Exit(2)
     container = _container()
+    if all_:
+        matching = _error_filter(container, facility, since, message_type, reason)
+        with read_transaction(container.sessions) as session:
+            ids = list(session.scalars(matching.select_ids()))
+        if not ids:
+            console.print("no message in the error store matches: nothing to replay")
+            return
+    assert ids is not None
+    ids = list(dict.fromkeys(ids))
     with read_transaction(container.sessions) as session:
         settled = dict(session.execute(select(InboundMessage.id, InboundMessage.status).where(
             InboundMessage.id.in_(ids), InboundMessage.status.notin_(("stored", "error", "rejected")))).all())
@@ -312,13 +340,17 @@ def hl7_replay(
     settled = {i: status for i, status in settled.items() if i not in gone}
     todo = [i for i in ids if i not in settled]
     fhir = container.fhir.replay(todo)
-    results = {**container.intake.replay([i for i in todo if i not in fhir]), **fhir,
-               **{i: f"not replayed: it is {status}, not in the error store" for i, status in settled.items()}}
-    failed = 0
-    for message_id, status in results.items():
-        console.print(f"{message_id}: {status}")
-        failed += status != "processed"
-    raise typer.Exit(1 if failed else 0)
+    statuses = {**container.intake.replay([i for i in todo if i not in fhir]), **fhir,
+                **{i: f"not replayed: it is {status}, not in the error store" for i, status in settled.items()}}
+    with read_transaction(container.sessions) as session:
+        reasons = dict(session.execute(select(InboundMessage.id, InboundMessage.error).where(
+            InboundMessage.id.in_(ids), InboundMessage.status.in_(("error", "rejected")))).all())
+    outcomes = replay_outcomes({i: statuses[i] for i in ids}, reasons)
+    for message_id, outcome in outcomes.items():
+        console.print(f"{message_id}: {escape(outcome)}", soft_wrap=True)
+    for line in replay_summary(outcomes):
+        console.print(escape(line), soft_wrap=True)
+    raise typer.Exit(0 if all(outcome == "processed" for outcome in outcomes.values()) else 1)
 
 
 @hl7_app.command("send")

@@ -7,6 +7,7 @@ control ids, sender, type, times and the reason only."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -109,3 +110,34 @@ def find_errors(session: Session, matching: ErrorFilter, *, limit: int, newest: 
                    if row.raw_erased_at else "raw deleted after retention")
         for row, replayable in rows
     ]
+
+
+PROCESSED = "processed"
+STILL_FAILING = "still failing: "
+NO_SUCH_MESSAGE = "no such message"
+
+
+def replay_outcomes(statuses: dict[int, str], reasons: dict[int, str]) -> dict[int, str]:
+    """What to say of each replayed message, from the status replay left it in and the
+    reason stored for those that failed again: ``processed``, ``still failing: why``,
+    ``no such message``, or what replay said (not replayable, not in the error store)."""
+
+    def said(message_id: int, status: str) -> str:
+        if status in IN_STORE:
+            return STILL_FAILING + (reasons.get(message_id) or status)
+        return NO_SUCH_MESSAGE if status == "missing" else status
+
+    return {message_id: said(message_id, status) for message_id, status in statuses.items()}
+
+
+def replay_summary(outcomes: dict[int, str]) -> list[str]:
+    """The lines that close a replay: how many were processed and how many were not,
+    then one line per reason they were not, most common first.
+
+    >>> replay_summary({1: "processed", 2: "still failing: no start time", 3: "still failing: no start time"})
+    ['3 messages: 1 processed, 2 not', '  2 still failing: no start time']
+    """
+    processed = sum(outcome == PROCESSED for outcome in outcomes.values())
+    why = Counter(outcome for outcome in outcomes.values() if outcome != PROCESSED)
+    return ([f"{len(outcomes)} messages: {processed} processed, {len(outcomes) - processed} not"]
+            + [f"  {count} {outcome}" for outcome, count in why.most_common()])

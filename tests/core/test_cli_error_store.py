@@ -5,12 +5,16 @@ feed: narrowed by sender, time, type and reason, read by scripts, replayed in bu
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import func, select
+
 from adapter.clock import FrozenClock
+from adapter.db import transaction
 from hl7.header import read_header
-from tests.core.test_cli import cli_side_by_side
+from tests.core.test_cli import ROOT, cli, cli_side_by_side
 from tests.core.test_end_to_end import siu
 from tests.harness import migrated_container, settings_for
 
@@ -28,11 +32,11 @@ def siu_without_patient_key(control_id: str, start: datetime, facility: str = "O
     return booking.replace(b"^^^OSP_TEST^MR|", b"^^^OSP_TEST^XX|")
 
 
-def store(tmp_path: Path, batches: list[tuple[timedelta, list[bytes]]]) -> None:
+def store(tmp_path: Path, batches: list[tuple[timedelta, list[bytes]]], **settings: object) -> None:
     """Receive and process each batch of messages as if it came ``ago`` before now."""
     now = datetime.now(UTC).replace(microsecond=0)
     clock = FrozenClock(now)
-    container = migrated_container(settings_for(tmp_path), clock=clock)
+    container = migrated_container(settings_for(tmp_path, **settings), clock=clock)
     for ago, messages in batches:
         clock.set(now - ago)
         container.intake.writer.write([(read_header(m), m) for m in messages])
@@ -72,3 +76,42 @@ def test_hl7_errors_narrows_by_sender_time_type_and_reason_and_prints_json_lines
     assert [json.loads(line)["control_id"] for line in reason.stdout.splitlines()] == ["OLD2", "NORD1"]
     assert bad_since.returncode == 2 and len(bad_since.stderr.strip().splitlines()) == 1
     assert "--since yesterday" in bad_since.stderr and "2h" in bad_since.stderr
+
+
+def test_hl7_replay_all_replays_what_the_filters_match_and_sums_up_what_still_fails(tmp_path):
+    """After fixing a facility's mapping, ``replay --all --facility`` replays its
+    messages and only them, says how many were processed and why the others still fail
+    (exit 1); replaying one processed since is a no-op, not a second notification."""
+    from adapter.models import Notification
+
+    config = tmp_path / "config"
+    shutil.copytree(ROOT / "config", config)
+    facilities = config / "facilities.yaml"
+    fixed = facilities.read_text()
+    facilities.write_text(fixed + "\n  OSP_NORD:\n    start_time: [TQ1-7]\n")  # a wrong mapping: no TQ1 sent
+    env = {"ADAPTER_CONFIG_DIR": str(config)}
+    start = datetime.now(UTC) + timedelta(days=2)
+    store(tmp_path, [(timedelta(minutes=5), [siu_without_patient_key("TEST1", start),
+                                             siu_without_start("TEST2", start)])], config_dir=config)
+    store(tmp_path, [(timedelta(minutes=1), [
+        siu("S12", f"NORD{i}", start).replace(b"|CUP|OSP_TEST|", b"|CUP|OSP_NORD|", 1) for i in (1, 2)
+    ] + [siu_without_start("NORD3", start, "OSP_NORD")])], config_dir=config)
+    facilities.write_text(fixed)
+
+    replay = cli(tmp_path, "hl7", "replay", "--all", "--facility", "OSP_NORD", env=env)
+    assert replay.returncode == 1, replay.stderr
+    assert replay.stdout.splitlines() == [
+        "3: processed", "4: processed", "5: still failing: no appointment start time in SCH-11, AIS-4",
+        "3 messages: 2 processed, 1 not", "  1 still failing: no appointment start time in SCH-11, AIS-4"]
+    container = migrated_container(settings_for(tmp_path, config_dir=config))
+    with transaction(container.sessions) as session:
+        notified = session.scalar(select(func.count()).select_from(Notification))
+    assert notified
+
+    again, errors, both = cli_side_by_side(tmp_path, ["hl7", "replay", "3"], ["hl7", "errors", "--json"],
+                                           ["hl7", "replay", "3", "--all"], env=env)
+    assert again.returncode == 1 and again.stdout.startswith("3: not replayed: it is processed, not in the error store")
+    with transaction(container.sessions) as session:
+        assert session.scalar(select(func.count()).select_from(Notification)) == notified
+    assert [json.loads(line)["control_id"] for line in errors.stdout.splitlines()] == ["TEST1", "TEST2", "NORD3"]
+    assert both.returncode == 2 and "not both" in both.stderr

@@ -365,10 +365,15 @@ def hl7_send(
     tls_cert: Annotated[Optional[Path], typer.Option(help="mutual TLS: our client certificate (PEM)")] = None,
     tls_key: Annotated[Optional[Path], typer.Option(help="mutual TLS: its private key (PEM), if not in --tls-cert")] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for each send and each ACK")] = 30.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="read the files and say how many messages of which types "
+                                                            "they hold, without connecting")] = False,
 ) -> None:
     """Send messages over MLLP with a progress bar; exit 1 unless every message is
     accepted: AA, or CA in enhanced mode; one with MSH-15 NE counts as sent (no ACK
-    expected), one with ER as accepted when no error ACK comes."""
+    expected), one with ER as accepted when no error ACK comes. Files may hold several
+    messages: blank lines between them, FHS/BHS batches, MLLP frames as engines dump
+    them; CR, LF or CRLF segment ends; a byte order mark. Exit 2, sending nothing, for a
+    file named that holds no message or a listener that cannot be reached."""
     from adapter.hl7_send import send_files
     from hl7.mllp import client_ssl_context
 
@@ -380,7 +385,7 @@ def hl7_send(
             err.print(f"[red]TLS files could not be read[/red]: {exc}")
             raise typer.Exit(2) from None
     code = send_files(paths, host=host, port=port or get_settings().mllp_port, connections=connections,
-                      rate=rate, ssl_context=ssl_context, timeout=timeout, console=console)
+                      rate=rate, ssl_context=ssl_context, timeout=timeout, console=console, dry_run=dry_run)
     raise typer.Exit(code)
 
 

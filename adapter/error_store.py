@@ -42,6 +42,12 @@ def since_moment(text: str, now: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+def sent_by(facility: str) -> ColumnElement[bool]:
+    """Inbound messages from ``facility``: the sender as stored (``CUP^OSP_SLUCA``) or,
+    for HL7, its sending facility alone (MSH-4, ``OSP_SLUCA``)."""
+    return or_(InboundMessage.sender == facility, InboundMessage.sender.endswith("^" + facility, autoescape=True))
+
+
 @dataclass(frozen=True)
 class ErrorFilter:
     """Which error-store messages: every one when no field is set.
@@ -58,8 +64,7 @@ class ErrorFilter:
     def clauses(self) -> list[ColumnElement[bool]]:
         where: list[ColumnElement[bool]] = [InboundMessage.status.in_(IN_STORE)]
         if self.facility:
-            where.append(or_(InboundMessage.sender == self.facility,
-                             InboundMessage.sender.endswith("^" + self.facility, autoescape=True)))
+            where.append(sent_by(self.facility))
         if self.since is not None:
             where.append(InboundMessage.received_at >= self.since)
         if self.message_type:

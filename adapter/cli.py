@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from adapter.cli_compliance import audit_app, gdpr_app, keys_app
 from adapter.db import LARGEST_INTEGER
@@ -239,56 +239,125 @@ def outbox(limit: Annotated[int, typer.Option(min=1, max=10_000, help="how many,
     console.print(table)
 
 
+def print_table(table: Table, out: Console | None = None) -> None:
+    """A table on the terminal, wrapped to its width (a long value folds, never cut
+    short with an ellipsis); piped or redirected, at its natural width, one row a
+    line, so that ``grep`` and ``less -S`` see whole rows."""
+    out = out or console
+    for column in table.columns:
+        column.overflow = "fold"
+    if out.is_terminal:
+        out.print(table)
+    else:
+        natural = out.measure(table, options=out.options.update_width(10_000)).maximum
+        Console(file=out.file, width=max(out.width, natural), no_color=out.no_color).print(table)
+
+
+Facility = Annotated[Optional[str], typer.Option(
+    help="only this sender: its MSH-4 (OSP_SLUCA) or as listed (CUP^OSP_SLUCA)")]
+Since = Annotated[Optional[str], typer.Option(
+    metavar="WHEN", help="only received since: 30m, 2h, 7d back, or a date or time (2026-11-28, "
+                         "2026-11-28T10:00:00+01:00; UTC unless an offset is given)")]
+MessageType = Annotated[Optional[str], typer.Option("--type", help="only this type (SIU) or type and trigger (SIU^S12)")]
+Reason = Annotated[Optional[str], typer.Option(help="only those whose reason contains this text, any case")]
+
+
+def _error_filter(container, facility: str | None, since: str | None, message_type: str | None,  # noqa: ANN001
+                  reason: str | None):  # noqa: ANN202 - adapter.error_store.ErrorFilter, imported late
+    from adapter.error_store import ErrorFilter, since_moment
+
+    moment = None
+    if since is not None:
+        try:
+            moment = since_moment(since, container.clock.now())
+        except ValueError as exc:
+            err.print(f"[red]--since {escape(since)}[/red]: {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2) from None
+    return ErrorFilter(facility=facility or None, since=moment, message_type=message_type or None, reason=reason or None)
+
+
 @hl7_app.command("errors")
 def hl7_errors(
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="how many to show")] = 100,
     newest: Annotated[bool, typer.Option("--newest", help="the most recent first (default: oldest first)")] = False,
+    facility: Facility = None,
+    since: Since = None,
+    message_type: MessageType = None,
+    reason: Reason = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object a line (id, source, received_at, sender, "
+                                                         "control_id, type, status, reason, replayable), for scripts")] = False,
 ) -> None:
     """Messages that could not be processed, with the reason; says how many there are in
     all, and which can no longer be replayed (raw message deleted after retention, or
-    erased with a patient it concerned)."""
-    from adapter.db import transaction
-    from adapter.models import InboundMessage, InboundRaw
+    erased with a patient it concerned). Never shows message content."""
+    from adapter.db import read_transaction
+    from adapter.error_store import find_errors
 
     container = _container()
-    in_store = InboundMessage.status.in_(("error", "rejected"))
-    table = Table("id", "received (UTC)", "sender", "control id", "type", "status", "reason", "replay")
-    with transaction(container.sessions) as session:
-        total = session.scalar(select(func.count()).select_from(InboundMessage).where(in_store)) or 0
-        held = select(InboundRaw.message_id).where(InboundRaw.message_id == InboundMessage.id).exists()
-        rows = session.execute(
-            select(InboundMessage, held | (InboundMessage.source != "hl7"))
-            .where(in_store)
-            .order_by(InboundMessage.id.desc() if newest else InboundMessage.id)
-            .limit(limit)
-        ).all()
-        for row, replayable in rows:
-            table.add_row(str(row.id), row.received_at.strftime("%Y-%m-%d %H:%M:%S"), row.sender,
-                          row.control_id, row.message_type, row.status, row.error or "",
-                          "yes" if replayable else "no: raw erased with the patient (art. 17)"
-                          if row.raw_erased_at else "no: raw deleted after retention")
-    if not total:
-        console.print("the error store is empty")
+    matching = _error_filter(container, facility, since, message_type, reason)
+    with read_transaction(container.sessions) as session:
+        total, entries = find_errors(session, matching, limit=limit, newest=newest)
+    order = "most recent" if newest else "oldest"
+    more = (f"{len(entries)} of {total} shown, the {order} first: --limit N shows more"
+            + ("" if newest else ", --newest the most recent first"))
+    if as_json:
+        for entry in entries:
+            print(json.dumps(entry.as_json(), ensure_ascii=False))
+        if total > len(entries):
+            err.print(more, soft_wrap=True)
         return
-    console.print(table)
-    if total > len(rows):
-        order = "most recent" if newest else "oldest"
-        console.print(f"{len(rows)} of {total} shown, the {order} first: --limit N shows more"
-                      + ("" if newest else ", --newest the most recent first"))
-    else:
-        console.print(f"{total} in the error store")
+    narrowed = matching != type(matching)()
+    if not total:
+        console.print("no message in the error store matches" if narrowed else "the error store is empty")
+        return
+    table = Table("id", "received (UTC)", "sender", "control id", "type", "status", "reason", "replay")
+    for entry in entries:
+        table.add_row(str(entry.id), entry.received_at.strftime("%Y-%m-%d %H:%M:%S"), entry.sender, entry.control_id,
+                      entry.message_type, entry.status, entry.reason,
+                      f"no: {entry.not_replayable}" if entry.not_replayable else "yes")
+    print_table(table)
+    console.print(more if total > len(entries) else f"{total} in the error store"
+                  + (" match these filters" if narrowed else ""), soft_wrap=True)
 
 
 @hl7_app.command("replay")
 def hl7_replay(
-    ids: Annotated[list[int], typer.Argument(min=1, max=LARGEST_INTEGER, help="message ids, as `hl7 errors` lists them")],
+    ids: Annotated[Optional[list[int]], typer.Argument(min=1, max=LARGEST_INTEGER, show_default=False,
+                                                       help="message ids, as `hl7 errors` lists them")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every message in the error store, or those the filters match")] = False,
+    facility: Facility = None,
+    since: Since = None,
+    message_type: MessageType = None,
+    reason: Reason = None,
 ) -> None:
-    """Process error-store messages (HL7 messages and FHIR versions) again, after a fix.
-    A message not in the error store (processed, or a duplicate) is not replayed: it says so."""
+    """Process error-store messages (HL7 messages and FHIR versions) again, after a fix:
+    those named, or with --all those `hl7 errors` lists with the same filters. Ends with
+    how many were processed and why the others were not; exit 1 unless all were. A
+    message not in the error store (processed since, or a duplicate) is not replayed: it
+    says so, and its patient is not notified twice."""
     from adapter.db import read_transaction
+    from adapter.error_store import replay_outcomes, replay_summary
     from adapter.models import InboundMessage
 
+    filters = {"--facility": facility, "--since": since, "--type": message_type, "--reason": reason}
+    if bool(ids) == all_:
+        err.print("give message ids (as `hl7 errors` lists them) or --all, not both" if ids
+                  else "give message ids (as `hl7 errors` lists them), or --all for the whole error store", soft_wrap=True)
+        raise typer.Exit(2)
+    if not all_ and any(value is not None for value in filters.values()):
+        err.print(f"{', '.join(name for name, value in filters.items() if value is not None)}: narrows --all, "
+                  "not message ids", soft_wrap=True)
+        raise typer.Exit(2)
     container = _container()
+    if all_:
+        matching = _error_filter(container, facility, since, message_type, reason)
+        with read_transaction(container.sessions) as session:
+            ids = list(session.scalars(matching.select_ids()))
+        if not ids:
+            console.print("no message in the error store matches: nothing to replay")
+            return
+    assert ids is not None
+    ids = list(dict.fromkeys(ids))
     with read_transaction(container.sessions) as session:
         settled = dict(session.execute(select(InboundMessage.id, InboundMessage.status).where(
             InboundMessage.id.in_(ids), InboundMessage.status.notin_(("stored", "error", "rejected")))).all())
@@ -296,13 +365,17 @@ def hl7_replay(
     settled = {i: status for i, status in settled.items() if i not in gone}
     todo = [i for i in ids if i not in settled]
     fhir = container.fhir.replay(todo)
-    results = {**container.intake.replay([i for i in todo if i not in fhir]), **fhir,
-               **{i: f"not replayed: it is {status}, not in the error store" for i, status in settled.items()}}
-    failed = 0
-    for message_id, status in results.items():
-        console.print(f"{message_id}: {status}")
-        failed += status != "processed"
-    raise typer.Exit(1 if failed else 0)
+    statuses = {**container.intake.replay([i for i in todo if i not in fhir]), **fhir,
+                **{i: f"not replayed: it is {status}, not in the error store" for i, status in settled.items()}}
+    with read_transaction(container.sessions) as session:
+        reasons = dict(session.execute(select(InboundMessage.id, InboundMessage.error).where(
+            InboundMessage.id.in_(ids), InboundMessage.status.in_(("error", "rejected")))).all())
+    outcomes = replay_outcomes({i: statuses[i] for i in ids}, reasons)
+    for message_id, outcome in outcomes.items():
+        console.print(f"{message_id}: {escape(outcome)}", soft_wrap=True)
+    for line in replay_summary(outcomes):
+        console.print(escape(line), soft_wrap=True)
+    raise typer.Exit(0 if all(outcome == "processed" for outcome in outcomes.values()) else 1)
 
 
 @hl7_app.command("send")
@@ -317,10 +390,15 @@ def hl7_send(
     tls_cert: Annotated[Optional[Path], typer.Option(help="mutual TLS: our client certificate (PEM)")] = None,
     tls_key: Annotated[Optional[Path], typer.Option(help="mutual TLS: its private key (PEM), if not in --tls-cert")] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for each send and each ACK")] = 30.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="read the files and say how many messages of which types "
+                                                            "they hold, without connecting")] = False,
 ) -> None:
     """Send messages over MLLP with a progress bar; exit 1 unless every message is
     accepted: AA, or CA in enhanced mode; one with MSH-15 NE counts as sent (no ACK
-    expected), one with ER as accepted when no error ACK comes."""
+    expected), one with ER as accepted when no error ACK comes. Files may hold several
+    messages: blank lines between them, FHS/BHS batches, MLLP frames as engines dump
+    them; CR, LF or CRLF segment ends; a byte order mark. Exit 2, sending nothing, for a
+    file named that holds no message or a listener that cannot be reached."""
     from adapter.hl7_send import send_files
     from hl7.mllp import client_ssl_context
 
@@ -332,7 +410,7 @@ def hl7_send(
             err.print(f"[red]TLS files could not be read[/red]: {exc}")
             raise typer.Exit(2) from None
     code = send_files(paths, host=host, port=port or get_settings().mllp_port, connections=connections,
-                      rate=rate, ssl_context=ssl_context, timeout=timeout, console=console)
+                      rate=rate, ssl_context=ssl_context, timeout=timeout, console=console, dry_run=dry_run)
     raise typer.Exit(code)
 
 

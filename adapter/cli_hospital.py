@@ -40,7 +40,7 @@ def acks(ctx: typer.Context, failed: Failed = False, all_: All = False, limit: L
     """Application ACKs not delivered yet (pending, or failed: given up), with the last error."""
     if ctx.invoked_subcommand is not None:
         return
-    from adapter.cli import _container
+    from adapter.cli import _container, print_table
     from adapter.db import read_transaction
     from adapter.models import ApplicationAck, InboundMessage
 
@@ -58,7 +58,10 @@ def acks(ctx: typer.Context, failed: Failed = False, all_: All = False, limit: L
             table.add_row(str(ack.id), str(ack.inbound_message_id), sender, control_id, ack.status, str(ack.attempts),
                           _when(ack.created_at), _when(ack.next_attempt_at) if ack.status == "pending" else "",
                           ack.last_error or "")
-    console.print(table if rows else "no application ACKs to show")
+    if rows:
+        print_table(table)
+    else:
+        console.print("no application ACKs to show")
 
 
 @acks_app.command("resend")
@@ -75,7 +78,7 @@ def writebacks(ctx: typer.Context, failed: Failed = False, all_: All = False, li
     """Write-backs not delivered yet (pending, or failed: given up), with the last error."""
     if ctx.invoked_subcommand is not None:
         return
-    from adapter.cli import _container
+    from adapter.cli import _container, print_table
     from adapter.db import read_transaction
     from adapter.reply_models import Writeback
 
@@ -90,7 +93,10 @@ def writebacks(ctx: typer.Context, failed: Failed = False, all_: All = False, li
             table.add_row(str(row.id), row.appointment_ref, row.action, row.target, row.status, str(row.attempts),
                           _when(row.created_at), _when(row.next_attempt_at) if row.status == "pending" else "",
                           row.last_error or "")
-    console.print(table if rows else "no write-backs to show")
+    if rows:
+        print_table(table)
+    else:
+        console.print("no write-backs to show")
 
 
 @writebacks_app.command("resend")

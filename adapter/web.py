@@ -5,10 +5,10 @@ call the core, map errors."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import func, select, text
@@ -19,6 +19,7 @@ from adapter.auth import Principal, Role, authenticate
 from adapter.auth_limits import AuthFailureLimiter
 from adapter.bootstrap import Container
 from adapter.db import read_transaction, transaction
+from adapter.error_store import sent_by
 from adapter.fhir_wiring import fhir_router
 from adapter.metrics import REGISTRY, StoreCollector, ValidationHelpersCollector
 from adapter.models import InboundMessage, Notification
@@ -144,6 +145,8 @@ def api_router(container: Container) -> APIRouter:
         source: MessageSource = None,
         status: MessageStatus = None,
         control_id: str | None = None,
+        sender: Annotated[str | None, Query(description="MSH-4 (OSP_SLUCA), or the sender as listed (CUP^OSP_SLUCA)")] = None,
+        since: Annotated[datetime | None, Query(description="received at or after (ISO 8601; UTC without an offset)")] = None,
         limit: Limit = 100,
         offset: Offset = 0,
     ) -> dict[str, Any]:
@@ -151,6 +154,10 @@ def api_router(container: Container) -> APIRouter:
         query = select(InboundMessage)
         if source:
             query = query.where(InboundMessage.source == source)
+        if sender:
+            query = query.where(sent_by(sender))
+        if since is not None:
+            query = query.where(InboundMessage.received_at >= (since if since.tzinfo else since.replace(tzinfo=UTC)))
         # As message_view shows them: a processed message received again is "duplicate".
         if status == "duplicate":
             query = query.where(InboundMessage.status == "processed", InboundMessage.duplicates > 0)

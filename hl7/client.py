@@ -29,7 +29,9 @@ from hl7.mllp import FrameDecoder, OversizeFrame, frame
 _BATCH_SEGMENTS = ("FHS", "BHS", "BTS", "FTS")
 # MSH-15 values under which no ACK means the message was accepted, as a summary says it.
 _SILENCE_ACCEPTS = {"NE": "no ACK expected", "ER": "no error ACK (ER)"}
-_LINE_ENDS = re.compile(r"\r\n|\r|\n")
+# A segment ends at CR, LF or CRLF; in a file of MLLP frames as an engine dumps them
+# (HL7 v2.5 Appendix C.4), also at a frame's start or end block, which no HL7 value holds.
+_LINE_ENDS = re.compile(r"\r\n|[\r\n\x0b\x1c]")
 # What can stand before a segment name in a file: blanks, and the byte order mark of
 # each file glued together (``cat a.hl7 b.hl7``), read as UTF-8 or as Latin-1 bytes.
 _LINE_START = re.compile("^(?:\ufeff|\xef\xbb\xbf|[ \t\f\v])+")
@@ -37,10 +39,14 @@ _LINE_START = re.compile("^(?:\ufeff|\xef\xbb\xbf|[ \t\f\v])+")
 
 def split_messages(text: str) -> list[str]:
     """The messages in a file's text: one or several, separated by blank lines
-    or wrapped in FHS/BHS batches (HL7 v2.5 §2.10.3); each starts at an MSH.
-    Segment ends are normalised to CR, and every segment ends with one; a byte
-    order mark or blanks at the start of a line are dropped, so an MSH after
-    them still starts a message."""
+    or wrapped in FHS/BHS batches (HL7 v2.5 §2.10.3) or in MLLP frames
+    (0x0B ... 0x1C 0x0D); each starts at an MSH. Segment ends are normalised
+    to CR, and every segment ends with one; a byte order mark or blanks at the
+    start of a line are dropped, so an MSH after them still starts a message.
+
+    >>> split_messages("\\x0bMSH|^~\\\\&|A\\rPID|1\\x1c\\r\\x0bMSH|^~\\\\&|B\\r\\x1c\\r")
+    ['MSH|^~\\\\&|A\\rPID|1\\r', 'MSH|^~\\\\&|B\\r']
+    """
     messages: list[list[str]] = []
     for line in _LINE_ENDS.split(text):
         line = _LINE_START.sub("", line)

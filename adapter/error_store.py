@@ -1,0 +1,148 @@
+"""The error store as operators search it: inbound messages that could not be
+processed (status ``error`` or ``rejected``), narrowed by sender, time, type and
+reason. ``hl7 errors`` lists them and ``hl7 replay --all`` replays them with the
+same filters. What it returns never holds message content (personal data): ids,
+control ids, sender, type, times and the reason only."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy.orm import Session
+
+from adapter.models import InboundMessage, InboundRaw
+
+IN_STORE = ("error", "rejected")
+_AGO = re.compile(r"(\d+)\s*([mhd])")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def since_moment(text: str, now: datetime) -> datetime:
+    """A ``--since`` as an engineer types it: a duration back from ``now`` (``30m``,
+    ``2h``, ``7d``) or a date or date and time, UTC unless it has an offset.
+
+    >>> since_moment("2h", datetime(2026, 11, 28, 10, tzinfo=UTC))
+    datetime.datetime(2026, 11, 28, 8, 0, tzinfo=datetime.timezone.utc)
+    >>> since_moment("2026-11-28T09:00:00+01:00", datetime(2026, 11, 28, 10, tzinfo=UTC)).isoformat()
+    '2026-11-28T08:00:00+00:00'
+    """
+    from compliance.audit_export import parse_since
+
+    if match := _AGO.fullmatch(text.strip()):
+        return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        moment = parse_since(text)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or a duration back from now (30m, 2h, 7d)") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def sent_by(facility: str) -> ColumnElement[bool]:
+    """Inbound messages from ``facility``: the sender as stored (``CUP^OSP_SLUCA``) or,
+    for HL7, its sending facility alone (MSH-4, ``OSP_SLUCA``)."""
+    return or_(InboundMessage.sender == facility, InboundMessage.sender.endswith("^" + facility, autoescape=True))
+
+
+@dataclass(frozen=True)
+class ErrorFilter:
+    """Which error-store messages: every one when no field is set.
+
+    ``facility`` is the sender as listed (``CUP^OSP_SLUCA``) or its sending facility
+    alone (MSH-4, ``OSP_SLUCA``); ``message_type`` a type (``SIU``) or type and
+    trigger (``SIU^S12``); ``reason`` a piece of the reason, any case."""
+
+    facility: str | None = None
+    since: datetime | None = None
+    message_type: str | None = None
+    reason: str | None = None
+
+    def clauses(self) -> list[ColumnElement[bool]]:
+        where: list[ColumnElement[bool]] = [InboundMessage.status.in_(IN_STORE)]
+        if self.facility:
+            where.append(sent_by(self.facility))
+        if self.since is not None:
+            where.append(InboundMessage.received_at >= self.since)
+        if self.message_type:
+            where.append(or_(InboundMessage.message_type == self.message_type,
+                             InboundMessage.message_type.startswith(self.message_type + "^", autoescape=True)))
+        if self.reason:
+            where.append(func.lower(InboundMessage.error).contains(self.reason.lower(), autoescape=True))
+        return where
+
+    def select_ids(self) -> Select[tuple[int]]:
+        return select(InboundMessage.id).where(*self.clauses()).order_by(InboundMessage.id)
+
+
+@dataclass(frozen=True)
+class ErrorEntry:
+    """One message in the error store, as listed; ``not_replayable`` says why it
+    cannot be replayed (empty when it can)."""
+
+    id: int
+    source: str
+    received_at: datetime
+    sender: str
+    control_id: str
+    message_type: str
+    status: str
+    reason: str
+    not_replayable: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "source": self.source, "received_at": self.received_at.isoformat(),
+                "sender": self.sender, "control_id": self.control_id, "type": self.message_type,
+                "status": self.status, "reason": self.reason, "replayable": not self.not_replayable,
+                "not_replayable": self.not_replayable}
+
+
+def find_errors(session: Session, matching: ErrorFilter, *, limit: int, newest: bool) -> tuple[int, list[ErrorEntry]]:
+    """How many messages match, and the first ``limit`` of them, oldest (or newest) first."""
+    where = matching.clauses()
+    total = session.scalar(select(func.count()).select_from(InboundMessage).where(*where)) or 0
+    held = select(InboundRaw.message_id).where(InboundRaw.message_id == InboundMessage.id).exists()
+    rows = session.execute(
+        select(InboundMessage, held | (InboundMessage.source != "hl7")).where(*where)
+        .order_by(InboundMessage.id.desc() if newest else InboundMessage.id).limit(limit)
+    ).all()
+    return total, [
+        ErrorEntry(row.id, row.source, row.received_at, row.sender, row.control_id, row.message_type, row.status,
+                   row.error or "", "" if replayable else "raw erased with the patient (art. 17)"
+                   if row.raw_erased_at else "raw deleted after retention")
+        for row, replayable in rows
+    ]
+
+
+PROCESSED = "processed"
+STILL_FAILING = "still failing: "
+NO_SUCH_MESSAGE = "no such message"
+
+
+def replay_outcomes(statuses: dict[int, str], reasons: dict[int, str]) -> dict[int, str]:
+    """What to say of each replayed message, from the status replay left it in and the
+    reason stored for those that failed again: ``processed``, ``still failing: why``,
+    ``no such message``, or what replay said (not replayable, not in the error store)."""
+
+    def said(message_id: int, status: str) -> str:
+        if status in IN_STORE:
+            return STILL_FAILING + (reasons.get(message_id) or status)
+        return NO_SUCH_MESSAGE if status == "missing" else status
+
+    return {message_id: said(message_id, status) for message_id, status in statuses.items()}
+
+
+def replay_summary(outcomes: dict[int, str]) -> list[str]:
+    """The lines that close a replay: how many were processed and how many were not,
+    then one line per reason they were not, most common first.
+
+    >>> replay_summary({1: "processed", 2: "still failing: no start time", 3: "still failing: no start time"})
+    ['3 messages: 1 processed, 2 not', '  2 still failing: no start time']
+    """
+    processed = sum(outcome == PROCESSED for outcome in outcomes.values())
+    why = Counter(outcome for outcome in outcomes.values() if outcome != PROCESSED)
+    return ([f"{len(outcomes)} messages: {processed} processed, {len(outcomes) - processed} not"]
+            + [f"  {count} {outcome}" for outcome, count in why.most_common()])

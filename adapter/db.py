@@ -179,7 +179,7 @@ def make_engine(url: str) -> Engine:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         lock = _write_lock(path or ":memory:")
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True)
         _ENGINE_WRITE_LOCKS[engine] = lock
 
         @event.listens_for(engine, "connect")
@@ -229,7 +229,11 @@ def make_engine(url: str) -> Engine:
                 pass
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # connect_timeout: a PostgreSQL host that drops packets answers /health/ready with 503
+    # in seconds, not after the system's TCP timeout. hide_parameters: an error's text
+    # (logged, or raised to a caller) never carries the values bound to its statement.
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True,
+                         connect_args={"connect_timeout": 10})
 
 
 @contextmanager

@@ -175,3 +175,18 @@ def test_postgresql_gone_while_serving_means_not_ready_and_no_aa_until_it_is_bac
         wait_for(lambda: [n for n in notifications(officer) if n["kind"] == "booking_confirmation"], 30)
         stored = officer.get("/api/messages", params={"control_id": "DOWN1"}).json()["items"]
         assert len(stored) == 1 and stored[0]["status"] == "processed"
+
+
+def test_a_failed_statement_s_error_never_carries_the_values_bound_to_it(database_url):
+    """Errors are logged and reach callers; the values of a statement are patients' data."""
+    from sqlalchemy import text
+
+    from adapter.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        with pytest.raises(Exception) as raised, engine.connect() as connection:
+            connection.execute(text("SELECT no_such_column FROM no_such_table WHERE x = :x"), {"x": "Nicolò D'Alò"})
+        assert "no_such_table" in str(raised.value) and "Nicolò" not in str(raised.value)
+    finally:
+        engine.dispose()

@@ -188,6 +188,7 @@ async def serve(
         idle_timeout=settings.mllp_idle_timeout_s,
         ssl_context=tls.context if tls else None,
         max_connections=settings.mllp_max_connections,
+        max_connections_per_address=settings.mllp_max_connections_per_address,
     )
     await mllp.start()
     MLLP_LISTENER.server = mllp

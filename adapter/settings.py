@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     mllp_max_message_bytes: Count = 10 * 1024 * 1024
     mllp_idle_timeout_s: Positive = 300.0
     mllp_max_connections: Count = 256  # open at once; more are closed as soon as accepted
+    # From one address (one sender's reconnect loop must not lock the other hospitals out);
+    # 0: no limit (behind a TCP balancer every connection comes from its address)
+    mllp_max_connections_per_address: int = Field(default=64, ge=0)
     mllp_tls_cert: str = ""
     mllp_tls_key: str = ""
     mllp_tls_client_ca: str = ""  # set to require client certificates (mutual TLS)

@@ -12,6 +12,7 @@ b'\\x0bMSH|...\\x1c\\r'
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -308,8 +309,9 @@ class MLLPServer:
     AR, an unreadable one with AR, and a handler that raises with AE or AR
     (``answer_for_failure``). Idle connections are closed after
     ``idle_timeout`` seconds, and so is one whose peer takes no ACK bytes for
-    as long; beyond ``max_connections`` open at once, a new connection is closed
-    as soon as it is accepted. ``stop(grace)`` stops accepting, lets connections
+    as long; beyond ``max_connections`` open at once, or
+    ``max_connections_per_address`` from one address (0: no such limit), a new
+    connection is closed as soon as it is accepted. ``stop(grace)`` stops accepting, lets connections
     answer the messages already received, closes them, and after ``grace``
     seconds closes whatever is left.
     """
@@ -325,6 +327,7 @@ class MLLPServer:
         ssl_context: ssl.SSLContext | None = None,
         read_size: int = 64 * 1024,
         max_connections: int = 256,
+        max_connections_per_address: int = 0,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -334,6 +337,8 @@ class MLLPServer:
         self.ssl_context = ssl_context
         self.read_size = read_size
         self.max_connections = max_connections
+        self.max_connections_per_address = max_connections_per_address
+        self._per_address: collections.Counter[str] = collections.Counter()
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], _ConnectionState] = {}
         self._stopping = False
@@ -402,9 +407,16 @@ class MLLPServer:
             log.warning("MLLP connection closed at once: %d are open, the limit", len(self._connections))
             writer.close()
             return
+        peer = peer_of(writer)
+        if self.max_connections_per_address and self._per_address[peer.address] >= self.max_connections_per_address:
+            log.warning("MLLP connection from %s closed at once: %d are open from that address, the limit",
+                        peer.address, self._per_address[peer.address])
+            writer.close()
+            return
         state = _ConnectionState()
         self._connections[task] = state
-        PEER.set(peer_of(writer))  # this connection's task: what its messages' handler reads
+        self._per_address[peer.address] += 1
+        PEER.set(peer)  # this connection's task: what its messages' handler reads
         try:
             if self._stopping:
                 return
@@ -415,6 +427,9 @@ class MLLPServer:
             log.exception("MLLP connection failed")
         finally:
             self._connections.pop(task, None)
+            self._per_address[peer.address] -= 1
+            if not self._per_address[peer.address]:
+                del self._per_address[peer.address]
             writer.close()
             try:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)

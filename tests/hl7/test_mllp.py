@@ -490,6 +490,39 @@ def test_hl7_send_reaches_a_mutual_tls_listener_with_its_own_ca_and_client_certi
     assert anonymous.returncode == 1 and "AA" not in anonymous.stdout
 
 
+def test_beyond_the_connections_one_address_may_hold_it_is_closed_and_other_addresses_are_still_served():
+    """One hospital's reconnect loop must not take the connections of the others."""
+    async def connect(port: int, address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+
+    async def answered(pair: tuple[asyncio.StreamReader, asyncio.StreamWriter], control_id: str) -> bytes:
+        reader, writer = pair
+        writer.write(frame(message(control_id)))
+        try:
+            return await asyncio.wait_for(reader.read(4096), 5)
+        except ConnectionResetError:
+            return b""
+
+    async def scenario():
+        server = await started(max_connections_per_address=2)
+        try:
+            held = [await connect(server.port, "127.0.0.2") for _ in range(2)]
+            for n, pair in enumerate(held):
+                assert b"MSA|AA|" in await answered(pair, f"H{n}")
+            assert await answered(await connect(server.port, "127.0.0.2"), "H2") == b""  # closed, unanswered
+            assert b"MSA|AA|" in await answered(await connect(server.port, "127.0.0.3"), "OTHER")
+            held[0][1].close()
+            for _ in range(100):  # the server notices the close
+                if server.connection_count < 3:
+                    break
+                await asyncio.sleep(0.02)
+            assert b"MSA|AA|" in await answered(await connect(server.port, "127.0.0.2"), "H3")
+        finally:
+            await server.stop()
+
+    run(scenario())
+
+
 def test_beyond_max_connections_a_new_connection_is_closed_and_the_open_ones_keep_working():
     """A sender stuck in a reconnect loop must not take every file descriptor."""
     async def scenario():

@@ -55,14 +55,21 @@ def wants_accept_ack(accept_ack_type: str, *, stored: bool) -> bool:
     return True
 
 
-def queue_application_ack(session: Session, message_id: int, *, now: datetime) -> None:
-    """Owe the sender an application ACK for ``message_id`` (once: replays reuse it)."""
+def queue_application_ack(session: Session, message_id: int, *, now: datetime,
+                          outcome: tuple[str, str | None, str | None]) -> None:
+    """Owe the sender an application ACK for ``message_id`` (once: replays reuse it),
+    now that processing came to ``outcome`` (status, error, error code), recorded after
+    this call. A replay tells the sender again only when the verdict changed: the same
+    AE a second time would read as a second failure."""
     existing = session.scalar(select(ApplicationAck).where(ApplicationAck.inbound_message_id == message_id))
     if existing is None:
         session.add(ApplicationAck(inbound_message_id=message_id, status="pending", attempts=0,
                                    next_attempt_at=now, created_at=now))
-    elif existing.status != "pending":  # a replay changed the verdict: tell the sender again
-        requeue(existing, now=now)
+    elif existing.status != "pending":
+        told = session.execute(select(InboundMessage.status, InboundMessage.error, InboundMessage.error_code)
+                               .where(InboundMessage.id == message_id)).one()
+        if verdict(*told) != verdict(*outcome):
+            requeue(existing, now=now)
 
 
 def verdict(status: str, error: str | None, error_code: str | None) -> tuple[AckCode, AckError | None]:

@@ -516,7 +516,7 @@ class HL7Intake:
         else:
             status, error = "processed", None
         if header is not None and header.enhanced_mode and wants_application_ack(header.application_ack_type, status):
-            queue_application_ack(session, message_id, now=now)
+            queue_application_ack(session, message_id, now=now, outcome=(status, error, error_code))
         return {"message_id": message_id, "status": status, "error": error, "error_code": error_code, "at": now}
 
     def process_pending(self, *, quiet_s: Callable[[], float] | None = None) -> int:

@@ -223,3 +223,40 @@ def test_a_sender_starts_no_attempt_its_claim_may_not_outlast(tmp_path):
         assert len(listener.received) == 2
     finally:
         listener.stop()
+
+
+def test_a_replay_tells_the_sender_again_only_when_the_verdict_changes(tmp_path):
+    """A replay that fails as before owes the hospital nothing new: a second identical
+    AE would read as a second failure. One that now succeeds sends the AA."""
+    from adapter.models import InboundMessage
+
+    listener, clock = MllpListener(), FrozenClock(NOW)
+    try:
+        container = adapter_for(tmp_path, listener.server.port, clock)  # start time from SCH-11 only
+        start = NOW + timedelta(days=2)
+        without_sch11 = siu("S12", "RPL1", start).replace(f"|^^^{start.strftime('%Y%m%d%H%M%S+0000')}|".encode(), b"||")
+
+        async def receive() -> None:
+            assert b"MSA|CA|" in await container.intake.handle(enhanced(without_sch11, "AL", "AL"))
+            await container.intake.writer.stop()
+
+        asyncio.run(receive())
+        container.intake.process_pending()
+        with read_transaction(container.sessions) as session:
+            message_id = session.scalar(select(InboundMessage.id).where(InboundMessage.control_id == "RPL1"))
+        retry_while_down(container, clock, until=clock.now() + timedelta(minutes=1))
+        assert [m.split("MSA|")[1][:2] for m in listener.received] == ["AE"]
+
+        assert container.intake.replay([message_id]) == {message_id: "error"}  # nothing fixed yet
+        retry_while_down(container, clock, until=clock.now() + timedelta(minutes=1))
+        assert [m.split("MSA|")[1][:2] for m in listener.received] == ["AE"]
+
+        fixed = tmp_path / "config"
+        facilities = (fixed / "facilities.yaml").read_text().replace("start_time: [SCH-11]", "start_time: [SCH-11, AIS-4]")
+        (fixed / "facilities.yaml").write_text(facilities)
+        container = migrated_container(settings_for(tmp_path, config_dir=fixed), clock)
+        assert container.intake.replay([message_id]) == {message_id: "processed"}
+        retry_while_down(container, clock, until=clock.now() + timedelta(minutes=1))
+        assert [m.split("MSA|")[1][:2] for m in listener.received] == ["AE", "AA"]
+    finally:
+        listener.stop()

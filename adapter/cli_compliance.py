@@ -11,7 +11,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from compliance.audit_export import parse_since
+
+def parse_since(text: str) -> datetime:
+    """``--since`` as an officer types it (compliance.audit_export.parse_since, imported
+    when a command runs: every CLI command imports this module, few need compliance)."""
+    from compliance.audit_export import parse_since as parse
+
+    return parse(text)
 
 console = Console()
 err = Console(stderr=True)

@@ -39,7 +39,8 @@ from adapter.pipeline import Pipeline
 from adapter.stored_work import chunk_for, process_all, stored_ids, take_turn_applying
 from adapter.waiting import Waiting
 from compliance.crypto import Vault
-from hl7.ack import AckCode, AckError, build_ack, build_reject_for_unreadable
+from hl7.ack import AckCode, AckError, build_ack, build_reject_for_unreadable, new_control_id
+from hl7.batch import batch_ack, is_batch, messages_of
 from hl7.errors import HL7Error
 from hl7.facilities import FacilityConfig
 from hl7.header import MessageHeader, decode, read_header
@@ -307,11 +308,25 @@ class HL7Intake:
         self._last_stored: dict[str, Gauge] = {}
 
     async def handle(self, raw: bytes) -> bytes:
+        if not raw.startswith(b"MSH") and is_batch(raw):  # a batch: rare, so tested second
+            return await self._handle_batch(raw)
         began = time.perf_counter()
         ack = await self._handle(raw)
         _HL7_ACK_LATENCY.observe(time.perf_counter() - began)
         _received(ack_code(ack)).inc()
         return ack
+
+    async def _handle_batch(self, raw: bytes) -> bytes:
+        """A batch (``[FHS] BHS {MSH...} BTS [FTS]``, HL7 v2.5 §2.10.3): each message
+        handled in order as if it came alone (stored, checked, acknowledged), then one
+        answer holding every message's ACK. Messages that want no ACK (enhanced mode,
+        MSH-15 NE) have none in it."""
+        acks = []
+        for message in messages_of(raw):
+            ack = await self.handle(message)
+            if ack:
+                acks.append(ack)
+        return batch_ack(raw, acks, now=self.clock.now().strftime("%Y%m%d%H%M%S%z"), control_id=new_control_id())
 
     async def _handle(self, raw: bytes) -> bytes:
         try:

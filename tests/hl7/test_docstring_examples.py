@@ -11,7 +11,7 @@ import pytest
 @pytest.mark.parametrize(
     "module",
     ["hl7.header", "hl7.message", "hl7.ack", "hl7.mllp", "hl7.datatypes", "hl7.facilities",
-     "hl7.client"],
+     "hl7.client", "hl7.batch"],
 )
 def test_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(module))

@@ -32,6 +32,7 @@ END_BLOCK = b"\x1c"
 CARRIAGE_RETURN = b"\r"
 
 DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+_BLANK = b" \t\r\n\x00"  # what an empty frame may hold
 OVERSIZE_HEAD_BYTES = 4096  # kept from an oversize frame so its MSH can still be read
 
 Handler = Callable[[bytes], Awaitable[bytes]]
@@ -307,7 +308,8 @@ class MLLPServer:
 
     Whatever arrives, every complete frame is answered: an oversize frame with
     AR, an unreadable one with AR, and a handler that raises with AE or AR
-    (``answer_for_failure``). Idle connections are closed after
+    (``answer_for_failure``); only an empty frame (blanks at most), the keep-alive
+    some engines send, is not, as its sender reads no ACK for it. Idle connections are closed after
     ``idle_timeout`` seconds, and so is one whose peer takes no ACK bytes for
     as long; beyond ``max_connections`` open at once, or
     ``max_connections_per_address`` from one address (0: no such limit), a new
@@ -466,6 +468,8 @@ class MLLPServer:
         state.busy = True
         try:
             for item in frames:
+                if isinstance(item, bytes) and not item.strip(_BLANK):
+                    continue  # an empty frame: a keep-alive some engines send, expecting no ACK
                 answer = await self._answer(item)
                 if answer:
                     writer.write(frame(answer))

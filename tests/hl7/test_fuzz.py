@@ -125,7 +125,7 @@ def _exchange(port: int, stream: bytes, expected: int) -> list[bytes]:
 @given(batch=st.lists(messages, min_size=1, max_size=4))
 def test_live_server_answers_every_framed_message_and_never_dies(live_server, batch):
     stream = b"".join(frame(m) for m in batch)
-    expected = len(FrameDecoder(4096).feed(stream))
+    expected = len([f for f in FrameDecoder(4096).feed(stream) if not isinstance(f, bytes) or f.strip(b" \t\r\n\x00")])
     answers = _exchange(live_server.server.port, stream, expected)
     assert len(answers) == expected
     for answer in answers:

@@ -121,6 +121,24 @@ def test_server_acknowledges_each_message_with_msa2_equal_to_msh10():
     run(scenario())
 
 
+def test_an_empty_frame_is_a_keep_alive_and_gets_no_answer_that_would_pass_for_the_next_message_s_ack():
+    async def scenario():
+        server = await started(idle_timeout=0.5)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            for _ in range(3):  # keep-alives, more often than the idle time-out
+                writer.write(frame(b"") + frame(b"\r\n"))
+                await asyncio.sleep(0.3)
+            writer.write(frame(message("AFTER")))
+            answer = FrameDecoder().feed(await asyncio.wait_for(reader.readuntil(END_BLOCK + CARRIAGE_RETURN), 5))
+            assert [read_ack_code(a) for a in answer] == [(AckCode.AA, "AFTER")]
+            writer.close()
+        finally:
+            await server.stop()
+
+    run(scenario())
+
+
 def test_pipelined_messages_in_one_write_are_answered_in_order():
     async def scenario():
         server = await started()

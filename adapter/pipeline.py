@@ -45,11 +45,12 @@ _NOTIFICATION = Notification.__table__
 # Built once: constructing a statement costs more than running it.
 _FIND_APPOINTMENT = select(
     _APPOINTMENT.c.status, _APPOINTMENT.c.start, _APPOINTMENT.c.patient_id, _APPOINTMENT.c.event_at,
-    _APPOINTMENT.c.time_known,
+    _APPOINTMENT.c.time_known, _APPOINTMENT.c.service_code,
 ).where(_APPOINTMENT.c.ref == bindparam("appointment"))
 _UPDATE_APPOINTMENT = _APPOINTMENT.update().where(_APPOINTMENT.c.ref == bindparam("appointment"))
 # What a later message may change in a stored appointment (never its ref, source or sender).
-_APPOINTMENT_STATE = ("patient_id", "start", "time_known", "status", "location", "event_at", "updated_at")
+_APPOINTMENT_STATE = ("patient_id", "start", "time_known", "status", "location", "service_code", "event_at",
+                      "updated_at")
 _KNOWN_IDENTIFIERS = select(PatientIdentifier.__table__.c.identifier_index).where(
     PatientIdentifier.__table__.c.identifier_index.in_(bindparam("indexes", expanding=True)))
 _KNOWN_REFS = select(_APPOINTMENT.c.ref).where(_APPOINTMENT.c.ref.in_(bindparam("refs", expanding=True)))
@@ -256,6 +257,10 @@ class Pipeline:
                 return []
             appointment = replace(appointment, start=previous.start, time_known=found.time_known)
             event = replace(event, appointment=appointment)  # type: ignore[call-arg]
+        if not appointment.service_code and found is not None and found.service_code:
+            # A message that does not say the service (an HL7 S15 or S14 without AIS) leaves it as stored.
+            appointment = replace(appointment, service_code=found.service_code)
+            event = replace(event, appointment=appointment)  # type: ignore[call-arg]
         change = change_to_apply(event, previous, patient_id)
         if change is None:
             log.info("%s from %s ignored: stale, or a booking of an appointment no longer booked",
@@ -457,7 +462,7 @@ def _appointment_row(patient_id: str, event: ev.Event, status: str, now: datetim
     appointment: ev.Appointment = event.appointment  # type: ignore[attr-defined]
     return {"ref": appointment.ref, "source": event.origin.source, "sender": event.origin.sender,
             "patient_id": patient_id, "start": appointment.start, "time_known": appointment.time_known, "status": status,
-            "location": appointment.location[:200], "updated_at": now,
+            "location": appointment.location[:200], "service_code": appointment.service_code[:200], "updated_at": now,
             # Orders later HL7 messages about it (adapter.appointments); other sources are not ordered so.
             "event_at": event.occurred_at if event.origin.source == "hl7" else None}
 

@@ -61,6 +61,9 @@ _NOTICES_OF = select(
         _NOTIFICATION.c.status.in_(bindparam("statuses", expanding=True)),
         _NOTIFICATION.c.rule_id.in_(bindparam("rules", expanding=True)))
 _GOING_OR_GONE = ("scheduled", "claimed", "sent", "delivered", "read")
+# The rules whose notice about a subject has gone out.
+_SENT_OF = select(_NOTIFICATION.c.rule_id).where(
+    _NOTIFICATION.c.subject_ref == bindparam("subject"), _NOTIFICATION.c.status.in_(("sent", "delivered", "read")))
 # What is still waiting for a subject, cancelled; found by the subject's index. (Selecting
 # the ids first and then updating "id IN (...) AND status = 'scheduled'" led SQLite to the
 # status index: every scheduled notification of every patient read, 0.3 ms at a few thousand.)
@@ -274,7 +277,7 @@ class Pipeline:
                            now=now)
         if isinstance(event, ev.AppointmentRescheduled) and previous is not None and previous.start == appointment.start:
             return []  # a modification that did not move the start (SIU^S14): nothing to tell
-        plan = self._plan(event, now)
+        plan = self._plan(event, now, sent_rules=self._caught_up_before(session, event))
         if plan.withdraw_all or plan.withdraw_timed:
             self._withdraw(session, appointment.ref, timed_only=plan.withdraw_timed, reason=plan.reason, now=now)
         return self._create(session, patient_id, plan, event, now=now)
@@ -329,8 +332,17 @@ class Pipeline:
                 subject_ref=subject, decision={**notice.decision, "reports": remaining}))
         self._withdraw(session, report_ref, timed_only=False, reason="report withdrawn", now=now)
 
-    def _plan(self, event: ev.Event, now: datetime) -> Plan:
-        return plan_notifications(event, self.rules, now=now, tz=self.tz)
+    def _plan(self, event: ev.Event, now: datetime, *, sent_rules: Sequence[str] = ()) -> Plan:
+        return plan_notifications(event, self.rules, now=now, tz=self.tz, sent_rules=sent_rules)
+
+    def _caught_up_before(self, session: Session, event: ev.Event) -> list[str]:
+        """For a reschedule: the ``catch_up`` rules whose notice about the appointment has
+        gone out already (see :func:`adapter.rules.plan_notifications`)."""
+        rules = [rule.id for rule in self.rules.rules if rule.catch_up]
+        if not rules or not isinstance(event, ev.AppointmentRescheduled):
+            return []
+        return list(session.scalars(_SENT_OF.where(_NOTIFICATION.c.rule_id.in_(rules)),
+                                    {"subject": event.appointment.ref}))
 
     def _store_appointment(
         self, session: Session, patient_id: str, event: ev.Event, appointment: ev.Appointment, *, known: bool,
@@ -446,7 +458,7 @@ class Pipeline:
             moved = self.window.last_open_before(planned.scheduled_for, facility)
             if moved < now:
                 moved = self.window.next_open(now, facility)
-                if moved > planned.scheduled_for:
+                if moved > planned.scheduled_for and not planned.catch_up:
                     return replace(planned, too_late=True)
         else:
             moved = self.window.next_open(planned.scheduled_for, facility)

@@ -298,8 +298,9 @@ def plan_notifications(event: ev.Event, rules: RuleSet, *, now: datetime, tz: Zo
     """Pure: the notifications ``event`` calls for under ``rules`` at ``now``: those of
     the rules of its trigger that cover the appointment's service. ``sent_rules``: the
     rules whose notice about the appointment was already sent; on a reschedule, a
-    ``catch_up`` rule among them is not caught up (instructions already given are not
-    given again at once because the date moved; they are if its new moment is ahead)."""
+    ``catch_up`` rule among them is not caught up, nor recorded as too late (instructions
+    already given are not given again at once because the date moved; they are if their
+    moment before the new start is still ahead)."""
     trigger = TRIGGERS.get(type(event))
     if trigger is None:
         return Plan()
@@ -319,11 +320,12 @@ def plan_notifications(event: ev.Event, rules: RuleSet, *, now: datetime, tz: Zo
                for rule in rules.for_trigger(trigger) if rule.covers(service_code)]
     if isinstance(event, ev.AppointmentRescheduled):
         # The reschedule notice is immediate; the timed notices follow the new start.
-        moved = [
-            _planned(rule, start, subject, now, tz, time_known=time_known, catch_up=rule.id not in sent_rules)
-            for rule in rules.for_trigger("appointment.booked")
-            if rule.timed and rule.covers(service_code)
-        ]
+        moved = []
+        for rule in rules.for_trigger("appointment.booked"):
+            if rule.timed and rule.covers(service_code):
+                notice = _planned(rule, start, subject, now, tz, time_known=time_known, catch_up=rule.id not in sent_rules)
+                if not (notice.too_late and rule.catch_up):
+                    moved.append(notice)
         return Plan(tuple(planned + moved), withdraw_timed=True, reason="appointment rescheduled")
     if isinstance(event, ev.AppointmentCancelled):
         return Plan(tuple(planned), withdraw_all=True, reason=f"appointment {event.reason or 'cancelled'}")

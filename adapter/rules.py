@@ -59,7 +59,8 @@ class ReminderRule(BaseModel):
     # config/purposes.yaml: code, system|code, prefix); None: every appointment.
     services: tuple[CodeMatch, ...] | None = None
     # A before_start notice whose moment had passed when the appointment was booked goes
-    # out at once, if the appointment is still to come, instead of being suppressed.
+    # out at once, if the appointment is still to come, instead of being suppressed; once
+    # sent, a move of the appointment does not plan it again (once per appointment).
     catch_up: bool = False
 
     @field_validator("before_start", "after_start", mode="before")
@@ -221,7 +222,7 @@ class PlannedNotification:
     too_late: bool  # its moment has passed: recorded as suppressed, never sent
     ahead_of_start: bool = False  # a reminder: it must go out before the appointment
     appointment_started: bool = False  # about an appointment to come that has started: suppressed, never sent
-    catch_up: bool = False  # its moment had passed: it goes at once (or when the sending window opens)
+    catch_up: bool = False  # its rule catches up: once its moment has passed it goes at once (or when the window opens)
 
 
 @dataclass(frozen=True)
@@ -273,10 +274,9 @@ def started_from(start: datetime, *, time_known: bool = True) -> datetime:
 
 def _planned(
     rule: ReminderRule, start: datetime | None, subject: str, now: datetime, tz: ZoneInfo, *, time_known: bool = True,
-    catch_up: bool = True,
 ) -> PlannedNotification:
     moment = rule_moment(rule, start=start, now=now, tz=tz)
-    caught_up = catch_up and rule.catch_up and moment < now
+    caught_up = rule.catch_up and moment < now
     if caught_up:
         moment = now
     return PlannedNotification(
@@ -289,7 +289,7 @@ def _planned(
         ahead_of_start=rule.before_start is not None,
         appointment_started=(start is not None and started_from(start, time_known=time_known) <= now
                              and rule.about_what_is_to_come),
-        catch_up=catch_up and rule.catch_up,
+        catch_up=rule.catch_up,
     )
 
 
@@ -297,10 +297,10 @@ def plan_notifications(event: ev.Event, rules: RuleSet, *, now: datetime, tz: Zo
                        sent_rules: Collection[str] = ()) -> Plan:
     """Pure: the notifications ``event`` calls for under ``rules`` at ``now``: those of
     the rules of its trigger that cover the appointment's service. ``sent_rules``: the
-    rules whose notice about the appointment was already sent; on a reschedule, a
-    ``catch_up`` rule among them is not caught up, nor recorded as too late (instructions
-    already given are not given again at once because the date moved; they are if their
-    moment before the new start is still ahead)."""
+    rules whose notice about the appointment was already sent: on a reschedule, a
+    ``catch_up`` rule among them is not planned again (its notice is given once per
+    appointment: instructions do not change with the date, which the reschedule notice
+    gives)."""
     trigger = TRIGGERS.get(type(event))
     if trigger is None:
         return Plan()
@@ -320,12 +320,11 @@ def plan_notifications(event: ev.Event, rules: RuleSet, *, now: datetime, tz: Zo
                for rule in rules.for_trigger(trigger) if rule.covers(service_code)]
     if isinstance(event, ev.AppointmentRescheduled):
         # The reschedule notice is immediate; the timed notices follow the new start.
-        moved = []
-        for rule in rules.for_trigger("appointment.booked"):
-            if rule.timed and rule.covers(service_code):
-                notice = _planned(rule, start, subject, now, tz, time_known=time_known, catch_up=rule.id not in sent_rules)
-                if not (notice.too_late and rule.catch_up):
-                    moved.append(notice)
+        moved = [
+            _planned(rule, start, subject, now, tz, time_known=time_known)
+            for rule in rules.for_trigger("appointment.booked")
+            if rule.timed and rule.covers(service_code) and not (rule.catch_up and rule.id in sent_rules)
+        ]
         return Plan(tuple(planned + moved), withdraw_timed=True, reason="appointment rescheduled")
     if isinstance(event, ev.AppointmentCancelled):
         return Plan(tuple(planned), withdraw_all=True, reason=f"appointment {event.reason or 'cancelled'}")

@@ -157,7 +157,7 @@ def test_a_catch_up_notice_booked_after_its_moment_goes_at_once_while_a_reminder
     assert {p.rule_id: p.appointment_started for p in started.notifications}["pre-visit-instructions"] is True
 
 
-def test_on_a_move_instructions_already_sent_are_not_caught_up_but_planned_if_still_ahead(tmp_path):
+def test_on_a_move_instructions_already_sent_are_not_planned_again_and_those_never_sent_are(tmp_path):
     rules = service_rules(tmp_path)
 
     def moved(start):
@@ -165,12 +165,16 @@ def test_on_a_move_instructions_already_sent_are_not_caught_up_but_planned_if_st
         plan = plan_notifications(event, rules, now=NOW, tz=ROME, sent_rules={"pre-visit-instructions"})
         return {p.rule_id: p for p in plan.notifications}.get("pre-visit-instructions")
 
-    assert moved(NOW + timedelta(days=1)) is None  # already given: not again at once
-    assert moved(NOW + timedelta(days=20)).scheduled_for == NOW + timedelta(days=17)  # a later date: again before it
+    assert moved(NOW + timedelta(days=1)) is None  # already given: not again
+    assert moved(NOW + timedelta(days=20)) is None  # nor before a later date (the reminders still come)
     event = ev.AppointmentRescheduled(ORIGIN, NOW, PATIENT, ev.Appointment("Appointment/a1", NOW + timedelta(days=1),
                                                                           service_code="ECO-ADD"))
     never_sent = {p.rule_id: p for p in plan_notifications(event, rules, now=NOW, tz=ROME).notifications}
     assert never_sent["pre-visit-instructions"].scheduled_for == NOW  # never given: given now
+    far = ev.AppointmentRescheduled(ORIGIN, NOW, PATIENT, ev.Appointment("Appointment/a1", NOW + timedelta(days=20),
+                                                                        service_code="ECO-ADD"))
+    later = {p.rule_id: p for p in plan_notifications(far, rules, now=NOW, tz=ROME).notifications}
+    assert later["pre-visit-instructions"].scheduled_for == NOW + timedelta(days=17)  # follows the new start
 
 
 def test_a_recall_is_planned_about_eleven_months_after_a_fulfilled_visit_of_its_services(tmp_path):

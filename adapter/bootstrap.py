@@ -25,6 +25,7 @@ from adapter.key_rotation import find_master_key, master_key_watch, retired_mast
 from adapter.pipeline import Pipeline
 from adapter.quiet_hours import SendingWindow
 from adapter.rules import RuleSet, load_rules
+from adapter.service_catalogue import ServiceCatalogue, load_services
 from adapter.settings import Settings
 from adapter.template_checks import check_reply_words, sms_fit_problems
 from adapter.templates import TemplateBook
@@ -49,6 +50,7 @@ class Container:
     gate: ComplianceGate
     rules: RuleSet
     templates: TemplateBook
+    services: ServiceCatalogue
     pipeline: Pipeline
     facilities: FacilityConfig
     intake: HL7Intake
@@ -73,10 +75,12 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
                        current_master=master_key_watch(settings))
     audit = AuditLog(sessions, audit_signer(settings))
     rules = load_rules(settings.config_dir / "rules.yaml")
+    services = load_services(settings.config_dir / "services.yaml")
+    services.check_rules(rules, settings.config_dir / "rules.yaml", settings.config_dir / "services.yaml")
     templates = TemplateBook(settings.config_dir / "templates", default_language=settings.default_language, tz=tz)
     templates.require_kinds({rule.kind for rule in rules.rules})
     check_reply_words(templates)
-    for problem in sms_fit_problems(templates, settings.sms_max_segments):
+    for problem in sms_fit_problems(templates, settings.sms_max_segments, services):
         log.warning("template too long for SMS: %s", problem)
     facilities = load_facilities(settings.config_dir / "facilities.yaml")
     window = SendingWindow(
@@ -100,6 +104,7 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
         clock=clock,
         clinic=Clinic(settings.clinic_name, settings.clinic_phone),
         rules=rules,
+        services=services,
         batch_size=settings.claim_batch_size,
         lease=timedelta(seconds=settings.claim_lease_s),
         window=window,
@@ -107,7 +112,7 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
     )
     return Container(
         settings=settings, engine=engine, sessions=sessions, clock=clock, vault=vault, audit=audit,
-        gate=gate, rules=rules, templates=templates, pipeline=pipeline, facilities=facilities,
+        gate=gate, rules=rules, templates=templates, services=services, pipeline=pipeline, facilities=facilities,
         intake=intake, fhir=fhir, channels=channels, dispatcher=dispatcher,
     )
 

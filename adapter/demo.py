@@ -44,7 +44,8 @@ def patient(pid: str, given: str, family: str, phone: str, language: str) -> dic
     }
 
 
-def appointment(aid: str, pid: str, start: datetime, status: str = "booked") -> dict:
+def appointment(aid: str, pid: str, start: datetime, status: str = "booked", service: str = "") -> dict:
+    """A FHIR Appointment; ``service``: the code of its serviceType (config/services.yaml)."""
     return {
         "resourceType": "Appointment",
         "id": aid,
@@ -52,6 +53,7 @@ def appointment(aid: str, pid: str, start: datetime, status: str = "booked") -> 
         "start": start.isoformat(),
         "end": (start + timedelta(minutes=30)).isoformat(),
         "participant": [{"actor": {"reference": f"Patient/{pid}"}, "status": "accepted"}],
+        **({"serviceType": [{"coding": [{"system": "urn:demo:cup", "code": service}]}]} if service else {}),
     }
 
 
@@ -72,14 +74,15 @@ def run_demo(*, base_url: str, mllp: str, token: str, tz: str, console: Console)
     results = asyncio.run(send_messages([siu_s12(start_a, f"DEMO{run}")], host, int(port)))
     console.print(f"ACK {results[0].code.value if results[0].code else results[0].error}")
 
-    console.rule("2. a FHIR booking, then a reschedule")
+    console.rule("2. a FHIR booking of an ultrasound two days ahead (instructions at once), then a reschedule")
     pid_b, aid_b = f"demo-b-{run}", f"demo-appt-b-{run}"
     put = lambda path, body: http.put(path, json=body, headers={"Content-Type": FHIR_JSON})  # noqa: E731
     put(f"/fhir/R4/Patient/{pid_b}", patient(pid_b, "Giulia", "Rossi", "+393471112233", "it")).raise_for_status()
     start_b = (now + timedelta(days=2)).replace(hour=15, minute=0)
-    console.print(f"booked: {put(f'/fhir/R4/Appointment/{aid_b}', appointment(aid_b, pid_b, start_b)).status_code}")
+    console.print(f"booked: {put(f'/fhir/R4/Appointment/{aid_b}', appointment(aid_b, pid_b, start_b, service='ECO-ADD')).status_code}")
+    time.sleep(1.0)  # the instructions go out before the hospital moves it
     moved = start_b + timedelta(days=2)
-    console.print(f"rescheduled: {put(f'/fhir/R4/Appointment/{aid_b}', appointment(aid_b, pid_b, moved)).status_code}")
+    console.print(f"rescheduled: {put(f'/fhir/R4/Appointment/{aid_b}', appointment(aid_b, pid_b, moved, service='ECO-ADD')).status_code}")
 
     console.rule("3. a booking, then a cancellation")
     pid_c, aid_c = f"demo-c-{run}", f"demo-appt-c-{run}"
@@ -89,23 +92,31 @@ def run_demo(*, base_url: str, mllp: str, token: str, tz: str, console: Console)
     time.sleep(1.0)  # the confirmation goes out before the hospital cancels
     console.print(f"cancelled: {put(f'/fhir/R4/Appointment/{aid_c}', appointment(aid_c, pid_c, start_c, 'cancelled')).status_code}")
 
+    console.rule("4. an eye check-up that took place this morning (a yearly recall)")
+    pid_d, aid_d = f"demo-d-{run}", f"demo-appt-d-{run}"
+    put(f"/fhir/R4/Patient/{pid_d}", patient(pid_d, "Marco", "Bianchi", "+393489998877", "it")).raise_for_status()
+    visit = now - timedelta(hours=2)
+    console.print(f"fulfilled: {put(f'/fhir/R4/Appointment/{aid_d}', appointment(aid_d, pid_d, visit, 'fulfilled', 'OCU01')).status_code}")
+
     time.sleep(1.5)  # the worker sends what is due at once
     items = http.get("/api/notifications", params={"limit": 1000}).json()["items"]
     by_patient: dict[str, list[dict]] = {}
     for item in items:
         by_patient.setdefault(item["patient"], []).append(item)
     labels = {}
-    for label, ref in (("Nicolò (SIU over MLLP)", f"FL-DEMO{run}"), ("Giulia (FHIR, rescheduled)", aid_b), ("John (FHIR, cancelled)", aid_c)):
+    for label, ref in (("Nicolò (SIU over MLLP)", f"FL-DEMO{run}"), ("Giulia (FHIR, ultrasound, rescheduled)", aid_b),
+                       ("John (FHIR, cancelled)", aid_c), ("Marco (FHIR, eye check-up done)", aid_d)):
         for patient_id, rows in by_patient.items():
             if any(ref in row["subject"] for row in rows):
                 labels[patient_id] = label
     for patient_id, label in labels.items():
         table = Table("when (clinic time)", "what", "status", "channel", "note", title=label)
         for row in sorted(by_patient[patient_id], key=lambda r: r["scheduled_for"]):
-            when = format_datetime(datetime.fromisoformat(row["scheduled_for"]).astimezone(zone), "EEE d MMM HH:mm", locale="en")
+            at = datetime.fromisoformat(row["scheduled_for"]).astimezone(zone)
+            when = format_datetime(at, "EEE d MMM HH:mm" if at.year == now.year else "EEE d MMM y HH:mm", locale="en")
             table.add_row(when, row["kind"].replace("_", " "), row["status"], row["channel"] or "", row["reason"] or "")
         console.print(table)
-    if len(labels) < 3:
+    if len(labels) < 4:
         console.print("[yellow]some timelines are missing: see /api/messages for errors[/yellow]")
         return 1
     return 0

@@ -31,6 +31,7 @@ from adapter.models import Appointment, Notification, Patient
 from adapter.patients import first_name, load_usable_contacts, reachable
 from adapter.quiet_hours import SendingWindow, facility_of
 from adapter.rules import RuleSet, moot_at_send
+from adapter.service_catalogue import INSTRUCTION_KINDS, ServiceCatalogue, hospital_appointment_id
 from adapter.scheduler import claim_due, release
 from adapter.reply_models import PatientReply
 from adapter.templates import TemplateBook, when_text
@@ -134,6 +135,17 @@ def _facility(row: Notification) -> str:
     return facility_of(str(event.get("source", "")), str(event.get("sender", "")))
 
 
+def _booked_since(session: Session, visit: Appointment) -> bool:
+    """Whether the patient of ``visit`` has an appointment of the same service (any, when
+    the visit's service is not known) starting after it, booked or fulfilled."""
+    later = select(Appointment.id).where(
+        Appointment.patient_id == visit.patient_id, Appointment.ref != visit.ref, Appointment.start > visit.start,
+        Appointment.status.in_(("booked", "fulfilled")))
+    if visit.service_code:
+        later = later.where(Appointment.service_code == visit.service_code)
+    return session.scalar(later.limit(1)) is not None
+
+
 def _claimed_by(row: Notification | None, leased_until: datetime) -> bool:
     """Whether ``row`` is still the claim that runs out at ``leased_until`` (a later
     claim of it sets another ``claimed_until``)."""
@@ -182,6 +194,7 @@ class Dispatcher:
         clock: Clock,
         clinic: Clinic,
         rules: RuleSet,
+        services: ServiceCatalogue | None = None,
         batch_size: int = 50,
         lease: timedelta = timedelta(minutes=2),
         attempt_timeout: timedelta | None = None,
@@ -197,6 +210,7 @@ class Dispatcher:
         self.clock = clock
         self.clinic = clinic
         self.rules = rules
+        self.services = services or ServiceCatalogue()
         self.batch_size = batch_size
         self.lease = lease
         self.attempt_timeout = attempt_timeout or min(ATTEMPT_TIMEOUT, lease / 2)
@@ -501,14 +515,20 @@ class Dispatcher:
 
     def _moot(self, session: Session, row: Notification, now: datetime) -> str | None:
         """Why the notice no longer makes sense (its appointment has started, or was
-        cancelled), or None; checked at send time as at scheduling time."""
+        cancelled; a recall whose service the patient has booked again), or None;
+        checked at send time as at scheduling time."""
         appointment = self._appointment(session, row)
         if appointment is None:
             return None
+        rule = self.rules.by_id(row.rule_id)
         planned_for = (row.decision or {}).get("rule", {}).get("appointment_start")
-        return moot_at_send(self.rules.by_id(row.rule_id), start=appointment.start, status=appointment.status, now=now,
+        moot = moot_at_send(rule, start=appointment.start, status=appointment.status, now=now,
                             planned_for=datetime.fromisoformat(planned_for) if planned_for else None,
-                            time_known=appointment.time_known)
+                            time_known=appointment.time_known,
+                            booked_since=rule is not None and rule.recall and _booked_since(session, appointment))
+        if moot is None and row.kind in INSTRUCTION_KINDS and self.services.find(appointment.service_code) is None:
+            return "no pre-visit instructions are configured for the appointment's service (services.yaml)"
+        return moot
 
     def _still_as_prepared(self, notification_id: int, job: SendJob, leased_until: datetime) -> bool:
         """Whether what :meth:`_prepare` decided for ``job`` still holds, read afresh: the
@@ -548,7 +568,18 @@ class Dispatcher:
             "clinic": {"name": self.clinic.name, "phone": self.clinic.phone},
             "appointment": {"start": appointment.start, "time_known": appointment.time_known,
                             "location": appointment.location} if appointment else {},
+            "visit": self._visit(appointment, self.templates.pick_language(patient.language)),
         }
+
+    def _visit(self, appointment: Appointment | None, language: str) -> dict[str, str]:
+        """The pre-visit instructions of the appointment's service in ``language``, and its
+        questionnaire link (both "" when services.yaml has none)."""
+        info = self.services.find(appointment.service_code) if appointment is not None else None
+        if info is None or appointment is None:
+            return {"instructions": "", "form_link": ""}
+        appointment_id = hospital_appointment_id(appointment.ref, appointment.source, appointment.sender)
+        return {"instructions": info.instructions.get(language) or info.instructions[self.templates.default_language],
+                "form_link": info.form_link(appointment_id, language)}
 
     def _record(self, session: Session, notification_id: int, job: SendJob | None, result: SendResult | NotSent,
                 answered_at: datetime | None, *, leased_until: datetime) -> None:

@@ -84,6 +84,11 @@ class Appointment:
     end: datetime | None = None
     location: str = ""
     service: str = ""  # a non-clinical label, e.g. "Visita ambulatoriale"
+    # The service booked, as the hospital codes it: ``system|code`` (HL7 AIS-3.3|AIS-3.1, FHIR
+    # serviceType coding system|code), or the code alone when no system is given; "" = not said.
+    # It picks the rules and pre-visit instructions that apply (config/rules.yaml ``services``,
+    # config/services.yaml); it never reaches a message.
+    service_code: str = ""
     # False when the hospital gave the day only (an HL7 TS of day precision): ``start`` is
     # that day's 00:00 in the clinic's zone, and messages name the day, not a time.
     time_known: bool = True

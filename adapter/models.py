@@ -80,6 +80,8 @@ class Appointment(Base):
     source: Mapped[str] = mapped_column(String(16))
     sender: Mapped[str] = mapped_column(String(200), default="")
     location: Mapped[str] = mapped_column(String(200), default="")
+    # The service booked, ``system|code`` (adapter.events.Appointment.service_code); "" = not said.
+    service_code: Mapped[str] = mapped_column(String(200), default="", server_default="")
     # When the HL7 event that last set it happened (EVN/MSH-7): an older message changes
     # nothing (adapter.appointments). None when set by another source, or before it was kept.
     event_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -45,11 +45,12 @@ _NOTIFICATION = Notification.__table__
 # Built once: constructing a statement costs more than running it.
 _FIND_APPOINTMENT = select(
     _APPOINTMENT.c.status, _APPOINTMENT.c.start, _APPOINTMENT.c.patient_id, _APPOINTMENT.c.event_at,
-    _APPOINTMENT.c.time_known,
+    _APPOINTMENT.c.time_known, _APPOINTMENT.c.service_code,
 ).where(_APPOINTMENT.c.ref == bindparam("appointment"))
 _UPDATE_APPOINTMENT = _APPOINTMENT.update().where(_APPOINTMENT.c.ref == bindparam("appointment"))
 # What a later message may change in a stored appointment (never its ref, source or sender).
-_APPOINTMENT_STATE = ("patient_id", "start", "time_known", "status", "location", "event_at", "updated_at")
+_APPOINTMENT_STATE = ("patient_id", "start", "time_known", "status", "location", "service_code", "event_at",
+                      "updated_at")
 _KNOWN_IDENTIFIERS = select(PatientIdentifier.__table__.c.identifier_index).where(
     PatientIdentifier.__table__.c.identifier_index.in_(bindparam("indexes", expanding=True)))
 _KNOWN_REFS = select(_APPOINTMENT.c.ref).where(_APPOINTMENT.c.ref.in_(bindparam("refs", expanding=True)))
@@ -60,6 +61,9 @@ _NOTICES_OF = select(
         _NOTIFICATION.c.status.in_(bindparam("statuses", expanding=True)),
         _NOTIFICATION.c.rule_id.in_(bindparam("rules", expanding=True)))
 _GOING_OR_GONE = ("scheduled", "claimed", "sent", "delivered", "read")
+# The rules whose notice about a subject has gone out.
+_SENT_OF = select(_NOTIFICATION.c.rule_id).where(
+    _NOTIFICATION.c.subject_ref == bindparam("subject"), _NOTIFICATION.c.status.in_(("sent", "delivered", "read")))
 # What is still waiting for a subject, cancelled; found by the subject's index. (Selecting
 # the ids first and then updating "id IN (...) AND status = 'scheduled'" led SQLite to the
 # status index: every scheduled notification of every patient read, 0.3 ms at a few thousand.)
@@ -256,6 +260,10 @@ class Pipeline:
                 return []
             appointment = replace(appointment, start=previous.start, time_known=found.time_known)
             event = replace(event, appointment=appointment)  # type: ignore[call-arg]
+        if not appointment.service_code and found is not None and found.service_code:
+            # A message that does not say the service (an HL7 S15 or S14 without AIS) leaves it as stored.
+            appointment = replace(appointment, service_code=found.service_code)
+            event = replace(event, appointment=appointment)  # type: ignore[call-arg]
         change = change_to_apply(event, previous, patient_id)
         if change is None:
             log.info("%s from %s ignored: stale, or a booking of an appointment no longer booked",
@@ -269,7 +277,7 @@ class Pipeline:
                            now=now)
         if isinstance(event, ev.AppointmentRescheduled) and previous is not None and previous.start == appointment.start:
             return []  # a modification that did not move the start (SIU^S14): nothing to tell
-        plan = self._plan(event, now)
+        plan = self._plan(event, now, sent_rules=self._caught_up_before(session, event))
         if plan.withdraw_all or plan.withdraw_timed:
             self._withdraw(session, appointment.ref, timed_only=plan.withdraw_timed, reason=plan.reason, now=now)
         return self._create(session, patient_id, plan, event, now=now)
@@ -324,8 +332,17 @@ class Pipeline:
                 subject_ref=subject, decision={**notice.decision, "reports": remaining}))
         self._withdraw(session, report_ref, timed_only=False, reason="report withdrawn", now=now)
 
-    def _plan(self, event: ev.Event, now: datetime) -> Plan:
-        return plan_notifications(event, self.rules, now=now, tz=self.tz)
+    def _plan(self, event: ev.Event, now: datetime, *, sent_rules: Sequence[str] = ()) -> Plan:
+        return plan_notifications(event, self.rules, now=now, tz=self.tz, sent_rules=sent_rules)
+
+    def _caught_up_before(self, session: Session, event: ev.Event) -> list[str]:
+        """For a reschedule: the ``catch_up`` rules whose notice about the appointment has
+        gone out already (see :func:`adapter.rules.plan_notifications`)."""
+        rules = [rule.id for rule in self.rules.rules if rule.catch_up]
+        if not rules or not isinstance(event, ev.AppointmentRescheduled):
+            return []
+        return list(session.scalars(_SENT_OF.where(_NOTIFICATION.c.rule_id.in_(rules)),
+                                    {"subject": event.appointment.ref}))
 
     def _store_appointment(
         self, session: Session, patient_id: str, event: ev.Event, appointment: ev.Appointment, *, known: bool,
@@ -441,7 +458,7 @@ class Pipeline:
             moved = self.window.last_open_before(planned.scheduled_for, facility)
             if moved < now:
                 moved = self.window.next_open(now, facility)
-                if moved > planned.scheduled_for:
+                if moved > planned.scheduled_for and not planned.catch_up:
                     return replace(planned, too_late=True)
         else:
             moved = self.window.next_open(planned.scheduled_for, facility)
@@ -457,7 +474,7 @@ def _appointment_row(patient_id: str, event: ev.Event, status: str, now: datetim
     appointment: ev.Appointment = event.appointment  # type: ignore[attr-defined]
     return {"ref": appointment.ref, "source": event.origin.source, "sender": event.origin.sender,
             "patient_id": patient_id, "start": appointment.start, "time_known": appointment.time_known, "status": status,
-            "location": appointment.location[:200], "updated_at": now,
+            "location": appointment.location[:200], "service_code": appointment.service_code[:200], "updated_at": now,
             # Orders later HL7 messages about it (adapter.appointments); other sources are not ordered so.
             "event_at": event.occurred_at if event.origin.source == "hl7" else None}
 

@@ -4,6 +4,7 @@ an event into the notifications to schedule and the pending ones to withdraw."""
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from adapter import events as ev
 from adapter.errors import ConfigError
+from compliance.purposes import CodeMatch
 
 Trigger = Literal[
     "appointment.booked",
@@ -28,6 +30,8 @@ Trigger = Literal[
 _UPCOMING = frozenset({"appointment.booked", "appointment.rescheduled", "appointment.cancelled"})
 # Triggers whose later notices take it that the visit happened (not a cancellation's or a no-show's).
 _VISIT = frozenset({"appointment.booked", "appointment.rescheduled", "appointment.fulfilled"})
+# Kinds that invite the patient to book again: moot once they have (see moot_at_send).
+RECALL_KINDS = frozenset({"recall"})
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -51,6 +55,13 @@ class ReminderRule(BaseModel):
     after_start: timedelta | None = None
     at_local_time: time | None = None
     urgent: bool = False
+    # Only appointments of these services (their service code, as code lists match in
+    # config/purposes.yaml: code, system|code, prefix); None: every appointment.
+    services: tuple[CodeMatch, ...] | None = None
+    # A before_start notice whose moment had passed when the appointment was booked goes
+    # out at once, if the appointment is still to come, instead of being suppressed; once
+    # sent, a move of the appointment does not plan it again (once per appointment).
+    catch_up: bool = False
 
     @field_validator("before_start", "after_start", mode="before")
     @classmethod
@@ -64,7 +75,23 @@ class ReminderRule(BaseModel):
             raise ValueError("give exactly one of immediately, before_start, after_start")
         if self.at_local_time and self.after_start is None:
             raise ValueError("at_local_time only goes with after_start")
+        if self.catch_up and self.before_start is None:
+            raise ValueError("catch_up only goes with before_start")
+        if self.services is not None and not self.services:
+            raise ValueError("services lists no service: list at least one, or leave it out for every service")
+        if self.services is not None and not self.when.startswith("appointment."):
+            raise ValueError("services only goes with an appointment trigger")
         return self
+
+    def covers(self, service_code: str) -> bool:
+        """Whether the rule applies to an appointment of ``service_code`` ("": not said,
+        which only a rule without ``services`` covers)."""
+        return self.services is None or any(match.matches(service_code) for match in self.services)
+
+    @property
+    def recall(self) -> bool:
+        """It invites the patient to book a check-up: moot once they have."""
+        return self.kind in RECALL_KINDS
 
     @property
     def timed(self) -> bool:
@@ -107,10 +134,12 @@ class RuleSet(BaseModel):
 
 
 MOVED = "the appointment was moved after it was planned; the reminder for the new time is planned apart"
+BOOKED_AGAIN = "the patient has booked or had the same service since the visit"
 
 
 def moot_at_send(rule: ReminderRule | None, *, start: datetime, status: str, now: datetime,
-                 planned_for: datetime | None = None, time_known: bool = True) -> str | None:
+                 planned_for: datetime | None = None, time_known: bool = True,
+                 booked_since: bool = False) -> str | None:
     """Why a notice of ``rule`` about an appointment (``start``, stored ``status``) must
     not go out at ``now`` though it was due: quiet hours, a provider's Retry-After or a
     backlog can hold it past the start, and what the hospital says next can come while
@@ -121,7 +150,9 @@ def moot_at_send(rule: ReminderRule | None, *, start: datetime, status: str, now
     ``noshow``) or the appointment was cancelled (or entered in error). A timed notice
     planned for another start (``planned_for``: the appointment has moved since) is moot:
     a reschedule plans the timed notices anew, and withdraws those still waiting, not one
-    a worker already holds. A rule no longer configured is not second-guessed.
+    a worker already holds. A recall (``rule.recall``) is moot once the patient has booked
+    or had the same service since the visit (``booked_since``). A rule no longer configured
+    is not second-guessed.
 
     >>> from datetime import UTC
     >>> rule = ReminderRule(id="r", when="appointment.booked", kind="reminder", before_start="2h")
@@ -133,6 +164,9 @@ def moot_at_send(rule: ReminderRule | None, *, start: datetime, status: str, now
     >>> follow_up = ReminderRule(id="f", when="appointment.booked", kind="follow_up", after_start="1d")
     >>> moot_at_send(follow_up, start=at, status="noshow", now=at + timedelta(days=1))
     'the patient did not come to the appointment'
+    >>> recall = ReminderRule(id="y", when="appointment.fulfilled", kind="recall", after_start="335d")
+    >>> moot_at_send(recall, start=at, status="fulfilled", now=at + timedelta(days=335), booked_since=True)
+    'the patient has booked or had the same service since the visit'
     """
     if rule is None:
         return None
@@ -148,6 +182,8 @@ def moot_at_send(rule: ReminderRule | None, *, start: datetime, status: str, now
             return "the patient did not come to the appointment"
         if status == "cancelled":
             return "the appointment had been cancelled when it was due to be sent"
+        if rule.recall and booked_since:
+            return BOOKED_AGAIN
     return None
 
 
@@ -161,10 +197,19 @@ def load_rules(path: Path) -> RuleSet:
     try:
         return RuleSet.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{_field(data, err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"{path}: invalid rules: {problems}") from exc
+
+
+def _field(data: object, loc: tuple) -> str:
+    """A validation error's place, with the id of the rule: ``rules.7.services.0 (rule recall)``."""
+    where = ".".join(str(part) for part in loc)
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int) and isinstance(data, dict):
+        rules = data.get("rules")
+        rule = rules[loc[1]] if isinstance(rules, list) and loc[1] < len(rules) else None
+        if isinstance(rule, dict) and rule.get("id"):
+            where += f" (rule {rule['id']})"
+    return where
 
 
 @dataclass(frozen=True)
@@ -177,6 +222,7 @@ class PlannedNotification:
     too_late: bool  # its moment has passed: recorded as suppressed, never sent
     ahead_of_start: bool = False  # a reminder: it must go out before the appointment
     appointment_started: bool = False  # about an appointment to come that has started: suppressed, never sent
+    catch_up: bool = False  # its rule catches up: once its moment has passed it goes at once (or when the window opens)
 
 
 @dataclass(frozen=True)
@@ -227,9 +273,12 @@ def started_from(start: datetime, *, time_known: bool = True) -> datetime:
 
 
 def _planned(
-    rule: ReminderRule, start: datetime | None, subject: str, now: datetime, tz: ZoneInfo, *, time_known: bool = True
+    rule: ReminderRule, start: datetime | None, subject: str, now: datetime, tz: ZoneInfo, *, time_known: bool = True,
 ) -> PlannedNotification:
     moment = rule_moment(rule, start=start, now=now, tz=tz)
+    caught_up = rule.catch_up and moment < now
+    if caught_up:
+        moment = now
     return PlannedNotification(
         rule_id=rule.id,
         kind=rule.kind,
@@ -240,31 +289,41 @@ def _planned(
         ahead_of_start=rule.before_start is not None,
         appointment_started=(start is not None and started_from(start, time_known=time_known) <= now
                              and rule.about_what_is_to_come),
+        catch_up=rule.catch_up,
     )
 
 
-def plan_notifications(event: ev.Event, rules: RuleSet, *, now: datetime, tz: ZoneInfo) -> Plan:
-    """Pure: the notifications ``event`` calls for under ``rules`` at ``now``."""
+def plan_notifications(event: ev.Event, rules: RuleSet, *, now: datetime, tz: ZoneInfo,
+                       sent_rules: Collection[str] = ()) -> Plan:
+    """Pure: the notifications ``event`` calls for under ``rules`` at ``now``: those of
+    the rules of its trigger that cover the appointment's service. ``sent_rules``: the
+    rules whose notice about the appointment was already sent: on a reschedule, a
+    ``catch_up`` rule among them is not planned again (its notice is given once per
+    appointment: instructions do not change with the date, which the reschedule notice
+    gives)."""
     trigger = TRIGGERS.get(type(event))
     if trigger is None:
         return Plan()
     start: datetime | None = None
     subject = ""
     time_known = True
+    service_code = ""
     if isinstance(event, ev.ReportReady):
         subject = event.report_ref
     elif hasattr(event, "appointment"):
         start = event.appointment.start  # type: ignore[attr-defined]
         subject = event.appointment.ref  # type: ignore[attr-defined]
         time_known = event.appointment.time_known  # type: ignore[attr-defined]
+        service_code = event.appointment.service_code  # type: ignore[attr-defined]
 
-    planned = [_planned(rule, start, subject, now, tz, time_known=time_known) for rule in rules.for_trigger(trigger)]
+    planned = [_planned(rule, start, subject, now, tz, time_known=time_known)
+               for rule in rules.for_trigger(trigger) if rule.covers(service_code)]
     if isinstance(event, ev.AppointmentRescheduled):
         # The reschedule notice is immediate; the timed notices follow the new start.
         moved = [
             _planned(rule, start, subject, now, tz, time_known=time_known)
             for rule in rules.for_trigger("appointment.booked")
-            if rule.timed
+            if rule.timed and rule.covers(service_code) and not (rule.catch_up and rule.id in sent_rules)
         ]
         return Plan(tuple(planned + moved), withdraw_timed=True, reason="appointment rescheduled")
     if isinstance(event, ev.AppointmentCancelled):

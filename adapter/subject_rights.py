@@ -145,7 +145,7 @@ def export_patient(session: Session, container: Container, patient_id: str, *, a
         ],
         "appointments": [
             {"ref": row.ref, "start": row.start.isoformat(), "status": row.status, "source": row.source,
-             "location": row.location}
+             "location": row.location, "service_code": row.service_code}
             for row in session.scalars(select(Appointment).where(Appointment.patient_id == patient_id))
         ],
         "notifications": [

@@ -12,7 +12,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from adapter.errors import ConfigError
-from adapter.templates import TemplateBook
+from adapter.service_catalogue import INSTRUCTION_KINDS, ServiceCatalogue
+from adapter.templates import LANGUAGES, TemplateBook
 from channels.optout import check_reply_instructions
 from channels.sms import TemplateFitProblem, check_template_fits
 
@@ -38,13 +39,22 @@ def check_reply_words(templates: TemplateBook) -> None:
         raise ConfigError(f"{templates.root}: " + "; ".join(problems))
 
 
-def sms_fit_problems(templates: TemplateBook, max_segments: int) -> list[TemplateFitProblem]:
-    """Templates that render to more SMS parts than allowed (reported at start-up)."""
+def sms_fit_problems(templates: TemplateBook, max_segments: int,
+                     services: ServiceCatalogue | None = None) -> list[TemplateFitProblem]:
+    """Templates that render to more SMS parts than allowed (reported at start-up); those
+    that say pre-visit instructions, with each entry of ``services`` (and its form link)."""
+    visits = [(f" with {info.label or info.code or info.prefix}",
+               {language: {"instructions": info.instructions.get(language, ""),
+                           "form_link": info.form_link("FL9876543210", language)} for language in LANGUAGES})
+              for info in (services or ServiceCatalogue()).services]
     rendered = {}
     for template_id in sorted(templates.sources):
         language, kind = template_id.split("/", 1)
-        try:
-            rendered[template_id] = templates.render(kind, language, SAMPLE_CONTEXT).body
-        except Exception:  # noqa: BLE001 - a template needing other values is checked when used
-            continue
+        samples = visits if kind in INSTRUCTION_KINDS and visits else [("", {})]
+        for suffix, visit in samples:
+            context = {**SAMPLE_CONTEXT, "visit": visit.get(language) or {"instructions": "", "form_link": ""}}
+            try:
+                rendered[template_id + suffix] = templates.render(kind, language, context).body
+            except Exception:  # noqa: BLE001 - a template needing other values is checked when used
+                continue
     return check_template_fits(rendered, max_segments)

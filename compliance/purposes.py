@@ -47,18 +47,38 @@ class LawfulBasis(_Strict):
         return f"{self.code} ({self.articles})"
 
 
-class ExcludedCode(_Strict):
+class CodeMatch(_Strict):
+    """Which codes an entry of a code list covers: ``code`` exactly (of any system, or with
+    ``system`` only that system's; a code sent without a system matches either), or every
+    code that starts with ``prefix`` (local catalogues, any case).
+
+    >>> CodeMatch(system="http://loinc.org", code="7917-8").matches("http://loinc.org|7917-8")
+    True
+    >>> CodeMatch(prefix="GEN-").matches("L|gen-01"), CodeMatch(code="A1", system="L").matches("X|A1")
+    (True, False)
+    """
+
     code: str = ""
     system: str = ""
     prefix: str = ""
-    reason: Literal["hiv", "genetic", "other"]
-    label: str = ""
 
     @model_validator(mode="after")
-    def _code_or_prefix(self) -> ExcludedCode:
+    def _code_or_prefix(self) -> CodeMatch:
         if bool(self.code) == bool(self.prefix):
             raise ValueError("give exactly one of code or prefix")
         return self
+
+    def matches(self, raw: str) -> bool:
+        """Whether it covers ``raw``, a code as ``system|code`` or the code alone."""
+        system, _, code = raw.rpartition("|")
+        if self.prefix:
+            return code.upper().startswith(self.prefix.upper())
+        return code == self.code and (not system or not self.system or system == self.system)
+
+
+class ExcludedCode(CodeMatch):
+    reason: Literal["hiv", "genetic", "other"]
+    label: str = ""
 
 
 class ReportRules(_Strict):

@@ -38,11 +38,8 @@ class ReportNoticeDecision:
 def excluded_code(codes: Iterable[str], rules: ReportRules) -> tuple[str, str] | None:
     """The first code the rules exclude from online delivery, with why (``hiv``, ``genetic``)."""
     for raw in codes:
-        system, _, code = raw.rpartition("|")
         for rule in rules.excluded:
-            if rule.prefix and code.upper().startswith(rule.prefix.upper()):
-                return raw, rule.reason
-            if rule.code and code == rule.code and (not system or not rule.system or system == rule.system):
+            if rule.matches(raw):
                 return raw, rule.reason
     return None
 

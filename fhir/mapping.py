@@ -15,6 +15,7 @@ Appointment (R4 AppointmentStatus)
     → cancelled / entered-in-error / declined from a status announced as booked →
     AppointmentCancelled(reason=status);
     → noshow → AppointmentNoShow; → fulfilled → AppointmentFulfilled.
+    The service code is the first coded serviceType's ``system|code``.
 DiagnosticReport (R4 DiagnosticReportStatus)
     → final → ReportReady; → amended / corrected after a final one →
     ReportReady(amended=True) (first seen already amended → ReportReady);
@@ -269,7 +270,23 @@ def _appointment(data: dict[str, Any], fallback_start: datetime | None, appointm
         end=parse_instant(data.get("end")),
         location=location,
         service=service,
+        service_code=_service_code(data.get("serviceType") or []),
     )
+
+
+def _service_code(service_types: list[Any]) -> str:
+    """The first coded ``Appointment.serviceType`` (R4 CodeableConcept) as ``system|code``
+    (the code alone without a system), "" when none is coded.
+
+    >>> _service_code([{"text": "Eco"}, {"coding": [{"system": "urn:cup", "code": "ECO-ADD"}]}])
+    'urn:cup|ECO-ADD'
+    """
+    for concept in service_types:
+        coding = next((c for c in (concept.get("coding") or []) if c.get("code")), None) if isinstance(concept, dict) else None
+        if coding is not None:
+            system = str(coding.get("system") or "")
+            return f"{system}|{coding['code']}" if system else str(coding["code"])
+    return ""
 
 
 def _status_for_patient(data: dict[str, Any] | None, patient_id: str | None) -> str | None:

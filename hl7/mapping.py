@@ -33,6 +33,10 @@ Decisions:
 - A supported message that lacks what we need (no patient key, no start time,
   unreadable timestamp) raises ``MappingError`` (AE) with a reason that holds
   no personal data.
+- The appointment's service code (``Appointment.service_code``) is AIS-3.1 with its
+  coding system AIS-3.3 (``L|CARD01``), of the AIS the start is taken from (the first AIS
+  when the start is SCH-11 or TQ1-7); its label is AIS-3.2. A message without AIS (a
+  cancellation, a completion) leaves the code stored for the appointment as it is.
 - Timestamps without a UTC offset are local time of the sender's
   ``timezone``; all event datetimes are aware UTC.
 - ``Appointment.ref`` is ``hl7:{MSH-3}^{MSH-4}:{id}`` with the id from SCH-2
@@ -356,16 +360,35 @@ def _appointment(message: Message, sch: Segment, context: _Context, *, start_req
     if not ident:
         raise MappingError("SCH-1 and SCH-2 (appointment ids) are both empty", "101")
     start, end, time_known = _start_end(message, sch, context, required=start_required)
-    ais = message.segment("AIS")
-    service = ais.value(3, 2) if ais is not None else ""
+    ais = _service_ais(message, start, context.zone)
     return Appointment(
         ref=f"hl7:{context.sender}:{ident}",
         start=start,
         end=end,
         location=_location(message),
-        service=service,
+        service=ais.value(3, 2) if ais is not None else "",
+        service_code=_service_code(ais),
         time_known=time_known,
     )
+
+
+def _service_ais(message: Message, start: datetime | None, zone: ZoneInfo) -> Segment | None:
+    """The AIS (HL7 v2.5 §10.6.4) of the service the appointment starts with: the one whose
+    AIS-4 is the start, else the first (the start came from SCH-11 or TQ1-7)."""
+    segments = message.all("AIS")
+    found = next((ais for ais in segments if start is not None and _optional_ts(ais.value(4, 1), zone) == start), None)
+    return found or next(iter(segments), None)
+
+
+def _service_code(ais: Segment | None) -> str:
+    """AIS-3 (CE/CWE universal service identifier) as ``system|code``: AIS-3.3, the coding
+    system, and AIS-3.1, the code; the code alone without a system, "" without a code."""
+    if ais is None:
+        return ""
+    code, system = _given(ais.value(3, 1)).strip(), _given(ais.value(3, 3)).strip()
+    if not code:
+        return ""
+    return f"{system}|{code}" if system else code
 
 
 def _start_end(

@@ -92,3 +92,119 @@ def test_durations_read_as_people_write_them():
     assert parse_duration("24h") == timedelta(hours=24)
     assert parse_duration("30m") == timedelta(minutes=30)
     assert parse_duration("1d") == timedelta(days=1)
+
+
+SERVICE_RULES = """
+rules:
+  - id: confirmation
+    when: appointment.booked
+    kind: booking_confirmation
+    immediately: true
+  - id: pre-visit-instructions
+    when: appointment.booked
+    kind: pre_visit_instructions
+    before_start: 3d
+    catch_up: true
+    services: [{code: ECO-ADD}, {system: "urn:cup", code: "88.74.1"}, {prefix: "COLON-"}]
+  - id: reminder-24h
+    when: appointment.booked
+    kind: reminder
+    before_start: 24h
+  - id: yearly-recall
+    when: appointment.fulfilled
+    kind: recall
+    after_start: 335d
+    at_local_time: "10:00"
+    services: [{prefix: "OCU"}]
+"""
+
+
+def service_rules(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(SERVICE_RULES)
+    return load_rules(path)
+
+
+def booked_for(start: datetime, service_code: str) -> ev.AppointmentBooked:
+    return ev.AppointmentBooked(ORIGIN, NOW, PATIENT, ev.Appointment("Appointment/a1", start, service_code=service_code))
+
+
+@pytest.mark.parametrize("code, applies", [
+    ("ECO-ADD", True),                 # code, any system
+    ("L|ECO-ADD", True),
+    ("urn:cup|88.74.1", True),         # system|code
+    ("88.74.1", True),                 # a code sent without a system
+    ("urn:other|88.74.1", False),      # the same code in another system
+    ("L|colon-prep", True),            # prefix, any case
+    ("L|CARD01", False),
+    ("", False),                       # no service said: only rules without services apply
+])
+def test_a_rule_with_services_applies_only_to_appointments_of_those_services(tmp_path, code, applies):
+    plan = plan_notifications(booked_for(NOW + timedelta(days=10), code), service_rules(tmp_path), now=NOW, tz=ROME)
+    rules = {p.rule_id for p in plan.notifications}
+    assert ("pre-visit-instructions" in rules) is applies
+    assert {"confirmation", "reminder-24h"} <= rules  # no services: every appointment
+
+
+def test_a_catch_up_notice_booked_after_its_moment_goes_at_once_while_a_reminder_is_too_late(tmp_path):
+    start = NOW + timedelta(days=2)  # instructions were due 3 days before: a day ago
+    plan = plan_notifications(booked_for(start, "ECO-ADD"), service_rules(tmp_path), now=NOW, tz=ROME)
+    by_rule = {p.rule_id: p for p in plan.notifications}
+    assert by_rule["pre-visit-instructions"].scheduled_for == NOW and not by_rule["pre-visit-instructions"].too_late
+    late = plan_notifications(booked_for(NOW + timedelta(hours=5), "ECO-ADD"), service_rules(tmp_path), now=NOW, tz=ROME)
+    assert {p.rule_id: p.too_late for p in late.notifications}["reminder-24h"] is True
+    started = plan_notifications(booked_for(NOW - timedelta(hours=1), "ECO-ADD"), service_rules(tmp_path), now=NOW, tz=ROME)
+    assert {p.rule_id: p.appointment_started for p in started.notifications}["pre-visit-instructions"] is True
+
+
+def test_on_a_move_instructions_already_sent_are_not_planned_again_and_those_never_sent_are(tmp_path):
+    rules = service_rules(tmp_path)
+
+    def moved(start):
+        event = ev.AppointmentRescheduled(ORIGIN, NOW, PATIENT, ev.Appointment("Appointment/a1", start, service_code="ECO-ADD"))
+        plan = plan_notifications(event, rules, now=NOW, tz=ROME, sent_rules={"pre-visit-instructions"})
+        return {p.rule_id: p for p in plan.notifications}.get("pre-visit-instructions")
+
+    assert moved(NOW + timedelta(days=1)) is None  # already given: not again
+    assert moved(NOW + timedelta(days=20)) is None  # nor before a later date (the reminders still come)
+    event = ev.AppointmentRescheduled(ORIGIN, NOW, PATIENT, ev.Appointment("Appointment/a1", NOW + timedelta(days=1),
+                                                                          service_code="ECO-ADD"))
+    never_sent = {p.rule_id: p for p in plan_notifications(event, rules, now=NOW, tz=ROME).notifications}
+    assert never_sent["pre-visit-instructions"].scheduled_for == NOW  # never given: given now
+    far = ev.AppointmentRescheduled(ORIGIN, NOW, PATIENT, ev.Appointment("Appointment/a1", NOW + timedelta(days=20),
+                                                                        service_code="ECO-ADD"))
+    later = {p.rule_id: p for p in plan_notifications(far, rules, now=NOW, tz=ROME).notifications}
+    assert later["pre-visit-instructions"].scheduled_for == NOW + timedelta(days=17)  # follows the new start
+
+
+def test_a_recall_is_planned_about_eleven_months_after_a_fulfilled_visit_of_its_services(tmp_path):
+    visit = NOW - timedelta(hours=2)
+    fulfilled = ev.AppointmentFulfilled(ORIGIN, NOW, PATIENT, ev.Appointment("Appointment/a1", visit, service_code="L|OCU01"))
+    [recall] = plan_notifications(fulfilled, service_rules(tmp_path), now=NOW, tz=ROME).notifications
+    local = recall.scheduled_for.astimezone(ROME)
+    assert (recall.kind, local.date(), local.hour) == ("recall", (visit + timedelta(days=335)).astimezone(ROME).date(), 10)
+    other = ev.AppointmentFulfilled(ORIGIN, NOW, PATIENT, ev.Appointment("Appointment/a1", visit, service_code="L|CARD01"))
+    assert plan_notifications(other, service_rules(tmp_path), now=NOW, tz=ROME).notifications == ()
+
+
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        ("{id: x, when: appointment.booked, kind: reminder, immediately: true, catch_up: true}",
+         "rules.0 (rule x): Value error, catch_up only goes with before_start"),
+        ("{id: x, when: appointment.booked, kind: reminder, before_start: 1d, services: []}",
+         "rules.0 (rule x): Value error, services lists no service"),
+        ("{id: x, when: report.ready, kind: report_ready, immediately: true, services: [{code: A}]}",
+         "services only goes with an appointment trigger"),
+        ("{id: x, when: appointment.booked, kind: reminder, before_start: 1d, services: [{code: A, prefix: B}]}",
+         "rules.0.services.0 (rule x): Value error, give exactly one of code or prefix"),
+        ("{id: x, when: appointment.booked, kind: reminder, before_start: 1d, services: [{cod: A}]}",
+         "rules.0.services.0.cod (rule x)"),
+    ],
+)
+def test_a_bad_services_list_or_catch_up_is_refused_naming_the_file_rule_and_field(tmp_path, rule, expected):
+    path = tmp_path / "rules.yaml"
+    path.write_text(f"rules:\n  - {rule}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_rules(path)
+    assert str(path) in str(caught.value) and expected in str(caught.value)

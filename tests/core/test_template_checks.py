@@ -1,11 +1,13 @@
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 
 from adapter.bootstrap import build
 from adapter.errors import ConfigError
 from adapter.migrate import upgrade
+from adapter.service_catalogue import load_services
 from adapter.template_checks import sms_fit_problems
 from adapter.templates import TemplateBook
 from tests.harness import settings_for
@@ -48,3 +50,17 @@ def test_the_shipped_templates_fit_in_two_sms_parts_and_ask_for_digits():
 
     book = TemplateBook(Path("config/templates"), default_language="it", tz=ZoneInfo("Europe/Rome"))
     assert sms_fit_problems(book, 2) == []
+    assert sms_fit_problems(book, 2, load_services(Path("config/services.yaml"))) == []
+
+
+def test_pre_visit_instructions_too_long_for_sms_are_reported_naming_the_service(tmp_path, caplog):
+    settings = with_template(tmp_path, "it/reminder.txt.j2", (Path("config/templates/it/reminder.txt.j2")).read_text())
+    services = settings.config_dir / "services.yaml"
+    services.write_text(services.read_text().replace(
+        "Arrivi 20 minuti prima, senza gioielli né oggetti metallici.",
+        "Arrivi 20 minuti prima. " + "Porti con sé tutta la documentazione. " * 4), encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        container = build(settings)
+    assert any("it/pre_visit_instructions with Risonanze magnetiche: 3 SMS parts" in record.getMessage()
+               for record in caplog.records)
+    container.engine.dispose()

@@ -15,6 +15,7 @@ CONTEXT = {
     "patient": {"first_name": "Nicolò"},
     "clinic": {"name": "Poliambulatorio San Luca", "phone": "+39 02 1234 5678"},
     "appointment": {"start": datetime(2026, 12, 1, 8, 30, tzinfo=UTC)},
+    "visit": {"instructions": "Si presenti a digiuno da 8 ore.", "form_link": ""},  # as the dispatcher gives it
 }
 
 
@@ -74,3 +75,25 @@ def test_a_subject_line_naming_a_clinical_field_is_refused_at_start_up(tmp_path)
     (config / "templates" / "it" / "reminder.subject.j2").write_text("Promemoria: {{ appointment.diagnosis }}")
     with pytest.raises(ConfigError, match="reminder.subject"):
         migrated_container(settings_for(tmp_path, config_dir=config))
+
+
+def test_pre_visit_instructions_say_the_instructions_and_the_form_link_in_italian_and_english():
+    with_form = {**CONTEXT, "visit": {"instructions": "Porti i referti precedenti.",
+                                      "form_link": "https://moduli.example.org/rm?id=FL1&lang=it"}}
+    it = BOOK.render("pre_visit_instructions", "it", with_form).body
+    assert it == ("Gentile Nicolò, per l'appuntamento presso Poliambulatorio San Luca martedì 1 dicembre alle 09:30: "
+                  "Porti i referti precedenti. Questionario da compilare prima: "
+                  "https://moduli.example.org/rm?id=FL1&lang=it Info: +39 02 1234 5678")
+    en = BOOK.render("pre_visit_instructions", "en", {**CONTEXT, "visit": {"instructions": "Bring your reports.",
+                                                                          "form_link": ""}}).body
+    assert en == ("Dear Nicolò, for your appointment at Poliambulatorio San Luca on Tuesday 1 December at 09:30: "
+                  "Bring your reports. Info: +39 02 1234 5678")
+
+
+def test_a_recall_invites_to_book_the_check_up_by_phone_naming_no_service():
+    assert BOOK.render("recall", "it", CONTEXT).body == (
+        "Gentile Nicolò, è il momento del controllo periodico presso Poliambulatorio San Luca. "
+        "Per prenotarlo ci chiami al +39 02 1234 5678.")
+    assert BOOK.render("recall", "en", CONTEXT).body == (
+        "Dear Nicolò, it is time for your regular check-up at Poliambulatorio San Luca. "
+        "To book it, call us on +39 02 1234 5678.")

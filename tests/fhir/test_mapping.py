@@ -190,3 +190,16 @@ def test_a_consent_period_given_as_a_year_a_month_or_a_day_covers_all_of_it(star
                "provision": {"type": "deny", "period": {"start": start, "end": end}}}
     (provision,) = mapping.flatten_consent(consent)
     assert (provision.start, provision.end) == (first, last)
+
+
+def test_the_service_code_is_the_first_coded_service_type_as_system_and_code():
+    coded = {**appt("booked"), "serviceType": [
+        {"text": "Ecografia"},
+        {"coding": [{"system": "urn:oid:2.16.840.1.113883.2.9.6.1.11", "code": "88.74.1", "display": "Eco addome"}]}]}
+    [event] = mapping.events_for("Appointment", coded, None, origin=ORIGIN, now=NOW, patient=None)
+    assert event.appointment.service_code == "urn:oid:2.16.840.1.113883.2.9.6.1.11|88.74.1"
+    bare = {**appt("booked"), "serviceType": [{"coding": [{"code": "ECO-ADD"}]}]}
+    [event] = mapping.events_for("Appointment", bare, None, origin=ORIGIN, now=NOW, patient=None)
+    assert event.appointment.service_code == "ECO-ADD"
+    [event] = mapping.events_for("Appointment", appt("booked"), None, origin=ORIGIN, now=NOW, patient=None)
+    assert event.appointment.service_code == ""

@@ -357,3 +357,29 @@ def test_a_report_of_many_obx_segments_leaves_no_object_per_segment_for_the_garb
     assert sum(1 for _ in message.all("OBX")) == 20_000 + text_of("oru_r01_final.hl7").count("\rOBX|")
     [event] = map_message(text, facilities, received_at=RECEIVED)
     assert event.codes == ("24323-8", "PMC", "2345-7", "2160-0", "NOTE0", "NOTE1", "NOTE2")
+
+
+def test_the_service_code_is_ais_3_with_its_coding_system(facilities):
+    [event] = events_of("siu_s12_utf8_cr.hl7", facilities)
+    assert event.appointment.service_code == "L|CARD01"
+    text = text_of("siu_s12_utf8_cr.hl7").replace("CARD01^Visita cardiologica^L", "CARD01^Visita cardiologica")
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert event.appointment.service_code == "CARD01"
+
+
+def test_the_service_code_is_that_of_the_ais_the_start_is_taken_from(facilities):
+    # OSP_SLUCA takes the start from AIS-4, the earliest of the AIS: the blood test at 08:00.
+    text = text_of("siu_s12_utf8_cr.hl7").replace(
+        "AIL|1|", "AIS|2||LAB01^Prelievo^L|20250310080000+0100|0|min|10|min\rAIL|1|")
+    [slu] = map_message(text, facilities, received_at=RECEIVED)
+    assert (slu.appointment.service_code, slu.appointment.service) == ("L|LAB01", "Prelievo")
+    # Another sender takes it from SCH-11 (09:30), which is the visit's AIS-4.
+    [other] = map_message(text.replace("OSP_SLUCA|", "OTHER|", 1), facilities, received_at=RECEIVED)
+    assert other.appointment.service_code == "L|CARD01"
+
+
+def test_a_cancellation_without_ais_names_no_service(facilities):
+    [event] = events_of("siu_s15_cancel.hl7", facilities)
+    text = "\r".join(line for line in text_of("siu_s15_cancel.hl7").split("\r") if not line.startswith("AIS"))
+    [bare] = map_message(text, facilities, received_at=RECEIVED)
+    assert bare.appointment.service_code == "" and isinstance(event, AppointmentCancelled)

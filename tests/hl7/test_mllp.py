@@ -433,6 +433,10 @@ def test_serve_exports_its_connections_feeds_and_certificate_and_warns_of_a_cert
 
         before = time.time()
         metrics = run(send_and_scrape())
+        for _ in range(100):  # the server notices the close
+            if scrape()[("adapter_mllp_connections", ())] == 0:
+                break
+            time.sleep(0.05)
         assert scrape()[("adapter_mllp_connections", ())] == 0
     assert metrics[("adapter_mllp_connections", ())] == 1
     last = {labels[0][1]: value for (name, labels), value in metrics.items()

@@ -223,6 +223,9 @@ def _invoice_rule_issues(data: dict[str, Any]) -> Iterator[Issue]:
         if total.get("value") is None or not total.get("currency"):
             yield Issue("business-rule", "An issued Invoice needs totalGross (or totalNet) with a value "
                         "and a currency: payment reminders state the amount", "Invoice.totalGross")
+        if not data.get("date"):
+            yield Issue("business-rule", "An issued Invoice needs its date: payment reminders are timed "
+                        "from it", "Invoice.date")
 
 
 def patient_id_of(reference: Any) -> str | None:

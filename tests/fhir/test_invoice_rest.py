@@ -23,6 +23,8 @@ def test_an_invoice_is_created_updated_and_read_like_the_other_types(adapter):
     assert current.status_code == 200 and current.json()["status"] == "balanced"
     assert adapter.get(f"/Invoice/{iid}/_history/1").json()["status"] == "issued"
     assert adapter.codec.subjects[-1] == f"patient:{pid}"  # sealed under the patient's key
+    assert adapter.kinds() == ["PatientUpdated", "InvoiceIssued", "InvoiceSettled"]
+    assert adapter.events[1].invoice.notice_code == "301000000000012345"  # the configured system's
 
 
 def test_an_invoice_in_a_transaction_bundle_names_the_patient_created_with_it(adapter):
@@ -56,6 +58,10 @@ def test_an_issued_invoice_without_a_total_is_unprocessable(adapter):
     response = adapter.post("/Invoice", body)
     assert response.status_code == 422 and issue(response)["code"] == "business-rule"
     assert adapter.post("/Invoice", {**body, "status": "draft"}).status_code == 201
+    undated = invoice(pid)
+    del undated["date"]
+    response = adapter.post("/Invoice", undated)
+    assert response.status_code == 422 and issue(response)["expression"] == ["Invoice.date"]
 
 
 def test_an_invoice_for_no_patient_is_unprocessable(adapter):

@@ -193,8 +193,9 @@ class InvoiceIssued(Event):
 @dataclass(frozen=True)
 class InvoiceSettled(Event):
     """An invoice is no longer due from the patient: ``reason`` ``balanced`` (paid),
-    ``cancelled``, ``entered-in-error``, ``deleted``, or that it no longer asks the
-    patient for anything. Its pending reminders are withdrawn."""
+    ``cancelled``, ``entered-in-error``, ``deleted``, or ``not-due``: it no longer asks
+    the patient for anything (a draft again, nothing to pay, someone else pays). Its
+    pending reminders are withdrawn."""
 
     patient: PatientDetails
     invoice_ref: str

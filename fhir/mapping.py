@@ -529,5 +529,5 @@ def _invoice_events(new, previous, origin, now, patient, notice_systems) -> list
     if before is None:
         return []
     status = new.get("status")
-    reason = status if status in ("balanced", "cancelled", "entered-in-error", DELETED) else "no longer due from the patient"
+    reason = status if status in ("balanced", "cancelled", "entered-in-error", DELETED) else "not-due"
     return [InvoiceSettled(origin=origin, occurred_at=now, patient=patient, invoice_ref=before.ref, reason=reason)]

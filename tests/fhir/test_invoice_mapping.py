@@ -77,7 +77,7 @@ def test_an_invoice_someone_else_pays_asks_the_patient_nothing_and_settles_what_
     other = invoice(recipient={"reference": "Organization/asl"})
     assert events(other) == []
     [event] = events(other, invoice())
-    assert isinstance(event, InvoiceSettled) and event.reason == "no longer due from the patient"
+    assert isinstance(event, InvoiceSettled) and event.reason == "not-due"
 
 
 def test_the_recipient_patient_is_the_one_asked_to_pay():

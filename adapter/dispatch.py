@@ -493,7 +493,8 @@ class Dispatcher:
     ) -> dict:
         """WhatsApp allows free text only within 24 hours of the patient's last
         message; outside it, the pre-approved template named after the kind, with
-        its parameters: first name, clinic, and the appointment time when there is one."""
+        its parameters: first name, clinic, and the appointment time when there is one
+        (for a payment reminder, the amount as written in the message)."""
         if channel != "whatsapp":
             return {}
         last = session.scalar(

@@ -26,11 +26,12 @@ def _check_link(template: str) -> str:
     ValueError: {patient_name} is not a payment link placeholder; use {invoice_number} or {notice_code}
     """
     try:
-        fields = [name for _, name, spec, conversion in Formatter().parse(template) if name is not None]
+        fields = [(name, spec, conversion) for _, name, spec, conversion in Formatter().parse(template)
+                  if name is not None]
     except ValueError as exc:
         raise ValueError(f"not a link template: {exc}") from None
-    for name in fields:
-        if name not in LINK_PLACEHOLDERS:
+    for name, spec, conversion in fields:
+        if name not in LINK_PLACEHOLDERS or spec or conversion:
             raise ValueError(f"{{{name}}} is not a payment link placeholder; use {{invoice_number}} or {{notice_code}}")
     return template
 

@@ -34,3 +34,18 @@ def test_a_link_that_would_carry_anything_but_the_invoice_references_is_refused_
 
 def test_without_the_file_there_is_no_link():
     assert PaymentConfig().link(issuer="", invoice_number="1", notice_code="2") == ""
+
+
+@pytest.mark.parametrize("template", ["https://p.example.org/{notice_code!r}", "https://p.example.org/{notice_code:>30}",
+                                      "https://p.example.org/{}", "https://p.example.org/{notice_code"])
+def test_a_placeholder_with_a_conversion_a_format_or_no_name_is_refused(template):
+    with pytest.raises(ValueError):
+        PaymentLinks(default=template)
+
+
+@pytest.mark.parametrize("module", ["adapter.payments", "adapter.rules", "adapter.templates"])
+def test_the_docstring_examples_hold(module):
+    import doctest
+    import importlib
+
+    assert doctest.testmod(importlib.import_module(module)).failed == 0

@@ -173,3 +173,19 @@ def test_a_merge_moves_the_invoice_to_the_surviving_patient_resealed_under_their
             assert '"number": "2030/9"' in container.vault.decrypt_str(session, session.scalar(select(Invoice.details_enc)))
     finally:
         container.engine.dispose()
+
+
+def test_a_reminder_falling_on_a_public_holiday_waits_for_the_next_working_morning(tmp_path):
+    """Not urgent: 14 days after 24 November 2030 is 8 December (Immacolata, a Sunday too)."""
+    from datetime import time
+
+    settings = settings_for(tmp_path, sending_window_start=time(8, 0), sending_window_end=time(21, 0),
+                            send_on_holidays=False)
+    with running_adapter(settings, clock=FrozenClock(datetime(2030, 11, 25, 9, 0, tzinfo=UTC))) as adapter:
+        ehr = adapter.client("ehr")
+        assert ehr.put("/fhir/R4/Patient/p1", json=patient("p1"), headers=FHIR).status_code == 201
+        late = {**invoice("i1", "p1"), "date": "2030-11-24T11:00:00+01:00"}
+        assert ehr.put("/fhir/R4/Invoice/i1", json=late, headers=FHIR).status_code == 201
+        adapter.fhir_processed()
+        first = reminders(adapter.client("officer"))[0]
+        assert datetime.fromisoformat(first["scheduled_for"]) == datetime(2030, 12, 9, 8, 0, tzinfo=ROME)

@@ -437,7 +437,9 @@ class Dispatcher:
             return None
         moot = self._moot(session, row, now)
         if moot is not None:
-            row.decision = {**row.decision, "at_send": {"appointment": moot}}
+            rule = self.rules.by_id(row.rule_id)
+            about = "invoice" if rule is not None and rule.when == "invoice.issued" else "appointment"
+            row.decision = {**row.decision, "at_send": {about: moot}}
             self._end(session, row, "suppressed", moot, now)
             return None
         if self._window_closed(row, now):

@@ -102,6 +102,8 @@ def test_a_reminder_already_claimed_when_the_invoice_is_paid_is_suppressed_at_se
         officer = adapter.client("officer")
         [first, second] = reminders(officer)
         assert (first["status"], first["reason"]) == ("suppressed", "the invoice had been paid when it was due to be sent")
+        why = officer.get(f"/api/notifications/{first['id']}/why").json()["decision"]
+        assert why["at_send"] == {"invoice": "the invoice had been paid when it was due to be sent"}
         assert (second["status"], second["reason"]) == ("cancelled", "invoice paid")
         assert outbox_bodies(adapter) == []
 

@@ -191,3 +191,18 @@ def test_a_reminder_falling_on_a_public_holiday_waits_for_the_next_working_morni
         adapter.fhir_processed()
         first = reminders(adapter.client("officer"))[0]
         assert datetime.fromisoformat(first["scheduled_for"]) == datetime(2030, 12, 9, 8, 0, tzinfo=ROME)
+
+
+def test_an_hl7_charge_posting_is_refused_no_payment_state_comes_from_hl7_v2(tmp_path):
+    """DFT^P03 posts charges; it says nothing of an invoice issued or paid (README)."""
+    dft = "\r".join([
+        "MSH|^~\\&|BILL|OSP_TEST|ADAPTER|NOTIFY|20301104090000||DFT^P03^DFT_P03|D1|P|2.5",
+        "EVN|P03|20301104090000",
+        "PID|1||0012345^^^OSP_TEST^MR||D'Alò^Nicolò",
+        "FT1|1|||20301104|20301104|CG|VIS01^Visita^L|||1|35.00",
+    ]) + "\r"
+    with running_adapter(settings_for(tmp_path)) as adapter:
+        response = adapter.client("ehr").post("/hl7/v2", content=dft.encode(),
+                                              headers={"Content-Type": "application/hl7-v2"})
+        assert "MSA|AR|D1" in response.text and "ERR|" in response.text
+        assert notifications(adapter.client("officer")) == []

@@ -22,6 +22,7 @@ from adapter.fhir_intake import FhirIntake
 from adapter.fhir_wiring import build_fhir_intake
 from adapter.intake import HL7Intake
 from adapter.key_rotation import find_master_key, master_key_watch, retired_master_keys
+from adapter.payments import load_payments
 from adapter.pipeline import Pipeline
 from adapter.quiet_hours import SendingWindow
 from adapter.rules import RuleSet, load_rules
@@ -83,6 +84,7 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
     for problem in sms_fit_problems(templates, settings.sms_max_segments, services):
         log.warning("template too long for SMS: %s", problem)
     facilities = load_facilities(settings.config_dir / "facilities.yaml")
+    payments = load_payments(settings.config_dir / "payments.yaml")
     window = SendingWindow(
         tz, settings.sending_window_start, settings.sending_window_end, holidays=not settings.send_on_holidays,
         local_holidays=facilities.local_holidays(),
@@ -90,7 +92,8 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
     gate = ComplianceGate.from_config(vault=vault, audit=audit, config_dir=settings.config_dir, templates=templates)
     pipeline = Pipeline(rules=rules, gate=gate, tz=tz, window=window)
     intake = HL7Intake(sessions=sessions, vault=vault, pipeline=pipeline, facilities=facilities, clock=clock)
-    fhir = build_fhir_intake(settings, sessions=sessions, vault=vault, pipeline=pipeline, clock=clock)
+    fhir = build_fhir_intake(settings, sessions=sessions, vault=vault, pipeline=pipeline, clock=clock,
+                             notice_code_systems=payments.notice_code_systems)
     if channels is None:
         from adapter.providers import build_channels
 
@@ -109,6 +112,7 @@ def build(settings: Settings, *, clock: Clock | None = None, channels: dict[str,
         lease=timedelta(seconds=settings.claim_lease_s),
         window=window,
         rate_limits=settings.channel_rate_limits,
+        payments=payments,
     )
     return Container(
         settings=settings, engine=engine, sessions=sessions, clock=clock, vault=vault, audit=audit,

@@ -22,6 +22,8 @@ SmartTokenUrl = Annotated[Optional[str], typer.Option(help="SMART Backend Servic
 SmartClient = Annotated[Optional[str], typer.Option(help="SMART Backend Services: our client id")]
 SmartKey = Annotated[Optional[Path], typer.Option(help="SMART Backend Services: our private key (PEM)")]
 SmartAlg = Annotated[str, typer.Option(help="RS384 or ES384")]
+Types = Annotated[str, typer.Option(help="resource types, comma-separated: Appointment, DiagnosticReport, Invoice")]
+DEFAULT_TYPES = "Appointment,DiagnosticReport"
 
 
 def _auth(token: str | None, token_url: str | None = None, client_id: str | None = None,
@@ -39,6 +41,17 @@ def _auth(token: str | None, token_url: str | None = None, client_id: str | None
     from fhir.client import BearerToken
 
     return BearerToken(token)
+
+
+def _types(text: str) -> tuple[str, ...]:
+    """``--types``: each a type the server pushes or is pulled for (a billing system: ``Invoice``)."""
+    from fhir.client import DEFAULT_TOPICS
+
+    types = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [kind for kind in types if kind not in DEFAULT_TOPICS]
+    if not types or unknown:
+        raise typer.BadParameter(f"--types takes {', '.join(DEFAULT_TOPICS)}; got {text!r}")
+    return types
 
 
 @contextmanager
@@ -65,8 +78,10 @@ def subscribe(
     hook_token: Annotated[Optional[str], typer.Option(envvar="ADAPTER_HOOK_TOKEN", help="an ehr token the server sends us")] = None,
     content: Annotated[str, typer.Option(help="id-only or full-resource")] = "id-only",
     heartbeat: Annotated[int, typer.Option(min=1, max=86_400, help="heartbeat period, seconds")] = 300,
+    types: Types = DEFAULT_TYPES,
 ) -> None:
-    """Create backport Subscriptions for Appointment and DiagnosticReport on SERVER."""
+    """Create backport Subscriptions on SERVER, one per type (Appointment and DiagnosticReport;
+    --types Invoice for a billing system)."""
     from adapter.cli import _container
     from adapter.fhir_wiring import fhir_service
     from fhir.upstream import subscribe as create
@@ -78,7 +93,7 @@ def subscribe(
         created = asyncio.run(
             create(server, endpoint=endpoint, sessions=container.sessions, service=fhir_service(container),
                    auth=_auth(token, smart_token_url, smart_client_id, smart_key, smart_alg), content=content,
-                   heartbeat_period_s=heartbeat, endpoint_headers=headers)
+                   heartbeat_period_s=heartbeat, endpoint_headers=headers, resource_types=_types(types))
         )
     for item in created:
         console.print(f"{item.resource_type}: {item.url} ({item.status})")
@@ -93,6 +108,7 @@ def poll(
     smart_key: SmartKey = None,
     smart_alg: SmartAlg = "RS384",
     every: Annotated[float, typer.Option(help="seconds between rounds; 0 = one round")] = 0.0,
+    types: Types = DEFAULT_TYPES,
 ) -> None:
     """For servers without Subscriptions: _lastUpdated searches with paging, and each type's _history for deletions."""
     from adapter.cli import _container
@@ -104,7 +120,8 @@ def poll(
     auth = _auth(token, smart_token_url, smart_client_id, smart_key, smart_alg)
     while True:
         with upstream_errors():
-            result = asyncio.run(poll_once(server, sessions=container.sessions, service=service, auth=auth))
+            result = asyncio.run(poll_once(server, sessions=container.sessions, service=service, auth=auth,
+                                         resource_types=_types(types)))
         console.print(f"stored {result.stored}, unchanged {result.unchanged}, deleted {result.deleted}, "
                       f"rejected {len(result.rejected)}"
                       + (" (stopped early; will retry)" if result.failed else ""))

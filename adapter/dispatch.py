@@ -10,6 +10,7 @@ final error fails over to the next channel, or ends as ``failed``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import random
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select
@@ -27,14 +29,15 @@ from adapter.compliance_gate import ComplianceGate
 from adapter.contact_check import load_preferences, ordered_channels
 from adapter.db import all_or_each, read_transaction, transaction
 from adapter.metrics import DISPATCH_OUTCOMES
-from adapter.models import Appointment, Notification, Patient
+from adapter.models import Appointment, Invoice, Notification, Patient
 from adapter.patients import first_name, load_usable_contacts, reachable
+from adapter.payments import PaymentConfig
 from adapter.quiet_hours import SendingWindow, facility_of
-from adapter.rules import RuleSet, moot_at_send
+from adapter.rules import RuleSet, invoice_moot_at_send, moot_at_send
 from adapter.service_catalogue import INSTRUCTION_KINDS, ServiceCatalogue, hospital_appointment_id
 from adapter.scheduler import claim_due, release
 from adapter.reply_models import PatientReply
-from adapter.templates import TemplateBook, when_text
+from adapter.templates import TemplateBook, money_text, when_text
 from channels.base import Channel, OutboundMessage, Outcome, SendResult
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,7 @@ RECORD_RETRY_MAX_S = 2.0
 
 
 _APPOINTMENTS = "round_appointments"  # session.info: {subject ref: Appointment or None}, see Dispatcher._load_round
+_INVOICES = "round_invoices"  # session.info: {subject ref: Invoice or None}, likewise
 
 
 def _notifications(session: Session, ids: list[int]) -> list[Notification]:
@@ -201,6 +205,7 @@ class Dispatcher:
         concurrency: int = 32,
         window: SendingWindow | None = None,
         rate_limits: dict[str, float] | None = None,
+        payments: PaymentConfig | None = None,
     ) -> None:
         self.sessions = sessions
         self.gate = gate
@@ -211,6 +216,7 @@ class Dispatcher:
         self.clinic = clinic
         self.rules = rules
         self.services = services or ServiceCatalogue()
+        self.payments = payments or PaymentConfig()
         self.batch_size = batch_size
         self.lease = lease
         self.attempt_timeout = attempt_timeout or min(ATTEMPT_TIMEOUT, lease / 2)
@@ -431,7 +437,9 @@ class Dispatcher:
         refs = {n.subject_ref for n in notifications}
         appointments = list(session.scalars(select(Appointment).where(Appointment.ref.in_(refs))))
         session.info[_APPOINTMENTS] = {a.ref: a for a in appointments} | {ref: None for ref in refs - {a.ref for a in appointments}}
-        return [*notifications, *appointments, *load_preferences(session, patient_ids),
+        invoices = list(session.scalars(select(Invoice).where(Invoice.ref.in_(refs))))
+        session.info[_INVOICES] = {i.ref: i for i in invoices} | {ref: None for ref in refs - {i.ref for i in invoices}}
+        return [*notifications, *appointments, *invoices, *load_preferences(session, patient_ids),
                 *session.scalars(select(Patient).where(Patient.id.in_(patient_ids)))]
 
     def _prepare(self, session: Session, notification_id: int, leased_until: datetime) -> SendJob | None:
@@ -443,7 +451,9 @@ class Dispatcher:
             return None
         moot = self._moot(session, row, now)
         if moot is not None:
-            row.decision = {**row.decision, "at_send": {"appointment": moot}}
+            rule = self.rules.by_id(row.rule_id)
+            about = "invoice" if rule is not None and rule.when == "invoice.issued" else "appointment"
+            row.decision = {**row.decision, "at_send": {about: moot}}
             self._end(session, row, "suppressed", moot, now)
             return None
         if self._window_closed(row, now):
@@ -499,7 +509,8 @@ class Dispatcher:
     ) -> dict:
         """WhatsApp allows free text only within 24 hours of the patient's last
         message; outside it, the pre-approved template named after the kind, with
-        its parameters: first name, clinic, and the appointment time when there is one."""
+        its parameters: first name, clinic, and the appointment time when there is one
+        (for a payment reminder, the amount as written in the message)."""
         if channel != "whatsapp":
             return {}
         last = session.scalar(
@@ -511,16 +522,21 @@ class Dispatcher:
         start = context["appointment"].get("start")
         if start is not None:
             params.append(when_text(start, language, self.templates.tz))
+        if "invoice" in context:
+            params.append(money_text(context["invoice"]["amount"], context["invoice"]["currency"], language))
         return {"template": row.kind, "template_params": tuple(params), "last_inbound_at": last}
 
     def _moot(self, session: Session, row: Notification, now: datetime) -> str | None:
         """Why the notice no longer makes sense (its appointment has started, or was
-        cancelled; a recall whose service the patient has booked again), or None;
-        checked at send time as at scheduling time."""
+        cancelled; a recall whose service the patient has booked again; its invoice was
+        paid or cancelled), or None; checked at send time as at scheduling time."""
+        rule = self.rules.by_id(row.rule_id)
+        if rule is not None and rule.when == "invoice.issued":
+            invoice = self._invoice(session, row)
+            return invoice_moot_at_send(invoice.status if invoice is not None else None)
         appointment = self._appointment(session, row)
         if appointment is None:
             return None
-        rule = self.rules.by_id(row.rule_id)
         planned_for = (row.decision or {}).get("rule", {}).get("appointment_start")
         moot = moot_at_send(rule, start=appointment.start, status=appointment.status, now=now,
                             planned_for=datetime.fromisoformat(planned_for) if planned_for else None,
@@ -561,15 +577,31 @@ class Dispatcher:
             return loaded[row.subject_ref]
         return session.scalar(select(Appointment).where(Appointment.ref == row.subject_ref))
 
+    @staticmethod
+    def _invoice(session: Session, row: Notification) -> Invoice | None:
+        loaded = session.info.get(_INVOICES, {})
+        if row.subject_ref in loaded:
+            return loaded[row.subject_ref]
+        return session.scalar(select(Invoice).where(Invoice.ref == row.subject_ref))
+
     def _context(self, session: Session, patient: Patient, row: Notification) -> dict:
         appointment = self._appointment(session, row)
-        return {
+        context = {
             "patient": {"first_name": first_name(session, self.gate.vault, patient)},
             "clinic": {"name": self.clinic.name, "phone": self.clinic.phone},
             "appointment": {"start": appointment.start, "time_known": appointment.time_known,
                             "location": appointment.location} if appointment else {},
             "visit": self._visit(appointment, self.templates.pick_language(patient.language)),
         }
+        invoice = self._invoice(session, row)
+        if invoice is not None:
+            # As the invoice stands now: a total changed since the reminder was planned is the one asked for.
+            details = json.loads(self.gate.vault.decrypt_str(session, invoice.details_enc))
+            context["invoice"] = {"amount": Decimal(details["amount"]), "currency": details["currency"],
+                                  "number": details["number"]}
+            context["payment"] = {"link": self.payments.link(issuer=details["issuer"], invoice_number=details["number"],
+                                                             notice_code=details["notice_code"])}
+        return context
 
     def _visit(self, appointment: Appointment | None, language: str) -> dict[str, str]:
         """The pre-visit instructions of the appointment's service in ``language``, and its

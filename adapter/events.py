@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Literal
 
 Source = Literal["hl7", "fhir", "api", "reply"]
@@ -167,6 +168,45 @@ class ReportWithdrawn(Event):
     report_ref: str
 
 
+@dataclass(frozen=True)
+class Invoice:
+    """An invoice the patient is to pay, as the clinic's billing system states it now.
+    ``ref`` is stable across its versions (FHIR ``Invoice/{id}``); ``issued_at`` is when
+    it was issued, from which payment reminders are timed; ``amount`` in ``currency``
+    (ISO 4217) is what is due. ``number`` is the invoice number, ``notice_code`` the
+    pagoPA notice code (codice avviso) when there is one; ``issuer`` names the issuing
+    organisation (its payment link). Never a line item: they name services."""
+
+    ref: str
+    issued_at: datetime
+    amount: Decimal
+    currency: str
+    number: str = ""
+    notice_code: str = ""
+    issuer: str = ""
+
+
+@dataclass(frozen=True)
+class InvoiceIssued(Event):
+    """An invoice is due from the patient: first issued, or changed while due (a new
+    total, number or notice code replaces what pending reminders will say)."""
+
+    patient: PatientDetails
+    invoice: Invoice
+
+
+@dataclass(frozen=True)
+class InvoiceSettled(Event):
+    """An invoice is no longer due from the patient: ``reason`` ``balanced`` (paid),
+    ``cancelled``, ``entered-in-error``, ``deleted``, or ``not-due``: it no longer asks
+    the patient for anything (a draft again, nothing to pay, someone else pays). Its
+    pending reminders are withdrawn."""
+
+    patient: PatientDetails
+    invoice_ref: str
+    reason: str
+
+
 ConsentDecisionType = Literal["permit", "deny"]
 
 
@@ -199,5 +239,7 @@ AnyEvent = (
     | PatientsMerged
     | ReportReady
     | ReportWithdrawn
+    | InvoiceIssued
+    | InvoiceSettled
     | ConsentChanged
 )

@@ -45,22 +45,24 @@ class SessionVaultCodec:
         store.stage(session, DataKey.__table__, self.vault.key_rows_for_new(session, subjects))
 
 
-def fhir_settings(settings: Settings, vault: Vault) -> FhirSettings:
+def fhir_settings(settings: Settings, vault: Vault, notice_code_systems: tuple[str, ...] | None = None) -> FhirSettings:
     return FhirSettings(
         max_body_bytes=settings.max_body_bytes,
+        **({"notice_code_systems": notice_code_systems} if notice_code_systems is not None else {}),
         # Identifiers are looked up by an HMAC whose key comes from the vault.
         identifier_index_key=bytes.fromhex(vault.blind_index("fhir-identifier-key", "fhir")),
     )
 
 
 def build_fhir_intake(settings: Settings, *, sessions: sessionmaker[Session], vault: Vault,
-                      pipeline: Pipeline, clock: Clock) -> FhirIntake:
+                      pipeline: Pipeline, clock: Clock,
+                      notice_code_systems: tuple[str, ...] | None = None) -> FhirIntake:
     def publish(session: Session, events: list[AnyEvent]) -> None:
         pipeline.handle(session, events, now=clock.now())
 
     processes = settings.fhir_validation_processes
     service = FhirService(publish=publish, codec=SessionVaultCodec(vault), clock=clock.now,
-                          settings=fhir_settings(settings, vault),
+                          settings=fhir_settings(settings, vault, notice_code_systems),
                           validator=ValidationPool(default_processes() if processes is None else processes))
     def publish_many(session: Session, batches: list[list[AnyEvent]]) -> list[Exception | None]:
         outcomes = pipeline.handle_many(session, batches, now=clock.now())

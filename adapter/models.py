@@ -88,6 +88,26 @@ class Appointment(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class Invoice(Base):
+    """An invoice the patient is to pay, as the billing system last stated it: payment
+    reminders are planned from ``issued_at`` and, when sent, read the amount here (so a
+    new total replaces the one a pending reminder would have said). ``status`` is
+    ``issued`` while due, else why not (``balanced``, ``cancelled``, ...). Amount,
+    currency, number, notice code and issuer are sealed together in ``details_enc``."""
+
+    __tablename__ = "invoice"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ref: Mapped[str] = mapped_column(String(200), unique=True)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patient.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(24))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    details_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    source: Mapped[str] = mapped_column(String(16))
+    sender: Mapped[str] = mapped_column(String(200), default="")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class InboundMessage(Base):
     """Every message as received. The unique constraint, not the code, makes a
     retransmission (same sender and control id) be processed once."""

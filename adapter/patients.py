@@ -17,7 +17,7 @@ from uuid6 import uuid7
 
 from adapter import events as ev
 from adapter.db import insert_rows
-from adapter.models import Appointment, Contact, Notification, Patient, PatientIdentifier
+from adapter.models import Appointment, Contact, Invoice, Notification, Patient, PatientIdentifier
 from adapter.phones import phone
 from compliance.crypto import Vault
 
@@ -390,6 +390,10 @@ def merge_patients(
             address = vault.decrypt_str(session, contact.address_enc)
             contact.address_enc = vault.encrypt_str(session, f"patient:{keeper}", address)
             contact.patient_id = keeper
+    for invoice in session.scalars(select(Invoice).where(Invoice.patient_id == old.id)):
+        invoice.details_enc = vault.encrypt_str(session, f"patient:{keeper}",
+                                                vault.decrypt_str(session, invoice.details_enc))
+        invoice.patient_id = keeper
     old.merged_into = keeper
     old.updated_at = now
     session.flush()

@@ -8,6 +8,7 @@ message is marked processed together with what it caused.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from uuid6 import uuid7
 from adapter import events as ev
 from adapter.appointments import StoredAppointment, change_to_apply
 from adapter.db import all_or_each, insert_rows
-from adapter.models import Appointment, Notification, PatientIdentifier
+from adapter.models import Appointment, Invoice, Notification, PatientIdentifier
 from adapter.patients import (
     create_patients,
     identifier_index,
@@ -41,6 +42,7 @@ from adapter.quiet_hours import SendingWindow, facility_of
 log = logging.getLogger(__name__)
 
 _APPOINTMENT = Appointment.__table__
+_INVOICE = Invoice.__table__
 _NOTIFICATION = Notification.__table__
 # Built once: constructing a statement costs more than running it.
 _FIND_APPOINTMENT = select(
@@ -51,6 +53,8 @@ _UPDATE_APPOINTMENT = _APPOINTMENT.update().where(_APPOINTMENT.c.ref == bindpara
 # What a later message may change in a stored appointment (never its ref, source or sender).
 _APPOINTMENT_STATE = ("patient_id", "start", "time_known", "status", "location", "service_code", "event_at",
                       "updated_at")
+_FIND_INVOICE = select(_INVOICE.c.status, _INVOICE.c.issued_at, _INVOICE.c.patient_id).where(
+    _INVOICE.c.ref == bindparam("invoice"))
 _KNOWN_IDENTIFIERS = select(PatientIdentifier.__table__.c.identifier_index).where(
     PatientIdentifier.__table__.c.identifier_index.in_(bindparam("indexes", expanding=True)))
 _KNOWN_REFS = select(_APPOINTMENT.c.ref).where(_APPOINTMENT.c.ref.in_(bindparam("refs", expanding=True)))
@@ -248,6 +252,8 @@ class Pipeline:
             return []
         if isinstance(event, ev.ReportReady):
             return self._announce(session, patient_id, panel or [event], now=now)
+        if isinstance(event, ev.InvoiceIssued | ev.InvoiceSettled):
+            return self._invoice(session, patient_id, event, now=now)
         appointment = getattr(event, "appointment", None)
         if appointment is None:
             return []
@@ -281,6 +287,35 @@ class Pipeline:
         if plan.withdraw_all or plan.withdraw_timed:
             self._withdraw(session, appointment.ref, timed_only=plan.withdraw_timed, reason=plan.reason, now=now)
         return self._create(session, patient_id, plan, event, now=now)
+
+    def _invoice(self, session: Session, patient_id: str, event: ev.InvoiceIssued | ev.InvoiceSettled, *,
+                 now: datetime) -> list[int]:
+        """Store what the billing system says of an invoice. Settled: its pending reminders
+        are withdrawn. Due: first issued (or issued again after it was settled, or now
+        dated or billed otherwise) its reminders are planned from the issue moment;
+        otherwise only what it says is replaced (a new total): pending reminders read it
+        when they are sent, so none asks for an amount no longer due."""
+        if isinstance(event, ev.InvoiceSettled):
+            session.execute(_INVOICE.update().where(_INVOICE.c.ref == event.invoice_ref).values(
+                status=event.reason[:24], updated_at=now))
+            plan = self._plan(event, now)
+            self._withdraw(session, event.invoice_ref, timed_only=False, reason=plan.reason, now=now)
+            return []
+        invoice = event.invoice
+        found = session.execute(_FIND_INVOICE, {"invoice": invoice.ref}).first()
+        details = {"amount": str(invoice.amount), "currency": invoice.currency, "number": invoice.number,
+                   "notice_code": invoice.notice_code, "issuer": invoice.issuer}
+        row = {"patient_id": patient_id, "status": "issued", "issued_at": invoice.issued_at,
+               "details_enc": self.gate.vault.encrypt_str(session, f"patient:{patient_id}", json.dumps(details)),
+               "source": event.origin.source, "sender": event.origin.sender, "updated_at": now}
+        if found is None:
+            session.execute(_INVOICE.insert(), {**row, "ref": invoice.ref})
+        else:
+            session.execute(_INVOICE.update().where(_INVOICE.c.ref == invoice.ref).values(**row))
+            if (found.status, found.issued_at, found.patient_id) == ("issued", invoice.issued_at, patient_id):
+                return []
+            self._withdraw(session, invoice.ref, timed_only=False, reason="invoice issued again", now=now)
+        return self._create(session, patient_id, self._plan(event, now), event, now=now)
 
     def _announce(self, session: Session, patient_id: str, reports: Sequence[ev.ReportReady], *,
                   now: datetime) -> list[int]:

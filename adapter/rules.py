@@ -25,6 +25,7 @@ Trigger = Literal[
     "appointment.noshow",
     "appointment.fulfilled",
     "report.ready",
+    "invoice.issued",
 ]
 
 _UPCOMING = frozenset({"appointment.booked", "appointment.rescheduled", "appointment.cancelled"})
@@ -81,6 +82,8 @@ class ReminderRule(BaseModel):
             raise ValueError("services lists no service: list at least one, or leave it out for every service")
         if self.services is not None and not self.when.startswith("appointment."):
             raise ValueError("services only goes with an appointment trigger")
+        if self.when == "invoice.issued" and self.before_start is not None:
+            raise ValueError("invoice.issued rules are timed after the issue date (after_start), not before it")
         return self
 
     def covers(self, service_code: str) -> bool:
@@ -187,6 +190,35 @@ def moot_at_send(rule: ReminderRule | None, *, start: datetime, status: str, now
     return None
 
 
+# Why pending payment reminders are withdrawn, by InvoiceSettled.reason.
+_INVOICE_SETTLED = {"balanced": "invoice paid", "not-due": "invoice no longer due from the patient"}
+# Why a payment reminder is not sent, by the invoice's state at send time.
+_INVOICE_NOT_DUE = {
+    "balanced": "the invoice had been paid when it was due to be sent",
+    "cancelled": "the invoice had been cancelled when it was due to be sent",
+    "entered-in-error": "the invoice had been entered in error when it was due to be sent",
+    "deleted": "the invoice had been deleted when it was due to be sent",
+    "not-due": "the invoice was no longer due from the patient when it was due to be sent",
+}
+
+
+def invoice_moot_at_send(status: str | None) -> str | None:
+    """Why a notice about an invoice (a ``invoice.issued`` rule's) must not go out: the
+    invoice, as stored now (``status``; None: no longer known), is no longer due from
+    the patient. None while it is ``issued``: the amount is read from it at send time.
+
+    >>> invoice_moot_at_send("balanced")
+    'the invoice had been paid when it was due to be sent'
+    >>> invoice_moot_at_send("issued") is None
+    True
+    """
+    if status == "issued":
+        return None
+    if status is None:
+        return "the invoice was no longer known when it was due to be sent"
+    return _INVOICE_NOT_DUE.get(status, _INVOICE_NOT_DUE["not-due"])
+
+
 def load_rules(path: Path) -> RuleSet:
     """Load and validate the rules file; a bad file raises ConfigError naming it
     and the field."""
@@ -244,11 +276,13 @@ TRIGGERS: dict[type, str] = {
     ev.AppointmentNoShow: "appointment.noshow",
     ev.AppointmentFulfilled: "appointment.fulfilled",
     ev.ReportReady: "report.ready",
+    ev.InvoiceIssued: "invoice.issued",
 }
 
 
 def rule_moment(rule: ReminderRule, *, start: datetime | None, now: datetime, tz: ZoneInfo) -> datetime:
-    """When a rule fires for an appointment starting at ``start``."""
+    """When a rule fires for an appointment starting at ``start`` (for an invoice, the
+    moment it was issued: ``after_start: 14d`` is 14 days after the issue date)."""
     if rule.immediately or start is None:
         return now
     if rule.before_start is not None:
@@ -301,6 +335,8 @@ def plan_notifications(event: ev.Event, rules: RuleSet, *, now: datetime, tz: Zo
     ``catch_up`` rule among them is not planned again (its notice is given once per
     appointment: instructions do not change with the date, which the reschedule notice
     gives)."""
+    if isinstance(event, ev.InvoiceSettled):
+        return Plan(withdraw_all=True, reason=_INVOICE_SETTLED.get(event.reason, f"invoice {event.reason}"))
     trigger = TRIGGERS.get(type(event))
     if trigger is None:
         return Plan()
@@ -310,6 +346,8 @@ def plan_notifications(event: ev.Event, rules: RuleSet, *, now: datetime, tz: Zo
     service_code = ""
     if isinstance(event, ev.ReportReady):
         subject = event.report_ref
+    elif isinstance(event, ev.InvoiceIssued):
+        start, subject = event.invoice.issued_at, event.invoice.ref
     elif hasattr(event, "appointment"):
         start = event.appointment.start  # type: ignore[attr-defined]
         subject = event.appointment.ref  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from adapter.errors import ConfigError
 from adapter.service_catalogue import INSTRUCTION_KINDS, ServiceCatalogue
@@ -24,6 +25,8 @@ SAMPLE_CONTEXT = {
     "appointment": {"start": datetime(2026, 9, 30, 16, 45, tzinfo=UTC), "location": "Ambulatorio 12"},
     "report": {"available_until": "15/11/2026"},
     "link": "https://portale.example.org/r/Abcdefghij0123456789",
+    "invoice": {"amount": Decimal("12345.67"), "currency": "EUR", "number": "FT-2026/000123"},
+    "payment": {"link": "https://pagamenti.example.org/avviso/301000000000012345"},
 }
 
 

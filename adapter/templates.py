@@ -8,11 +8,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_date, format_datetime, format_time
+from babel.numbers import format_currency
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -34,6 +36,15 @@ class Rendered:
 def when_text(moment: datetime, language: str, tz: ZoneInfo) -> str:
     local = moment.astimezone(tz)
     return format_datetime(local, WHEN_PATTERN.get(language, WHEN_PATTERN["en"]), locale=language)
+
+
+def money_text(amount: Decimal, currency: str, language: str) -> str:
+    """An amount as people write it (Babel, CLDR): ``35,00 €`` in Italian, ``€35.00`` in English.
+
+    >>> money_text(Decimal("35"), "EUR", "it").replace("\xa0", " "), money_text(Decimal("35"), "EUR", "en")
+    ('35,00 €', '€35.00')
+    """
+    return format_currency(amount, currency, locale=language)
 
 
 class TemplateBook:
@@ -104,8 +115,11 @@ class TemplateBook:
 
 
 def localise(context: dict[str, Any], language: str, tz: ZoneInfo) -> dict[str, Any]:
-    """Add the human forms of the appointment time to the context."""
+    """Add the human forms of the appointment time and of an invoice's amount to the context."""
     out = dict(context)
+    invoice = out.get("invoice")
+    if invoice and isinstance(invoice.get("amount"), Decimal):
+        out["invoice"] = {**invoice, "amount": money_text(invoice["amount"], invoice["currency"], language)}
     appointment = dict(out.get("appointment") or {})
     start = appointment.get("start")
     if isinstance(start, datetime):

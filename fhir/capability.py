@@ -80,7 +80,8 @@ def capability_statement(now: datetime) -> dict[str, Any]:
         "date": now.date().isoformat(),
         "kind": "instance",
         "software": {"name": "adapter FHIR front door"},
-        "implementation": {"description": "Appointments, reports, patients and consent in; "
+        "implementation": {"description": "Appointments, reports, invoices, patients and "
+                                          "consent in; "
                                           "notifications to patients' phones out"},
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "application/json"],

@@ -31,6 +31,7 @@ BACKPORT_PROFILE = BACKPORT + "backport-subscription"
 DEFAULT_TOPICS = {
     "Appointment": "https://adapter.example.org/fhir/SubscriptionTopic/appointment-changed",
     "DiagnosticReport": "https://adapter.example.org/fhir/SubscriptionTopic/report-changed",
+    "Invoice": "https://adapter.example.org/fhir/SubscriptionTopic/invoice-changed",
 }
 
 

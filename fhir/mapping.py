@@ -31,6 +31,12 @@ Patient
 Consent
     first seen, or status or flattened provisions changed → ConsentChanged
     (``active`` = status is ``active``); see :func:`flatten_consent`.
+Invoice (R4 InvoiceStatus)
+    Due from the patient (``issued``, a Patient payer, a total above zero: see
+    :func:`due_invoice`), first seen so or changed while so (total, number, pagoPA
+    notice code, date, issuer) → InvoiceIssued; no longer due (→ ``balanced``,
+    ``cancelled``, ``entered-in-error``, a deletion, or another payer) → InvoiceSettled;
+    ``draft``, or never due → nothing.
 A deletion (FHIR R4 §3.1.0.7), from the last version: see :func:`deletion_events`.
 """
 
@@ -39,6 +45,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from adapter.events import (
@@ -53,13 +60,16 @@ from adapter.events import (
     ConsentProvision,
     ContactPoint,
     Identifier,
+    Invoice,
+    InvoiceIssued,
+    InvoiceSettled,
     Origin,
     PatientDetails,
     PatientUpdated,
     ReportReady,
     ReportWithdrawn,
 )
-from fhir.validate import appointment_patient_ids, patient_id_of, resource_patient_id
+from fhir.validate import appointment_patient_ids, invoice_payer_id, patient_id_of, resource_patient_id
 
 LOCAL_PATIENT_SYSTEM = "fhir:Patient"
 CHANNEL_EXTENSION = "https://adapter.example.org/fhir/StructureDefinition/consent-channel"
@@ -82,12 +92,14 @@ def events_for(
     now: datetime,
     patient: PatientDetails | None,
     others: Mapping[str, PatientDetails] | None = None,
+    notice_systems: tuple[str, ...] = (),
 ) -> list[AnyEvent]:
     """The events a new version of a resource announces, given the version it
     replaces (``None`` when first seen). ``patient`` is the resolved patient the
     resource is about; without it the key falls back to ``fhir:Patient|<id>``.
     ``others``: an Appointment's other Patient participants (of either version),
-    resolved, by FHIR id; one missing there falls back the same way."""
+    resolved, by FHIR id; one missing there falls back the same way.
+    ``notice_systems``: the Identifier.system values of a pagoPA notice code."""
     if patient is None:
         patient_id = resource_patient_id(new) or ""
         patient = (
@@ -102,6 +114,8 @@ def events_for(
         return _patient_events(new, previous, origin, now, patient)
     if resource_type == "Consent":
         return _consent_events(new, previous, origin, now, patient)
+    if resource_type == "Invoice":
+        return _invoice_events(new, previous, origin, now, patient, notice_systems)
     return []
 
 
@@ -119,7 +133,8 @@ def deletion_events(
     An Appointment is called off as entered-in-error is, for each Patient participant
     it was announced to: AppointmentCancelled, reason ``deleted`` (the patient is told,
     as of an HL7 S17 deletion: they were told of the booking). A DiagnosticReport is
-    withdrawn as entered-in-error withdraws it. A Consent stops counting
+    withdrawn as entered-in-error withdraws it, an Invoice due is settled (reason
+    ``deleted``). A Consent stops counting
     (ConsentChanged, inactive, no provisions). A Patient's deletion announces nothing:
     the person and their contacts stay (erasure is a data-subject request of its own).
 
@@ -134,6 +149,8 @@ def deletion_events(
     if resource_type == "DiagnosticReport":
         return events_for(resource_type, {**previous, "status": "entered-in-error"}, previous,
                           **common)  # type: ignore[arg-type]
+    if resource_type == "Invoice":
+        return events_for(resource_type, {**previous, "status": DELETED}, previous, **common)  # type: ignore[arg-type]
     if resource_type == "Consent":
         patient = patient or PatientDetails(key=Identifier(LOCAL_PATIENT_SYSTEM, resource_patient_id(previous) or ""))
         return [ConsentChanged(origin=origin, occurred_at=now, patient=patient,
@@ -483,3 +500,51 @@ def _channels(provision: dict[str, Any]) -> tuple[str, ...]:
             if coding.get("system") == CHANNEL_CODESYSTEM and coding.get("code"):
                 found.append(coding["code"])
     return tuple(found)
+
+
+def due_invoice(data: dict[str, Any] | None, notice_systems: tuple[str, ...] = ()) -> Invoice | None:
+    """What an Invoice asks its patient to pay, or None when it asks them nothing: it is
+    not ``issued``, someone other than a Patient pays it (:func:`invoice_payer_id`), or
+    its total is not above zero. The amount is ``totalGross`` (what is paid, taxes
+    included), else ``totalNet``; the issue moment ``date`` (a day alone: its 00:00 UTC);
+    the number the first identifier whose system is not a notice code's
+    (``notice_systems``), the notice code the first whose system is one.
+
+    >>> due_invoice({"resourceType": "Invoice", "id": "i1", "status": "issued", "date": "2030-11-02",
+    ...     "subject": {"reference": "Patient/p1"}, "totalGross": {"value": 35, "currency": "EUR"},
+    ...     "identifier": [{"system": "n", "value": "7"}]}).amount
+    Decimal('35')
+    """
+    if data is None or data.get("status") != "issued" or invoice_payer_id(data) is None:
+        return None
+    total = data.get("totalGross") or data.get("totalNet") or {}
+    try:
+        amount = Decimal(str(total.get("value")))
+    except InvalidOperation:
+        return None
+    issued_at = parse_instant(data.get("date"))
+    if not amount.is_finite() or amount <= 0 or issued_at is None:
+        return None
+    identifiers = [i for i in data.get("identifier") or [] if i.get("value")]
+    number = next((i["value"] for i in identifiers if i.get("system") not in notice_systems), "")
+    notice = next((i["value"] for i in identifiers if i.get("system") in notice_systems), "")
+    return Invoice(
+        ref=f"Invoice/{data.get('id', '')}",
+        issued_at=issued_at,
+        amount=amount,
+        currency=str(total.get("currency") or ""),
+        number=number,
+        notice_code=notice,
+        issuer=(data.get("issuer") or {}).get("reference", ""),
+    )
+
+
+def _invoice_events(new, previous, origin, now, patient, notice_systems) -> list[AnyEvent]:
+    due, before = due_invoice(new, notice_systems), due_invoice(previous, notice_systems)
+    if due is not None:
+        return [] if due == before else [InvoiceIssued(origin=origin, occurred_at=now, patient=patient, invoice=due)]
+    if before is None:
+        return []
+    status = new.get("status")
+    reason = status if status in ("balanced", "cancelled", "entered-in-error", DELETED) else "not-due"
+    return [InvoiceSettled(origin=origin, occurred_at=now, patient=patient, invoice_ref=before.ref, reason=reason)]

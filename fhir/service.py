@@ -337,7 +337,8 @@ class FhirService:
             events = events_for(stored.resource_type, stored.resource, previous,  # type: ignore[arg-type]
                                 origin=origin, now=stored.last_updated,
                                 patient=self._patient(session, stored.resource),
-                                others=self._other_patients(session, stored.resource, previous))  # type: ignore[arg-type]
+                                others=self._other_patients(session, stored.resource, previous),  # type: ignore[arg-type]
+                                notice_systems=self.settings.notice_code_systems)
         if not self.settings.announce_amended_reports:
             events = [e for e in events if not (isinstance(e, ReportReady) and e.amended)]
         return events

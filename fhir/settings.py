@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 import httpx
 
 DEV_INDEX_KEY = b"adapter-local-development-fhir-identifier-index"
+# Invoice.identifier.system of a pagoPA notice code (codice avviso) unless configured
+# (config/payments.yaml notice_code_systems).
+PAGOPA_NOTICE_SYSTEM = "https://adapter.example.org/fhir/NamingSystem/pagopa-notice-code"
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,9 @@ class FhirSettings:
     patient_key_systems: tuple[str, ...] = ()
     # Origin.sender for REST pushes (the authenticated client is the core's business).
     sender: str = "fhir-rest"
+    # Invoice.identifier systems whose value is a pagoPA notice code; any other
+    # identifier is the invoice number.
+    notice_code_systems: tuple[str, ...] = (PAGOPA_NOTICE_SYSTEM,)
     # Announce amended/corrected reports as a second ReportReady(amended=True).
     announce_amended_reports: bool = True
     # HMAC key for the identifier blind index (conditional create/update). The

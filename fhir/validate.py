@@ -16,6 +16,7 @@ from typing import Any
 from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.consent import Consent
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.invoice import Invoice
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
@@ -26,6 +27,7 @@ MODELS = {
     "Appointment": Appointment,
     "DiagnosticReport": DiagnosticReport,
     "Consent": Consent,
+    "Invoice": Invoice,
 }
 SUPPORTED_TYPES = tuple(MODELS)
 
@@ -40,6 +42,7 @@ REPORT_STATUS = frozenset(
     "entered-in-error".split()
 )
 CONSENT_STATUS = frozenset("draft proposed active rejected inactive entered-in-error".split())
+INVOICE_STATUS = frozenset("draft issued balanced cancelled entered-in-error".split())
 PROVISION_TYPE = frozenset({"permit", "deny"})
 TELECOM_SYSTEM = frozenset("phone fax email pager url sms other".split())
 TELECOM_USE = frozenset("home work temp old mobile".split())
@@ -179,6 +182,8 @@ def _binding_issues(data: dict[str, Any]) -> Iterator[Issue]:
                          "ConsentState")
         if data.get("provision"):
             yield from _provision_issues(data["provision"], "Consent.provision")
+    elif kind == "Invoice":
+        yield from _code(data.get("status"), INVOICE_STATUS, "Invoice.status", "InvoiceStatus")
 
 
 def _provision_issues(provision: dict[str, Any], path: str) -> Iterator[Issue]:
@@ -205,6 +210,22 @@ def _adapter_rule_issues(data: dict[str, Any]) -> Iterator[Issue]:
         if patient_id_of(data.get("patient")) is None:
             yield Issue("business-rule", "A Consent needs a patient that is a Patient reference "
                         "(Patient/{id})", "Consent.patient")
+    elif kind == "Invoice":
+        yield from _invoice_rule_issues(data)
+
+
+def _invoice_rule_issues(data: dict[str, Any]) -> Iterator[Issue]:
+    if resource_patient_id(data) is None:
+        yield Issue("business-rule", "An Invoice needs a subject or recipient that is a Patient "
+                    "reference (Patient/{id}): payment reminders go to that patient", "Invoice.subject")
+    if data.get("status") == "issued":
+        total = data.get("totalGross") or data.get("totalNet") or {}
+        if total.get("value") is None or not total.get("currency"):
+            yield Issue("business-rule", "An issued Invoice needs totalGross (or totalNet) with a value "
+                        "and a currency: payment reminders state the amount", "Invoice.totalGross")
+        if not data.get("date"):
+            yield Issue("business-rule", "An issued Invoice needs its date: payment reminders are timed "
+                        "from it", "Invoice.date")
 
 
 def patient_id_of(reference: Any) -> str | None:
@@ -261,4 +282,21 @@ def resource_patient_id(data: dict[str, Any]) -> str | None:
         return patient_id_of(data.get("subject"))
     if kind == "Consent":
         return patient_id_of(data.get("patient"))
+    if kind == "Invoice":
+        return invoice_payer_id(data) or patient_id_of(data.get("subject"))
     return None
+
+
+def invoice_payer_id(data: dict[str, Any]) -> str | None:
+    """The Patient who is to pay an Invoice: its ``recipient`` (R4: "the individual or
+    Organization responsible for balancing of this invoice") when that is a Patient; with
+    no recipient, its ``subject``. None when someone else pays (an Organization, a
+    RelatedPerson): the patient is not asked.
+
+    >>> invoice_payer_id({"subject": {"reference": "Patient/p1"}, "recipient": {"reference": "Organization/asl"}})
+    >>> invoice_payer_id({"subject": {"reference": "Patient/p1"}})
+    'p1'
+    """
+    if data.get("recipient"):
+        return patient_id_of(data["recipient"])
+    return patient_id_of(data.get("subject"))

@@ -1,4 +1,5 @@
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -6,7 +7,7 @@ import pytest
 
 from adapter import events as ev
 from adapter.errors import ConfigError
-from adapter.rules import load_rules, parse_duration, plan_notifications
+from adapter.rules import Plan, invoice_moot_at_send, load_rules, parse_duration, plan_notifications
 
 ROME = ZoneInfo("Europe/Rome")
 RULES = load_rules(Path("config/rules.yaml"))
@@ -208,3 +209,46 @@ def test_a_bad_services_list_or_catch_up_is_refused_naming_the_file_rule_and_fie
     with pytest.raises(ConfigError) as caught:
         load_rules(path)
     assert str(path) in str(caught.value) and expected in str(caught.value)
+
+
+def issued(at: datetime) -> ev.InvoiceIssued:
+    return ev.InvoiceIssued(ORIGIN, NOW, PATIENT, ev.Invoice("Invoice/i1", at, Decimal("35.00"), "EUR", "2026/7"))
+
+
+def test_an_issued_invoice_plans_payment_reminders_14_and_30_days_after_its_issue_date_at_ten():
+    at = datetime(2026, 11, 20, 16, 40, tzinfo=UTC)
+    plan = plan_notifications(issued(at), RULES, now=NOW, tz=ROME)
+    by_rule = {p.rule_id: p for p in plan.notifications}
+    assert set(by_rule) == {"payment-reminder-14d", "payment-reminder-30d"}
+    assert by_rule["payment-reminder-14d"].scheduled_for == datetime(2026, 12, 4, 10, 0, tzinfo=ROME)
+    assert by_rule["payment-reminder-30d"].scheduled_for == datetime(2026, 12, 20, 10, 0, tzinfo=ROME)
+    assert {(p.kind, p.subject_ref, p.urgent, p.too_late) for p in plan.notifications} == {
+        ("payment_reminder", "Invoice/i1", False, False)}
+    assert not plan.withdraw_all and not plan.withdraw_timed
+
+
+def test_an_invoice_pushed_late_plans_only_the_reminders_still_ahead():
+    plan = plan_notifications(issued(NOW - timedelta(days=20)), RULES, now=NOW, tz=ROME)
+    assert {p.rule_id: p.too_late for p in plan.notifications} == {
+        "payment-reminder-14d": True, "payment-reminder-30d": False}
+
+
+@pytest.mark.parametrize("reason, said", [("balanced", "invoice paid"), ("cancelled", "invoice cancelled"),
+                                          ("not-due", "invoice no longer due from the patient")])
+def test_a_settled_invoice_withdraws_everything_pending_for_it(reason, said):
+    plan = plan_notifications(ev.InvoiceSettled(ORIGIN, NOW, PATIENT, "Invoice/i1", reason), RULES, now=NOW, tz=ROME)
+    assert plan == Plan(withdraw_all=True, reason=said)
+
+
+def test_a_payment_reminder_is_moot_at_send_once_the_invoice_is_no_longer_due():
+    assert invoice_moot_at_send("issued") is None
+    assert invoice_moot_at_send("balanced") == "the invoice had been paid when it was due to be sent"
+    assert invoice_moot_at_send("cancelled") == "the invoice had been cancelled when it was due to be sent"
+    assert invoice_moot_at_send(None) == "the invoice was no longer known when it was due to be sent"
+
+
+def test_an_invoice_rule_timed_before_the_issue_date_is_refused(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - {id: p, when: invoice.issued, kind: payment_reminder, before_start: 1d}\n")
+    with pytest.raises(ConfigError, match="after the issue date"):
+        load_rules(path)

@@ -1,5 +1,6 @@
 import hashlib
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -16,6 +17,8 @@ CONTEXT = {
     "clinic": {"name": "Poliambulatorio San Luca", "phone": "+39 02 1234 5678"},
     "appointment": {"start": datetime(2026, 12, 1, 8, 30, tzinfo=UTC)},
     "visit": {"instructions": "Si presenti a digiuno da 8 ore.", "form_link": ""},  # as the dispatcher gives it
+    "invoice": {"amount": Decimal("35"), "currency": "EUR", "number": "2026/000123"},
+    "payment": {"link": ""},
 }
 
 
@@ -97,3 +100,19 @@ def test_a_recall_invites_to_book_the_check_up_by_phone_naming_no_service():
     assert BOOK.render("recall", "en", CONTEXT).body == (
         "Dear Nicolò, it is time for your regular check-up at Poliambulatorio San Luca. "
         "To book it, call us on +39 02 1234 5678.")
+
+
+@pytest.mark.parametrize("language, amount, pay", [
+    ("it", "35,00 €", "Può pagare qui: https://pay.example.org/a/301000000000012345"),
+    ("en", "€35.00", "You can pay here: https://pay.example.org/a/301000000000012345"),
+])
+def test_a_payment_reminder_writes_the_amount_as_people_do_with_number_and_link(language, amount, pay):
+    context = {**CONTEXT, "payment": {"link": "https://pay.example.org/a/301000000000012345"}}
+    rendered = BOOK.render("payment_reminder", language, context)
+    assert amount in rendered.body and "2026/000123" in rendered.body and pay in rendered.body
+    assert rendered.template_id == f"{language}/payment_reminder"
+
+
+def test_a_payment_reminder_without_a_link_says_where_to_pay_instead():
+    body = BOOK.render("payment_reminder", "it", CONTEXT).body
+    assert "https://" not in body and "accettazione" in body

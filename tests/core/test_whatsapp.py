@@ -41,3 +41,27 @@ def test_outside_the_window_whatsapp_gets_the_approved_template_and_inside_it_fr
             # Recorded once the provider has answered, just after the fake counted it.
             wait_for(lambda: {i["status"] for i in notifications(officer)
                               if i["kind"] in ("booking_confirmation", "reschedule_notice")} == {"sent"})
+
+
+def test_a_payment_reminder_outside_the_window_goes_as_the_approved_template_with_the_amount(tmp_path):
+    from adapter.clock import FrozenClock
+    from tests.core.test_payment_reminders import FIRST, NOW, invoice
+
+    with FakeWhatsApp(approved_templates={"payment_reminder"}) as fake:
+        settings = settings_for(
+            tmp_path, channels=["whatsapp"], whatsapp_api_base=fake.base_url,
+            whatsapp_phone_number_id=fake.phone_number_id, whatsapp_token=fake.access_token,
+            whatsapp_app_secret=fake.app_secret, whatsapp_verify_token="verify-me",
+        )
+        clock = FrozenClock(NOW)
+        with running_adapter(settings, clock=clock) as adapter:
+            ehr = adapter.client("ehr")
+            ehr.put("/fhir/R4/Patient/w1", json=patient("w1"), headers=FHIR).raise_for_status()
+            ehr.put("/fhir/R4/Invoice/i1", json=invoice("i1", "w1"), headers=FHIR).raise_for_status()
+            adapter.fhir_processed()
+            clock.set(FIRST)
+            wait_for(lambda: len(fake.messages) == 1)
+            (sent,) = fake.messages.values()
+            assert sent.kind == "template" and sent.template["name"] == "payment_reminder"
+            params = [p["text"] for p in sent.template["components"][0]["parameters"]]
+            assert params[0] == "Nicolò" and params[2].replace("\xa0", " ") == "35,00 €"

@@ -453,3 +453,83 @@ def insert_rows_with(
         if returning:
             out.extend(tuple(row) for row in cursor.fetchall())
     return out
+
+
+class _StatementPlan:
+    """How :func:`execute_prebuilt` runs one statement on one dialect for one set of
+    parameter names (and lengths of its expanding ``IN`` lists): the SQL text as
+    SQLAlchemy would send it, where each DB-API parameter comes from with the bind
+    processor SQLAlchemy would apply, and each returned column's result processor."""
+
+    def __init__(self, statement: Any, dialect: Dialect, parameters: Mapping[str, Any]) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=sorted(parameters))
+        if compiled.insert_prefetch or compiled.update_prefetch:
+            filled = ", ".join(c.key for c in (*compiled.insert_prefetch, *compiled.update_prefetch))
+            raise ValueError(f"execute_prebuilt: give {filled} (Python-side defaults are not applied)")
+        expanded = compiled.construct_expanded_state(parameters)
+        self.sql = expanded.statement
+        self.positional = expanded.positiontup is not None
+        self.names = list(expanded.positiontup if self.positional else expanded.parameters)
+        source: dict[str, tuple[str, int | None]] = {name: (name, None) for name in parameters}
+        for name, names in expanded.parameter_expansion.items():
+            source.update((each, (name, position)) for position, each in enumerate(names))
+        # (parameter, position in its list or None, processor, value when no parameter gives
+        # it: a literal of the statement); bytes go to sqlite3 and psycopg as they are.
+        self.binds: list[tuple[str | None, int | None, Callable[[Any], Any] | None, Any]] = []
+        for name in self.names:
+            key, position = source.get(name, (None, None))
+            bound = compiled.binds[name if position is None else key]
+            # The processor SQLAlchemy's compiler uses (a private method, as in _InsertPlan).
+            process = None if isinstance(bound.type, LargeBinary) else bound.type._cached_bind_processor(dialect)
+            if key is None:
+                constant = expanded.parameters[name]
+                self.binds.append((None, None, None, process(constant) if process else constant))
+            else:
+                self.binds.append((key, position, process, None))
+        self.results = [column.type._cached_result_processor(dialect, None) for column in statement.exported_columns]
+        self.returns_rows = bool(self.results)
+
+    def parameters(self, given: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
+        values = []
+        append = values.append
+        for key, position, process, constant in self.binds:
+            if key is None:
+                append(constant)
+                continue
+            value = given[key] if position is None else given[key][position]
+            append(process(value) if process is not None else value)
+        return values if self.positional else dict(zip(self.names, values, strict=True))
+
+    def rows(self, fetched: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        processors = self.results
+        if not any(processors):
+            return [tuple(row) for row in fetched]
+        return [tuple(value if process is None else process(value) for process, value in zip(processors, row, strict=True))
+                for row in fetched]
+
+
+_STATEMENT_PLANS: dict[tuple[Any, ...], _StatementPlan] = {}
+
+
+def execute_prebuilt(session: Session, statement: Any, parameters: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """``session.execute(statement, parameters)`` on the DB-API cursor of the session's
+    transaction (its write lock and savepoints included), for the mapping path's hot
+    look-ups and updates, where SQLAlchemy's work per execution costs ten times the
+    statement's on SQLite. ``statement``: a Core statement built once (at import), since
+    each distinct object is compiled and kept. Values go in and come back converted as
+    SQLAlchemy converts them (aware UTC datetimes, JSON, booleans); returns the rows as
+    plain tuples in the statement's column order (none for a statement without
+    ``RETURNING``). A column with a Python-side default or ``onupdate`` must be given."""
+    connection = session.connection()
+    dialect = connection.dialect
+    key = (statement, dialect.name, dialect.paramstyle, *(
+        (name, len(value)) if isinstance(value, list | tuple) else name for name, value in parameters.items()))
+    plan = _STATEMENT_PLANS.get(key)
+    if plan is None:
+        plan = _STATEMENT_PLANS[key] = _StatementPlan(statement, dialect, parameters)
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(plan.sql, plan.parameters(parameters))
+        return plan.rows(cursor.fetchall()) if plan.returns_rows else []
+    finally:
+        cursor.close()

@@ -304,26 +304,27 @@ class Pipeline:
         if all(report.amended for report in reports):
             return list(reports)
         announced: set[str] = set()
-        for notice in self._report_notices(session, patient_id, _GOING_OR_GONE):
-            announced.add(notice.subject_ref)
-            announced.update((notice.decision or {}).get("reports") or [])
+        for _, subject_ref, decision in self._report_notices(session, patient_id, _GOING_OR_GONE):
+            announced.add(subject_ref)
+            announced.update((decision or {}).get("reports") or [])
         return [report for report in reports if report.amended or report.report_ref not in announced]
 
-    def _report_notices(self, session: Session, patient_id: str, statuses: Sequence[str]):  # noqa: ANN202 - rows
+    def _report_notices(self, session: Session, patient_id: str, statuses: Sequence[str]) -> list[tuple[Any, ...]]:
+        """(id, subject_ref, decision) of the patient's report notices in ``statuses``."""
         rule_ids = [rule.id for rule in self.rules.for_trigger("report.ready")]
-        return session.execute(_NOTICES_OF, {"patient": patient_id, "statuses": list(statuses), "rules": rule_ids})
+        return execute_prebuilt(session, _NOTICES_OF, {"patient": patient_id, "statuses": list(statuses), "rules": rule_ids})
 
     def _withdraw_report(self, session: Session, patient_id: str, report_ref: str, *, now: datetime) -> None:
         """A report withdrawn (OBR-25 X): a pending notice that also announces other reports
         stays, for those (filed under one of them); one that announced only this is withdrawn."""
-        for notice in self._report_notices(session, patient_id, ("scheduled",)):
-            reports = notice.decision.get("reports") or []
+        for notice_id, subject_ref, decision in self._report_notices(session, patient_id, ("scheduled",)):
+            reports = decision.get("reports") or []
             remaining = [ref for ref in reports if ref != report_ref]
             if report_ref not in reports or not remaining:
                 continue
-            subject = remaining[0] if notice.subject_ref == report_ref else notice.subject_ref
-            session.execute(update(_NOTIFICATION).where(_NOTIFICATION.c.id == notice.id).values(
-                subject_ref=subject, decision={**notice.decision, "reports": remaining}))
+            subject = remaining[0] if subject_ref == report_ref else subject_ref
+            session.execute(update(_NOTIFICATION).where(_NOTIFICATION.c.id == notice_id).values(
+                subject_ref=subject, decision={**decision, "reports": remaining}))
         self._withdraw(session, report_ref, timed_only=False, reason="report withdrawn", now=now)
 
     def _plan(self, event: ev.Event, now: datetime) -> Plan:

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Connection, DateTime, Dialect, Engine, LargeBinary, MetaData, Table, TypeDecorator, create_engine, event, text,
+    BindParameter, Connection, DateTime, Dialect, Engine, LargeBinary, MetaData, Table, TypeDecorator, create_engine,
+    event, text,
 )
+from sqlalchemy.sql import visitors
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 _log = logging.getLogger(__name__)
@@ -509,6 +511,8 @@ class _StatementPlan:
 
 
 _STATEMENT_PLANS: dict[tuple[Any, ...], _StatementPlan] = {}
+_EXPANDING: dict[Any, tuple[str, ...]] = {}  # statement -> the names of its expanding (IN) parameters
+_CURSOR = "adapter_prebuilt_cursor"  # session.info: (its innermost transaction, a cursor, the dialect)
 
 
 def execute_prebuilt(session: Session, statement: Any, parameters: Mapping[str, Any]) -> list[tuple[Any, ...]]:
@@ -520,16 +524,32 @@ def execute_prebuilt(session: Session, statement: Any, parameters: Mapping[str, 
     SQLAlchemy converts them (aware UTC datetimes, JSON, booleans); returns the rows as
     plain tuples in the statement's column order (none for a statement without
     ``RETURNING``). A column with a Python-side default or ``onupdate`` must be given."""
-    connection = session.connection()
-    dialect = connection.dialect
-    key = (statement, dialect.name, dialect.paramstyle, *(
-        (name, len(value)) if isinstance(value, list | tuple) else name for name, value in parameters.items()))
+    cursor, dialect = _cursor_of(session)
+    key = (statement, dialect.name, dialect.paramstyle, *parameters)
+    expanding = _EXPANDING.get(statement)
+    if expanding is None:
+        expanding = _EXPANDING[statement] = tuple(sorted({
+            element.key for element in visitors.iterate(statement)
+            if isinstance(element, BindParameter) and element.expanding}))
+    if expanding:
+        key += tuple(len(parameters[name]) for name in expanding)
     plan = _STATEMENT_PLANS.get(key)
     if plan is None:
         plan = _STATEMENT_PLANS[key] = _StatementPlan(statement, dialect, parameters)
+    cursor.execute(plan.sql, plan.parameters(parameters))
+    return plan.rows(cursor.fetchall()) if plan.returns_rows else []
+
+
+def _cursor_of(session: Session) -> tuple[Any, Dialect]:
+    """A DB-API cursor on the connection of the session's transaction, made again only
+    when the innermost transaction changes (asking the session for its connection costs
+    more than a short statement; and asking it is what makes a savepoint begun with
+    ``begin_nested`` send its ``SAVEPOINT``, which SQLAlchemy defers until then)."""
+    current = session.get_nested_transaction() or session.get_transaction()
+    held = session.info.get(_CURSOR)
+    if held is not None and current is not None and held[0] is current:
+        return held[1], held[2]
+    connection = session.connection()  # begins the transaction or the savepoint
     cursor = connection.connection.cursor()
-    try:
-        cursor.execute(plan.sql, plan.parameters(parameters))
-        return plan.rows(cursor.fetchall()) if plan.returns_rows else []
-    finally:
-        cursor.close()
+    session.info[_CURSOR] = (session.get_nested_transaction() or session.get_transaction(), cursor, connection.dialect)
+    return cursor, connection.dialect

@@ -106,6 +106,7 @@ def test_returning_rows_come_back_converted(container):
 def test_statements_run_in_the_callers_transaction_and_savepoints(container):
     (notification_id,) = _stored(container, _notification("k1"))
     with transaction(container.sessions) as session:
+        execute_prebuilt(session, _SET_BY_ID, {"notification": notification_id, "reason": None})  # before the savepoint
         with pytest.raises(RuntimeError, match="undo"), session.begin_nested():
             execute_prebuilt(session, _SET_BY_ID, {"notification": notification_id, "reason": "in the savepoint"})
             assert session.scalar(select(NOTIFICATION.c.reason)) == "in the savepoint"  # seen by the session
@@ -127,3 +128,15 @@ def test_a_column_that_python_would_fill_in_is_refused(container):
         with pytest.raises(ValueError, match="give rank, use"):
             execute_prebuilt(session, Contact.__table__.insert(), contact)
         assert session.execute(select(Contact.id)).all() == []
+
+
+def test_each_transaction_of_a_session_runs_on_its_own_connection(container):
+    _stored(container, _notification("k1"))
+    of_patient = {"patient": "p-1", "statuses": ["scheduled"]}
+    with container.sessions() as session:
+        with session.begin():
+            assert len(execute_prebuilt(session, _OF_PATIENT, of_patient)) == 1
+        container.engine.dispose()  # the first transaction's connection is closed
+        with session.begin():
+            session.execute(NOTIFICATION.insert(), _notification("k2"))  # seen only in this transaction
+            assert len(execute_prebuilt(session, _OF_PATIENT, of_patient)) == 2

@@ -424,13 +424,8 @@ def insert_rows(
     ``returning`` columns of the inserted rows, in no particular order."""
     if not rows:
         return []
-    connection = session.connection()
-    cursor = connection.connection.cursor()
-    try:
-        return insert_rows_with(cursor, connection.dialect, table, rows, returning=returning,
-                                on_conflict_do_nothing=on_conflict_do_nothing)
-    finally:
-        cursor.close()
+    cursor, dialect = _cursor_of(session)
+    return insert_rows_with(cursor, dialect, table, rows, returning=returning, on_conflict_do_nothing=on_conflict_do_nothing)
 
 
 def insert_rows_with(

@@ -476,7 +476,7 @@ class _StatementPlan:
         for name in self.names:
             key, position = source.get(name, (None, None))
             bound = compiled.binds[name if position is None else key]
-            # The processor SQLAlchemy's compiler uses (a private method, as in _InsertPlan).
+            # The processors SQLAlchemy applies (private methods, as in _InsertPlan).
             process = None if isinstance(bound.type, LargeBinary) else bound.type._cached_bind_processor(dialect)
             if key is None:
                 constant = expanded.parameters[name]
@@ -485,6 +485,7 @@ class _StatementPlan:
                 self.binds.append((key, position, process, None))
         self.results = [column.type._cached_result_processor(dialect, None) for column in statement.exported_columns]
         self.returns_rows = bool(self.results)
+        self._converts = any(self.results)
 
     def parameters(self, given: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
         values = []
@@ -498,10 +499,9 @@ class _StatementPlan:
         return values if self.positional else dict(zip(self.names, values, strict=True))
 
     def rows(self, fetched: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-        processors = self.results
-        if not any(processors):
+        if not self._converts:
             return [tuple(row) for row in fetched]
-        return [tuple(value if process is None else process(value) for process, value in zip(processors, row, strict=True))
+        return [tuple(value if process is None else process(value) for process, value in zip(self.results, row, strict=True))
                 for row in fetched]
 
 

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Connection, DateTime, Dialect, Engine, LargeBinary, MetaData, Table, TypeDecorator, create_engine, event, text,
+    BindParameter, Connection, DateTime, Dialect, Engine, LargeBinary, MetaData, Table, TypeDecorator, create_engine,
+    event, text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import visitors
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from adapter.errors import DatabaseUnusable
@@ -457,13 +459,8 @@ def insert_rows(
     ``returning`` columns of the inserted rows, in no particular order."""
     if not rows:
         return []
-    connection = session.connection()
-    cursor = connection.connection.cursor()
-    try:
-        return insert_rows_with(cursor, connection.dialect, table, rows, returning=returning,
-                                on_conflict_do_nothing=on_conflict_do_nothing)
-    finally:
-        cursor.close()
+    cursor, dialect = _cursor_of(session)
+    return insert_rows_with(cursor, dialect, table, rows, returning=returning, on_conflict_do_nothing=on_conflict_do_nothing)
 
 
 def insert_rows_with(
@@ -488,3 +485,101 @@ def insert_rows_with(
         if returning:
             out.extend(tuple(row) for row in cursor.fetchall())
     return out
+
+
+class _StatementPlan:
+    """How :func:`execute_prebuilt` runs one statement on one dialect for one set of
+    parameter names (and lengths of its expanding ``IN`` lists): the SQL text as
+    SQLAlchemy would send it, where each DB-API parameter comes from with the bind
+    processor SQLAlchemy would apply, and each returned column's result processor."""
+
+    def __init__(self, statement: Any, dialect: Dialect, parameters: Mapping[str, Any]) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=sorted(parameters))
+        if compiled.insert_prefetch or compiled.update_prefetch:
+            filled = ", ".join(c.key for c in (*compiled.insert_prefetch, *compiled.update_prefetch))
+            raise ValueError(f"execute_prebuilt: give {filled} (Python-side defaults are not applied)")
+        expanded = compiled.construct_expanded_state(parameters)
+        self.sql = expanded.statement
+        self.positional = expanded.positiontup is not None
+        self.names = list(expanded.positiontup if self.positional else expanded.parameters)
+        source: dict[str, tuple[str, int | None]] = {name: (name, None) for name in parameters}
+        for name, names in expanded.parameter_expansion.items():
+            source.update((each, (name, position)) for position, each in enumerate(names))
+        # (parameter, position in its list or None, processor, value when no parameter gives
+        # it: a literal of the statement); bytes go to sqlite3 and psycopg as they are.
+        self.binds: list[tuple[str | None, int | None, Callable[[Any], Any] | None, Any]] = []
+        for name in self.names:
+            key, position = source.get(name, (None, None))
+            bound = compiled.binds[name if position is None else key]
+            # The processors SQLAlchemy applies (private methods, as in _InsertPlan).
+            process = None if isinstance(bound.type, LargeBinary) else bound.type._cached_bind_processor(dialect)
+            if key is None:
+                constant = expanded.parameters[name]
+                self.binds.append((None, None, None, process(constant) if process else constant))
+            else:
+                self.binds.append((key, position, process, None))
+        self.results = [column.type._cached_result_processor(dialect, None) for column in statement.exported_columns]
+        self.returns_rows = bool(self.results)
+        self._converts = any(self.results)
+
+    def parameters(self, given: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
+        values = []
+        append = values.append
+        for key, position, process, constant in self.binds:
+            if key is None:
+                append(constant)
+                continue
+            value = given[key] if position is None else given[key][position]
+            append(process(value) if process is not None else value)
+        return values if self.positional else dict(zip(self.names, values, strict=True))
+
+    def rows(self, fetched: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        if not self._converts:
+            return [tuple(row) for row in fetched]
+        return [tuple(value if process is None else process(value) for process, value in zip(self.results, row, strict=True))
+                for row in fetched]
+
+
+_STATEMENT_PLANS: dict[tuple[Any, ...], _StatementPlan] = {}
+_EXPANDING: dict[Any, tuple[str, ...]] = {}  # statement -> the names of its expanding (IN) parameters
+_CURSOR = "adapter_prebuilt_cursor"  # session.info: (its innermost transaction, a cursor, the dialect)
+
+
+def execute_prebuilt(session: Session, statement: Any, parameters: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """``session.execute(statement, parameters)`` on the DB-API cursor of the session's
+    transaction (its write lock and savepoints included), for the mapping path's hot
+    look-ups and updates, where SQLAlchemy's work per execution costs ten times the
+    statement's on SQLite. ``statement``: a Core statement built once (at import), since
+    each distinct object is compiled and kept. Values go in and come back converted as
+    SQLAlchemy converts them (aware UTC datetimes, JSON, booleans); returns the rows as
+    plain tuples in the statement's column order (none for a statement without
+    ``RETURNING``). A column with a Python-side default or ``onupdate`` must be given."""
+    cursor, dialect = _cursor_of(session)
+    key = (statement, dialect.name, dialect.paramstyle, *parameters)
+    expanding = _EXPANDING.get(statement)
+    if expanding is None:
+        expanding = _EXPANDING[statement] = tuple(sorted({
+            element.key for element in visitors.iterate(statement)
+            if isinstance(element, BindParameter) and element.expanding}))
+    if expanding:
+        key += tuple(len(parameters[name]) for name in expanding)
+    plan = _STATEMENT_PLANS.get(key)
+    if plan is None:
+        plan = _STATEMENT_PLANS[key] = _StatementPlan(statement, dialect, parameters)
+    cursor.execute(plan.sql, plan.parameters(parameters))
+    return plan.rows(cursor.fetchall()) if plan.returns_rows else []
+
+
+def _cursor_of(session: Session) -> tuple[Any, Dialect]:
+    """A DB-API cursor on the connection of the session's transaction, made again only
+    when the innermost transaction changes (asking the session for its connection costs
+    more than a short statement; and asking it is what makes a savepoint begun with
+    ``begin_nested`` send its ``SAVEPOINT``, which SQLAlchemy defers until then)."""
+    current = session.get_nested_transaction() or session.get_transaction()
+    held = session.info.get(_CURSOR)
+    if held is not None and current is not None and held[0] is current:
+        return held[1], held[2]
+    connection = session.connection()  # begins the transaction or the savepoint
+    cursor = connection.connection.cursor()
+    session.info[_CURSOR] = (session.get_nested_transaction() or session.get_transaction(), cursor, connection.dialect)
+    return cursor, connection.dialect

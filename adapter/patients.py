@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 from uuid6 import uuid7
 
 from adapter import events as ev
-from adapter.db import insert_rows
+from adapter.db import execute_prebuilt, insert_rows
 from adapter.models import Appointment, Contact, Invoice, Notification, Patient, PatientIdentifier
 from adapter.phones import phone
 from compliance.crypto import Vault
@@ -24,7 +24,9 @@ from compliance.crypto import Vault
 _PATIENT = Patient.__table__
 _IDENTIFIER = PatientIdentifier.__table__
 _CONTACT = Contact.__table__
-# Built once: constructing a statement costs more than running it.
+# Built once: constructing a statement costs more than running it. Those run for each
+# message about a known patient go through execute_prebuilt (SQLAlchemy's execution costs
+# ten times the statement's).
 _FIND_IDENTIFIERS = (
     select(_IDENTIFIER.c.identifier_index, _IDENTIFIER.c.patient_id, _PATIENT.c.merged_into)
     .join(_PATIENT, _PATIENT.c.id == _IDENTIFIER.c.patient_id)
@@ -122,7 +124,7 @@ def upsert_patient(
     legacy = legacy_indexes(vault, details)
     found = {
         index: (patient_id, merged_into)
-        for index, patient_id, merged_into in session.execute(_FIND_IDENTIFIERS, {"indexes": list({*wanted, *legacy})})
+        for index, patient_id, merged_into in execute_prebuilt(session, _FIND_IDENTIFIERS, {"indexes": list({*wanted, *legacy})})
     }
     first = next((found[index] for index in wanted if index in found), None)
     if first is None:
@@ -130,10 +132,10 @@ def upsert_patient(
     if first is None:
         return UpsertedPatient(create_patients(session, vault, [details], now=now)[0], created=True)
     patient_id = _survivor(session, *first)
-    session.execute(_UPDATE_PATIENT, {**_patient_values(session, vault, patient_id, details, now), "patient": patient_id})
+    execute_prebuilt(session, _UPDATE_PATIENT, {**_patient_values(session, vault, patient_id, details, now), "patient": patient_id})
     new_identifiers = {index: kind for index, kind in wanted.items() if index not in found}
     if new_identifiers:
-        session.execute(_IDENTIFIER.insert(), _identifier_rows(patient_id, new_identifiers))
+        insert_rows(session, _IDENTIFIER, _identifier_rows(patient_id, new_identifiers))
     if details.telecom or details.telecom_listed:
         _sync_contacts(session, vault, patient_id, details.telecom, now=now)
     return UpsertedPatient(patient_id, created=False)
@@ -144,7 +146,7 @@ def known_patients(session: Session, indexes: Sequence[str]) -> set[str]:
     survivor, one merge followed): whom messages naming them are about, to read what
     applying them needs with one query for all."""
     return {merged_into or patient_id for _, patient_id, merged_into in
-            session.execute(_FIND_IDENTIFIERS, {"indexes": list(indexes)})}
+            execute_prebuilt(session, _FIND_IDENTIFIERS, {"indexes": list(indexes)})}
 
 
 def _claim_legacy(
@@ -251,6 +253,13 @@ def _survivor(session: Session, patient_id: str, merged_into: str | None) -> str
     return patient_id
 
 
+class _StoredContact(NamedTuple):
+    id: int
+    channel: str
+    address_index: str
+    active: bool
+
+
 @dataclass
 class _ContactChanges:
     added: list[dict[str, object]]
@@ -261,19 +270,19 @@ class _ContactChanges:
 def _sync_contacts(
     session: Session, vault: Vault, patient_id: str, telecom: tuple[ev.ContactPoint, ...], *, now: datetime
 ) -> None:
-    existing = {(row.channel, row.address_index): row for row in session.execute(_CONTACTS_OF, {"patient": patient_id})}
+    existing = {(row.channel, row.address_index): row for row in map(
+        _StoredContact._make, execute_prebuilt(session, _CONTACTS_OF, {"patient": patient_id}))}
     changes = _contact_changes(session, vault, patient_id, telecom, existing, now)
-    if changes.added:
-        session.execute(_CONTACT.insert(), changes.added)
+    insert_rows(session, _CONTACT, changes.added)
     for contact_id, values in changes.kept.items():
-        session.execute(_UPDATE_CONTACT, {**values, "contact": contact_id})
+        execute_prebuilt(session, _UPDATE_CONTACT, {**values, "contact": contact_id})
     if changes.dropped:  # the hospital no longer lists them
         session.execute(_CONTACT.update().where(_CONTACT.c.id.in_(changes.dropped)).values(active=False, updated_at=now))
 
 
 def _contact_changes(
     session: Session, vault: Vault, patient_id: str, telecom: tuple[ev.ContactPoint, ...],
-    existing: dict[tuple[str, str], Any], now: datetime,
+    existing: dict[tuple[str, str], _StoredContact], now: datetime,
 ) -> _ContactChanges:
     """What the hospital's telecom list changes in the patient's ``existing`` contacts
     (rows with id, channel, address_index, active, by (medium, address index))."""

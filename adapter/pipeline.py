@@ -23,7 +23,7 @@ from uuid6 import uuid7
 
 from adapter import events as ev
 from adapter.appointments import StoredAppointment, change_to_apply
-from adapter.db import all_or_each, insert_rows
+from adapter.db import all_or_each, execute_prebuilt, insert_rows
 from adapter.models import Appointment, Invoice, Notification, PatientIdentifier
 from adapter.patients import (
     create_patients,
@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 _APPOINTMENT = Appointment.__table__
 _INVOICE = Invoice.__table__
 _NOTIFICATION = Notification.__table__
-# Built once: constructing a statement costs more than running it.
+# Built once: constructing a statement costs more than running it. Those run for each
+# message go through execute_prebuilt (SQLAlchemy's execution costs ten times the statement's).
+# A StoredAppointment's fields, in its order, then time_known and service_code.
 _FIND_APPOINTMENT = select(
     _APPOINTMENT.c.status, _APPOINTMENT.c.start, _APPOINTMENT.c.patient_id, _APPOINTMENT.c.event_at,
     _APPOINTMENT.c.time_known, _APPOINTMENT.c.service_code,
@@ -257,18 +259,19 @@ class Pipeline:
         appointment = getattr(event, "appointment", None)
         if appointment is None:
             return []
-        found = session.execute(_FIND_APPOINTMENT, {"appointment": appointment.ref}).first()
-        previous = StoredAppointment(found.status, found.start, found.patient_id, found.event_at) if found else None
+        found = execute_prebuilt(session, _FIND_APPOINTMENT, {"appointment": appointment.ref})  # ref is unique
+        previous, time_known, stored_service = (
+            (StoredAppointment(*found[0][:4]), found[0][4], found[0][5]) if found else (None, None, ""))
         if appointment.start is None:  # an HL7 cancellation or no-show naming the appointment only
             if previous is None:
                 log.info("%s from %s without the appointment's time, about one never booked here: nothing to apply",
                          type(event).__name__, event.origin.source)
                 return []
-            appointment = replace(appointment, start=previous.start, time_known=found.time_known)
+            appointment = replace(appointment, start=previous.start, time_known=time_known)
             event = replace(event, appointment=appointment)  # type: ignore[call-arg]
-        if not appointment.service_code and found is not None and found.service_code:
+        if not appointment.service_code and stored_service:
             # A message that does not say the service (an HL7 S15 or S14 without AIS) leaves it as stored.
-            appointment = replace(appointment, service_code=found.service_code)
+            appointment = replace(appointment, service_code=stored_service)
             event = replace(event, appointment=appointment)  # type: ignore[call-arg]
         change = change_to_apply(event, previous, patient_id)
         if change is None:
@@ -345,26 +348,27 @@ class Pipeline:
         if all(report.amended for report in reports):
             return list(reports)
         announced: set[str] = set()
-        for notice in self._report_notices(session, patient_id, _GOING_OR_GONE):
-            announced.add(notice.subject_ref)
-            announced.update((notice.decision or {}).get("reports") or [])
+        for _, subject_ref, decision in self._report_notices(session, patient_id, _GOING_OR_GONE):
+            announced.add(subject_ref)
+            announced.update((decision or {}).get("reports") or [])
         return [report for report in reports if report.amended or report.report_ref not in announced]
 
-    def _report_notices(self, session: Session, patient_id: str, statuses: Sequence[str]):  # noqa: ANN202 - rows
+    def _report_notices(self, session: Session, patient_id: str, statuses: Sequence[str]) -> list[tuple[Any, ...]]:
+        """(id, subject_ref, decision) of the patient's report notices in ``statuses``."""
         rule_ids = [rule.id for rule in self.rules.for_trigger("report.ready")]
-        return session.execute(_NOTICES_OF, {"patient": patient_id, "statuses": list(statuses), "rules": rule_ids})
+        return execute_prebuilt(session, _NOTICES_OF, {"patient": patient_id, "statuses": list(statuses), "rules": rule_ids})
 
     def _withdraw_report(self, session: Session, patient_id: str, report_ref: str, *, now: datetime) -> None:
         """A report withdrawn (OBR-25 X): a pending notice that also announces other reports
         stays, for those (filed under one of them); one that announced only this is withdrawn."""
-        for notice in self._report_notices(session, patient_id, ("scheduled",)):
-            reports = notice.decision.get("reports") or []
+        for notice_id, subject_ref, decision in self._report_notices(session, patient_id, ("scheduled",)):
+            reports = decision.get("reports") or []
             remaining = [ref for ref in reports if ref != report_ref]
             if report_ref not in reports or not remaining:
                 continue
-            subject = remaining[0] if notice.subject_ref == report_ref else notice.subject_ref
-            session.execute(update(_NOTIFICATION).where(_NOTIFICATION.c.id == notice.id).values(
-                subject_ref=subject, decision={**notice.decision, "reports": remaining}))
+            subject = remaining[0] if subject_ref == report_ref else subject_ref
+            session.execute(update(_NOTIFICATION).where(_NOTIFICATION.c.id == notice_id).values(
+                subject_ref=subject, decision={**decision, "reports": remaining}))
         self._withdraw(session, report_ref, timed_only=False, reason="report withdrawn", now=now)
 
     def _plan(self, event: ev.Event, now: datetime, *, sent_rules: Sequence[str] = ()) -> Plan:
@@ -393,9 +397,9 @@ class Pipeline:
         }[type(event)]
         row = _appointment_row(patient_id, event, status, now)
         if not known:
-            session.execute(_APPOINTMENT.insert(), row)
+            insert_rows(session, _APPOINTMENT, [row])
             return
-        session.execute(_UPDATE_APPOINTMENT, {
+        execute_prebuilt(session, _UPDATE_APPOINTMENT, {
             **{column: row[column] for column in _APPOINTMENT_STATE}, "appointment": appointment.ref})
 
     def _withdraw(self, session: Session, subject_ref: str, *, timed_only: bool, reason: str, now: datetime) -> None:
@@ -406,7 +410,7 @@ class Pipeline:
             statement, values["rules"] = _WITHDRAW_TIMED, [r.id for r in self.rules.rules if r.timed]
         else:
             statement = _WITHDRAW
-        withdrawn = sorted((row.id, row.patient_id) for row in session.execute(statement, values))
+        withdrawn = sorted(execute_prebuilt(session, statement, values))  # (id, patient_id)
         if withdrawn:
             self.gate.withdrawn(session, withdrawn, reason, now=now)
 

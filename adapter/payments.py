@@ -8,10 +8,9 @@ from pathlib import Path
 from string import Formatter
 from urllib.parse import quote
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from adapter.errors import ConfigError
+from adapter.config_files import foreign_placeholder, load_yaml_config
 from fhir.settings import PAGOPA_NOTICE_SYSTEM
 
 # What a payment link may carry: the invoice's own references, never a name or fiscal code.
@@ -25,14 +24,8 @@ def _check_link(template: str) -> str:
     Traceback (most recent call last):
     ValueError: {patient_name} is not a payment link placeholder; use {invoice_number} or {notice_code}
     """
-    try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in Formatter().parse(template)
-                  if name is not None]
-    except ValueError as exc:
-        raise ValueError(f"not a link template: {exc}") from None
-    for name, spec, conversion in fields:
-        if name not in LINK_PLACEHOLDERS or spec or conversion:
-            raise ValueError(f"{{{name}}} is not a payment link placeholder; use {{invoice_number}} or {{notice_code}}")
+    if (name := foreign_placeholder(template, LINK_PLACEHOLDERS)) is not None:
+        raise ValueError(f"{{{name}}} is not a payment link placeholder; use {{invoice_number}} or {{notice_code}}")
     return template
 
 
@@ -82,13 +75,4 @@ class PaymentConfig(BaseModel):
 def load_payments(path: Path) -> PaymentConfig:
     """``config/payments.yaml``; a missing file is the defaults (no payment link), a bad
     one raises ConfigError naming the file and the field."""
-    if not path.exists():
-        return PaymentConfig()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return PaymentConfig.model_validate(data)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read payment settings: {exc}") from exc
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"{path}: invalid payment settings: {problems}") from exc
+    return load_yaml_config(path, PaymentConfig, "payment settings", missing=PaymentConfig())

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from adapter import events as ev
-from adapter.errors import ConfigError
+from adapter.config_files import load_yaml_config
 from compliance.purposes import CodeMatch
 
 Trigger = Literal[
@@ -222,15 +221,7 @@ def invoice_moot_at_send(status: str | None) -> str | None:
 def load_rules(path: Path) -> RuleSet:
     """Load and validate the rules file; a bad file raises ConfigError naming it
     and the field."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read rules: {exc}") from exc
-    try:
-        return RuleSet.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{_field(data, err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"{path}: invalid rules: {problems}") from exc
+    return load_yaml_config(path, RuleSet, "rules", place=_field)
 
 
 def _field(data: object, loc: tuple) -> str:

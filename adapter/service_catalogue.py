@@ -10,13 +10,12 @@ Pure: loading and validating the file, finding a service's entry, writing the li
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
+from adapter.config_files import foreign_placeholder, load_yaml_config
 from adapter.errors import ConfigError
 from adapter.rules import RuleSet
 from adapter.templates import LANGUAGES
@@ -53,14 +52,8 @@ class ServiceInfo(CodeMatch):
         parts = urlsplit(value)
         if parts.scheme != "https" or not parts.netloc:
             raise ValueError("the form link must be an https:// URL")
-        try:
-            fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value)
-                      if name is not None]
-        except ValueError as exc:
-            raise ValueError(f"the form link has a stray brace: {exc}") from None
-        for name, spec, conversion in fields:
-            if name not in FORM_PLACEHOLDERS or spec or conversion:
-                raise ValueError(f"the form link may carry only {{appointment_id}} and {{language}}, not {{{name}}}")
+        if (name := foreign_placeholder(value, FORM_PLACEHOLDERS)) is not None:
+            raise ValueError(f"the form link may carry only {{appointment_id}} and {{language}}, not {{{name}}}")
         return value
 
     def form_link(self, appointment_id: str, language: str) -> str:
@@ -118,14 +111,4 @@ def hospital_appointment_id(ref: str, source: str, sender: str) -> str:
 def load_services(path: Path) -> ServiceCatalogue:
     """Load and validate ``config/services.yaml``; no file is an empty catalogue. A bad
     file raises ConfigError naming it and the field."""
-    if not path.exists():
-        return ServiceCatalogue()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read services: {exc}") from exc
-    try:
-        return ServiceCatalogue.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"{path}: invalid services: {problems}") from exc
+    return load_yaml_config(path, ServiceCatalogue, "services", missing=ServiceCatalogue())

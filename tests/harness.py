@@ -8,7 +8,7 @@ import threading
 import uuid
 from datetime import time
 from time import monotonic, sleep
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,3 +170,17 @@ def running_adapter(settings: Settings, clock: Clock | None = None, *, embedded_
         loop.call_soon_threadsafe(shutdown.set)
         thread.join(30)
         container.engine.dispose()
+
+
+def config_refusal(load: Callable[[Path], object], path: Path, body: str) -> str:
+    """What a config loader (``load_rules``, ``load_services``...) says of a file holding
+    ``body``: its ConfigError's message, which must name the file."""
+    from adapter.errors import ConfigError
+
+    path.write_text(body)
+    try:
+        load(path)
+    except ConfigError as exc:
+        assert str(path) in str(exc), exc
+        return str(exc)
+    raise AssertionError(f"{path.name} was taken: {body!r}")

@@ -43,7 +43,7 @@ def test_a_placeholder_with_a_conversion_a_format_or_no_name_is_refused(template
         PaymentLinks(default=template)
 
 
-@pytest.mark.parametrize("module", ["adapter.payments", "adapter.rules", "adapter.templates"])
+@pytest.mark.parametrize("module", ["adapter.payments", "adapter.rules", "adapter.templates", "adapter.config_files"])
 def test_the_docstring_examples_hold(module):
     import doctest
     import importlib

@@ -8,6 +8,7 @@ import pytest
 from adapter import events as ev
 from adapter.errors import ConfigError
 from adapter.rules import Plan, invoice_moot_at_send, load_rules, parse_duration, plan_notifications
+from tests.harness import config_refusal
 
 ROME = ZoneInfo("Europe/Rome")
 RULES = load_rules(Path("config/rules.yaml"))
@@ -82,11 +83,7 @@ def test_offsets_are_configurable(tmp_path):
     ],
 )
 def test_a_bad_rules_file_is_refused_naming_the_file_and_field(tmp_path, body, expected):
-    path = tmp_path / "rules.yaml"
-    path.write_text(body)
-    with pytest.raises(ConfigError) as caught:
-        load_rules(path)
-    assert str(path) in str(caught.value) and expected in str(caught.value)
+    assert expected in config_refusal(load_rules, tmp_path / "rules.yaml", body)
 
 
 def test_durations_read_as_people_write_them():

@@ -15,7 +15,7 @@ from adapter.errors import ConfigError
 from adapter.migrate import upgrade
 from adapter.rules import load_rules
 from adapter.service_catalogue import load_services
-from tests.harness import settings_for
+from tests.harness import config_refusal, settings_for
 
 
 def test_the_docstring_examples_are_true():
@@ -47,11 +47,7 @@ ENTRY = "services:\n  - code: X\n    instructions: {it: Porti i referti., en: Br
     ("services: [\n", "cannot read services"),
 ])
 def test_a_bad_services_file_is_refused_naming_the_file_and_field(tmp_path, body, expected):
-    path = tmp_path / "services.yaml"
-    path.write_text(body)
-    with pytest.raises(ConfigError) as caught:
-        load_services(path)
-    assert str(path) in str(caught.value) and expected in str(caught.value)
+    assert expected in config_refusal(load_services, tmp_path / "services.yaml", body)
 
 
 def config_with(tmp_path, *, rules: str | None = None, services: str | None = None):

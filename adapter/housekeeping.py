@@ -9,13 +9,13 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Delete, delete, exists, select, update
+from sqlalchemy import Delete, delete, exists, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from adapter.bootstrap import Container
 from adapter.db import overwriting_deleted, transaction
 from adapter.key_rotation import adopt_master_key_if_changed
-from adapter.models import InboundMessage, InboundRaw, Notification, OutboxMessage
+from adapter.models import InboundMessage, InboundRaw, Invoice, Notification, OutboxMessage
 from adapter.reply_models import PatientReply, WebhookEvent
 from compliance.audit import SYSTEM_ACTOR, TreeHead
 from compliance.errors import AuditIntegrityError
@@ -36,6 +36,7 @@ class PurgeReport:
     webhooks: int = 0  # provider callbacks as received (addresses, reply text)
     reply_texts: int = 0  # what patients wrote
     sandbox_outbox: int = 0  # what the sandbox "sent"
+    settled_invoices: int = 0  # invoices no longer due (amount, number, notice code)
 
 
 def sign_tree_head_if_due(container: Container, *, now: datetime, every: timedelta = TREE_HEAD_EVERY) -> TreeHead | None:
@@ -62,14 +63,15 @@ def sign_tree_head_if_due(container: Container, *, now: datetime, every: timedel
 
 def purge_expired(container: Container, *, now: datetime) -> PurgeReport:
     """Raw inbound messages and sent message bodies older than their retention period
-    (GDPR art. 5(1)(e)) are deleted (raw messages) or set to NULL (bodies); the
-    messages' and notifications' rows, with status and why-record, stay."""
+    (GDPR art. 5(1)(e)) are deleted (raw messages) or set to NULL (bodies), and so are
+    invoices settled longer ago than theirs; the messages' and notifications' rows,
+    with status and why-record, stay."""
     cutoffs = retention_cutoffs(container.gate.policy, now)
     # It runs every minute in one write transaction, which ACKs wait for: each
     # statement reads what has expired (and a little more), never a whole table.
     # What it removes is overwritten in the database files too, as an erasure's is
     # (sealed, but the system key that opens a raw message is still there).
-    report = PurgeReport(0, 0, 0, 0, 0)
+    report = PurgeReport(0, 0, 0, 0, 0, 0)
     with transaction(container.sessions) as session, overwriting_deleted(
             session, deleted=lambda: any(vars(report).values())):
         raw = session.execute(_purge_raw(session, cutoffs.inbound_raw_before)).rowcount
@@ -94,7 +96,12 @@ def purge_expired(container: Container, *, now: datetime) -> PurgeReport:
         outbox = session.execute(
             delete(OutboxMessage).where(OutboxMessage.created_at < cutoffs.sent_body_before)
         ).rowcount
-        report = PurgeReport(raw, bodies, webhooks, replies, outbox)
+        # Paid or cancelled: the billing system keeps the invoice; a reminder is no longer owed.
+        invoices = session.execute(  # ix_invoice_settled: only invoices no longer due
+            delete(Invoice).where(Invoice.status != literal_column("'issued'"),  # as the index says it
+                                  Invoice.updated_at < cutoffs.settled_invoice_before)
+        ).rowcount
+        report = PurgeReport(raw, bodies, webhooks, replies, outbox, invoices)
         if any(vars(report).values()):
             container.audit.append(session, action="retention_purged", actor=HOUSEKEEPER, subject_pseudonym="",
                                    reason="retention periods from config/purposes.yaml",

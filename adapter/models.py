@@ -96,6 +96,9 @@ class Invoice(Base):
     currency, number, notice code and issuer are sealed together in ``details_enc``."""
 
     __tablename__ = "invoice"
+    # The retention purge's: only invoices no longer due.
+    __table_args__ = (Index("ix_invoice_settled", "updated_at", sqlite_where=text("status != 'issued'"),
+                            postgresql_where=text("status != 'issued'")),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     ref: Mapped[str] = mapped_column(String(200), unique=True)

@@ -97,6 +97,7 @@ class Retention(_Strict):
     inbound_raw_days: int = Field(gt=0)
     sent_body_days: int = Field(gt=0)
     notification_days: int = Field(gt=0)
+    settled_invoice_days: int = Field(default=90, gt=0)  # an invoice no longer due, kept for questions
     consent_years: int = Field(gt=0)
     audit_years: int = Field(gt=0)
 

@@ -82,9 +82,10 @@ class RetentionCutoffs:
     inbound_raw_before: datetime
     sent_body_before: datetime
     notification_before: datetime
+    settled_invoice_before: datetime
 
 
 def retention_cutoffs(policy: CompliancePolicy, now: datetime) -> RetentionCutoffs:
     r = policy.retention
     return RetentionCutoffs(now - timedelta(days=r.inbound_raw_days), now - timedelta(days=r.sent_body_days),
-                            now - timedelta(days=r.notification_days))
+                            now - timedelta(days=r.notification_days), now - timedelta(days=r.settled_invoice_days))

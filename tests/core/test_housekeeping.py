@@ -60,6 +60,29 @@ def test_retention_purges_raw_messages_and_sent_bodies_past_their_periods_and_au
     container.engine.dispose()
 
 
+def test_an_invoice_settled_longer_ago_than_its_retention_is_deleted_one_still_due_stays(tmp_path):
+    """The adapter keeps an invoice's amount, number and notice code to remind the patient;
+    once it is paid or cancelled, only for questions about a reminder, and not for ever."""
+    from adapter.models import Invoice
+
+    container = migrated_container(settings_for(tmp_path))
+    days = container.gate.policy.retention.settled_invoice_days
+    add_rows(container, age=timedelta(days=1), tag="payer")
+    with transaction(container.sessions) as session:
+        for ref, status, age in (("paid-long-ago", "balanced", days + 1), ("paid-lately", "balanced", days - 1),
+                                 ("cancelled-long-ago", "cancelled", days + 1), ("due-long-since", "issued", days + 1)):
+            at = NOW - timedelta(days=age)
+            session.add(Invoice(ref=ref, patient_id="p-payer", status=status, issued_at=at, source="fhir",
+                                details_enc=container.vault.encrypt(session, "patient:p-payer", b"{}"), updated_at=at))
+
+    assert purge_expired(container, now=NOW).settled_invoices == 2
+    with transaction(container.sessions) as session:
+        assert sorted(session.scalars(select(Invoice.ref))) == ["due-long-since", "paid-lately"]
+        [purged] = [r.details for r in container.audit.entries(session) if r.action == "retention_purged"]
+    assert purged["settled_invoices"] == 2
+    container.engine.dispose()
+
+
 def test_a_tree_head_is_signed_when_entries_wait_and_the_last_head_is_old_enough(tmp_path):
     container = migrated_container(settings_for(tmp_path))
     assert sign_tree_head_if_due(container, now=NOW) is None  # an empty log needs no head

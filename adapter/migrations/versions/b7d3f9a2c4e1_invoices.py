@@ -36,9 +36,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('invoice', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_invoice_patient_id'), ['patient_id'], unique=False)
+        # The retention purge's: only invoices no longer due.
+        batch_op.create_index('ix_invoice_settled', ['updated_at'], unique=False,
+                              sqlite_where=sa.text("status != 'issued'"), postgresql_where=sa.text("status != 'issued'"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('invoice', schema=None) as batch_op:
+        batch_op.drop_index('ix_invoice_settled')
         batch_op.drop_index(batch_op.f('ix_invoice_patient_id'))
     op.drop_table('invoice')

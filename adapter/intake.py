@@ -321,12 +321,26 @@ class HL7Intake:
         handled in order as if it came alone (stored, checked, acknowledged), then one
         answer holding every message's ACK. Messages that want no ACK (enhanced mode,
         MSH-15 NE) have none in it."""
-        acks = []
-        for message in messages_of(raw):
-            ack = await self.handle(message)
-            if ack:
-                acks.append(ack)
-        return batch_ack(raw, acks, now=self.clock.now().strftime("%Y%m%d%H%M%S%z"), control_id=new_control_id())
+        messages = messages_of(raw)
+        if self._answered_after_processing(messages):  # processed one at a time, in order
+            answers = [await self.handle(message) for message in messages]
+        else:  # queued in order for storage, so they share group commits and keep their order
+            answers = await asyncio.gather(*(self.handle(message) for message in messages))
+        return batch_ack(raw, [ack for ack in answers if ack], now=self.clock.now().strftime("%Y%m%d%H%M%S%z"),
+                         control_id=new_control_id())
+
+    def _answered_after_processing(self, messages: list[bytes]) -> bool:
+        """Whether a message among ``messages`` is answered only once processed (original
+        mode, a facility whose ``ack_timing`` is ``processed``): handled side by side,
+        such messages would be processed side by side, not in the batch's order."""
+        for message in messages:
+            try:
+                header = read_header(message)
+            except HL7Error:
+                continue
+            if not header.enhanced_mode and self.facilities.for_facility(header.facility).ack_timing == "processed":
+                return True
+        return False
 
     async def _handle(self, raw: bytes) -> bytes:
         try:

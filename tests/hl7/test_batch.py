@@ -55,3 +55,40 @@ def test_a_batch_posted_over_http_without_a_file_header_is_answered_the_same_way
         said = segments(answer.content)
         assert said[0].startswith("BHS|") and said[-1] == "BTS|2"
         assert [s[:10] for s in said if s.startswith("MSA|")] == ["MSA|AA|HB1", "MSA|AA|HB2"]
+
+
+def test_a_large_batch_is_stored_in_its_order_and_a_booking_then_its_move_apply_in_that_order(tmp_path):
+    """Messages of a batch share group commits (a night's results in one frame must not take
+    a commit each), yet are stored, and so processed, in the batch's order. A facility that
+    answers after processing gets them handled one by one, in order, too."""
+    import shutil
+
+    from adapter.models import Appointment
+
+    config = tmp_path / "config"
+    shutil.copytree("config", config)
+    yaml = (config / "facilities.yaml").read_text()
+    (config / "facilities.yaml").write_text(yaml.replace("  LAB_CENTRALE:\n", "  AFTER_PROCESSING:\n"
+                                                         "    ack_timing: processed\n  LAB_CENTRALE:\n", 1))
+    bookings = [siu("S12", f"L{n:03d}", START).replace(b"FL1^OSP_TEST", f"FL{n}^OSP_TEST".encode()) for n in range(120)]
+    moved = START + timedelta(days=5)
+
+    def after_processing(raw: bytes) -> bytes:
+        return raw.replace(b"|CUP|OSP_TEST|", b"|CUP|AFTER_PROCESSING|", 1).replace(b"FL1^OSP_TEST", b"FLP^AFTER_PROCESSING")
+
+    with running_adapter(settings_for(tmp_path, config_dir=config)) as adapter:
+        async def send(raw: bytes) -> bytes:
+            async with MLLPConnection("127.0.0.1", adapter.mllp_port, timeout=30) as conn:
+                return await conn.send(raw)
+
+        answer = segments(asyncio.run(send(batch(*bookings))))
+        assert [s.split("|")[2] for s in answer if s.startswith("MSA|")] == [f"L{n:03d}" for n in range(120)]
+        with transaction(adapter.container.sessions) as session:
+            stored = list(session.scalars(select(InboundMessage.control_id).order_by(InboundMessage.id)))
+        assert stored == [f"L{n:03d}" for n in range(120)]
+
+        pair = batch(after_processing(siu("S12", "P1", START)), after_processing(siu("S13", "P2", moved)))
+        assert [s[:9] for s in segments(asyncio.run(send(pair))) if s.startswith("MSA|")] == ["MSA|AA|P1", "MSA|AA|P2"]
+        with transaction(adapter.container.sessions) as session:
+            start = session.scalar(select(Appointment.start).where(Appointment.ref.like("%FLP%")))
+        assert start == moved  # the move, applied after the booking

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -64,8 +64,10 @@ RECORD_RETRY_S = 0.2
 RECORD_RETRY_MAX_S = 2.0
 
 
-_APPOINTMENTS = "round_appointments"  # session.info: {subject ref: Appointment or None}, see Dispatcher._load_round
-_INVOICES = "round_invoices"  # session.info: {subject ref: Invoice or None}, likewise
+# What a notice can be about, each read for a whole round at once (Dispatcher._load_round):
+# session.info[key] is {subject ref: the row or None}.
+_SUBJECTS = {Appointment: "round_appointments", Invoice: "round_invoices"}
+_Subject = TypeVar("_Subject", Appointment, Invoice)
 
 
 def _notifications(session: Session, ids: list[int]) -> list[Notification]:
@@ -435,11 +437,12 @@ class Dispatcher:
         self.gate.load_consent(session, patient_ids)
         load_usable_contacts(session, list(patient_ids))
         refs = {n.subject_ref for n in notifications}
-        appointments = list(session.scalars(select(Appointment).where(Appointment.ref.in_(refs))))
-        session.info[_APPOINTMENTS] = {a.ref: a for a in appointments} | {ref: None for ref in refs - {a.ref for a in appointments}}
-        invoices = list(session.scalars(select(Invoice).where(Invoice.ref.in_(refs))))
-        session.info[_INVOICES] = {i.ref: i for i in invoices} | {ref: None for ref in refs - {i.ref for i in invoices}}
-        return [*notifications, *appointments, *invoices, *load_preferences(session, patient_ids),
+        subjects = []
+        for model, key in _SUBJECTS.items():
+            rows = list(session.scalars(select(model).where(model.ref.in_(refs))))
+            session.info[key] = {ref: None for ref in refs} | {row.ref: row for row in rows}
+            subjects += rows
+        return [*notifications, *subjects, *load_preferences(session, patient_ids),
                 *session.scalars(select(Patient).where(Patient.id.in_(patient_ids)))]
 
     def _prepare(self, session: Session, notification_id: int, leased_until: datetime) -> SendJob | None:
@@ -452,7 +455,7 @@ class Dispatcher:
         moot = self._moot(session, row, now)
         if moot is not None:
             rule = self.rules.by_id(row.rule_id)
-            about = "invoice" if rule is not None and rule.when == "invoice.issued" else "appointment"
+            about = "invoice" if rule is not None and rule.about_invoice else "appointment"
             row.decision = {**row.decision, "at_send": {about: moot}}
             self._end(session, row, "suppressed", moot, now)
             return None
@@ -531,10 +534,10 @@ class Dispatcher:
         cancelled; a recall whose service the patient has booked again; its invoice was
         paid or cancelled), or None; checked at send time as at scheduling time."""
         rule = self.rules.by_id(row.rule_id)
-        if rule is not None and rule.when == "invoice.issued":
-            invoice = self._invoice(session, row)
+        if rule is not None and rule.about_invoice:
+            invoice = self._subject(session, Invoice, row)
             return invoice_moot_at_send(invoice.status if invoice is not None else None)
-        appointment = self._appointment(session, row)
+        appointment = self._subject(session, Appointment, row)
         if appointment is None:
             return None
         planned_for = (row.decision or {}).get("rule", {}).get("appointment_start")
@@ -571,21 +574,16 @@ class Dispatcher:
         return self.window is not None and not row.urgent and not self.window.allows(now, _facility(row))
 
     @staticmethod
-    def _appointment(session: Session, row: Notification) -> Appointment | None:
-        loaded = session.info.get(_APPOINTMENTS, {})
+    def _subject(session: Session, model: type[_Subject], row: Notification) -> _Subject | None:
+        """The appointment or invoice (``model``) the notice is about: as read for the
+        round, else read now."""
+        loaded = session.info.get(_SUBJECTS[model], {})
         if row.subject_ref in loaded:
             return loaded[row.subject_ref]
-        return session.scalar(select(Appointment).where(Appointment.ref == row.subject_ref))
-
-    @staticmethod
-    def _invoice(session: Session, row: Notification) -> Invoice | None:
-        loaded = session.info.get(_INVOICES, {})
-        if row.subject_ref in loaded:
-            return loaded[row.subject_ref]
-        return session.scalar(select(Invoice).where(Invoice.ref == row.subject_ref))
+        return session.scalar(select(model).where(model.ref == row.subject_ref))
 
     def _context(self, session: Session, patient: Patient, row: Notification) -> dict:
-        appointment = self._appointment(session, row)
+        appointment = self._subject(session, Appointment, row)
         context = {
             "patient": {"first_name": first_name(session, self.gate.vault, patient)},
             "clinic": {"name": self.clinic.name, "phone": self.clinic.phone},
@@ -593,7 +591,7 @@ class Dispatcher:
                             "location": appointment.location} if appointment else {},
             "visit": self._visit(appointment, self.templates.pick_language(patient.language)),
         }
-        invoice = self._invoice(session, row)
+        invoice = self._subject(session, Invoice, row)
         if invoice is not None:
             # As the invoice stands now: a total changed since the reminder was planned is the one asked for.
             details = json.loads(self.gate.vault.decrypt_str(session, invoice.details_enc))

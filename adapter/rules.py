@@ -81,7 +81,7 @@ class ReminderRule(BaseModel):
             raise ValueError("services lists no service: list at least one, or leave it out for every service")
         if self.services is not None and not self.when.startswith("appointment."):
             raise ValueError("services only goes with an appointment trigger")
-        if self.when == "invoice.issued" and self.before_start is not None:
+        if self.about_invoice and self.before_start is not None:
             raise ValueError("invoice.issued rules are timed after the issue date (after_start), not before it")
         return self
 
@@ -89,6 +89,11 @@ class ReminderRule(BaseModel):
         """Whether the rule applies to an appointment of ``service_code`` ("": not said,
         which only a rule without ``services`` covers)."""
         return self.services is None or any(match.matches(service_code) for match in self.services)
+
+    @property
+    def about_invoice(self) -> bool:
+        """Its notice is about an invoice (a payment reminder), not an appointment."""
+        return self.when == "invoice.issued"
 
     @property
     def recall(self) -> bool:

@@ -146,6 +146,9 @@ def _begin_immediate(lock: FairLock, execute: Callable[[str], Any], *, priority:
         raise
 
 
+CONNECT_TIMEOUT_S = 10  # a PostgreSQL host that drops packets: an answer, not a two-minute wait
+
+
 def database_name(url: str) -> str:
     """The database at ``url`` as an operator names it, never with its password.
 
@@ -235,7 +238,7 @@ def make_engine(url: str) -> Engine:
     # in seconds, not after the system's TCP timeout. hide_parameters: an error's text
     # (logged, or raised to a caller) never carries the values bound to its statement.
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True,
-                         connect_args={"connect_timeout": 10})
+                         connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
 
 
 @contextmanager

@@ -18,12 +18,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from adapter.db import cannot_connect, database_name
+from adapter.db import CONNECT_TIMEOUT_S, cannot_connect, database_name
 from adapter.errors import DatabaseUnusable
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MIGRATE = "run `python -m adapter migrate`"
-CONNECT_TIMEOUT_S = 10  # a host that drops packets: an answer, not a two-minute wait
 
 
 def alembic_config(url: str) -> Config:

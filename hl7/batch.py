@@ -20,14 +20,15 @@ from __future__ import annotations
 import re
 
 from hl7.client import split_file
+from hl7.header import strip_leading
 
 _HEADS = (b"FHS", b"BHS")
-_SEGMENT_ENDS = re.compile(rb"\r\n|[\r\n]")
+_SEGMENT = re.compile(rb"[^\r\n]+")
 
 
 def is_batch(raw: bytes) -> bool:
     """Whether ``raw`` opens with a file or batch header (after blanks or a byte order mark)."""
-    return raw[:64].lstrip(b"\xef\xbb\xbf\r\n\t ")[:3] in _HEADS
+    return strip_leading(raw[:64])[:3] in _HEADS
 
 
 def messages_of(raw: bytes) -> list[bytes]:
@@ -40,7 +41,8 @@ def batch_ack(raw: bytes, acks: list[bytes], *, now: str, control_id: str) -> by
     swapped, a new control id in FHS-11/BHS-11, the sender's in FHS-12/BHS-12), the
     ``acks`` of its messages in order, then BTS (how many) and FTS when it had an FHS."""
     heads = {}
-    for line in _SEGMENT_ENDS.split(raw.lstrip(b"\xef\xbb\xbf\r\n\t ")):
+    for match in _SEGMENT.finditer(strip_leading(raw)):  # up to the first message, not the whole batch
+        line = match.group()
         if line[:3] in _HEADS and line[:3] not in heads:
             heads[line[:3]] = line.decode("latin-1")
         elif line[:3] == b"MSH":

@@ -163,7 +163,8 @@ def _first_segment(raw: bytes) -> bytes:
     return raw[: min(ends)] if ends else raw
 
 
-def _strip_leading(raw: bytes) -> bytes:
+def strip_leading(raw: bytes) -> bytes:
+    """``raw`` without a byte order mark and the blanks or line ends before its first segment."""
     if raw.startswith(_BOM):
         raw = raw[3:]
     return raw.lstrip(b"\r\n\t ")
@@ -177,7 +178,7 @@ def _is_separator(char: bytes) -> bool:
 
 def read_separators(raw: bytes) -> Separators:
     """MSH-1 and MSH-2 from the start of a message. Raises ``HeaderError``."""
-    raw = _strip_leading(raw)
+    raw = strip_leading(raw)
     if not raw.startswith(b"MSH") or len(raw) < 8:
         raise HeaderError("message does not start with an MSH segment")
     end = raw.find(raw[3:4], 4)
@@ -216,7 +217,7 @@ def read_header_leniently(raw: bytes) -> MessageHeader:
 
 def _read_header(raw: bytes, *, lenient: bool) -> MessageHeader:
     sep = read_separators(raw)
-    line = _first_segment(_strip_leading(raw))
+    line = _first_segment(strip_leading(raw))
     if b"\x00" in line:  # no HL7 value holds one; PostgreSQL text refuses it
         if not lenient:
             raise HeaderError("MSH contains a NUL byte", code="102")

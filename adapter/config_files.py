@@ -8,6 +8,7 @@ import string
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -56,3 +57,13 @@ def foreign_placeholder(template: str, allowed: frozenset[str]) -> str | None:
     except ValueError as exc:
         raise ValueError(f"a stray brace in the link: {exc}") from None
     return next((name for name, spec, conversion in fields if name not in allowed or spec or conversion), None)
+
+
+def fill_link(template: str, **values: str) -> str:
+    """A link template checked by :func:`foreign_placeholder`, filled with ``values``, each
+    URL-quoted whole (a ``/`` or ``&`` in a value cannot change the link's path or query).
+
+    >>> fill_link("https://x.example/q?id={id}", id="FL 1/2")
+    'https://x.example/q?id=FL%201%2F2'
+    """
+    return template.format(**{name: quote(value, safe="") for name, value in values.items()})

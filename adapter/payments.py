@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from string import Formatter
-from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from adapter.config_files import foreign_placeholder, load_yaml_config
+from adapter.config_files import fill_link, foreign_placeholder, load_yaml_config
 from fhir.settings import PAGOPA_NOTICE_SYSTEM
 
 # What a payment link may carry: the invoice's own references, never a name or fiscal code.
@@ -69,7 +68,7 @@ class PaymentConfig(BaseModel):
         needed = {name for _, name, _, _ in Formatter().parse(template) if name}
         if not template or any(not values[name] for name in needed):
             return ""
-        return template.format(**{name: quote(value, safe="") for name, value in values.items()})
+        return fill_link(template, **values)
 
 
 def load_payments(path: Path) -> PaymentConfig:

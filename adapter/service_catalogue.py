@@ -11,11 +11,11 @@ Pure: loading and validating the file, finding a service's entry, writing the li
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from adapter.config_files import foreign_placeholder, load_yaml_config
+from adapter.config_files import fill_link, foreign_placeholder, load_yaml_config
 from adapter.errors import ConfigError
 from adapter.rules import RuleSet
 from adapter.templates import LANGUAGES
@@ -66,7 +66,7 @@ class ServiceInfo(CodeMatch):
         """
         if not self.form_url:
             return ""
-        return self.form_url.format(appointment_id=quote(appointment_id, safe=""), language=quote(language, safe=""))
+        return fill_link(self.form_url, appointment_id=appointment_id, language=language)
 
 
 class ServiceCatalogue(BaseModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -110,6 +111,15 @@ class FairLock:
                     self._cond.wait()
             self._owner, self._depth, self._owner_ticketed = me, 1, not priority
 
+    def acquire_if_free(self) -> bool:
+        """Take the lock as a ``priority`` acquire would, but only if no thread
+        holds it now; never waits."""
+        with self._cond:
+            if self._owner is not None:
+                return False
+            self._owner, self._depth, self._owner_ticketed = threading.get_ident(), 1, False
+            return True
+
     def release(self) -> None:
         with self._cond:
             if self._owner != threading.get_ident():
@@ -135,6 +145,22 @@ def _write_lock(path: str) -> FairLock:
         return _WRITE_LOCKS.setdefault(str(Path(path).resolve()) if path != ":memory:" else path, FairLock())
 
 
+def _begin_immediate_if_free(lock: FairLock, cursor: Any) -> bool:
+    """:func:`_begin_immediate` only if neither this process's write lock nor
+    SQLite's (another process's transaction) is held: False at once otherwise."""
+    if not lock.acquire_if_free():
+        return False
+    cursor.execute("PRAGMA busy_timeout=0")
+    try:
+        cursor.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:  # database is locked: another process writes
+        lock.release()
+        return False
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return True
+
+
 def _begin_immediate(lock: FairLock, execute: Callable[[str], Any], *, priority: bool = False) -> None:
     """Take this process's write lock, then SQLite's: IMMEDIATE takes it up front,
     so claims and upserts never deadlock on a lock upgrade between two processes."""
@@ -146,6 +172,7 @@ def _begin_immediate(lock: FairLock, execute: Callable[[str], Any], *, priority:
         raise
 
 
+BUSY_TIMEOUT_MS = 30_000  # SQLite: how long a statement waits for another process's write lock
 CONNECT_TIMEOUT_S = 10  # a PostgreSQL host that drops packets: an answer, not a two-minute wait
 
 
@@ -194,7 +221,7 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -242,12 +269,13 @@ def make_engine(url: str) -> Engine:
 
 
 @contextmanager
-def raw_transaction(engine: Engine, *, priority: bool = False) -> Iterator[Any]:
+def raw_transaction(engine: Engine, *, priority: bool = False, wait: bool = True) -> Iterator[Any]:
     """A DB-API cursor in a transaction of its own, for the few hot statements
     where SQLAlchemy's per-statement work costs more than the statement. On
     SQLite it takes the same write lock and ``BEGIN IMMEDIATE`` as every other
-    transaction here (``priority``: before every waiting background transaction).
-    Commits on success, rolls back on any error."""
+    transaction here (``priority``: before every waiting background transaction;
+    not ``wait``: only if no one holds it now, else the cursor is None and there
+    is no transaction). Commits on success, rolls back on any error."""
     connection = engine.raw_connection()
     lock = _ENGINE_WRITE_LOCKS.get(engine)
     if lock is None and engine.dialect.name == "sqlite":
@@ -255,7 +283,11 @@ def raw_transaction(engine: Engine, *, priority: bool = False) -> Iterator[Any]:
     try:
         cursor = connection.cursor()
         if lock is not None:
-            _begin_immediate(lock, cursor.execute, priority=priority)
+            if wait:
+                _begin_immediate(lock, cursor.execute, priority=priority)
+            elif not _begin_immediate_if_free(lock, cursor):
+                yield None
+                return
         try:
             yield cursor
         except BaseException:

@@ -23,12 +23,14 @@ def siu(control_id: str) -> bytes:
             "PID|1||M1^^^OSP^MR||Rossi^Ada||19800101|F\r").encode()
 
 
-async def two_waves(writer, gap_s: float) -> None:
-    """Four messages at once; then one, and three more ``gap_s`` later."""
+async def two_waves(writer, gap_s: float, *, then=lambda: None) -> None:
+    """Four messages at once; then one, and three more ``gap_s`` later; ``then()``
+    before the writer stops."""
     await asyncio.gather(*(writer.store(read_header(raw), raw) for raw in map(siu, ("W1", "W2", "W3", "W4"))))
     first = asyncio.ensure_future(writer.store(read_header(siu("S1")), siu("S1")))
     await asyncio.sleep(gap_s)
     await asyncio.gather(first, *(writer.store(read_header(raw), raw) for raw in map(siu, ("S2", "S3", "S4"))))
+    then()
     await writer.stop()
 
 
@@ -142,3 +144,87 @@ def test_a_message_the_database_refuses_fails_alone_not_the_messages_stored_with
         stored = set(session.scalars(select(InboundMessage.control_id)))
     assert stored == {"G-first", "G0", "G1", "G2"}
     container.engine.dispose()
+
+
+def _store_threads() -> set[int]:
+    import threading
+
+    return {t.ident for t in threading.enumerate() if t.name.startswith("hl7-store")}
+
+
+def test_on_sqlite_an_ack_s_write_runs_on_the_event_loop_when_the_lock_is_free(tmp_path):
+    """Handing a quick write to the store thread and back cost more than the write
+    (bench/mllp.py's floor servers); so with the lock free, no store thread at all."""
+    container = migrated_container(settings_for(tmp_path))
+    first = siu("FIRST")  # the system key read and cached
+    container.intake.writer.write([(read_header(first), first)])
+    before, after = _store_threads(), set()
+    asyncio.run(two_waves(container.intake.writer, gap_s=0.01, then=lambda: after.update(_store_threads())))
+    assert after - before == set()
+    assert sum(len(group) for group in transactions(container)) == 9
+
+
+def test_an_ack_s_write_that_would_wait_for_the_lock_waits_in_the_store_thread_not_on_the_loop(tmp_path):
+    """While background work holds the write lock, the event loop goes on (other
+    connections read, HTTP answers); the message is stored once the lock is free."""
+    import threading
+
+    from adapter.db import transaction
+
+    container = migrated_container(settings_for(tmp_path))
+    first = siu("FIRST")
+    container.intake.writer.write([(read_header(first), first)])
+    holding, release = threading.Event(), threading.Event()
+
+    def background_transaction() -> None:
+        with transaction(container.sessions) as session:
+            session.execute(select(InboundMessage.id))
+            holding.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=background_transaction)
+    worker.start()
+    assert holding.wait(5)
+    before = _store_threads()
+
+    async def store_while_held() -> int:
+        raw = siu("HELD")
+        stored = asyncio.ensure_future(container.intake.writer.store(read_header(raw), raw))
+        ticks = 0
+        for _ in range(20):  # the loop must keep turning while the write waits
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert not stored.done()
+        assert _store_threads() - before
+        release.set()
+        await stored
+        await container.intake.writer.stop()
+        return ticks
+
+    assert asyncio.run(store_while_held()) == 20
+    worker.join()
+    assert {"FIRST", "HELD"} == {c for group in transactions(container) for c in group}
+
+
+def test_after_a_slow_write_the_next_goes_to_the_store_thread(tmp_path, monkeypatch):
+    """A slow disk's sync would keep every connection waiting on the loop."""
+    import adapter.intake
+
+    container = migrated_container(settings_for(tmp_path))
+    first = siu("FIRST")
+    container.intake.writer.write([(read_header(first), first)])
+    monkeypatch.setattr(adapter.intake, "INLINE_WRITE_S", 0.0)  # every write counts as slow
+    before = _store_threads()
+
+    async def store(control_id: str) -> None:
+        raw = siu(control_id)
+        await container.intake.writer.store(read_header(raw), raw)
+
+    async def two() -> set[int]:
+        await store("A")
+        await store("B")
+        threads = _store_threads()
+        await container.intake.writer.stop()
+        return threads
+
+    assert asyncio.run(two()) - before

@@ -244,3 +244,55 @@ def test_each_batch_of_stored_work_waits_told_how_long_the_previous_one_took():
     done = process_all(lambda: batches.pop(0) if batches else [], process_batch, told.append)
     assert done == 4
     assert told[0] == 0.0 and told[1] >= 0.04 and 0.02 <= told[2] < 0.04
+
+
+def test_a_raw_transaction_that_may_not_wait_gets_no_cursor_while_another_holds_the_lock(tmp_path):
+    """``wait=False`` (the ACK's write on the event loop): while another thread of this
+    process, or another process, holds the write lock, no cursor and no transaction,
+    at once; SQLite's busy timeout is as before afterwards."""
+    import sqlite3
+
+    path = tmp_path / "raw.db"
+    engine = make_engine(f"sqlite:///{path}")
+    with raw_transaction(engine) as cursor:
+        cursor.execute("CREATE TABLE t (v INTEGER)")
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with transaction(make_sessionmaker(engine)) as session:
+            session.execute(text("INSERT INTO t VALUES (1)"))
+            holding.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(5)
+    with raw_transaction(engine, wait=False) as cursor:
+        assert cursor is None
+    assert holder.is_alive()
+    done.set()
+    holder.join()
+
+    other_process = sqlite3.connect(path, isolation_level=None)
+    other_process.execute("BEGIN IMMEDIATE")
+    answered = []
+    attempt = threading.Thread(target=lambda: answered.append(_cursor_if_free(engine)))
+    attempt.start()
+    attempt.join(5)  # SQLite's busy handler would keep it 30 s
+    assert answered == [None]
+    other_process.execute("ROLLBACK")
+
+    with raw_transaction(engine, wait=False) as cursor:
+        cursor.execute("INSERT INTO t VALUES (2)")
+        cursor.execute("PRAGMA busy_timeout")
+        assert cursor.fetchone()[0] == 30_000
+    with raw_transaction(engine) as cursor:
+        cursor.execute("SELECT v FROM t ORDER BY v")
+        assert cursor.fetchall() == [(1,), (2,)]
+    other_process.close()
+    engine.dispose()
+
+
+def _cursor_if_free(engine):
+    with raw_transaction(engine, wait=False) as cursor:
+        return cursor

@@ -92,7 +92,7 @@ def siu(trigger: str, control_id: str, start: datetime, status: str = "Booked") 
     ts = start.strftime("%Y%m%d%H%M%S+0000")
     return ("\r".join([
         f"MSH|^~\\&|CUP|OSP_TEST|ADAPTER|NOTIFY|20260101000000||SIU^{trigger}^SIU_S12|{control_id}|P|2.5||||||UNICODE UTF-8",
-        f"SCH|PL1^CUP|FL1^OSP_TEST|||||VIS^Visita||30|min|^^^{ts}|||||||||||||{status}",
+        f"SCH|PL1^CUP|FL1^OSP_TEST|||||VIS^Visita||30|min|^^^{ts}||||||||||||||{status}",  # SCH-25 filler status
         "PID|1||0012345^^^OSP_TEST^MR||D'Alò^Nicolò||19800101|M|||||^PRN^CP^^39^333^1234567||it",
         f"AIS|1||CARD01^Visita^L|{ts}|0|min|30|min",
     ]) + "\r").encode()

@@ -6,10 +6,9 @@ control ids, sender, type, times and the reason only."""
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, or_, select
@@ -18,8 +17,6 @@ from sqlalchemy.orm import Session
 from adapter.models import InboundMessage, InboundRaw
 
 IN_STORE = ("error", "rejected")
-_AGO = re.compile(r"(\d+)\s*([mhd])")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
 
 def since_moment(text: str, now: datetime) -> datetime:
@@ -31,10 +28,13 @@ def since_moment(text: str, now: datetime) -> datetime:
     >>> since_moment("2026-11-28T09:00:00+01:00", datetime(2026, 11, 28, 10, tzinfo=UTC)).isoformat()
     '2026-11-28T08:00:00+00:00'
     """
+    from adapter.rules import parse_duration
     from compliance.audit_export import parse_since
 
-    if match := _AGO.fullmatch(text.strip()):
-        return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
     try:
         moment = parse_since(text)
     except ValueError as exc:

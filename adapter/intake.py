@@ -306,6 +306,14 @@ class GroupCommitWriter:
         return out
 
 
+def _header_of(raw: bytes) -> MessageHeader | HL7Error:
+    """The message's header, or why it cannot be read (answered as such)."""
+    try:
+        return read_header(raw)
+    except HL7Error as exc:
+        return exc
+
+
 class HL7Intake:
     """The handler behind MLLP and ``POST /hl7/v2``: raw bytes in, ACK bytes out."""
 
@@ -333,8 +341,11 @@ class HL7Intake:
     async def handle(self, raw: bytes) -> bytes:
         if not raw.startswith(b"MSH") and is_batch(raw):  # a batch: rare, so tested second
             return await self._handle_batch(raw)
+        return await self._handle_one(raw, _header_of(raw))
+
+    async def _handle_one(self, raw: bytes, header: MessageHeader | HL7Error) -> bytes:
         began = time.perf_counter()
-        ack = await self._handle(raw)
+        ack = await self._handle(raw, header)
         _HL7_ACK_LATENCY.observe(time.perf_counter() - began)
         _received(ack_code(ack)).inc()
         return ack
@@ -344,32 +355,24 @@ class HL7Intake:
         handled in order as if it came alone (stored, checked, acknowledged), then one
         answer holding every message's ACK. Messages that want no ACK (enhanced mode,
         MSH-15 NE) have none in it."""
-        messages = messages_of(raw)
-        if self._answered_after_processing(messages):  # processed one at a time, in order
-            answers = [await self.handle(message) for message in messages]
+        messages = [(message, _header_of(message)) for message in messages_of(raw)]
+        if self._answered_after_processing([header for _, header in messages]):  # one at a time, in order
+            answers = [await self._handle_one(*message) for message in messages]
         else:  # queued in order for storage, so they share group commits and keep their order
-            answers = await asyncio.gather(*(self.handle(message) for message in messages))
+            answers = await asyncio.gather(*(self._handle_one(*message) for message in messages))
         return batch_ack(raw, [ack for ack in answers if ack], now=self.clock.now().strftime("%Y%m%d%H%M%S%z"),
                          control_id=new_control_id())
 
-    def _answered_after_processing(self, messages: list[bytes]) -> bool:
-        """Whether a message among ``messages`` is answered only once processed (original
-        mode, a facility whose ``ack_timing`` is ``processed``): handled side by side,
-        such messages would be processed side by side, not in the batch's order."""
-        for message in messages:
-            try:
-                header = read_header(message)
-            except HL7Error:
-                continue
-            if not header.enhanced_mode and self.facilities.for_facility(header.facility).ack_timing == "processed":
-                return True
-        return False
+    def _answered_after_processing(self, headers: list[MessageHeader | HL7Error]) -> bool:
+        """Whether a message among those with ``headers`` is answered only once processed
+        (original mode, a facility whose ``ack_timing`` is ``processed``): handled side by
+        side, such messages would be processed side by side, not in the batch's order."""
+        return any(isinstance(header, MessageHeader) and not header.enhanced_mode
+                   and self.facilities.for_facility(header.facility).ack_timing == "processed" for header in headers)
 
-    async def _handle(self, raw: bytes) -> bytes:
-        try:
-            header = read_header(raw)
-        except HL7Error as exc:
-            return build_reject_for_unreadable(raw, exc.reason, code=exc.code)
+    async def _handle(self, raw: bytes, header: MessageHeader | HL7Error) -> bytes:
+        if isinstance(header, HL7Error):
+            return build_reject_for_unreadable(raw, header.reason, code=header.code)
         if not header.control_id:
             return build_ack(header, AckCode.AR, error=AckError("101", "MSH-10 (message control id) is empty"))
         accept, error_code, reject = (

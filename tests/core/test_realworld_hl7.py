@@ -63,6 +63,16 @@ CASES: dict[str, Expect] = {
         "AppointmentBooked", key=("POLI_VERDI", "M000045567"), start=datetime(2027, 12, 12, 8, 30, tzinfo=UTC))),
     "adt_a08_numeric_facility.hl7": Expect(events=_one(
         "PatientUpdated", key=("18802555", "500036547"), telecom=[("phone", "+393331234567")], language="it")),
+    "siu_s12_start_in_sch11_1.hl7": Expect(events=_one(
+        "AppointmentBooked", start=datetime(2027, 12, 13, 8, 45, tzinfo=UTC))),
+    "siu_s12_v27_start_in_tq1.hl7": Expect(events=_one(
+        "AppointmentBooked", start=datetime(2027, 12, 3, 9, 15, tzinfo=UTC), telecom=[("phone", "+393477654321")])),
+    "siu_s12_patient_id_type_pi.hl7": Expect(events=_one(
+        "AppointmentBooked", key=("www.praxis-esempio.it", "s1299de4014"), start=datetime(2027, 12, 16, 12, tzinfo=UTC),
+        telecom=[("phone", "+393331234567"), ("email", "nicolo.dalo@example.it")])),
+    "oru_r01_untyped_patient_id.hl7": Expect("error", (
+        "no PID-3 identifier matches patient_key of sending facility LAB_SUD (the default entry, as it has none of its "
+        "own in config/facilities.yaml tries type MR; type PI); PID-3 has: type (none in CX-5) authority (none in CX-4)")),
 }
 
 

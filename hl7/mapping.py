@@ -84,6 +84,7 @@ from adapter.events import (
 from hl7.datatypes import (
     NULL,
     contact_from_xtn,
+    email_beside,
     identifier_from_cx,
     language_from_ce,
     parse_ts,
@@ -312,8 +313,9 @@ def _telecom(pid: Segment, context: _Context) -> tuple[tuple[ContactPoint, ...],
             expires = _optional_ts(xtn.component(14), context.zone)
             if reaches_someone_else(xtn) or (expires is not None and expires <= context.received_at):
                 continue
-            if all(c.value != contact.value for c in found):
-                found.append(contact)
+            for point in (contact, email_beside(xtn, contact, business=business)):
+                if point is not None and all(c.value != point.value for c in found):
+                    found.append(point)
     points = tuple(ContactPoint(c.system, c.value, c.use, rank) for rank, c in enumerate(found, start=1))
     return points, listed
 

@@ -244,7 +244,8 @@ def _no_patient_key(reps: list[Repetition], context: _Context) -> str:
         f"authority {(cx.component(4, 1) or cx.component(4, 2)).strip() or '(none in CX-4)'}"
         for cx in reps)) or "none"
     where = "its entry" if context.entry != "default" else "the default entry, as it has none of its own"
-    return (f"no PID-3 identifier matches patient_key of sending facility {context.authority[:60] or '(empty MSH-4)'}"
+    facility = context.sender.partition("^")[2][:60] or "(empty MSH-4)"
+    return (f"no PID-3 identifier matches patient_key of sending facility {facility}"
             f" ({where} in config/facilities.yaml tries {tried}); PID-3 has: {present[:300]}")
 
 
@@ -326,7 +327,8 @@ def _system_value(identifier: Identifier) -> tuple[str, str]:
 
 # ---------------------------------------------------------------- SIU
 
-_SIU_STATUS_EVENTS = {"CANCELLED": "cancelled", "DELETED": "deleted"}
+# "Canceled" as US systems spell it (WebChart/MIE writes SCH-25 CANCELED) beside the table's.
+_SIU_STATUS_EVENTS = {"CANCELLED": "cancelled", "CANCELED": "cancelled", "DELETED": "deleted"}
 # SCH-25 filler statuses (table 0278) with which an S14 closes the appointment.
 _SIU_CLOSING_STATUSES = frozenset({*_SIU_STATUS_EVENTS, "NOSHOW", "COMPLETE"})
 # SCH-25 statuses of a request not yet booked (table 0278): nothing to tell the patient

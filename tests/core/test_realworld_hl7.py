@@ -76,6 +76,10 @@ CASES: dict[str, Expect] = {
     "siu_s12_email_beside_phone.hl7": Expect(events=_one(
         "AppointmentBooked", key=("MR", "123456"), language="it", start=datetime(2027, 12, 27, 7, 15, tzinfo=UTC),
         telecom=[("phone", "+393331234567"), ("email", "nicolo.dalo@example.it"), ("phone", "+393337654321")])),
+    "siu_s14_status_canceled_us_spelling.hl7": Expect(events=_one("AppointmentCancelled", reason="cancelled")),
+    "adt_a08_empty_sender_untyped_id.hl7": Expect("error", (
+        "no PID-3 identifier matches patient_key of sending facility (empty MSH-4) (the default entry, as it has none "
+        "of its own in config/facilities.yaml tries type MR; type PI); PID-3 has: type (none in CX-5) authority PVS1")),
     "oru_r01_untyped_patient_id.hl7": Expect("error", (
         "no PID-3 identifier matches patient_key of sending facility LAB_SUD (the default entry, as it has none of its "
         "own in config/facilities.yaml tries type MR; type PI); PID-3 has: type (none in CX-5) authority (none in CX-4)")),

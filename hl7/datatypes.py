@@ -129,6 +129,16 @@ def contact_from_xtn(xtn: Repetition, *, business: bool, region: str) -> Contact
     return ContactPoint(system="phone", value=e164, use=use)
 
 
+def email_beside(xtn: Repetition, contact: ContactPoint, *, business: bool) -> ContactPoint | None:
+    """The e-mail address in XTN-4 of an XTN whose number ``contact`` is: some senders write
+    the patient's e-mail beside the home phone, in the same repetition
+    (``5551234567^PRN^PH^nome@example.it``, WebChart/MIE), rather than in one of its own."""
+    address = xtn.component(4).strip()
+    if contact.system == "email" or "@" not in address:
+        return None
+    return ContactPoint(system="email", value=address, use="work" if business else "home")
+
+
 def reaches_someone_else(xtn: Repetition) -> bool:
     """An emergency (XTN-2 ``EMR``) or answering service (``ASN``) number: someone
     else's, to reach the patient through, not the patient's own."""

@@ -7,7 +7,7 @@ the keys it does not set.
 
 >>> cfg = FacilityConfig.model_validate({"facilities": {"default": {}}})
 >>> cfg.for_facility("ANY").start_time
-['SCH-11', 'AIS-4']
+['SCH-11', 'AIS-4', 'TQ1-7']
 """
 
 from __future__ import annotations
@@ -121,10 +121,12 @@ class FacilityRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     patient_key: list[PatientKeyRule] = Field(
-        default_factory=lambda: [PatientKeyRule(identifier_type="MR")], min_length=1
+        default_factory=lambda: [PatientKeyRule(identifier_type="MR"), PatientKeyRule(identifier_type="PI")],
+        min_length=1,
     )
-    """PID-3 repetitions to use as the patient key, tried in order."""
-    start_time: list[StartTimeField] = Field(default_factory=lambda: ["SCH-11", "AIS-4"], min_length=1)
+    """PID-3 repetitions to use as the patient key, tried in order. By default the sender's own
+    record number: MR, else PI (the patient identifier IHE PAM/PIX senders write)."""
+    start_time: list[StartTimeField] = Field(default_factory=lambda: ["SCH-11", "AIS-4", "TQ1-7"], min_length=1)
     """Where the appointment start is, tried in order (SCH-11.4 TQ start, AIS-4 of the earliest
     AIS, TQ1-7)."""
     appointment_id: Literal["filler", "placer"] = "filler"

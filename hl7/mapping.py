@@ -84,6 +84,7 @@ from adapter.events import (
 from hl7.datatypes import (
     NULL,
     contact_from_xtn,
+    email_beside,
     identifier_from_cx,
     language_from_ce,
     parse_ts,
@@ -109,6 +110,7 @@ class _Context:
     zone: ZoneInfo
     occurred_at: datetime
     received_at: datetime
+    entry: str = "default"  # the config/facilities.yaml entry read: MSH-4, or default
 
 
 def refusal(code: str, trigger: str, version: str) -> UnsupportedMessage | None:
@@ -178,7 +180,8 @@ def _context(message: Message, facilities: FacilityConfig, received_at: datetime
     if evn is not None:
         occurred = _optional_ts(evn.value(6), zone) or _optional_ts(evn.value(2), zone) or occurred
     origin = Origin(source="hl7", sender=sender, message_ref=msh.value(10).strip())
-    return _Context(origin, sender, facility or sender, rule, zone, occurred or received_at, received_at)
+    entry = facility if facility in facilities.facilities else "default"
+    return _Context(origin, sender, facility or sender, rule, zone, occurred or received_at, received_at, entry)
 
 
 def _optional_ts(value: str, zone: ZoneInfo) -> datetime | None:
@@ -208,12 +211,7 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
     identifiers = tuple(identifier_from_cx(r, context.authority) for r in reps)
     key = _pick_identifier(reps, context)
     if key is None:
-        kinds = sorted({i.kind or "?" for i in identifiers})
-        raise MappingError(
-            f"no PID-3 identifier matches patient_key for this facility "
-            f"(identifier types present: {', '.join(kinds) or 'none'})",
-            "101",
-        )
+        raise MappingError(_no_patient_key(reps, context), "101")
     names = _names(pid)
     telecom, telecom_listed = _telecom(pid, context)
     language = language_from_ce(pid.value(15, 1), pid.value(15, 2))
@@ -232,6 +230,23 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
         language=language,
         cleared=frozenset(cleared),
     )
+
+
+def _no_patient_key(reps: list[Repetition], context: _Context) -> str:
+    """Why no identifier was taken as the patient key, for the error store and an AE: the
+    rules tried and each identifier's type and authority, never its value."""
+    tried = "; ".join(
+        " ".join(part for part in (rule.identifier_type and f"type {rule.identifier_type}",
+                                   rule.assigning_authority and f"authority {rule.assigning_authority}") if part)
+        for rule in context.rule.patient_key)
+    present = ", ".join(dict.fromkeys(
+        f"type {cx.component(5).strip() or '(none in CX-5)'} "
+        f"authority {(cx.component(4, 1) or cx.component(4, 2)).strip() or '(none in CX-4)'}"
+        for cx in reps)) or "none"
+    where = "its entry" if context.entry != "default" else "the default entry, as it has none of its own"
+    facility = context.sender.partition("^")[2][:60] or "(empty MSH-4)"
+    return (f"no PID-3 identifier matches patient_key of sending facility {facility}"
+            f" ({where} in config/facilities.yaml tries {tried}); PID-3 has: {present[:300]}")
 
 
 def _ids(segment: Segment, field: int) -> list[Repetition]:
@@ -299,8 +314,9 @@ def _telecom(pid: Segment, context: _Context) -> tuple[tuple[ContactPoint, ...],
             expires = _optional_ts(xtn.component(14), context.zone)
             if reaches_someone_else(xtn) or (expires is not None and expires <= context.received_at):
                 continue
-            if all(c.value != contact.value for c in found):
-                found.append(contact)
+            for point in (contact, email_beside(xtn, contact, business=business)):
+                if point is not None and all(c.value != point.value for c in found):
+                    found.append(point)
     points = tuple(ContactPoint(c.system, c.value, c.use, rank) for rank, c in enumerate(found, start=1))
     return points, listed
 
@@ -311,7 +327,8 @@ def _system_value(identifier: Identifier) -> tuple[str, str]:
 
 # ---------------------------------------------------------------- SIU
 
-_SIU_STATUS_EVENTS = {"CANCELLED": "cancelled", "DELETED": "deleted"}
+# "Canceled" as US systems spell it (WebChart/MIE writes SCH-25 CANCELED) beside the table's.
+_SIU_STATUS_EVENTS = {"CANCELLED": "cancelled", "CANCELED": "cancelled", "DELETED": "deleted"}
 # SCH-25 filler statuses (table 0278) with which an S14 closes the appointment.
 _SIU_CLOSING_STATUSES = frozenset({*_SIU_STATUS_EVENTS, "NOSHOW", "COMPLETE"})
 # SCH-25 statuses of a request not yet booked (table 0278): nothing to tell the patient
@@ -399,10 +416,15 @@ def _start_end(
     zone = context.zone
     for where in context.rule.start_time:
         if where == "SCH-11":
-            start = _required_ts(sch.value(11, 4, 1), zone, "SCH-11.4")
+            written, part = sch.value(11, 4, 1), "SCH-11.4"
+            if not written.strip() and ts_has_time(sch.value(11, 1)):
+                # MEDITECH and others write the start as SCH-11 whole, so in SCH-11.1 (TQ-1,
+                # a quantity, which is never a date and time).
+                written, part = sch.value(11, 1), "SCH-11.1"
+            start = _required_ts(written, zone, part)
             if start is not None:
-                end = _required_ts(sch.value(11, 5, 1), zone, "SCH-11.5")
-                return start, end or _plus_duration(start, sch.value(9), sch.value(10, 1)), ts_has_time(sch.value(11, 4, 1))
+                end = _required_ts(sch.value(11, 5, 1), zone, "SCH-11.5") if part == "SCH-11.4" else None
+                return start, end or _plus_duration(start, sch.value(9), sch.value(10, 1)), ts_has_time(written)
         elif where == "AIS-4":
             # One AIS per service booked (a blood test, then the visit), in no promised order:
             # the appointment starts with the earliest and ends with the last.

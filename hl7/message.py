@@ -38,7 +38,8 @@ def segment_lines(text: str) -> list[str]:
 def unescape(text: str, sep: Separators, charset_codec: str = "utf-8") -> str:
     """Decode HL7 escape sequences (HL7 v2.5 §2.7): ``\\F\\ \\S\\ \\T\\ \\R\\
     \\E\\`` (and v2.7 ``\\P\\``) to the separators, ``\\Xhh...\\`` to the
-    characters those bytes are in the message's character set, ``\\.br\\`` to a
+    characters those bytes are in the message's character set (or UTF-16 code units, when
+    a high byte is NUL), ``\\.br\\`` to a
     line break; highlighting and character-set switches are dropped; anything
     else (local ``\\Z...\\`` escapes, a stray escape character) is kept as written."""
     esc = sep.escape
@@ -82,6 +83,13 @@ def _escape_value(seq: str, sep: Separators, codec: str, written: str) -> str:
             data = bytes.fromhex(seq[1:])
         except ValueError:
             return written
+        if len(data) % 2 == 0 and 0 in data[::2]:
+            # Dedalus HELIOS and others write a character as its UTF-16 code unit (\X00E0\
+            # for à, in an 8859/1 message): no text holds a NUL, so a NUL high byte says so.
+            try:
+                return data.decode("utf-16-be")
+            except UnicodeDecodeError:
+                pass
         try:
             return data.decode(codec)
         except UnicodeDecodeError:

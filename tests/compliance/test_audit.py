@@ -323,6 +323,25 @@ def test_resource_and_message_references_are_not_mistaken_for_phone_numbers(valu
     check_no_personal_data(actor="adapter", subject="patient:abc", reason="", details={"ref": value})
 
 
+@pytest.mark.parametrize("details", [
+    {"ref": "780123456"}, {"ref": "20240115143022"}, {"sender": "ATHENANET^18802555"},
+    {"sender": "LAB^2.16.840.1.113883.19.3.1"}, {"facility": "18802555"},
+])
+def test_numbered_message_and_sender_ids_are_not_mistaken_for_phone_numbers(details):
+    """MSH-10 and MSH-3/MSH-4 as senders write them (Meditech, Athena, OIDs): ids, not phones."""
+    from compliance.audit import check_no_personal_data
+
+    check_no_personal_data(actor="adapter", subject="patient:abc", reason="", details=details)
+
+
+@pytest.mark.parametrize("details", [{"note": "780123456"}, {"ref": "mario.rossi@example.it"}])
+def test_the_same_digits_elsewhere_and_an_e_mail_as_a_ref_are_still_refused(details):
+    from compliance.audit import check_no_personal_data
+
+    with pytest.raises(PersonalDataInAudit):
+        check_no_personal_data(actor="adapter", subject="patient:abc", reason="", details=details)
+
+
 @pytest.mark.parametrize("value", ["+39 333 1234567", "333-1234567", "call 02 7654 3210 now"])
 def test_phone_numbers_are_still_refused_in_audit_details(value):
     from compliance.audit import check_no_personal_data

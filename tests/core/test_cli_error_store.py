@@ -29,7 +29,7 @@ def siu_without_start(control_id: str, start: datetime, facility: str = "OSP_TES
 def siu_without_patient_key(control_id: str, start: datetime, facility: str = "OSP_TEST") -> bytes:
     """A booking whose only PID-3 is not an MRN: no patient key, to the error store."""
     booking = siu("S12", control_id, start).replace(b"|CUP|OSP_TEST|", f"|CUP|{facility}|".encode(), 1)
-    return booking.replace(b"^^^OSP_TEST^MR|", b"^^^OSP_TEST^XX|")
+    return booking.replace(b"^^^OSP_TEST^MR|", f"^^^{facility}^XX|".encode())
 
 
 def store(tmp_path: Path, batches: list[tuple[timedelta, list[bytes]]], **settings: object) -> None:
@@ -101,8 +101,8 @@ def test_hl7_replay_all_replays_what_the_filters_match_and_sums_up_what_still_fa
     replay = cli(tmp_path, "hl7", "replay", "--all", "--facility", "OSP_NORD", env=env)
     assert replay.returncode == 1, replay.stderr
     assert replay.stdout.splitlines() == [
-        "3: processed", "4: processed", "5: still failing: no appointment start time in SCH-11, AIS-4",
-        "3 messages: 2 processed, 1 not", "  1 still failing: no appointment start time in SCH-11, AIS-4"]
+        "3: processed", "4: processed", "5: still failing: no appointment start time in SCH-11, AIS-4, TQ1-7",
+        "3 messages: 2 processed, 1 not", "  1 still failing: no appointment start time in SCH-11, AIS-4, TQ1-7"]
     container = migrated_container(settings_for(tmp_path, config_dir=config))
     with transaction(container.sessions) as session:
         notified = session.scalar(select(func.count()).select_from(Notification))

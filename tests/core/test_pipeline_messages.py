@@ -349,7 +349,7 @@ def test_a_booking_whose_start_is_the_hl7_null_goes_to_the_error_store_as_one_wi
     adapter.feed(times(siu("S12", "M1", "APPT1")))
     with transaction(adapter.container.sessions) as session:
         assert session.execute(select(InboundMessage.status, InboundMessage.error)).one() == (
-            "error", "no appointment start time in SCH-11, AIS-4")
+            "error", "no appointment start time in SCH-11, AIS-4, TQ1-7")
 
 
 def test_an_appointment_whose_filler_id_is_the_hl7_null_is_known_by_its_placer_id(adapter):

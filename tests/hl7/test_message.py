@@ -89,3 +89,15 @@ def test_value_reads_what_its_repetition_and_component_say(fields, name, n, comp
         reps = segment.repetitions(n)
         expected = reps[repetition - 1].component(component, subcomponent) if repetition <= len(reps) else ""
     assert segment.value(n, component, subcomponent, repetition) == expected
+
+
+def test_a_hex_escape_of_utf16_code_units_is_read_as_such_and_leaves_no_nul():
+    """Dedalus HELIOS writes à as \\X00E0\\ in an 8859/1 message: one UTF-16 code unit, not
+    the bytes 00 E0 (a NUL and an à). UTF-8 bytes and single bytes read as before."""
+    from hl7.header import Separators
+    from hl7.message import unescape
+
+    sep = Separators()
+    assert unescape("gi\\X00E0\\ Nicol\\X00F2\\", sep, "hl7_windows_1252") == "già Nicolò"
+    assert unescape("Nicol\\XC3B2\\", sep, "utf-8") == "Nicolò"
+    assert unescape("a\\X0D0A\\b", sep, "utf-8") == "a\r\nb"

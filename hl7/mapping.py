@@ -19,7 +19,10 @@ ORU^R01             per OBR: OBR-25 F → ReportReady, C → ReportReady(amended
                     OBR-25 takes the OBX-11 statuses (all F → F, any C → C).
 ADT^A04/A08/A28/A31 PatientUpdated (telecom from PID-40, PID-13, PID-14)
 ADT^A40             PatientsMerged per PID/MRG pair (MRG-1: the retired record's identifiers,
-                    less those the surviving PID-3 also lists)
+                    less those the surviving PID-3 also lists); so too the merges A40
+                    replaced, which v2.3 senders still send (A18, A34, A36: the same
+                    PID/MRG at patient level), and A47, an identifier found wrong and
+                    changed (MRG-1 the wrong one, PID-3 the right)
 ==================  ===================================================
 
 Decisions:
@@ -99,6 +102,10 @@ from hl7.validation import validate_structure
 
 SUPPORTED_VERSION = re.compile(r"^2\.[3-8](\.\d+)?$")
 ADT_PATIENT_UPDATES = frozenset({"A04", "A08", "A28", "A31"})
+# A40, the merges it replaced (HL7 v2.5 §3.3.18, 3.3.34, 3.3.36: kept for backward
+# compatibility, and sent by v2.3 systems) and A47 (a patient identifier changed):
+# each a PID naming the record that stays and an MRG naming the one that goes.
+ADT_MERGES = frozenset({"A40", "A18", "A34", "A36", "A47"})
 
 
 @dataclass(frozen=True)
@@ -550,13 +557,13 @@ def _map_adt(message: Message, trigger: str, context: _Context) -> list[AnyEvent
         patient = _patient(message.segment("PID"), context)
         return [PatientUpdated(origin=context.origin, occurred_at=context.occurred_at,
                                patient=patient)]
-    if trigger == "A40":
-        return _map_merge(message, context)
+    if trigger in ADT_MERGES:
+        return _map_merge(message, trigger, context)
     return []
 
 
-def _map_merge(message: Message, context: _Context) -> list[AnyEvent]:
-    """ADT^A40 (HL7 v2.5 §3.3.40): each PID is the surviving patient, the MRG
+def _map_merge(message: Message, trigger: str, context: _Context) -> list[AnyEvent]:
+    """ADT^A40 (HL7 v2.5 §3.3.40; A18, A34, A36, A47 alike): each PID is the surviving patient, the MRG
     after it names the retired record's identifiers (MRG-1, a list). An identifier the
     surviving PID-3 also has (a fiscal code both records share) does not name the
     retired record: the others do, the one the patient key prefers first. An MRG-1
@@ -585,5 +592,5 @@ def _map_merge(message: Message, context: _Context) -> list[AnyEvent]:
                                          retired_also=tuple(i for i in also if i != retired)))
             pid = None
     if not events:
-        raise MappingError("ADT^A40 message has no MRG segment", "100")
+        raise MappingError(f"ADT^{trigger} message has no MRG segment", "100")
     return events

@@ -3,6 +3,8 @@ merges move everything, ACK after processing, and no input kills the listener.""
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import random
 import shutil
@@ -132,7 +134,8 @@ def test_a_phone_number_deleted_by_adt_a08_is_not_messaged_and_the_pending_remin
         assert outbox_addresses(adapter) == ["+393331234567"]
 
 
-def test_adt_a40_merge_moves_appointments_pending_notices_and_consent_to_the_survivor(tmp_path):
+@pytest.mark.parametrize("trigger", ["A40", "A34"])  # A34: the merge v2.3 systems send
+def test_adt_a40_merge_moves_appointments_pending_notices_and_consent_to_the_survivor(tmp_path, trigger):
     with running_adapter(settings_for(tmp_path)) as adapter:
         start = NOW + timedelta(days=3)
         asyncio.run(send_messages([adt("A04", "R1", "111", "3331112222"), siu_for("999", "M1", start)], "127.0.0.1", adapter.mllp_port))
@@ -142,7 +145,7 @@ def test_adt_a40_merge_moves_appointments_pending_notices_and_consent_to_the_sur
         with transaction(sessions) as session:
             retired = session.scalar(select(Notification.patient_id).where(Notification.subject_ref.like("%FL-M1")))
             record_consent(session, patient_id=retired, purpose="*", channel="sms", decision="deny", source="api", at=NOW)
-        merge = adt("A40", "MG1", "111", extra="MRG|999^^^OSP_TEST^MR")
+        merge = adt(trigger, "MG1", "111", extra="MRG|999^^^OSP_TEST^MR")
         assert asyncio.run(send_messages([merge], "127.0.0.1", adapter.mllp_port))[0].code.value == "AA"
         wait_for(lambda: officer.get("/api/messages", params={"control_id": "MG1"}).json()["items"][0]["status"] == "processed")
         with transaction(sessions) as session:

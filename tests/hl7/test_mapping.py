@@ -271,6 +271,20 @@ def test_adt_a40_merges_the_mrg1_identifier_into_the_pid_patient(facilities):
     assert event.surviving.key == Identifier("OSP_SLUCA", "0012345", "MR")
 
 
+@pytest.mark.parametrize("trigger", ["A18", "A34", "A36", "A47"])
+def test_the_merges_a40_replaced_and_an_identifier_change_merge_as_a40_does(facilities, trigger):
+    """v2.3 systems still send A18/A34/A36 for a merge; A47 says MRG-1's identifier was
+    wrong and PID-3's is right. Ignored, the retired record kept its appointments and
+    notices, and a patient could be told twice."""
+    text = text_of("adt_a40_merge.hl7").replace("ADT^A40^ADT_A39", f"ADT^{trigger}^ADT_A30").replace("|A40|", f"|{trigger}|")
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert isinstance(event, PatientsMerged)
+    assert event.retired == Identifier("OSP_SLUCA", "0054321", "MR")
+    assert event.surviving.key == Identifier("OSP_SLUCA", "0012345", "MR")
+    with pytest.raises(MappingError, match=f"ADT\\^{trigger} message has no MRG segment"):
+        map_message(text.replace("MRG|", "ZRG|"), facilities, received_at=RECEIVED)
+
+
 SURVIVOR_WITH_FISCAL_CODE = ("PID|1||0012345^^^OSP_SLUCA^MR", "PID|1||0012345^^^OSP_SLUCA^MR~DLANCL80A01F205X^^^NNITA^NN")
 
 

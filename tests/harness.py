@@ -184,3 +184,27 @@ def config_refusal(load: Callable[[Path], object], path: Path, body: str) -> str
         assert str(path) in str(exc), exc
         return str(exc)
     raise AssertionError(f"{path.name} was taken: {body!r}")
+
+
+@contextmanager
+def write_lock_held(sessions, statement: str = "SELECT 1", *, hold_s: float = 30.0) -> Iterator[threading.Thread]:
+    """A write transaction in another thread (background work, say) holding the write lock,
+    having run ``statement``, until the block ends (or ``hold_s`` passes)."""
+    from sqlalchemy import text
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with transaction(sessions) as session:
+            session.execute(text(statement))
+            inside.set()
+            leave.wait(hold_s)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert inside.wait(10), "the holding transaction did not start"
+        yield thread
+    finally:
+        leave.set()
+        thread.join()

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from adapter.db import read_transaction
 from adapter.models import InboundMessage
 from hl7.header import read_header
-from tests.harness import migrated_container, settings_for
+from tests.harness import migrated_container, settings_for, write_lock_held
 
 
 def siu(control_id: str) -> bytes:
@@ -93,27 +93,13 @@ def test_operators_see_how_many_messages_each_commit_held(tmp_path):
 def test_operators_see_an_ack_s_commit_waiting_for_a_background_transaction(tmp_path):
     """Slow ACKs from a busy disk and slow ACKs from background work holding SQLite's one
     write lock look the same from outside; the store's phases tell them apart."""
-    import threading
-
-    from adapter.db import transaction
-
     container = migrated_container(settings_for(tmp_path))
     first = siu("FIRST")  # the first store also reads the system key (then cached)
     container.intake.writer.write([(read_header(first), first)])
-    holding, waited = threading.Event(), sample("adapter_hl7_store_seconds_sum", phase="lock_wait")
-
-    def background_transaction() -> None:
-        with transaction(container.sessions) as session:
-            session.execute(select(InboundMessage.id))
-            holding.set()
-            threading.Event().wait(0.3)
-
-    worker = threading.Thread(target=background_transaction)
-    worker.start()
-    assert holding.wait(5)
+    waited = sample("adapter_hl7_store_seconds_sum", phase="lock_wait")
     raw = siu("LOCKED")
-    container.intake.writer.write([(read_header(raw), raw)])
-    worker.join()
+    with write_lock_held(container.sessions, "SELECT id FROM inbound_message", hold_s=0.3):
+        container.intake.writer.write([(read_header(raw), raw)])  # waits for the holder
     assert sample("adapter_hl7_store_seconds_sum", phase="lock_wait") - waited >= 0.2
     assert sample("adapter_hl7_store_seconds_count", phase="write") >= 1
 
@@ -152,9 +138,12 @@ def _store_threads() -> set[int]:
     return {t.ident for t in threading.enumerate() if t.name.startswith("hl7-store")}
 
 
-def test_on_sqlite_an_ack_s_write_runs_on_the_event_loop_when_the_lock_is_free(tmp_path):
+def test_on_sqlite_an_ack_s_write_runs_on_the_event_loop_when_the_lock_is_free(tmp_path, monkeypatch):
     """Handing a quick write to the store thread and back cost more than the write
     (bench/mllp.py's floor servers); so with the lock free, no store thread at all."""
+    import adapter.intake
+
+    monkeypatch.setattr(adapter.intake, "INLINE_WRITE_S", 60.0)  # a loaded machine's sync is still "quick"
     container = migrated_container(settings_for(tmp_path))
     first = siu("FIRST")  # the system key read and cached
     container.intake.writer.write([(read_header(first), first)])
@@ -167,42 +156,26 @@ def test_on_sqlite_an_ack_s_write_runs_on_the_event_loop_when_the_lock_is_free(t
 def test_an_ack_s_write_that_would_wait_for_the_lock_waits_in_the_store_thread_not_on_the_loop(tmp_path):
     """While background work holds the write lock, the event loop goes on (other
     connections read, HTTP answers); the message is stored once the lock is free."""
-    import threading
-
-    from adapter.db import transaction
-
     container = migrated_container(settings_for(tmp_path))
     first = siu("FIRST")
     container.intake.writer.write([(read_header(first), first)])
-    holding, release = threading.Event(), threading.Event()
-
-    def background_transaction() -> None:
-        with transaction(container.sessions) as session:
-            session.execute(select(InboundMessage.id))
-            holding.set()
-            release.wait(10)
-
-    worker = threading.Thread(target=background_transaction)
-    worker.start()
-    assert holding.wait(5)
-    before = _store_threads()
 
     async def store_while_held() -> int:
         raw = siu("HELD")
-        stored = asyncio.ensure_future(container.intake.writer.store(read_header(raw), raw))
-        ticks = 0
-        for _ in range(20):  # the loop must keep turning while the write waits
-            await asyncio.sleep(0.005)
-            ticks += 1
-        assert not stored.done()
-        assert _store_threads() - before
-        release.set()
+        with write_lock_held(container.sessions, "SELECT id FROM inbound_message"):
+            before = _store_threads()
+            stored = asyncio.ensure_future(container.intake.writer.store(read_header(raw), raw))
+            ticks = 0
+            for _ in range(20):  # the loop must keep turning while the write waits
+                await asyncio.sleep(0.005)
+                ticks += 1
+            assert not stored.done()
+            assert _store_threads() - before
         await stored
         await container.intake.writer.stop()
         return ticks
 
     assert asyncio.run(store_while_held()) == 20
-    worker.join()
     assert {"FIRST", "HELD"} == {c for group in transactions(container) for c in group}
 
 

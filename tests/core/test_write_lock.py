@@ -12,6 +12,7 @@ from sqlalchemy import event, text
 from adapter.db import FairLock, make_engine, make_sessionmaker, raw_transaction, read_transaction, transaction
 from adapter.stored_work import process_all
 from adapter.waiting import BACKGROUND_SHARE, Waiting
+from tests.harness import write_lock_held
 
 
 def _queue_up(lock: FairLock, name: str, order: list[str], *, priority: bool = False) -> threading.Thread:
@@ -256,22 +257,10 @@ def test_a_raw_transaction_that_may_not_wait_gets_no_cursor_while_another_holds_
     engine = make_engine(f"sqlite:///{path}")
     with raw_transaction(engine) as cursor:
         cursor.execute("CREATE TABLE t (v INTEGER)")
-    holding, done = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with transaction(make_sessionmaker(engine)) as session:
-            session.execute(text("INSERT INTO t VALUES (1)"))
-            holding.set()
-            done.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert holding.wait(5)
-    with raw_transaction(engine, wait=False) as cursor:
-        assert cursor is None
-    assert holder.is_alive()
-    done.set()
-    holder.join()
+    with write_lock_held(make_sessionmaker(engine), "INSERT INTO t VALUES (1)") as holder:
+        with raw_transaction(engine, wait=False) as cursor:
+            assert cursor is None
+        assert holder.is_alive()
 
     other_process = sqlite3.connect(path, isolation_level=None)
     other_process.execute("BEGIN IMMEDIATE")

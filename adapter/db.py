@@ -269,14 +269,18 @@ def make_engine(url: str) -> Engine:
 
 
 @contextmanager
-def raw_transaction(engine: Engine, *, priority: bool = False, wait: bool = True) -> Iterator[Any]:
+def raw_transaction(engine: Engine, *, priority: bool = False, wait: bool = True, connection: Any = None) -> Iterator[Any]:
     """A DB-API cursor in a transaction of its own, for the few hot statements
     where SQLAlchemy's per-statement work costs more than the statement. On
     SQLite it takes the same write lock and ``BEGIN IMMEDIATE`` as every other
     transaction here (``priority``: before every waiting background transaction;
     not ``wait``: only if no one holds it now, else the cursor is None and there
-    is no transaction). Commits on success, rolls back on any error."""
-    connection = engine.raw_connection()
+    is no transaction). Commits on success, rolls back on any error. On the
+    ``connection`` given (one ``engine.raw_connection()`` its caller keeps), else
+    on one from the engine's pool, which may wait for a connection to come back."""
+    own = connection is None
+    if own:
+        connection = engine.raw_connection()
     lock = _ENGINE_WRITE_LOCKS.get(engine)
     if lock is None and engine.dialect.name == "sqlite":
         raise RuntimeError("a SQLite engine not made by make_engine has no write lock")
@@ -303,7 +307,8 @@ def raw_transaction(engine: Engine, *, priority: bool = False, wait: bool = True
             if lock is not None:
                 lock.release()  # after the COMMIT, as for the engine's transactions
     finally:
-        connection.close()
+        if own:
+            connection.close()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

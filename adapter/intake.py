@@ -178,6 +178,9 @@ class GroupCommitWriter:
         # goes to the store thread, so the loop never waits on a lock or long on a
         # sync. On PostgreSQL every commit is a network round trip: the thread.
         self._may_inline = self._inline = self.engine.dialect.name == "sqlite"
+        # The connection those writes use, kept: taking one from the pool on the loop
+        # could wait for HTTP requests and background work to give one back.
+        self._loop_connection: Any = None
 
     def start(self) -> None:
         if self._task is None:
@@ -193,6 +196,7 @@ class GroupCommitWriter:
             self._task = None
         # Its thread ends; a later start gets a new one (made when first used).
         self._executor.shutdown(wait=False)
+        self._close_loop_connection()
         self._executor = _store_thread()
 
     async def store(self, header: MessageHeader, raw: bytes) -> Stored:
@@ -229,7 +233,7 @@ class GroupCommitWriter:
             batch = await self._gather()
             items = [(p.header, p.raw) for p in batch]
             try:
-                results = self.write(items, wait=False) if self._inline else None
+                results = self._write_on_loop(items) if self._inline else None
                 if results is None:
                     results = await asyncio.get_running_loop().run_in_executor(self._executor, self.write, items)
             except Exception:  # noqa: BLE001 - nothing is acknowledged when the write fails
@@ -246,6 +250,21 @@ class GroupCommitWriter:
                         pending.future.set_result(result)
             self.waiting.end(len(batch))
 
+    def _write_on_loop(self, items: list[tuple[MessageHeader, bytes]]) -> list[Stored] | None:
+        """``write`` on the event loop's thread, if it can start at once (else None)."""
+        if self._loop_connection is None:
+            self._loop_connection = self.engine.raw_connection()
+        try:
+            return self.write(items, wait=False, connection=self._loop_connection)
+        except Exception:
+            self._close_loop_connection()  # the next gets a fresh one
+            raise
+
+    def _close_loop_connection(self) -> None:
+        if self._loop_connection is not None:
+            connection, self._loop_connection = self._loop_connection, None
+            connection.close()
+
     async def _write_alone(self, pending: _Pending) -> Stored | None:
         try:
             return (await asyncio.get_running_loop().run_in_executor(
@@ -254,7 +273,8 @@ class GroupCommitWriter:
             log.exception("storing an inbound message failed")
             return None
 
-    def write(self, items: list[tuple[MessageHeader, bytes]], *, wait: bool = True) -> list[Stored] | None:
+    def write(self, items: list[tuple[MessageHeader, bytes]], *, wait: bool = True,
+              connection: Any = None) -> list[Stored] | None:
         """Store ``items`` in one transaction with one multi-row
         ``INSERT ... ON CONFLICT DO NOTHING RETURNING``: a row comes back for each
         new message, whose sealed bytes then go to ``inbound_raw``. A retransmission
@@ -264,7 +284,8 @@ class GroupCommitWriter:
         SQLAlchemy's own work per statement costs more than the insert.
 
         Not ``wait``: None, nothing stored, unless the write can start at once
-        (the write lock free, the system key cached)."""
+        (the write lock free, the system key cached). On ``connection``, if given
+        (see :func:`adapter.db.raw_transaction`)."""
         sealed = [self.vault.encrypt_if_cached(SYSTEM, raw) for _, raw in items]
         if None in sealed:  # the system key is read (once, then cached) in a transaction
             if not wait:
@@ -280,7 +301,7 @@ class GroupCommitWriter:
         ]
         STORE_BATCH.observe(len(items))
         began = time.perf_counter()
-        with raw_transaction(self.engine, priority=True, wait=wait) as cursor:  # an ACK waits on it
+        with raw_transaction(self.engine, priority=True, wait=wait, connection=connection) as cursor:  # an ACK waits on it
             if cursor is None:
                 return None
             locked = time.perf_counter()

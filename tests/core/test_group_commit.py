@@ -201,3 +201,30 @@ def test_after_a_slow_write_the_next_goes_to_the_store_thread(tmp_path, monkeypa
         return threads
 
     assert asyncio.run(two()) - before
+
+
+def test_an_ack_s_write_on_the_loop_never_waits_for_a_connection_from_the_pool(tmp_path, monkeypatch):
+    """HTTP requests and background work may hold every pooled connection; the loop's
+    writes keep one of their own, so they neither wait for one (the loop would stop for
+    the pool's 30 s timeout) nor fail."""
+    import adapter.intake
+
+    monkeypatch.setattr(adapter.intake, "INLINE_WRITE_S", 60.0)
+    container = migrated_container(settings_for(tmp_path))
+    first = siu("FIRST")
+    container.intake.writer.write([(read_header(first), first)])
+    pool = container.engine.pool
+
+    async def store_with_the_pool_taken() -> None:
+        await container.intake.writer.store(read_header(siu("WARM")), siu("WARM"))
+        taken = [pool.connect() for _ in range(pool.size() + pool._max_overflow - pool.checkedout())]
+        try:
+            raw = siu("POOL-EMPTY")
+            await asyncio.wait_for(container.intake.writer.store(read_header(raw), raw), 10)
+        finally:
+            for connection in taken:
+                connection.close()
+            await container.intake.writer.stop()
+
+    asyncio.run(store_with_the_pool_taken())
+    assert {"FIRST", "WARM", "POOL-EMPTY"} == {c for group in transactions(container) for c in group}

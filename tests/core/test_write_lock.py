@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from types import SimpleNamespace
 
 from sqlalchemy import event, text
 
@@ -215,7 +216,9 @@ def test_background_work_does_not_wait_when_nothing_has_arrived_for_a_while(monk
     import adapter.waiting
 
     slept: list[float] = []
-    monkeypatch.setattr(adapter.waiting.time, "sleep", lambda s: slept.append(s))
+    # Only this module's sleeps: patching time.sleep itself would also count any other
+    # thread's (one an earlier test left finishing its work).
+    monkeypatch.setattr(adapter.waiting, "time", SimpleNamespace(monotonic=time.monotonic, sleep=slept.append))
     waiting = Waiting()
     waiting.wait_quiet()  # nothing has ever arrived
     assert slept == []

@@ -29,10 +29,9 @@ def siu_of(trigger: str, control_id: str, start: datetime, service: str, *, mrn:
            appointment: str = "FL1", status: str = "Booked", sent_at: datetime | None = None) -> bytes:
     """The end-to-end SIU, for another patient, appointment and service (AIS-3), sent at
     ``sent_at`` (MSH-7: a later message about the appointment must say it is later), with
-    ``status`` in SCH-25 (the end-to-end SIU writes it one field early)."""
+    ``status`` in SCH-25."""
     stamp = (sent_at or NOW).strftime("%Y%m%d%H%M%S+0000")
     return (siu(trigger, control_id, start, status)
-            .replace(f"|{status}\r".encode(), f"||{status}\r".encode())
             .replace(b"|20260101000000||SIU", f"|{stamp}||SIU".encode())
             .replace(b"CARD01^Visita^L", service.encode())
             .replace(b"0012345^^^OSP_TEST^MR", f"{mrn}^^^OSP_TEST^MR".encode())

@@ -99,7 +99,7 @@ def test_new_patients_booked_in_one_batch_get_what_they_get_one_by_one_and_the_a
 def test_a_batch_with_one_failing_message_keeps_the_others(tmp_path, database_url):
     container = container_for(tmp_path, database_url)
     try:
-        batch = [[booking("F1", "F1")], [booking("F2", "F2", ref="+39 347 123 4567")], [booking("F3", "F3")]]
+        batch = [[booking("F1", "F1")], [booking("F2", "F2", ref="nicolo.dalo@example.it")], [booking("F3", "F3")]]
         with transaction(container.sessions) as session:
             outcomes = container.pipeline.handle_many(session, batch, now=NOW)
         assert isinstance(outcomes[1], PersonalDataInAudit)
@@ -154,7 +154,7 @@ def test_updates_applied_together_keep_the_others_when_one_fails(tmp_path, datab
                 container.pipeline.handle(session, [booking(mrn, mrn)], now=NOW)
         later = START + timedelta(days=1)
         batch = [[booking("U1", "U1", start=later, rescheduled=True, ref="C-U1-moved")],
-                 [booking("U2", "U2", start=later, rescheduled=True, ref="+39 347 123 4567")],  # refused by the audit
+                 [booking("U2", "U2", start=later, rescheduled=True, ref="nicolo.dalo@example.it")],  # refused by the audit
                  [booking("U3", "U3", start=later, rescheduled=True, ref="C-U3-moved")]]
         with transaction(container.sessions) as session:
             outcomes = container.pipeline.handle_many(session, batch, now=NOW)

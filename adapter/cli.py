@@ -320,6 +320,61 @@ def hl7_errors(
                   + (" match these filters" if narrowed else ""), soft_wrap=True)
 
 
+@hl7_app.command("trace")
+def hl7_trace(
+    control_id: Annotated[str, typer.Argument(help="MSH-10 (or a FHIR version's Type/id/_history/N)")],
+    sender: Facility = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object a line per message, as "
+                                                         "GET /api/messages/{id} answers")] = False,
+) -> None:
+    """What became of a message: its status, the notifications it planned and those it
+    withdrew (a reschedule's moved reminders, a cancellation's), each with its status and
+    channel, the application ACK owed for it (enhanced mode) and, in the error store, why
+    and whether it can be replayed. Several senders may use the same control id: each
+    message is shown. Exit 1 when none matches. Never shows message content."""
+    from adapter.db import read_transaction
+    from adapter.message_trace import messages_with_control_id, trace
+
+    container = _container()
+    with read_transaction(container.sessions) as session:
+        traces = [trace(session, message_id) for message_id in messages_with_control_id(session, control_id, sender)]
+    if not traces:
+        err.print(f"no inbound message has control id {escape(control_id)}"
+                  + (f" from {escape(sender)}" if sender else ""), soft_wrap=True)
+        raise typer.Exit(1)
+    for found in traces:
+        assert found is not None  # read in the same transaction as its id
+        if as_json:
+            print(json.dumps(found.as_json(), ensure_ascii=False))
+        else:
+            _print_trace(found)
+
+
+def _print_trace(found) -> None:  # noqa: ANN001 - adapter.message_trace.MessageTrace, imported late
+    message = found.message
+    console.print(f"message {message['id']}: {message['source']} {escape(message['type'])} from "
+                  f"{escape(message['sender'])}, control id {escape(message['control_id'])}, received "
+                  f"{message['received_at'][:19].replace('T', ' ')} UTC: {message['status']}"
+                  + (f" (received {message['duplicates'] + 1} times)" if message["duplicates"] else ""), soft_wrap=True)
+    if found.error_store is not None:
+        replay = found.error_store.not_replayable
+        console.print(f"  error store: {escape(found.error_store.reason)}; "
+                      + (f"not replayable: {replay}" if replay else f"replayable: hl7 replay {message['id']}"),
+                      soft_wrap=True)
+    if (ack := found.application_ack) is not None:
+        console.print(f"  application ACK: {ack.status}, {ack.attempts} attempt{'s' if ack.attempts != 1 else ''}"
+                      + (f", last error: {escape(ack.last_error)}" if ack.last_error else ""), soft_wrap=True)
+    if not found.caused and not found.withdrew:
+        console.print("  no notification planned or withdrawn")
+        return
+    table = Table("notification", "this message", "kind", "status", "channel", "scheduled (UTC)", "patient", "reason")
+    for what, notices in (("planned", found.caused), ("withdrew", found.withdrew)):
+        for notice in notices:
+            table.add_row(str(notice.id), what, notice.kind, notice.status, notice.channel or "",
+                          notice.scheduled_for.strftime("%Y-%m-%d %H:%M:%S"), notice.patient, notice.reason or "")
+    print_table(table)
+
+
 @hl7_app.command("replay")
 def hl7_replay(
     ids: Annotated[Optional[list[int]], typer.Argument(min=1, max=LARGEST_INTEGER, show_default=False,

@@ -110,10 +110,11 @@ class ComplianceGate:
         registry.apply_consent_event(session, patient_id, event, at=now)
         self._audit(session, "consent_changed", patient_id, f"consent {event.consent_ref}", now,
                     {"active": event.active, "provisions": len(event.provisions), "source": event.origin.source})
-        self.recheck_pending(session, patient_id, now=now)
+        self.recheck_pending(session, patient_id, now=now, by=event.origin.message_id)
 
-    def recheck_pending(self, session: Session, patient_id: str, *, now: datetime) -> None:
-        """A withdrawal cancels what is pending for purposes it now denies."""
+    def recheck_pending(self, session: Session, patient_id: str, *, now: datetime, by: int | None = None) -> None:
+        """A withdrawal cancels what is pending for purposes it now denies; ``by``: the
+        inbound message that withdrew it, if one did."""
         pending = session.scalars(
             select(Notification).where(Notification.patient_id == patient_id, Notification.status == "scheduled")
         )
@@ -121,6 +122,7 @@ class ComplianceGate:
             decision = self.decide_at_schedule(session, patient_id, row.kind, now=now)
             if not decision.allowed:
                 row.status, row.reason, row.status_at = "cancelled", f"consent withdrawn: {decision.reason}"[:200], now
+                row.withdrawn_by = by
                 row.decision = {**row.decision, "withdrawn": decision.as_dict()}
                 self._audit(session, "suppressed", patient_id, row.reason, now, {"notification": row.id})
 

@@ -104,17 +104,29 @@ def find_errors(session: Session, matching: ErrorFilter, *, limit: int, newest: 
     """How many messages match, and the first ``limit`` of them, oldest (or newest) first."""
     where = matching.clauses()
     total = session.scalar(select(func.count()).select_from(InboundMessage).where(*where)) or 0
-    held = select(InboundRaw.message_id).where(InboundRaw.message_id == InboundMessage.id).exists()
     rows = session.execute(
-        select(InboundMessage, held | (InboundMessage.source != "hl7")).where(*where)
+        select(InboundMessage, raw_held(InboundMessage.id)).where(*where)
         .order_by(InboundMessage.id.desc() if newest else InboundMessage.id).limit(limit)
     ).all()
     return total, [
         ErrorEntry(row.id, row.source, row.received_at, row.sender, row.control_id, row.message_type, row.status,
-                   row.error or "", "" if replayable else "raw erased with the patient (art. 17)"
-                   if row.raw_erased_at else "raw deleted after retention")
+                   row.error or "", not_replayable(replayable, row.raw_erased_at))
         for row, replayable in rows
     ]
+
+
+def raw_held(message_id: int | ColumnElement[int]) -> ColumnElement[bool]:
+    """Whether message ``message_id`` can be read again to replay it: a FHIR version
+    always can (the store keeps it), an HL7 message while its raw bytes are kept."""
+    return (InboundMessage.source != "hl7") | select(InboundRaw.message_id).where(
+        InboundRaw.message_id == message_id).exists()
+
+
+def not_replayable(held: bool, raw_erased_at: datetime | None) -> str:
+    """Why a message in the error store cannot be replayed, or "" when it can."""
+    if held:
+        return ""
+    return "raw erased with the patient (art. 17)" if raw_erased_at else "raw deleted after retention"
 
 
 PROCESSED = "processed"

@@ -70,6 +70,9 @@ class Origin:
     source: Source
     sender: str  # HL7 MSH-3^MSH-4, FHIR server base or client name
     message_ref: str = ""  # control id or Type/id/_history/vid
+    # The stored inbound message's id (``inbound_message.id``), given by the intake that read
+    # it: what the event causes or withdraws is filed under it (``GET /api/messages/{id}``).
+    message_id: int | None = None
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ class FhirIntake:
         if self.inline:
             message_id = session.connection().execute(
                 insert(InboundMessage).returning(InboundMessage.id), row).scalar_one()
-            self.service.publish_version(session, stored, sender)
+            self.service.publish_version(session, stored, sender, message_id=message_id)
             session.connection().execute(
                 InboundMessage.__table__.update().where(InboundMessage.id == message_id)
                 .values(status="processed", processed_at=self.clock.now()))
@@ -200,19 +200,20 @@ class FhirIntake:
                 select(InboundMessage.id, InboundMessage.control_id, InboundMessage.sender)
                 .where(InboundMessage.id.in_(ids), InboundMessage.status == "stored")).all()
             for message_id, value, sender in rows:
-                if (events := self._events(session, value, sender)) is not None:
+                if (events := self._events(session, message_id, value, sender)) is not None:
                     derived[message_id] = events
         return derived
 
-    def _events(self, session: Session, value: str, sender: str) -> list[AnyEvent] | Exception | None:
-        """The events of the stored version ``value`` (an ``inbound_message`` control id)
-        names, or why they could not be derived; None when that version is missing."""
+    def _events(self, session: Session, message_id: int, value: str, sender: str) -> list[AnyEvent] | Exception | None:
+        """The events of the stored version ``value`` (the control id of inbound message
+        ``message_id``) names, or why they could not be derived; None when that version
+        is missing."""
         found = parse_control_id(value)
         stored = found and store.version(session, self.service.codec, *found)
         if not stored:
             return None
         try:
-            return self.service.events_of(session, stored, sender)
+            return self.service.events_of(session, stored, sender, message_id=message_id)
         except Exception as exc:  # noqa: BLE001 - stored in the error store, never lost
             return exc
 
@@ -236,7 +237,7 @@ class FhirIntake:
             row.processed_at = now
             events = (derived or {}).get(row.id)
             if events is None:  # not derived beforehand (a replay), or missing
-                events = self._events(session, row.control_id, row.sender)
+                events = self._events(session, row.id, row.control_id, row.sender)
             if events is None:
                 row.status, row.error = "error", "the stored version is missing"
                 continue

@@ -546,7 +546,8 @@ class HL7Intake:
             header = None
             try:
                 header = read_header(raw)
-                events = map_message(decode(raw, header), self.facilities, received_at=received_at)
+                events = map_message(decode(raw, header), self.facilities, received_at=received_at,
+                                     message_id=message_id)
             except Exception as exc:  # noqa: BLE001 - recorded with the message, never lost
                 mapped.append(_Mapped(message_id, header, [], exc))
             else:

@@ -160,6 +160,11 @@ class Notification(Base):
         # The retention purge's: only notifications still holding their body.
         Index("ix_notification_body_kept", "sent_at", sqlite_where=text("body_enc IS NOT NULL"),
               postgresql_where=text("body_enc IS NOT NULL")),
+        # A message's trace (adapter.message_trace): what it caused, what it withdrew.
+        Index("ix_notification_message", "message_id", sqlite_where=text("message_id IS NOT NULL"),
+              postgresql_where=text("message_id IS NOT NULL")),
+        Index("ix_notification_withdrawn_by", "withdrawn_by", sqlite_where=text("withdrawn_by IS NOT NULL"),
+              postgresql_where=text("withdrawn_by IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -187,6 +192,12 @@ class Notification(Base):
     cost: Mapped[float | None] = mapped_column()
     body_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # purged after retention
     decision: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the why-record
+    # The inbound message whose event planned it (``inbound_message.id``), and the one whose
+    # event cancelled it while it waited; None when no stored message did (a patient's
+    # reply, an erasure) or before these were kept. No foreign key: the message row is
+    # never deleted, and a notification's insert should not look it up.
+    message_id: Mapped[int | None] = mapped_column(Integer)
+    withdrawn_by: Mapped[int | None] = mapped_column(Integer)
 
 
 class OutboxMessage(Base):

@@ -70,12 +70,14 @@ _GOING_OR_GONE = ("scheduled", "claimed", "sent", "delivered", "read")
 # The rules whose notice about a subject has gone out.
 _SENT_OF = select(_NOTIFICATION.c.rule_id).where(
     _NOTIFICATION.c.subject_ref == bindparam("subject"), _NOTIFICATION.c.status.in_(("sent", "delivered", "read")))
-# What is still waiting for a subject, cancelled; found by the subject's index. (Selecting
-# the ids first and then updating "id IN (...) AND status = 'scheduled'" led SQLite to the
-# status index: every scheduled notification of every patient read, 0.3 ms at a few thousand.)
+# What is still waiting for a subject, cancelled, filed under the message that said so (its
+# trace); found by the subject's index. (Selecting the ids first and then updating "id IN
+# (...) AND status = 'scheduled'" led SQLite to the status index: every scheduled
+# notification of every patient read, 0.3 ms at a few thousand.)
 _WITHDRAW = update(_NOTIFICATION).where(
     _NOTIFICATION.c.subject_ref == bindparam("subject"), _NOTIFICATION.c.status == "scheduled",
-).values(status="cancelled", reason=bindparam("withdrawn_reason"), status_at=bindparam("withdrawn_at")).returning(
+).values(status="cancelled", reason=bindparam("withdrawn_reason"), status_at=bindparam("withdrawn_at"),
+         withdrawn_by=bindparam("withdrawn_by")).returning(
     _NOTIFICATION.c.id, _NOTIFICATION.c.patient_id)
 _WITHDRAW_TIMED = _WITHDRAW.where(_NOTIFICATION.c.rule_id.in_(bindparam("rules", expanding=True)))
 
@@ -250,7 +252,7 @@ class Pipeline:
             self.gate.consent_changed(session, patient_id, event, now=now)
             return []
         if isinstance(event, ev.ReportWithdrawn):
-            self._withdraw_report(session, patient_id, event.report_ref, now=now)
+            self._withdraw_report(session, patient_id, event, now=now)
             return []
         if isinstance(event, ev.ReportReady):
             return self._announce(session, patient_id, panel or [event], now=now)
@@ -283,12 +285,13 @@ class Pipeline:
         if previous is not None and previous.patient_id != patient_id:
             # The hospital gave the appointment to another patient: nothing pending is the first one's any more.
             self._withdraw(session, appointment.ref, timed_only=False, reason="appointment given to another patient",
-                           now=now)
+                           by=event, now=now)
         if isinstance(event, ev.AppointmentRescheduled) and previous is not None and previous.start == appointment.start:
             return []  # a modification that did not move the start (SIU^S14): nothing to tell
         plan = self._plan(event, now, sent_rules=self._caught_up_before(session, event))
         if plan.withdraw_all or plan.withdraw_timed:
-            self._withdraw(session, appointment.ref, timed_only=plan.withdraw_timed, reason=plan.reason, now=now)
+            self._withdraw(session, appointment.ref, timed_only=plan.withdraw_timed, reason=plan.reason, by=event,
+                           now=now)
         return self._create(session, patient_id, plan, event, now=now)
 
     def _invoice(self, session: Session, patient_id: str, event: ev.InvoiceIssued | ev.InvoiceSettled, *,
@@ -302,7 +305,7 @@ class Pipeline:
             session.execute(_INVOICE.update().where(_INVOICE.c.ref == event.invoice_ref).values(
                 status=event.reason[:24], updated_at=now))
             plan = self._plan(event, now)
-            self._withdraw(session, event.invoice_ref, timed_only=False, reason=plan.reason, now=now)
+            self._withdraw(session, event.invoice_ref, timed_only=False, reason=plan.reason, by=event, now=now)
             return []
         invoice = event.invoice
         found = session.execute(_FIND_INVOICE, {"invoice": invoice.ref}).first()
@@ -317,7 +320,7 @@ class Pipeline:
             session.execute(_INVOICE.update().where(_INVOICE.c.ref == invoice.ref).values(**row))
             if (found.status, found.issued_at, found.patient_id) == ("issued", invoice.issued_at, patient_id):
                 return []
-            self._withdraw(session, invoice.ref, timed_only=False, reason="invoice issued again", now=now)
+            self._withdraw(session, invoice.ref, timed_only=False, reason="invoice issued again", by=event, now=now)
         return self._create(session, patient_id, self._plan(event, now), event, now=now)
 
     def _announce(self, session: Session, patient_id: str, reports: Sequence[ev.ReportReady], *,
@@ -358,9 +361,10 @@ class Pipeline:
         rule_ids = [rule.id for rule in self.rules.for_trigger("report.ready")]
         return execute_prebuilt(session, _NOTICES_OF, {"patient": patient_id, "statuses": list(statuses), "rules": rule_ids})
 
-    def _withdraw_report(self, session: Session, patient_id: str, report_ref: str, *, now: datetime) -> None:
+    def _withdraw_report(self, session: Session, patient_id: str, event: ev.ReportWithdrawn, *, now: datetime) -> None:
         """A report withdrawn (OBR-25 X): a pending notice that also announces other reports
         stays, for those (filed under one of them); one that announced only this is withdrawn."""
+        report_ref = event.report_ref
         for notice_id, subject_ref, decision in self._report_notices(session, patient_id, ("scheduled",)):
             reports = decision.get("reports") or []
             remaining = [ref for ref in reports if ref != report_ref]
@@ -369,7 +373,7 @@ class Pipeline:
             subject = remaining[0] if subject_ref == report_ref else subject_ref
             session.execute(update(_NOTIFICATION).where(_NOTIFICATION.c.id == notice_id).values(
                 subject_ref=subject, decision={**decision, "reports": remaining}))
-        self._withdraw(session, report_ref, timed_only=False, reason="report withdrawn", now=now)
+        self._withdraw(session, report_ref, timed_only=False, reason="report withdrawn", by=event, now=now)
 
     def _plan(self, event: ev.Event, now: datetime, *, sent_rules: Sequence[str] = ()) -> Plan:
         return plan_notifications(event, self.rules, now=now, tz=self.tz, sent_rules=sent_rules)
@@ -402,10 +406,12 @@ class Pipeline:
         execute_prebuilt(session, _UPDATE_APPOINTMENT, {
             **{column: row[column] for column in _APPOINTMENT_STATE}, "appointment": appointment.ref})
 
-    def _withdraw(self, session: Session, subject_ref: str, *, timed_only: bool, reason: str, now: datetime) -> None:
-        """Cancel what is still waiting for ``subject_ref``. Immediate notices
-        already on their way are left alone when only timed ones move."""
-        values = {"subject": subject_ref, "withdrawn_reason": reason[:200], "withdrawn_at": now}
+    def _withdraw(self, session: Session, subject_ref: str, *, timed_only: bool, reason: str, by: ev.Event,
+                  now: datetime) -> None:
+        """Cancel what is still waiting for ``subject_ref``, as ``by`` says to. Immediate
+        notices already on their way are left alone when only timed ones move."""
+        values = {"subject": subject_ref, "withdrawn_reason": reason[:200], "withdrawn_at": now,
+                  "withdrawn_by": by.origin.message_id}
         if timed_only:
             statement, values["rules"] = _WITHDRAW_TIMED, [r.id for r in self.rules.rules if r.timed]
         else:
@@ -441,6 +447,7 @@ class Pipeline:
         a kind planned twice (two reminders) is decided once either way."""
         rows = []
         facility = facility_of(event.origin.source, event.origin.sender)
+        message_id = event.origin.message_id
         decided = {} if decided is None else decided
         about = EventRecord.of(event)
         for planned in plan.notifications:
@@ -471,6 +478,7 @@ class Pipeline:
                 "created_at": now,
                 "tried_channels": [],
                 "attempts": 0,
+                "message_id": message_id,
                 "decision": why_record(about, planned, decision.as_dict(), status, reason)
                 | ({"reports": list(reports)} if reports else {}),
             })

@@ -536,13 +536,17 @@ def _erase_fhir(session: Session, fhir_ids: set[str]) -> dict[str, int]:
     # Their versions' rows in the inbound queue go too: the EHR that still holds the
     # patient sends them again, as first versions with the same ids, and the patient
     # starts afresh (the rows kept, ``Patient/p1/_history/1`` took the new version's id).
-    queued = 0
+    queued: list[int] = []
     for kind, rid in set(refs):
-        queued += session.execute(delete(InboundMessage).where(
+        queued += session.scalars(delete(InboundMessage).where(
             InboundMessage.source == "fhir",
-            InboundMessage.control_id.startswith(f"{kind}/{rid}/_history/", autoescape=True))).rowcount
+            InboundMessage.control_id.startswith(f"{kind}/{rid}/_history/", autoescape=True))
+            .returning(InboundMessage.id)).all()
     if queued:
-        deleted["inbound_message"] = queued
+        deleted["inbound_message"] = len(queued)
+        # SQLite gives the largest id again: no other patient's notice stays filed under a new message.
+        for column in (Notification.message_id, Notification.withdrawn_by):
+            session.execute(update(Notification).where(column.in_(queued)).values({column: None}))
     return deleted
 
 

@@ -21,6 +21,7 @@ from adapter.bootstrap import Container
 from adapter.db import read_transaction, transaction
 from adapter.error_store import sent_by
 from adapter.fhir_wiring import fhir_router
+from adapter.message_trace import message_view, trace
 from adapter.metrics import REGISTRY, StoreCollector, ValidationHelpersCollector
 from adapter.models import InboundMessage, Notification
 from fhir.subscriptions import silent_subscriptions
@@ -92,20 +93,6 @@ def notification_view(row: Notification) -> dict[str, Any]:
     }
 
 
-def message_view(row: InboundMessage) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "source": row.source,
-        "sender": row.sender,
-        "control_id": row.control_id,
-        "type": row.message_type,
-        "received_at": row.received_at.isoformat(),
-        "status": "duplicate" if row.duplicates and row.status == "processed" else row.status,
-        "duplicates": row.duplicates,
-        "error": row.error,
-    }
-
-
 def api_router(container: Container) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["operators and officers"])
     officer = Depends(require(container, "officer"))
@@ -170,6 +157,18 @@ def api_router(container: Container) -> APIRouter:
         total = db.scalar(select(func.count()).select_from(query.subquery()))
         rows = db.scalars(query.order_by(InboundMessage.id.desc()).limit(limit).offset(offset))
         return {"total": total, "items": [message_view(row) for row in rows]}
+
+    @router.get("/messages/{message_id}", dependencies=[officer])
+    def message_trace(message_id: RowIdPath, db: ReadDb) -> dict[str, Any]:
+        """One inbound message, as listed, and what became of it: the notifications it
+        planned (``caused``) and cancelled while they waited (``withdrew``: a reschedule's
+        moved reminders, a cancellation's), the application ACK owed for it (enhanced
+        mode: status, attempts, last error) and, in the error store, why and whether it
+        can still be replayed. No message content, no personal data."""
+        found = trace(db, message_id)
+        if found is None:
+            raise HTTPException(404, f"no inbound message with id {message_id}")
+        return found.as_json()
 
     return router
 

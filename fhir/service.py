@@ -316,16 +316,18 @@ class FhirService:
         return self.publish_version(session, stored, sender, previous=previous)
 
     def events_of(self, session: Session, stored: StoredVersion, sender: str,
-                  previous: dict[str, Any] | None | object = _LOAD) -> list[AnyEvent]:
+                  previous: dict[str, Any] | None | object = _LOAD, *,
+                  message_id: int | None = None) -> list[AnyEvent]:
         """The events version N of a resource announces, derived from version
         N-1 (loaded unless given; a deletion stands for no version): the same answer
-        whenever it is asked."""
+        whenever it is asked. ``message_id``, the caller's id of the stored version's
+        record, goes into their origin as it is."""
         if previous is _LOAD:
             before = stored.version_id > 1 and store.version(
                 session, self.codec, stored.resource_type, stored.resource_id,
                 stored.version_id - 1)
             previous = before.resource if before and not before.deleted else None
-        origin = Origin("fhir", sender, f"{stored.ref}/_history/{stored.version_id}")
+        origin = Origin("fhir", sender, f"{stored.ref}/_history/{stored.version_id}", message_id)
         if stored.deleted:
             if previous is None:
                 return []
@@ -344,12 +346,13 @@ class FhirService:
         return events
 
     def publish_version(self, session: Session, stored: StoredVersion, sender: str,
-                        previous: dict[str, Any] | None | object = _LOAD) -> list[AnyEvent]:
+                        previous: dict[str, Any] | None | object = _LOAD, *,
+                        message_id: int | None = None) -> list[AnyEvent]:
         """Derive the events of a stored version and hand them to the core, in
         ``session``'s transaction. Raises :class:`FhirError` (422 when the core
         refuses them, 500 on any other failure)."""
         store.insert_staged(session)  # the core sees what is stored
-        events = self.events_of(session, stored, sender, previous)
+        events = self.events_of(session, stored, sender, previous, message_id=message_id)
         self._publish(session, events)
         return events
 

@@ -133,8 +133,10 @@ def refusal(code: str, trigger: str, version: str) -> UnsupportedMessage | None:
     return None
 
 
-def map_message(text: str, facilities: FacilityConfig, *, received_at: datetime) -> list[AnyEvent]:
-    """The events one decoded message means (see the module docstring).
+def map_message(text: str, facilities: FacilityConfig, *, received_at: datetime,
+                message_id: int | None = None) -> list[AnyEvent]:
+    """The events one decoded message means (see the module docstring). ``message_id``,
+    the caller's id of the stored message, goes into their origin as it is.
 
     Raises ``HeaderError`` (no MSH), ``UnsupportedMessage`` (type or version
     not handled) and ``MappingError`` (understood but not mappable)."""
@@ -146,7 +148,7 @@ def map_message(text: str, facilities: FacilityConfig, *, received_at: datetime)
     refused = refusal(code, trigger, msh.value(12, 1).strip())
     if refused is not None:
         raise refused
-    context = _context(message, facilities, received_at)
+    context = _context(message, facilities, received_at, message_id)
     if context.rule.validate_with_hl7apy:
         validate_structure(text)
     if code == "SIU":
@@ -176,7 +178,8 @@ def _namespace(segment: Segment, n: int) -> str:
     return segment.value(n, 1) or segment.value(n, 2)
 
 
-def _context(message: Message, facilities: FacilityConfig, received_at: datetime) -> _Context:
+def _context(message: Message, facilities: FacilityConfig, received_at: datetime,
+             message_id: int | None = None) -> _Context:
     msh = message.msh
     facility = _namespace(msh, 4)
     sender = f"{_namespace(msh, 3)}^{facility}"
@@ -186,7 +189,7 @@ def _context(message: Message, facilities: FacilityConfig, received_at: datetime
     evn = message.segment("EVN")
     if evn is not None:
         occurred = _optional_ts(evn.value(6), zone) or _optional_ts(evn.value(2), zone) or occurred
-    origin = Origin(source="hl7", sender=sender, message_ref=msh.value(10).strip())
+    origin = Origin(source="hl7", sender=sender, message_ref=msh.value(10).strip(), message_id=message_id)
     entry = facility if facility in facilities.facilities else "default"
     return _Context(origin, sender, facility or sender, rule, zone, occurred or received_at, received_at, entry)
 

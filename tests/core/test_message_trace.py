@@ -119,7 +119,7 @@ def test_hl7_trace_shows_each_sender_of_a_control_id_the_error_store_and_exits_1
     assert bad.returncode == 0, bad.stderr
     [failed] = [json.loads(line) for line in bad.stdout.splitlines()]
     assert failed["status"] == "error" and failed["caused"] == []
-    assert failed["error_store"] == {"reason": "no appointment start time in SCH-11, AIS-4", "replayable": True,
+    assert failed["error_store"] == {"reason": "no appointment start time in SCH-11, AIS-4, TQ1-7", "replayable": True,
                                      "not_replayable": ""}
 
     for nothing, said in ((none, "control id NOPE"), (narrowed, "control id BAD1 from OSP_NORD")):

@@ -19,6 +19,17 @@ class Conflict(AdapterError):
     """The request contradicts what is stored."""
 
 
+class UnknownAppointment(AdapterError):
+    """An event that names its appointment and not its patient (an HL7 SIU without PID) is
+    about an appointment not stored here: never booked through the adapter, or booked before
+    it was installed. Nothing says whose it is; once its booking has arrived it can be
+    applied (replayed). ``ref``: the appointment's, which holds no personal data."""
+
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"appointment {ref} is not known here and the event does not name its patient")
+        self.ref = ref
+
+
 class DatabaseUnusable(AdapterError):
     """The database cannot be used as it is: it cannot be reached, refuses our
     credentials, has no adapter schema, or a schema older or newer than this code. The

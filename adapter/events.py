@@ -104,35 +104,41 @@ class Event:
     occurred_at: datetime
 
 
+# The ``patient`` of an appointment event is None when the message names the appointment and
+# not whose it is (an HL7 SIU without PID: the patient group is optional, HL7 v2.5 §10.6). It
+# is about the patient the appointment is stored for, whose details it leaves as they are; an
+# appointment not stored cannot be applied (adapter.errors.UnknownAppointment).
+
+
 @dataclass(frozen=True)
 class AppointmentBooked(Event):
-    patient: PatientDetails
+    patient: PatientDetails | None
     appointment: Appointment
 
 
 @dataclass(frozen=True)
 class AppointmentRescheduled(Event):
-    patient: PatientDetails
+    patient: PatientDetails | None
     appointment: Appointment
     previous_start: datetime | None = None
 
 
 @dataclass(frozen=True)
 class AppointmentCancelled(Event):
-    patient: PatientDetails
+    patient: PatientDetails | None
     appointment: Appointment
     reason: str = ""  # "cancelled", "entered-in-error", "deleted"
 
 
 @dataclass(frozen=True)
 class AppointmentNoShow(Event):
-    patient: PatientDetails
+    patient: PatientDetails | None
     appointment: Appointment
 
 
 @dataclass(frozen=True)
 class AppointmentFulfilled(Event):
-    patient: PatientDetails
+    patient: PatientDetails | None
     appointment: Appointment
 
 

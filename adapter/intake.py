@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapter.clock import Clock
 from adapter.app_acks import queue_application_ack, verdict, wants_accept_ack, wants_application_ack
 from adapter.events import AnyEvent
+from adapter.errors import UnknownAppointment
 from adapter.db import insert_rows_with, placeholder, raw_transaction, read_transaction, transaction
 from adapter.metrics import ACK_LATENCY, HL7_LAST_STORED, MESSAGES_RECEIVED, STORE_BATCH, STORE_SECONDS
 from adapter.models import InboundMessage, InboundRaw
@@ -327,6 +328,13 @@ class GroupCommitWriter:
         return out
 
 
+def _unknown_appointment_reason(failure: UnknownAppointment) -> str:
+    """The error store's reason (and an AE's) for an SIU without PID about an appointment not
+    stored: which appointment, and what to do. The appointment first: an ERR holds 200 characters."""
+    return (f"no PID, and appointment {failure.ref} is not known here (never booked through the adapter): "
+            "no patient to apply it to; once its booking has arrived, replay it (hl7 replay)")
+
+
 def _header_of(raw: bytes) -> MessageHeader | HL7Error:
     """The message's header, or why it cannot be read (answered as such)."""
     try:
@@ -587,6 +595,8 @@ class HL7Intake:
         error_code = None
         if isinstance(failure, HL7Error):  # unsupported, undecodable: rejected; unmappable: error
             status, error, error_code = "rejected" if failure.rejects else "error", failure.reason[:500], failure.code
+        elif isinstance(failure, UnknownAppointment):  # table 0357 204: unknown key identifier
+            status, error, error_code = "error", _unknown_appointment_reason(failure)[:500], "204"
         elif failure is not None:
             log.error("processing inbound message %s failed", message_id, exc_info=failure)
             status, error = "error", f"internal error: {type(failure).__name__}"

@@ -24,6 +24,7 @@ from uuid6 import uuid7
 from adapter import events as ev
 from adapter.appointments import StoredAppointment, change_to_apply
 from adapter.db import all_or_each, execute_prebuilt, insert_rows
+from adapter.errors import UnknownAppointment
 from adapter.models import Appointment, Invoice, Notification, PatientIdentifier
 from adapter.patients import (
     create_patients,
@@ -142,6 +143,8 @@ class Pipeline:
             else:
                 for position, ids in zip(together, created, strict=True):
                     outcomes[position] = ids
+        for position, failure in self._unknown_appointments(session, messages, mentions).items():
+            outcomes[position] = failure
         rest = [position for position, outcome in enumerate(outcomes) if outcome is None]
         self._read_ahead(session, [mentions[position] for position in rest])
         applied = all_or_each(session, [messages[position] for position in rest],
@@ -160,7 +163,7 @@ class Pipeline:
         counts = Counter(mention for mentioned in mentions for mention in mentioned)
         candidates = [
             position for position, events in enumerate(messages)
-            if len(events) == 1 and type(events[0]) is ev.AppointmentBooked
+            if len(events) == 1 and type(events[0]) is ev.AppointmentBooked and events[0].patient is not None
             and all(counts[mention] == 1 for mention in mentions[position])
         ]
         if not candidates:
@@ -171,6 +174,24 @@ class Pipeline:
         known |= {("ref", ref) for ref in session.scalars(
             _KNOWN_REFS, {"refs": [value for kind, value in wanted if kind == "ref"]})}
         return [position for position in candidates if not mentions[position] & known]
+
+    def _unknown_appointments(self, session: Session, messages: Sequence[Sequence[ev.Event]],
+                              mentions: Sequence[set[tuple[str, str]]]) -> dict[int, UnknownAppointment]:
+        """The messages that :meth:`handle` would fail with ``UnknownAppointment``, by position:
+        an event not naming its patient, about an appointment neither the database nor any
+        other of ``messages`` mentions; found with one query for all. Failing them here keeps
+        the others applied together (one failing among them has every message of the batch
+        applied again one by one: twice the time)."""
+        asked = {position: events[0].appointment.ref for position, events in enumerate(messages)  # type: ignore[attr-defined]
+                 if len(events) == 1 and getattr(events[0], "appointment", None) is not None
+                 and getattr(events[0], "patient", ...) is None}
+        if asked:
+            counts = Counter(mention for mentioned in mentions for mention in mentioned)
+            asked = {position: ref for position, ref in asked.items() if counts[("ref", ref)] == 1}
+        if not asked:
+            return {}
+        known = set(session.scalars(_KNOWN_REFS, {"refs": sorted(set(asked.values()))}))
+        return {position: UnknownAppointment(ref) for position, ref in asked.items() if ref not in known}
 
     def _read_ahead(self, session: Session, mentions: Sequence[set[tuple[str, str]]]) -> None:
         """The consent histories and data keys of the known patients that messages with
@@ -242,7 +263,7 @@ class Pipeline:
             return []
         details: ev.PatientDetails | None = getattr(event, "patient", None)
         if details is None:
-            return []
+            return self._for_stored_patient(session, event, now=now)
         upserted = upsert_patient(session, vault, details, now=now)
         patient_id = upserted.id
         if upserted.created:
@@ -262,6 +283,28 @@ class Pipeline:
         if appointment is None:
             return []
         found = execute_prebuilt(session, _FIND_APPOINTMENT, {"appointment": appointment.ref})  # ref is unique
+        return self._apply_appointment(session, patient_id, event, found, now=now)
+
+    def _for_stored_patient(self, session: Session, event: ev.Event, *, now: datetime) -> list[int]:
+        """An appointment event that does not say whose the appointment is (an HL7 SIU without
+        PID), applied for the patient the appointment is stored for (read by the look-up the
+        appointment needs anyway), whose details stay as they are. Raises ``UnknownAppointment``
+        for an appointment not stored: there is no one to apply it to."""
+        appointment: ev.Appointment | None = getattr(event, "appointment", None)
+        if appointment is None:
+            return []
+        found = execute_prebuilt(session, _FIND_APPOINTMENT, {"appointment": appointment.ref})  # ref is unique
+        if not found:
+            raise UnknownAppointment(appointment.ref)
+        patient_id = found[0][2]
+        self.gate.received(session, patient_id, event, now=now)
+        return self._apply_appointment(session, patient_id, event, found, now=now)
+
+    def _apply_appointment(self, session: Session, patient_id: str, event: ev.Event, found: Sequence[Any], *,
+                           now: datetime) -> list[int]:
+        """Apply an appointment event about ``patient_id``, given the appointment as stored
+        (``found``: its row of ``_FIND_APPOINTMENT``, or none)."""
+        appointment: ev.Appointment = event.appointment  # type: ignore[attr-defined]
         previous, time_known, stored_service = (
             (StoredAppointment(*found[0][:4]), found[0][4], found[0][5]) if found else (None, None, ""))
         if appointment.start is None:  # an HL7 cancellation or no-show naming the appointment only

@@ -14,6 +14,9 @@ SIU^S14             AppointmentRescheduled (a modification: the core compares th
 SIU^S15 / S17       AppointmentCancelled, reason "cancelled" / "deleted"
 SIU^S26             AppointmentNoShow (these, and an S14 that closes the appointment, may
                     leave its time out: the core keeps the one it stored)
+SIU without PID     S13, S14, S15, S17, S26: the same event with ``patient`` None, about the
+                    patient the core stored the appointment for (the patient group is
+                    optional in SIU, §10.6). S12: MappingError, a booking must carry PID
 ORU^R01             per OBR: OBR-25 F → ReportReady, C → ReportReady(amended=True),
                     X → ReportWithdrawn, anything else (P, I, R...) → nothing. An empty
                     OBR-25 takes the OBX-11 statuses (all F → F, any C → C).
@@ -34,8 +37,8 @@ Decisions:
   ``UnsupportedMessage`` (AR, table 0357 code 200 / 203); :func:`refusal` says so from
   the header alone, which the ACK path asks before storing.
 - A supported message that lacks what we need (no patient key, no start time,
-  unreadable timestamp) raises ``MappingError`` (AE) with a reason that holds
-  no personal data.
+  unreadable timestamp, no PID in a booking, ORU or ADT) raises ``MappingError`` (AE)
+  with a reason that holds no personal data.
 - The appointment's service code (``Appointment.service_code``) is AIS-3.1 with its
   coding system AIS-3.3 (``L|CARD01``), of the AIS the start is taken from (the first AIS
   when the start is SCH-11 or TQ1-7); its label is AIS-3.2. A message without AIS (a
@@ -356,7 +359,11 @@ def _map_siu(message: Message, trigger: str, context: _Context) -> list[AnyEvent
     status = sch.value(25, 1).strip().upper()
     if trigger in ("S12", "S13", "S14") and status in _SIU_NOT_BOOKED:
         return []  # a request (often without a time yet): told once a message says Booked
-    patient = _patient(message.segment("PID"), context)
+    pid = message.segment("PID")
+    if pid is None and trigger == "S12":
+        raise MappingError("SIU^S12 has no PID segment: a booking must carry PID (the patient to tell)", "100")
+    # Without PID (optional in SIU) the message is about the patient the appointment is stored for.
+    patient = _patient(pid, context) if pid is not None else None
     closing = trigger in ("S15", "S17", "S26") or (trigger == "S14" and status in _SIU_CLOSING_STATUSES)
     appointment = _appointment(message, sch, context, start_required=not closing)
     base = {"origin": context.origin, "occurred_at": context.occurred_at, "patient": patient,

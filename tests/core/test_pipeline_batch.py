@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from adapter import events as ev
 from adapter.db import transaction
+from adapter.errors import UnknownAppointment
 from adapter.models import Appointment, Contact, Notification, Patient
 from compliance.errors import PersonalDataInAudit
 from compliance.models import AuditEntry
@@ -167,6 +168,46 @@ def test_updates_applied_together_keep_the_others_when_one_fails(tmp_path, datab
             assert statuses[("hl7:CUP^OSP_TEST:U1", "cancelled")] == statuses[("hl7:CUP^OSP_TEST:U3", "cancelled")] == 3
             assert statuses[("hl7:CUP^OSP_TEST:U2", "cancelled")] == 0
             assert Counter(session.scalars(select(AuditEntry.action)))["received"] == 5  # 3 bookings, 2 moves: once each
+            assert container.audit.verify(session).ok
+    finally:
+        container.engine.dispose()
+
+
+def cancellation_without_patient(appointment: str, ref: str) -> ev.Event:
+    """An HL7 SIU^S15 without PID: it names the appointment only."""
+    return ev.AppointmentCancelled(origin=ev.Origin("hl7", "CUP^OSP_TEST", ref), occurred_at=NOW, patient=None,
+                                   appointment=ev.Appointment(ref=f"hl7:CUP^OSP_TEST:{appointment}", start=None),
+                                   reason="cancelled")
+
+
+def test_cancellations_without_patient_apply_to_the_appointments_patient_and_an_unknown_one_fails_alone(
+        tmp_path, database_url, caplog):
+    """In one batch: a cancellation of an appointment the database knows, one of an
+    appointment booked earlier in the batch, and one of an appointment nobody knows. The
+    last fails alone, found before the others are applied together: they are not applied
+    again one by one."""
+    container = container_for(tmp_path, database_url)
+    try:
+        with transaction(container.sessions) as session:
+            container.pipeline.handle(session, [booking("W1", "W1")], now=NOW)
+        batch = [[cancellation_without_patient("W1", "X1")],
+                 [booking("W2", "W2")], [cancellation_without_patient("W2", "X2")],
+                 [cancellation_without_patient("NOPE", "X3")],
+                 [booking("W1", "W3", rescheduled=True)]]
+        with transaction(container.sessions) as session:
+            outcomes = container.pipeline.handle_many(session, batch, now=NOW)
+        assert isinstance(outcomes[3], UnknownAppointment) and outcomes[3].ref == "hl7:CUP^OSP_TEST:NOPE"
+        assert [len(outcomes[n]) for n in (0, 1, 2, 4)] == [1, 4, 1, 4]  # a cancellation notice each
+        assert "one by one" not in caplog.text
+        with transaction(container.sessions) as session:
+            appointments = {ref.rsplit(":", 1)[1]: (status, patient) for ref, status, patient in session.execute(
+                select(Appointment.ref, Appointment.status, Appointment.patient_id))}
+            assert {name: status for name, (status, _) in appointments.items()} == {
+                "W1": "cancelled", "W2": "cancelled", "W3": "booked"}
+            notices = session.execute(select(Notification.subject_ref, Notification.patient_id).where(
+                Notification.rule_id == "cancellation-notice")).all()
+            assert sorted(notices) == [(f"hl7:CUP^OSP_TEST:{name}", appointments[name][1]) for name in ("W1", "W2")]
+            assert session.scalar(select(func.count()).select_from(Patient)) == 2
             assert container.audit.verify(session).ok
     finally:
         container.engine.dispose()

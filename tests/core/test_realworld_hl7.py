@@ -77,6 +77,12 @@ CASES: dict[str, Expect] = {
         "AppointmentBooked", key=("MR", "123456"), language="it", start=datetime(2027, 12, 27, 7, 15, tzinfo=UTC),
         telecom=[("phone", "+393331234567"), ("email", "nicolo.dalo@example.it"), ("phone", "+393337654321")])),
     "siu_s14_status_canceled_us_spelling.hl7": Expect(events=_one("AppointmentCancelled", reason="cancelled")),
+    # About the appointment siu_s12_patient_id_type_pi.hl7 books (sent before them): applied for its patient.
+    "siu_s13_no_pid.hl7": Expect(events=_one(
+        "AppointmentRescheduled", patient=None, ref="hl7:samedi-hl7gateway^samedi:a-qcdl7hwscfuze4w",
+        start=datetime(2027, 12, 17, 8, 0, tzinfo=UTC))),
+    "siu_s15_no_pid.hl7": Expect(events=_one(
+        "AppointmentCancelled", patient=None, ref="hl7:samedi-hl7gateway^samedi:a-qcdl7hwscfuze4w", reason="cancelled")),
     "adt_a08_empty_sender_untyped_id.hl7": Expect("error", (
         "no PID-3 identifier matches patient_key of sending facility (empty MSH-4) (the default entry, as it has none "
         "of its own in config/facilities.yaml tries type MR; type PI); PID-3 has: type (none in CX-5) authority PVS1")),

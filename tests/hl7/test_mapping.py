@@ -121,6 +121,43 @@ def test_siu_s26_is_a_no_show(facilities):
     assert isinstance(event, AppointmentNoShow)
 
 
+def without_pid(name: str) -> str:
+    return "\r".join(line for line in text_of(name).split("\r") if not line.startswith(("PID", "PD1", "PV1")))
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [("siu_s13_local_time.hl7", AppointmentRescheduled), ("siu_s14_modification.hl7", AppointmentRescheduled),
+     ("siu_s15_cancel.hl7", AppointmentCancelled), ("siu_s17_delete.hl7", AppointmentCancelled),
+     ("siu_s26_noshow.hl7", AppointmentNoShow)],
+)
+def test_an_siu_without_pid_names_the_appointment_and_no_patient(name, kind, facilities):
+    """PID is optional in SIU (HL7 v2.5 §10.6): such a message is about the patient the
+    appointment is stored for (the core finds them by ``appointment.ref``)."""
+    [with_pid] = events_of(name, facilities)
+    [event] = map_message(without_pid(name), facilities, received_at=RECEIVED)
+    assert type(event) is kind and event.patient is None
+    assert event.appointment == with_pid.appointment
+
+
+def test_an_s14_without_pid_that_completes_the_appointment_is_its_fulfilment(facilities):
+    text = without_pid("siu_s14_modification.hl7").replace("|Booked", "|Complete")
+    [event] = map_message(text, facilities, received_at=RECEIVED)
+    assert isinstance(event, AppointmentFulfilled) and event.patient is None
+
+
+def test_a_booking_without_pid_is_a_mapping_error_saying_a_booking_must_carry_pid(facilities):
+    with pytest.raises(MappingError, match="a booking must carry PID") as raised:
+        map_message(without_pid("siu_s12_utf8_cr.hl7"), facilities, received_at=RECEIVED)
+    assert raised.value.code == "100"
+
+
+@pytest.mark.parametrize("name", ["oru_r01_final.hl7", "adt_a31_update.hl7", "adt_a40_merge.hl7"])
+def test_a_report_or_patient_update_without_pid_is_still_a_mapping_error(name, facilities):
+    with pytest.raises(MappingError, match="PID"):
+        map_message(without_pid(name), facilities, received_at=RECEIVED)
+
+
 def test_start_time_comes_from_where_the_facility_says(facilities):
     text = text_of("siu_s12_utf8_cr.hl7").replace("20250310093000+0100|0|min", "20250310150000+0100|0|min")
     [slu] = map_message(text, facilities, received_at=RECEIVED)  # OSP_SLUCA: AIS-4 first

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -309,6 +310,87 @@ def raw_transaction(engine: Engine, *, priority: bool = False, wait: bool = True
     finally:
         if own:
             connection.close()
+
+
+class StatementConnection:
+    """A PostgreSQL DB-API connection whose every statement is a transaction of its
+    own (autocommit), for a hot statement that does a whole unit of work
+    (data-modifying CTEs): all or nothing, and durable when it returns, in one round
+    trip where ``BEGIN`` and ``COMMIT`` would cost one each. Kept between
+    statements that follow within ``idle_s``: the pool pings a connection it hands
+    out, a round trip more. One idle longer goes back to the pool, so a quiet feed's
+    next statement gets a pinged one; one whose statement failed is closed."""
+
+    def __init__(self, engine: Engine, *, idle_s: float = 1.0) -> None:
+        if engine.dialect.name != "postgresql":
+            raise RuntimeError("StatementConnection is for PostgreSQL: SQLite transactions take the write lock")
+        self.engine = engine
+        self.idle_s = idle_s
+        self._held: Any = None
+        self._used = 0.0
+        self._lock = threading.Lock()
+
+    def execute(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run ``sql``, committed when it returns; its rows. On a kept connection the
+        server has closed meanwhile (a restart, a failover: what the pool's ping would
+        have caught) it is sent once more, on a new one. Had the first reached its
+        commit, the second finds its rows there (an ``ON CONFLICT`` statement takes
+        them for retransmissions, as it would the sender's own resend)."""
+        with self._lock:  # one caller at a time has it; another checks out its own
+            connection, self._held = self._held, None
+            kept = time.monotonic() - self._used <= self.idle_s
+        if connection is not None and not kept:
+            _give_back(connection)
+            connection = None
+        if connection is None:
+            connection, kept = self._connect(), False
+        try:
+            rows = _run(connection, sql, parameters)
+        except self.engine.dialect.dbapi.OperationalError:
+            connection.invalidate()
+            if not kept:
+                raise
+            connection = self._connect()
+            try:
+                rows = _run(connection, sql, parameters)
+            except BaseException:
+                connection.invalidate()
+                raise
+        except BaseException:
+            connection.invalidate()
+            raise
+        with self._lock:
+            connection, self._held = self._held, connection
+            self._used = time.monotonic()
+        if connection is not None:
+            _give_back(connection)
+        return rows
+
+    def _connect(self) -> Any:
+        connection = self.engine.raw_connection()
+        connection.dbapi_connection.autocommit = True
+        return connection
+
+    def close(self) -> None:
+        with self._lock:
+            connection, self._held = self._held, None
+        if connection is not None:
+            _give_back(connection)
+
+
+def _run(connection: Any, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+    cursor = connection.dbapi_connection.cursor()
+    cursor.execute(sql, parameters)
+    return cursor.fetchall()
+
+
+def _give_back(connection: Any) -> None:
+    """Back to the pool as the pool hands connections out: not in autocommit."""
+    try:
+        connection.dbapi_connection.autocommit = False
+    except Exception:  # noqa: BLE001 - a broken connection: the pool's ping throws it away
+        connection.invalidate()
+    connection.close()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

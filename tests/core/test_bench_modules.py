@@ -12,8 +12,9 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 SHARED = {"__init__", "__main__", "common", "fhir_common"}  # helpers, not benchmarks
 # Run by hand when comparing two versions of one path, not by `make bench`: instruction
-# counts under valgrind (minutes), not rates against a baseline of the same run.
-BY_HAND = {"mapping_instructions"}
+# counts under valgrind (minutes), not rates against a baseline of the same run; the
+# ACK path on PostgreSQL (a server of its own, and make bench's time kept).
+BY_HAND = {"mapping_instructions", "mllp_postgresql"}
 MODULES = sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in SHARED | BY_HAND)
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from adapter.db import read_transaction
-from adapter.models import InboundMessage
+from adapter.db import read_transaction, transaction
+from adapter.models import InboundMessage, InboundRaw
 from hl7.header import read_header
 from tests.harness import migrated_container, settings_for, write_lock_held
 
@@ -129,6 +129,69 @@ def test_a_message_the_database_refuses_fails_alone_not_the_messages_stored_with
     with read_transaction(container.sessions) as session:
         stored = set(session.scalars(select(InboundMessage.control_id)))
     assert stored == {"G-first", "G0", "G1", "G2"}
+    container.engine.dispose()
+
+
+def test_a_commit_mixing_new_messages_and_retransmissions_stores_each_new_one_once_and_counts_the_rest(
+        tmp_path, database_url):
+    """One transaction holding new messages, retransmissions of a message stored before
+    (whose ACK comes from the stored original: its status and error) and a message sent
+    twice within it: each new one stored once with its own bytes, the rest counted on
+    the original and answered with its id."""
+    container = migrated_container(settings_for(tmp_path, database_url))
+    writer = container.intake.writer
+    old = siu("OLD")
+    [first] = writer.write([(read_header(old), old)])
+    with transaction(container.sessions) as session:
+        session.execute(update(InboundMessage).where(InboundMessage.id == first.message_id)
+                        .values(status="error", error="no such clinic"))
+    batch = [siu(control_id) for control_id in ("N1", "OLD", "N2", "N1", "OLD", "N3")]
+    stored = writer.write([(read_header(raw), raw) for raw in batch])
+
+    with read_transaction(container.sessions) as session:
+        rows = {row.control_id: row for row in session.execute(
+            select(InboundMessage.control_id, InboundMessage.id, InboundMessage.duplicates))}
+        raws = session.execute(select(InboundRaw.message_id, InboundRaw.raw_enc)).all()
+        opened = {message_id: container.vault.decrypt(session, sealed) for message_id, sealed in raws}
+    assert {control_id: row.duplicates for control_id, row in rows.items()} == {"OLD": 2, "N1": 1, "N2": 0, "N3": 0}
+    assert opened == {rows[c].id: siu(c) for c in ("OLD", "N1", "N2", "N3")}
+    assert [(s.message_id, s.duplicate, s.status, s.error) for s in stored] == [
+        (rows["N1"].id, False, "stored", None),
+        (first.message_id, True, "error", "no such clinic"),
+        (rows["N2"].id, False, "stored", None),
+        (rows["N1"].id, True, "stored", None),
+        (first.message_id, True, "error", "no such clinic"),
+        (rows["N3"].id, False, "stored", None),
+    ]
+    assert rows["N1"].id < rows["N2"].id < rows["N3"].id  # stored in the order they came
+    container.engine.dispose()
+
+
+def test_a_lone_message_is_stored_after_postgresql_dropped_the_store_s_connection(tmp_path, pg_url):
+    """The store keeps its connection between close writes (no ping); one the server
+    closed meanwhile (a restart, a failover) is replaced and the write sent again, so
+    the message is stored and acknowledged, not refused."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from tests.harness import PG_ADMIN
+
+    container = migrated_container(settings_for(tmp_path, pg_url))
+    writer = container.intake.writer
+    writer.linger_s = 0.0
+
+    async def around_a_restart() -> None:
+        await writer.store(read_header(siu("BEFORE")), siu("BEFORE"))
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            assert conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                                (make_url(pg_url).database,)).fetchone()[0] > 0
+        await writer.store(read_header(siu("AFTER")), siu("AFTER"))
+        await writer.stop()
+
+    asyncio.run(around_a_restart())
+    with read_transaction(container.sessions) as session:
+        assert set(session.scalars(select(InboundMessage.control_id))) == {"BEFORE", "AFTER"}
     container.engine.dispose()
 
 

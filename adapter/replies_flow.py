@@ -27,8 +27,8 @@ from adapter import events as ev
 from adapter.bootstrap import Container
 from adapter.compliance_gate import SYSTEM_ACTOR
 from adapter.contact_check import open_contact_check, record_preference
-from adapter.models import Appointment, Contact, Notification, Patient, PatientIdentifier
-from adapter.patients import CHANNEL_MEDIUM, identifier_index, normalise_phone
+from adapter.models import Appointment, Contact, Notification, Patient
+from adapter.patients import CHANNEL_MEDIUM, normalise_phone
 from adapter.replies import IntentKind, Question, classify_reply
 from adapter.reply_models import Incident, PatientReply
 from adapter.writeback import queue_writebacks
@@ -38,7 +38,6 @@ from compliance.consent_store import record_consent, withdraw
 # Messages that ask "1 to confirm, 2 to cancel".
 QUESTION_KINDS = ("booking_confirmation", "reminder", "reschedule_notice")
 BREACH_NOTIFICATION_WINDOW = timedelta(hours=72)  # GDPR art. 33(1)
-INTERNAL_ID_SYSTEM = "urn:adapter:patient"
 
 
 class ReplyAction(StrEnum):
@@ -184,7 +183,7 @@ def _cancel(session: Session, container: Container, sender: Sender, row: Patient
     event = ev.AppointmentCancelled(
         origin=ev.Origin(source="reply", sender=f"{row.provider}", message_ref=f"reply/{row.id}"),
         occurred_at=now,
-        patient=ev.PatientDetails(key=internal_identifier(session, container, sender.patient)),
+        patient=None,  # the appointment's own patient, as the pipeline has it stored
         appointment=ev.Appointment(ref=appointment.ref, start=appointment.start, location=appointment.location),
         reason="cancelled",
     )
@@ -245,17 +244,6 @@ def _appointment(session: Session, ref: str) -> Appointment:
     row = session.scalar(select(Appointment).where(Appointment.ref == ref))
     assert row is not None  # the open question was joined on it
     return row
-
-
-def internal_identifier(session: Session, container: Container, patient: Patient) -> ev.Identifier:
-    """An identifier the pipeline can find the patient by without their real ones (which
-    we hold only as blind indexes): the internal pseudonym, registered on first use."""
-    identifier = ev.Identifier(INTERNAL_ID_SYSTEM, patient.id, "internal")
-    index = identifier_index(container.vault, identifier)
-    if session.scalar(select(PatientIdentifier.id).where(PatientIdentifier.identifier_index == index)) is None:
-        session.add(PatientIdentifier(patient_id=patient.id, identifier_index=index, kind="internal"))
-        session.flush()
-    return identifier
 
 
 def _audit(session: Session, container: Container, patient_id: str, reason: str, details: dict[str, object],

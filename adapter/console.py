@@ -55,6 +55,7 @@ def console_user(container: Container, *roles: Role):
 
     def dependency(request: Request) -> Principal:
         token = request.cookies.get(COOKIE, "")
+        request.state.by_cookie = bool(token)
         scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
         token = token or (bearer.strip() if scheme.lower() == "bearer" else "")
         if not token:
@@ -65,9 +66,33 @@ def console_user(container: Container, *roles: Role):
         if not principal.may(*roles):
             raise HTTPException(403, f"this needs the role {' or '.join(roles)}")
         request.state.principal = principal
+        request.state.form_token = form_token(token)
         return principal
 
     return dependency
+
+
+def console_form(container: Container, *roles: Role):
+    """:func:`console_user` for a form's POST: signed in with the cookie, the form must
+    carry the session's form token (``form_token``), which only the console's own pages
+    hold, so another site cannot make the browser submit it (CSRF; SameSite=Strict
+    on the cookie is the first guard, this the second). A bearer header is never sent
+    by a browser on its own, so a script using one needs no form token."""
+    user = console_user(container, *roles)
+
+    def dependency(request: Request, form_token_: Annotated[str, Form(alias="form_token", max_length=100)] = "", *,
+                   principal: Principal = Depends(user)) -> Principal:
+        if request.state.by_cookie and not hmac.compare_digest(form_token_, request.state.form_token):
+            raise HTTPException(403, "this form is not from your console session: reload the page and try again")
+        return principal
+
+    return dependency
+
+
+def form_token(token: str) -> str:
+    """The form token of the session signed in with ``token``: derived from it (so
+    nothing is stored) and useless without it (the cookie is HttpOnly)."""
+    return hmac.new(token.encode(), b"adapter console form", hashlib.sha256).hexdigest()
 
 
 def check_token(request: Request, container: Container, token: str) -> Principal | None:
@@ -88,22 +113,26 @@ def actor_of(principal: Principal) -> str:
     return f"token:{principal.token_id}:{principal.role}"
 
 
+def page(request: Request, name: str, principal: Principal | None, status_code: int = 200,
+         **context: Any) -> HTMLResponse:
+    """Template ``name`` in the reader's language; its forms carry the session's form token."""
+    lang = language(request)
+    response = TEMPLATES.TemplateResponse(
+        request, name, {"t": text_for(lang), "lang": lang, "languages": LANGUAGES, "user": principal,
+                        "is_admin": principal is not None and principal.role == "admin",
+                        "form_token": getattr(request.state, "form_token", ""), **context},
+        status_code=status_code,
+    )
+    if request.query_params.get("lang") in LANGUAGES:
+        response.set_cookie(LANG_COOKIE, lang, httponly=True, samesite="strict", max_age=365 * 86400)
+    return response
+
+
 def console_router(container: Container) -> APIRouter:
     router = APIRouter(prefix="/ui", tags=["console"], include_in_schema=False)
     officer = console_user(container, "officer")
-    admin = console_user(container, "admin")
-
-    def page(request: Request, name: str, principal: Principal | None, status_code: int = 200,
-             **context: Any) -> HTMLResponse:
-        lang = language(request)
-        response = TEMPLATES.TemplateResponse(
-            request, name, {"t": text_for(lang), "lang": lang, "languages": LANGUAGES, "user": principal,
-                            "is_admin": principal is not None and principal.role == "admin", **context},
-            status_code=status_code,
-        )
-        if request.query_params.get("lang") in LANGUAGES:
-            response.set_cookie(LANG_COOKIE, lang, httponly=True, samesite="strict", max_age=365 * 86400)
-        return response
+    officer_form = console_form(container, "officer")
+    admin_form = console_form(container, "admin")
 
     @router.get("/login", response_class=HTMLResponse)
     def login_form(request: Request) -> HTMLResponse:
@@ -174,7 +203,7 @@ def console_router(container: Container) -> APIRouter:
 
     @router.post("/patients/{patient_id}/consents")
     def give_consent(patient_id: str, purpose: Annotated[str, Form()], channel: Annotated[str, Form()],
-                     decision: Annotated[str, Form()], *, user: Principal = Depends(officer)) -> Response:
+                     decision: Annotated[str, Form()], *, user: Principal = Depends(officer_form)) -> Response:
         try:
             with transaction(container.sessions) as db:
                 rights.record_consent(db, container, patient_id, purpose=purpose, channel=channel, decision=decision,
@@ -201,7 +230,7 @@ def console_router(container: Container) -> APIRouter:
 
     @router.post("/patients/{patient_id}/erase")
     def erase(patient_id: str, confirm: Annotated[str, Form()] = "", *,
-              user: Principal = Depends(admin)) -> Response:
+              user: Principal = Depends(admin_form)) -> Response:
         if confirm.strip() != patient_id:
             raise HTTPException(422, "type the patient id to confirm the erasure")
         try:

@@ -1,14 +1,18 @@
-"""The console for compliance officers at ``/ui/`` (server-rendered, Italian and English
-via ``?lang=``): a patient's notifications and why each was sent or suppressed, consent
-history, the audit trail with its verification status, exports, and erasure (admin).
+"""The console for compliance officers and operators at ``/ui/`` (server-rendered,
+Italian and English via ``?lang=``): a patient's notifications and why each was sent or
+suppressed, consent history, the audit trail with its verification status, exports,
+and erasure (admin); the inbound messages and their traces (:mod:`adapter.console_messages`).
 
 Login takes an API token and keeps it in an HttpOnly, SameSite=Strict cookie; every
-page checks it as the API does (roles, audited and rate-limited failures). Pages call
-:mod:`adapter.subject_rights` and ``compliance/`` exactly as the API routes do.
+page checks it as the API does (roles, audited and rate-limited failures), and every
+form that changes something carries the session's form token (:func:`console_form`).
+Pages call :mod:`adapter.subject_rights` and ``compliance/`` exactly as the API routes do.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -265,8 +269,11 @@ def install_console(app, container: Container) -> None:
         lang = request.query_params.get("lang")
         return RedirectResponse(f"/ui/login?lang={lang}" if lang in LANGUAGES else "/ui/login", status_code=303)
 
+    from adapter.console_messages import messages_router  # uses this module's pages
+
     app.add_exception_handler(LoginRequired, to_login)
     app.include_router(console_router(container))
+    app.include_router(messages_router(container))
 
 
 def _consent_record(decision: dict[str, Any]) -> int | None:

@@ -131,3 +131,18 @@ def test_the_console_lists_what_the_api_lists_for_the_same_filters(console):
         assert shown == [str(item["id"]) for item in listed["items"]], filters
         assert f'<span id="total">{listed["total"]}</span>' in page, filters
     assert [i["control_id"] for i in api.get("/api/messages", params={"type": "SIU^S15"}).json()["items"]] == ["X1"]
+
+
+def test_the_message_list_pages_through_the_store_newest_first_keeping_its_filters(console):
+    messages = [siu("S12", f"P{i}", f"FLP{i}") for i in range(55)]
+    console.container.intake.writer.write([(read_header(m), m) for m in messages])  # stored, not processed
+    officer = console.client("officer")
+
+    first = officer.get("/ui/messages", params={"status": "stored", "type": "SIU^S12"}).text
+    ids = [int(i) for i in re.findall(r'class="trace">(\d+)<', first)]
+    assert len(ids) == 50 and ids == sorted(ids, reverse=True) and 'id="previous"' not in first
+    following = re.search(r'href="([^"]+)" id="next"', first).group(1).replace("&amp;", "&")
+    assert "status=stored" in following and "type=SIU%5ES12" in following
+    second = officer.get(following).text
+    rest = [int(i) for i in re.findall(r'class="trace">(\d+)<', second)]
+    assert len(rest) == 5 and max(rest) < min(ids) and 'id="previous"' in second and 'id="next"' not in second

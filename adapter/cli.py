@@ -391,8 +391,7 @@ def hl7_replay(
     message not in the error store (processed since, or a duplicate) is not replayed: it
     says so, and its patient is not notified twice."""
     from adapter.db import read_transaction
-    from adapter.error_store import replay_outcomes, replay_summary
-    from adapter.models import InboundMessage
+    from adapter.error_store import replay, replay_summary
 
     filters = {"--facility": facility, "--since": since, "--type": message_type, "--reason": reason}
     if bool(ids) == all_:
@@ -412,20 +411,7 @@ def hl7_replay(
             console.print("no message in the error store matches: nothing to replay")
             return
     assert ids is not None
-    ids = list(dict.fromkeys(ids))
-    with read_transaction(container.sessions) as session:
-        settled = dict(session.execute(select(InboundMessage.id, InboundMessage.status).where(
-            InboundMessage.id.in_(ids), InboundMessage.status.notin_(("stored", "error", "rejected")))).all())
-    gone = container.intake.without_raw(list(settled))  # purged or erased: replay says which
-    settled = {i: status for i, status in settled.items() if i not in gone}
-    todo = [i for i in ids if i not in settled]
-    fhir = container.fhir.replay(todo)
-    statuses = {**container.intake.replay([i for i in todo if i not in fhir]), **fhir,
-                **{i: f"not replayed: it is {status}, not in the error store" for i, status in settled.items()}}
-    with read_transaction(container.sessions) as session:
-        reasons = dict(session.execute(select(InboundMessage.id, InboundMessage.error).where(
-            InboundMessage.id.in_(ids), InboundMessage.status.in_(("error", "rejected")))).all())
-    outcomes = replay_outcomes({i: statuses[i] for i in ids}, reasons)
+    outcomes = replay(container, ids)
     for message_id, outcome in outcomes.items():
         console.print(f"{message_id}: {escape(outcome)}", soft_wrap=True)
     for line in replay_summary(outcomes):

@@ -1,14 +1,18 @@
-"""The console for compliance officers at ``/ui/`` (server-rendered, Italian and English
-via ``?lang=``): a patient's notifications and why each was sent or suppressed, consent
-history, the audit trail with its verification status, exports, and erasure (admin).
+"""The console for compliance officers and operators at ``/ui/`` (server-rendered,
+Italian and English via ``?lang=``): a patient's notifications and why each was sent or
+suppressed, consent history, the audit trail with its verification status, exports,
+and erasure (admin); the inbound messages and their traces (:mod:`adapter.console_messages`).
 
 Login takes an API token and keeps it in an HttpOnly, SameSite=Strict cookie; every
-page checks it as the API does (roles, audited and rate-limited failures). Pages call
-:mod:`adapter.subject_rights` and ``compliance/`` exactly as the API routes do.
+page checks it as the API does (roles, audited and rate-limited failures), and every
+form that changes something carries the session's form token (:func:`console_form`).
+Pages call :mod:`adapter.subject_rights` and ``compliance/`` exactly as the API routes do.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -55,6 +59,7 @@ def console_user(container: Container, *roles: Role):
 
     def dependency(request: Request) -> Principal:
         token = request.cookies.get(COOKIE, "")
+        request.state.by_cookie = bool(token)
         scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
         token = token or (bearer.strip() if scheme.lower() == "bearer" else "")
         if not token:
@@ -65,9 +70,33 @@ def console_user(container: Container, *roles: Role):
         if not principal.may(*roles):
             raise HTTPException(403, f"this needs the role {' or '.join(roles)}")
         request.state.principal = principal
+        request.state.form_token = form_token(token)
         return principal
 
     return dependency
+
+
+def console_form(container: Container, *roles: Role):
+    """:func:`console_user` for a form's POST: signed in with the cookie, the form must
+    carry the session's form token (``form_token``), which only the console's own pages
+    hold, so another site cannot make the browser submit it (CSRF; SameSite=Strict
+    on the cookie is the first guard, this the second). A bearer header is never sent
+    by a browser on its own, so a script using one needs no form token."""
+    user = console_user(container, *roles)
+
+    def dependency(request: Request, form_token_: Annotated[str, Form(alias="form_token", max_length=100)] = "", *,
+                   principal: Principal = Depends(user)) -> Principal:
+        if request.state.by_cookie and not hmac.compare_digest(form_token_, request.state.form_token):
+            raise HTTPException(403, "this form is not from your console session: reload the page and try again")
+        return principal
+
+    return dependency
+
+
+def form_token(token: str) -> str:
+    """The form token of the session signed in with ``token``: derived from it (so
+    nothing is stored) and useless without it (the cookie is HttpOnly)."""
+    return hmac.new(token.encode(), b"adapter console form", hashlib.sha256).hexdigest()
 
 
 def check_token(request: Request, container: Container, token: str) -> Principal | None:
@@ -88,22 +117,26 @@ def actor_of(principal: Principal) -> str:
     return f"token:{principal.token_id}:{principal.role}"
 
 
+def page(request: Request, name: str, principal: Principal | None, status_code: int = 200,
+         **context: Any) -> HTMLResponse:
+    """Template ``name`` in the reader's language; its forms carry the session's form token."""
+    lang = language(request)
+    response = TEMPLATES.TemplateResponse(
+        request, name, {"t": text_for(lang), "lang": lang, "languages": LANGUAGES, "user": principal,
+                        "is_admin": principal is not None and principal.role == "admin",
+                        "form_token": getattr(request.state, "form_token", ""), **context},
+        status_code=status_code,
+    )
+    if request.query_params.get("lang") in LANGUAGES:
+        response.set_cookie(LANG_COOKIE, lang, httponly=True, samesite="strict", max_age=365 * 86400)
+    return response
+
+
 def console_router(container: Container) -> APIRouter:
     router = APIRouter(prefix="/ui", tags=["console"], include_in_schema=False)
     officer = console_user(container, "officer")
-    admin = console_user(container, "admin")
-
-    def page(request: Request, name: str, principal: Principal | None, status_code: int = 200,
-             **context: Any) -> HTMLResponse:
-        lang = language(request)
-        response = TEMPLATES.TemplateResponse(
-            request, name, {"t": text_for(lang), "lang": lang, "languages": LANGUAGES, "user": principal,
-                            "is_admin": principal is not None and principal.role == "admin", **context},
-            status_code=status_code,
-        )
-        if request.query_params.get("lang") in LANGUAGES:
-            response.set_cookie(LANG_COOKIE, lang, httponly=True, samesite="strict", max_age=365 * 86400)
-        return response
+    officer_form = console_form(container, "officer")
+    admin_form = console_form(container, "admin")
 
     @router.get("/login", response_class=HTMLResponse)
     def login_form(request: Request) -> HTMLResponse:
@@ -174,7 +207,7 @@ def console_router(container: Container) -> APIRouter:
 
     @router.post("/patients/{patient_id}/consents")
     def give_consent(patient_id: str, purpose: Annotated[str, Form()], channel: Annotated[str, Form()],
-                     decision: Annotated[str, Form()], *, user: Principal = Depends(officer)) -> Response:
+                     decision: Annotated[str, Form()], *, user: Principal = Depends(officer_form)) -> Response:
         try:
             with transaction(container.sessions) as db:
                 rights.record_consent(db, container, patient_id, purpose=purpose, channel=channel, decision=decision,
@@ -201,7 +234,7 @@ def console_router(container: Container) -> APIRouter:
 
     @router.post("/patients/{patient_id}/erase")
     def erase(patient_id: str, confirm: Annotated[str, Form()] = "", *,
-              user: Principal = Depends(admin)) -> Response:
+              user: Principal = Depends(admin_form)) -> Response:
         if confirm.strip() != patient_id:
             raise HTTPException(422, "type the patient id to confirm the erasure")
         try:
@@ -236,8 +269,11 @@ def install_console(app, container: Container) -> None:
         lang = request.query_params.get("lang")
         return RedirectResponse(f"/ui/login?lang={lang}" if lang in LANGUAGES else "/ui/login", status_code=303)
 
+    from adapter.console_messages import messages_router  # uses this module's pages
+
     app.add_exception_handler(LoginRequired, to_login)
     app.include_router(console_router(container))
+    app.include_router(messages_router(container))
 
 
 def _consent_record(decision: dict[str, Any]) -> int | None:

@@ -9,12 +9,16 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session
 
+from adapter.db import read_transaction
 from adapter.models import InboundMessage, InboundRaw
+
+if TYPE_CHECKING:
+    from adapter.bootstrap import Container
 
 IN_STORE = ("error", "rejected")
 
@@ -48,6 +52,12 @@ def sent_by(facility: str) -> ColumnElement[bool]:
     return or_(InboundMessage.sender == facility, InboundMessage.sender.endswith("^" + facility, autoescape=True))
 
 
+def of_type(message_type: str) -> ColumnElement[bool]:
+    """Inbound messages of a type (``SIU``) or type and trigger (``SIU^S12``)."""
+    return or_(InboundMessage.message_type == message_type,
+               InboundMessage.message_type.startswith(message_type + "^", autoescape=True))
+
+
 @dataclass(frozen=True)
 class ErrorFilter:
     """Which error-store messages: every one when no field is set.
@@ -68,8 +78,7 @@ class ErrorFilter:
         if self.since is not None:
             where.append(InboundMessage.received_at >= self.since)
         if self.message_type:
-            where.append(or_(InboundMessage.message_type == self.message_type,
-                             InboundMessage.message_type.startswith(self.message_type + "^", autoescape=True)))
+            where.append(of_type(self.message_type))
         if self.reason:
             where.append(func.lower(InboundMessage.error).contains(self.reason.lower(), autoescape=True))
         return where
@@ -145,6 +154,29 @@ def replay_outcomes(statuses: dict[int, str], reasons: dict[int, str]) -> dict[i
         return NO_SUCH_MESSAGE if status == "missing" else status
 
     return {message_id: said(message_id, status) for message_id, status in statuses.items()}
+
+
+def replay(container: Container, message_ids: list[int]) -> dict[int, str]:
+    """Process error-store messages (HL7 messages and FHIR versions) again, after a fix,
+    each in its own transaction, and say what became of each (:func:`replay_outcomes`),
+    in the order given. A message not in the error store (processed since, or a
+    duplicate) is not replayed, so its patient is not notified twice; one whose raw
+    bytes are gone cannot be, and the outcome says why. ``hl7 replay`` and the
+    console's Replay button."""
+    ids = list(dict.fromkeys(message_ids))
+    with read_transaction(container.sessions) as session:
+        settled = dict(session.execute(select(InboundMessage.id, InboundMessage.status).where(
+            InboundMessage.id.in_(ids), InboundMessage.status.notin_(("stored", *IN_STORE)))).all())
+    gone = container.intake.without_raw(list(settled))  # purged or erased: replay says which
+    settled = {i: status for i, status in settled.items() if i not in gone}
+    todo = [i for i in ids if i not in settled]
+    fhir = container.fhir.replay(todo)
+    statuses = {**container.intake.replay([i for i in todo if i not in fhir]), **fhir,
+                **{i: f"not replayed: it is {status}, not in the error store" for i, status in settled.items()}}
+    with read_transaction(container.sessions) as session:
+        reasons = dict(session.execute(select(InboundMessage.id, InboundMessage.error).where(
+            InboundMessage.id.in_(ids), InboundMessage.status.in_(IN_STORE))).all())
+    return replay_outcomes({i: statuses[i] for i in ids}, reasons)
 
 
 def replay_summary(outcomes: dict[int, str]) -> list[str]:

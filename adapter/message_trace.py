@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
-from adapter.error_store import IN_STORE, not_replayable, raw_held, sent_by
+from adapter.error_store import IN_STORE, not_replayable, of_type, raw_held, sent_by
 from adapter.models import ApplicationAck, InboundMessage, Notification
 
 
@@ -37,6 +37,65 @@ def message_view(row: InboundMessage) -> dict[str, Any]:
         "duplicates": row.duplicates,
         "error": row.error,
     }
+
+
+# As message_view shows it: a processed message received again is "duplicate".
+_SHOWN_STATUS = case(((InboundMessage.duplicates > 0) & (InboundMessage.status == "processed"), "duplicate"),
+                     else_=InboundMessage.status)
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    """Which inbound messages, as ``GET /api/messages`` and the console narrow them:
+    every one when no field is set. ``status`` as :func:`message_view` shows it
+    (``duplicate``: processed, then received again); ``sender`` MSH-4 or the sender as
+    listed (:func:`adapter.error_store.sent_by`); ``message_type`` a type or type and
+    trigger; ``since`` received at or after (timezone-aware)."""
+
+    source: str | None = None
+    status: str | None = None
+    control_id: str | None = None
+    sender: str | None = None
+    message_type: str | None = None
+    since: datetime | None = None
+
+    def clauses(self, *, status: bool = True) -> list[ColumnElement[bool]]:
+        where: list[ColumnElement[bool]] = []
+        if self.source:
+            where.append(InboundMessage.source == self.source)
+        if self.sender:
+            where.append(sent_by(self.sender))
+        if self.since is not None:
+            where.append(InboundMessage.received_at >= self.since)
+        if self.message_type:
+            where.append(of_type(self.message_type))
+        if self.control_id:
+            where.append(InboundMessage.control_id == self.control_id)
+        if status and self.status == "duplicate":
+            where += [InboundMessage.status == "processed", InboundMessage.duplicates > 0]
+        elif status and self.status == "processed":
+            where += [InboundMessage.status == "processed", InboundMessage.duplicates == 0]
+        elif status and self.status:
+            where.append(InboundMessage.status == self.status)
+        return where
+
+
+def find_messages(session: Session, matching: MessageFilter, *, limit: int, offset: int = 0
+                  ) -> tuple[int, list[dict[str, Any]]]:
+    """How many messages match, and ``limit`` of them from ``offset``, newest first,
+    as :func:`message_view` shows them."""
+    where = matching.clauses()
+    total = session.scalar(select(func.count()).select_from(InboundMessage).where(*where)) or 0
+    rows = session.scalars(select(InboundMessage).where(*where)
+                           .order_by(InboundMessage.id.desc()).limit(limit).offset(offset))
+    return total, [message_view(row) for row in rows]
+
+
+def status_counts(session: Session, matching: MessageFilter) -> dict[str, int]:
+    """How many messages ``matching`` (whatever its status) are in each status, as
+    :func:`message_view` shows it."""
+    return dict(session.execute(select(_SHOWN_STATUS, func.count()).select_from(InboundMessage)
+                                .where(*matching.clauses(status=False)).group_by(_SHOWN_STATUS)).all())
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,10 @@ from adapter.auth import Principal, Role, authenticate
 from adapter.auth_limits import AuthFailureLimiter
 from adapter.bootstrap import Container
 from adapter.db import read_transaction, transaction
-from adapter.error_store import sent_by
 from adapter.fhir_wiring import fhir_router
-from adapter.message_trace import message_view, trace
+from adapter.message_trace import MessageFilter, find_messages, trace
 from adapter.metrics import REGISTRY, StoreCollector, ValidationHelpersCollector
-from adapter.models import InboundMessage, Notification
+from adapter.models import Notification
 from fhir.subscriptions import silent_subscriptions
 from hl7.mllp import PEER, Peer
 
@@ -133,30 +132,18 @@ def api_router(container: Container) -> APIRouter:
         status: MessageStatus = None,
         control_id: str | None = None,
         sender: Annotated[str | None, Query(description="MSH-4 (OSP_SLUCA), or the sender as listed (CUP^OSP_SLUCA)")] = None,
+        message_type: Annotated[str | None, Query(alias="type", max_length=40,
+                                                  description="a type (SIU) or type and trigger (SIU^S12)")] = None,
         since: Annotated[datetime | None, Query(description="received at or after (ISO 8601; UTC without an offset)")] = None,
         limit: Limit = 100,
         offset: Offset = 0,
     ) -> dict[str, Any]:
         """The inbound message store: every message received and what became of it."""
-        query = select(InboundMessage)
-        if source:
-            query = query.where(InboundMessage.source == source)
-        if sender:
-            query = query.where(sent_by(sender))
-        if since is not None:
-            query = query.where(InboundMessage.received_at >= (since if since.tzinfo else since.replace(tzinfo=UTC)))
-        # As message_view shows them: a processed message received again is "duplicate".
-        if status == "duplicate":
-            query = query.where(InboundMessage.status == "processed", InboundMessage.duplicates > 0)
-        elif status == "processed":
-            query = query.where(InboundMessage.status == "processed", InboundMessage.duplicates == 0)
-        elif status:
-            query = query.where(InboundMessage.status == status)
-        if control_id:
-            query = query.where(InboundMessage.control_id == control_id)
-        total = db.scalar(select(func.count()).select_from(query.subquery()))
-        rows = db.scalars(query.order_by(InboundMessage.id.desc()).limit(limit).offset(offset))
-        return {"total": total, "items": [message_view(row) for row in rows]}
+        matching = MessageFilter(source=source, status=status, control_id=control_id, sender=sender,
+                                 message_type=message_type,
+                                 since=since if since is None or since.tzinfo else since.replace(tzinfo=UTC))
+        total, items = find_messages(db, matching, limit=limit, offset=offset)
+        return {"total": total, "items": items}
 
     @router.get("/messages/{message_id}", dependencies=[officer])
     def message_trace(message_id: RowIdPath, db: ReadDb) -> dict[str, Any]:

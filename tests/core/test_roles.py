@@ -24,14 +24,14 @@ UNPROTECTED_DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 def required_role(method: str, path: str) -> str | None:
     """The policy (INTERFACES.md): health and the API description open; FHIR and HL7 for
     ``ehr``; reads and officers' actions under /api and the console for ``officer``;
-    erasure and keys for ``admin`` (admin may do everything). None: not token-checked."""
+    erasure, keys and the console's Replay for ``admin`` (admin may do everything). None: not token-checked."""
     if path.startswith("/webhooks/"):
         return None
     if path.startswith("/health/") or path in UNPROTECTED_DOCS or path in ("/ui/login", "/ui/logout", "/ui/static/{path:path}"):
         return OPEN
     if path.startswith(("/fhir/", "/hl7/")):
         return "ehr"
-    if (method == "DELETE" and path.startswith("/api/patients/")) or path.endswith("/erase"):
+    if (method == "DELETE" and path.startswith("/api/patients/")) or path.endswith(("/erase", "/replay")):
         return "admin"
     if "/keys" in path:
         return "admin"

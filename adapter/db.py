@@ -28,6 +28,7 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from adapter.errors import DatabaseUnusable
+from adapter.storage_full import note_refused
 
 _log = logging.getLogger(__name__)
 
@@ -399,9 +400,15 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A unit of work: commit on success, roll back on any error."""
-    with factory() as session, session.begin():
-        yield session
+    """A unit of work: commit on success, roll back on any error. A write refused for
+    want of space is noted (:mod:`adapter.storage_full`: one log line an episode)."""
+    with factory() as session:
+        try:
+            with session.begin():
+                yield session
+        except Exception as exc:
+            note_refused(factory.kw["bind"], exc)
+            raise
 
 
 def all_or_each(

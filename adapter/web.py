@@ -22,8 +22,9 @@ from adapter.db import read_transaction, transaction
 from adapter.error_store import sent_by
 from adapter.fhir_wiring import fhir_router
 from adapter.message_trace import message_view, trace
-from adapter.metrics import REGISTRY, StoreCollector, ValidationHelpersCollector
+from adapter.metrics import REGISTRY, DatabaseSpaceCollector, StoreCollector, ValidationHelpersCollector
 from adapter.models import InboundMessage, Notification
+from adapter.storage_full import space_watch
 from fhir.subscriptions import silent_subscriptions
 from hl7.mllp import PEER, Peer
 
@@ -189,10 +190,12 @@ def health_router(container: Container) -> APIRouter:
         try:
             with container.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
+            # Reads work on a full disk: whether writes were refused for want of space since
+            # (and, on SQLite, whether there is room again) says if anything can be stored.
+            checks["database"] = space_watch(container.engine).problem() or "ok"
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             checks["database"] = f"unavailable: {type(exc).__name__}"
-        if checks["database"] == "ok":
+        if not checks["database"].startswith("unavailable"):
             with read_transaction(container.sessions) as session:
                 silent = silent_subscriptions(session, container.clock.now())
             # Servers accept subscriptions that never fire: silence is an alert.
@@ -216,6 +219,7 @@ def metrics_router(container: Container) -> APIRouter:
     store = CollectorRegistry()
     store.register(StoreCollector(container.sessions, container.clock.now))
     store.register(ValidationHelpersCollector(container.fhir.service.validator))
+    store.register(DatabaseSpaceCollector(space_watch(container.engine)))
 
     @router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require(container, "officer"))])
     def metrics() -> Response:

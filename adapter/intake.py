@@ -37,7 +37,7 @@ from adapter.db import StatementConnection, insert_rows_with, placeholder, raw_t
 from adapter.metrics import ACK_LATENCY, HL7_LAST_STORED, MESSAGES_RECEIVED, STORE_BATCH, STORE_SECONDS
 from adapter.models import InboundMessage, InboundRaw
 from adapter.pipeline import Pipeline
-from adapter.storage_full import NOT_STORED, StorageFull, space_watch
+from adapter.storage_full import NOT_STORED, StorageFull, is_storage_full, space_watch
 from adapter.stored_work import chunk_for, process_all, stored_ids, take_turn_applying
 from adapter.waiting import Waiting
 from compliance.crypto import Vault
@@ -668,6 +668,8 @@ class HL7Intake:
         """The message's outcome as a row for the status UPDATE; owes the sender
         an application ACK where it asked for one."""
         error_code = None
+        if is_storage_full(failure):  # not the message's: it stays stored, to be processed once there is room
+            raise StorageFull(NOT_STORED) from failure
         if isinstance(failure, HL7Error):  # unsupported, undecodable: rejected; unmappable: error
             status, error, error_code = "rejected" if failure.rejects else "error", failure.reason[:500], failure.code
         elif isinstance(failure, UnknownAppointment):  # table 0357 204: unknown key identifier

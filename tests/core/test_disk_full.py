@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -19,8 +20,9 @@ from sqlalchemy import event
 from sqlalchemy.pool import Pool
 
 from hl7.client import send_messages
-from tests.core.test_end_to_end import notifications, siu, wait_for
-from tests.harness import running_adapter, settings_for
+from hl7.header import read_header
+from tests.core.test_end_to_end import notifications, outbox_count, siu, wait_for
+from tests.harness import migrated_container, running_adapter, settings_for
 
 UNLIMITED = 1_073_741_823  # SQLite's default max_page_count
 PATIENT_NAME = "Nicolò"  # in every message; never in an answer or a log line
@@ -116,3 +118,51 @@ def test_mllp_while_the_disk_is_full_is_answered_ae_saying_why_and_resent_messag
         assert [n for n in notifications(officer) if n["kind"] == "booking_confirmation"]
         assert len([r for r in caplog.records if "writable again" in r.getMessage()]) == 1
         assert "adapter_database_full 0.0" in officer.get("/metrics").text
+
+
+def booking(number: int, start: datetime) -> bytes:
+    """A booking of patient ``number``: their own MRN, appointment and mobile number."""
+    return (siu("S12", f"B{number}", start)
+            .replace(b"0012345^^^", f"{number:07d}^^^".encode())
+            .replace(b"PL1^CUP", f"PL{number}^CUP".encode()).replace(b"FL1^OSP", f"FL{number}^OSP".encode())
+            .replace(b"^333^1234567", f"^333^{number:07d}".encode()))
+
+
+@pytest.mark.timeout(120)
+def test_messages_stored_before_the_disk_filled_wait_and_are_processed_once_when_space_returns(tmp_path, caplog):
+    """Mapping them needs space: while there is none they stay stored, none goes to the
+    error store, no round logs a traceback; freed, each is processed and its patient
+    told once, without a restart."""
+    caplog.set_level(logging.INFO)
+    settings = settings_for(tmp_path)
+    start = datetime.now(UTC) + timedelta(days=3)
+    container = migrated_container(settings)
+
+    async def store() -> None:
+        for number in range(40):
+            raw = booking(number, start)
+            await container.intake.writer.store(read_header(raw), raw)
+        await container.intake.writer.stop()
+
+    asyncio.run(store())
+    container.engine.dispose()
+    with a_disk() as disk:
+        disk.fill()
+        with running_adapter(settings) as adapter:
+            ready = f"{adapter.base_url}/health/ready"
+            wait_for(lambda: httpx.get(ready).status_code == 503, 10)  # a mapping round was refused
+            officer = adapter.client("officer")
+            for _ in range(3):  # rounds come once a second while messages wait
+                wait_for(lambda: officer.get("/api/messages", params={"status": "stored"}).json()["total"] == 40, 5)
+                time.sleep(1)
+            assert officer.get("/api/messages", params={"status": "error"}).json()["total"] == 0
+            assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+
+            disk.free()
+            wait_for(lambda: officer.get("/api/messages", params={"status": "processed"}).json()["total"] == 40, 30)
+            confirmations = wait_for(lambda: len(sent := [n for n in notifications(officer)
+                                                          if n["kind"] == "booking_confirmation" and n["status"] == "sent"])
+                                     == 40 and sent, 30)
+            assert len({n["patient"] for n in confirmations}) == 40
+            assert outbox_count(adapter) == 40
+            assert officer.get("/api/messages", params={"status": "error"}).json()["total"] == 0

@@ -24,7 +24,7 @@ from adapter.fhir_wiring import fhir_router
 from adapter.message_trace import message_view, trace
 from adapter.metrics import REGISTRY, DatabaseSpaceCollector, StoreCollector, ValidationHelpersCollector
 from adapter.models import InboundMessage, Notification
-from adapter.storage_full import space_watch
+from adapter.storage_full import NOT_STORED, RETRY_AFTER_S, is_storage_full, space_watch
 from fhir.subscriptions import silent_subscriptions
 from hl7.mllp import PEER, Peer
 
@@ -322,5 +322,16 @@ def create_app(container: Container) -> FastAPI:
         fhir_router(container), prefix="/fhir/R4", tags=["fhir"],
         dependencies=[Depends(require(container, "ehr")), Depends(in_flight)],
     )
+    app.add_exception_handler(Exception, not_stored_for_want_of_space)
     document_errors(app)
     return app
+
+
+async def not_stored_for_want_of_space(request: Request, exc: Exception) -> Response:
+    """Any route but the FHIR facade's (an OperationOutcome there) whose write the
+    database refused for want of space: 503 with Retry-After, so a provider or client
+    sends it again, instead of a 500 and a traceback (the episode is logged once)."""
+    if not is_storage_full(exc):
+        return PlainTextResponse("Internal Server Error", 500)  # Starlette's own; it logs the exception after
+    return JSONResponse({"detail": f"not stored: {NOT_STORED}; send it again later"}, 503,
+                        headers={"Retry-After": str(RETRY_AFTER_S)})

@@ -8,6 +8,7 @@ so storing one always needs new pages. Nothing of the adapter is replaced."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from sqlalchemy.pool import Pool
 
 from hl7.client import send_messages
 from hl7.header import read_header
-from tests.core.test_end_to_end import notifications, outbox_count, siu, wait_for
+from tests.core.test_end_to_end import FHIR, notifications, outbox_count, patient, siu, wait_for
 from tests.harness import migrated_container, running_adapter, settings_for
 
 UNLIMITED = 1_073_741_823  # SQLite's default max_page_count
@@ -166,3 +167,42 @@ def test_messages_stored_before_the_disk_filled_wait_and_are_processed_once_when
             assert len({n["patient"] for n in confirmations}) == 40
             assert outbox_count(adapter) == 40
             assert officer.get("/api/messages", params={"status": "error"}).json()["total"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_fhir_write_while_the_disk_is_full_is_a_503_operation_outcome_to_retry_and_stores_nothing(tmp_path, caplog):
+    with a_disk() as disk, running_adapter(settings_for(tmp_path)) as adapter:
+        ehr = adapter.client("ehr")
+        resource = patient("p1")
+        resource["text"] = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">'
+                                                          + "x" * 12_000 + "</div>"}  # larger than a page
+        disk.fill()
+        refused = ehr.put("/fhir/R4/Patient/p1", json=resource, headers=FHIR)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["content-type"].startswith("application/fhir+json")
+        assert int(refused.headers["retry-after"]) > 0
+        [issue] = refused.json()["issue"]
+        assert issue["code"] == "no-store" and "database is full" in issue["diagnostics"], issue
+        assert "Nicol" not in refused.text
+        assert not [r for r in caplog.records if r.exc_info and r.name.startswith("fhir")]
+
+        disk.free()
+        assert ehr.get("/fhir/R4/Patient/p1").status_code == 404  # nothing was half-stored
+        assert ehr.put("/fhir/R4/Patient/p1", json=resource, headers=FHIR).status_code == 201
+
+
+@pytest.mark.timeout(120)
+def test_a_provider_callback_while_the_disk_is_full_is_a_503_to_retry_not_a_500(tmp_path, caplog):
+    from channels.sandbox import LOCAL_DEVELOPMENT_SECRET, SIGNATURE_HEADER, sign
+
+    with a_disk() as disk, running_adapter(settings_for(tmp_path)) as adapter:
+        body = json.dumps({"statuses": [], "note": "x" * 12_000}).encode()  # larger than a page
+        headers = {SIGNATURE_HEADER: sign(body, LOCAL_DEVELOPMENT_SECRET), "Content-Type": "application/json"}
+        disk.fill()
+        refused = httpx.post(f"{adapter.base_url}/webhooks/sandbox/status", content=body, headers=headers)
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0, refused.text
+        assert "database is full" in refused.json()["detail"]
+        assert not [r for r in caplog.records if r.exc_info]
+        disk.free()
+        taken = httpx.post(f"{adapter.base_url}/webhooks/sandbox/status", content=body, headers=headers)
+        assert taken.status_code == 200, taken.text

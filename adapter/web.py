@@ -266,6 +266,7 @@ ERROR_STATUSES = {
     415: "Unsupported media type",
     422: "Understood but not acceptable",
     429: "Too many failed authentications",
+    503: "Not stored: the database is full; send it again after Retry-After",
 }
 
 

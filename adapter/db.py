@@ -28,6 +28,7 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from adapter.errors import DatabaseUnusable
+from adapter.storage_full import is_storage_full, note_refused
 
 _log = logging.getLogger(__name__)
 
@@ -399,9 +400,15 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A unit of work: commit on success, roll back on any error."""
-    with factory() as session, session.begin():
-        yield session
+    """A unit of work: commit on success, roll back on any error. A write refused for
+    want of space is noted (:mod:`adapter.storage_full`: one log line an episode)."""
+    with factory() as session:
+        try:
+            with session.begin():
+                yield session
+        except Exception as exc:
+            note_refused(factory.kw["bind"], exc)
+            raise
 
 
 def all_or_each(
@@ -423,7 +430,9 @@ def all_or_each(
                     done.append(work(item))
                     if stop():
                         break
-        except Exception:  # noqa: BLE001 - one of them is at fault: each on its own, next, finds which
+        except Exception as exc:  # noqa: BLE001 - one of them is at fault: each on its own, next, finds which
+            if is_storage_full(exc):  # none of them is: the whole transaction waits for space
+                raise
             _log.warning("%d %s failed together in one savepoint; doing them one by one", len(items), what)
         else:
             return done
@@ -435,6 +444,8 @@ def all_or_each(
             with session.begin_nested():
                 result = work(item)
         except Exception as exc:  # noqa: BLE001 - the caller records it against its item
+            if is_storage_full(exc):  # not the item's fault: undone with the transaction, done again later
+                raise
             result = exc
         out.append(result)
         if stop():

@@ -36,6 +36,7 @@ from adapter.quiet_hours import SendingWindow, facility_of
 from adapter.rules import RuleSet, invoice_moot_at_send, moot_at_send
 from adapter.service_catalogue import INSTRUCTION_KINDS, ServiceCatalogue, hospital_appointment_id
 from adapter.scheduler import claim_due, release
+from adapter.storage_full import is_storage_full
 from adapter.reply_models import PatientReply
 from adapter.templates import TemplateBook, money_text, when_text
 from channels.base import Channel, OutboundMessage, Outcome, SendResult
@@ -711,8 +712,9 @@ async def run_forever(
             await asyncio.to_thread(give_way)
         try:
             sent = await dispatcher.run_once()
-        except Exception:
-            log.exception("dispatcher round failed; retrying")
+        except Exception as exc:
+            if not is_storage_full(exc):  # a full disk is logged once, when writes are first refused
+                log.exception("dispatcher round failed; retrying")
             sent = 0
         if sent == 0:
             try:

@@ -43,6 +43,7 @@ from adapter.db import read_transaction, transaction
 from adapter.events import AnyEvent
 from adapter.metrics import MESSAGES_RECEIVED
 from adapter.models import InboundMessage
+from adapter.storage_full import NOT_STORED, StorageFull, is_storage_full
 from adapter.stored_work import chunk_for, process_all, stored_ids, take_turn_applying
 from fhir import store
 from fhir.service import FhirService, StoredVersion
@@ -258,6 +259,8 @@ class FhirIntake:
 
     @staticmethod
     def _failed(row: InboundMessage, failure: Exception) -> None:
+        if is_storage_full(failure):  # not the version's: it stays stored, to be processed once there is room
+            raise StorageFull(NOT_STORED) from failure
         if isinstance(failure, ValueError):  # the core refused it, saying why
             row.status, row.error = "error", f"The adapter refused the change: {failure}"[:500]
         else:

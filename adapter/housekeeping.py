@@ -17,6 +17,7 @@ from adapter.db import overwriting_deleted, transaction
 from adapter.key_rotation import adopt_master_key_if_changed
 from adapter.models import InboundMessage, InboundRaw, Invoice, Notification, OutboxMessage
 from adapter.reply_models import PatientReply, WebhookEvent
+from adapter.storage_full import is_storage_full
 from compliance.audit import SYSTEM_ACTOR, TreeHead
 from compliance.errors import AuditIntegrityError
 from compliance.records import retention_cutoffs
@@ -131,8 +132,9 @@ def run_housekeeping(container: Container) -> None:
     for job in (sign_tree_head_if_due, purge_expired):
         try:
             job(container, now=now)
-        except Exception:
-            log.exception("housekeeping job %s failed", job.__name__)
+        except Exception as exc:
+            if not is_storage_full(exc):  # a full disk is logged once, when writes are first refused
+                log.exception("housekeeping job %s failed", job.__name__)
 
 
 async def run_housekeeping_forever(container: Container, *, stop: asyncio.Event,
@@ -144,8 +146,9 @@ async def run_housekeeping_forever(container: Container, *, stop: asyncio.Event,
     while not stop.is_set():
         try:
             await asyncio.to_thread(adopt_master_key_if_changed, container)
-        except Exception:
-            log.exception("adopting the rotated master key failed; retrying")
+        except Exception as exc:
+            if not is_storage_full(exc):  # a full disk is logged once, when writes are first refused
+                log.exception("adopting the rotated master key failed; retrying")
         if loop.time() >= next_round:
             await asyncio.to_thread(run_housekeeping, container)
             next_round = loop.time() + every_s

@@ -37,6 +37,7 @@ from adapter.db import StatementConnection, insert_rows_with, placeholder, raw_t
 from adapter.metrics import ACK_LATENCY, HL7_LAST_STORED, MESSAGES_RECEIVED, STORE_BATCH, STORE_SECONDS
 from adapter.models import InboundMessage, InboundRaw
 from adapter.pipeline import Pipeline
+from adapter.storage_full import NOT_STORED, StorageFull, is_storage_full, space_watch
 from adapter.stored_work import chunk_for, process_all, stored_ids, take_turn_applying
 from adapter.waiting import Waiting
 from compliance.crypto import Vault
@@ -210,6 +211,9 @@ class GroupCommitWriter:
         # could wait for HTTP requests and background work to give one back.
         self._loop_connection: Any = None
         self._statements = StatementConnection(self.engine) if self.engine.dialect.name == "postgresql" else None
+        # Writes refused for want of space: answered "not stored: the database is full",
+        # logged once per episode.
+        self.space = space_watch(self.engine)
 
     def start(self) -> None:
         if self._task is None:
@@ -263,20 +267,24 @@ class GroupCommitWriter:
         while True:
             batch = await self._gather()
             items = [(p.header, p.raw) for p in batch]
+            results: list[Stored | BaseException]
             try:
-                results = self._write_on_loop(items) if self._inline else None
-                if results is None:
-                    results = await asyncio.get_running_loop().run_in_executor(self._executor, self.write, items)
-            except Exception:  # noqa: BLE001 - nothing is acknowledged when the write fails
-                if len(batch) > 1:  # each then alone: one message the database refuses fails alone
+                written = self._write_on_loop(items) if self._inline else None
+                if written is None:
+                    written = await asyncio.get_running_loop().run_in_executor(self._executor, self.write, items)
+                results = list(written)
+            except Exception as exc:  # noqa: BLE001 - nothing is acknowledged when the write fails
+                if self.space.refused(exc):  # no message's fault: each alone would be refused too
+                    results = [StorageFull(NOT_STORED)] * len(batch)
+                elif len(batch) > 1:  # each then alone: one message the database refuses fails alone
                     results = [await self._write_alone(pending) for pending in batch]
                 else:
                     log.exception("storing an inbound message failed")
-                    results = [None]
+                    results = [RuntimeError("the message could not be stored")]
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():
-                    if result is None:
-                        pending.future.set_exception(RuntimeError("the message could not be stored"))
+                    if isinstance(result, BaseException):
+                        pending.future.set_exception(result)
                     else:
                         pending.future.set_result(result)
             self.waiting.end(len(batch))
@@ -296,13 +304,15 @@ class GroupCommitWriter:
             connection, self._loop_connection = self._loop_connection, None
             connection.close()
 
-    async def _write_alone(self, pending: _Pending) -> Stored | None:
+    async def _write_alone(self, pending: _Pending) -> Stored | BaseException:
         try:
             return (await asyncio.get_running_loop().run_in_executor(
                 self._executor, self.write, [(pending.header, pending.raw)]))[0]
-        except Exception:  # noqa: BLE001 - answered AE: the sender keeps it and retries
+        except Exception as exc:  # noqa: BLE001 - answered AE: the sender keeps it and retries
+            if self.space.refused(exc):
+                return StorageFull(NOT_STORED)
             log.exception("storing an inbound message failed")
-            return None
+            return RuntimeError("the message could not be stored")
 
     def write(self, items: list[tuple[MessageHeader, bytes]], *, wait: bool = True,
               connection: Any = None) -> list[Stored] | None:
@@ -355,6 +365,8 @@ class GroupCommitWriter:
                     out.append(Stored(message_id, False, "stored", None))
                     raws.append({"message_id": message_id, "raw_enc": blob})
             insert_rows_with(cursor, self.engine.dialect, _RAW, raws)
+        if raws:  # new rows took space: a full database's episode, if any, is over
+            self.space.writable()
         took = time.perf_counter() - locked
         _STORE_WRITE.observe(took)
         self._inline = self._may_inline and took < INLINE_WRITE_S
@@ -384,6 +396,8 @@ class GroupCommitWriter:
             key = (row["sender"], row["control_id"])
             message_id, status, error, new = kept[key]
             out.append(Stored(message_id, not (new and first[key] == index), status, error))
+        if any(not stored.duplicate for stored in out):
+            self.space.writable()
         return out
 
 
@@ -484,11 +498,13 @@ class HL7Intake:
         try:
             stored = await self.writer.store(header, raw)
             self._stored_from(header.facility).set(time.time())
-        except Exception:
+        except Exception as exc:
             # Not stored, so not accepted: the sender keeps it and retries.
             if header.enhanced_mode and not wants_accept_ack(header.accept_ack_type, stored=False):
                 return b""  # MSH-15 NE/SU: the sender asked for no commit ACK on failure
-            return build_ack(header, error_code, error=AckError("207", "message could not be stored; resend it"))
+            why = f"message could not be stored: {NOT_STORED}; resend it later" if isinstance(exc, StorageFull) \
+                else "message could not be stored; resend it"
+            return build_ack(header, error_code, error=AckError("207", why))
         if header.enhanced_mode or facility.ack_timing == "stored":
             if not stored.duplicate:
                 self.on_stored()
@@ -652,6 +668,8 @@ class HL7Intake:
         """The message's outcome as a row for the status UPDATE; owes the sender
         an application ACK where it asked for one."""
         error_code = None
+        if is_storage_full(failure):  # not the message's: it stays stored, to be processed once there is room
+            raise StorageFull(NOT_STORED) from failure
         if isinstance(failure, HL7Error):  # unsupported, undecodable: rejected; unmappable: error
             status, error, error_code = "rejected" if failure.rejects else "error", failure.reason[:500], failure.code
         elif isinstance(failure, UnknownAppointment):  # table 0357 204: unknown key identifier

@@ -20,6 +20,7 @@ from adapter.models import ApplicationAck, InboundMessage, Notification
 from adapter.reply_models import Writeback
 
 if TYPE_CHECKING:  # the FHIR models cost ~0.4 s to import: every CLI command imports this module
+    from adapter.storage_full import SpaceWatch
     from fhir.validation_pool import ValidationPool
     from hl7.mllp import MLLPServer, ServerTLS
 
@@ -90,6 +91,22 @@ class ValidationHelpersCollector(Collector):
                                 value=len(self.pool.helper_pids()))
         yield CounterMetricFamily("adapter_fhir_validation_helper_failures",
                                   "FHIR validation helper processes found dead", value=self.pool.failures)
+
+
+class DatabaseSpaceCollector(Collector):
+    """Whether the database refuses writes for want of space now (its disk is full:
+    nothing is stored or acknowledged; alert on it), and how many writes it refused
+    so (adapter/storage_full.py)."""
+
+    def __init__(self, watch: SpaceWatch) -> None:
+        self.watch = watch
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily("adapter_database_full",
+                                "1 while the database refuses writes for want of space (nothing is stored or"
+                                " acknowledged), else 0", value=int(self.watch.full))
+        yield CounterMetricFamily("adapter_database_full_refusals",
+                                  "Writes the database refused for want of space", value=self.watch.refused_total)
 
 
 class MllpListenerCollector(Collector):

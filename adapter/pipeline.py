@@ -24,6 +24,7 @@ from uuid6 import uuid7
 from adapter import events as ev
 from adapter.appointments import StoredAppointment, change_to_apply
 from adapter.db import all_or_each, execute_prebuilt, insert_rows
+from adapter.storage_full import is_storage_full
 from adapter.errors import UnknownAppointment
 from adapter.models import Appointment, Invoice, Notification, PatientIdentifier
 from adapter.patients import (
@@ -138,7 +139,9 @@ class Pipeline:
             try:
                 with session.begin_nested():
                     created = self._book_new_patients(session, [messages[i][0] for i in together], now=now)  # type: ignore[misc]
-            except Exception:  # noqa: BLE001 - one of them is at fault: each on its own below finds which
+            except Exception as exc:  # noqa: BLE001 - one of them is at fault: each on its own below finds which
+                if is_storage_full(exc):  # none of them is: the whole transaction waits for space
+                    raise
                 log.warning("%d bookings applied together failed; applying them one by one", len(together))
             else:
                 for position, ids in zip(together, created, strict=True):

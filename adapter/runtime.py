@@ -21,6 +21,7 @@ from adapter.dispatch import run_forever
 from adapter.housekeeping import run_housekeeping_forever
 from adapter.metrics import MLLP_LISTENER, watch_gc
 from adapter.settings import Settings
+from adapter.storage_full import is_storage_full
 from adapter.web import create_app
 from adapter.webhooks import run_way_back_forever
 from hl7.mllp import MLLPServer, ServerTLS, expiry_warning
@@ -84,8 +85,9 @@ async def process_inbound_forever(
     while not stop.is_set():
         try:
             await asyncio.to_thread(process_stored, container)
-        except Exception:
-            log.exception("inbound processing round failed; retrying")
+        except Exception as exc:
+            if not is_storage_full(exc):  # a full disk is logged once, when writes are first refused
+                log.exception("inbound processing round failed; retrying")
         drained.set()
         try:
             await asyncio.wait_for(wake.wait(), timeout=1.0)

@@ -21,8 +21,9 @@ from adapter.bootstrap import Container
 from adapter.db import read_transaction, transaction
 from adapter.fhir_wiring import fhir_router
 from adapter.message_trace import MessageFilter, find_messages, trace
-from adapter.metrics import REGISTRY, StoreCollector, ValidationHelpersCollector
+from adapter.metrics import REGISTRY, DatabaseSpaceCollector, StoreCollector, ValidationHelpersCollector
 from adapter.models import Notification
+from adapter.storage_full import NOT_STORED, RETRY_AFTER_S, is_storage_full, space_watch
 from fhir.subscriptions import silent_subscriptions
 from hl7.mllp import PEER, Peer
 
@@ -176,10 +177,12 @@ def health_router(container: Container) -> APIRouter:
         try:
             with container.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
+            # Reads work on a full disk: whether writes were refused for want of space since
+            # (and, on SQLite, whether there is room again) says if anything can be stored.
+            checks["database"] = space_watch(container.engine).problem() or "ok"
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             checks["database"] = f"unavailable: {type(exc).__name__}"
-        if checks["database"] == "ok":
+        if not checks["database"].startswith("unavailable"):
             with read_transaction(container.sessions) as session:
                 silent = silent_subscriptions(session, container.clock.now())
             # Servers accept subscriptions that never fire: silence is an alert.
@@ -203,6 +206,7 @@ def metrics_router(container: Container) -> APIRouter:
     store = CollectorRegistry()
     store.register(StoreCollector(container.sessions, container.clock.now))
     store.register(ValidationHelpersCollector(container.fhir.service.validator))
+    store.register(DatabaseSpaceCollector(space_watch(container.engine)))
 
     @router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require(container, "officer"))])
     def metrics() -> Response:
@@ -249,6 +253,7 @@ ERROR_STATUSES = {
     415: "Unsupported media type",
     422: "Understood but not acceptable",
     429: "Too many failed authentications",
+    503: "Not stored: the database is full; send it again after Retry-After",
 }
 
 
@@ -305,5 +310,16 @@ def create_app(container: Container) -> FastAPI:
         fhir_router(container), prefix="/fhir/R4", tags=["fhir"],
         dependencies=[Depends(require(container, "ehr")), Depends(in_flight)],
     )
+    app.add_exception_handler(Exception, not_stored_for_want_of_space)
     document_errors(app)
     return app
+
+
+async def not_stored_for_want_of_space(request: Request, exc: Exception) -> Response:
+    """Any route but the FHIR facade's (an OperationOutcome there) whose write the
+    database refused for want of space: 503 with Retry-After, so a provider or client
+    sends it again, instead of a 500 and a traceback (the episode is logged once)."""
+    if not is_storage_full(exc):
+        return PlainTextResponse("Internal Server Error", 500)  # Starlette's own; it logs the exception after
+    return JSONResponse({"detail": f"not stored: {NOT_STORED}; send it again later"}, 503,
+                        headers={"Retry-After": str(RETRY_AFTER_S)})

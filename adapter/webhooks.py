@@ -29,6 +29,7 @@ from adapter.models import Notification
 from adapter.replies_flow import handle_reply
 from adapter.telegram_link import accept_link
 from adapter.reply_models import WebhookEvent, WebhookEventPatient
+from adapter.storage_full import is_storage_full
 from channels.base import Channel, DeliveryStatus, InboundReply, StatusUpdate, WebhookRequest
 from channels.errors import SignatureError, WebhookPayloadError
 
@@ -298,8 +299,9 @@ async def run_way_back_forever(container: Container, *, stop: asyncio.Event, int
             busy = 0
             try:
                 busy = await way_back.run_once()
-            except Exception:
-                log.exception("way-back round failed; retrying")
+            except Exception as exc:
+                if not is_storage_full(exc):  # a full disk is logged once, when writes are first refused
+                    log.exception("way-back round failed; retrying")
             if not busy:
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=interval)

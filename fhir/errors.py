@@ -25,8 +25,9 @@ class Issue:
 class FhirError(Exception):
     """A request the front door answers with ``status`` and an OperationOutcome."""
 
-    def __init__(self, status: int, issues: list[Issue] | Issue) -> None:
+    def __init__(self, status: int, issues: list[Issue] | Issue, *, headers: dict[str, str] | None = None) -> None:
         self.status = status
+        self.headers = headers or {}
         self.issues = [issues] if isinstance(issues, Issue) else list(issues)
         super().__init__("; ".join(i.diagnostics for i in self.issues))
 
@@ -44,7 +45,7 @@ class FhirError(Exception):
 
         issues = [Issue(i.code, i.diagnostics, reroot(i.expression), i.severity)
                   for i in self.issues]
-        return FhirError(self.status, issues)
+        return FhirError(self.status, issues, headers=self.headers)
 
 
 def invalid(diagnostics: str, expression: str = "", *, code: str = "invalid") -> FhirError:

@@ -43,7 +43,7 @@ def fhir_response(
 
 
 def outcome_response(error: FhirError) -> Response:
-    return fhir_response(operation_outcome(error.issues), error.status)
+    return fhir_response(operation_outcome(error.issues), error.status, error.headers or None)
 
 
 def information(diagnostics: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from adapter.db import read_transaction, transaction
+from adapter.storage_full import NOT_STORED, RETRY_AFTER_S, is_storage_full
 from fhir import bundles
 from fhir.capability import SYSTEM_INTERACTIONS, TYPE_INTERACTIONS, capability_statement
 from fhir.errors import FhirError, Issue, invalid
@@ -59,6 +60,16 @@ def build_router(*, sessions: sessionmaker[Session], service: FhirService) -> AP
     return router
 
 
+def not_stored_for_want_of_space() -> FhirError:
+    """503 with Retry-After: the database is full, nothing was stored. 503 rather than
+    WebDAV's 507: HTTP clients and integration engines retry a 503, honouring
+    Retry-After (RFC 9110 §15.6.4); ``no-store`` is FHIR's IssueType for a persistent
+    store that cannot be used (a ``transient`` issue)."""
+    return FhirError(503, Issue("no-store", f"Not stored: {NOT_STORED}; nothing of this request was stored."
+                                            " Send it again later."),
+                     headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def _route_name(kind: str, code: str, path: str) -> str:
     return f"fhir-{kind}-{code}" + ("-conditional" if code == "update" and "{id}" not in path
                                     else "")
@@ -76,7 +87,9 @@ class _Facade:
             return await work()
         except FhirError as exc:
             return outcome_response(exc)
-        except Exception:  # the edge: nothing escapes as a bare 500
+        except Exception as exc:  # the edge: nothing escapes as a bare 500
+            if is_storage_full(exc):  # logged once for the episode (adapter.storage_full)
+                return outcome_response(not_stored_for_want_of_space())
             log.exception("FHIR request failed")
             return outcome_response(FhirError(500, Issue("exception", "Internal error; "
                                                          "nothing was stored")))

@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -152,15 +152,26 @@ def _begin_immediate_if_free(lock: FairLock, cursor: Any) -> bool:
     SQLite's (another process's transaction) is held: False at once otherwise."""
     if not lock.acquire_if_free():
         return False
-    cursor.execute("PRAGMA busy_timeout=0")
+    began = False
     try:
-        cursor.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError:  # database is locked: another process writes
-        lock.release()
-        return False
+        cursor.execute("PRAGMA busy_timeout=0")
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            began = True
+        except sqlite3.OperationalError:  # database is locked: another process writes
+            pass
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    except BaseException:
+        if began:  # the busy timeout could not be put back: no transaction is left open
+            with suppress(Exception):
+                cursor.execute("ROLLBACK")
+            began = False
+        raise
     finally:
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    return True
+        if not began:  # kept after a failure, every later write would wait for it for ever
+            lock.release()
+    return began
 
 
 def _begin_immediate(lock: FairLock, execute: Callable[[str], Any], *, priority: bool = False) -> None:

@@ -341,13 +341,14 @@ class GroupCommitWriter:
              "status": "stored", "duplicates": 0}
             for header, _ in items
         ]
-        STORE_BATCH.observe(len(items))
         if self._statements is not None:  # PostgreSQL
+            STORE_BATCH.observe(len(items))
             return self._write_postgresql(self._statements, rows, sealed)
         began = time.perf_counter()
         with raw_transaction(self.engine, priority=True, wait=wait, connection=connection) as cursor:  # an ACK waits on it
             if cursor is None:
-                return None
+                return None  # not counted: the store thread writes the batch, and counts it
+            STORE_BATCH.observe(len(items))
             locked = time.perf_counter()
             _STORE_LOCK_WAIT.observe(locked - began)
             fresh = {(sender, control_id): message_id for message_id, sender, control_id in insert_rows_with(

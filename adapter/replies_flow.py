@@ -107,7 +107,8 @@ def find_sender(session: Session, container: Container, reply: InboundReply, cha
     something ("1 to confirm, 2 to cancel") about an appointment still booked and still
     to come: a "No" to a later cancellation notice must not cancel the appointment an
     older confirmation asked about, nor a "No" after the visit cancel, here and at the
-    hospital, a visit that took place. Anything else goes to the operators' queue."""
+    hospital, a visit that took place, nor one the hospital has since given to another
+    patient cancel that patient's. Anything else goes to the operators' queue."""
     contacts = sender_contacts(session, container, reply, channel)
     patient_ids = sorted({c.patient_id for c in contacts})
     if not patient_ids:
@@ -124,9 +125,11 @@ def find_sender(session: Session, container: Container, reply: InboundReply, cha
     )
     if last is None:
         return Sender(contacts, session.get(Patient, patient_ids[0]), None)
-    asked_about = session.execute(
-        select(Appointment.status, Appointment.start).where(Appointment.ref == last.subject_ref)).first()
-    asks = (last.kind in QUESTION_KINDS and asked_about is not None
+    asked_about = session.execute(select(Appointment.status, Appointment.start, Appointment.patient_id)
+                                  .where(Appointment.ref == last.subject_ref)).first()
+    # Still that patient's: an appointment the hospital has since given to another patient
+    # is not the first one's to cancel (the pipeline applies a cancel to its stored patient).
+    asks = (last.kind in QUESTION_KINDS and asked_about is not None and asked_about.patient_id == last.patient_id
             and asked_about.status == "booked" and asked_about.start > now)
     return Sender(contacts, session.get(Patient, last.patient_id), last if asks else None)
 

@@ -291,3 +291,22 @@ def test_an_ack_s_write_on_the_loop_never_waits_for_a_connection_from_the_pool(t
 
     asyncio.run(store_with_the_pool_taken())
     assert {"FIRST", "WARM", "POOL-EMPTY"} == {c for group in transactions(container) for c in group}
+
+
+def test_a_commit_that_went_to_the_store_thread_for_a_held_lock_is_counted_once(tmp_path):
+    """The write first tried on the loop (the lock held: nothing written) and then done in
+    the store thread is one commit of one message in the batch-size histogram."""
+    container = migrated_container(settings_for(tmp_path))
+    first = siu("FIRST")
+    container.intake.writer.write([(read_header(first), first)])
+    commits, messages = sample("adapter_hl7_store_batch_messages_count"), sample("adapter_hl7_store_batch_messages_sum")
+
+    async def store_while_held() -> None:
+        raw = siu("HELD")
+        with write_lock_held(container.sessions, "SELECT id FROM inbound_message", hold_s=0.2):
+            await container.intake.writer.store(read_header(raw), raw)
+        await container.intake.writer.stop()
+
+    asyncio.run(store_while_held())
+    assert sample("adapter_hl7_store_batch_messages_count") - commits == 1
+    assert sample("adapter_hl7_store_batch_messages_sum") - messages == 1

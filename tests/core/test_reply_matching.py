@@ -97,3 +97,17 @@ def test_a_no_after_the_appointment_has_started_goes_to_the_operators_and_cancel
     assert clinic.reply(OLD, "2") == "queue"
     assert clinic.reply(OLD, "Sì") == "queue"
     assert clinic.status("t/A") == "booked"
+
+
+def test_a_reply_about_an_appointment_since_given_to_another_patient_cancels_nothing(tmp_path):
+    """The hospital gave the appointment the patient was asked about to another patient.
+    The first patient's "2" answers a question about an appointment that is no longer
+    theirs: it must not cancel the other patient's visit (here, and at the hospital)."""
+    clinic = Clinic(tmp_path)
+    clinic.book("t/A", 5)
+    other = ev.PatientDetails(key=ev.Identifier("urn:oid:t", "MRN2", "MR"), given_name="Anna", family_name="Bianchi",
+                              language="it", telecom=(ev.ContactPoint("phone", NEW, "mobile", 1),))
+    clinic.apply(ev.AppointmentBooked(ev.Origin("api", "t", "B-t/A-2"), clinic.clock.now(), other,
+                                      ev.Appointment(ref="t/A", start=T0 + timedelta(days=5))))
+    assert clinic.reply(OLD, "2") == "queue"
+    assert clinic.status("t/A") == "booked"

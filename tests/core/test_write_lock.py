@@ -288,3 +288,22 @@ def test_a_raw_transaction_that_may_not_wait_gets_no_cursor_while_another_holds_
 def _cursor_if_free(engine):
     with raw_transaction(engine, wait=False) as cursor:
         return cursor
+
+
+def test_a_write_on_the_loop_whose_connection_fails_before_its_begin_leaves_the_lock_free():
+    """Whatever fails between taking the write lock and BEGIN (here a connection closed
+    under it), the lock is not kept: kept, every later write would wait for it for ever."""
+    import sqlite3
+
+    import pytest
+
+    from adapter.db import _begin_immediate_if_free
+
+    lock = FairLock()
+    connection = sqlite3.connect(":memory:", isolation_level=None)
+    cursor = connection.cursor()
+    connection.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        _begin_immediate_if_free(lock, cursor)
+    assert lock.acquire_if_free()
+    lock.release()

@@ -18,7 +18,7 @@ from adapter.api_types import Limit, MessageSource, MessageStatus, NotificationS
 from adapter.auth import Principal, Role, authenticate
 from adapter.auth_limits import AuthFailureLimiter
 from adapter.bootstrap import Container
-from adapter.db import read_transaction, transaction
+from adapter.db import READ_ONLY, read_transaction, transaction
 from adapter.fhir_wiring import fhir_router
 from adapter.message_trace import MessageFilter, find_messages, trace
 from adapter.metrics import REGISTRY, DatabaseSpaceCollector, StoreCollector, ValidationHelpersCollector
@@ -175,8 +175,8 @@ def health_router(container: Container) -> APIRouter:
     def ready() -> JSONResponse:
         checks: dict[str, Any] = {}
         try:
-            with container.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
+            with container.engine.connect() as conn:  # a read: on SQLite no write lock to queue for
+                conn.execution_options(**{READ_ONLY: True}).execute(text("SELECT 1"))
             # Reads work on a full disk: whether writes were refused for want of space since
             # (and, on SQLite, whether there is room again) says if anything can be stored.
             checks["database"] = space_watch(container.engine).problem() or "ok"

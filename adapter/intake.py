@@ -269,6 +269,9 @@ class GroupCommitWriter:
             items = [(p.header, p.raw) for p in batch]
             results: list[Stored | BaseException]
             try:
+                if self._inline and self._loop_connection is None:  # the pool may make one wait: not on the loop
+                    self._loop_connection = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, self.engine.raw_connection)
                 written = self._write_on_loop(items) if self._inline else None
                 if written is None:
                     written = await asyncio.get_running_loop().run_in_executor(self._executor, self.write, items)
@@ -290,9 +293,8 @@ class GroupCommitWriter:
             self.waiting.end(len(batch))
 
     def _write_on_loop(self, items: list[tuple[MessageHeader, bytes]]) -> list[Stored] | None:
-        """``write`` on the event loop's thread, if it can start at once (else None)."""
-        if self._loop_connection is None:
-            self._loop_connection = self.engine.raw_connection()
+        """``write`` on the event loop's thread, on the connection kept for it, if it can
+        start at once (else None)."""
         try:
             return self.write(items, wait=False, connection=self._loop_connection)
         except Exception:

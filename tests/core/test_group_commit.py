@@ -203,16 +203,24 @@ def _store_threads() -> set[int]:
 
 def test_on_sqlite_an_ack_s_write_runs_on_the_event_loop_when_the_lock_is_free(tmp_path, monkeypatch):
     """Handing a quick write to the store thread and back cost more than the write
-    (bench/mllp.py's floor servers); so with the lock free, no store thread at all."""
+    (bench/mllp.py's floor servers); so with the lock free, the statements run on the
+    event loop's own thread."""
+    import threading
+
     import adapter.intake
 
     monkeypatch.setattr(adapter.intake, "INLINE_WRITE_S", 60.0)  # a loaded machine's sync is still "quick"
     container = migrated_container(settings_for(tmp_path))
-    first = siu("FIRST")  # the system key read and cached
-    container.intake.writer.write([(read_header(first), first)])
-    before, after = _store_threads(), set()
-    asyncio.run(two_waves(container.intake.writer, gap_s=0.01, then=lambda: after.update(_store_threads())))
-    assert after - before == set()
+    writer = container.intake.writer
+    ran_on: list[int] = []
+
+    async def waves() -> None:
+        await writer.store(read_header(siu("FIRST")), siu("FIRST"))  # the system key read, a connection kept
+        writer._loop_connection.dbapi_connection.set_trace_callback(lambda _: ran_on.append(threading.get_ident()))
+        await two_waves(writer, gap_s=0.01)
+
+    asyncio.run(waves())
+    assert ran_on and set(ran_on) == {threading.get_ident()}  # asyncio.run's loop runs on this thread
     assert sum(len(group) for group in transactions(container)) == 9
 
 
@@ -310,3 +318,36 @@ def test_a_commit_that_went_to_the_store_thread_for_a_held_lock_is_counted_once(
     asyncio.run(store_while_held())
     assert sample("adapter_hl7_store_batch_messages_count") - commits == 1
     assert sample("adapter_hl7_store_batch_messages_sum") - messages == 1
+
+
+def test_the_loop_s_own_connection_is_taken_from_the_pool_by_the_store_thread(tmp_path, monkeypatch):
+    """Its first write (and the first after one failed) needs a connection from the pool,
+    which may have none to give for a while: the store thread waits for it, not the loop."""
+    import time
+
+    import adapter.intake
+
+    monkeypatch.setattr(adapter.intake, "INLINE_WRITE_S", 60.0)
+    container = migrated_container(settings_for(tmp_path))
+    first = siu("FIRST")
+    container.intake.writer.write([(read_header(first), first)])
+    pool = container.engine.pool
+
+    async def store_while_the_pool_is_taken() -> float:
+        taken = [pool.connect() for _ in range(pool.size() + pool._max_overflow - pool.checkedout())]
+        raw = siu("POOL-EMPTY")
+        stored = asyncio.ensure_future(container.intake.writer.store(read_header(raw), raw))
+        longest, last = 0.0, time.monotonic()
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            longest, last = max(longest, time.monotonic() - last), time.monotonic()
+        assert not stored.done()
+        for connection in taken:
+            connection.close()
+        await asyncio.wait_for(stored, 10)
+        await container.intake.writer.stop()
+        return longest
+
+    assert asyncio.run(store_while_the_pool_is_taken()) < 5  # the pool would keep it 30 s
+    assert {"FIRST", "POOL-EMPTY"} == {c for group in transactions(container) for c in group}
+

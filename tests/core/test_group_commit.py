@@ -44,6 +44,20 @@ def transactions(container) -> list[set[str]]:
     return sorted(by_time.values(), key=sorted)
 
 
+def with_one_stored(tmp_path):
+    """A container whose writer has stored one message (FIRST): the system key it seals
+    with is read and cached, as after a serving adapter's first message."""
+    container = migrated_container(settings_for(tmp_path))
+    container.intake.writer.write([(read_header(siu("FIRST")), siu("FIRST"))])
+    return container
+
+
+def the_whole_pool(pool) -> list:
+    """Every connection ``pool`` can hand out, checked out (HTTP requests and background
+    work holding them all)."""
+    return [pool.connect() for _ in range(pool.size() + pool._max_overflow - pool.checkedout())]
+
+
 def test_after_a_batch_of_four_the_next_waits_for_three_stragglers(tmp_path):
     container = migrated_container(settings_for(tmp_path))
     container.intake.writer.linger_s = 1.0
@@ -93,9 +107,7 @@ def test_operators_see_how_many_messages_each_commit_held(tmp_path):
 def test_operators_see_an_ack_s_commit_waiting_for_a_background_transaction(tmp_path):
     """Slow ACKs from a busy disk and slow ACKs from background work holding SQLite's one
     write lock look the same from outside; the store's phases tell them apart."""
-    container = migrated_container(settings_for(tmp_path))
-    first = siu("FIRST")  # the first store also reads the system key (then cached)
-    container.intake.writer.write([(read_header(first), first)])
+    container = with_one_stored(tmp_path)
     waited = sample("adapter_hl7_store_seconds_sum", phase="lock_wait")
     raw = siu("LOCKED")
     with write_lock_held(container.sessions, "SELECT id FROM inbound_message", hold_s=0.3):
@@ -227,9 +239,7 @@ def test_on_sqlite_an_ack_s_write_runs_on_the_event_loop_when_the_lock_is_free(t
 def test_an_ack_s_write_that_would_wait_for_the_lock_waits_in_the_store_thread_not_on_the_loop(tmp_path):
     """While background work holds the write lock, the event loop goes on (other
     connections read, HTTP answers); the message is stored once the lock is free."""
-    container = migrated_container(settings_for(tmp_path))
-    first = siu("FIRST")
-    container.intake.writer.write([(read_header(first), first)])
+    container = with_one_stored(tmp_path)
 
     async def store_while_held() -> int:
         raw = siu("HELD")
@@ -254,9 +264,7 @@ def test_after_a_slow_write_the_next_goes_to_the_store_thread(tmp_path, monkeypa
     """A slow disk's sync would keep every connection waiting on the loop."""
     import adapter.intake
 
-    container = migrated_container(settings_for(tmp_path))
-    first = siu("FIRST")
-    container.intake.writer.write([(read_header(first), first)])
+    container = with_one_stored(tmp_path)
     monkeypatch.setattr(adapter.intake, "INLINE_WRITE_S", 0.0)  # every write counts as slow
     before = _store_threads()
 
@@ -281,14 +289,12 @@ def test_an_ack_s_write_on_the_loop_never_waits_for_a_connection_from_the_pool(t
     import adapter.intake
 
     monkeypatch.setattr(adapter.intake, "INLINE_WRITE_S", 60.0)
-    container = migrated_container(settings_for(tmp_path))
-    first = siu("FIRST")
-    container.intake.writer.write([(read_header(first), first)])
+    container = with_one_stored(tmp_path)
     pool = container.engine.pool
 
     async def store_with_the_pool_taken() -> None:
         await container.intake.writer.store(read_header(siu("WARM")), siu("WARM"))
-        taken = [pool.connect() for _ in range(pool.size() + pool._max_overflow - pool.checkedout())]
+        taken = the_whole_pool(pool)
         try:
             raw = siu("POOL-EMPTY")
             await asyncio.wait_for(container.intake.writer.store(read_header(raw), raw), 10)
@@ -304,9 +310,7 @@ def test_an_ack_s_write_on_the_loop_never_waits_for_a_connection_from_the_pool(t
 def test_a_commit_that_went_to_the_store_thread_for_a_held_lock_is_counted_once(tmp_path):
     """The write first tried on the loop (the lock held: nothing written) and then done in
     the store thread is one commit of one message in the batch-size histogram."""
-    container = migrated_container(settings_for(tmp_path))
-    first = siu("FIRST")
-    container.intake.writer.write([(read_header(first), first)])
+    container = with_one_stored(tmp_path)
     commits, messages = sample("adapter_hl7_store_batch_messages_count"), sample("adapter_hl7_store_batch_messages_sum")
 
     async def store_while_held() -> None:
@@ -328,13 +332,11 @@ def test_the_loop_s_own_connection_is_taken_from_the_pool_by_the_store_thread(tm
     import adapter.intake
 
     monkeypatch.setattr(adapter.intake, "INLINE_WRITE_S", 60.0)
-    container = migrated_container(settings_for(tmp_path))
-    first = siu("FIRST")
-    container.intake.writer.write([(read_header(first), first)])
+    container = with_one_stored(tmp_path)
     pool = container.engine.pool
 
     async def store_while_the_pool_is_taken() -> float:
-        taken = [pool.connect() for _ in range(pool.size() + pool._max_overflow - pool.checkedout())]
+        taken = the_whole_pool(pool)
         raw = siu("POOL-EMPTY")
         stored = asyncio.ensure_future(container.intake.writer.store(read_header(raw), raw))
         longest, last = 0.0, time.monotonic()

@@ -43,6 +43,7 @@ EVENT_TYPES: dict[str, tuple[str, str, str]] = {
     "key_rotated": ("110113", "Security Alert", "E"),
     "auth_failed": ("110114", "User Authentication", "E"),
     "hl7_sender_refused": ("110113", "Security Alert", "E"),
+    "hl7_replayed": ("110107", "Import", "E"),
 }
 OUTCOME_CODES = {"success": "0", "minor_failure": "4", "serious_failure": "8", "major_failure": "12"}
 

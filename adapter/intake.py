@@ -408,7 +408,7 @@ def _unknown_appointment_reason(failure: UnknownAppointment) -> str:
     """The error store's reason (and an AE's) for an SIU without PID about an appointment not
     stored: which appointment, and what to do. The appointment first: an ERR holds 200 characters."""
     return (f"no PID, and appointment {failure.ref} is not known here (never booked through the adapter): "
-            "no patient to apply it to; once its booking has arrived, replay it (hl7 replay)")
+            "replay it (hl7 replay) once its booking has arrived")
 
 
 def _header_of(raw: bytes) -> MessageHeader | HL7Error:

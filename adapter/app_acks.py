@@ -26,7 +26,8 @@ from hl7.header import read_header
 
 log = logging.getLogger(__name__)
 
-VERDICT = {"processed": AckCode.AA, "error": AckCode.AE, "rejected": AckCode.AR}
+# "ignored": an SIU without PID about an appointment erased with its patient: nothing to apply, nothing to fix.
+VERDICT = {"processed": AckCode.AA, "ignored": AckCode.AA, "error": AckCode.AE, "rejected": AckCode.AR}
 
 
 def wants_application_ack(application_ack_type: str, status: str) -> bool:

@@ -390,6 +390,7 @@ def hl7_replay(
     how many were processed and why the others were not; exit 1 unless all were. A
     message not in the error store (processed since, or a duplicate) is not replayed: it
     says so, and its patient is not notified twice."""
+    from adapter.cli_compliance import CLI_ACTOR
     from adapter.db import read_transaction
     from adapter.error_store import replay, replay_summary
 
@@ -411,7 +412,7 @@ def hl7_replay(
             console.print("no message in the error store matches: nothing to replay")
             return
     assert ids is not None
-    outcomes = replay(container, ids)
+    outcomes = replay(container, ids, actor=CLI_ACTOR)
     for message_id, outcome in outcomes.items():
         console.print(f"{message_id}: {escape(outcome)}", soft_wrap=True)
     for line in replay_summary(outcomes):

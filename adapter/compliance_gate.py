@@ -230,6 +230,24 @@ class ComplianceGate:
         self._audit(session, "hl7_sender_refused", "", "not among the facility's senders", now,
                     {"facility": facility, "peer": peer}, outcome="minor_failure")
 
+    def appointments_erased(self, session: Session, refs: Iterable[str], *, actor: str, now: datetime) -> None:
+        """The appointments of a patient being erased (art. 17): one ``erased`` entry each,
+        whose subject is a keyed hash of the ref (:meth:`appointment_erased` finds it), so
+        a message about one later is not mistaken for one never booked here. Nothing in
+        them says whose the appointment was."""
+        self._append(session, [
+            AuditDraft(action="erased", actor=actor, subject_pseudonym=self._erased_appointment(ref), at=now,
+                       reason="appointment of a patient erased (art. 17)")
+            for ref in refs
+        ])
+
+    def appointment_erased(self, session: Session, ref: str) -> bool:
+        """Whether appointment ``ref`` was erased with its patient (one indexed look-up)."""
+        return any(self.audit.entries(session, subject=self._erased_appointment(ref), limit=1))
+
+    def _erased_appointment(self, ref: str) -> str:
+        return f"appointment:{self.vault.blind_index('appointment', ref)}"
+
     def _audit(self, session: Session, action: str, subject: str, reason: str, now: datetime,
                details: dict[str, Any], *, actor: str = SYSTEM_ACTOR, outcome: str = "success") -> None:
         self._append(session, [self._draft(action, subject, reason, now, details, actor=actor, outcome=outcome)])

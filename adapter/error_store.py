@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session
 
-from adapter.db import read_transaction
+from adapter.db import read_transaction, transaction
 from adapter.models import InboundMessage, InboundRaw
 
 if TYPE_CHECKING:
@@ -156,13 +156,44 @@ def replay_outcomes(statuses: dict[int, str], reasons: dict[int, str]) -> dict[i
     return {message_id: said(message_id, status) for message_id, status in statuses.items()}
 
 
-def replay(container: Container, message_ids: list[int]) -> dict[int, str]:
+def outcome_code(outcome: str) -> str:
+    """A replay's outcome (:func:`replay_outcomes`) as one word, for the audit log and
+    the console: ``processed``, ``still_failing``, ``no_such_message`` or ``not_replayed``.
+
+    >>> outcome_code("still failing: no start time"), outcome_code("raw deleted after retention")
+    ('still_failing', 'not_replayed')
+    """
+    if outcome == PROCESSED:
+        return "processed"
+    if outcome.startswith(STILL_FAILING):
+        return "still_failing"
+    return "no_such_message" if outcome == NO_SUCH_MESSAGE else "not_replayed"
+
+
+def audit_replays(container: Container, outcomes: dict[int, str], *, actor: str) -> None:
+    """One ``hl7_replayed`` entry per message: who asked (``cli``, ``token:<id>:<role>``),
+    which message and what came of it. Not about a patient (a replay may not reach one),
+    and never the message's content or its stored reason."""
+    from compliance.audit import AuditDraft
+
+    now = container.clock.now()
+    with transaction(container.sessions) as session:
+        container.audit.append_many(session, [
+            AuditDraft(action="hl7_replayed", actor=actor, subject_pseudonym="", at=now,
+                       reason="replayed at an operator's request",
+                       details={"message": message_id, "outcome": outcome_code(outcome)},
+                       outcome="success" if outcome == PROCESSED else "minor_failure")
+            for message_id, outcome in outcomes.items()
+        ])
+
+
+def replay(container: Container, message_ids: list[int], *, actor: str) -> dict[int, str]:
     """Process error-store messages (HL7 messages and FHIR versions) again, after a fix,
     each in its own transaction, and say what became of each (:func:`replay_outcomes`),
-    in the order given. A message not in the error store (processed since, or a
-    duplicate) is not replayed, so its patient is not notified twice; one whose raw
-    bytes are gone cannot be, and the outcome says why. ``hl7 replay`` and the
-    console's Replay button."""
+    in the order given; each is audited as asked for by ``actor`` (:func:`audit_replays`).
+    A message not in the error store (processed since, or a duplicate) is not replayed,
+    so its patient is not notified twice; one whose raw bytes are gone cannot be, and
+    the outcome says why. ``hl7 replay`` and the console's Replay button."""
     ids = list(dict.fromkeys(message_ids))
     with read_transaction(container.sessions) as session:
         settled = dict(session.execute(select(InboundMessage.id, InboundMessage.status).where(
@@ -176,7 +207,9 @@ def replay(container: Container, message_ids: list[int]) -> dict[int, str]:
     with read_transaction(container.sessions) as session:
         reasons = dict(session.execute(select(InboundMessage.id, InboundMessage.error).where(
             InboundMessage.id.in_(ids), InboundMessage.status.in_(IN_STORE))).all())
-    return replay_outcomes({i: statuses[i] for i in ids}, reasons)
+    outcomes = replay_outcomes({i: statuses[i] for i in ids}, reasons)
+    audit_replays(container, outcomes, actor=actor)
+    return outcomes
 
 
 def replay_summary(outcomes: dict[int, str]) -> list[str]:

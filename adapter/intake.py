@@ -408,7 +408,14 @@ def _unknown_appointment_reason(failure: UnknownAppointment) -> str:
     """The error store's reason (and an AE's) for an SIU without PID about an appointment not
     stored: which appointment, and what to do. The appointment first: an ERR holds 200 characters."""
     return (f"no PID, and appointment {failure.ref} is not known here (never booked through the adapter): "
-            "no patient to apply it to; once its booking has arrived, replay it (hl7 replay)")
+            "replay it (hl7 replay) once its booking has arrived")
+
+
+def _erased_appointment_reason(failure: UnknownAppointment) -> str:
+    """The reason kept for an SIU without PID about an appointment erased with its patient
+    (art. 17; :meth:`ComplianceGate.appointment_erased`): no booking will come to replay it after."""
+    return (f"no PID, and appointment {failure.ref} is no longer here: its patient was erased (GDPR art. 17); "
+            "nothing to apply, do not replay it")
 
 
 def _header_of(raw: bytes) -> MessageHeader | HL7Error:
@@ -675,6 +682,8 @@ class HL7Intake:
             raise StorageFull(NOT_STORED) from failure
         if isinstance(failure, HL7Error):  # unsupported, undecodable: rejected; unmappable: error
             status, error, error_code = "rejected" if failure.rejects else "error", failure.reason[:500], failure.code
+        elif isinstance(failure, UnknownAppointment) and self.pipeline.gate.appointment_erased(session, failure.ref):
+            status, error = "ignored", _erased_appointment_reason(failure)[:500]  # nothing to fix: not an error
         elif isinstance(failure, UnknownAppointment):  # table 0357 204: unknown key identifier
             status, error, error_code = "error", _unknown_appointment_reason(failure)[:500], "204"
         elif failure is not None:

@@ -282,6 +282,7 @@ def erase_patient(session: Session, container: Container, patient_id: str, *, ac
     merged = _merged_into(session, patient_id)
     patient_ids = [patient_id, *merged]
     fhir_ids = set().union(*(_fhir_patient_ids(session, container, pid) for pid in patient_ids))
+    appointments = list(session.scalars(select(Appointment.ref).where(Appointment.patient_id.in_(patient_ids))))
     with overwriting_deleted(session):
         deleted = _erase_as_received(session, container, patient_ids, now=now)
         for table in _tables_with_patient_id(session):
@@ -294,6 +295,7 @@ def erase_patient(session: Session, container: Container, patient_id: str, *, ac
     # An EHR's Patient id comes back when it sends that patient again: a new key then.
     destroyed = sum(container.vault.destroy(session, f"patient:{pid}", at=now) for pid in patient_ids) + sum(
         container.vault.destroy(session, f"patient:{fid}", at=now, reusable=True) for fid in fhir_ids - set(patient_ids))
+    container.gate.appointments_erased(session, appointments, actor=actor, now=now)
     for pid in merged:
         container.audit.append(session, action="erased", actor=actor, subject_pseudonym=f"patient:{pid}",
                                reason="data-subject erasure (art. 17) of the patient this record was merged into",
@@ -357,7 +359,8 @@ def _kept_after_erasure(container: Container, now: datetime) -> tuple[str, ...]:
         f"received and sealed with the system key: erasure cannot tell whose they are; deleted by the retention "
         f"purge {retention.inbound_raw_days} days after receipt (config/purposes.yaml, retention.inbound_raw_days), "
         f"by {raw_until} for what is already held",
-        f"audit entries: pseudonymous, kept {retention.audit_years} years (retention.audit_years)",
+        f"audit entries: pseudonymous, kept {retention.audit_years} years (retention.audit_years); among them a "
+        f"keyed hash of each appointment's reference, so a later message about one says it was erased",
     )
 
 

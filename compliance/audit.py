@@ -45,6 +45,7 @@ AuditAction = Literal[
     "received", "scheduled", "suppressed", "cancelled", "sent", "delivered", "failed",
     "replied", "consent_changed", "exported", "erased", "objected", "retention_purged",
     "audit_read", "audit_verified", "key_rotated", "auth_failed", "accessed", "hl7_sender_refused",
+    "hl7_replayed",
 ]
 ACTIONS: frozenset[str] = frozenset(AuditAction.__args__)  # type: ignore[attr-defined]
 Outcome = Literal["success", "minor_failure", "serious_failure", "major_failure"]

@@ -1,7 +1,8 @@
 """Audit export for compliance officers: JSONL, and FHIR R4 AuditEvent in the style of IHE
 Basic Audit Log Patterns (BALP): DICOM event types (DCM 110100-110114), our action as the
 subtype, action C/R/U/D/E, outcome 0/4/8/12, the actor as agent and the patient only as a
-pseudonymous entity (object role 1 = Patient). One JSON document per line (NDJSON)."""
+pseudonymous entity (object role 1 = Patient; an erased appointment's keyed hash as object
+role 4 = Domain Resource). One JSON document per line (NDJSON)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ EVENT_TYPES: dict[str, tuple[str, str, str]] = {
     "key_rotated": ("110113", "Security Alert", "E"),
     "auth_failed": ("110114", "User Authentication", "E"),
     "hl7_sender_refused": ("110113", "Security Alert", "E"),
+    "hl7_replayed": ("110107", "Import", "E"),
 }
 OUTCOME_CODES = {"success": "0", "minor_failure": "4", "serious_failure": "8", "major_failure": "12"}
 
@@ -116,7 +118,13 @@ def as_audit_event(r: AuditRecord) -> dict[str, Any]:
     }
     if r.reason:
         event["outcomeDesc"] = r.reason
-    if r.subject:
+    if r.subject.startswith("appointment:"):  # an appointment erased with its patient, by a keyed hash of its ref
+        event["entity"].insert(0, {
+            "what": {"identifier": {"value": r.subject}},
+            "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+            "role": {"system": OBJECT_ROLE, "code": "4", "display": "Domain Resource"},
+        })
+    elif r.subject:
         event["entity"].insert(0, {
             "what": {"identifier": {"value": r.subject}},
             "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},

@@ -246,20 +246,19 @@ def _patient(pid: Segment | None, context: _Context) -> PatientDetails:
 
 
 def _no_patient_key(reps: list[Repetition], context: _Context) -> str:
-    """Why no identifier was taken as the patient key, for the error store and an AE: the
-    rules tried and each identifier's type and authority, never its value."""
-    tried = "; ".join(
-        " ".join(part for part in (rule.identifier_type and f"type {rule.identifier_type}",
-                                   rule.assigning_authority and f"authority {rule.assigning_authority}") if part)
-        for rule in context.rule.patient_key)
+    """Why no identifier was taken as the patient key, for the error store and an AE: each
+    identifier's type and authority (CX-5/CX-4), never its value, then the rules tried.
+    What PID-3 has comes first: an ERR holds 200 characters, and it is what the sending
+    hospital's engineer needs to fix the mapping."""
+    tried = ", ".join(f"{rule.identifier_type or 'any'}/{rule.assigning_authority or 'any'}"
+                      for rule in context.rule.patient_key)
     present = ", ".join(dict.fromkeys(
-        f"type {cx.component(5).strip() or '(none in CX-5)'} "
-        f"authority {(cx.component(4, 1) or cx.component(4, 2)).strip() or '(none in CX-4)'}"
+        f"{cx.component(5).strip() or '(none)'}/{(cx.component(4, 1) or cx.component(4, 2)).strip() or '(none)'}"
         for cx in reps)) or "none"
-    where = "its entry" if context.entry != "default" else "the default entry, as it has none of its own"
+    where = "its entry" if context.entry != "default" else "the default entry: it has none of its own"
     facility = context.sender.partition("^")[2][:60] or "(empty MSH-4)"
-    return (f"no PID-3 identifier matches patient_key of sending facility {facility}"
-            f" ({where} in config/facilities.yaml tries {tried}); PID-3 has: {present[:300]}")
+    return (f"no patient key in PID-3 (facility {facility}): it has type/authority {present[:300]}; "
+            f"patient_key tries {tried} (config/facilities.yaml, {where})")
 
 
 def _ids(segment: Segment, field: int) -> list[Repetition]:

@@ -115,3 +115,25 @@ def test_hl7_replay_all_replays_what_the_filters_match_and_sums_up_what_still_fa
         assert session.scalar(select(func.count()).select_from(Notification)) == notified
     assert [json.loads(line)["control_id"] for line in errors.stdout.splitlines()] == ["TEST1", "TEST2", "NORD3"]
     assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_hl7_replay_leaves_one_audit_entry_per_message_by_the_cli_and_the_log_still_verifies(tmp_path):
+    """Replaying can notify patients: the log says who asked, for which message, and what
+    came of it; never the message's content."""
+    start = datetime.now(UTC) + timedelta(days=2)
+    store(tmp_path, [(timedelta(minutes=5), [siu_without_start("TEST1", start), siu("S12", "FINE1", start)])])
+
+    replay = cli(tmp_path, "hl7", "replay", "1", "2", "99")
+
+    assert replay.returncode == 1, replay.stderr
+    container = migrated_container(settings_for(tmp_path))
+    with transaction(container.sessions) as session:
+        replayed = [r for r in container.audit.entries(session) if r.action == "hl7_replayed"]
+        assert container.audit.verify(session).ok
+    container.engine.dispose()
+    assert [(r.actor, r.subject, r.details, r.outcome) for r in replayed] == [
+        ("cli", "", {"message": 1, "outcome": "still_failing"}, "minor_failure"),
+        ("cli", "", {"message": 2, "outcome": "not_replayed"}, "minor_failure"),
+        ("cli", "", {"message": 99, "outcome": "no_such_message"}, "minor_failure"),
+    ]
+    assert [r.reason for r in replayed] == ["replayed at an operator's request"] * 3

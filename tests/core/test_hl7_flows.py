@@ -174,6 +174,24 @@ def test_a_facility_that_asks_for_ack_after_processing_gets_ae_with_the_reason(t
         assert again.code.value == "AE"  # a retransmission gets the same verdict, processed once
 
 
+def test_an_ae_for_a_missing_patient_key_names_within_its_err_the_identifier_types_pid3_has(tmp_path):
+    """ERR holds 200 characters: the identifier types the hospital sent, what its engineer
+    needs to fix the mapping, came after the rules tried and were cut off."""
+    config = tmp_path / "config"
+    shutil.copytree("config", config)
+    (config / "facilities.yaml").write_text("facilities:\n  default:\n    ack_timing: processed\n")
+    identifiers = "RSSMRA80A01H501U^^^NNITA^NNITA~7781^^^ASL_ROMA1^XX~42^^^OSP_TEST^AN"
+    booking = siu("S12", "K1", NOW + timedelta(days=2)).replace(b"0012345^^^OSP_TEST^MR", identifiers.encode())
+    with running_adapter(settings_for(tmp_path, config_dir=config)) as adapter:
+        (answer,) = asyncio.run(send_messages([booking], "127.0.0.1", adapter.mllp_port))
+    err = next(segment for segment in answer.ack.split(b"\r") if segment.startswith(b"ERR|"))
+    assert answer.code.value == "AE" and err.split(b"|")[3].startswith(b"101^")
+    for present in (b"NNITA", b"XX", b"AN", b"ASL_ROMA1"):
+        assert present in err, err
+    for value in (b"RSSMRA", b"7781", b"|42", b"Nicol"):
+        assert value not in answer.ack
+
+
 def processing_id(message: bytes, value: str) -> bytes:
     """Set MSH-11 (processing id: P production, T training, D debugging)."""
     segments = message.split(b"\r")

@@ -84,11 +84,11 @@ CASES: dict[str, Expect] = {
     "siu_s15_no_pid.hl7": Expect(events=_one(
         "AppointmentCancelled", patient=None, ref="hl7:samedi-hl7gateway^samedi:a-qcdl7hwscfuze4w", reason="cancelled")),
     "adt_a08_empty_sender_untyped_id.hl7": Expect("error", (
-        "no PID-3 identifier matches patient_key of sending facility (empty MSH-4) (the default entry, as it has none "
-        "of its own in config/facilities.yaml tries type MR; type PI); PID-3 has: type (none in CX-5) authority PVS1")),
+        "no patient key in PID-3 (facility (empty MSH-4)): it has type/authority (none)/PVS1; patient_key tries "
+        "MR/any, PI/any (config/facilities.yaml, the default entry: it has none of its own)")),
     "oru_r01_untyped_patient_id.hl7": Expect("error", (
-        "no PID-3 identifier matches patient_key of sending facility LAB_SUD (the default entry, as it has none of its "
-        "own in config/facilities.yaml tries type MR; type PI); PID-3 has: type (none in CX-5) authority (none in CX-4)")),
+        "no patient key in PID-3 (facility LAB_SUD): it has type/authority (none)/(none); patient_key tries "
+        "MR/any, PI/any (config/facilities.yaml, the default entry: it has none of its own)")),
 }
 
 

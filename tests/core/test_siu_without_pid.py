@@ -204,14 +204,53 @@ def test_a_sender_answered_after_processing_gets_ae_with_unknown_key_for_an_unkn
     config = tmp_path / "config"
     shutil.copytree("config", config)
     (config / "facilities.yaml").write_text("facilities:\n  default:\n    ack_timing: processed\n")
+    ident = "FL404-6f1c2a9e-0d4b-4c1e-9a7e-3b2d5c8f1e07"  # as long as the UUIDs some schedulers send
     with running_adapter(settings_for(tmp_path, config_dir=config)) as adapter:
-        (unknown,) = asyncio.run(send_messages([siu("S15", "X1", "FL404", mrn=None, status="Cancelled")],
+        (unknown,) = asyncio.run(send_messages([siu("S15", "X1", ident, mrn=None, status="Cancelled")],
                                                "127.0.0.1", adapter.mllp_port))
         err = parse(unknown.ack.decode()).segment("ERR")
         assert unknown.code.value == "AE" and err is not None and err.value(3, 1) == "204"  # unknown key identifier
-        assert "FL404" in unknown.ack.decode()
+        assert ident in err.value(8) and "hl7 replay" in err.value(8), err.value(8)  # within ERR's 200 characters
         assert send(adapter, siu("S12", "B1", "FL1"), siu("S15", "X2", "FL1", mrn=None, status="Cancelled",
                                                           sent=later())) == ["AA", "AA"]
         assert appointment(adapter, "FL1")[0] == "cancelled"
         with transaction(adapter.container.sessions) as session:
             assert session.scalar(select(InboundMessage.status).where(InboundMessage.control_id == "X2")) == "processed"
+
+
+def test_a_message_without_pid_about_an_appointment_whose_patient_was_erased_says_so_and_is_not_for_replay(tmp_path):
+    """It used to read "never booked through the adapter": the engineer waited for a booking
+    that had come long ago, then replayed. Erasure leaves a keyed hash of each of the
+    patient's appointment refs in the audit log, nothing that says whose it was."""
+    from adapter.app_acks import verdict
+    from adapter.error_store import ErrorFilter, find_errors, replay
+    from adapter.subject_rights import erase_patient
+    from hl7.ack import AckCode
+    from hl7.header import read_header
+    from tests.harness import migrated_container
+
+    container = migrated_container(settings_for(tmp_path))
+
+    def process(*messages: bytes) -> None:
+        container.intake.writer.write([(read_header(m), m) for m in messages])
+        container.intake.process_pending()
+
+    process(siu("S12", "B1", "FL9"))
+    with transaction(container.sessions) as session:
+        erase_patient(session, container, session.scalar(select(Patient.id)), actor="cli", now=container.clock.now())
+    process(siu("S15", "X1", "FL9", mrn=None, status="Cancelled", sent=later()),
+            siu("S15", "X2", "FL10", mrn=None, status="Cancelled", sent=later()))
+
+    with transaction(container.sessions) as session:
+        rows = {row.control_id: row for row in session.scalars(select(InboundMessage))}
+        erased, never = rows["X1"], rows["X2"]
+        assert erased.status == "ignored", erased.error
+        assert erased.error == (f"no PID, and appointment hl7:CUP^{FACILITY}:FL9 is no longer here: its patient was "
+                                "erased (GDPR art. 17); nothing to apply, do not replay it")
+        assert never.status == "error" and "not known here" in never.error and "erased" not in never.error
+        assert [entry.control_id for entry in find_errors(session, ErrorFilter(), limit=10, newest=False)[1]] == ["X2"]
+        assert container.audit.verify(session).ok
+    assert verdict(erased.status, erased.error, erased.error_code)[0] is AckCode.AA  # nothing for the hospital to fix
+    assert replay(container, [erased.id], actor="cli") == {
+        erased.id: "not replayed: it is ignored, not in the error store"}
+    container.engine.dispose()

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from adapter.auth import create_token
+from adapter.models import ApiToken
 from adapter.console import COOKIE
 from adapter.db import read_transaction, transaction
 from adapter.message_trace import messages_with_control_id, trace
@@ -109,6 +111,21 @@ def test_a_replay_without_the_sessions_form_token_is_refused_and_with_it_process
     assert done.status_code == 303 and done.headers["location"] == f"/ui/messages/{error_id(console)}?replayed=processed"
     assert console.status_of("X1") == "processed"
     assert "Replayed: processed." in admin.get(done.headers["location"] + "&lang=en").text
+
+
+def test_a_console_replay_is_audited_with_the_admin_token_that_pressed_it(console):
+    admin = console.client("admin")
+    page = admin.get(f"/ui/messages/{error_id(console)}")
+
+    admin.post(f"/ui/messages/{error_id(console)}/replay", data={"form_token": form_token(page.text)})
+
+    audit = console.container.audit
+    with read_transaction(console.container.sessions) as session:
+        [token_id] = session.scalars(select(ApiToken.id).where(ApiToken.name == "console-admin"))
+        replayed = [r for r in audit.entries(session) if r.action == "hl7_replayed"]
+        assert audit.verify(session).ok
+    assert [(r.actor, r.subject, r.details, r.outcome) for r in replayed] == [
+        (f"token:{token_id}:admin", "", {"message": error_id(console), "outcome": "processed"}, "success")]
 
 
 def test_the_patient_forms_need_the_form_token_too(console):

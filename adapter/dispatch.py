@@ -35,7 +35,7 @@ from adapter.payments import PaymentConfig
 from adapter.quiet_hours import SendingWindow, facility_of
 from adapter.rules import RuleSet, invoice_moot_at_send, moot_at_send
 from adapter.service_catalogue import INSTRUCTION_KINDS, ServiceCatalogue, hospital_appointment_id
-from adapter.scheduler import claim_due, release
+from adapter.scheduler import claim_due, hold, release
 from adapter.storage_full import is_storage_full
 from adapter.reply_models import PatientReply
 from adapter.templates import TemplateBook, money_text, when_text
@@ -292,47 +292,73 @@ class Dispatcher:
 
         What keeps a second sender off meanwhile: nobody may claim the notification
         again before its lease runs out, and a claim is a write, which the same outage
-        refuses; this round does not end meanwhile, so the in-process worker claims
-        nothing. If the lease runs out first, the acceptance is still written over a
-        later claim, and the dispatcher that made it finds the notification sent when
-        it prepares it (or re-checks it, when its send waited). A second send remains
-        possible only if this process ends before the outcome lands (at-least-once, as
-        with any crash between the provider's answer and its record: milliseconds while
-        the database answers), or if the database refuses this process's writes past
-        the lease yet takes another's claim, whose send goes out before the next try
-        here lands, or if recording keeps failing a whole lease past the claim's: it is
-        then given up (logged), lest one outcome the database always refuses stop this
-        process's sending for good."""
-        unrecorded: list[tuple[Finished, int]] = []  # an outcome, and how many times recording it failed
+        mostly refuses; this round does not end meanwhile, so the in-process worker
+        claims nothing. If the lease runs out first, the acceptance is still written
+        over a later claim, and the dispatcher that made it finds the notification sent
+        when it prepares it (or re-checks it, when its send waited).
+
+        A full disk (:func:`is_storage_full`) refuses the outcome, which grows the row
+        and adds an audit entry, yet may take a claim, a rewrite in place: so while an
+        outcome waits for space its claim is held, extended a lease from each try
+        (:meth:`_hold`, the same rewrite in place; what refuses it refuses a claim
+        too), and it is never given up: space returns when an operator frees it, and
+        then it lands. A second send remains possible only if this process ends before
+        the outcome lands (at-least-once, as with any crash between the provider's
+        answer and its record: milliseconds while the database answers), or if the
+        database refuses this process's writes past the lease yet takes another's
+        claim, or if recording keeps failing for another reason a whole lease past the
+        claim's: it is then given up (logged), lest one outcome the database always
+        refuses stop this process's sending for good."""
+        # An outcome, how many times recording it failed, and whether the last time for want of space.
+        unrecorded: list[tuple[Finished, int, bool]] = []
+        held: dict[int, datetime] = {}  # notification → when its claim runs out, as held while its outcome waits
         delay = RECORD_RETRY_S
         give_up_at = leased_until + self.lease
         while count or unrecorded:
             outcomes = await _finished_meanwhile(finished, running=count > 0, within=delay if unrecorded else None)
             count -= len(outcomes)
-            batch = [(outcome, 0) for outcome in outcomes] + unrecorded
-            errors = await asyncio.to_thread(self._record_all, [outcome for outcome, _ in batch], leased_until)
+            batch = [(outcome, 0, False) for outcome in outcomes] + unrecorded
+            errors = await asyncio.to_thread(self._record_all, [outcome for outcome, *_ in batch], leased_until, held)
             kept = []
-            for (outcome, failed), error in zip(batch, errors, strict=True):
+            for (outcome, failed, _), error in zip(batch, errors, strict=True):
                 if error is None:
                     if failed:
                         log.warning("the outcome of notification %s was recorded after %d failed tries", outcome[0], failed)
                     continue
-                failed += 1
-                if failed == 1:
-                    log.error("recording the outcome of notification %s failed; trying again", outcome[0], exc_info=error)
+                failed, full = failed + 1, is_storage_full(error)
+                if failed == 1:  # a full disk is logged once, when writes are first refused (adapter.storage_full)
+                    log.error("recording the outcome of notification %s failed; trying again", outcome[0],
+                              exc_info=None if full else error)
                 elif failed & (failed - 1) == 0:  # 2, 4, 8, ... times: an outage is logged, not each try
                     log.error("recording the outcome of notification %s failed %d times (%s); trying again",
                               outcome[0], failed, type(error).__name__)
-                kept.append((outcome, failed))
+                kept.append((outcome, failed, full))
             if kept and self.clock.now() >= give_up_at:
                 # A failure that never clears (a bug, a value the column refuses) would stop
                 # every later round of this process: after a lease more, as before this retry.
-                for (notification_id, *_), failed in kept:
+                for (notification_id, *_), failed, _ in [entry for entry in kept if not entry[2]]:
                     log.error("gave up recording the outcome of notification %s after %d tries and a lease past"
                               " its claim; it may be sent again", notification_id, failed)
-                kept = []
+                kept = [entry for entry in kept if entry[2]]
+            if waiting_for_space := [outcome[0] for outcome, _, full in kept if full]:
+                await asyncio.to_thread(self._hold, waiting_for_space, leased_until, held)
             delay = min(2 * delay, RECORD_RETRY_MAX_S) if kept and unrecorded else RECORD_RETRY_S
             unrecorded = kept
+
+    def _hold(self, ids: list[int], leased_until: datetime, held: dict[int, datetime]) -> None:
+        """Extend the claims of ``ids`` (this round's, running out at ``leased_until``, or
+        as ``held`` says) to a lease from now, and note it in ``held``; whose outcome
+        waits for space. Refused too, it is tried again with the next try to record."""
+        until = self.clock.now() + self.lease
+        try:
+            with transaction(self.sessions) as session:
+                extended = [notification_id for notification_id in ids if hold(
+                    session, notification_id, leased_until=held.get(notification_id, leased_until), until=until)]
+        except Exception as exc:  # noqa: BLE001 - the claims stand as they were; tried again shortly
+            if not is_storage_full(exc):
+                log.warning("holding the claims of outcomes waiting for space failed (%s)", type(exc).__name__)
+            return
+        held.update(dict.fromkeys(extended, until))
 
     def _claim(self, now: datetime) -> tuple[list[int], datetime]:
         """Claim a batch; its ids, and when their lease runs out (the claim's token:
@@ -382,11 +408,14 @@ class Dispatcher:
             session, notification_id, leased_until), prefetch=self._load_round)
         return list(zip(ids, prepared, strict=True))
 
-    def _record_all(self, outcomes: list[Finished], leased_until: datetime) -> list[Exception | None]:
-        """:meth:`_record` for each finished send; for each, None once recorded, or why not."""
+    def _record_all(self, outcomes: list[Finished], leased_until: datetime,
+                    held: dict[int, datetime] | None = None) -> list[Exception | None]:
+        """:meth:`_record` for each finished send, of the claim running out at
+        ``leased_until`` (or as ``held`` says); for each, None once recorded, or why not."""
+        held = held or {}
         try:
             done = self._each_in_savepoint(outcomes, lambda session, outcome: self._record(
-                session, *outcome, leased_until=leased_until),
+                session, *outcome, leased_until=held.get(outcome[0], leased_until)),
                 prefetch=lambda session, items: _notifications(session, [o[0] for o in items]))
         except Exception as exc:  # noqa: BLE001 - a transaction failed: none of them is known to have landed
             return [exc] * len(outcomes)

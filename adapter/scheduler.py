@@ -54,6 +54,19 @@ def claim_due(session: Session, *, now: datetime, limit: int, lease: timedelta) 
     return sorted(claimed)
 
 
+def hold(session: Session, notification_id: int, *, leased_until: datetime, until: datetime) -> bool:
+    """Extend the claim of a notification whose lease runs out at ``leased_until`` (its
+    token) to ``until``; False when it is no longer that claim. A rewrite of the row in
+    place, as a claim is: whatever refuses it for want of space refuses a claim too."""
+    held = session.execute(
+        update(Notification)
+        .where(Notification.id == notification_id, Notification.status == "claimed",
+               Notification.claimed_until == leased_until)
+        .values(claimed_until=until)
+    )
+    return held.rowcount == 1
+
+
 def release(session: Session, notification_id: int, *, at: datetime, now: datetime, error: str,
             was: str = "claimed") -> None:
     """Put a claimed notification (or one ``was``: a ``sent`` one its provider then

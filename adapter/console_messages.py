@@ -17,7 +17,7 @@ from adapter.auth import Principal
 from adapter.bootstrap import Container
 from adapter.console import PAGE_SIZE, actor_of, console_form, console_user, page
 from adapter.db import read_transaction
-from adapter.error_store import PROCESSED, STILL_FAILING, replay, since_moment
+from adapter.error_store import outcome_code, replay, since_moment
 from adapter.message_trace import MessageFilter, find_messages, status_counts, trace
 
 STATUSES = ("stored", "processed", "duplicate", "error", "rejected", "ignored")
@@ -67,9 +67,9 @@ def messages_router(container: Container) -> APIRouter:
     @router.post("/{message_id}/replay")
     def replay_message(message_id: RowIdPath, *, user: Principal = Depends(admin_form)) -> Response:
         """``hl7 replay ID``: process the message again, then show its trace."""
-        outcome = replay(container, [message_id], actor=actor_of(user))[message_id]
-        said = ("processed" if outcome == PROCESSED
-                else "still_failing" if outcome.startswith(STILL_FAILING) else "not_replayed")
+        said = outcome_code(replay(container, [message_id], actor=actor_of(user))[message_id])
+        if said == "no_such_message":  # gone since the page was shown: its trace page says so
+            said = "not_replayed"
         return RedirectResponse(f"/ui/messages/{message_id}?replayed={said}", status_code=303)
 
     return router

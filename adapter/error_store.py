@@ -58,6 +58,19 @@ def of_type(message_type: str) -> ColumnElement[bool]:
                InboundMessage.message_type.startswith(message_type + "^", autoescape=True))
 
 
+def received(sender: str | None, since: datetime | None, message_type: str | None) -> list[ColumnElement[bool]]:
+    """Inbound messages from ``sender`` (:func:`sent_by`), received at or after ``since``,
+    of ``message_type`` (:func:`of_type`); each left out when not given."""
+    where: list[ColumnElement[bool]] = []
+    if sender:
+        where.append(sent_by(sender))
+    if since is not None:
+        where.append(InboundMessage.received_at >= since)
+    if message_type:
+        where.append(of_type(message_type))
+    return where
+
+
 @dataclass(frozen=True)
 class ErrorFilter:
     """Which error-store messages: every one when no field is set.
@@ -72,13 +85,7 @@ class ErrorFilter:
     reason: str | None = None
 
     def clauses(self) -> list[ColumnElement[bool]]:
-        where: list[ColumnElement[bool]] = [InboundMessage.status.in_(IN_STORE)]
-        if self.facility:
-            where.append(sent_by(self.facility))
-        if self.since is not None:
-            where.append(InboundMessage.received_at >= self.since)
-        if self.message_type:
-            where.append(of_type(self.message_type))
+        where = [InboundMessage.status.in_(IN_STORE), *received(self.facility, self.since, self.message_type)]
         if self.reason:
             where.append(func.lower(InboundMessage.error).contains(self.reason.lower(), autoescape=True))
         return where

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
-from adapter.error_store import IN_STORE, not_replayable, of_type, raw_held, sent_by
+from adapter.error_store import IN_STORE, not_replayable, raw_held, received, sent_by
 from adapter.models import ApplicationAck, InboundMessage, Notification
 
 
@@ -60,15 +60,9 @@ class MessageFilter:
     since: datetime | None = None
 
     def clauses(self, *, status: bool = True) -> list[ColumnElement[bool]]:
-        where: list[ColumnElement[bool]] = []
+        where = received(self.sender, self.since, self.message_type)
         if self.source:
             where.append(InboundMessage.source == self.source)
-        if self.sender:
-            where.append(sent_by(self.sender))
-        if self.since is not None:
-            where.append(InboundMessage.received_at >= self.since)
-        if self.message_type:
-            where.append(of_type(self.message_type))
         if self.control_id:
             where.append(InboundMessage.control_id == self.control_id)
         if status and self.status == "duplicate":
